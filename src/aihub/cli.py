@@ -1,0 +1,162 @@
+"""The ``aihub`` command: serve, migrate, admin."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import sys
+from collections.abc import Callable, Coroutine
+from typing import Annotated, Any, TypeVar
+
+import typer
+from pydantic import ValidationError
+from rich.console import Console
+
+from aihub.config import Settings
+
+T = TypeVar("T")
+app = typer.Typer(help="aihub: gateway, auth and core services of an AI platform.", no_args_is_help=True)
+admin_app = typer.Typer(help="Manage administrator accounts.", no_args_is_help=True)
+app.add_typer(admin_app, name="admin")
+err = Console(stderr=True)
+SERVICES = ("core",)  # grows as services land: auth, gateway
+
+
+def _settings() -> Settings:
+    try:
+        return Settings()
+    except ValidationError as exc:
+        for error in exc.errors():
+            name = "AIHUB_" + "_".join(str(p) for p in error["loc"]).upper() if error["loc"] else "settings"
+            err.print(f"[red]configuration error[/red] {name}: {error['msg']}")
+        raise typer.Exit(2) from None
+
+
+def _run(coro: Coroutine[Any, Any, T]) -> T:
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is absent on Windows
+        return asyncio.run(coro)
+    return uvloop.run(coro)
+
+
+@app.command()
+def serve(
+    service: Annotated[
+        str | None, typer.Argument(help="One service (core); all of them in one process when omitted")
+    ] = None,
+) -> None:
+    """Start the services (all in one process by default) on the configured database and store."""
+    if service is not None and service not in SERVICES:
+        err.print(f"[red]unknown service[/red] {service!r}; choose one of: {', '.join(SERVICES)}")
+        raise typer.Exit(2)
+    settings = _settings()
+    from aihub.kit.logging import configure_logging
+
+    configure_logging(settings.log_level)
+    _run(_serve(settings, [service] if service else list(SERVICES), bootstrap=service is None))
+
+
+async def _serve(settings: Settings, names: list[str], *, bootstrap: bool) -> None:
+    from aihub.kit.runtime import Runtime
+    from aihub.kit.serve import Listener, serve_apps
+
+    runtime = Runtime.build(settings)
+    try:
+        await runtime.prepare()
+        if bootstrap:
+            await _first_admin(runtime)
+        listeners = [_listener(name, settings, runtime) for name in names]
+        await serve_apps(listeners)
+    finally:
+        await runtime.close()
+
+
+def _listener(name: str, settings: Settings, runtime: Any) -> Any:
+    from aihub.core.app import create_app as create_core
+    from aihub.kit.serve import Listener
+
+    factories: dict[str, tuple[Callable[..., Any], int]] = {"core": (create_core, settings.core_port)}
+    factory, port = factories[name]
+    service_app = factory(runtime=runtime)
+    service_app.state.prepared = True
+    service_app.state.owns_runtime = False
+    return Listener(name=name, app=service_app, host=settings.host, port=port)
+
+
+async def _first_admin(runtime: Any) -> None:
+    """On a first start (no admin at all), create one and print its password once."""
+    from aihub.core.admin import admin_exists, ensure_admin
+
+    if await admin_exists(runtime):
+        return
+    password = secrets.token_urlsafe(18)
+    await ensure_admin(runtime, runtime.settings.admin_email, password)
+    sys.stderr.write(
+        "\n  First start: an administrator was created.\n"
+        f"    email:    {runtime.settings.admin_email}\n"
+        f"    password: {password}\n"
+        "  This password is shown once; change it after signing in.\n\n"
+    )
+    sys.stderr.flush()
+
+
+@app.command()
+def migrate() -> None:
+    """Apply every pending database migration."""
+    settings = _settings()
+
+    async def go() -> None:
+        from aihub.kit import migrate as migrations
+        from aihub.kit.db import create_engine
+
+        engine = create_engine(settings)
+        try:
+            await migrations.upgrade(engine)
+        finally:
+            await engine.dispose()
+
+    _run(go())
+    err.print("[green]database is up to date[/green]")
+
+
+@admin_app.command("create")
+def admin_create(
+    email: Annotated[str, typer.Option("--email", help="The administrator's email")],
+    password: Annotated[
+        str | None, typer.Option("--password", help="Read from standard input when omitted")
+    ] = None,
+) -> None:
+    """Create an administrator, or give an existing account the admin role (idempotent)."""
+    settings = _settings()
+    if password is None:
+        password = sys.stdin.readline().rstrip("\n") if not sys.stdin.isatty() else typer.prompt(
+            "Password", hide_input=True, confirmation_prompt=True
+        )
+    if len(password) < 8:
+        err.print("[red]the password must be at least 8 characters[/red]")
+        raise typer.Exit(2)
+
+    async def go() -> str:
+        from aihub.core.admin import ensure_admin
+        from aihub.kit.runtime import Runtime
+
+        runtime = Runtime.build(settings)
+        try:
+            await runtime.prepare()
+            return await ensure_admin(runtime, email, password)
+        finally:
+            await runtime.close()
+
+    try:
+        outcome = _run(go())
+    except Exception as exc:  # the CLI prints a sentence, not a stack trace
+        err.print(f"[red]failed:[/red] {getattr(exc, 'message', exc)}")
+        raise typer.Exit(1) from None
+    err.print(f"[green]{outcome}[/green] {email}")
+
+
+def main() -> None:
+    app()
+
+

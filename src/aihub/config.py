@@ -1,0 +1,105 @@
+"""Settings, read once from the environment (prefix ``AIHUB_``).
+
+Every deployment and every outside test relies on these names; the README's configuration
+table documents each one. A bad value stops the process at start with a clear message.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from functools import cached_property
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEV_JWT_SECRET = "aihub-development-secret-change-me-0123456789"  # noqa: S105 - refused in production
+
+
+def _split(value: str) -> list[str]:
+    return [part.strip() for part in value.split(",") if part.strip()]
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="AIHUB_", extra="ignore", frozen=True)
+
+    env: Literal["development", "test", "production"] = "development"
+    host: str = "127.0.0.1"
+    database_url: str = "sqlite+aiosqlite:///./aihub.db"
+    redis_url: str | None = None
+    jwt_secret: str = DEV_JWT_SECRET
+    jwt_issuer: str = "aihub-auth"
+    jwt_audience: str = "aihub"
+    jwt_leeway_seconds: int = Field(default=10, ge=0, le=300)
+    access_token_ttl_seconds: int = Field(default=900, ge=30, le=86_400)
+    refresh_token_ttl_seconds: int = Field(default=7 * 86_400, ge=300)
+
+    gateway_port: int = Field(default=3000, ge=1, le=65_535)
+    auth_port: int = Field(default=3001, ge=1, le=65_535)
+    core_port: int = Field(default=3002, ge=1, le=65_535)
+    auth_url: str = ""
+    core_url: str = ""
+    mcp_url: str = "http://127.0.0.1:3003"
+    gateway_routes: str | None = None
+    cors_origins: str = ""
+
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    max_body_bytes: int = Field(default=1_048_576, ge=1_024)
+    metrics_allow: str = "127.0.0.0/8,::1"
+    db_pool_size: int = Field(default=20, ge=1, le=500)
+    db_pool_overflow: int = Field(default=10, ge=0, le=500)
+    permission_cache_ttl_seconds: int = Field(default=300, ge=0)
+    admin_email: str = "admin@aihub.local"
+    # Accepted for compatibility with process managers; only the database URL decides migrations.
+    auto_migrate: bool = True
+
+    @field_validator("database_url")
+    @classmethod
+    def _known_driver(cls, value: str) -> str:
+        if not value.startswith(("sqlite+aiosqlite://", "postgresql+asyncpg://")):
+            raise ValueError("must start with sqlite+aiosqlite:// or postgresql+asyncpg://")
+        return value
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_scheme(cls, value: str | None) -> str | None:
+        if value in (None, ""):
+            return None
+        if not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("must start with redis://, rediss:// or unix://")
+        return value
+
+    @field_validator("metrics_allow")
+    @classmethod
+    def _networks(cls, value: str) -> str:
+        for part in _split(value):
+            ipaddress.ip_network(part, strict=False)
+        return value
+
+    @model_validator(mode="after")
+    def _production_secrets(self) -> Settings:
+        if self.env == "production":
+            if self.jwt_secret == DEV_JWT_SECRET:
+                raise ValueError("AIHUB_JWT_SECRET must be set in production (the default is public)")
+            if len(self.jwt_secret) < 32:
+                raise ValueError("AIHUB_JWT_SECRET must be at least 32 characters in production")
+        return self
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")
+
+    @cached_property
+    def cors_origin_list(self) -> list[str]:
+        return _split(self.cors_origins)
+
+    @cached_property
+    def metrics_networks(self) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+        return [ipaddress.ip_network(part, strict=False) for part in _split(self.metrics_allow)]
+
+    def upstream_urls(self, service: Literal["auth", "core", "mcp"]) -> list[str]:
+        explicit = {"auth": self.auth_url, "core": self.core_url, "mcp": self.mcp_url}[service]
+        if explicit:
+            return _split(explicit)
+        port = {"auth": self.auth_port, "core": self.core_port, "mcp": 3003}[service]
+        return [f"http://127.0.0.1:{port}"]

@@ -1,0 +1,22 @@
+"""The core service: users, RBAC, audit log (and, as they land, credits, usage, promos, sora)."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+
+from aihub.config import Settings
+from aihub.core.audit.endpoints import router as audit_router
+from aihub.core.rbac.endpoints import permissions_router, roles_router
+from aihub.core.users.endpoints import router as users_router
+from aihub.kit.app import create_service_app
+from aihub.kit.runtime import Runtime
+
+
+def create_app(settings: Settings | None = None, runtime: Runtime | None = None) -> FastAPI:
+    runtime = runtime or Runtime.build(settings or Settings())
+    return create_service_app(
+        "core",
+        runtime,
+        [users_router, roles_router, permissions_router, audit_router],
+        description="Users, roles and permissions, the credit ledger, usage and billing, audit log.",
+    )

@@ -1,0 +1,50 @@
+"""/api/audit-logs — read and verify the hash-chained audit log."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Query
+
+from aihub.core.audit import repository as repo
+from aihub.core.audit import schemas
+from aihub.core.audit import service as audit
+from aihub.core.deps import RequirePermission, TxDep, TxRoute
+from aihub.core.rbac.service import Principal
+from aihub.kit.pagination import PageParams, page_of, page_params
+
+router = APIRouter(prefix="/api/audit-logs", tags=["audit"], route_class=TxRoute)
+Reader = Annotated[Principal, RequirePermission("audit:read")]
+
+
+@router.get("", response_model=schemas.AuditPage)
+async def list_audit_logs(
+    tx: TxDep,
+    _: Reader,
+    page: Annotated[PageParams, Depends(page_params)],
+    actor_id: Annotated[str | None, Query(alias="actorId", max_length=64)] = None,
+    entity_type: Annotated[str | None, Query(alias="entityType", max_length=32)] = None,
+    entity_id: Annotated[str | None, Query(alias="entityId", max_length=128)] = None,
+    action: Annotated[str | None, Query(max_length=64)] = None,
+    from_: Annotated[dt.datetime | None, Query(alias="from")] = None,
+    to: Annotated[dt.datetime | None, Query()] = None,
+) -> dict[str, Any]:
+    """Audit rows, newest first; `from` is inclusive, `to` exclusive."""
+    stmt = repo.search(
+        page,
+        actor_id=actor_id,
+        entity_type=entity_type,
+        entity_id=entity_id,
+        action=action,
+        created_from=from_,
+        created_to=to,
+    )
+    items, cursor = page_of(await repo.fetch(tx.session, stmt), page, lambda r: (r.created_at, r.id))
+    return {"items": items, "next_cursor": cursor}
+
+
+@router.get("/verify", response_model=schemas.VerifyOut)
+async def verify_audit_logs(tx: TxDep, _: Reader) -> audit.VerifyResult:
+    """Recompute every chain: an edited, inserted or deleted row makes `valid` false."""
+    return await audit.verify(tx)

@@ -1,0 +1,162 @@
+"""Dependencies shared by every core endpoint: the unit of work, the caller, permission checks.
+
+Identity comes only from a verified token. Headers such as ``X-User-Id`` (set by the gateway)
+are never trusted here: core verifies the JWT itself (defence in depth).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Coroutine
+from typing import Annotated, Any
+
+from fastapi import Depends, Request
+from fastapi.routing import APIRoute
+from starlette.responses import Response
+
+from aihub.core.audit import service as audit
+from aihub.core.rbac import service as rbac
+from aihub.kit.db import Tx
+from aihub.kit.errors import AppError, Forbidden, ServiceUnavailable, Unauthorized
+from aihub.kit.jwt import InvalidToken, TokenRevoked, blacklist_key
+from aihub.kit.runtime import Runtime
+from aihub.kit.store import StoreUnavailable
+from aihub.models import User
+
+
+class AccountSuspended(AppError):
+    status_code, code, message = 403, "ACCOUNT_SUSPENDED", "This account is suspended"
+
+
+class TxRoute(APIRoute):
+    """Commits the request's unit of work once the endpoint has produced its response.
+
+    Commit happens before the response leaves, so a failed commit becomes an error response
+    rather than a success the client was told about; anything else rolls back.
+    """
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def with_commit(request: Request) -> Response:
+            try:
+                response = await handler(request)
+                tx: Tx | None = getattr(request.state, "tx", None)
+                if tx is not None and response.status_code < 400:
+                    await tx.commit()
+                return response
+            finally:
+                tx = getattr(request.state, "tx", None)
+                if tx is not None:
+                    await tx.close()
+
+        return with_commit
+
+
+def get_runtime(request: Request) -> Runtime:
+    runtime: Runtime = request.app.state.runtime
+    return runtime
+
+
+RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
+
+
+def get_tx(request: Request, runtime: RuntimeDep) -> Tx:
+    existing: Tx | None = getattr(request.state, "tx", None)
+    if existing is not None:
+        return existing
+    tx = runtime.tx(
+        request_id=getattr(request.state, "request_id", None),
+        ip=request.client.host if request.client else None,
+    )
+    request.state.tx = tx
+    return tx
+
+
+TxDep = Annotated[Tx, Depends(get_tx)]
+
+
+def bearer_token(request: Request) -> str:
+    header = request.headers.get("authorization")
+    if not header:
+        raise Unauthorized("A bearer token is required")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise InvalidToken("The Authorization header must be 'Bearer <token>'")
+    return token.strip()
+
+
+async def _revoked(runtime: Runtime, jti: str) -> bool:
+    try:
+        return await runtime.store.exists(blacklist_key(jti))
+    except StoreUnavailable as exc:
+        # Without the blacklist we cannot tell a revoked token from a good one: refuse.
+        raise ServiceUnavailable("The token store is unavailable", code="STORE_UNAVAILABLE") from exc
+
+
+async def load_user(tx: Tx, user_id: uuid.UUID) -> User | None:
+    return await tx.session.get(User, user_id)
+
+
+async def current_principal(request: Request, runtime: RuntimeDep, tx: TxDep) -> rbac.Principal:
+    claims = runtime.codec.verify(bearer_token(request))
+    if await _revoked(runtime, claims.jti):
+        raise TokenRevoked
+    if claims.typ == "service":
+        perms = frozenset(claims.scopes)
+        principal = rbac.Principal(
+            id=claims.sub,
+            kind="service",
+            email=None,
+            effective=rbac.Effective(roles=("service",), level=-1, permissions=perms),
+            jti=claims.jti,
+            token_exp=claims.exp,
+        )
+    else:
+        try:
+            user_id = uuid.UUID(claims.sub)
+        except ValueError as exc:
+            raise InvalidToken from exc
+        user = await load_user(tx, user_id)
+        if user is None or user.status == "deleted":
+            raise InvalidToken("The token's user does not exist")
+        if user.status == "suspended":
+            raise AccountSuspended
+        effective = await rbac.effective(
+            tx, runtime.store, user_id, runtime.settings.permission_cache_ttl_seconds
+        )
+        principal = rbac.Principal(
+            id=str(user.id),
+            kind="user",
+            email=user.email,
+            effective=effective,
+            jti=claims.jti,
+            token_exp=claims.exp,
+            extra={"user": user},
+        )
+    request.state.user_id = principal.id
+    audit.set_actor(tx, principal.actor())
+    return principal
+
+
+CurrentPrincipal = Annotated[rbac.Principal, Depends(current_principal)]
+
+
+async def current_user(principal: CurrentPrincipal) -> rbac.Principal:
+    """Endpoints about "me" need a person, not a service token."""
+    if principal.kind != "user":
+        raise Forbidden("This endpoint needs a user token")
+    return principal
+
+
+CurrentUser = Annotated[rbac.Principal, Depends(current_user)]
+
+
+def RequirePermission(permission: str) -> Any:  # noqa: N802 - reads like a type in signatures
+    async def check(principal: CurrentPrincipal) -> rbac.Principal:
+        if not principal.can(permission):
+            raise Forbidden(f"Missing permission {permission}", details={"permission": permission})
+        return principal
+
+    check.__name__ = f"require_{permission.replace(':', '_').replace('-', '_')}"
+    return Depends(check)

@@ -1,0 +1,120 @@
+"""/api/roles and /api/permissions."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Response
+
+from aihub.core.deps import CurrentPrincipal, RequirePermission, RuntimeDep, TxDep, TxRoute
+from aihub.core.rbac import schemas
+from aihub.core.rbac import service as rbac
+from aihub.core.rbac.service import Principal
+from aihub.core.users import service as users
+from aihub.kit.errors import Forbidden
+
+roles_router = APIRouter(prefix="/api/roles", tags=["roles"], route_class=TxRoute)
+permissions_router = APIRouter(prefix="/api/permissions", tags=["permissions"], route_class=TxRoute)
+
+
+@roles_router.get("", response_model=schemas.RoleList)
+async def list_roles(tx: TxDep, _: Annotated[Principal, RequirePermission("roles:read")]) -> dict[str, Any]:
+    """All roles, highest level first (a short list: one page)."""
+    return {"items": await rbac.list_roles(tx), "next_cursor": None}
+
+
+@roles_router.post("", response_model=schemas.RoleOut, status_code=201)
+async def create_role(
+    body: schemas.RoleCreate,
+    tx: TxDep,
+    runtime: RuntimeDep,
+    actor: Annotated[Principal, RequirePermission("roles:write")],
+) -> dict[str, Any]:
+    """Create a role below one's own level, with permissions one holds."""
+    return await rbac.create_role(
+        tx,
+        runtime.store,
+        actor,
+        name=body.name,
+        level=body.level,
+        description=body.description,
+        permissions=body.permissions,
+    )
+
+
+@roles_router.get("/{name}", response_model=schemas.RoleOut)
+async def read_role(
+    name: str, tx: TxDep, _: Annotated[Principal, RequirePermission("roles:read")]
+) -> dict[str, Any]:
+    return await rbac.read_role(tx, name)
+
+
+@roles_router.patch("/{name}", response_model=schemas.RoleOut)
+async def update_role(
+    name: str,
+    body: schemas.RoleUpdate,
+    tx: TxDep,
+    runtime: RuntimeDep,
+    actor: Annotated[Principal, RequirePermission("roles:write")],
+) -> dict[str, Any]:
+    return await rbac.update_role(
+        tx, runtime.store, actor, name, level=body.level, description=body.description
+    )
+
+
+@roles_router.delete("/{name}", status_code=204)
+async def delete_role(
+    name: str,
+    tx: TxDep,
+    runtime: RuntimeDep,
+    actor: Annotated[Principal, RequirePermission("roles:write")],
+) -> Response:
+    """Delete a custom role that nobody holds; system roles stay."""
+    await rbac.delete_role(tx, runtime.store, actor, name)
+    return Response(status_code=204)
+
+
+@roles_router.put("/{name}/permissions", response_model=schemas.RoleOut)
+async def replace_role_permissions(
+    name: str,
+    body: schemas.RolePermissionsBody,
+    tx: TxDep,
+    runtime: RuntimeDep,
+    actor: Annotated[Principal, RequirePermission("roles:write")],
+) -> dict[str, Any]:
+    """Replace the role's permissions; cached permissions of its holders are invalidated."""
+    return await rbac.set_role_permissions(tx, runtime.store, actor, name, body.permissions)
+
+
+@permissions_router.get("", response_model=schemas.PermissionList)
+async def list_permissions(
+    tx: TxDep, _: Annotated[Principal, RequirePermission("permissions:read")]
+) -> dict[str, Any]:
+    return {"items": await rbac.list_permissions(tx), "next_cursor": None}
+
+
+@permissions_router.post("", response_model=schemas.PermissionOut, status_code=201)
+async def create_permission(
+    body: schemas.PermissionCreate,
+    tx: TxDep,
+    _: Annotated[Principal, RequirePermission("permissions:write")],
+) -> dict[str, Any]:
+    return await rbac.create_permission(tx, body.name, body.description)
+
+
+@permissions_router.post("/check", response_model=schemas.PermissionCheckOut)
+async def check_permission(
+    body: schemas.PermissionCheck, tx: TxDep, runtime: RuntimeDep, caller: CurrentPrincipal
+) -> dict[str, bool]:
+    """Does a user hold a permission? One's own, or anyone's with `permissions:read`."""
+    if body.user_id is None or str(body.user_id) == caller.id:
+        return {"allowed": caller.can(body.permission)}
+    if not caller.can("permissions:read"):
+        raise Forbidden("Missing permission permissions:read", details={"permission": "permissions:read"})
+    user = await users.get_user(tx, body.user_id)
+    if user.status != "active":
+        return {"allowed": False}
+    effective = await rbac.effective(
+        tx, runtime.store, user.id, runtime.settings.permission_cache_ttl_seconds
+    )
+    return {"allowed": effective.can(body.permission)}

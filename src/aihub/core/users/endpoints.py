@@ -1,0 +1,156 @@
+"""/api/users — profiles, administration, roles and permissions of one user."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Depends, Query, Response
+
+from aihub.core.deps import CurrentUser, RequirePermission, RuntimeDep, TxDep, TxRoute
+from aihub.core.rbac.service import Principal
+from aihub.core.users import schemas
+from aihub.core.users import service as users
+from aihub.kit.errors import Forbidden
+from aihub.kit.pagination import PageParams, page_params
+
+router = APIRouter(prefix="/api/users", tags=["users"], route_class=TxRoute)
+
+
+@router.get("/me", response_model=schemas.UserOut)
+async def read_me(tx: TxDep, me: CurrentUser) -> dict[str, Any]:
+    """The calling user's own profile."""
+    assert me.user_id is not None
+    return await users.read(tx, me.user_id)
+
+
+@router.patch("/me", response_model=schemas.UserOut)
+async def update_me(body: schemas.MeUpdate, tx: TxDep, me: CurrentUser) -> dict[str, Any]:
+    """Change one's display name, or password (which needs the current password)."""
+    assert me.user_id is not None
+    return await users.update_me(
+        tx,
+        me.user_id,
+        display_name=body.display_name,
+        password=body.password,
+        current_password=body.current_password,
+    )
+
+
+@router.get("", response_model=schemas.UserPage)
+async def list_users(
+    tx: TxDep,
+    _: Annotated[Principal, RequirePermission("users:read")],
+    page: Annotated[PageParams, Depends(page_params)],
+    q: Annotated[str | None, Query(max_length=100, description="Part of the email or name")] = None,
+    role: Annotated[str | None, Query(max_length=32)] = None,
+    status: Literal["active", "suspended", "deleted"] | None = None,
+) -> dict[str, Any]:
+    """Users, newest first, filtered by text, role and status."""
+    return await users.search(tx, page, q=q, role=role, status=status)
+
+
+@router.post("", response_model=schemas.UserOut, status_code=201)
+async def create_user(
+    body: schemas.UserCreate,
+    tx: TxDep,
+    runtime: RuntimeDep,
+    actor: Annotated[Principal, RequirePermission("users:create")],
+) -> dict[str, Any]:
+    """Create a user (role `user` unless roles are given) with an empty credit account."""
+    return await users.create(
+        tx,
+        runtime.store,
+        actor,
+        email=body.email,
+        password=body.password,
+        display_name=body.display_name,
+        roles=body.roles,
+        verified=body.verified,
+    )
+
+
+@router.get("/{user_id}", response_model=schemas.UserOut)
+async def read_user(
+    user_id: uuid.UUID, tx: TxDep, _: Annotated[Principal, RequirePermission("users:read")]
+) -> dict[str, Any]:
+    return await users.read(tx, user_id)
+
+
+@router.patch("/{user_id}", response_model=schemas.UserOut)
+async def update_user(
+    user_id: uuid.UUID,
+    body: schemas.UserUpdate,
+    tx: TxDep,
+    runtime: RuntimeDep,
+    actor: Annotated[Principal, RequirePermission("users:update")],
+) -> dict[str, Any]:
+    """Edit a user below one's own level; `status: suspended` suspends, `active` reactivates."""
+    return await users.update(tx, runtime.store, actor, user_id, body.model_dump(exclude_unset=True))
+
+
+@router.delete("/{user_id}", status_code=204)
+async def delete_user(
+    user_id: uuid.UUID,
+    tx: TxDep,
+    runtime: RuntimeDep,
+    actor: Annotated[Principal, RequirePermission("users:delete")],
+) -> Response:
+    """Mark the user deleted and anonymise the email; the ledger and audit history are kept."""
+    await users.delete(tx, runtime.store, actor, user_id)
+    return Response(status_code=204)
+
+
+@router.get("/{user_id}/roles", response_model=schemas.RolesOut)
+async def read_roles(
+    user_id: uuid.UUID, tx: TxDep, _: Annotated[Principal, RequirePermission("users:read")]
+) -> dict[str, Any]:
+    user = await users.read(tx, user_id)
+    return {"user_id": user_id, "roles": user["roles"]}
+
+
+@router.put("/{user_id}/roles", response_model=schemas.RolesOut)
+async def replace_roles(
+    user_id: uuid.UUID,
+    body: schemas.RolesBody,
+    tx: TxDep,
+    runtime: RuntimeDep,
+    actor: Annotated[Principal, RequirePermission("roles:assign")],
+) -> dict[str, Any]:
+    """Replace the user's roles. Only roles below one's own level can be added or removed."""
+    roles = await users.set_roles(tx, runtime.store, actor, user_id, body.roles)
+    return {"user_id": user_id, "roles": roles}
+
+
+@router.get("/{user_id}/permissions", response_model=schemas.PermissionsOut)
+async def read_permissions(
+    user_id: uuid.UUID, tx: TxDep, runtime: RuntimeDep, me: CurrentUser
+) -> dict[str, Any]:
+    """Effective permissions (roles and direct grants). One's own, or anyone's with `users:read`."""
+    if me.id != str(user_id) and not me.can("users:read"):
+        raise Forbidden("Missing permission users:read", details={"permission": "users:read"})
+    return await users.effective_permissions(tx, runtime.store, user_id)
+
+
+@router.post("/{user_id}/permissions", response_model=schemas.PermissionsOut, status_code=201)
+async def grant_permission(
+    user_id: uuid.UUID,
+    body: schemas.GrantBody,
+    tx: TxDep,
+    runtime: RuntimeDep,
+    actor: Annotated[Principal, RequirePermission("permissions:write")],
+) -> dict[str, Any]:
+    """Grant one permission to one user directly (on top of their roles)."""
+    return await users.grant(tx, runtime.store, actor, user_id, body.permission)
+
+
+@router.delete("/{user_id}/permissions/{permission}", status_code=204)
+async def revoke_permission(
+    user_id: uuid.UUID,
+    permission: str,
+    tx: TxDep,
+    runtime: RuntimeDep,
+    actor: Annotated[Principal, RequirePermission("permissions:write")],
+) -> Response:
+    await users.revoke(tx, runtime.store, actor, user_id, permission)
+    return Response(status_code=204)

@@ -1,0 +1,293 @@
+"""Users: creation (with a credit account), profile changes, suspension, soft deletion.
+
+Rules: emails are normalised and unique; nobody edits a user whose highest level is at or
+above their own unless admin; the last active admin cannot be demoted, suspended or deleted.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from typing import Any
+
+from sqlalchemy.exc import IntegrityError
+
+from aihub.core.audit import service as audit
+from aihub.core.rbac import repository as rbac_repo
+from aihub.core.rbac import service as rbac
+from aihub.core.users import repository as repo
+from aihub.kit.db import Tx, utcnow
+from aihub.kit.errors import AppError, Conflict, Forbidden, NotFound
+from aihub.kit.pagination import PageParams, page_of
+from aihub.kit.passwords import hash_password, verify_password
+from aihub.kit.store import Store
+from aihub.models import User
+
+_EMAIL = re.compile(r"^[^@\s]{1,64}@[^@\s]+\.[^@\s]+$")
+DEFAULT_ROLE = "user"
+
+
+class UserNotFound(NotFound):
+    code, message = "USER_NOT_FOUND", "No such user"
+
+
+class EmailTaken(Conflict):
+    code, message = "EMAIL_TAKEN", "An account with this email exists"
+
+
+class InvalidEmail(AppError):
+    status_code, code, message = 422, "VALIDATION_ERROR", "The email address is not valid"
+
+
+class WrongPassword(AppError):
+    status_code, code, message = 403, "INVALID_CREDENTIALS", "The current password is wrong"
+
+
+class LastAdmin(Conflict):
+    code, message = "LAST_ADMIN", "The last active admin cannot lose admin rights"
+
+
+class UserDeleted(Conflict):
+    code, message = "USER_DELETED", "The user has been deleted"
+
+
+def normalise_email(raw: str) -> str:
+    email = raw.strip().lower()
+    if not _EMAIL.match(email) or len(email) > 320:
+        raise InvalidEmail(details=[{"field": "body.email", "message": "not a valid email address"}])
+    return email
+
+
+def view(user: User, roles: list[str]) -> dict[str, Any]:
+    return {
+        "id": user.id,
+        "email": user.email,
+        "display_name": user.display_name,
+        "verified": user.verified,
+        "status": user.status,
+        "roles": roles,
+        "created_at": user.created_at,
+        "updated_at": user.updated_at,
+    }
+
+
+async def get_user(tx: Tx, user_id: uuid.UUID, *, for_update: bool = False) -> User:
+    user = await repo.get(tx.session, user_id, for_update=for_update)
+    if user is None:
+        raise UserNotFound
+    return user
+
+
+async def read(tx: Tx, user_id: uuid.UUID) -> dict[str, Any]:
+    user = await get_user(tx, user_id)
+    return view(user, await rbac_repo.user_role_names(tx.session, user.id))
+
+
+async def search(
+    tx: Tx, params: PageParams, *, q: str | None, role: str | None, status: str | None
+) -> dict[str, Any]:
+    rows = await repo.fetch(tx.session, repo.search(params, q=q, role=role, status=status))
+    items, cursor = page_of(rows, params, lambda u: (u.created_at, u.id))
+    roles = await rbac_repo.roles_of_users(tx.session, [u.id for u in items])
+    return {"items": [view(u, roles[u.id]) for u in items], "next_cursor": cursor}
+
+
+async def create(
+    tx: Tx,
+    store: Store,
+    actor: rbac.Principal | None,
+    *,
+    email: str,
+    password: str | None,
+    display_name: str | None = None,
+    roles: list[str] | None = None,
+    verified: bool = False,
+    action: str = "user.create",
+) -> dict[str, Any]:
+    """Create a user with its credit account (balance 0). ``actor=None`` means the system."""
+    email = normalise_email(email)
+    wanted = [DEFAULT_ROLE] if roles is None else roles
+    if actor is not None:
+        await rbac.check_assignable(tx, actor, wanted)
+    else:
+        missing = set(wanted) - (await rbac_repo.roles_by_name(tx.session, wanted)).keys()
+        if missing:
+            raise rbac.UnknownRoles(details={"roles": sorted(missing)})
+    if await repo.by_email(tx.session, email) is not None:
+        raise EmailTaken
+    user = User(
+        email=email,
+        display_name=display_name,
+        password_hash=await hash_password(password) if password else None,
+        verified=verified,
+        status="active",
+    )
+    try:
+        await repo.add(tx.session, user)
+    except IntegrityError as exc:  # a concurrent create with the same email won the race
+        raise EmailTaken from exc
+    await rbac_repo.set_user_roles(tx.session, user.id, wanted)
+    result = view(user, await rbac_repo.user_role_names(tx.session, user.id))
+    audit.record(tx, action, "user", user.id, after=result)
+    return result
+
+
+async def _target_level(tx: Tx, user_id: uuid.UUID) -> int:
+    roles = await rbac_repo.roles_by_name(tx.session, await rbac_repo.user_role_names(tx.session, user_id))
+    return max((r.level for r in roles.values()), default=-1)
+
+
+async def _guard_edit(tx: Tx, actor: rbac.Principal, user: User) -> None:
+    if user.status == "deleted":
+        raise UserDeleted
+    if actor.kind == "user" and actor.id == str(user.id):
+        return  # editing oneself is governed by the endpoint's own rules
+    rbac.require_above(actor, await _target_level(tx, user.id), "change a user")
+
+
+async def _guard_last_admin(tx: Tx, user: User) -> None:
+    roles = await rbac_repo.user_role_names(tx.session, user.id)
+    if rbac.ADMIN in roles and user.status == "active" and await rbac_repo.active_admin_count(tx.session) <= 1:
+        raise LastAdmin
+
+
+async def update_me(
+    tx: Tx,
+    user_id: uuid.UUID,
+    *,
+    display_name: str | None,
+    password: str | None,
+    current_password: str | None,
+) -> dict[str, Any]:
+    user = await get_user(tx, user_id, for_update=True)
+    before = await read(tx, user_id)
+    if password is not None:
+        if not current_password or not await verify_password(user.password_hash, current_password):
+            raise WrongPassword
+        user.password_hash = await hash_password(password)
+    if display_name is not None:
+        user.display_name = display_name
+    user.updated_at = utcnow()
+    await tx.session.flush()
+    after = await read(tx, user_id)
+    audit.record(
+        tx,
+        "user.password_change" if password is not None else "user.update",
+        "user",
+        user.id,
+        before=before,
+        after=after,
+    )
+    return after
+
+
+async def update(
+    tx: Tx,
+    store: Store,
+    actor: rbac.Principal,
+    user_id: uuid.UUID,
+    changes: dict[str, Any],
+) -> dict[str, Any]:
+    user = await get_user(tx, user_id, for_update=True)
+    await _guard_edit(tx, actor, user)
+    before = await read(tx, user_id)
+    if changes.get("status") == "suspended" and user.status == "active":
+        if actor.kind == "user" and actor.id == str(user.id):
+            raise Forbidden("You cannot suspend yourself")
+        await _guard_last_admin(tx, user)
+    if "email" in changes and changes["email"] is not None:
+        email = normalise_email(changes["email"])
+        if email != user.email and await repo.by_email(tx.session, email) is not None:
+            raise EmailTaken
+        user.email = email
+    for field in ("display_name", "verified", "status"):
+        if changes.get(field) is not None:
+            setattr(user, field, changes[field])
+    user.updated_at = utcnow()
+    try:
+        await tx.session.flush()
+    except IntegrityError as exc:
+        raise EmailTaken from exc
+    after = await read(tx, user_id)
+    action = "user.update"
+    if before["status"] != after["status"]:
+        action = "user.suspend" if after["status"] == "suspended" else "user.reactivate"
+    audit.record(tx, action, "user", user.id, before=before, after=after)
+    return after
+
+
+async def delete(tx: Tx, store: Store, actor: rbac.Principal, user_id: uuid.UUID) -> None:
+    """Soft delete: anonymise, mark deleted, drop roles; the ledger and audit history stay."""
+    user = await get_user(tx, user_id, for_update=True)
+    await _guard_edit(tx, actor, user)
+    if actor.kind == "user" and actor.id == str(user.id):
+        raise Forbidden("You cannot delete yourself")
+    await _guard_last_admin(tx, user)
+    before = await read(tx, user_id)
+    user.email = f"deleted-{user.id.hex}@deleted.invalid"
+    user.display_name = None
+    user.password_hash = None
+    user.status = "deleted"
+    user.updated_at = utcnow()
+    await rbac_repo.set_user_roles(tx.session, user.id, [])
+    await tx.session.flush()
+    audit.record(tx, "user.delete", "user", user.id, before=before, after=await read(tx, user_id))
+    rbac.invalidate_after_commit(tx, store)
+
+
+async def set_roles(
+    tx: Tx, store: Store, actor: rbac.Principal, user_id: uuid.UUID, roles: list[str]
+) -> list[str]:
+    user = await get_user(tx, user_id, for_update=True)
+    if user.status == "deleted":
+        raise UserDeleted
+    current = await rbac_repo.user_role_names(tx.session, user.id)
+    if not actor.is_admin:
+        rbac.require_above(actor, await _target_level(tx, user.id), "change this user's roles")
+    # Every role added or removed must be one the actor may hand out.
+    await rbac.check_assignable(tx, actor, set(roles) ^ set(current))
+    if rbac.ADMIN in current and rbac.ADMIN not in roles:
+        await _guard_last_admin(tx, user)
+    await rbac_repo.set_user_roles(tx.session, user.id, roles)
+    after = await rbac_repo.user_role_names(tx.session, user.id)
+    audit.record(tx, "user.roles", "user", user.id, before={"roles": current}, after={"roles": after})
+    rbac.invalidate_after_commit(tx, store)
+    return after
+
+
+async def effective_permissions(tx: Tx, store: Store, user_id: uuid.UUID) -> dict[str, Any]:
+    await get_user(tx, user_id)
+    roles, perms = await rbac_repo.effective_rows(tx.session, user_id)
+    names = [name for name, _ in roles]
+    grants = await rbac_repo.user_grants(tx.session, user_id)
+    return {
+        "user_id": user_id,
+        "roles": names,
+        "permissions": ["*"] if rbac.ADMIN in names else sorted(perms),
+        "grants": grants,
+    }
+
+
+async def grant(
+    tx: Tx, store: Store, actor: rbac.Principal, user_id: uuid.UUID, permission: str
+) -> dict[str, Any]:
+    user = await get_user(tx, user_id, for_update=True)
+    await _guard_edit(tx, actor, user)
+    await rbac.check_permissions_exist(tx, [permission])
+    rbac.check_grantable(actor, [permission])
+    if await rbac_repo.add_user_grant(tx.session, user.id, permission):
+        audit.record(tx, "user.grant", "user", user.id, after={"permission": permission})
+        rbac.invalidate_after_commit(tx, store)
+    return await effective_permissions(tx, store, user_id)
+
+
+async def revoke(
+    tx: Tx, store: Store, actor: rbac.Principal, user_id: uuid.UUID, permission: str
+) -> None:
+    user = await get_user(tx, user_id, for_update=True)
+    await _guard_edit(tx, actor, user)
+    rbac.check_grantable(actor, [permission])
+    if not await rbac_repo.remove_user_grant(tx.session, user.id, permission):
+        raise rbac.PermissionNotFound("The user holds no such direct grant")
+    audit.record(tx, "user.revoke", "user", user.id, before={"permission": permission})
+    rbac.invalidate_after_commit(tx, store)

@@ -1,0 +1,76 @@
+"""Assembles a FastAPI service: middleware, error shape, health, readiness, metrics, lifespan."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+
+from fastapi import APIRouter, FastAPI, Request
+from starlette.responses import Response
+
+from aihub import __version__
+from aihub.kit.errors import install_error_handlers
+from aihub.kit.jsonutil import dumps
+from aihub.kit.metrics import metrics_endpoint
+from aihub.kit.middleware import ServiceMiddleware
+from aihub.kit.runtime import Runtime
+
+
+async def health() -> dict[str, str]:
+    """Liveness: the process answers."""
+    return {"status": "ok"}
+
+
+async def ready(request: Request) -> Response:
+    """Readiness: the database answers, and Redis when one is configured."""
+    runtime: Runtime = request.app.state.runtime
+    database = "ok" if await runtime.check_database() else "down"
+    if runtime.store.kind == "redis":
+        redis = "ok" if await runtime.store.ping() else "down"
+    else:
+        redis = "memory"
+    down = database == "down" or redis == "down" or request.app.state.draining
+    body = {
+        "status": "down" if down else "ok",
+        "checks": {"database": database, "redis": redis},
+    }
+    return Response(dumps(body), status_code=503 if down else 200, media_type="application/json")
+
+
+def create_service_app(
+    name: str,
+    runtime: Runtime,
+    routers: Sequence[APIRouter],
+    *,
+    description: str,
+) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if not app.state.prepared:
+            await runtime.prepare()
+        yield
+        if app.state.owns_runtime:
+            await runtime.close()
+
+    app = FastAPI(
+        title=f"aihub {name}",
+        version=__version__,
+        description=description,
+        lifespan=lifespan,
+    )
+    app.state.runtime = runtime
+    app.state.settings = runtime.settings
+    # The all-in-one process shares one runtime between services, prepares it and closes it once.
+    app.state.prepared = False
+    app.state.owns_runtime = True
+    app.state.draining = False
+    install_error_handlers(app)
+    app.add_middleware(ServiceMiddleware, service=name, max_body_bytes=runtime.settings.max_body_bytes)
+    app.add_api_route("/health", health, methods=["GET"], tags=["health"])
+    app.add_api_route("/health/ready", ready, methods=["GET"], tags=["health"], response_model=None)
+    app.add_api_route(
+        "/metrics", metrics_endpoint, methods=["GET"], tags=["health"], include_in_schema=False
+    )
+    for router in routers:
+        app.include_router(router)
+    return app

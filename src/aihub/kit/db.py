@@ -1,0 +1,131 @@
+"""Database plumbing: one engine per process, one transaction per request or job.
+
+PostgreSQL (asyncpg) in production, SQLite (aiosqlite) embedded. On SQLite the pool holds a
+single connection: SQLite allows one writer at a time, and a request that holds the only
+connection for its whole transaction can never fail half-way with "database is locked".
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from sqlalchemy import DateTime, event
+from sqlalchemy.engine import Dialect
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+from sqlalchemy.orm import DeclarativeBase
+from sqlalchemy.pool import AsyncAdaptedQueuePool
+from sqlalchemy.types import TypeDecorator
+
+from aihub.config import Settings
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+class UTCDateTime(TypeDecorator[dt.datetime]):
+    """Timezone-aware UTC in Python on both engines (SQLite stores no zone of its own)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: dt.datetime | None, dialect: Dialect) -> dt.datetime | None:
+        if value is None:
+            return None
+        # A client's timestamp without a zone is read as UTC (RFC 3339 asks for one anyway).
+        value = value.replace(tzinfo=dt.UTC) if value.tzinfo is None else value.astimezone(dt.UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: dt.datetime | None, dialect: Dialect) -> dt.datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=dt.UTC) if value.tzinfo is None else value.astimezone(dt.UTC)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA busy_timeout=10000")
+    cursor.close()
+
+
+def create_engine(settings: Settings) -> AsyncEngine:
+    if settings.is_sqlite:
+        engine = create_async_engine(
+            settings.database_url,
+            poolclass=AsyncAdaptedQueuePool,
+            pool_size=1,
+            max_overflow=0,
+            pool_timeout=60,
+        )
+        event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
+        return engine
+    return create_async_engine(
+        settings.database_url,
+        pool_size=settings.db_pool_size,
+        max_overflow=settings.db_pool_overflow,
+        pool_pre_ping=False,
+        pool_recycle=1800,
+        connect_args={"server_settings": {"application_name": "aihub"}},
+    )
+
+
+def create_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
+    return async_sessionmaker(engine, expire_on_commit=False, autoflush=False)
+
+
+AfterCommit = Callable[[], Awaitable[None]]
+BeforeCommit = Callable[["Tx"], Awaitable[None]]
+
+
+class Tx:
+    """A unit of work: one session, committed once at the edge.
+
+    Services ``flush()``; only the edge (the request handler wrapper, a job runner, a CLI verb)
+    calls :meth:`commit`. Work that must only happen once the data is durable (cache
+    invalidation, job enqueueing, webhooks) is registered with :meth:`after_commit` and dropped
+    on rollback. Work that must be the last thing inside the transaction (the audit chain,
+    which takes a short per-chain lock) is registered with :meth:`before_commit`.
+    """
+
+    def __init__(self, session: AsyncSession, *, request_id: str | None = None, ip: str | None = None):
+        self.session = session
+        self.request_id = request_id
+        self.ip = ip
+        self.info: dict[str, Any] = {}
+        self._before: list[BeforeCommit] = []
+        self._after: list[AfterCommit] = []
+        self._done = False
+
+    def before_commit(self, hook: BeforeCommit) -> None:
+        if hook not in self._before:
+            self._before.append(hook)
+
+    def after_commit(self, hook: AfterCommit) -> None:
+        self._after.append(hook)
+
+    async def commit(self) -> None:
+        if self._done:
+            return
+        for hook in self._before:
+            await hook(self)
+        await self.session.commit()
+        self._done = True
+        hooks, self._after = self._after, []
+        for after in hooks:
+            await after()
+
+    async def close(self) -> None:
+        if not self._done:
+            await self.session.rollback()
+            self._done = True
+            self._after.clear()
+        await self.session.close()

@@ -1,0 +1,29 @@
+"""Fast, canonical JSON (orjson) used for responses, logs, hashes and the stores."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import uuid
+
+import orjson
+
+
+def _default(value: Any) -> Any:
+    # Drivers hand back their own UUID subclasses (asyncpg), which orjson does not take as UUID.
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def dumps(value: Any) -> bytes:
+    return orjson.dumps(value, default=_default, option=orjson.OPT_NON_STR_KEYS)
+
+
+def canonical(value: Any) -> bytes:
+    """Sorted keys, no whitespace: the same value always gives the same bytes (for hashes)."""
+    return orjson.dumps(value, default=_default, option=orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS)
+
+
+def loads(data: bytes | str) -> Any:
+    return orjson.loads(data)

@@ -1,0 +1,59 @@
+"""What a service process holds for its lifetime: settings, the engine, the store, the codec.
+
+Built once at start (or by a test with its own database), closed once at shutdown.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from aihub.config import Settings
+from aihub.kit import migrate
+from aihub.kit.db import Tx, create_engine, create_sessionmaker
+from aihub.kit.jwt import TokenCodec
+from aihub.kit.store import Store, create_store
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    engine: AsyncEngine
+    sessionmaker: async_sessionmaker[AsyncSession]
+    store: Store
+    codec: TokenCodec
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def build(cls, settings: Settings) -> Runtime:
+        engine = create_engine(settings)
+        return cls(
+            settings=settings,
+            engine=engine,
+            sessionmaker=create_sessionmaker(engine),
+            store=create_store(settings.redis_url),
+            codec=TokenCodec.from_settings(settings),
+        )
+
+    def tx(self, *, request_id: str | None = None, ip: str | None = None) -> Tx:
+        return Tx(self.sessionmaker(), request_id=request_id, ip=ip)
+
+    async def prepare(self) -> None:
+        """Migrations are applied at start on the embedded default (and when asked to)."""
+        if self.settings.auto_migrate:
+            await migrate.upgrade(self.engine)
+
+    async def check_database(self) -> bool:
+        try:
+            async with self.engine.connect() as conn:
+                await conn.execute(text("SELECT 1"))
+        except Exception:  # any driver error means "not ready"; readiness reports it
+            return False
+        return True
+
+    async def close(self) -> None:
+        await self.store.close()
+        await self.engine.dispose()

@@ -1,0 +1,191 @@
+"""Shared short-lived state (caches, counters, blacklists, limits) behind one small interface.
+
+``RedisStore`` in production, so that every instance of every service sees the same state;
+``MemoryStore`` on the embedded default, where all services share one process.
+Later domains build on these primitives (the gateway adds its own Lua script for the
+one-round-trip rate-limit and blacklist decision).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Protocol
+
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+
+class StoreUnavailable(Exception):
+    """The shared store cannot be reached; callers decide to fail open or closed."""
+
+
+class Store(Protocol):
+    kind: str
+
+    async def get(self, key: str) -> str | None: ...
+    async def set(self, key: str, value: str, ttl: float | None = None) -> None: ...
+    async def set_if_absent(self, key: str, value: str, ttl: float | None = None) -> bool: ...
+    async def delete(self, *keys: str) -> int: ...
+    async def exists(self, key: str) -> bool: ...
+    async def incr(self, key: str, amount: int = 1, ttl: float | None = None) -> int: ...
+    async def ttl(self, key: str) -> float | None: ...
+    async def ping(self) -> bool: ...
+    async def close(self) -> None: ...
+
+
+class MemoryStore:
+    """In-process store with lazy expiry. Safe within one event loop (no awaits inside ops)."""
+
+    kind = "memory"
+
+    def __init__(self) -> None:
+        self._data: dict[str, tuple[str, float | None]] = {}
+        self._clock = time.monotonic
+        self._ops = 0
+
+    def _alive(self, key: str) -> tuple[str, float | None] | None:
+        item = self._data.get(key)
+        if item is None:
+            return None
+        if item[1] is not None and item[1] <= self._clock():
+            del self._data[key]
+            return None
+        return item
+
+    def _sweep(self) -> None:
+        # Lazy expiry alone would keep never-read keys forever; sweep now and then.
+        self._ops += 1
+        if self._ops % 10_000 == 0:
+            now = self._clock()
+            for key in [k for k, (_, exp) in self._data.items() if exp is not None and exp <= now]:
+                del self._data[key]
+
+    def _expiry(self, ttl: float | None) -> float | None:
+        return None if ttl is None else self._clock() + ttl
+
+    async def get(self, key: str) -> str | None:
+        item = self._alive(key)
+        return None if item is None else item[0]
+
+    async def set(self, key: str, value: str, ttl: float | None = None) -> None:
+        self._sweep()
+        self._data[key] = (value, self._expiry(ttl))
+
+    async def set_if_absent(self, key: str, value: str, ttl: float | None = None) -> bool:
+        if self._alive(key) is not None:
+            return False
+        await self.set(key, value, ttl)
+        return True
+
+    async def delete(self, *keys: str) -> int:
+        removed = 0
+        for key in keys:
+            if self._alive(key) is not None:
+                del self._data[key]
+                removed += 1
+        return removed
+
+    async def exists(self, key: str) -> bool:
+        return self._alive(key) is not None
+
+    async def incr(self, key: str, amount: int = 1, ttl: float | None = None) -> int:
+        item = self._alive(key)
+        if item is None:
+            value, expiry = amount, self._expiry(ttl)
+        else:
+            value, expiry = int(item[0]) + amount, item[1]
+        self._data[key] = (str(value), expiry)
+        return value
+
+    async def ttl(self, key: str) -> float | None:
+        item = self._alive(key)
+        if item is None or item[1] is None:
+            return None
+        return max(0.0, item[1] - self._clock())
+
+    async def ping(self) -> bool:
+        return True
+
+    async def close(self) -> None:
+        self._data.clear()
+
+
+class RedisStore:
+    kind = "redis"
+
+    def __init__(self, url: str, *, timeout: float = 1.0) -> None:
+        self.redis: Redis = Redis.from_url(
+            url,
+            decode_responses=True,
+            socket_timeout=timeout,
+            socket_connect_timeout=timeout,
+            health_check_interval=30,
+        )
+
+    async def get(self, key: str) -> str | None:
+        try:
+            value: str | None = await self.redis.get(key)
+        except (RedisError, OSError) as exc:
+            raise StoreUnavailable(str(exc)) from exc
+        return value
+
+    async def set(self, key: str, value: str, ttl: float | None = None) -> None:
+        try:
+            await self.redis.set(key, value, px=None if ttl is None else max(1, int(ttl * 1000)))
+        except (RedisError, OSError) as exc:
+            raise StoreUnavailable(str(exc)) from exc
+
+    async def set_if_absent(self, key: str, value: str, ttl: float | None = None) -> bool:
+        try:
+            done = await self.redis.set(
+                key, value, nx=True, px=None if ttl is None else max(1, int(ttl * 1000))
+            )
+        except (RedisError, OSError) as exc:
+            raise StoreUnavailable(str(exc)) from exc
+        return bool(done)
+
+    async def delete(self, *keys: str) -> int:
+        if not keys:
+            return 0
+        try:
+            return int(await self.redis.delete(*keys))
+        except (RedisError, OSError) as exc:
+            raise StoreUnavailable(str(exc)) from exc
+
+    async def exists(self, key: str) -> bool:
+        try:
+            return bool(await self.redis.exists(key))
+        except (RedisError, OSError) as exc:
+            raise StoreUnavailable(str(exc)) from exc
+
+    async def incr(self, key: str, amount: int = 1, ttl: float | None = None) -> int:
+        try:
+            async with self.redis.pipeline(transaction=True) as pipe:
+                pipe.incrby(key, amount)
+                if ttl is not None:
+                    # NX: the window starts with the first increment and is not pushed back.
+                    pipe.pexpire(key, max(1, int(ttl * 1000)), nx=True)
+                result = await pipe.execute()
+        except (RedisError, OSError) as exc:
+            raise StoreUnavailable(str(exc)) from exc
+        return int(result[0])
+
+    async def ttl(self, key: str) -> float | None:
+        try:
+            ms = int(await self.redis.pttl(key))
+        except (RedisError, OSError) as exc:
+            raise StoreUnavailable(str(exc)) from exc
+        return None if ms < 0 else ms / 1000
+
+    async def ping(self) -> bool:
+        try:
+            return bool(await self.redis.ping())
+        except (RedisError, OSError):
+            return False
+
+    async def close(self) -> None:
+        await self.redis.aclose()
+
+
+def create_store(redis_url: str | None) -> Store:
+    return RedisStore(redis_url) if redis_url else MemoryStore()

@@ -1,0 +1,18 @@
+"""SQLAlchemy models, one module per domain. Importing this package registers every table."""
+
+from aihub.models.audit import AuditChainHead, AuditLog
+from aihub.models.credits import CreditAccount
+from aihub.models.rbac import Permission, Role, RolePermission, UserPermission, UserRole
+from aihub.models.users import User
+
+__all__ = [
+    "AuditChainHead",
+    "AuditLog",
+    "CreditAccount",
+    "Permission",
+    "Role",
+    "RolePermission",
+    "User",
+    "UserPermission",
+    "UserRole",
+]
