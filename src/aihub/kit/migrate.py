@@ -27,7 +27,7 @@ def _upgrade(connection: Connection) -> None:
         connection.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _PG_MIGRATION_LOCK})
     cfg = alembic_config()
     cfg.attributes["connection"] = connection
-    command.upgrade(cfg, "head")
+    command.upgrade(cfg, "heads")  # domains add branches; all heads apply
 
 
 def _pending(connection: Connection) -> bool:
