@@ -190,8 +190,14 @@ async def live_core(pg_runtime: Runtime) -> AsyncIterator[LiveServer]:
     """The core app behind a real uvicorn server on loopback, in this test's event loop."""
     port = free_port()
     config = uvicorn.Config(
-        _core_app(pg_runtime), host="127.0.0.1", port=port, log_config=None, access_log=False,
-        lifespan="off", http="httptools", loop="none",
+        _core_app(pg_runtime),
+        host="127.0.0.1",
+        port=port,
+        log_config=None,
+        access_log=False,
+        lifespan="off",
+        http="httptools",
+        loop="none",
     )
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve())

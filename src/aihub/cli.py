@@ -59,7 +59,7 @@ def serve(
 
 async def _serve(settings: Settings, names: list[str], *, bootstrap: bool) -> None:
     from aihub.kit.runtime import Runtime
-    from aihub.kit.serve import Listener, serve_apps
+    from aihub.kit.serve import serve_apps
 
     runtime = Runtime.build(settings)
     try:
@@ -123,15 +123,15 @@ def migrate() -> None:
 @admin_app.command("create")
 def admin_create(
     email: Annotated[str, typer.Option("--email", help="The administrator's email")],
-    password: Annotated[
-        str | None, typer.Option("--password", help="Read from standard input when omitted")
-    ] = None,
+    password: Annotated[str | None, typer.Option("--password", help="Read from standard input when omitted")] = None,
 ) -> None:
     """Create an administrator, or give an existing account the admin role (idempotent)."""
     settings = _settings()
     if password is None:
-        password = sys.stdin.readline().rstrip("\n") if not sys.stdin.isatty() else typer.prompt(
-            "Password", hide_input=True, confirmation_prompt=True
+        password = (
+            sys.stdin.readline().rstrip("\n")
+            if not sys.stdin.isatty()
+            else typer.prompt("Password", hide_input=True, confirmation_prompt=True)
         )
     if len(password) < 8:
         err.print("[red]the password must be at least 8 characters[/red]")
@@ -158,5 +158,3 @@ def admin_create(
 
 def main() -> None:
     app()
-
-

@@ -33,12 +33,8 @@ async def test_me_returns_own_profile(client: httpx.AsyncClient, user: Caller) -
 
 async def test_me_needs_a_token(client: httpx.AsyncClient) -> None:
     assert_error(await client.get("/api/users/me"), 401, "UNAUTHORIZED")
-    assert_error(
-        await client.get("/api/users/me", headers={"Authorization": "Basic abc"}), 401, "INVALID_TOKEN"
-    )
-    assert_error(
-        await client.get("/api/users/me", headers={"Authorization": "Bearer not.a.jwt"}), 401, "INVALID_TOKEN"
-    )
+    assert_error(await client.get("/api/users/me", headers={"Authorization": "Basic abc"}), 401, "INVALID_TOKEN")
+    assert_error(await client.get("/api/users/me", headers={"Authorization": "Bearer not.a.jwt"}), 401, "INVALID_TOKEN")
 
 
 async def test_forged_identity_header_is_ignored(client: httpx.AsyncClient, user: Caller, admin: Caller) -> None:
@@ -116,19 +112,29 @@ async def test_create_user_validation(client: httpx.AsyncClient, admin: Caller, 
 
 
 async def test_create_user_unknown_role(client: httpx.AsyncClient, admin: Caller) -> None:
-    response = await client.post("/api/users", headers=admin.headers, json={"email": "r@example.com", "roles": ["ghost"]})
+    response = await client.post(
+        "/api/users", headers=admin.headers, json={"email": "r@example.com", "roles": ["ghost"]}
+    )
     assert_error(response, 422, "UNKNOWN_ROLE")
 
 
 async def test_user_cannot_call_admin_endpoints(client: httpx.AsyncClient, user: Caller, admin: Caller) -> None:
     assert_error(await client.get("/api/users", headers=user.headers), 403, "FORBIDDEN")
-    assert_error(await client.post("/api/users", headers=user.headers, json={"email": "z@example.com"}), 403, "FORBIDDEN")
+    assert_error(
+        await client.post("/api/users", headers=user.headers, json={"email": "z@example.com"}), 403, "FORBIDDEN"
+    )
     assert_error(await client.get(f"/api/users/{admin.id}", headers=user.headers), 403, "FORBIDDEN")
-    assert_error(await client.patch(f"/api/users/{admin.id}", headers=user.headers, json={"displayName": "x"}), 403, "FORBIDDEN")
+    assert_error(
+        await client.patch(f"/api/users/{admin.id}", headers=user.headers, json={"displayName": "x"}), 403, "FORBIDDEN"
+    )
     assert_error(await client.delete(f"/api/users/{admin.id}", headers=user.headers), 403, "FORBIDDEN")
-    assert_error(await client.put(f"/api/users/{admin.id}/roles", headers=user.headers, json={"roles": []}), 403, "FORBIDDEN")
+    assert_error(
+        await client.put(f"/api/users/{admin.id}/roles", headers=user.headers, json={"roles": []}), 403, "FORBIDDEN"
+    )
     assert_error(await client.get("/api/audit-logs", headers=user.headers), 403, "FORBIDDEN")
-    assert_error(await client.post("/api/roles", headers=user.headers, json={"name": "x1", "level": 1}), 403, "FORBIDDEN")
+    assert_error(
+        await client.post("/api/roles", headers=user.headers, json={"name": "x1", "level": 1}), 403, "FORBIDDEN"
+    )
 
 
 async def test_list_users_filters_and_pages(client: httpx.AsyncClient, admin: Caller, runtime: Runtime) -> None:
@@ -188,9 +194,7 @@ async def test_update_email_conflict(client: httpx.AsyncClient, admin: Caller, u
     assert_error(clash, 409, "EMAIL_TAKEN")
 
 
-async def test_delete_anonymises_and_keeps_history(
-    client: httpx.AsyncClient, admin: Caller, user: Caller
-) -> None:
+async def test_delete_anonymises_and_keeps_history(client: httpx.AsyncClient, admin: Caller, user: Caller) -> None:
     response = await client.delete(f"/api/users/{user.id}", headers=admin.headers)
     assert response.status_code == 204
     body = (await client.get(f"/api/users/{user.id}", headers=admin.headers)).json()
@@ -214,27 +218,53 @@ async def test_last_admin_is_protected(client: httpx.AsyncClient, admin: Caller,
         "FORBIDDEN",
     )
     # Two admins: one may remove the other; then the remaining one is the last.
-    assert (await client.put(f"/api/users/{other.id}/roles", headers=admin.headers, json={"roles": ["user"]})).status_code == 200
+    assert (
+        await client.put(f"/api/users/{other.id}/roles", headers=admin.headers, json={"roles": ["user"]})
+    ).status_code == 200
     other2 = await create_user(runtime, roles=["admin"])
     await client.delete(f"/api/users/{other2.id}", headers=admin.headers)
     demote_self = await client.put(f"/api/users/{admin.id}/roles", headers=admin.headers, json={"roles": ["user"]})
     assert_error(demote_self, 409, "LAST_ADMIN")
 
 
-async def test_manager_hierarchy(client: httpx.AsyncClient, manager: Caller, admin: Caller, user: Caller, runtime: Runtime) -> None:
+async def test_manager_hierarchy(
+    client: httpx.AsyncClient, manager: Caller, admin: Caller, user: Caller, runtime: Runtime
+) -> None:
     # A manager may edit a user and assign roles below manager ...
-    assert (await client.patch(f"/api/users/{user.id}", headers=manager.headers, json={"displayName": "ok"})).status_code == 200
-    assert (await client.put(f"/api/users/{user.id}/roles", headers=manager.headers, json={"roles": ["guest"]})).status_code == 200
+    assert (
+        await client.patch(f"/api/users/{user.id}", headers=manager.headers, json={"displayName": "ok"})
+    ).status_code == 200
+    assert (
+        await client.put(f"/api/users/{user.id}/roles", headers=manager.headers, json={"roles": ["guest"]})
+    ).status_code == 200
     # ... but not assign admin or manager, nor touch an admin or another manager.
     for roles in (["admin"], ["manager"], ["user", "admin"]):
         response = await client.put(f"/api/users/{user.id}/roles", headers=manager.headers, json={"roles": roles})
         assert_error(response, 403, "FORBIDDEN")
     peer = await create_user(runtime, roles=["manager"])
-    assert_error(await client.patch(f"/api/users/{peer.id}", headers=manager.headers, json={"displayName": "x"}), 403, "FORBIDDEN")
-    assert_error(await client.patch(f"/api/users/{admin.id}", headers=manager.headers, json={"status": "suspended"}), 403, "FORBIDDEN")
-    assert_error(await client.put(f"/api/users/{peer.id}/roles", headers=manager.headers, json={"roles": ["user"]}), 403, "FORBIDDEN")
+    assert_error(
+        await client.patch(f"/api/users/{peer.id}", headers=manager.headers, json={"displayName": "x"}),
+        403,
+        "FORBIDDEN",
+    )
+    assert_error(
+        await client.patch(f"/api/users/{admin.id}", headers=manager.headers, json={"status": "suspended"}),
+        403,
+        "FORBIDDEN",
+    )
+    assert_error(
+        await client.put(f"/api/users/{peer.id}/roles", headers=manager.headers, json={"roles": ["user"]}),
+        403,
+        "FORBIDDEN",
+    )
     # Nor create a user with a role at their level.
-    assert_error(await client.post("/api/users", headers=manager.headers, json={"email": "m2@example.com", "roles": ["manager"]}), 403, "FORBIDDEN")
+    assert_error(
+        await client.post(
+            "/api/users", headers=manager.headers, json={"email": "m2@example.com", "roles": ["manager"]}
+        ),
+        403,
+        "FORBIDDEN",
+    )
     roles = (await client.get(f"/api/users/{user.id}/roles", headers=manager.headers)).json()
     assert roles["roles"] == ["guest"]
 

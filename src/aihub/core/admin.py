@@ -30,7 +30,13 @@ async def ensure_admin(runtime: Runtime, email: str, password: str) -> str:
         existing = await users_repo.by_email(tx.session, users.normalise_email(email))
         if existing is None:
             await users.create(
-                tx, runtime.store, None, email=email, password=password, roles=[rbac.ADMIN], verified=True,
+                tx,
+                runtime.store,
+                None,
+                email=email,
+                password=password,
+                roles=[rbac.ADMIN],
+                verified=True,
                 action="user.create_admin",
             )
             outcome = "created administrator"
@@ -40,8 +46,12 @@ async def ensure_admin(runtime: Runtime, email: str, password: str) -> str:
                 return "already an administrator:"
             await rbac_repo.set_user_roles(tx.session, existing.id, [*roles, rbac.ADMIN])
             audit.record(
-                tx, "user.roles", "user", existing.id,
-                before={"roles": roles}, after={"roles": [*roles, rbac.ADMIN]},
+                tx,
+                "user.roles",
+                "user",
+                existing.id,
+                before={"roles": roles},
+                after={"roles": [*roles, rbac.ADMIN]},
             )
             rbac.invalidate_after_commit(tx, runtime.store)
             outcome = "granted the admin role to"

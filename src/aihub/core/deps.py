@@ -122,9 +122,7 @@ async def current_principal(request: Request, runtime: RuntimeDep, tx: TxDep) ->
             raise InvalidToken("The token's user does not exist")
         if user.status == "suspended":
             raise AccountSuspended
-        effective = await rbac.effective(
-            tx, runtime.store, user_id, runtime.settings.permission_cache_ttl_seconds
-        )
+        effective = await rbac.effective(tx, runtime.store, user_id, runtime.settings.permission_cache_ttl_seconds)
         principal = rbac.Principal(
             id=str(user.id),
             kind="user",
@@ -152,7 +150,7 @@ async def current_user(principal: CurrentPrincipal) -> rbac.Principal:
 CurrentUser = Annotated[rbac.Principal, Depends(current_user)]
 
 
-def RequirePermission(permission: str) -> Any:  # noqa: N802 - reads like a type in signatures
+def RequirePermission(permission: str) -> Any:
     async def check(principal: CurrentPrincipal) -> rbac.Principal:
         if not principal.can(permission):
             raise Forbidden(f"Missing permission {permission}", details={"permission": permission})

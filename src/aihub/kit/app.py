@@ -68,9 +68,7 @@ def create_service_app(
     app.add_middleware(ServiceMiddleware, service=name, max_body_bytes=runtime.settings.max_body_bytes)
     app.add_api_route("/health", health, methods=["GET"], tags=["health"])
     app.add_api_route("/health/ready", ready, methods=["GET"], tags=["health"], response_model=None)
-    app.add_api_route(
-        "/metrics", metrics_endpoint, methods=["GET"], tags=["health"], include_in_schema=False
-    )
+    app.add_api_route("/metrics", metrics_endpoint, methods=["GET"], tags=["health"], include_in_schema=False)
     for router in routers:
         app.include_router(router)
     return app

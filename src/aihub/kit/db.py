@@ -124,8 +124,10 @@ class Tx:
             await after()
 
     async def close(self) -> None:
-        if not self._done:
-            await self.session.rollback()
-            self._done = True
-            self._after.clear()
+        """Roll back whatever was not committed (session.close does) and drop pending hooks.
+
+        Loaded objects stay readable (detached, not expired), which read-only callers rely on.
+        """
+        self._done = True
+        self._after.clear()
         await self.session.close()

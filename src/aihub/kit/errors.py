@@ -142,9 +142,7 @@ def validation_details(errors: Any) -> list[dict[str, str]]:
 
 async def _app_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, AppError)
-    return error_response(
-        exc.status_code, exc.code, exc.message, _request_id(request), exc.details, exc.headers
-    )
+    return error_response(exc.status_code, exc.code, exc.message, _request_id(request), exc.details, exc.headers)
 
 
 async def _validation_error(request: Request, exc: Exception) -> Response:
@@ -152,9 +150,7 @@ async def _validation_error(request: Request, exc: Exception) -> Response:
     details = validation_details(exc.errors())
     # A body that is not JSON at all is reported by FastAPI as a json_invalid validation error.
     if any(d["type"] == "json_invalid" for d in details):
-        return error_response(
-            400, "INVALID_JSON", "The request body is not valid JSON", _request_id(request), details
-        )
+        return error_response(400, "INVALID_JSON", "The request body is not valid JSON", _request_id(request), details)
     return error_response(422, "VALIDATION_ERROR", "The request is invalid", _request_id(request), details)
 
 

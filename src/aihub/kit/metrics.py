@@ -38,7 +38,5 @@ async def metrics_endpoint(request: Request) -> Response:
     settings: Settings = request.app.state.settings
     host = request.client.host if request.client else None
     if not client_allowed(host, settings):
-        return error_response(
-            403, "FORBIDDEN", "Metrics are not available from this address", request.state.request_id
-        )
+        return error_response(403, "FORBIDDEN", "Metrics are not available from this address", request.state.request_id)
     return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)

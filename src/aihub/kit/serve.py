@@ -65,5 +65,3 @@ async def serve_apps(listeners: list[Listener], *, drain_seconds: float = 0.0) -
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop)
     await asyncio.gather(*(server.serve() for server in servers))
-
-

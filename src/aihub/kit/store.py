@@ -124,10 +124,10 @@ class RedisStore:
 
     async def get(self, key: str) -> str | None:
         try:
-            value: str | None = await self.redis.get(key)
+            value = await self.redis.get(key)
         except (RedisError, OSError) as exc:
             raise StoreUnavailable(str(exc)) from exc
-        return value
+        return None if value is None else str(value)
 
     async def set(self, key: str, value: str, ttl: float | None = None) -> None:
         try:
@@ -137,9 +137,7 @@ class RedisStore:
 
     async def set_if_absent(self, key: str, value: str, ttl: float | None = None) -> bool:
         try:
-            done = await self.redis.set(
-                key, value, nx=True, px=None if ttl is None else max(1, int(ttl * 1000))
-            )
+            done = await self.redis.set(key, value, nx=True, px=None if ttl is None else max(1, int(ttl * 1000)))
         except (RedisError, OSError) as exc:
             raise StoreUnavailable(str(exc)) from exc
         return bool(done)

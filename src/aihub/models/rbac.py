@@ -42,9 +42,7 @@ class RolePermission(Base):
 class UserRole(Base):
     __tablename__ = "user_roles"
 
-    user_id: Mapped[uuid.UUID] = mapped_column(
-        Uuid, ForeignKey("users.id", ondelete="CASCADE"), primary_key=True
-    )
+    user_id: Mapped[uuid.UUID] = mapped_column(Uuid, ForeignKey("users.id", ondelete="CASCADE"), primary_key=True)
     role_name: Mapped[str] = mapped_column(
         String(32), ForeignKey("roles.name", ondelete="CASCADE", onupdate="CASCADE"), primary_key=True
     )
@@ -56,9 +54,7 @@ class UserPermission(Base):
 
     __tablename__ = "user_permissions"
 
-    user_id: Mapped[uuid.UUID] = mapped_column(
-        Uuid, ForeignKey("users.id", ondelete="CASCADE"), primary_key=True
-    )
+    user_id: Mapped[uuid.UUID] = mapped_column(Uuid, ForeignKey("users.id", ondelete="CASCADE"), primary_key=True)
     permission_name: Mapped[str] = mapped_column(
         String(64), ForeignKey("permissions.name", ondelete="CASCADE"), primary_key=True
     )

@@ -21,9 +21,7 @@ async def lock_head(session: AsyncSession, chain: int) -> AuditChainHead:
 
 async def advance_head(session: AsyncSession, chain: int, seq: int, digest: str) -> None:
     await session.execute(
-        update(AuditChainHead)
-        .where(AuditChainHead.chain == chain)
-        .values(last_seq=seq, last_hash=digest)
+        update(AuditChainHead).where(AuditChainHead.chain == chain).values(last_seq=seq, last_hash=digest)
     )
 
 
@@ -68,7 +66,8 @@ def search(
 
 
 async def fetch(session: AsyncSession, stmt: Select[Any]) -> Sequence[AuditLog]:
-    return (await session.execute(stmt)).scalars().all()
+    rows: Sequence[AuditLog] = (await session.execute(stmt)).scalars().all()
+    return rows
 
 
 def new_id() -> uuid.UUID:

@@ -156,9 +156,7 @@ async def verify(tx: Tx) -> VerifyResult:
         expected_prev, expected_seq, last_id = genesis(head.chain), 1, None
         async for row in repo.chain_rows(tx.session, head.chain):
             checked += 1
-            broken = (
-                row.chain_seq != expected_seq or row.prev_hash != expected_prev or row_hash(row) != row.hash
-            )
+            broken = row.chain_seq != expected_seq or row.prev_hash != expected_prev or row_hash(row) != row.hash
             if broken:
                 return VerifyResult(False, checked, str(row.id))
             expected_prev, expected_seq, last_id = row.hash, expected_seq + 1, str(row.id)

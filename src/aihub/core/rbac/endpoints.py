@@ -43,9 +43,7 @@ async def create_role(
 
 
 @roles_router.get("/{name}", response_model=schemas.RoleOut)
-async def read_role(
-    name: str, tx: TxDep, _: Annotated[Principal, RequirePermission("roles:read")]
-) -> dict[str, Any]:
+async def read_role(name: str, tx: TxDep, _: Annotated[Principal, RequirePermission("roles:read")]) -> dict[str, Any]:
     return await rbac.read_role(tx, name)
 
 
@@ -57,9 +55,7 @@ async def update_role(
     runtime: RuntimeDep,
     actor: Annotated[Principal, RequirePermission("roles:write")],
 ) -> dict[str, Any]:
-    return await rbac.update_role(
-        tx, runtime.store, actor, name, level=body.level, description=body.description
-    )
+    return await rbac.update_role(tx, runtime.store, actor, name, level=body.level, description=body.description)
 
 
 @roles_router.delete("/{name}", status_code=204)
@@ -87,9 +83,7 @@ async def replace_role_permissions(
 
 
 @permissions_router.get("", response_model=schemas.PermissionList)
-async def list_permissions(
-    tx: TxDep, _: Annotated[Principal, RequirePermission("permissions:read")]
-) -> dict[str, Any]:
+async def list_permissions(tx: TxDep, _: Annotated[Principal, RequirePermission("permissions:read")]) -> dict[str, Any]:
     return {"items": await rbac.list_permissions(tx), "next_cursor": None}
 
 
@@ -114,7 +108,5 @@ async def check_permission(
     user = await users.get_user(tx, body.user_id)
     if user.status != "active":
         return {"allowed": False}
-    effective = await rbac.effective(
-        tx, runtime.store, user.id, runtime.settings.permission_cache_ttl_seconds
-    )
+    effective = await rbac.effective(tx, runtime.store, user.id, runtime.settings.permission_cache_ttl_seconds)
     return {"allowed": effective.can(body.permission)}

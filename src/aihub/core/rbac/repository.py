@@ -123,9 +123,7 @@ async def add_user_grant(session: AsyncSession, user_id: uuid.UUID, permission: 
 
 async def remove_user_grant(session: AsyncSession, user_id: uuid.UUID, permission: str) -> bool:
     result = await session.execute(
-        delete(UserPermission).where(
-            UserPermission.user_id == user_id, UserPermission.permission_name == permission
-        )
+        delete(UserPermission).where(UserPermission.user_id == user_id, UserPermission.permission_name == permission)
     )
     return bool(result.rowcount)  # type: ignore[attr-defined]
 
@@ -140,9 +138,11 @@ async def effective_rows(session: AsyncSession, user_id: uuid.UUID) -> tuple[lis
             .order_by(Role.level.desc(), Role.name)
         )
     ).all()
-    from_roles = select(RolePermission.permission_name).join(
-        UserRole, UserRole.role_name == RolePermission.role_name
-    ).where(UserRole.user_id == user_id)
+    from_roles = (
+        select(RolePermission.permission_name)
+        .join(UserRole, UserRole.role_name == RolePermission.role_name)
+        .where(UserRole.user_id == user_id)
+    )
     direct = select(UserPermission.permission_name).where(UserPermission.user_id == user_id)
     perms = (await session.execute(from_roles.union(direct))).scalars().all()
     return [(name, level) for name, level in roles], set(perms)

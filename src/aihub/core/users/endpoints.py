@@ -123,9 +123,7 @@ async def replace_roles(
 
 
 @router.get("/{user_id}/permissions", response_model=schemas.PermissionsOut)
-async def read_permissions(
-    user_id: uuid.UUID, tx: TxDep, runtime: RuntimeDep, me: CurrentUser
-) -> dict[str, Any]:
+async def read_permissions(user_id: uuid.UUID, tx: TxDep, runtime: RuntimeDep, me: CurrentUser) -> dict[str, Any]:
     """Effective permissions (roles and direct grants). One's own, or anyone's with `users:read`."""
     if me.id != str(user_id) and not me.can("users:read"):
         raise Forbidden("Missing permission users:read", details={"permission": "users:read"})

@@ -40,9 +40,7 @@ def search(params: PageParams, *, q: str | None, role: str | None, status: str |
     stmt = select(User)
     if q:
         pattern = f"%{_escape_like(q.lower())}%"
-        stmt = stmt.where(
-            or_(User.email.like(pattern, escape="\\"), User.display_name.ilike(pattern, escape="\\"))
-        )
+        stmt = stmt.where(or_(User.email.like(pattern, escape="\\"), User.display_name.ilike(pattern, escape="\\")))
     if role:
         stmt = stmt.where(exists().where(UserRole.user_id == User.id, UserRole.role_name == role))
     if status:
@@ -51,4 +49,5 @@ def search(params: PageParams, *, q: str | None, role: str | None, status: str |
 
 
 async def fetch(session: AsyncSession, stmt: Select[Any]) -> Sequence[User]:
-    return (await session.execute(stmt)).scalars().all()
+    rows: Sequence[User] = (await session.execute(stmt)).scalars().all()
+    return rows

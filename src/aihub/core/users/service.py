@@ -83,9 +83,7 @@ async def read(tx: Tx, user_id: uuid.UUID) -> dict[str, Any]:
     return view(user, await rbac_repo.user_role_names(tx.session, user.id))
 
 
-async def search(
-    tx: Tx, params: PageParams, *, q: str | None, role: str | None, status: str | None
-) -> dict[str, Any]:
+async def search(tx: Tx, params: PageParams, *, q: str | None, role: str | None, status: str | None) -> dict[str, Any]:
     rows = await repo.fetch(tx.session, repo.search(params, q=q, role=role, status=status))
     items, cursor = page_of(rows, params, lambda u: (u.created_at, u.id))
     roles = await rbac_repo.roles_of_users(tx.session, [u.id for u in items])
@@ -235,9 +233,7 @@ async def delete(tx: Tx, store: Store, actor: rbac.Principal, user_id: uuid.UUID
     rbac.invalidate_after_commit(tx, store)
 
 
-async def set_roles(
-    tx: Tx, store: Store, actor: rbac.Principal, user_id: uuid.UUID, roles: list[str]
-) -> list[str]:
+async def set_roles(tx: Tx, store: Store, actor: rbac.Principal, user_id: uuid.UUID, roles: list[str]) -> list[str]:
     user = await get_user(tx, user_id, for_update=True)
     if user.status == "deleted":
         raise UserDeleted
@@ -268,9 +264,7 @@ async def effective_permissions(tx: Tx, store: Store, user_id: uuid.UUID) -> dic
     }
 
 
-async def grant(
-    tx: Tx, store: Store, actor: rbac.Principal, user_id: uuid.UUID, permission: str
-) -> dict[str, Any]:
+async def grant(tx: Tx, store: Store, actor: rbac.Principal, user_id: uuid.UUID, permission: str) -> dict[str, Any]:
     user = await get_user(tx, user_id, for_update=True)
     await _guard_edit(tx, actor, user)
     await rbac.check_permissions_exist(tx, [permission])
@@ -281,9 +275,7 @@ async def grant(
     return await effective_permissions(tx, store, user_id)
 
 
-async def revoke(
-    tx: Tx, store: Store, actor: rbac.Principal, user_id: uuid.UUID, permission: str
-) -> None:
+async def revoke(tx: Tx, store: Store, actor: rbac.Principal, user_id: uuid.UUID, permission: str) -> None:
     user = await get_user(tx, user_id, for_update=True)
     await _guard_edit(tx, actor, user)
     rbac.check_grantable(actor, [permission])

@@ -215,12 +215,8 @@ def _seed(heads: sa.Table) -> None:
     perms = sa.table("permissions", sa.column("name"), sa.column("description"), sa.column("created_at", UTC_TS))
     op.bulk_insert(perms, [{"name": n, "description": d, "created_at": now} for n, d in PERMISSIONS])
     links = sa.table("role_permissions", sa.column("role_name"), sa.column("permission_name"))
-    op.bulk_insert(
-        links, [{"role_name": r, "permission_name": p} for r, ps in ROLE_PERMISSIONS.items() for p in ps]
-    )
-    op.bulk_insert(
-        heads, [{"chain": c, "last_seq": 0, "last_hash": _genesis(c)} for c in range(AUDIT_CHAINS)]
-    )
+    op.bulk_insert(links, [{"role_name": r, "permission_name": p} for r, ps in ROLE_PERMISSIONS.items() for p in ps])
+    op.bulk_insert(heads, [{"chain": c, "last_seq": 0, "last_hash": _genesis(c)} for c in range(AUDIT_CHAINS)])
 
 
 def downgrade() -> None:
