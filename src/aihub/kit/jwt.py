@@ -45,9 +45,17 @@ class Claims:
     raw: dict[str, Any] = field(repr=False, compare=False)
 
 
+_CACHE_MAX = 20_000
+
+
 @dataclass(frozen=True, slots=True)
 class TokenCodec:
-    """Signs and verifies tokens. HS256 by default; the auth service may add asymmetric keys."""
+    """Signs and verifies tokens. HS256 by default; the auth service may add asymmetric keys.
+
+    Verified tokens are remembered until they expire: signature checking costs ~150 µs here,
+    and a client presents the same token on every request. Revocation is not cached (the
+    blacklist is checked per request by the caller).
+    """
 
     secret: str
     issuer: str
@@ -55,6 +63,7 @@ class TokenCodec:
     leeway: int
     access_ttl: int
     algorithms: tuple[str, ...] = ("HS256",)
+    _verified: dict[str, Claims] = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> TokenCodec:
@@ -101,6 +110,21 @@ class TokenCodec:
         return pyjwt.encode(claims, self.secret, algorithm=self.algorithms[0])
 
     def verify(self, token: str, *, allowed_types: tuple[str, ...] = ("access", "service")) -> Claims:
+        cached = self._verified.get(token)
+        if cached is not None:
+            if cached.exp is not None and cached.exp + self.leeway < time.time():
+                del self._verified[token]
+                raise TokenExpired
+            if cached.typ not in allowed_types:
+                raise InvalidToken("The token is not of an accepted type")
+            return cached
+        claims = self._decode(token, allowed_types)
+        if len(self._verified) >= _CACHE_MAX:
+            self._verified.clear()  # crude but bounded; a full cache refills within seconds
+        self._verified[token] = claims
+        return claims
+
+    def _decode(self, token: str, allowed_types: tuple[str, ...]) -> Claims:
         try:
             raw = pyjwt.decode(
                 token,

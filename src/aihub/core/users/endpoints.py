@@ -20,8 +20,8 @@ router = APIRouter(prefix="/api/users", tags=["users"], route_class=TxRoute)
 @router.get("/me", response_model=schemas.UserOut)
 async def read_me(tx: TxDep, me: CurrentUser) -> dict[str, Any]:
     """The calling user's own profile."""
-    assert me.user_id is not None
-    return await users.read(tx, me.user_id)
+    # The principal already holds the user row and its roles (loaded to authenticate).
+    return users.view(me.extra["user"], list(me.effective.roles))
 
 
 @router.patch("/me", response_model=schemas.UserOut)
