@@ -140,22 +140,25 @@ async def test_metrics_refused_from_outside(runtime: Runtime) -> None:
         check_shape(await c.get("/metrics"), 403, "FORBIDDEN")
 
 
-async def test_readiness_reports_a_down_dependency(sqlite_url: str) -> None:
-    # Redis on a port where nothing listens, database fine: 503 naming the failing check.
-    settings = Settings(env="test", database_url=sqlite_url, redis_url="redis://127.0.0.1:1/0", auto_migrate=False)
+async def _ready(settings: Settings) -> httpx.Response:
     rt = Runtime.build(settings)
     app = create_service_app("test", rt, [router], description="kit test")
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://kit.test") as c:
-        ready = await c.get("/health/ready")
-    await rt.close()
+    try:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://kit.test") as c:
+            return await c.get("/health/ready")
+    finally:
+        await rt.close()
+
+
+async def test_readiness_reports_a_down_dependency(sqlite_url: str) -> None:
+    # Redis on a port where nothing listens, database fine: 503 naming the failing check.
+    ready = await _ready(
+        Settings(env="test", database_url=sqlite_url, redis_url="redis://127.0.0.1:1/0", auto_migrate=False)
+    )
     assert ready.status_code == 503
     assert ready.json() == {"status": "down", "checks": {"database": "ok", "redis": "down"}}
-
-    broken = Settings(env="test", database_url="sqlite+aiosqlite:////nonexistent/dir/x.db", auto_migrate=False)
-    rt = Runtime.build(broken)
-    app = create_service_app("test", rt, [router], description="kit test")
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://kit.test") as c:
-        ready = await c.get("/health/ready")
-    await rt.close()
+    ready = await _ready(
+        Settings(env="test", database_url="sqlite+aiosqlite:////nonexistent/dir/x.db", auto_migrate=False)
+    )
     assert ready.status_code == 503
     assert ready.json()["checks"]["database"] == "down"
