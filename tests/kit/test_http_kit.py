@@ -158,7 +158,7 @@ async def test_readiness_reports_a_down_dependency(sqlite_url: str) -> None:
     assert ready.status_code == 503
     assert ready.json() == {"status": "down", "checks": {"database": "ok", "redis": "down"}}
     ready = await _ready(
-        Settings(env="test", database_url="sqlite+aiosqlite:////nonexistent/dir/x.db", auto_migrate=False)
+        Settings(env="test", database_url="postgresql+asyncpg://postgres@127.0.0.1:1/none", auto_migrate=False)
     )
     assert ready.status_code == 503
     assert ready.json()["checks"]["database"] == "down"
