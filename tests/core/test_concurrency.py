@@ -67,3 +67,33 @@ async def test_openapi_schema_is_published(live_core: LiveServer) -> None:
         assert path in paths
     user = schema["components"]["schemas"]["UserOut"]["properties"]
     assert {"displayName", "createdAt", "updatedAt"} <= set(user)
+
+
+async def test_concurrent_price_changes_leave_one_current_price(live_core: LiveServer) -> None:
+    from aihub.models import ModelPrice
+
+    admin = await create_user(live_core.runtime, roles=["admin"])
+    async with httpx.AsyncClient(base_url=live_core.url, headers=admin.headers, timeout=30) as c:
+        results = await asyncio.gather(
+            *(c.put("/api/pricing/openai/gpt-4o", json={"inputPer1k": i + 1, "outputPer1k": 1}) for i in range(40))
+        )
+        codes = [r.json().get("code") for r in results if r.status_code >= 400]
+        current = (await c.get("/api/pricing/openai/gpt-4o")).json()
+    assert {r.status_code for r in results} <= {200, 409}
+    assert set(codes) <= {"CONCURRENT_UPDATE"}
+    tx = live_core.runtime.tx()
+    try:
+        stmt = (
+            select(func.count())
+            .select_from(ModelPrice)
+            .where(ModelPrice.provider == "openai", ModelPrice.model == "gpt-4o", ModelPrice.effective_to.is_(None))
+        )
+        open_rows = (await tx.session.execute(stmt)).scalar_one()
+        total = (
+            await tx.session.execute(select(func.count()).select_from(ModelPrice).where(ModelPrice.model == "gpt-4o"))
+        ).scalar_one()
+    finally:
+        await tx.close()
+    assert open_rows == 1
+    assert total == 1 + sum(1 for r in results if r.status_code == 200)  # the seed + each accepted change
+    assert current["inputPer1k"] in {float(i + 1) for i in range(40)}

@@ -231,6 +231,8 @@ async def test_manager_hierarchy(
     client: httpx.AsyncClient, manager: Caller, admin: Caller, user: Caller, runtime: Runtime
 ) -> None:
     # A manager may edit a user and assign roles below manager ...
+    renamed = await client.patch(f"/api/users/{user.id}", headers=manager.headers, json={"displayName": "Renamed"})
+    assert renamed.json()["displayName"] == "Renamed"
     assert (
         await client.patch(f"/api/users/{user.id}", headers=manager.headers, json={"displayName": "ok"})
     ).status_code == 200

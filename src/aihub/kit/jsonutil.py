@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from decimal import Decimal
 from typing import Any
 
 import orjson
@@ -11,6 +12,8 @@ import orjson
 def _default(value: Any) -> Any:
     # Drivers hand back their own UUID subclasses (asyncpg), which orjson does not take as UUID.
     if isinstance(value, uuid.UUID):
+        return str(value)
+    if isinstance(value, Decimal):  # exact: "2.500000", never a rounded float
         return str(value)
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
 

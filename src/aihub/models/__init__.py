@@ -2,6 +2,7 @@
 
 from aihub.models.audit import AuditChainHead, AuditLog
 from aihub.models.credits import CreditAccount
+from aihub.models.pricing import ModelPrice
 from aihub.models.rbac import Permission, Role, RolePermission, UserPermission, UserRole
 from aihub.models.users import User
 
@@ -9,6 +10,7 @@ __all__ = [
     "AuditChainHead",
     "AuditLog",
     "CreditAccount",
+    "ModelPrice",
     "Permission",
     "Role",
     "RolePermission",

@@ -1,0 +1,57 @@
+"""/api/pricing — what each provider's model costs, in credits."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Path, Query, Response
+
+from aihub.core.deps import RequirePermission, TxDep, TxRoute
+from aihub.core.pricing import schemas
+from aihub.core.pricing import service as pricing
+from aihub.core.rbac.service import Principal
+
+router = APIRouter(prefix="/api/pricing", tags=["pricing"], route_class=TxRoute)
+
+Provider = Annotated[str, Path(pattern=r"^[a-z0-9][a-z0-9._-]{0,63}$", description="e.g. openai")]
+Model = Annotated[str, Path(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}$", description="e.g. gpt-4o")]
+Writer = Annotated[Principal, RequirePermission("pricing:write")]
+
+
+@router.get("", response_model=schemas.PriceList)
+async def list_prices(tx: TxDep, provider: Annotated[str | None, Query(max_length=64)] = None) -> dict[str, Any]:
+    """Current prices of every model (public). Credits: 1 credit = USD 0.001."""
+    return {"items": await pricing.list_current(tx, provider), "next_cursor": None}
+
+
+@router.get("/{provider}/{model}", response_model=schemas.PriceOut)
+async def read_price(provider: Provider, model: Model, tx: TxDep) -> dict[str, Any]:
+    """The current price of one model (public)."""
+    price = await pricing.require_current(tx, provider, model)
+    return pricing.view(price)
+
+
+@router.get("/{provider}/{model}/history", response_model=schemas.PriceList)
+async def price_history(provider: Provider, model: Model, tx: TxDep) -> dict[str, Any]:
+    """Every price the model has had, newest first (public)."""
+    return {"items": await pricing.history(tx, provider, model), "next_cursor": None}
+
+
+@router.put("/{provider}/{model}", response_model=schemas.PriceOut)
+async def put_price(
+    provider: Provider, model: Model, body: schemas.PriceBody, tx: TxDep, actor: Writer, response: Response
+) -> dict[str, Any]:
+    """Set a model's price. The old price is kept as history; usage already charged is unchanged.
+
+    Answers 201 when the model had no price, 200 when an existing price was replaced.
+    """
+    price, created = await pricing.set_price(tx, actor.id, provider, model, body.model_dump())
+    response.status_code = 201 if created else 200
+    return price
+
+
+@router.delete("/{provider}/{model}", status_code=204)
+async def delete_price(provider: Provider, model: Model, tx: TxDep, _: Writer) -> Response:
+    """Stop pricing a model (usage reports for it then get 422 UNKNOWN_MODEL); history stays."""
+    await pricing.remove_price(tx, provider, model)
+    return Response(status_code=204)

@@ -1,0 +1,120 @@
+"""Model prices and the arithmetic of a charge.
+
+A charge is ``ceil(input/1000 * inputPer1k + output/1000 * outputPer1k + perRequest +
+seconds * perSecond)`` credits, computed in exact decimals: rounding happens once, upwards,
+so a provider's cost is never under-recovered and the same call always costs the same.
+"""
+
+from __future__ import annotations
+
+import math
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy.exc import IntegrityError
+
+from aihub.core.audit import service as audit
+from aihub.core.pricing import repository as repo
+from aihub.kit.db import Tx, utcnow
+from aihub.kit.errors import AppError, Conflict, NotFound
+from aihub.models import ModelPrice
+
+_THOUSAND = Decimal(1000)
+
+
+class PriceNotFound(NotFound):
+    code, message = "PRICE_NOT_FOUND", "No price is set for this provider and model"
+
+
+class UnknownModel(AppError):
+    status_code, code, message = 422, "UNKNOWN_MODEL", "No price is set for this provider and model"
+
+
+class PriceChangedConcurrently(Conflict):
+    code, message = "CONCURRENT_UPDATE", "The price was changed by another request; retry"
+
+
+def cost(
+    price: ModelPrice,
+    *,
+    input_tokens: int = 0,
+    output_tokens: int = 0,
+    duration_seconds: Decimal | int | float = 0,
+) -> Decimal:
+    seconds = Decimal(str(duration_seconds))
+    return (
+        Decimal(input_tokens) / _THOUSAND * price.input_per_1k
+        + Decimal(output_tokens) / _THOUSAND * price.output_per_1k
+        + price.per_request
+        + seconds * price.per_second
+    )
+
+
+def credits_for(price: ModelPrice, **usage: Any) -> int:
+    """Whole credits to charge: the exact cost rounded up (a zero cost stays zero)."""
+    return math.ceil(cost(price, **usage))
+
+
+def view(price: ModelPrice) -> dict[str, Any]:
+    return {
+        "id": price.id,
+        "provider": price.provider,
+        "model": price.model,
+        "input_per_1k": price.input_per_1k,
+        "output_per_1k": price.output_per_1k,
+        "per_request": price.per_request,
+        "per_second": price.per_second,
+        "effective_from": price.effective_from,
+        "effective_to": price.effective_to,
+    }
+
+
+async def require_current(tx: Tx, provider: str, model: str) -> ModelPrice:
+    """The price in force now, or 422 UNKNOWN_MODEL (what a usage report about it must get)."""
+    price = await repo.current(tx.session, provider, model)
+    if price is None:
+        raise UnknownModel(details={"provider": provider, "model": model})
+    return price
+
+
+async def list_current(tx: Tx, provider: str | None) -> list[dict[str, Any]]:
+    return [view(p) for p in await repo.list_current(tx.session, provider)]
+
+
+async def history(tx: Tx, provider: str, model: str) -> list[dict[str, Any]]:
+    rows = await repo.history(tx.session, provider, model)
+    if not rows:
+        raise PriceNotFound
+    return [view(p) for p in rows]
+
+
+async def set_price(
+    tx: Tx, actor_id: str, provider: str, model: str, values: dict[str, Decimal]
+) -> tuple[dict[str, Any], bool]:
+    """Close the current price (kept as history) and open the new one. Returns (price, created)."""
+    before = await repo.current(tx.session, provider, model)
+    now = utcnow()
+    await repo.close_current(tx.session, provider, model, now)
+    price = ModelPrice(provider=provider, model=model, effective_from=now, created_by=actor_id, **values)
+    tx.session.add(price)
+    try:
+        await tx.session.flush()
+    except IntegrityError as exc:  # another PUT for this model committed between our two statements
+        raise PriceChangedConcurrently from exc
+    after = view(price)
+    audit.record(
+        tx,
+        "pricing.set",
+        "price",
+        f"{provider}/{model}",
+        before=view(before) if before else None,
+        after=after,
+    )
+    return after, before is None
+
+
+async def remove_price(tx: Tx, provider: str, model: str) -> None:
+    before = await repo.current(tx.session, provider, model)
+    if before is None or not await repo.close_current(tx.session, provider, model, utcnow()):
+        raise PriceNotFound
+    audit.record(tx, "pricing.delete", "price", f"{provider}/{model}", before=view(before))
