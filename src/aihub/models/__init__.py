@@ -1,6 +1,7 @@
 """SQLAlchemy models, one module per domain. Importing this package registers every table."""
 
 from aihub.models.audit import AuditChainHead, AuditLog
+from aihub.models.auth import RefreshToken, ServiceToken
 from aihub.models.credits import CreditAccount
 from aihub.models.rbac import Permission, Role, RolePermission, UserPermission, UserRole
 from aihub.models.users import User
@@ -10,8 +11,10 @@ __all__ = [
     "AuditLog",
     "CreditAccount",
     "Permission",
+    "RefreshToken",
     "Role",
     "RolePermission",
+    "ServiceToken",
     "User",
     "UserPermission",
     "UserRole",
