@@ -300,7 +300,8 @@ async def create_service_token(
                 {"field": "body.expiresInDays", "message": f"at most {limit}", "type": "less_than_equal"}
             ]
         )
-    now = utcnow().replace(microsecond=0)
+    now = utcnow()
+    issued = int(now.timestamp())  # JWT times are whole seconds; expiresAt matches exp exactly
     ttl = None if expires_in_days is None else expires_in_days * 86_400
     row = ServiceToken(
         id=uuid.uuid4(),
@@ -309,13 +310,13 @@ async def create_service_token(
         jti=uuid.uuid4().hex,
         created_by=actor.user_id,
         created_at=now,
-        expires_at=None if ttl is None else now + dt.timedelta(seconds=ttl),
+        expires_at=None if ttl is None else dt.datetime.fromtimestamp(issued + ttl, dt.UTC),
         revoked_at=None,
     )
     await repo.add_service_token(tx.session, row)
     token = runtime.codec.issue(
         sub=str(row.id), typ="service", role="service", roles=["service"], scopes=wanted,
-        ttl=ttl, jti=row.jti, now=int(now.timestamp()),
+        ttl=ttl, jti=row.jti, now=issued,
     )
     view = service_token_view(row)
     audit.record(tx, "service_token.create", "service_token", row.id, after=view)

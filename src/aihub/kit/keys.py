@@ -93,8 +93,9 @@ def thumbprint(key: PublicKey) -> str:
 
 
 def load_signing_key(value: str, kid: str | None = None) -> SigningKey:
+    pem = _pem_bytes(value)
     try:
-        key = serialization.load_pem_private_key(_pem_bytes(value), password=None)
+        key = serialization.load_pem_private_key(pem, password=None)
     except (ValueError, TypeError) as exc:
         raise KeyConfigError("the private key is not an unencrypted PEM private key") from exc
     if not isinstance(key, rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey):
@@ -108,8 +109,9 @@ def load_verify_keys(value: str) -> tuple[VerifyKey, ...]:
     for item in (part.strip() for part in value.split(",")):
         if not item:
             continue
+        pem = _pem_bytes(item)
         try:
-            key = serialization.load_pem_public_key(_pem_bytes(item))
+            key = serialization.load_pem_public_key(pem)
         except (ValueError, TypeError) as exc:
             raise KeyConfigError("a public key is not a PEM public key") from exc
         if not isinstance(key, rsa.RSAPublicKey | ed25519.Ed25519PublicKey):
