@@ -365,3 +365,15 @@ async def test_login_of_user_created_by_admin_without_password(
 
 def _strip(body: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in body.items() if k != "requestId"}
+
+
+async def test_password_change_ends_other_sessions(
+    auth_client: httpx.AsyncClient, client: httpx.AsyncClient
+) -> None:
+    s = await signed_up(auth_client, "change@example.com")
+    changed = await client.patch(
+        "/api/users/me", headers=s.headers, json={"password": "a-new-password", "currentPassword": PASSWORD}
+    )
+    assert changed.status_code == 200
+    assert_error(await auth_client.post("/refresh", json={"refreshToken": s.refresh}), 401, "TOKEN_REVOKED")
+    await login(auth_client, "change@example.com", "a-new-password")

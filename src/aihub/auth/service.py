@@ -96,9 +96,13 @@ async def register(
     )
 
 
+def _email_digest(email: str) -> str:
+    return hashlib.sha256(email.encode()).hexdigest()
+
+
 def _failures_key(email: str) -> str:
     # Hashed so that the store holds no email addresses.
-    return "login:failures:" + hashlib.sha256(email.encode()).hexdigest()
+    return "login:failures:" + _email_digest(email)
 
 
 async def _count_attempt(runtime: Runtime, email: str) -> None:
@@ -152,20 +156,25 @@ async def _issue_pair(tx: Tx, runtime: Runtime, user: User, family_id: uuid.UUID
 
 async def login(tx: Tx, runtime: Runtime, *, email: str, password: str) -> dict[str, Any]:
     email = email.strip().lower()
+    # Failures name the account by a digest of the email: correlatable, not readable, and spread
+    # over the audit chains instead of queueing every anonymous failure on one.
+    attempt = ("login", _email_digest(email))
     try:
         await _count_attempt(runtime, email)
     except LoginLocked:
-        audit.record(tx, "auth.login_failed", "user", None, after={"reason": "locked"}, actor=ANONYMOUS)
+        audit.record(tx, "auth.login_failed", *attempt, after={"reason": "locked"}, actor=ANONYMOUS)
         raise
     user = await users_repo.by_email(tx.session, email)
     # Unknown email or not: one argon2 verification either way (a dummy hash when there is none).
     ok = await verify_password(user.password_hash if user else None, password)
     if user is None or not ok or user.status == "deleted":
-        reason = "unknown_email" if user is None else "wrong_password"
-        audit.record(
-            tx, "auth.login_failed", "user", user.id if user else None, after={"reason": reason},
-            actor=ANONYMOUS,
-        )
+        if user is None:
+            reason = {"reason": "unknown_email"}
+            audit.record(tx, "auth.login_failed", *attempt, after=reason, actor=ANONYMOUS)
+        else:
+            audit.record(
+                tx, "auth.login_failed", "user", user.id, after={"reason": "wrong_password"}, actor=ANONYMOUS
+            )
         raise InvalidCredentials
     if user.status != "active":
         audit.record(tx, "auth.login_failed", "user", user.id, after={"reason": "suspended"}, actor=ANONYMOUS)

@@ -168,6 +168,9 @@ async def update_me(
         if not current_password or not await verify_password(user.password_hash, current_password):
             raise WrongPassword
         user.password_hash = await hash_password(password)
+        # A new password ends the sessions an old one may have opened (the caller's access
+        # token stays valid until it expires; it was just proven with the current password).
+        await _end_sessions(tx, user.id)
     if display_name is not None:
         user.display_name = display_name
     user.updated_at = utcnow()
