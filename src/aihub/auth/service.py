@@ -12,7 +12,7 @@ import datetime as dt
 import hashlib
 import time
 import uuid
-from typing import Any
+from typing import Any, NoReturn
 
 import structlog
 
@@ -193,7 +193,7 @@ async def login(tx: Tx, runtime: Runtime, *, email: str, password: str) -> dict[
 # ---------------------------------------------------------------- refresh
 
 
-async def _refuse_refresh(tx: Tx, digest: str, now: dt.datetime) -> None:
+async def _refuse_refresh(tx: Tx, digest: str, now: dt.datetime) -> NoReturn:
     """The token could not be spent: say why, and treat a second use as theft."""
     row = await repo.find_refresh(tx.session, digest)
     if row is None:
@@ -217,7 +217,6 @@ async def refresh(tx: Tx, runtime: Runtime, *, refresh_token: str) -> dict[str, 
     spent = await repo.spend_refresh(tx.session, digest, now)
     if spent is None:
         await _refuse_refresh(tx, digest, now)
-        raise AssertionError("unreachable")  # _refuse_refresh always raises
     user_id, family = spent
     user = await users_repo.get(tx.session, user_id)
     if user is None or user.status != "active":
