@@ -19,7 +19,7 @@ app = typer.Typer(help="aihub: gateway, auth and core services of an AI platform
 admin_app = typer.Typer(help="Manage administrator accounts.", no_args_is_help=True)
 app.add_typer(admin_app, name="admin")
 err = Console(stderr=True)
-SERVICES = ("core",)  # grows as services land: auth, gateway
+SERVICES = ("core", "auth")  # grows as services land: gateway
 
 
 def _settings() -> Settings:
@@ -43,7 +43,7 @@ def _run(coro: Coroutine[Any, Any, T]) -> T:
 @app.command()
 def serve(
     service: Annotated[
-        str | None, typer.Argument(help="One service (core); all of them in one process when omitted")
+        str | None, typer.Argument(help="One service (core, auth); all of them in one process when omitted")
     ] = None,
 ) -> None:
     """Start the services (all in one process by default) on the configured database and store."""
@@ -73,10 +73,14 @@ async def _serve(settings: Settings, names: list[str], *, bootstrap: bool) -> No
 
 
 def _listener(name: str, settings: Settings, runtime: Any) -> Any:
+    from aihub.auth.app import create_app as create_auth
     from aihub.core.app import create_app as create_core
     from aihub.kit.serve import Listener
 
-    factories: dict[str, tuple[Callable[..., Any], int]] = {"core": (create_core, settings.core_port)}
+    factories: dict[str, tuple[Callable[..., Any], int]] = {
+        "core": (create_core, settings.core_port),
+        "auth": (create_auth, settings.auth_port),
+    }
     factory, port = factories[name]
     service_app = factory(runtime=runtime)
     service_app.state.prepared = True

@@ -1,6 +1,7 @@
 """SQLAlchemy models, one module per domain. Importing this package registers every table."""
 
 from aihub.models.audit import AuditChainHead, AuditLog
+from aihub.models.auth import RefreshToken, ServiceToken
 from aihub.models.credits import CreditAccount
 from aihub.models.pricing import ModelPrice
 from aihub.models.rbac import Permission, Role, RolePermission, UserPermission, UserRole
@@ -12,8 +13,10 @@ __all__ = [
     "CreditAccount",
     "ModelPrice",
     "Permission",
+    "RefreshToken",
     "Role",
     "RolePermission",
+    "ServiceToken",
     "User",
     "UserPermission",
     "UserRole",
