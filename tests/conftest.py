@@ -31,7 +31,12 @@ from aihub.config import Settings
 from aihub.core.app import create_app
 from aihub.kit import migrate
 from aihub.kit.db import create_engine
+from aihub.kit.logging import configure_logging
 from aihub.kit.runtime import Runtime
+
+# The same JSON logging as production: it exercises the processors on every request, and a
+# failure renders as a plain traceback (the development console renderer is slow under load).
+configure_logging("info")
 
 PG_ADMIN_DSN = os.environ.get("AIHUB_TEST_PG_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS_URL = os.environ.get("AIHUB_TEST_REDIS_URL", "redis://127.0.0.1:6379/9")
