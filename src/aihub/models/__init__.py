@@ -1,7 +1,8 @@
 """SQLAlchemy models, one module per domain. Importing this package registers every table."""
 
 from aihub.models.audit import AuditChainHead, AuditLog
-from aihub.models.credits import CreditAccount
+from aihub.models.credits import CreditAccount, CreditHold, CreditTransaction
+from aihub.models.idempotency import IdempotencyKey
 from aihub.models.rbac import Permission, Role, RolePermission, UserPermission, UserRole
 from aihub.models.users import User
 
@@ -9,6 +10,9 @@ __all__ = [
     "AuditChainHead",
     "AuditLog",
     "CreditAccount",
+    "CreditHold",
+    "CreditTransaction",
+    "IdempotencyKey",
     "Permission",
     "Role",
     "RolePermission",
