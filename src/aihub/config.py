@@ -61,6 +61,8 @@ class Settings(BaseSettings):
     webhook_timeout_seconds: float = Field(default=5.0, gt=0)
     webhook_max_attempts: int = Field(default=5, ge=1, le=20)
     webhook_backoff_seconds: float = Field(default=1.0, ge=0)
+    # How often core re-checks the whole ledger for the reconcile gauges (0: never).
+    ledger_reconcile_interval_seconds: float = Field(default=3600.0, ge=0)
     # Accepted for compatibility with process managers; only the database URL decides migrations.
     auto_migrate: bool = True
 

@@ -11,12 +11,14 @@ import structlog
 
 from aihub.core.credits import service as credits
 from aihub.kit.jobs import Periodic, job, jobs_of
+from aihub.core.credits.reconcile import reconcile
 from aihub.core.credits.metrics import HOLDS_EXPIRED, WEBHOOK_DELIVERIES
 from aihub.kit.runtime import Runtime
 
 log = structlog.get_logger("aihub.credits")
 WEBHOOK_JOB = "credits.low_balance_webhook"
 SWEEP_JOB = "credits.expire_holds"
+RECONCILE_JOB = "credits.reconcile"
 _POLICY_KEY = "credits.policy"
 
 
@@ -95,5 +97,20 @@ async def sweep_expired_holds(runtime: Runtime, payload: dict[str, Any]) -> None
             return
 
 
+@job(RECONCILE_JOB)
+async def reconcile_ledger(runtime: Runtime, payload: dict[str, Any]) -> None:
+    """Refresh the reconcile gauges that /metrics exposes (read-only)."""
+    tx = runtime.tx()
+    try:
+        report = await reconcile(tx)
+    finally:
+        await tx.close()
+    if not report.ok:
+        log.error("ledger.reconcile_mismatch", accounts=[str(c.user_id) for c in report.mismatches[:20]])
+
+
 def periodic(runtime: Runtime) -> list[Periodic]:
-    return [Periodic(SWEEP_JOB, runtime.settings.hold_sweep_interval_seconds)]
+    items = [Periodic(SWEEP_JOB, runtime.settings.hold_sweep_interval_seconds)]
+    if runtime.settings.ledger_reconcile_interval_seconds > 0:
+        items.append(Periodic(RECONCILE_JOB, runtime.settings.ledger_reconcile_interval_seconds))
+    return items
