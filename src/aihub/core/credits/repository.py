@@ -12,9 +12,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Row, Select, func, insert, select, update
+from sqlalchemy import Row, Select, func, insert, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from aihub.kit.jsonutil import dumps
 from aihub.kit.pagination import PageParams, keyset
 from aihub.models import CreditAccount, CreditHold, CreditTransaction
 
@@ -103,6 +104,50 @@ async def settle(
     result = _balance(user_id, (await session.execute(stmt)).first())
     assert result is not None, "a hold always belongs to an existing account"
     return result
+
+
+# PostgreSQL: the conditional UPDATE and its ledger row in ONE statement (one round trip).
+# The INSERT reads the row the UPDATE returned, so it only happens when the money moved, and
+# its seq is drawn while the account row is locked: seq order is balance order.
+_MOVE_PG = """
+WITH moved AS (
+    UPDATE credit_accounts SET balance = balance + CAST(:amount AS bigint), updated_at = CAST(:created_at AS timestamptz)
+    WHERE user_id = CAST(:user_id AS uuid) {guard}
+    RETURNING user_id, balance, reserved, low_balance_threshold
+), logged AS (
+    INSERT INTO credit_transactions
+        (id, user_id, amount, type, reason, balance_after, related_id, idempotency_key, metadata,
+         actor_id, created_at)
+    SELECT CAST(:id AS uuid), user_id, CAST(:amount AS bigint), :type, :reason, balance,
+           CAST(:related_id AS uuid), :idempotency_key, CAST(:metadata AS jsonb), :actor_id,
+           CAST(:created_at AS timestamptz)
+    FROM moved
+    RETURNING seq
+)
+SELECT moved.balance, moved.reserved, moved.low_balance_threshold FROM moved, logged
+"""
+_MOVE_CREDIT_PG = text(_MOVE_PG.format(guard=""))
+_MOVE_DEBIT_PG = text(_MOVE_PG.format(guard="AND balance - reserved >= -CAST(:amount AS bigint)"))
+
+
+async def move(session: AsyncSession, row: dict[str, Any]) -> Balance | None:
+    """Apply ``row["amount"]`` (signed) to the account and append ``row`` to the ledger.
+
+    A debit only happens if that many credits are available. None when nothing moved
+    (no such account, or not enough available).
+    """
+    user_id, amount, now = row["user_id"], row["amount"], row["created_at"]
+    if _dialect(session) == "postgresql":
+        params = {**row, "metadata": None if row["metadata"] is None else dumps(row["metadata"]).decode()}
+        stmt = _MOVE_CREDIT_PG if amount > 0 else _MOVE_DEBIT_PG
+        return _balance(user_id, (await session.execute(stmt, params)).first())
+    # SQLite has no data-modifying CTEs; one writer at a time makes two statements as safe.
+    after = await credit(session, user_id, amount, now) if amount > 0 else await debit(
+        session, user_id, -amount, now
+    )
+    if after is not None:
+        await append(session, {**row, "balance_after": after.balance})
+    return after
 
 
 async def append(session: AsyncSession, values: dict[str, Any]) -> None:

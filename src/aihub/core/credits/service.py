@@ -180,6 +180,44 @@ async def transactions(
 # ----------------------------------------------------------------------------- writes
 
 
+def _row(
+    tx: Tx,
+    user_id: uuid.UUID,
+    amount: int,
+    reason: str,
+    now: dt.datetime,
+    related_id: uuid.UUID | None = None,
+    metadata: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    actor = tx.info.get("actor")
+    return {
+        "id": uuid.uuid4(),
+        "user_id": user_id,
+        "amount": amount,
+        "type": "credit" if amount > 0 else "debit",
+        "reason": reason,
+        "related_id": related_id,
+        "idempotency_key": tx.info.get("idempotency_key"),
+        "metadata": metadata,
+        "actor_id": actor.id if actor is not None else None,
+        "created_at": now,
+    }
+
+
+def _recorded(tx: Tx, row: dict[str, Any], after: repo.Balance) -> dict[str, Any]:
+    """The audit row of one balance change (already applied with its ledger row); its view."""
+    amount = row["amount"]
+    audit.record(
+        tx,
+        f"credits.{row['reason']}" if amount > 0 else f"credits.debit.{row['reason']}",
+        "credit_account",
+        after.user_id,
+        before={"balance": after.balance - amount},
+        after={"balance": after.balance, "reserved": after.reserved, "transactionId": str(row["id"])},
+    )
+    return transaction_view({**row, "balance_after": after.balance})
+
+
 async def _append(
     tx: Tx,
     after: repo.Balance,
@@ -190,32 +228,10 @@ async def _append(
     related_id: uuid.UUID | None = None,
     metadata: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The ledger row and the audit row of one balance change (already applied)."""
-    actor = tx.info.get("actor")
-    values = {
-        "id": uuid.uuid4(),
-        "user_id": after.user_id,
-        "amount": amount,
-        "type": "credit" if amount > 0 else "debit",
-        "reason": reason,
-        "balance_after": after.balance,
-        "related_id": related_id,
-        "idempotency_key": tx.info.get("idempotency_key"),
-        "metadata": metadata,
-        "actor_id": actor.id if actor is not None else None,
-        "created_at": now,
-    }
-    await repo.append(tx.session, values)
-    view = transaction_view(values)
-    audit.record(
-        tx,
-        f"credits.{reason}" if amount > 0 else f"credits.debit.{reason}",
-        "credit_account",
-        after.user_id,
-        before={"balance": after.balance - amount},
-        after={"balance": after.balance, "reserved": after.reserved, "transactionId": str(values["id"])},
-    )
-    return view
+    """Ledger row and audit row of a balance change that was applied on its own (hold capture)."""
+    row = _row(tx, after.user_id, amount, reason, now, related_id, metadata)
+    await repo.append(tx.session, {**row, "balance_after": after.balance})
+    return _recorded(tx, row, after)
 
 
 async def _why_not(tx: Tx, user_id: uuid.UUID, required: int) -> AppError:
@@ -237,14 +253,14 @@ async def grant(
     note: str | None = None,
     metadata: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    now = utcnow()
-    after = await repo.credit(tx.session, user_id, amount, now)
-    if after is None:
-        raise AccountNotFound
     meta = dict(metadata or {})
     if note is not None:
         meta["note"] = note
-    return await _append(tx, after, amount=amount, reason=reason, now=now, metadata=meta or None)
+    row = _row(tx, user_id, amount, reason, utcnow(), metadata=meta or None)
+    after = await repo.move(tx.session, row)
+    if after is None:
+        raise AccountNotFound
+    return _recorded(tx, row, after)
 
 
 async def deduct(
@@ -256,12 +272,12 @@ async def deduct(
     metadata: dict[str, Any] | None = None,
     policy: Policy = NO_ALERTS,
 ) -> dict[str, Any]:
-    now = utcnow()
-    after = await repo.debit(tx.session, user_id, amount, now)
+    row = _row(tx, user_id, -amount, reason, utcnow(), metadata=metadata)
+    after = await repo.move(tx.session, row)
     if after is None:
         raise await _why_not(tx, user_id, amount)
     _watch(tx, policy, after.available + amount, after)
-    return await _append(tx, after, amount=-amount, reason=reason, now=now, metadata=metadata)
+    return _recorded(tx, row, after)
 
 
 async def refund(
@@ -285,14 +301,12 @@ async def refund(
     wanted = left if amount is None else amount
     if wanted <= 0 or wanted > left:
         raise RefundExceedsDebit(details={"debited": -original.amount, "refundable": left, "requested": wanted})
-    now = utcnow()
-    after = await repo.credit(tx.session, original.user_id, wanted, now)
+    meta = {"note": note} if note else None
+    row = _row(tx, original.user_id, wanted, "refund", utcnow(), related_id=original.id, metadata=meta)
+    after = await repo.move(tx.session, row)
     if after is None:
         raise AccountNotFound
-    meta = {"note": note} if note else None
-    return await _append(
-        tx, after, amount=wanted, reason="refund", now=now, related_id=original.id, metadata=meta
-    )
+    return _recorded(tx, row, after)
 
 
 # ------------------------------------------------------------------------------ holds
