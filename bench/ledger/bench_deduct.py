@@ -91,7 +91,9 @@ async def seed(db: str, count: int) -> list[str]:
             )
             await conn.copy_records_to_table(
                 "credit_transactions",
-                records=[(uuid.uuid4(), i, START_BALANCE, "credit", "purchase", START_BALANCE, now) for i in ids],
+                records=[
+                    (uuid.uuid4(), i, START_BALANCE, "credit", "purchase", START_BALANCE, now) for i in ids
+                ],
                 columns=["id", "user_id", "amount", "type", "reason", "balance_after", "created_at"],
             )
         await conn.execute("ANALYZE")
@@ -131,8 +133,19 @@ def run_wrk(url: str, ids: list[str], token: str, clients: int, seconds: int) ->
     try:
         env = {**os.environ, "IDS_FILE": ids_file, "BENCH_TOKEN": token}
         result = subprocess.run(
-            ["wrk", "-t2", f"-c{clients}", f"-d{seconds}s", "-s", str(HERE / "deduct.lua"), url],
-            env=env, capture_output=True, text=True, check=True,
+            [
+                "wrk",
+                f"-t{min(2, clients)}",
+                f"-c{clients}",
+                f"-d{seconds}s",
+                "-s",
+                str(HERE / "deduct.lua"),
+                url,
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            check=True,
         )
         return result.stdout
     finally:
@@ -229,7 +242,9 @@ async def main() -> None:
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--clients", type=int, default=32)
     parser.add_argument("--accounts", type=int, default=10_000)
-    parser.add_argument("--log-level", default="warning", help="core's AIHUB_LOG_LEVEL (info logs each request)")
+    parser.add_argument(
+        "--log-level", default="warning", help="core's AIHUB_LOG_LEVEL (info logs each request)"
+    )
     args = parser.parse_args()
 
     db = f"aihub_bench_{os.getpid()}"
@@ -266,11 +281,15 @@ async def main() -> None:
         negative, over = await invariants(db)
         code, report = reconcile(db_url)
 
-        print(f"\n=== ledger deduct benchmark: {args.clients} clients, {args.seconds}s per case, "
-              f"{os.cpu_count()} cores (shared; figures are noisy) ===")
+        print(
+            f"\n=== ledger deduct benchmark: {args.clients} clients, {args.seconds}s per case, "
+            f"{os.cpu_count()} cores (shared; figures are noisy) ==="
+        )
         print(f"{'case':<28}{'deductions/s':>14}{'baseline/s':>14}{'ratio':>8}{'target':>8}")
-        print(f"{'(a) spread, ' + str(args.accounts) + ' accounts':<28}{spread:>14.0f}{base_spread:>14.0f}"
-              f"{spread / base_spread:>8.2f}{'1500':>8}")
+        print(
+            f"{'(a) spread, ' + str(args.accounts) + ' accounts':<28}{spread:>14.0f}{base_spread:>14.0f}"
+            f"{spread / base_spread:>8.2f}{'1500':>8}"
+        )
         print(f"{'(b) one hot account':<28}{hot:>14.0f}{base_hot:>14.0f}{hot / base_hot:>8.2f}{'1000':>8}")
         print(f"overdrafts: {negative} negative balances, {over} accounts with reserved > balance")
         print(f"reconcile exit code: {code}")

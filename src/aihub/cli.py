@@ -61,7 +61,7 @@ def serve(
 
 async def _serve(settings: Settings, names: list[str], *, bootstrap: bool) -> None:
     from aihub.kit.runtime import Runtime
-    from aihub.kit.serve import Listener, serve_apps
+    from aihub.kit.serve import serve_apps
 
     runtime = Runtime.build(settings)
     try:

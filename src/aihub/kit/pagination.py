@@ -7,12 +7,12 @@ are inserted and cost the same at page 1 and page 10,000.
 from __future__ import annotations
 
 import base64
+import binascii
 import datetime as dt
 import uuid
 from collections.abc import Sequence
 from typing import Annotated, Any, Generic, TypeVar
 
-import binascii
 from fastapi import Query
 from pydantic import BaseModel
 from sqlalchemy import Select, tuple_
@@ -36,7 +36,7 @@ class PageParams(BaseModel):
     cursor: str | None = None
 
 
-def page_params(
+async def page_params(
     limit: Annotated[int, Query(ge=1, le=100, description="Page size, 1–100")] = 20,
     cursor: Annotated[str | None, Query(max_length=512, description="From a previous nextCursor")] = None,
 ) -> PageParams:

@@ -30,14 +30,16 @@ def assert_error(response: httpx.Response, status: int, code: str) -> dict[str, 
     assert response.status_code == status, response.text
     body = response.json()
     assert body["code"] == code, body
-    assert isinstance(body["message"], str) and body["message"]
+    assert isinstance(body["message"], str)
+    assert body["message"]
     assert body["requestId"] == response.headers["x-request-id"]
     return dict(body)
 
 
 async def grant(client: httpx.AsyncClient, rt: Runtime, user_id: str, amount: int) -> dict[str, Any]:
     response = await client.post(
-        "/api/credits/grant", json={"userId": user_id, "amount": amount, "reason": "purchase"},
+        "/api/credits/grant",
+        json={"userId": user_id, "amount": amount, "reason": "purchase"},
         headers=money(rt),
     )
     assert response.status_code == 201, response.text
@@ -49,7 +51,9 @@ async def account(rt: Runtime, user_id: str) -> tuple[int, int, int]:
     uid = uuid.UUID(user_id)
     async with rt.engine.connect() as conn:
         row = (
-            await conn.execute(select(accounts.c.balance, accounts.c.reserved).where(accounts.c.user_id == uid))
+            await conn.execute(
+                select(accounts.c.balance, accounts.c.reserved).where(accounts.c.user_id == uid)
+            )
         ).one()
         total = (
             await conn.execute(

@@ -56,7 +56,8 @@ def test_reconcile_cli_clean_then_mismatch(pg_url: str, monkeypatch: pytest.Monk
     asyncio.run(tamper())
     broken = runner.invoke(cli, ["ledger", "reconcile"])
     assert broken.exit_code == 1, broken.output
-    assert "MISMATCH" in broken.output and user_id in broken.output
+    assert "MISMATCH" in broken.output
+    assert user_id in broken.output
 
 
 class Hook:
@@ -90,7 +91,11 @@ async def test_low_balance_webhook_fires_once_per_crossing_with_retries(settings
     server, url = await _hook_server(hook)
     rt = Runtime.build(
         settings.model_copy(
-            update={"low_balance_threshold": 50, "low_balance_webhook_url": url, "webhook_backoff_seconds": 0.01}
+            update={
+                "low_balance_threshold": 50,
+                "low_balance_webhook_url": url,
+                "webhook_backoff_seconds": 0.01,
+            }
         )
     )
     try:
@@ -109,7 +114,11 @@ async def test_low_balance_webhook_fires_once_per_crossing_with_retries(settings
             await asyncio.sleep(0.2)
         assert len(hook.calls) == 3  # two failures, then delivered; one crossing only
         assert hook.calls[-1] == {
-            "type": "credits.low_balance", "userId": user.id, "threshold": 50, "available": 40, "balance": 40,
+            "type": "credits.low_balance",
+            "userId": user.id,
+            "threshold": 50,
+            "available": 40,
+            "balance": 40,
         }
     finally:
         await rt.close()
@@ -121,7 +130,9 @@ async def test_sweep_releases_overdue_holds_once(runtime: Runtime, client: httpx
     await grant(client, runtime, user.id, 10)
     for _ in range(3):
         response = await client.post(
-            "/api/credits/holds", json={"userId": user.id, "amount": 2, "ttlSeconds": 60}, headers=money(runtime)
+            "/api/credits/holds",
+            json={"userId": user.id, "amount": 2, "ttlSeconds": 60},
+            headers=money(runtime),
         )
         assert response.status_code == 201
     later = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=61)
@@ -152,8 +163,11 @@ async def test_concurrent_sweepers_release_each_hold_once(pg_runtime: Runtime) -
         await grant(client, rt, user.id, 1000)
         await asyncio.gather(
             *(
-                client.post("/api/credits/holds", json={"userId": user.id, "amount": 5, "ttlSeconds": 1},
-                            headers=money(rt))
+                client.post(
+                    "/api/credits/holds",
+                    json={"userId": user.id, "amount": 5, "ttlSeconds": 1},
+                    headers=money(rt),
+                )
                 for _ in range(40)
             )
         )

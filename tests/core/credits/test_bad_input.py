@@ -21,8 +21,12 @@ POSTS: list[tuple[str, str]] = [
     (f"/api/credits/holds/{ID}/capture", "credits:deduct"),
     (f"/api/credits/holds/{ID}/release", "credits:deduct"),
 ]
-GETS = ["/api/credits/balance", "/api/credits/transactions", f"/api/credits/accounts/{ID}",
-        f"/api/credits/accounts/{ID}/transactions"]
+GETS = [
+    "/api/credits/balance",
+    "/api/credits/transactions",
+    f"/api/credits/accounts/{ID}",
+    f"/api/credits/accounts/{ID}/transactions",
+]
 
 
 @pytest.mark.parametrize("path", [p for p, _ in POSTS] + ["/api/credits/check"])
@@ -105,7 +109,9 @@ async def test_not_json(client: httpx.AsyncClient, runtime: Runtime, path: str) 
 async def test_bad_ids_in_paths(client: httpx.AsyncClient, runtime: Runtime) -> None:
     for path in ("/api/credits/holds/nope/capture", "/api/credits/holds/nope/release"):
         assert_error(await client.post(path, headers=money(runtime)), 422, "VALIDATION_ERROR")
-    assert_error(await client.get("/api/credits/accounts/nope", headers=money(runtime)), 422, "VALIDATION_ERROR")
+    assert_error(
+        await client.get("/api/credits/accounts/nope", headers=money(runtime)), 422, "VALIDATION_ERROR"
+    )
     assert_error(
         await client.post(f"/api/credits/holds/{ID}/capture", headers=money(runtime)), 404, "HOLD_NOT_FOUND"
     )
@@ -114,7 +120,9 @@ async def test_bad_ids_in_paths(client: httpx.AsyncClient, runtime: Runtime) -> 
 async def test_bad_queries(client: httpx.AsyncClient, user: Caller) -> None:
     for query in ("limit=0", "limit=101", "cursor=%%%", "reason=gift", "from=yesterday"):
         assert_error(
-            await client.get(f"/api/credits/transactions?{query}", headers=user.headers), 422, "VALIDATION_ERROR"
+            await client.get(f"/api/credits/transactions?{query}", headers=user.headers),
+            422,
+            "VALIDATION_ERROR",
         )
 
 
@@ -124,7 +132,9 @@ async def test_bad_idempotency_keys(
 ) -> None:
     await grant(client, runtime, user.id, 5)
     headers = {**money(runtime), "Idempotency-Key": key}
-    response = await client.post("/api/credits/deduct", json={"userId": user.id, "amount": 1}, headers=headers)
+    response = await client.post(
+        "/api/credits/deduct", json={"userId": user.id, "amount": 1}, headers=headers
+    )
     assert_error(response, 422, "VALIDATION_ERROR")
 
 

@@ -11,7 +11,6 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from aihub.kit.runtime import Runtime
 from tests.conftest import LiveServer, create_user
 from tests.core.credits.helpers import account, assert_reconciled, money
 
@@ -43,7 +42,10 @@ async def test_500_concurrent_deductions_against_300(live_core: LiveServer) -> N
     connector = aiohttp.TCPConnector(limit=100)
     async with aiohttp.ClientSession(connector=connector) as http:
         results = await asyncio.gather(
-            *(_post(http, url, {"userId": user_id, "amount": 1, "reason": "usage"}, headers) for _ in range(500))
+            *(
+                _post(http, url, {"userId": user_id, "amount": 1, "reason": "usage"}, headers)
+                for _ in range(500)
+            )
         )
     statuses = [status for status, _ in results]
     assert statuses.count(201) == 300
@@ -63,7 +65,8 @@ async def test_concurrent_duplicates_move_money_once(live_core: LiveServer) -> N
     ok = [b for s, b in results if s == 201]
     # The losers wait for the winner's commit and replay it (or, rarely, see it in flight).
     assert all(s in (201, 409) for s, _ in results), results
-    assert ok and all(b == ok[0] for b in ok)
+    assert ok
+    assert all(b == ok[0] for b in ok)
     assert await account(rt, user_id) == (90, 0, 90)
 
 
@@ -96,8 +99,9 @@ async def _mix(live: LiveServer, user_id: str, ops: list[tuple[str, int]]) -> No
                     await _post(http, f"{base}/holds/{body['id']}/release", None, headers)
         elif op == "refund" and debits:
             await _post(http, f"{base}/refund", {"transactionId": random.choice(debits)}, headers)
-        balance, reserved, total = await account(rt, user_id)
-        assert balance >= 0 and 0 <= reserved <= balance
+        balance, reserved, _total = await account(rt, user_id)
+        assert balance >= 0
+        assert 0 <= reserved <= balance
 
     async with aiohttp.ClientSession() as http:
         await asyncio.gather(*(one(http, op, amount) for op, amount in ops))
@@ -105,10 +109,15 @@ async def _mix(live: LiveServer, user_id: str, ops: list[tuple[str, int]]) -> No
         if debits:
             target = debits[0]
             await asyncio.gather(
-                *(_post(http, f"{base}/refund", {"transactionId": target, "amount": 1}, headers) for _ in range(8))
+                *(
+                    _post(http, f"{base}/refund", {"transactionId": target, "amount": 1}, headers)
+                    for _ in range(8)
+                )
             )
     balance, reserved, total = await account(rt, user_id)
-    assert balance >= 0 and reserved == 0 and balance == total
+    assert balance >= 0
+    assert reserved == 0
+    assert balance == total
     await assert_reconciled(rt)
 
 

@@ -171,14 +171,20 @@ async def create_hold(
         201,
         schemas.HoldOut,
         lambda: credits.hold(
-            tx, body.user_id, body.amount, reason=body.reason, ttl_seconds=ttl,
-            metadata=body.metadata, policy=policy,
+            tx,
+            body.user_id,
+            body.amount,
+            reason=body.reason,
+            ttl_seconds=ttl,
+            metadata=body.metadata,
+            policy=policy,
         ),
     )
 
 
-@router.post("/holds/{hold_id}/capture", status_code=201, response_model=schemas.TransactionOut,
-             responses=_ERRORS)
+@router.post(
+    "/holds/{hold_id}/capture", status_code=201, response_model=schemas.TransactionOut, responses=_ERRORS
+)
 async def capture_hold(
     hold_id: uuid.UUID, tx: TxDep, actor: Deducter, idem: Idem, body: schemas.CaptureIn | None = None
 ) -> Response:

@@ -10,18 +10,20 @@ import datetime as dt
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import Row, Select, func, insert, select, text, update
+from sqlalchemy import Select, Table, func, insert, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from aihub.kit.jsonutil import dumps
 from aihub.kit.pagination import PageParams, keyset
 from aihub.models import CreditAccount, CreditHold, CreditTransaction
 
-accounts = CreditAccount.__table__
-ledger = CreditTransaction.__table__
-holds = CreditHold.__table__
+accounts = cast(Table, CreditAccount.__table__)
+ledger = cast(Table, CreditTransaction.__table__)
+holds = cast(Table, CreditHold.__table__)
+# SQLAlchemy 2.1 types rows by their column types; these statements return ad-hoc shapes.
+AnyRow = Any
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,7 +40,7 @@ class Balance:
         return self.balance - self.reserved
 
 
-def _balance(user_id: uuid.UUID, row: Row[Any] | None) -> Balance | None:
+def _balance(user_id: uuid.UUID, row: AnyRow | None) -> Balance | None:
     if row is None:
         return None
     return Balance(user_id, int(row.balance), int(row.reserved), row.low_balance_threshold)
@@ -96,9 +98,7 @@ async def settle(
     stmt = (
         update(accounts)
         .where(accounts.c.user_id == user_id)
-        .values(
-            balance=accounts.c.balance - charged, reserved=accounts.c.reserved - held, updated_at=now
-        )
+        .values(balance=accounts.c.balance - charged, reserved=accounts.c.reserved - held, updated_at=now)
         .returning(*_RETURNING)
     )
     result = _balance(user_id, (await session.execute(stmt)).first())
@@ -111,7 +111,8 @@ async def settle(
 # its seq is drawn while the account row is locked: seq order is balance order.
 _MOVE_PG = """
 WITH moved AS (
-    UPDATE credit_accounts SET balance = balance + CAST(:amount AS bigint), updated_at = CAST(:created_at AS timestamptz)
+    UPDATE credit_accounts
+    SET balance = balance + CAST(:amount AS bigint), updated_at = CAST(:created_at AS timestamptz)
     WHERE user_id = CAST(:user_id AS uuid) {guard}
     RETURNING user_id, balance, reserved, low_balance_threshold
 ), logged AS (
@@ -142,8 +143,10 @@ async def move(session: AsyncSession, row: dict[str, Any]) -> Balance | None:
         stmt = _MOVE_CREDIT_PG if amount > 0 else _MOVE_DEBIT_PG
         return _balance(user_id, (await session.execute(stmt, params)).first())
     # SQLite has no data-modifying CTEs; one writer at a time makes two statements as safe.
-    after = await credit(session, user_id, amount, now) if amount > 0 else await debit(
-        session, user_id, -amount, now
+    after = (
+        await credit(session, user_id, amount, now)
+        if amount > 0
+        else await debit(session, user_id, -amount, now)
     )
     if after is not None:
         await append(session, {**row, "balance_after": after.balance})
@@ -192,7 +195,7 @@ def search(
 
 
 async def fetch(session: AsyncSession, stmt: Select[Any]) -> Sequence[CreditTransaction]:
-    return (await session.execute(stmt)).scalars().all()
+    return list((await session.execute(stmt)).scalars().all())
 
 
 # ------------------------------------------------------------------------------ holds
@@ -217,7 +220,7 @@ async def resolve_hold(
     status: str,
     now: dt.datetime,
     charge: int | None = None,
-) -> Row[Any] | None:
+) -> AnyRow | None:
     """Move an active, unexpired hold to its final status, once: None if it is not active.
 
     The ``status = 'held'`` condition makes this the single point where a hold resolves:
@@ -239,7 +242,7 @@ async def resolve_hold(
     return (await session.execute(stmt)).first()
 
 
-async def expire_holds(session: AsyncSession, now: dt.datetime, limit: int) -> Sequence[Row[Any]]:
+async def expire_holds(session: AsyncSession, now: dt.datetime, limit: int) -> Sequence[AnyRow]:
     """Expire up to ``limit`` overdue holds; safe with several sweepers at once.
 
     PostgreSQL: the candidates are locked with SKIP LOCKED, so concurrent sweepers take
@@ -266,20 +269,12 @@ async def expire_holds(session: AsyncSession, now: dt.datetime, limit: int) -> S
 # -------------------------------------------------------------------------- reconcile
 
 
-@dataclass(frozen=True, slots=True)
-class LedgerRow:
-    seq: int
-    id: uuid.UUID
-    amount: int
-    balance_after: int
-
-
-async def all_accounts(session: AsyncSession) -> Sequence[Row[Any]]:
+async def all_accounts(session: AsyncSession) -> Sequence[AnyRow]:
     stmt = select(accounts.c.user_id, accounts.c.balance, accounts.c.reserved).order_by(accounts.c.user_id)
     return (await session.execute(stmt)).all()
 
 
-async def ledger_rows(session: AsyncSession) -> Sequence[Row[Any]]:
+async def ledger_rows(session: AsyncSession) -> Sequence[AnyRow]:
     """Every ledger row in (account, seq) order: the order its balance moved."""
     stmt = select(ledger.c.user_id, ledger.c.seq, ledger.c.id, ledger.c.amount, ledger.c.balance_after)
     return (await session.execute(stmt.order_by(ledger.c.user_id, ledger.c.seq))).all()

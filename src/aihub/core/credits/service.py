@@ -300,7 +300,9 @@ async def refund(
     left = -original.amount - await repo.refunded_total(tx.session, original.id)
     wanted = left if amount is None else amount
     if wanted <= 0 or wanted > left:
-        raise RefundExceedsDebit(details={"debited": -original.amount, "refundable": left, "requested": wanted})
+        raise RefundExceedsDebit(
+            details={"debited": -original.amount, "refundable": left, "requested": wanted}
+        )
     meta = {"note": note} if note else None
     row = _row(tx, original.user_id, wanted, "refund", utcnow(), related_id=original.id, metadata=meta)
     after = await repo.move(tx.session, row)
@@ -372,11 +374,20 @@ async def capture(tx: Tx, hold_id: uuid.UUID, amount: int | None) -> dict[str, A
     charged = int(resolved.captured)
     after = await repo.settle(tx.session, resolved.user_id, held=resolved.amount, charged=charged, now=now)
     audit.record(
-        tx, "credits.hold.capture", "credit_hold", hold_id,
-        before={"status": "held"}, after={"status": "captured", "captured": charged},
+        tx,
+        "credits.hold.capture",
+        "credit_hold",
+        hold_id,
+        before={"status": "held"},
+        after={"status": "captured", "captured": charged},
     )
     return await _append(
-        tx, after, amount=-charged, reason="hold_capture", now=now, related_id=hold_id,
+        tx,
+        after,
+        amount=-charged,
+        reason="hold_capture",
+        now=now,
+        related_id=hold_id,
         metadata=resolved.metadata,
     )
 
@@ -388,8 +399,12 @@ async def release(tx: Tx, hold_id: uuid.UUID) -> dict[str, Any]:
         raise await _not_active(tx, hold_id, None, now)
     await repo.settle(tx.session, resolved.user_id, held=resolved.amount, charged=0, now=now)
     audit.record(
-        tx, "credits.hold.release", "credit_hold", hold_id,
-        before={"status": "held"}, after={"status": "released"},
+        tx,
+        "credits.hold.release",
+        "credit_hold",
+        hold_id,
+        before={"status": "held"},
+        after={"status": "released"},
     )
     return hold_view(resolved)
 
