@@ -155,7 +155,7 @@ async def current_user(principal: CurrentPrincipal) -> rbac.Principal:
 CurrentUser = Annotated[rbac.Principal, Depends(current_user)]
 
 
-def RequirePermission(permission: str) -> Any:
+def RequirePermission(permission: str) -> Any:  # noqa: N802 - reads like a type in signatures
     async def check(principal: CurrentPrincipal) -> rbac.Principal:
         if not principal.can(permission):
             raise Forbidden(f"Missing permission {permission}", details={"permission": permission})
