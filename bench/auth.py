@@ -204,8 +204,7 @@ def main() -> None:
     port = free_port()
     env = {
         **os.environ,
-        "AIHUB_DATABASE_URL": PG_ADMIN.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://")
-        + f"/{db}",
+        "AIHUB_DATABASE_URL": PG_ADMIN.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://") + f"/{db}",
         "AIHUB_REDIS_URL": REDIS_URL,
         "AIHUB_AUTH_PORT": str(port),
         "AIHUB_LOG_LEVEL": "warning",

@@ -147,8 +147,10 @@ def main() -> None:
     print(f"{'case':48} {'req/s':>9} {'p50':>9} {'p99':>9}")
     for name, rps, p50, p99 in rows:
         print(f"{name:48} {rps:9.0f} {p50:>9} {p99:>9}")
-    print(f"\ncold start of `aihub serve` (fresh SQLite, migrations, first admin) to /health: "
-          f"{', '.join(f'{t:.2f}s' for t in starts)}")
+    print(
+        f"\ncold start of `aihub serve` (fresh SQLite, migrations, first admin) to /health: "
+        f"{', '.join(f'{t:.2f}s' for t in starts)}"
+    )
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from typing import Protocol
 
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 from redis.exceptions import RedisError
 
 
@@ -113,14 +113,20 @@ class MemoryStore:
 class RedisStore:
     kind = "redis"
 
-    def __init__(self, url: str, *, timeout: float = 1.0) -> None:
-        self.redis: Redis = Redis.from_url(
+    def __init__(self, url: str, *, timeout: float = 2.0, max_connections: int = 64) -> None:
+        # A bounded, blocking pool: a burst of requests queues for a connection instead of
+        # opening hundreds of sockets at once (which, on a busy box, is what timed out).
+        pool = BlockingConnectionPool.from_url(
             url,
             decode_responses=True,
             socket_timeout=timeout,
             socket_connect_timeout=timeout,
             health_check_interval=30,
+            max_connections=max_connections,
+            timeout=timeout,
         )
+        self._pool = pool
+        self.redis: Redis = Redis(connection_pool=pool)
 
     async def get(self, key: str) -> str | None:
         try:
@@ -183,6 +189,7 @@ class RedisStore:
 
     async def close(self) -> None:
         await self.redis.aclose()
+        await self._pool.disconnect()
 
 
 def create_store(redis_url: str | None) -> Store:

@@ -2,7 +2,8 @@
 
 from aihub.models.audit import AuditChainHead, AuditLog
 from aihub.models.auth import RefreshToken, ServiceToken
-from aihub.models.credits import CreditAccount
+from aihub.models.credits import CreditAccount, CreditHold, CreditTransaction
+from aihub.models.idempotency import IdempotencyKey
 from aihub.models.pricing import ModelPrice
 from aihub.models.rbac import Permission, Role, RolePermission, UserPermission, UserRole
 from aihub.models.users import User
@@ -11,6 +12,9 @@ __all__ = [
     "AuditChainHead",
     "AuditLog",
     "CreditAccount",
+    "CreditHold",
+    "CreditTransaction",
+    "IdempotencyKey",
     "ModelPrice",
     "Permission",
     "RefreshToken",
