@@ -19,7 +19,7 @@ app = typer.Typer(help="aihub: gateway, auth and core services of an AI platform
 admin_app = typer.Typer(help="Manage administrator accounts.", no_args_is_help=True)
 app.add_typer(admin_app, name="admin")
 err = Console(stderr=True)
-SERVICES = ("core",)  # grows as services land: auth, gateway
+SERVICES = ("core", "gateway")  # grows as services land: auth
 
 
 def _settings() -> Settings:
@@ -43,7 +43,7 @@ def _run(coro: Coroutine[Any, Any, T]) -> T:
 @app.command()
 def serve(
     service: Annotated[
-        str | None, typer.Argument(help="One service (core); all of them in one process when omitted")
+        str | None, typer.Argument(help="One service (core, gateway); all of them in one process when omitted")
     ] = None,
 ) -> None:
     """Start the services (all in one process by default) on the configured database and store."""
@@ -76,6 +76,13 @@ def _listener(name: str, settings: Settings, runtime: Any) -> Any:
     from aihub.core.app import create_app as create_core
     from aihub.kit.serve import Listener
 
+    if name == "gateway":
+        from aihub.gateway.app import create_app as create_gateway
+
+        # Shares the runtime's store and codec: in the embedded mode one in-process blacklist
+        # serves auth's logout and the gateway's check.
+        gateway = create_gateway(settings, store=runtime.store, codec=runtime.codec)
+        return Listener(name=name, app=gateway, host=settings.host, port=settings.gateway_port)
     factories: dict[str, tuple[Callable[..., Any], int]] = {"core": (create_core, settings.core_port)}
     factory, port = factories[name]
     service_app = factory(runtime=runtime)
