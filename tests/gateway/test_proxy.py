@@ -118,8 +118,9 @@ async def test_upstream_status_codes_pass_through(
     http: aiohttp.ClientSession, codec: TokenCodec,
 ) -> None:
     gw = await start_gateway(gateway_settings(upstreams))
+    token = bearer(codec.issue(sub="u", role="admin"))
     for code in (201, 404, 409, 503):
-        async with http.get(gw.url + f"/api/users/status/{code}", headers=bearer(codec.issue(sub="u", role="admin"))) as resp:
+        async with http.get(gw.url + f"/api/users/status/{code}", headers=token) as resp:
             assert resp.status == code
 
 

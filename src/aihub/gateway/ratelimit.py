@@ -20,12 +20,12 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import structlog
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 from redis.exceptions import RedisError
 
 from aihub.gateway import metrics
 from aihub.kit.jwt import blacklist_key
-from aihub.kit.store import Store, StoreUnavailable
+from aihub.kit.store import RedisStore, Store, StoreUnavailable
 
 log = structlog.get_logger("aihub.gateway.ratelimit")
 
@@ -182,6 +182,7 @@ class RedisLimiter:
             self._probe.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._probe
+        await self.redis.aclose()
 
 
 class MemoryLimiter:
@@ -206,8 +207,17 @@ class MemoryLimiter:
         return None
 
 
-def create_limiter(store: Store, *, window_seconds: int, fail_closed: bool) -> Limiter:
-    redis = getattr(store, "redis", None)
-    if store.kind == "redis" and isinstance(redis, Redis):
-        return RedisLimiter(redis, window_seconds=window_seconds, fail_closed=fail_closed)
+def create_limiter(store: Store, *, window_seconds: int, fail_closed: bool, pool_size: int = 128) -> Limiter:
+    if isinstance(store, RedisStore):
+        # Its own blocking pool: under a burst, requests wait a moment for a connection instead
+        # of failing with "Too many connections" (the default pool's answer), which would look
+        # like an outage and flip the gateway to its per-process fallback.
+        pool = BlockingConnectionPool.from_url(
+            store.url,
+            max_connections=pool_size,
+            timeout=store.timeout,
+            socket_timeout=store.timeout,
+            socket_connect_timeout=store.timeout,
+        )
+        return RedisLimiter(Redis.from_pool(pool), window_seconds=window_seconds, fail_closed=fail_closed)
     return MemoryLimiter(store, window_seconds=window_seconds)

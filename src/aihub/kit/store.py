@@ -114,6 +114,9 @@ class RedisStore:
     kind = "redis"
 
     def __init__(self, url: str, *, timeout: float = 1.0) -> None:
+        # Kept so that a component with its own pool (the gateway's limiter) reaches the same Redis.
+        self.url = url
+        self.timeout = timeout
         self.redis: Redis = Redis.from_url(
             url,
             decode_responses=True,
