@@ -177,7 +177,7 @@ class Gateway:
             target = f"{target}?{query}"
         headers = upstream_headers(
             request.headers,
-            client_ip=ctx.client_ip,
+            peer=request.remote or "unknown",
             peer_trusted=is_trusted(request.remote, self.trusted),
             scheme=request.scheme,
             host=request.host,

@@ -70,7 +70,7 @@ class Forwarded:
 def upstream_headers(
     headers: CIMultiDictProxy[str],
     *,
-    client_ip: str,
+    peer: str,
     peer_trusted: bool,
     scheme: str,
     host: str,
@@ -85,8 +85,10 @@ def upstream_headers(
         if lower in _REQUEST_DROP or lower in named or lower.startswith("x-user-"):
             continue
         out.add(name, value)
+    # The standard chain: what a trusted proxy sent, plus the address that connected to us.
+    # An untrusted client's own X-Forwarded-For is dropped, never extended.
     prior = headers.get("X-Forwarded-For") if peer_trusted else None
-    out["X-Forwarded-For"] = f"{prior}, {client_ip}" if prior and client_ip not in prior else (prior or client_ip)
+    out["X-Forwarded-For"] = f"{prior}, {peer}" if prior else peer
     out["X-Forwarded-Proto"] = (headers.get("X-Forwarded-Proto") if peer_trusted else None) or scheme
     out["X-Forwarded-Host"] = (headers.get("X-Forwarded-Host") if peer_trusted else None) or host
     out["X-Request-Id"] = request_id
