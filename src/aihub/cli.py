@@ -63,7 +63,8 @@ async def _serve(settings: Settings, names: list[str], *, bootstrap: bool) -> No
 
     runtime = Runtime.build(settings)
     try:
-        await runtime.prepare()
+        if names != ["gateway"]:  # the gateway alone never touches the database
+            await runtime.prepare()
         if bootstrap:
             await _first_admin(runtime)
         listeners = [_listener(name, settings, runtime) for name in names]

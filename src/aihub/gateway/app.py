@@ -339,6 +339,7 @@ class Gateway:
         ctx = request.get(CTX)
         headers = response.headers
         headers["X-Request-Id"] = ctx.request_id if ctx else pick_request_id(None)
+        headers["Server"] = "aihub"  # not aiohttp's default, which names the Python and aiohttp versions
         add_security(headers, generated=ctx is None or ctx.generated)
         self.cors.add(headers, request.headers.get("Origin"))
         if ctx is not None and ctx.limit_headers:
@@ -352,6 +353,7 @@ class Gateway:
             return
         access.info(
             "request",
+            service="gateway",
             request_id=ctx.request_id,
             method=method,
             path=request.path,  # never the query: it may carry an access_token

@@ -9,6 +9,7 @@ limit (413) instead of being held in memory or reaching the upstream whole.
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -108,6 +109,12 @@ def response_headers(headers: CIMultiDictProxy[str]) -> CIMultiDict[str]:
     return out
 
 
+@functools.lru_cache(maxsize=64)
+def _timeout(connect: float, read: float) -> aiohttp.ClientTimeout:
+    # One object per (connect, read) pair rather than one per request.
+    return aiohttp.ClientTimeout(sock_connect=connect, sock_read=read)
+
+
 def is_idempotent(request: web.Request) -> bool:
     return request.method in _IDEMPOTENT or "Idempotency-Key" in request.headers
 
@@ -154,7 +161,7 @@ async def forward(
     failure) and relay the answer. ``target`` is the already-encoded path and query."""
     upload = _Upload(route.max_body_bytes)
     body = await _request_body(request, route, upload)
-    timeout = aiohttp.ClientTimeout(sock_connect=connect_timeout, sock_read=route.timeout)
+    timeout = _timeout(connect_timeout, route.timeout)
     retry_allowed = is_idempotent(request) and not hasattr(body, "__aiter__")
     instance = group.pick()
     if instance is None:

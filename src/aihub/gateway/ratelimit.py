@@ -14,16 +14,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import math
 import time
 from dataclasses import dataclass
 from typing import Protocol
 
 import structlog
-from redis.asyncio import BlockingConnectionPool, Redis
-from redis.exceptions import RedisError
 
 from aihub.gateway import metrics
+from aihub.gateway.redispipe import RedisPipe, RedisReplyError
 from aihub.kit.jwt import blacklist_key
 from aihub.kit.store import RedisStore, Store, StoreUnavailable
 
@@ -115,14 +115,14 @@ class RedisLimiter:
     """One Lua round trip per request; a per-process fallback while Redis is away."""
 
     def __init__(
-        self, redis: Redis, *, window_seconds: int, fail_closed: bool, probe_interval: float = 0.5
+        self, redis: RedisPipe, *, window_seconds: int, fail_closed: bool, probe_interval: float = 0.5
     ) -> None:
         self.redis = redis
         self.window_us = window_seconds * 1_000_000
         self.fail_closed = fail_closed
         self.probe_interval = probe_interval
         self.local = LocalGcra(window_seconds)
-        self._script = redis.register_script(GCRA_LUA)
+        self._sha = hashlib.sha1(GCRA_LUA.encode()).hexdigest()  # noqa: S324 - Redis names scripts by SHA-1
         self._down = False
         self._probe: asyncio.Task[None] | None = None
 
@@ -133,12 +133,17 @@ class RedisLimiter:
     async def check(self, jti: str | None, key: str | None, limit: int) -> Decision:
         if self._down:
             return self._fallback(key, limit)
+        keys = (blacklist_key(jti) if jti else "", key if key and limit > 0 else "")
         try:
-            status, remaining, reset_us, retry_us = await self._script(
-                keys=[blacklist_key(jti) if jti else "", key if key and limit > 0 else ""],
-                args=[limit, self.window_us],
-            )
-        except (RedisError, OSError) as exc:
+            try:
+                reply = await self.redis.call("EVALSHA", self._sha, 2, *keys, limit, self.window_us)
+            except RedisReplyError as exc:
+                if not str(exc).startswith("NOSCRIPT"):
+                    raise
+                # First call on this Redis (or after a restart): send the script itself once.
+                reply = await self.redis.call("EVAL", GCRA_LUA, 2, *keys, limit, self.window_us)
+            status, remaining, reset_us, retry_us = reply
+        except (RedisReplyError, OSError) as exc:
             self._mark_down(exc)
             return self._fallback(key, limit)
         if status == -1:
@@ -169,9 +174,9 @@ class RedisLimiter:
         while True:
             await asyncio.sleep(self.probe_interval)
             try:
-                if await self.redis.ping():
+                if await self.redis.call("PING") == b"PONG":
                     break
-            except (RedisError, OSError):
+            except (RedisReplyError, OSError):
                 continue
         self._down = False
         metrics.REDIS_FALLBACK.set(0)
@@ -182,7 +187,7 @@ class RedisLimiter:
             self._probe.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._probe
-        await self.redis.aclose()
+        await self.redis.close()
 
 
 class MemoryLimiter:
@@ -207,17 +212,9 @@ class MemoryLimiter:
         return None
 
 
-def create_limiter(store: Store, *, window_seconds: int, fail_closed: bool, pool_size: int = 128) -> Limiter:
+def create_limiter(store: Store, *, window_seconds: int, fail_closed: bool) -> Limiter:
     if isinstance(store, RedisStore):
-        # Its own blocking pool: under a burst, requests wait a moment for a connection instead
-        # of failing with "Too many connections" (the default pool's answer), which would look
-        # like an outage and flip the gateway to its per-process fallback.
-        pool = BlockingConnectionPool.from_url(
-            store.url,
-            max_connections=pool_size,
-            timeout=store.timeout,
-            socket_timeout=store.timeout,
-            socket_connect_timeout=store.timeout,
-        )
-        return RedisLimiter(Redis.from_pool(pool), window_seconds=window_seconds, fail_closed=fail_closed)
+        # Its own pipelined connection (redispipe.py): the per-request round trip is the hot path.
+        pipe = RedisPipe(store.url, timeout=store.timeout)
+        return RedisLimiter(pipe, window_seconds=window_seconds, fail_closed=fail_closed)
     return MemoryLimiter(store, window_seconds=window_seconds)
