@@ -181,18 +181,28 @@ def main() -> None:
         upstream = f"http://127.0.0.1:{nginx_port}"
         gateways = []
         try:
-            off = start_gateway(workdir, off_port, upstream, {
-                "AIHUB_GATEWAY_ROUTES": str(routes),
-                "AIHUB_RATE_LIMIT_ENABLED": "false",
-                "AIHUB_GATEWAY_ACCESS_LOG": "false",
-            })
+            off = start_gateway(
+                workdir,
+                off_port,
+                upstream,
+                {
+                    "AIHUB_GATEWAY_ROUTES": str(routes),
+                    "AIHUB_RATE_LIMIT_ENABLED": "false",
+                    "AIHUB_GATEWAY_ACCESS_LOG": "false",
+                },
+            )
             gateways.append(off)
-            full = start_gateway(workdir, full_port, upstream, {
-                "AIHUB_REDIS_URL": args.redis,
-                # A limit far above what wrk can send: the Lua script runs in full on every
-                # request (blacklist EXISTS + GCRA on Redis TIME) but never answers 429.
-                "AIHUB_RATE_LIMIT_USER": "1000000000",
-            })
+            full = start_gateway(
+                workdir,
+                full_port,
+                upstream,
+                {
+                    "AIHUB_REDIS_URL": args.redis,
+                    # A limit far above what wrk can send: the Lua script runs in full on every
+                    # request (blacklist EXISTS + GCRA on Redis TIME) but never answers 429.
+                    "AIHUB_RATE_LIMIT_USER": "1000000000",
+                },
+            )
             gateways.append(full)
             assert wait_http(f"http://127.0.0.1:{full_port}{PATH}", full, auth) == 200
 
@@ -210,19 +220,20 @@ def main() -> None:
                 for name, (url, headers) in runs.items():
                     result = wrk(url, connections, args.duration, headers)
                     results[(name, connections)] = result
-                    print(f"{name:<26}{result.rps:>10.0f}{result.p50_ms:>10.2f}{result.p99_ms:>10.2f}{result.errors:>8}")
+                    print(
+                        f"{name:<26}{result.rps:>10.0f}{result.p50_ms:>10.2f}{result.p99_ms:>10.2f}{result.errors:>8}"
+                    )
                 print()
             full50 = results[("gateway, full pipeline", 50)]
             off50 = results[("gateway, checks off", 50)]
             added = results[("gateway, full pipeline", 10)].p50_ms - results[("direct (nginx)", 10)].p50_ms
             scripts = script_calls(redis) - scripts_before
-            print(f"full pipeline @50: {full50.rps:.0f} req/s (target >= 3000), "
-                  f"p99 {full50.p99_ms:.2f} ms (target <= 25)")
+            print(
+                f"full pipeline @50: {full50.rps:.0f} req/s (target >= 3000), p99 {full50.p99_ms:.2f} ms (target <= 25)"
+            )
             print(f"full / checks-off @50: {full50.rps / off50.rps:.0%} (target >= 50%)")
             print(f"added p50 latency @10 (full - direct): {added:.2f} ms (target <= 1 ms)")
-            full_requests = sum(
-                results[("gateway, full pipeline", c)].rps * args.duration for c in (50, 10)
-            )
+            full_requests = sum(results[("gateway, full pipeline", c)].rps * args.duration for c in (50, 10))
             print(f"Lua script calls in Redis during the run: {scripts} (~{full_requests:.0f} full-pipeline requests)")
         finally:
             for proc in gateways:

@@ -20,16 +20,28 @@ async def _code(http: aiohttp.ClientSession, url: str, headers: dict[str, str]) 
 
 
 async def test_broken_tokens_get_the_right_401(
-    upstreams: dict[str, Upstream], start_gateway: GatewayFactory, store: Store,
-    http: aiohttp.ClientSession, codec: TokenCodec,
+    upstreams: dict[str, Upstream],
+    start_gateway: GatewayFactory,
+    store: Store,
+    http: aiohttp.ClientSession,
+    codec: TokenCodec,
 ) -> None:
     gw = await start_gateway(gateway_settings(upstreams), store=store)
     url = gw.url + "/api/users/me"
     expired = codec.issue(sub="u", role="user", now=int(time.time()) - 3600)
     forged = pyjwt.encode(
-        {"sub": "u", "role": "admin", "typ": "access", "jti": "j", "iat": int(time.time()),
-         "exp": int(time.time()) + 600, "iss": "aihub-auth", "aud": "aihub"},
-        "not-the-secret-at-all-0123456789-abcdef", algorithm="HS256",
+        {
+            "sub": "u",
+            "role": "admin",
+            "typ": "access",
+            "jti": "j",
+            "iat": int(time.time()),
+            "exp": int(time.time()) + 600,
+            "iss": "aihub-auth",
+            "aud": "aihub",
+        },
+        "not-the-secret-at-all-0123456789-abcdef",
+        algorithm="HS256",
     )
     none_alg = pyjwt.encode({"sub": "u", "role": "admin"}, key=None, algorithm="none")  # type: ignore[arg-type]
     refresh = codec.issue(sub="u", role="user", typ="refresh")
@@ -44,8 +56,11 @@ async def test_broken_tokens_get_the_right_401(
 
 
 async def test_a_blacklisted_token_is_revoked(
-    upstreams: dict[str, Upstream], start_gateway: GatewayFactory, store: Store,
-    http: aiohttp.ClientSession, codec: TokenCodec,
+    upstreams: dict[str, Upstream],
+    start_gateway: GatewayFactory,
+    store: Store,
+    http: aiohttp.ClientSession,
+    codec: TokenCodec,
 ) -> None:
     gw = await start_gateway(gateway_settings(upstreams), store=store)
     token = codec.issue(sub="u", role="admin", jti="jti-to-revoke")
@@ -58,17 +73,24 @@ async def test_a_blacklisted_token_is_revoked(
     assert await _code(http, gw2.url + "/api/users/me", bearer(token)) == (401, "TOKEN_REVOKED")
 
 
-@pytest.mark.parametrize(("method", "path", "seen"), [
-    ("POST", "/api/auth/register", "/register"),
-    ("POST", "/api/auth/login", "/login"),
-    ("POST", "/api/auth/refresh", "/refresh"),
-    ("GET", "/api/auth/.well-known/jwks.json", "/.well-known/jwks.json"),
-    ("GET", "/api/pricing", "/api/pricing"),
-    ("GET", "/api/sora/sessions/current", "/api/sora/sessions/current"),
-])
+@pytest.mark.parametrize(
+    ("method", "path", "seen"),
+    [
+        ("POST", "/api/auth/register", "/register"),
+        ("POST", "/api/auth/login", "/login"),
+        ("POST", "/api/auth/refresh", "/refresh"),
+        ("GET", "/api/auth/.well-known/jwks.json", "/.well-known/jwks.json"),
+        ("GET", "/api/pricing", "/api/pricing"),
+        ("GET", "/api/sora/sessions/current", "/api/sora/sessions/current"),
+    ],
+)
 async def test_public_routes_need_no_token(
-    method: str, path: str, seen: str, upstreams: dict[str, Upstream],
-    start_gateway: GatewayFactory, http: aiohttp.ClientSession,
+    method: str,
+    path: str,
+    seen: str,
+    upstreams: dict[str, Upstream],
+    start_gateway: GatewayFactory,
+    http: aiohttp.ClientSession,
 ) -> None:
     gw = await start_gateway(gateway_settings(upstreams))
     async with http.request(method, gw.url + path, json={}, headers={"X-User-Id": "spoof"}) as resp:

@@ -10,7 +10,9 @@ from tests.gateway.conftest import GatewayFactory, Upstream, bearer, gateway_set
 
 
 async def test_real_core_behind_the_gateway(
-    live_core: LiveServer, upstreams: dict[str, Upstream], start_gateway: GatewayFactory,
+    live_core: LiveServer,
+    upstreams: dict[str, Upstream],
+    start_gateway: GatewayFactory,
     http: aiohttp.ClientSession,
 ) -> None:
     rt = live_core.runtime

@@ -33,8 +33,10 @@ async def test_preflight_for_an_allowed_and_a_refused_origin(
 
 
 async def test_actual_responses_carry_cors_and_security_headers(
-    upstreams: dict[str, Upstream], start_gateway: GatewayFactory,
-    http: aiohttp.ClientSession, codec: TokenCodec,
+    upstreams: dict[str, Upstream],
+    start_gateway: GatewayFactory,
+    http: aiohttp.ClientSession,
+    codec: TokenCodec,
 ) -> None:
     gw = await start_gateway(gateway_settings(upstreams, cors_origins=ORIGIN))
     headers = {**bearer(codec.issue(sub="c", role="user")), "Origin": ORIGIN}
@@ -63,8 +65,11 @@ async def test_static_deny_list(
 
 
 async def test_admin_api_blocks_lists_and_unblocks(
-    upstreams: dict[str, Upstream], start_gateway: GatewayFactory, store: Store,
-    http: aiohttp.ClientSession, codec: TokenCodec,
+    upstreams: dict[str, Upstream],
+    start_gateway: GatewayFactory,
+    store: Store,
+    http: aiohttp.ClientSession,
+    codec: TokenCodec,
 ) -> None:
     # The admin comes through a trusted proxy, so the blocked "client" is a different address.
     gw = await start_gateway(gateway_settings(upstreams, gateway_trusted_proxies="127.0.0.1/32"), store=store)
@@ -125,8 +130,10 @@ async def test_automatic_ban_after_repeated_rate_limit_rejections(
 
 
 async def test_forwarded_for_is_believed_only_from_trusted_proxies(
-    upstreams: dict[str, Upstream], start_gateway: GatewayFactory,
-    http: aiohttp.ClientSession, codec: TokenCodec,
+    upstreams: dict[str, Upstream],
+    start_gateway: GatewayFactory,
+    http: aiohttp.ClientSession,
+    codec: TokenCodec,
 ) -> None:
     untrusted = await start_gateway(gateway_settings(upstreams))
     trusted = await start_gateway(gateway_settings(upstreams, gateway_trusted_proxies="127.0.0.1/32"))

@@ -35,8 +35,11 @@ CORE_PATHS = [
 
 @pytest.mark.parametrize("path", CORE_PATHS)
 async def test_core_routes_keep_the_path(
-    path: str, upstreams: dict[str, Upstream], start_gateway: GatewayFactory,
-    http: aiohttp.ClientSession, codec: TokenCodec,
+    path: str,
+    upstreams: dict[str, Upstream],
+    start_gateway: GatewayFactory,
+    http: aiohttp.ClientSession,
+    codec: TokenCodec,
 ) -> None:
     gw = await start_gateway(gateway_settings(upstreams))
     token = codec.issue(sub="u1", role="user")
@@ -47,16 +50,24 @@ async def test_core_routes_keep_the_path(
     assert body["path"] == path
 
 
-@pytest.mark.parametrize(("path", "upstream", "seen"), [
-    ("/api/auth/login", "auth", "/login"),
-    ("/api/auth/.well-known/jwks.json", "auth", "/.well-known/jwks.json"),
-    ("/api/auth/me", "auth", "/me"),
-    ("/api/mcp/tools", "mcp", "/api/mcp/tools"),
-    ("/api/ws/info", "mcp", "/api/ws/info"),
-])
+@pytest.mark.parametrize(
+    ("path", "upstream", "seen"),
+    [
+        ("/api/auth/login", "auth", "/login"),
+        ("/api/auth/.well-known/jwks.json", "auth", "/.well-known/jwks.json"),
+        ("/api/auth/me", "auth", "/me"),
+        ("/api/mcp/tools", "mcp", "/api/mcp/tools"),
+        ("/api/ws/info", "mcp", "/api/ws/info"),
+    ],
+)
 async def test_auth_strips_its_prefix_and_mcp_keeps_it(
-    path: str, upstream: str, seen: str, upstreams: dict[str, Upstream],
-    start_gateway: GatewayFactory, http: aiohttp.ClientSession, codec: TokenCodec,
+    path: str,
+    upstream: str,
+    seen: str,
+    upstreams: dict[str, Upstream],
+    start_gateway: GatewayFactory,
+    http: aiohttp.ClientSession,
+    codec: TokenCodec,
 ) -> None:
     gw = await start_gateway(gateway_settings(upstreams))
     async with http.get(gw.url + path, headers=bearer(codec.issue(sub="u1", role="user"))) as resp:
@@ -80,15 +91,18 @@ async def test_unknown_path_is_404_in_the_error_shape(
 
 
 async def test_method_body_query_and_identity_headers_pass_through(
-    upstreams: dict[str, Upstream], start_gateway: GatewayFactory,
-    http: aiohttp.ClientSession, codec: TokenCodec,
+    upstreams: dict[str, Upstream],
+    start_gateway: GatewayFactory,
+    http: aiohttp.ClientSession,
+    codec: TokenCodec,
 ) -> None:
     gw = await start_gateway(gateway_settings(upstreams))
     token = codec.issue(sub="user-42", role="manager")
     headers = {**bearer(token), "X-User-Id": "admin-spoof", "X-User-Role": "admin", "Content-Type": "application/json"}
     query = "q=a%20b%26c&x=%2F%3F&empty="
-    async with http.patch(URL(gw.url + "/api/users/me?" + query, encoded=True), data=b'{"displayName":"Zo\xc3\xa9"}',
-                          headers=headers) as resp:
+    async with http.patch(
+        URL(gw.url + "/api/users/me?" + query, encoded=True), data=b'{"displayName":"Zo\xc3\xa9"}', headers=headers
+    ) as resp:
         assert resp.status == 200
         body = await resp.json()
     assert body["method"] == "PATCH"
@@ -104,8 +118,10 @@ async def test_method_body_query_and_identity_headers_pass_through(
 
 
 async def test_repeated_response_headers_are_kept(
-    upstreams: dict[str, Upstream], start_gateway: GatewayFactory,
-    http: aiohttp.ClientSession, codec: TokenCodec,
+    upstreams: dict[str, Upstream],
+    start_gateway: GatewayFactory,
+    http: aiohttp.ClientSession,
+    codec: TokenCodec,
 ) -> None:
     gw = await start_gateway(gateway_settings(upstreams))
     async with http.get(gw.url + "/api/users/cookies", headers=bearer(codec.issue(sub="u", role="user"))) as resp:
@@ -114,8 +130,10 @@ async def test_repeated_response_headers_are_kept(
 
 
 async def test_upstream_status_codes_pass_through(
-    upstreams: dict[str, Upstream], start_gateway: GatewayFactory,
-    http: aiohttp.ClientSession, codec: TokenCodec,
+    upstreams: dict[str, Upstream],
+    start_gateway: GatewayFactory,
+    http: aiohttp.ClientSession,
+    codec: TokenCodec,
 ) -> None:
     gw = await start_gateway(gateway_settings(upstreams))
     token = bearer(codec.issue(sub="u", role="admin"))
@@ -125,8 +143,10 @@ async def test_upstream_status_codes_pass_through(
 
 
 async def test_a_streamed_response_reaches_the_client_before_the_upstream_finishes(
-    upstreams: dict[str, Upstream], start_gateway: GatewayFactory,
-    http: aiohttp.ClientSession, codec: TokenCodec,
+    upstreams: dict[str, Upstream],
+    start_gateway: GatewayFactory,
+    http: aiohttp.ClientSession,
+    codec: TokenCodec,
 ) -> None:
     gw = await start_gateway(gateway_settings(upstreams))
     started = time.monotonic()
@@ -141,8 +161,10 @@ async def test_a_streamed_response_reaches_the_client_before_the_upstream_finish
 
 
 async def test_an_upload_over_the_limit_is_cut_with_413(
-    upstreams: dict[str, Upstream], start_gateway: GatewayFactory,
-    http: aiohttp.ClientSession, codec: TokenCodec,
+    upstreams: dict[str, Upstream],
+    start_gateway: GatewayFactory,
+    http: aiohttp.ClientSession,
+    codec: TokenCodec,
 ) -> None:
     gw = await start_gateway(gateway_settings(upstreams, max_body_bytes=256 * 1024))
     total = 4 * 1024 * 1024
@@ -152,37 +174,47 @@ async def test_an_upload_over_the_limit_is_cut_with_413(
             yield b"x" * 65_536
             await asyncio.sleep(0)
 
-    async with http.post(gw.url + "/api/users/upload", data=body(),
-                         headers=bearer(codec.issue(sub="u", role="admin"))) as resp:
+    async with http.post(
+        gw.url + "/api/users/upload", data=body(), headers=bearer(codec.issue(sub="u", role="admin"))
+    ) as resp:
         assert resp.status == 413
         assert (await resp.json())["code"] == "PAYLOAD_TOO_LARGE"
     await asyncio.sleep(0.2)
     assert all(received < total for received in upstreams["core"].uploaded)
     # A declared length over the limit is refused before any byte goes upstream.
     before = len(upstreams["core"].uploaded)
-    async with http.post(gw.url + "/api/users/upload", data=b"y" * (300 * 1024),
-                         headers=bearer(codec.issue(sub="u", role="admin"))) as resp:
+    async with http.post(
+        gw.url + "/api/users/upload", data=b"y" * (300 * 1024), headers=bearer(codec.issue(sub="u", role="admin"))
+    ) as resp:
         assert resp.status == 413
     assert len(upstreams["core"].uploaded) == before
 
 
 async def test_a_large_upload_under_the_limit_streams_through(
-    upstreams: dict[str, Upstream], start_gateway: GatewayFactory,
-    http: aiohttp.ClientSession, codec: TokenCodec,
+    upstreams: dict[str, Upstream],
+    start_gateway: GatewayFactory,
+    http: aiohttp.ClientSession,
+    codec: TokenCodec,
 ) -> None:
     gw = await start_gateway(gateway_settings(upstreams, max_body_bytes=4 * 1024 * 1024))
-    async with http.post(gw.url + "/api/users/upload", data=io.BytesIO(b"z" * (3 * 1024 * 1024)),
-                         headers=bearer(codec.issue(sub="u", role="admin"))) as resp:
+    async with http.post(
+        gw.url + "/api/users/upload",
+        data=io.BytesIO(b"z" * (3 * 1024 * 1024)),
+        headers=bearer(codec.issue(sub="u", role="admin")),
+    ) as resp:
         assert resp.status == 200
         assert (await resp.json())["received"] == 3 * 1024 * 1024
 
 
 async def test_upstream_down_is_502_and_slow_is_504(
-    upstreams: dict[str, Upstream], start_gateway: GatewayFactory,
-    http: aiohttp.ClientSession, codec: TokenCodec,
+    upstreams: dict[str, Upstream],
+    start_gateway: GatewayFactory,
+    http: aiohttp.ClientSession,
+    codec: TokenCodec,
 ) -> None:
-    gw = await start_gateway(gateway_settings(upstreams, gateway_timeout_seconds=0.5,
-                                              gateway_health_interval_seconds=60))
+    gw = await start_gateway(
+        gateway_settings(upstreams, gateway_timeout_seconds=0.5, gateway_health_interval_seconds=60)
+    )
     token = bearer(codec.issue(sub="u", role="admin"))
     async with http.get(gw.url + "/api/users/slow", headers=token) as resp:
         assert resp.status == 504
@@ -223,3 +255,18 @@ def test_default_table_public_routes() -> None:
     assert pricing is not None and pricing.auth_for("GET") == "public" and pricing.auth_for("POST") == "jwt"
     assert table.match("/api/auth/logout").auth_for("POST") == "jwt"  # type: ignore[union-attr]
     assert table.match("/api/sora/x").auth == "optional"  # type: ignore[union-attr]
+
+
+async def test_dot_segments_are_refused(
+    upstreams: dict[str, Upstream],
+    start_gateway: GatewayFactory,
+    http: aiohttp.ClientSession,
+    codec: TokenCodec,
+) -> None:
+    gw = await start_gateway(gateway_settings(upstreams))
+    token = bearer(codec.issue(sub="u", role="admin"))
+    for raw in ("/api/users/../auth/me", "/api/users/%2e%2e/auth/me", "/api/users/./me"):
+        async with http.get(URL(gw.url + raw, encoded=True), headers=token) as resp:
+            assert resp.status in (400, 404), raw
+            assert "code" in await resp.json()
+    assert upstreams["core"].hits == 0 and upstreams["auth"].hits == 0

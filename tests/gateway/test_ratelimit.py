@@ -29,8 +29,13 @@ async def _statuses(http: aiohttp.ClientSession, urls: list[str], headers: dict[
 
 @pytest.mark.parametrize(("role", "limit"), [("guest", 10), ("user", 60), ("manager", 120)])
 async def test_exact_limit_per_role(
-    role: str, limit: int, upstreams: dict[str, Upstream], start_gateway: GatewayFactory,
-    store: Store, http: aiohttp.ClientSession, codec: TokenCodec,
+    role: str,
+    limit: int,
+    upstreams: dict[str, Upstream],
+    start_gateway: GatewayFactory,
+    store: Store,
+    http: aiohttp.ClientSession,
+    codec: TokenCodec,
 ) -> None:
     gw = await start_gateway(gateway_settings(upstreams), store=store)
     headers = bearer(codec.issue(sub=f"id-{role}", role=role))
@@ -48,8 +53,11 @@ async def test_guests_are_limited_by_address(
 
 
 async def test_admin_is_unlimited_without_headers(
-    upstreams: dict[str, Upstream], start_gateway: GatewayFactory, store: Store,
-    http: aiohttp.ClientSession, codec: TokenCodec,
+    upstreams: dict[str, Upstream],
+    start_gateway: GatewayFactory,
+    store: Store,
+    http: aiohttp.ClientSession,
+    codec: TokenCodec,
 ) -> None:
     gw = await start_gateway(gateway_settings(upstreams), store=store)
     headers = bearer(codec.issue(sub="root", role="admin"))
@@ -59,8 +67,11 @@ async def test_admin_is_unlimited_without_headers(
 
 
 async def test_headers_and_the_exact_429_body(
-    upstreams: dict[str, Upstream], start_gateway: GatewayFactory, store: Store,
-    http: aiohttp.ClientSession, codec: TokenCodec,
+    upstreams: dict[str, Upstream],
+    start_gateway: GatewayFactory,
+    store: Store,
+    http: aiohttp.ClientSession,
+    codec: TokenCodec,
 ) -> None:
     gw = await start_gateway(gateway_settings(upstreams, rate_limit_user=3), store=store)
     headers = bearer(codec.issue(sub="counted", role="user"))
@@ -96,8 +107,11 @@ async def test_login_has_its_own_stricter_limit(
 
 
 async def test_four_gateways_share_one_exact_limit(
-    upstreams: dict[str, Upstream], start_gateway: GatewayFactory, redis_url: str,
-    http: aiohttp.ClientSession, codec: TokenCodec,
+    upstreams: dict[str, Upstream],
+    start_gateway: GatewayFactory,
+    redis_url: str,
+    http: aiohttp.ClientSession,
+    codec: TokenCodec,
 ) -> None:
     stores = [RedisStore(redis_url) for _ in range(4)]
     try:
@@ -172,8 +186,11 @@ async def _ready(http: aiohttp.ClientSession, url: str) -> str:
 
 
 async def test_redis_down_falls_back_and_comes_back(
-    upstreams: dict[str, Upstream], start_gateway: GatewayFactory, own_redis: tuple[str, dict[str, object]],
-    http: aiohttp.ClientSession, codec: TokenCodec,
+    upstreams: dict[str, Upstream],
+    start_gateway: GatewayFactory,
+    own_redis: tuple[str, dict[str, object]],
+    http: aiohttp.ClientSession,
+    codec: TokenCodec,
 ) -> None:
     url, server = own_redis
     store = RedisStore(url, timeout=0.5)
@@ -210,8 +227,11 @@ async def test_redis_down_falls_back_and_comes_back(
 
 
 async def test_redis_down_fail_closed_refuses_with_503(
-    upstreams: dict[str, Upstream], start_gateway: GatewayFactory, own_redis: tuple[str, dict[str, object]],
-    http: aiohttp.ClientSession, codec: TokenCodec,
+    upstreams: dict[str, Upstream],
+    start_gateway: GatewayFactory,
+    own_redis: tuple[str, dict[str, object]],
+    http: aiohttp.ClientSession,
+    codec: TokenCodec,
 ) -> None:
     url, server = own_redis
     store = RedisStore(url, timeout=0.5)

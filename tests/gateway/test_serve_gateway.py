@@ -25,8 +25,11 @@ def test_serve_gateway_alone(tmp_path: Path) -> None:
         "AIHUB_CORE_URL": f"http://127.0.0.1:{free_port()}",
     }
     proc = subprocess.Popen(
-        [sys.executable, "-m", "aihub", "serve", "gateway"], cwd=tmp_path, env=env,
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        [sys.executable, "-m", "aihub", "serve", "gateway"],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
     )
     try:
         deadline = time.monotonic() + 30

@@ -13,8 +13,10 @@ from tests.gateway.conftest import GatewayFactory, Upstream, bearer, gateway_set
 
 
 async def test_websocket_echo_text_and_binary_with_identity(
-    upstreams: dict[str, Upstream], start_gateway: GatewayFactory,
-    http: aiohttp.ClientSession, codec: TokenCodec,
+    upstreams: dict[str, Upstream],
+    start_gateway: GatewayFactory,
+    http: aiohttp.ClientSession,
+    codec: TokenCodec,
 ) -> None:
     gw = await start_gateway(gateway_settings(upstreams))
     token = codec.issue(sub="ws-user", role="user")
@@ -27,8 +29,10 @@ async def test_websocket_echo_text_and_binary_with_identity(
 
 
 async def test_websocket_token_in_query_for_browsers(
-    upstreams: dict[str, Upstream], start_gateway: GatewayFactory,
-    http: aiohttp.ClientSession, codec: TokenCodec,
+    upstreams: dict[str, Upstream],
+    start_gateway: GatewayFactory,
+    http: aiohttp.ClientSession,
+    codec: TokenCodec,
 ) -> None:
     gw = await start_gateway(gateway_settings(upstreams))
     token = codec.issue(sub="browser", role="user")
@@ -38,8 +42,10 @@ async def test_websocket_token_in_query_for_browsers(
 
 
 async def test_websocket_close_code_passes_through(
-    upstreams: dict[str, Upstream], start_gateway: GatewayFactory,
-    http: aiohttp.ClientSession, codec: TokenCodec,
+    upstreams: dict[str, Upstream],
+    start_gateway: GatewayFactory,
+    http: aiohttp.ClientSession,
+    codec: TokenCodec,
 ) -> None:
     gw = await start_gateway(gateway_settings(upstreams))
     async with http.ws_connect(gw.url + "/api/ws/echo", headers=bearer(codec.issue(sub="u", role="user"))) as ws:
@@ -60,8 +66,10 @@ async def test_websocket_refused_without_a_token(
 
 
 async def test_websocket_message_over_the_limit_closes_1009(
-    upstreams: dict[str, Upstream], start_gateway: GatewayFactory,
-    http: aiohttp.ClientSession, codec: TokenCodec,
+    upstreams: dict[str, Upstream],
+    start_gateway: GatewayFactory,
+    http: aiohttp.ClientSession,
+    codec: TokenCodec,
 ) -> None:
     gw = await start_gateway(gateway_settings(upstreams, gateway_ws_max_message_bytes=2048))
     async with http.ws_connect(gw.url + "/api/ws/echo", headers=bearer(codec.issue(sub="u", role="user"))) as ws:
@@ -72,8 +80,10 @@ async def test_websocket_message_over_the_limit_closes_1009(
 
 
 async def test_websocket_idle_timeout_closes(
-    upstreams: dict[str, Upstream], start_gateway: GatewayFactory,
-    http: aiohttp.ClientSession, codec: TokenCodec,
+    upstreams: dict[str, Upstream],
+    start_gateway: GatewayFactory,
+    http: aiohttp.ClientSession,
+    codec: TokenCodec,
 ) -> None:
     gw = await start_gateway(gateway_settings(upstreams, gateway_ws_idle_seconds=0.5))
     async with http.ws_connect(gw.url + "/api/ws/echo", headers=bearer(codec.issue(sub="u", role="user"))) as ws:
@@ -95,8 +105,10 @@ async def _served_by(http: aiohttp.ClientSession, url: str, headers: dict[str, s
 
 
 async def test_two_instances_share_traffic_and_survive_one_dying(
-    upstreams: dict[str, Upstream], start_gateway: GatewayFactory,
-    http: aiohttp.ClientSession, codec: TokenCodec,
+    upstreams: dict[str, Upstream],
+    start_gateway: GatewayFactory,
+    http: aiohttp.ClientSession,
+    codec: TokenCodec,
 ) -> None:
     a, b = Upstream("core-a", free_port()), Upstream("core-b", free_port())
     await a.start()
@@ -125,8 +137,10 @@ async def test_two_instances_share_traffic_and_survive_one_dying(
 
 
 async def test_no_healthy_instance_is_503(
-    upstreams: dict[str, Upstream], start_gateway: GatewayFactory,
-    http: aiohttp.ClientSession, codec: TokenCodec,
+    upstreams: dict[str, Upstream],
+    start_gateway: GatewayFactory,
+    http: aiohttp.ClientSession,
+    codec: TokenCodec,
 ) -> None:
     # Nothing listens on the core port: the health checks fail and the instance leaves rotation.
     gw = await start_gateway(gateway_settings(upstreams, core_url=f"http://127.0.0.1:{free_port()}"))

@@ -85,8 +85,12 @@ def _encode(block: Block) -> str:
 def _decode(cidr: str, raw: str) -> Block | None:
     try:
         data = loads(raw)
-        return Block(ipaddress.ip_network(cidr, strict=False), str(data.get("reason") or ""),
-                     data.get("expiresAt"), float(data.get("createdAt") or 0))
+        return Block(
+            ipaddress.ip_network(cidr, strict=False),
+            str(data.get("reason") or ""),
+            data.get("expiresAt"),
+            float(data.get("createdAt") or 0),
+        )
     except (ValueError, TypeError, AttributeError):
         return None
 

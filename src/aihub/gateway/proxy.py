@@ -37,7 +37,15 @@ HOP_BY_HOP = frozenset(
     }
 )
 # Set by the gateway itself, or recomputed for the hop it makes.
-_REQUEST_DROP = HOP_BY_HOP | {"host", "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "x-request-id"}
+# Expect is answered by our own server; forwarding it would make the upstream wait for a 100.
+_REQUEST_DROP = HOP_BY_HOP | {
+    "host",
+    "expect",
+    "x-forwarded-for",
+    "x-forwarded-proto",
+    "x-forwarded-host",
+    "x-request-id",
+}
 _RESPONSE_DROP = HOP_BY_HOP | {"content-length", "date", "server"}
 _IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
 _SMALL_BODY = 65_536  # read whole up to this size; stream above it
