@@ -129,6 +129,15 @@ class Result:
     p50_ms: float
     p99_ms: float
     errors: int
+    requests: int = 0
+    cpu_us: float | None = None  # gateway CPU time per request (user + system)
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of a process: per-request CPU cost holds steadier than req/s on a
+    machine where other work steals the cores."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _ms(value: str, unit: str) -> float:
@@ -140,6 +149,7 @@ def wrk(url: str, connections: int, duration: int, headers: dict[str, str]) -> R
     for name, value in headers.items():
         args += ["-H", f"{name}: {value}"]
     out = subprocess.run([*args, url], capture_output=True, text=True, check=True).stdout
+    requests = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
     p50 = re.search(r"50%\s+([\d.]+)(us|ms|s)", out)
     p99 = re.search(r"99%\s+([\d.]+)(us|ms|s)", out)
@@ -148,7 +158,7 @@ def wrk(url: str, connections: int, duration: int, headers: dict[str, str]) -> R
     errors = int(non2xx.group(1)) if non2xx else 0
     if socket_errors:
         errors += sum(int(x) for x in socket_errors.groups())
-    return Result(rps, _ms(*p50.groups()), _ms(*p99.groups()), errors)  # type: ignore[union-attr]
+    return Result(rps, _ms(*p50.groups()), _ms(*p99.groups()), errors, requests)  # type: ignore[union-attr]
 
 
 def script_calls(redis: Redis) -> int:
@@ -207,21 +217,26 @@ def main() -> None:
             assert wait_http(f"http://127.0.0.1:{full_port}{PATH}", full, auth) == 200
 
             runs = {
-                "direct (nginx)": (f"{upstream}{PATH}", {}),
-                "gateway, checks off": (f"http://127.0.0.1:{off_port}{PATH}", {}),
-                "gateway, full pipeline": (f"http://127.0.0.1:{full_port}{PATH}", auth),
+                "direct (nginx)": (f"{upstream}{PATH}", {}, None),
+                "gateway, checks off": (f"http://127.0.0.1:{off_port}{PATH}", {}, off.pid),
+                "gateway, full pipeline": (f"http://127.0.0.1:{full_port}{PATH}", auth, full.pid),
             }
             print(f"wrk -t1, {args.duration}s per run; nginx 1 worker; one gateway process each (uvloop)")
             print("shared 2-core machine: wrk, nginx and the gateway compete for the same CPUs\n")
             results: dict[tuple[str, int], Result] = {}
             for connections in (50, 10):
                 print(f"-- {connections} connections")
-                print(f"{'target':<26}{'req/s':>10}{'p50 ms':>10}{'p99 ms':>10}{'errors':>8}")
-                for name, (url, headers) in runs.items():
+                print(f"{'target':<26}{'req/s':>10}{'p50 ms':>10}{'p99 ms':>10}{'errors':>8}{'CPU us/req':>12}")
+                for name, (url, headers, pid) in runs.items():
+                    before = cpu_seconds(pid) if pid else 0.0
                     result = wrk(url, connections, args.duration, headers)
+                    if pid:
+                        result.cpu_us = (cpu_seconds(pid) - before) / max(1, result.requests) * 1e6
                     results[(name, connections)] = result
+                    cpu = f"{result.cpu_us:>12.0f}" if result.cpu_us is not None else f"{'-':>12}"
                     print(
-                        f"{name:<26}{result.rps:>10.0f}{result.p50_ms:>10.2f}{result.p99_ms:>10.2f}{result.errors:>8}"
+                        f"{name:<26}{result.rps:>10.0f}{result.p50_ms:>10.2f}{result.p99_ms:>10.2f}"
+                        f"{result.errors:>8}{cpu}"
                     )
                 print()
             full50 = results[("gateway, full pipeline", 50)]
@@ -232,6 +247,12 @@ def main() -> None:
                 f"full pipeline @50: {full50.rps:.0f} req/s (target >= 3000), p99 {full50.p99_ms:.2f} ms (target <= 25)"
             )
             print(f"full / checks-off @50: {full50.rps / off50.rps:.0%} (target >= 50%)")
+            if full50.cpu_us and off50.cpu_us:
+                print(
+                    f"CPU per request @50: checks off {off50.cpu_us:.0f} us, full {full50.cpu_us:.0f} us "
+                    f"-> one free core could serve ~{1e6 / full50.cpu_us:.0f} req/s full, "
+                    f"~{1e6 / off50.cpu_us:.0f} req/s checks off ({off50.cpu_us / full50.cpu_us:.0%})"
+                )
             print(f"added p50 latency @10 (full - direct): {added:.2f} ms (target <= 1 ms)")
             full_requests = sum(results[("gateway, full pipeline", c)].rps * args.duration for c in (50, 10))
             print(f"Lua script calls in Redis during the run: {scripts} (~{full_requests:.0f} full-pipeline requests)")
