@@ -4,8 +4,10 @@ per-route limits, and Redis going away and coming back."""
 from __future__ import annotations
 
 import asyncio
+import math
 import shutil
 import subprocess
+import time
 from collections import Counter
 from collections.abc import Iterator
 
@@ -40,8 +42,15 @@ async def test_exact_limit_per_role(
 ) -> None:
     gw = await start_gateway(gateway_settings(upstreams), store=store)
     headers = bearer(codec.issue(sub=f"id-{role}", role=role))
+    started = time.monotonic()
     statuses = await _statuses(http, [gw.url + "/api/users/me"] * (limit + 5), headers)
-    assert (statuses.count(200), statuses.count(429)) == (limit, 5), Counter(statuses)
+    elapsed = time.monotonic() - started
+    # GCRA is a sliding window: one request's worth refills every window/limit seconds (0.5 s
+    # for a manager). A burst faster than that is held to exactly the limit; on a slow machine
+    # the refill that happened during the burst is allowed too, and nothing beyond it.
+    refilled = math.floor(elapsed / (60 / limit))
+    assert limit <= statuses.count(200) <= limit + refilled, (Counter(statuses), elapsed)
+    assert statuses.count(200) + statuses.count(429) == limit + 5, Counter(statuses)
 
 
 async def test_guests_are_limited_by_address(
@@ -118,9 +127,11 @@ async def test_four_gateways_share_one_exact_limit(
         gateways = [await start_gateway(gateway_settings(upstreams), store=s) for s in stores]
         headers = bearer(codec.issue(sub="shared-user", role="user"))
         urls = [gateways[i % 4].url + "/api/users/me" for i in range(100)]
+        started = time.monotonic()
         statuses = await _statuses(http, urls, headers)
-        assert statuses.count(200) == 60
-        assert statuses.count(429) == 40
+        refilled = math.floor(time.monotonic() - started)  # one request per second refills (see above)
+        assert 60 <= statuses.count(200) <= 60 + refilled, Counter(statuses)
+        assert statuses.count(200) + statuses.count(429) == 100
     finally:
         for s in stores:
             await s.close()
