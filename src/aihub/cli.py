@@ -21,7 +21,7 @@ app.add_typer(admin_app, name="admin")
 ledger_app = typer.Typer(help="Inspect the credit ledger.", no_args_is_help=True)
 app.add_typer(ledger_app, name="ledger")
 err = Console(stderr=True)
-SERVICES = ("core", "auth")  # grows as services land: gateway
+SERVICES = ("core", "auth", "gateway")
 
 
 def _settings() -> Settings:
@@ -45,7 +45,7 @@ def _run(coro: Coroutine[Any, Any, T]) -> T:
 @app.command()
 def serve(
     service: Annotated[
-        str | None, typer.Argument(help="One service (core, auth); all of them in one process when omitted")
+        str | None, typer.Argument(help="One service (core, auth, gateway); all of them in one process when omitted")
     ] = None,
 ) -> None:
     """Start the services (all in one process by default) on the configured database and store."""
@@ -65,7 +65,8 @@ async def _serve(settings: Settings, names: list[str], *, bootstrap: bool) -> No
 
     runtime = Runtime.build(settings)
     try:
-        await runtime.prepare()
+        if names != ["gateway"]:  # the gateway alone never touches the database
+            await runtime.prepare()
         if bootstrap:
             await _first_admin(runtime)
         listeners = [_listener(name, settings, runtime) for name in names]
@@ -81,6 +82,13 @@ def _listener(name: str, settings: Settings, runtime: Any) -> Any:
     from aihub.core.app import create_app as create_core
     from aihub.kit.serve import Listener
 
+    if name == "gateway":
+        from aihub.gateway.app import create_app as create_gateway
+
+        # Shares the runtime's store and codec: in the embedded mode one in-process blacklist
+        # serves auth's logout and the gateway's check.
+        gateway = create_gateway(settings, store=runtime.store, codec=runtime.codec)
+        return Listener(name=name, app=gateway, host=settings.host, port=settings.gateway_port)
     factories: dict[str, tuple[Callable[..., Any], int]] = {
         "core": (create_core, settings.core_port),
         "auth": (create_auth, settings.auth_port),

@@ -59,6 +59,45 @@ class Settings(BaseSettings):
     gateway_routes: str | None = None
     cors_origins: str = ""
 
+    # --- gateway (issue 8) ---
+    # Rate limits per role, requests per window; 0 means unlimited (no limit headers are sent).
+    rate_limit_window_seconds: int = Field(default=60, ge=1, le=86_400)
+    rate_limit_guest: int = Field(default=10, ge=0)
+    rate_limit_user: int = Field(default=60, ge=0)
+    rate_limit_manager: int = Field(default=120, ge=0)
+    rate_limit_admin: int = Field(default=0, ge=0)
+    rate_limit_service: int = Field(default=0, ge=0)
+    # Any other role, as "name=limit,name=limit"; a role missing everywhere gets the user limit.
+    rate_limit_roles: str = ""
+    # Stricter per-route limits (per client IP, or per user once signed in) against brute force.
+    rate_limit_login: int = Field(default=10, ge=0)
+    rate_limit_register: int = Field(default=5, ge=0)
+    rate_limit_promo_redeem: int = Field(default=10, ge=0)
+    # Off only for benchmarks of the bare proxy; never in production.
+    rate_limit_enabled: bool = True
+    # Redis unreachable: True refuses requests with 503 instead of limiting per process.
+    rate_limit_fail_closed: bool = False
+    # Peers whose X-Forwarded-For is believed (CIDRs); everyone else is the client itself.
+    gateway_trusted_proxies: str = ""
+    # Addresses refused outright (CIDRs), on top of the dynamic blocks made through the admin API.
+    gateway_deny_cidrs: str = ""
+    # Automatic temporary ban: this many rejections (429s, or failed authentications) in the window.
+    gateway_ban_after_rate_limited: int = Field(default=50, ge=0)
+    gateway_ban_after_auth_failures: int = Field(default=20, ge=0)
+    gateway_ban_window_seconds: int = Field(default=60, ge=1)
+    gateway_ban_seconds: int = Field(default=900, ge=1)
+    # Upstream behaviour: connect and response-header timeouts, health checks, passive ejection.
+    gateway_connect_timeout_seconds: float = Field(default=3.0, gt=0)
+    gateway_timeout_seconds: float = Field(default=60.0, gt=0)
+    gateway_health_interval_seconds: float = Field(default=5.0, gt=0)
+    gateway_eject_after_failures: int = Field(default=3, ge=1)
+    gateway_eject_seconds: float = Field(default=10.0, gt=0)
+    # WebSocket passthrough: largest message and how long a silent connection stays open.
+    gateway_ws_max_message_bytes: int = Field(default=1_048_576, ge=1_024)
+    gateway_ws_idle_seconds: float = Field(default=300.0, gt=0)
+    # One JSON access-log line per request; off only for benchmarks.
+    gateway_access_log: bool = True
+
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     max_body_bytes: int = Field(default=1_048_576, ge=1_024)
     metrics_allow: str = "127.0.0.0/8,::1"
@@ -105,6 +144,22 @@ class Settings(BaseSettings):
             ipaddress.ip_network(part, strict=False)
         return value
 
+    @field_validator("gateway_trusted_proxies", "gateway_deny_cidrs")
+    @classmethod
+    def _cidrs(cls, value: str) -> str:
+        for part in _split(value):
+            ipaddress.ip_network(part, strict=False)
+        return value
+
+    @field_validator("rate_limit_roles")
+    @classmethod
+    def _role_limits(cls, value: str) -> str:
+        for part in _split(value):
+            name, _, limit = part.partition("=")
+            if not name.strip() or not limit.strip().isdigit():
+                raise ValueError("must look like role=limit,role=limit")
+        return value
+
     @model_validator(mode="after")
     def _keys_load(self) -> Settings:
         # Fail at start with the setting's name, not at the first token.
@@ -141,6 +196,29 @@ class Settings(BaseSettings):
     @cached_property
     def metrics_networks(self) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
         return [ipaddress.ip_network(part, strict=False) for part in _split(self.metrics_allow)]
+
+    @cached_property
+    def trusted_proxy_networks(self) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+        return [ipaddress.ip_network(part, strict=False) for part in _split(self.gateway_trusted_proxies)]
+
+    @cached_property
+    def deny_networks(self) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+        return [ipaddress.ip_network(part, strict=False) for part in _split(self.gateway_deny_cidrs)]
+
+    @cached_property
+    def role_rate_limits(self) -> dict[str, int]:
+        """Requests per window by role; 0 is unlimited."""
+        limits = {
+            "guest": self.rate_limit_guest,
+            "user": self.rate_limit_user,
+            "manager": self.rate_limit_manager,
+            "admin": self.rate_limit_admin,
+            "service": self.rate_limit_service,
+        }
+        for part in _split(self.rate_limit_roles):
+            name, _, limit = part.partition("=")
+            limits[name.strip()] = int(limit)
+        return limits
 
     def upstream_urls(self, service: Literal["auth", "core", "mcp"]) -> list[str]:
         explicit = {"auth": self.auth_url, "core": self.core_url, "mcp": self.mcp_url}[service]

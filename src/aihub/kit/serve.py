@@ -1,7 +1,9 @@
-"""Run one or several ASGI apps in this process, one event loop, one port each.
+"""Run several apps in this process, one event loop, one port each.
 
-On SIGTERM or SIGINT every app first reports not-ready (so a load balancer stops sending),
-then every server stops accepting and finishes its in-flight requests.
+FastAPI apps (core, auth) run on uvicorn; the gateway is an aiohttp application and runs on
+aiohttp's AppRunner/TCPSite in the same loop. On SIGTERM or SIGINT every app first reports
+not-ready (so a load balancer stops sending), then every server stops accepting and finishes
+its in-flight requests.
 """
 
 from __future__ import annotations
@@ -13,7 +15,18 @@ from collections.abc import Generator
 from dataclasses import dataclass
 
 import uvicorn
+from aiohttp import web
 from fastapi import FastAPI
+
+
+@dataclass
+class DrainFlag:
+    """Mutable so that a started (frozen) aiohttp application can still be told to drain."""
+
+    draining: bool = False
+
+
+DRAIN = web.AppKey("aihub_drain", DrainFlag)
 
 
 class _Server(uvicorn.Server):
@@ -26,7 +39,7 @@ class _Server(uvicorn.Server):
 @dataclass(frozen=True)
 class Listener:
     name: str
-    app: FastAPI
+    app: FastAPI | web.Application
     host: str
     port: int
 
@@ -46,22 +59,49 @@ def _config(listener: Listener) -> uvicorn.Config:
     )
 
 
+def _mark_draining(app: FastAPI | web.Application) -> None:
+    if isinstance(app, web.Application):
+        if DRAIN in app:
+            app[DRAIN].draining = True
+    else:
+        app.state.draining = True
+
+
+async def _serve_aiohttp(listener: Listener, stopping: asyncio.Event) -> None:
+    assert isinstance(listener.app, web.Application)
+    runner = web.AppRunner(listener.app, access_log=None, handle_signals=False, shutdown_timeout=30)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, listener.host, listener.port, backlog=1024)
+        await site.start()
+        await stopping.wait()
+    finally:
+        await runner.cleanup()
+
+
 async def serve_apps(listeners: list[Listener], *, drain_seconds: float = 0.0) -> None:
-    servers = [_Server(_config(listener)) for listener in listeners]
+    asgi = [listener for listener in listeners if not isinstance(listener.app, web.Application)]
+    native = [listener for listener in listeners if isinstance(listener.app, web.Application)]
+    servers = [_Server(_config(listener)) for listener in asgi]
+    stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
 
     def stop() -> None:
         for listener in listeners:
-            listener.app.state.draining = True
+            _mark_draining(listener.app)
 
         async def later() -> None:
             await asyncio.sleep(drain_seconds)
             for server in servers:
                 server.should_exit = True
+            stopping.set()
 
         loop.create_task(later())  # noqa: RUF006 - the loop keeps running until the servers end
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop)
-    await asyncio.gather(*(server.serve() for server in servers))
+    await asyncio.gather(
+        *(server.serve() for server in servers),
+        *(_serve_aiohttp(listener, stopping) for listener in native),
+    )

@@ -114,6 +114,9 @@ class RedisStore:
     kind = "redis"
 
     def __init__(self, url: str, *, timeout: float = 2.0, max_connections: int = 64) -> None:
+        # Kept so that a component with its own pool (the gateway's limiter) reaches the same Redis.
+        self.url = url
+        self.timeout = timeout
         # A bounded, blocking pool: a burst of requests queues for a connection instead of
         # opening hundreds of sockets at once (which, on a busy box, is what timed out).
         pool = BlockingConnectionPool.from_url(

@@ -1,0 +1,436 @@
+"""The gateway application: one catch-all handler that runs every check in a fixed order.
+
+Order per request: request ID and client address → IP block → gateway's own endpoints →
+CORS preflight → route match → token → blacklist + rate limit (one Redis round trip) →
+proxy (HTTP or WebSocket) → one access-log line and the metrics. Security, CORS, request-ID
+and rate-limit headers are added in ``on_response_prepare`` so that streamed, proxied and
+generated responses all get them. A single handler instead of aiohttp middlewares keeps the
+hot path to one coroutine per request.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import time
+import urllib.parse
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+import structlog
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
+
+from aihub.config import Settings
+from aihub.gateway import metrics
+from aihub.gateway.authcheck import Identity, authenticate, bearer_token
+from aihub.gateway.balancer import Balancer
+from aihub.gateway.headers import Cors, add_security
+from aihub.gateway.ipblock import BlockList, Strikes, client_ip, is_trusted
+from aihub.gateway.proxy import Forwarded, forward, upstream_headers
+from aihub.gateway.ratelimit import Decision, Limiter, create_limiter
+from aihub.gateway.routing import Route, RouteTable, load_table
+from aihub.gateway.websocket import proxy_websocket
+from aihub.kit.errors import AppError, Forbidden, NotFound, ServiceUnavailable, Unauthorized, error_body
+from aihub.kit.jsonutil import dumps, loads
+from aihub.kit.jwt import TokenCodec
+from aihub.kit.metrics import client_allowed
+from aihub.kit.middleware import pick_request_id
+from aihub.kit.serve import DRAIN, DrainFlag
+from aihub.kit.store import Store, StoreUnavailable, create_store
+
+log = structlog.get_logger("aihub.gateway")
+access = structlog.get_logger("aihub.access")
+
+ADMIN_PREFIX = "/api/gateway/blocked-ips"
+_ADMIN_ROUTE = Route("/api/gateway", "gateway", name="gateway-admin")
+_KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+_QUIET = frozenset({"/health", "/health/ready", "/metrics"})
+
+
+class RateLimited(AppError):
+    status_code, code, message = 429, "RATE_LIMIT_EXCEEDED", "Too many requests, try again later"
+
+
+class TokenRevokedError(AppError):
+    status_code, code, message = 401, "TOKEN_REVOKED", "The token has been revoked"
+
+
+@dataclass(slots=True)
+class Ctx:
+    request_id: str
+    client_ip: str
+    started: float
+    route: str = "unmatched"
+    generated: bool = False
+    user_id: str | None = None
+    limit_headers: dict[str, str] | None = None
+    hop: Forwarded = field(default_factory=Forwarded)
+
+
+CTX = web.RequestKey("aihub_gateway_ctx", Ctx)
+
+
+def _limit_headers(decision: Decision, window: int) -> dict[str, str]:
+    headers = {
+        "RateLimit-Policy": f"{decision.limit};w={window}",
+        "RateLimit-Limit": str(decision.limit),
+        "RateLimit-Remaining": str(decision.remaining),
+        "RateLimit-Reset": str(decision.reset),
+    }
+    if not decision.allowed:
+        headers["Retry-After"] = str(decision.retry_after)
+    return headers
+
+
+class Gateway:
+    def __init__(self, settings: Settings, store: Store, codec: TokenCodec, table: RouteTable) -> None:
+        self.settings = settings
+        self.store = store
+        self.codec = codec
+        self.table = table
+        self.cors = Cors(settings.cors_origin_list)
+        self.limiter: Limiter = create_limiter(
+            store, window_seconds=settings.rate_limit_window_seconds, fail_closed=settings.rate_limit_fail_closed
+        )
+        self.blocks = BlockList(store, settings.deny_networks)
+        self.strikes = Strikes(
+            store, self.blocks, window=settings.gateway_ban_window_seconds, ban_seconds=settings.gateway_ban_seconds
+        )
+        self.balancer = Balancer(
+            table.upstreams,
+            eject_after=settings.gateway_eject_after_failures,
+            eject_seconds=settings.gateway_eject_seconds,
+            health_interval=settings.gateway_health_interval_seconds,
+        )
+        self.drain = DrainFlag()
+        self.session: aiohttp.ClientSession | None = None
+        self.role_limits = settings.role_rate_limits
+        self.window = settings.rate_limit_window_seconds
+        self.trusted = settings.trusted_proxy_networks
+
+    # ------------------------------------------------------------------ lifecycle
+    async def start(self) -> None:
+        connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=30, ttl_dns_cache=300)
+        # No cookie jar: cookies belong to the clients, not to the gateway's shared session.
+        self.session = aiohttp.ClientSession(
+            connector=connector, auto_decompress=False, cookie_jar=aiohttp.DummyCookieJar()
+        )
+        self.balancer.start(self.session)
+        self.blocks.start()
+
+    async def stop(self) -> None:
+        await self.balancer.stop()
+        await self.blocks.stop()
+        await self.limiter.close()
+        if self.session is not None:
+            await self.session.close()
+
+    # ------------------------------------------------------------------ the handler
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        peer = request.remote
+        ctx = Ctx(
+            request_id=pick_request_id(request.headers.get("X-Request-Id", "").encode("latin-1") or None),
+            client_ip=client_ip(peer, request.headers.get("X-Forwarded-For"), self.trusted),
+            started=time.perf_counter(),
+        )
+        request[CTX] = ctx
+        try:
+            response = await self._dispatch(request, ctx)
+        except AppError as exc:
+            response = self.error(ctx, exc.status_code, exc.code, exc.message, exc.details, exc.headers)
+        except Exception:
+            log.exception("gateway_error", request_id=ctx.request_id, path=request.path)
+            response = self.error(ctx, 500, "INTERNAL_ERROR", "Something went wrong on our side")
+        self._observe(request, ctx, response.status)
+        return response
+
+    async def _dispatch(self, request: web.Request, ctx: Ctx) -> web.StreamResponse:
+        if self.blocks.blocked(ctx.client_ip):
+            metrics.BLOCKED.inc()
+            raise Forbidden("Requests from your address are blocked")
+        path = request.raw_path.partition("?")[0]
+        if path in _QUIET:
+            ctx.route = path
+            return await self._local(request, ctx, path)
+        if request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers:
+            ctx.route = "preflight"
+            return self._preflight(request, ctx)
+        if path == ADMIN_PREFIX or path.startswith(ADMIN_PREFIX + "/"):
+            ctx.route = "gateway-admin"
+            identity = await self._identify(request, ctx, _ADMIN_ROUTE)
+            return await self._admin(request, ctx, identity, path)
+        route = self.table.match(path)
+        if route is None:
+            raise NotFound("No route for this path")
+        ctx.route = route.label()
+        if _has_dot_segments(path) or _has_dot_segments(urllib.parse.unquote(path)):
+            raise AppError("The path may not contain '.' or '..' segments")
+        identity = await self._identify(request, ctx, route)
+        assert self.session is not None
+        group = self.balancer.groups[route.upstream]
+        target = route.upstream_path(path)
+        is_ws = route.websocket and request.headers.get("Upgrade", "").lower() == "websocket"
+        query = _without_token(request.query_string) if is_ws else request.raw_path.partition("?")[2]
+        if query:
+            target = f"{target}?{query}"
+        headers = upstream_headers(
+            request.headers,
+            peer=request.remote or "unknown",
+            peer_trusted=is_trusted(request.remote, self.trusted),
+            scheme=request.scheme,
+            host=request.host,
+            request_id=ctx.request_id,
+            user_id=identity.user_id if identity else None,
+            role=identity.role if identity else None,
+        )
+        if is_ws:
+            return await proxy_websocket(
+                request,
+                self.session,
+                group,
+                target,
+                headers,
+                ctx.hop,
+                max_message=self.settings.gateway_ws_max_message_bytes,
+                idle=self.settings.gateway_ws_idle_seconds,
+                connect_timeout=self.settings.gateway_connect_timeout_seconds,
+            )
+        return await forward(
+            request, self.session, group, route, target, headers, ctx.hop, self.settings.gateway_connect_timeout_seconds
+        )
+
+    # ------------------------------------------------------------------ identity and limits
+    async def _identify(self, request: web.Request, ctx: Ctx, route: Route) -> Identity | None:
+        mode = route.auth_for(request.method)
+        token: str | None
+        try:
+            token = bearer_token(request.headers.get("Authorization"))
+            if token is None and route.websocket:
+                token = request.query.get("access_token")  # browsers cannot set headers on an upgrade
+            if token is None and mode == "jwt":
+                raise Unauthorized
+            identity = authenticate(self.codec, token) if token is not None and mode != "public" else None
+        except AppError:
+            await self.strikes.strike("auth", ctx.client_ip, self.settings.gateway_ban_after_auth_failures)
+            raise
+        if identity is not None:
+            ctx.user_id = identity.user_id
+        await self._limit(request, ctx, route, identity)
+        return identity
+
+    def _bucket(self, request: web.Request, ctx: Ctx, route: Route, identity: Identity | None) -> tuple[str, int]:
+        who = f"u:{identity.user_id}" if identity else f"ip:{ctx.client_ip}"
+        if route.limit_key == "session":
+            session_token = request.headers.get("X-Session-Token")
+            if session_token:
+                # Hashed: the session token is a credential and must not sit in Redis keys.
+                who = "s:" + hashlib.sha256(session_token.encode()).hexdigest()[:32]
+        if route.rate_limit is not None:
+            if route.limit_key == "ip":
+                who = f"ip:{ctx.client_ip}"
+            return f"rl:{route.prefix}:{who}", route.rate_limit
+        role = identity.role if identity else "guest"
+        return f"rl:{who}", self.role_limits.get(role, self.settings.rate_limit_user)
+
+    async def _limit(self, request: web.Request, ctx: Ctx, route: Route, identity: Identity | None) -> None:
+        if self.settings.rate_limit_enabled:
+            key, limit = self._bucket(request, ctx, route, identity)
+        elif identity is not None:
+            key, limit = "", 0  # the blacklist is still checked
+        else:
+            return
+        decision = await self.limiter.check(identity.jti if identity else None, key, limit)
+        if decision.allowed:
+            metrics.DECISIONS["allowed"].inc()
+            if decision.limit > 0:
+                ctx.limit_headers = _limit_headers(decision, self.window)
+            return
+        if decision.revoked:
+            metrics.DECISIONS["revoked"].inc()
+            await self.strikes.strike("auth", ctx.client_ip, self.settings.gateway_ban_after_auth_failures)
+            raise TokenRevokedError
+        if decision.unavailable:
+            metrics.DECISIONS["unavailable"].inc()
+            raise ServiceUnavailable("Rate limiting is unavailable; try again shortly")
+        metrics.DECISIONS["limited"].inc()
+        ctx.limit_headers = _limit_headers(decision, self.window)
+        await self.strikes.strike("rate", ctx.client_ip, self.settings.gateway_ban_after_rate_limited)
+        raise RateLimited
+
+    # ------------------------------------------------------------------ gateway's own answers
+    def error(
+        self,
+        ctx: Ctx,
+        status: int,
+        code: str,
+        message: str,
+        details: Any = None,
+        headers: dict[str, str] | None = None,
+    ) -> web.Response:
+        return self.json(ctx, error_body(code, message, ctx.request_id, details), status, headers)
+
+    @staticmethod
+    def json(ctx: Ctx, body: bytes, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+        ctx.generated = True
+        return web.Response(body=body, status=status, content_type="application/json", headers=headers)
+
+    async def _local(self, request: web.Request, ctx: Ctx, path: str) -> web.StreamResponse:
+        if request.method not in ("GET", "HEAD"):
+            return self.error(ctx, 405, "METHOD_NOT_ALLOWED", "This method is not allowed on this resource")
+        if path == "/health":
+            return self.json(ctx, b'{"status":"ok"}')
+        if path == "/health/ready":
+            return await self._ready(ctx)
+        if not client_allowed(request.remote, self.settings):
+            raise Forbidden("Metrics are not available from this address")
+        ctx.generated = True
+        return web.Response(body=generate_latest(REGISTRY), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def _ready(self, ctx: Ctx) -> web.Response:
+        if self.store.kind == "redis":
+            redis = "degraded" if self.limiter.degraded or not await self.store.ping() else "ok"
+        else:
+            redis = "memory"
+        upstreams = self.balancer.summary()
+        empty = [name for name, counts in upstreams.items() if counts["healthy"] == 0]
+        if self.drain.draining or (upstreams and len(empty) == len(upstreams)):
+            status = "down"
+        elif redis == "degraded" or empty:
+            status = "degraded"
+        else:
+            status = "ok"
+        body = {"status": status, "checks": {"redis": redis, "upstreams": upstreams}}
+        return self.json(ctx, dumps(body), 503 if status == "down" else 200)
+
+    def _preflight(self, request: web.Request, ctx: Ctx) -> web.Response:
+        origin = request.headers.get("Origin")
+        if origin is None or not self.cors.allowed(origin):
+            raise Forbidden("This origin is not allowed")
+        headers = self.cors.preflight_headers(origin, request.headers.get("Access-Control-Request-Headers"))
+        ctx.generated = True
+        return web.Response(status=204, headers=headers)
+
+    async def _admin(self, request: web.Request, ctx: Ctx, identity: Identity | None, path: str) -> web.Response:
+        if identity is None:
+            raise Unauthorized
+        if not identity.has_permission("gateway:admin"):
+            raise Forbidden
+        rest = urllib.parse.unquote(path[len(ADMIN_PREFIX) :].lstrip("/"))
+        try:
+            if not rest and request.method == "GET":
+                return self.json(ctx, dumps({"items": await self.blocks.list(), "nextCursor": None}))
+            if not rest and request.method == "POST":
+                ip, ttl, reason = _block_request(await request.read())
+                block = await self.blocks.add(ip, ttl=ttl, reason=reason or f"admin {identity.user_id}")
+                return self.json(ctx, dumps(block.view()), 201)
+            if rest and request.method == "DELETE":
+                if not await self.blocks.remove(_network(rest)):
+                    raise NotFound("This address is not blocked")
+                ctx.generated = True
+                return web.Response(status=204)
+        except StoreUnavailable as exc:
+            raise ServiceUnavailable("The block list store is unavailable") from exc
+        return self.error(ctx, 405, "METHOD_NOT_ALLOWED", "This method is not allowed on this resource")
+
+    # ------------------------------------------------------------------ headers and logs
+    async def on_prepare(self, request: web.Request, response: web.StreamResponse) -> None:
+        ctx = request.get(CTX)
+        headers = response.headers
+        headers["X-Request-Id"] = ctx.request_id if ctx else pick_request_id(None)
+        headers["Server"] = "aihub"  # not aiohttp's default, which names the Python and aiohttp versions
+        add_security(headers, generated=ctx is None or ctx.generated)
+        self.cors.add(headers, request.headers.get("Origin"))
+        if ctx is not None and ctx.limit_headers:
+            headers.update(ctx.limit_headers)
+
+    def _observe(self, request: web.Request, ctx: Ctx, status: int) -> None:
+        elapsed = time.perf_counter() - ctx.started
+        method = request.method if request.method in _KNOWN_METHODS else "OTHER"
+        metrics.observe(ctx.route, method, status, elapsed)
+        if not self.settings.gateway_access_log or (ctx.route in _QUIET and status < 400):
+            return
+        access.info(
+            "request",
+            service="gateway",
+            request_id=ctx.request_id,
+            method=method,
+            path=request.path,  # never the query: it may carry an access_token
+            route=ctx.route,
+            status=status,
+            duration_ms=round(elapsed * 1000, 2),
+            user_id=ctx.user_id,
+            client_ip=ctx.client_ip,
+            upstream=ctx.hop.instance,
+            bytes=ctx.hop.bytes_out,
+        )
+
+
+def _has_dot_segments(path: str) -> bool:
+    # "/api/users/../auth/x" would match one route here and mean another upstream: refuse it.
+    return any(segment in (".", "..") for segment in path.split("/"))
+
+
+def _without_token(query: str) -> str:
+    pairs = urllib.parse.parse_qsl(query, keep_blank_values=True)
+    return urllib.parse.urlencode([(k, v) for k, v in pairs if k != "access_token"])
+
+
+def _invalid(field: str, message: str, kind: str) -> AppError:
+    details = [{"field": field, "message": message, "type": kind}]
+    return AppError("The request is invalid", status_code=422, code="VALIDATION_ERROR", details=details)
+
+
+def _network(value: str) -> str:
+    try:
+        return str(ipaddress.ip_network(value.strip(), strict=False))
+    except ValueError as exc:
+        raise _invalid("ip", "not an IP address or CIDR", "value_error") from exc
+
+
+def _block_request(raw: bytes) -> tuple[str, float | None, str | None]:
+    try:
+        data = loads(raw) if raw else None
+    except ValueError as exc:
+        raise AppError("The request body is not valid JSON", code="INVALID_JSON") from exc
+    if not isinstance(data, dict) or not isinstance(data.get("ip"), str):
+        raise _invalid("body.ip", "an IP address or CIDR is required", "missing")
+    ttl = data.get("ttlSeconds")
+    if ttl is not None and (not isinstance(ttl, int) or isinstance(ttl, bool) or ttl <= 0):
+        raise _invalid("body.ttlSeconds", "a positive integer", "value_error")
+    reason = data.get("reason")
+    return _network(data["ip"]), None if ttl is None else float(ttl), None if reason is None else str(reason)
+
+
+GATEWAY = web.AppKey("aihub_gateway", Gateway)
+
+
+def create_app(
+    settings: Settings,
+    *,
+    store: Store | None = None,
+    codec: TokenCodec | None = None,
+    table: RouteTable | None = None,
+) -> web.Application:
+    """The gateway as an aiohttp application. Without ``store`` it opens (and closes) its own."""
+    owns_store = store is None
+    shared = store if store is not None else create_store(settings.redis_url)
+    gateway = Gateway(settings, shared, codec or TokenCodec.from_settings(settings), table or load_table(settings))
+    app = web.Application(handler_args={"max_field_size": 16_384})
+    app[GATEWAY] = gateway
+    app[DRAIN] = gateway.drain
+    app.router.add_route("*", "/{tail:.*}", gateway.handle)
+    app.on_response_prepare.append(gateway.on_prepare)
+
+    async def on_startup(_: web.Application) -> None:
+        await gateway.start()
+
+    async def on_cleanup(_: web.Application) -> None:
+        await gateway.stop()
+        if owns_store:
+            await shared.close()
+
+    app.on_startup.append(on_startup)
+    app.on_cleanup.append(on_cleanup)
+    return app

@@ -1,0 +1,47 @@
+"""Who is calling: the JWT verified locally (signature, exp with leeway, aud, iss, typ).
+
+Verification is cached in-process by the codec; revocation is not (the blacklist is read in
+the same Redis round trip as the rate-limit decision, see ratelimit.py).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from aihub.kit.errors import Unauthorized
+from aihub.kit.jwt import Claims, TokenCodec
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    user_id: str
+    role: str
+    jti: str
+    claims: Claims
+
+    @property
+    def is_admin(self) -> bool:
+        return "admin" in self.claims.roles or self.role == "admin"
+
+    def has_permission(self, permission: str) -> bool:
+        raw = self.claims.raw.get("permissions")
+        granted = set(self.claims.scopes) | (set(map(str, raw)) if isinstance(raw, list) else set())
+        return self.is_admin or permission in granted
+
+
+def bearer_token(header: str | None) -> str | None:
+    """The token of ``Authorization: Bearer <token>``; raises when the header is malformed."""
+    if header is None:
+        return None
+    scheme, _, token = header.partition(" ")
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token:
+        raise Unauthorized("The Authorization header must be 'Bearer <token>'")
+    return token
+
+
+def authenticate(codec: TokenCodec, token: str) -> Identity:
+    """Raises InvalidToken or TokenExpired (401) for a token that does not verify."""
+    claims = codec.verify(token)
+    role = "service" if claims.typ == "service" else (claims.role or "guest")
+    return Identity(user_id=claims.sub, role=role, jti=claims.jti, claims=claims)

@@ -1,0 +1,246 @@
+"""HTTP passthrough on the aiohttp client: headers rewritten, bodies streamed both ways.
+
+A small response with a known length is read whole (one write is cheaper); anything else,
+an SSE stream, a chunked or a large body, is relayed chunk by chunk as it arrives. A request
+body is relayed the same way and counted as it flows, so an oversized upload is cut at the
+limit (413) instead of being held in memory or reaching the upstream whole.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import aiohttp
+from aiohttp import web
+from multidict import CIMultiDict, CIMultiDictProxy
+from yarl import URL
+
+from aihub.gateway.balancer import Group
+from aihub.gateway.routing import Route
+from aihub.kit.errors import AppError
+
+HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "trailers",
+        "transfer-encoding",
+        "upgrade",
+    }
+)
+# Set by the gateway itself, or recomputed for the hop it makes.
+# Expect is answered by our own server; forwarding it would make the upstream wait for a 100.
+_REQUEST_DROP = HOP_BY_HOP | {
+    "host",
+    "expect",
+    "x-forwarded-for",
+    "x-forwarded-proto",
+    "x-forwarded-host",
+    "x-request-id",
+}
+_RESPONSE_DROP = HOP_BY_HOP | {"content-length", "date", "server"}
+_IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
+_SMALL_BODY = 65_536  # read whole up to this size; stream above it
+_CHUNK = 65_536
+
+
+class BadGateway(AppError):
+    status_code, code, message = 502, "BAD_GATEWAY", "The upstream service failed"
+
+
+class NoUpstream(AppError):
+    status_code, code, message = 503, "SERVICE_UNAVAILABLE", "No healthy instance of the upstream service"
+
+
+class GatewayTimeout(AppError):
+    status_code, code, message = 504, "GATEWAY_TIMEOUT", "The upstream service timed out"
+
+
+class PayloadTooLarge(AppError):
+    status_code, code, message = 413, "PAYLOAD_TOO_LARGE", "The request body is too large"
+
+
+@dataclass(slots=True)
+class Forwarded:
+    """What the access log wants to know about the hop."""
+
+    instance: str | None = None
+    bytes_out: int = 0
+
+
+def upstream_headers(
+    headers: CIMultiDictProxy[str],
+    *,
+    peer: str,
+    peer_trusted: bool,
+    scheme: str,
+    host: str,
+    request_id: str,
+    user_id: str | None,
+    role: str | None,
+) -> CIMultiDict[str]:
+    named = {h.strip().lower() for h in headers.get("Connection", "").split(",") if h.strip()}
+    out: CIMultiDict[str] = CIMultiDict()
+    for name, value in headers.items():
+        lower = name.lower()
+        if lower in _REQUEST_DROP or lower in named or lower.startswith("x-user-"):
+            continue
+        out.add(name, value)
+    # The standard chain: what a trusted proxy sent, plus the address that connected to us.
+    # An untrusted client's own X-Forwarded-For is dropped, never extended.
+    prior = headers.get("X-Forwarded-For") if peer_trusted else None
+    out["X-Forwarded-For"] = f"{prior}, {peer}" if prior else peer
+    out["X-Forwarded-Proto"] = (headers.get("X-Forwarded-Proto") if peer_trusted else None) or scheme
+    out["X-Forwarded-Host"] = (headers.get("X-Forwarded-Host") if peer_trusted else None) or host
+    out["X-Request-Id"] = request_id
+    if user_id is not None:
+        out["X-User-Id"] = user_id
+        out["X-User-Role"] = role or ""
+    return out
+
+
+def response_headers(headers: CIMultiDictProxy[str]) -> CIMultiDict[str]:
+    named = {h.strip().lower() for h in headers.get("Connection", "").split(",") if h.strip()}
+    out: CIMultiDict[str] = CIMultiDict()
+    for name, value in headers.items():  # items() keeps repeated headers such as Set-Cookie
+        lower = name.lower()
+        if lower not in _RESPONSE_DROP and lower not in named:
+            out.add(name, value)
+    return out
+
+
+@functools.lru_cache(maxsize=64)
+def _timeout(connect: float, read: float) -> aiohttp.ClientTimeout:
+    # One object per (connect, read) pair rather than one per request.
+    return aiohttp.ClientTimeout(sock_connect=connect, sock_read=read)
+
+
+def is_idempotent(request: web.Request) -> bool:
+    return request.method in _IDEMPOTENT or "Idempotency-Key" in request.headers
+
+
+@dataclass(slots=True)
+class _Upload:
+    limit: int
+    received: int = 0
+    too_large: bool = False
+
+
+async def _stream_upload(request: web.Request, upload: _Upload) -> AsyncIterator[bytes]:
+    async for chunk in request.content.iter_chunked(_CHUNK):
+        upload.received += len(chunk)
+        if upload.received > upload.limit:
+            upload.too_large = True
+            raise PayloadTooLarge
+        yield chunk
+
+
+async def _request_body(request: web.Request, route: Route, upload: _Upload) -> bytes | AsyncIterator[bytes] | None:
+    if not request.body_exists:
+        return None
+    length = request.content_length
+    if length is not None:
+        if length > route.max_body_bytes:
+            raise PayloadTooLarge
+        if length <= _SMALL_BODY:
+            return await request.read()  # replayable, so an idempotent request can be retried
+    return _stream_upload(request, upload)
+
+
+async def forward(
+    request: web.Request,
+    session: aiohttp.ClientSession,
+    group: Group,
+    route: Route,
+    target: str,
+    headers: CIMultiDict[str],
+    info: Forwarded,
+    connect_timeout: float,
+) -> web.StreamResponse:
+    """Send the request to one healthy instance (two for an idempotent one after a connect
+    failure) and relay the answer. ``target`` is the already-encoded path and query."""
+    upload = _Upload(route.max_body_bytes)
+    body = await _request_body(request, route, upload)
+    timeout = _timeout(connect_timeout, route.timeout)
+    retry_allowed = is_idempotent(request) and not hasattr(body, "__aiter__")
+    instance = group.pick()
+    if instance is None:
+        raise NoUpstream
+    for attempt in (0, 1):
+        info.instance = instance.url
+        instance.outstanding += 1
+        try:
+            upstream = await session.request(
+                request.method,
+                URL(instance.url + target, encoded=True),
+                headers=headers,
+                data=body,
+                allow_redirects=False,
+                timeout=timeout,
+                auto_decompress=False,
+            )
+        except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
+            instance.outstanding -= 1
+            group.failure(instance)
+            other = group.pick(exclude=instance) if retry_allowed and attempt == 0 else None
+            if other is None:
+                if isinstance(exc, aiohttp.ConnectionTimeoutError):
+                    raise GatewayTimeout from exc
+                raise BadGateway("The upstream service refused the connection") from exc
+            instance = other
+            continue
+        except (aiohttp.ServerTimeoutError, TimeoutError) as exc:
+            instance.outstanding -= 1
+            group.failure(instance)
+            raise GatewayTimeout from exc
+        except (aiohttp.ClientError, OSError, PayloadTooLarge) as exc:
+            instance.outstanding -= 1
+            if upload.too_large:
+                raise PayloadTooLarge from exc
+            raise BadGateway from exc
+        try:
+            group.success(instance)
+            return await _relay(request, upstream, info)
+        finally:
+            instance.outstanding -= 1
+            upstream.release()
+    raise NoUpstream  # pragma: no cover - the loop always returns or raises
+
+
+async def _relay(request: web.Request, upstream: aiohttp.ClientResponse, info: Forwarded) -> web.StreamResponse:
+    headers = response_headers(upstream.headers)
+    length = upstream.content_length
+    streaming = length is None or length > _SMALL_BODY or request.method == "HEAD"
+    if not streaming:
+        try:
+            data = await upstream.read()
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            raise BadGateway("The upstream response was cut short") from exc
+        info.bytes_out = len(data)
+        return web.Response(status=upstream.status, reason=upstream.reason, body=data, headers=headers)
+    response = web.StreamResponse(status=upstream.status, reason=upstream.reason, headers=headers)
+    if length is not None:
+        response.content_length = length
+    await response.prepare(request)
+    try:
+        async for chunk in upstream.content.iter_any():
+            info.bytes_out += len(chunk)
+            await response.write(chunk)
+    except (aiohttp.ClientError, TimeoutError, asyncio.IncompleteReadError):
+        # Headers are gone already: cut the client's connection so it sees a broken body,
+        # never a truncated one that looks complete.
+        if request.transport is not None:
+            request.transport.close()
+        return response
+    except ConnectionError:
+        return response  # the client went away; releasing the upstream is all that is left
+    await response.write_eof()
+    return response

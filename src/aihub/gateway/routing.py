@@ -1,0 +1,179 @@
+"""The route table: which upstream group serves a path, and under which rules.
+
+Defaults follow ARCHITECTURE.md; ``AIHUB_GATEWAY_ROUTES`` names a YAML or TOML file that
+replaces them. Matching is longest prefix on whole path segments, so ``/api/users`` never
+catches ``/api/usersx``.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from aihub.config import Settings
+
+AuthMode = Literal["public", "jwt", "optional"]
+_AUTH_MODES = ("public", "jwt", "optional")
+LimitKey = Literal["identity", "ip", "session"]
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    prefix: str
+    upstream: str
+    strip: str = ""  # the leading part removed before proxying ("" keeps the path)
+    auth: AuthMode = "jwt"
+    public_methods: frozenset[str] = frozenset()  # methods that need no token on a jwt route
+    max_body_bytes: int = 1_048_576
+    timeout: float = 60.0
+    websocket: bool = False
+    rate_limit: int | None = None  # a stricter limit with its own bucket; None: the role's limit
+    limit_key: LimitKey = "identity"
+    name: str = field(default="", compare=False)
+
+    def label(self) -> str:
+        return self.name or self.prefix
+
+    def upstream_path(self, path: str) -> str:
+        if self.strip and path.startswith(self.strip):
+            rest = path[len(self.strip) :]
+            return rest if rest.startswith("/") else "/" + rest
+        return path
+
+    def auth_for(self, method: str) -> AuthMode:
+        return "public" if method in self.public_methods else self.auth
+
+
+@dataclass(frozen=True)
+class RouteTable:
+    routes: tuple[Route, ...]
+    upstreams: dict[str, list[str]]
+
+    def __post_init__(self) -> None:
+        for route in self.routes:
+            if route.upstream not in self.upstreams:
+                raise ValueError(f"route {route.prefix} names unknown upstream group {route.upstream!r}")
+
+    def match(self, path: str) -> Route | None:
+        # Routes are kept longest first, so the first hit is the longest matching prefix.
+        for route in self.routes:
+            prefix = route.prefix
+            if path.startswith(prefix) and (len(path) == len(prefix) or path[len(prefix)] == "/"):
+                return route
+        return None
+
+
+def _sorted(routes: list[Route]) -> tuple[Route, ...]:
+    return tuple(sorted(routes, key=lambda r: len(r.prefix), reverse=True))
+
+
+_CORE_PREFIXES = (
+    "/api/users",
+    "/api/credits",
+    "/api/roles",
+    "/api/permissions",
+    "/api/usage",
+    "/api/pricing",
+    "/api/quotas",
+    "/api/analytics",
+    "/api/billing",
+    "/api/promo-codes",
+    "/api/audit-logs",
+)
+
+
+def default_table(settings: Settings) -> RouteTable:
+    body, timeout = settings.max_body_bytes, settings.gateway_timeout_seconds
+    auth = "/api/auth"
+    routes = [
+        Route(auth, "auth", strip=auth, max_body_bytes=body, timeout=timeout),
+        # Public auth endpoints, each with its own stricter limit keyed by client address.
+        Route(
+            f"{auth}/login",
+            "auth",
+            strip=auth,
+            auth="public",
+            max_body_bytes=body,
+            timeout=timeout,
+            rate_limit=settings.rate_limit_login,
+            limit_key="ip",
+        ),
+        Route(
+            f"{auth}/register",
+            "auth",
+            strip=auth,
+            auth="public",
+            max_body_bytes=body,
+            timeout=timeout,
+            rate_limit=settings.rate_limit_register,
+            limit_key="ip",
+        ),
+        Route(f"{auth}/refresh", "auth", strip=auth, auth="public", max_body_bytes=body, timeout=timeout),
+        Route(f"{auth}/.well-known", "auth", strip=auth, auth="public", max_body_bytes=body, timeout=timeout),
+        Route(
+            "/api/promo-codes/redeem",
+            "core",
+            max_body_bytes=body,
+            timeout=timeout,
+            rate_limit=settings.rate_limit_promo_redeem,
+        ),
+        # Core checks the Sora session token itself; a user token, when sent, is still verified.
+        Route("/api/sora", "core", auth="optional", max_body_bytes=body, timeout=timeout, limit_key="session"),
+        Route("/api/mcp", "mcp", max_body_bytes=body, timeout=timeout, websocket=True),
+        Route("/api/ws", "mcp", max_body_bytes=body, timeout=timeout, websocket=True),
+    ]
+    for prefix in _CORE_PREFIXES:
+        public = frozenset({"GET", "HEAD"}) if prefix == "/api/pricing" else frozenset()
+        routes.append(Route(prefix, "core", public_methods=public, max_body_bytes=body, timeout=timeout))
+    upstreams = {name: settings.upstream_urls(name) for name in ("auth", "core", "mcp")}
+    return RouteTable(_sorted(routes), upstreams)
+
+
+def _route_from(raw: dict[str, Any], settings: Settings) -> Route:
+    prefix = str(raw["prefix"]).rstrip("/") or "/"
+    strip_raw = raw.get("strip", False)
+    strip = prefix if strip_raw is True else (str(strip_raw) if strip_raw else "")
+    auth = str(raw.get("auth", "jwt"))
+    if auth not in _AUTH_MODES:
+        raise ValueError(f"route {prefix}: auth must be one of {', '.join(_AUTH_MODES)}")
+    limit_key = str(raw.get("limit_key", "identity"))
+    if limit_key not in ("identity", "ip", "session"):
+        raise ValueError(f"route {prefix}: limit_key must be identity, ip or session")
+    rate_limit = raw.get("rate_limit")
+    return Route(
+        prefix=prefix,
+        upstream=str(raw["upstream"]),
+        strip=strip,
+        auth=auth,  # type: ignore[arg-type]  # checked against _AUTH_MODES above
+        public_methods=frozenset(str(m).upper() for m in raw.get("public_methods", [])),
+        max_body_bytes=int(raw.get("max_body_bytes", settings.max_body_bytes)),
+        timeout=float(raw.get("timeout", settings.gateway_timeout_seconds)),
+        websocket=bool(raw.get("websocket", False)),
+        rate_limit=None if rate_limit is None else int(rate_limit),
+        limit_key=limit_key,  # type: ignore[arg-type]  # checked above
+        name=str(raw.get("name", "")),
+    )
+
+
+def load_table(settings: Settings) -> RouteTable:
+    """The default table, or the one in the file named by ``AIHUB_GATEWAY_ROUTES``.
+
+    A file holds ``routes`` (a list) and optionally ``upstreams`` (group name to URL list);
+    groups it does not name fall back to the auth/core/mcp URLs from settings.
+    """
+    if not settings.gateway_routes:
+        return default_table(settings)
+    path = Path(settings.gateway_routes)
+    text = path.read_text()
+    data: Any = tomllib.loads(text) if path.suffix == ".toml" else yaml.safe_load(text)
+    if not isinstance(data, dict) or not isinstance(data.get("routes"), list):
+        raise ValueError(f"{path}: expected a mapping with a 'routes' list")
+    upstreams: dict[str, list[str]] = {name: settings.upstream_urls(name) for name in ("auth", "core", "mcp")}
+    for name, urls in (data.get("upstreams") or {}).items():
+        upstreams[str(name)] = [urls] if isinstance(urls, str) else [str(u) for u in urls]
+    routes = [_route_from(raw, settings) for raw in data["routes"]]
+    return RouteTable(_sorted(routes), upstreams)

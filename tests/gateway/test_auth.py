@@ -1,0 +1,138 @@
+"""Token checks at the gateway: the right 401 for each broken token, public routes, identity headers."""
+
+from __future__ import annotations
+
+import time
+
+import aiohttp
+import jwt as pyjwt
+import pytest
+
+from aihub.kit.jwt import TokenCodec, blacklist_key
+from aihub.kit.store import Store
+from tests.gateway.conftest import GatewayFactory, Upstream, bearer, gateway_settings
+
+
+async def _code(http: aiohttp.ClientSession, url: str, headers: dict[str, str]) -> tuple[int, str | None]:
+    async with http.get(url, headers=headers) as resp:
+        body = await resp.json()
+        return resp.status, body.get("code")
+
+
+async def test_broken_tokens_get_the_right_401(
+    upstreams: dict[str, Upstream],
+    start_gateway: GatewayFactory,
+    store: Store,
+    http: aiohttp.ClientSession,
+    codec: TokenCodec,
+) -> None:
+    gw = await start_gateway(gateway_settings(upstreams), store=store)
+    url = gw.url + "/api/users/me"
+    expired = codec.issue(sub="u", role="user", now=int(time.time()) - 3600)
+    forged = pyjwt.encode(
+        {
+            "sub": "u",
+            "role": "admin",
+            "typ": "access",
+            "jti": "j",
+            "iat": int(time.time()),
+            "exp": int(time.time()) + 600,
+            "iss": "aihub-auth",
+            "aud": "aihub",
+        },
+        "not-the-secret-at-all-0123456789-abcdef",
+        algorithm="HS256",
+    )
+    none_alg = pyjwt.encode({"sub": "u", "role": "admin"}, key=None, algorithm="none")  # type: ignore[arg-type]
+    refresh = codec.issue(sub="u", role="user", typ="refresh")
+    assert await _code(http, url, {}) == (401, "UNAUTHORIZED")
+    assert await _code(http, url, {"Authorization": "Basic abc"}) == (401, "UNAUTHORIZED")
+    assert await _code(http, url, bearer("not.a.jwt")) == (401, "INVALID_TOKEN")
+    assert await _code(http, url, bearer(expired)) == (401, "TOKEN_EXPIRED")
+    assert await _code(http, url, bearer(forged)) == (401, "INVALID_TOKEN")
+    assert await _code(http, url, bearer(none_alg)) == (401, "INVALID_TOKEN")
+    assert await _code(http, url, bearer(refresh)) == (401, "INVALID_TOKEN")
+    assert upstreams["core"].hits == 0  # the gateway answered every one itself
+
+
+async def test_a_blacklisted_token_is_revoked(
+    upstreams: dict[str, Upstream],
+    start_gateway: GatewayFactory,
+    store: Store,
+    http: aiohttp.ClientSession,
+    codec: TokenCodec,
+) -> None:
+    gw = await start_gateway(gateway_settings(upstreams), store=store)
+    token = codec.issue(sub="u", role="admin", jti="jti-to-revoke")
+    assert (await _code(http, gw.url + "/api/users/me", bearer(token)))[0] == 200
+    # What the auth service's logout writes (kit.jwt.blacklist_key, TTL = exp - now).
+    await store.set(blacklist_key("jti-to-revoke"), "1", ttl=900)
+    assert await _code(http, gw.url + "/api/users/me", bearer(token)) == (401, "TOKEN_REVOKED")
+    # Also with limits off (the blacklist does not depend on rate limiting).
+    gw2 = await start_gateway(gateway_settings(upstreams, rate_limit_enabled=False), store=store)
+    assert await _code(http, gw2.url + "/api/users/me", bearer(token)) == (401, "TOKEN_REVOKED")
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "seen"),
+    [
+        ("POST", "/api/auth/register", "/register"),
+        ("POST", "/api/auth/login", "/login"),
+        ("POST", "/api/auth/refresh", "/refresh"),
+        ("GET", "/api/auth/.well-known/jwks.json", "/.well-known/jwks.json"),
+        ("GET", "/api/pricing", "/api/pricing"),
+        ("GET", "/api/sora/sessions/current", "/api/sora/sessions/current"),
+    ],
+)
+async def test_public_routes_need_no_token(
+    method: str,
+    path: str,
+    seen: str,
+    upstreams: dict[str, Upstream],
+    start_gateway: GatewayFactory,
+    http: aiohttp.ClientSession,
+) -> None:
+    gw = await start_gateway(gateway_settings(upstreams))
+    async with http.request(method, gw.url + path, json={}, headers={"X-User-Id": "spoof"}) as resp:
+        assert resp.status == 200
+        body = await resp.json()
+    assert body["path"] == seen
+    assert "x-user-id" not in {k.lower() for k in body["headers"]}
+
+
+async def test_pricing_writes_still_need_a_token(
+    upstreams: dict[str, Upstream], start_gateway: GatewayFactory, http: aiohttp.ClientSession
+) -> None:
+    gw = await start_gateway(gateway_settings(upstreams))
+    async with http.post(gw.url + "/api/pricing", json={}) as resp:
+        assert resp.status == 401
+
+
+async def test_health_is_public_and_ready_reports_upstreams(
+    upstreams: dict[str, Upstream], start_gateway: GatewayFactory, http: aiohttp.ClientSession
+) -> None:
+    gw = await start_gateway(gateway_settings(upstreams))
+    async with http.get(gw.url + "/health") as resp:
+        assert (resp.status, await resp.json()) == (200, {"status": "ok"})
+    async with http.get(gw.url + "/health/ready") as resp:
+        body = await resp.json()
+    assert resp.status == 200
+    assert body == {
+        "status": "ok",
+        "checks": {
+            "redis": "memory",
+            "upstreams": {name: {"healthy": 1, "total": 1} for name in ("auth", "core", "mcp")},
+        },
+    }
+    async with http.get(gw.url + "/metrics") as resp:
+        text = await resp.text()
+    assert "aihub_gateway_requests_total" in text and "aihub_gateway_upstream_healthy" in text
+
+
+async def test_metrics_refused_from_other_addresses(
+    upstreams: dict[str, Upstream], start_gateway: GatewayFactory, http: aiohttp.ClientSession
+) -> None:
+    gw = await start_gateway(gateway_settings(upstreams, metrics_allow="10.0.0.0/8"))
+    async with http.get(gw.url + "/metrics") as resp:
+        assert resp.status == 403
+        assert (await resp.json())["code"] == "FORBIDDEN"

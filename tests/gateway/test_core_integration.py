@@ -1,0 +1,33 @@
+"""The gateway in front of the real core service (uvicorn on loopback), sharing its Redis."""
+
+from __future__ import annotations
+
+import aiohttp
+
+from aihub.kit.jwt import blacklist_key
+from tests.conftest import LiveServer, create_user
+from tests.gateway.conftest import GatewayFactory, Upstream, bearer, gateway_settings
+
+
+async def test_real_core_behind_the_gateway(
+    live_core: LiveServer,
+    upstreams: dict[str, Upstream],
+    start_gateway: GatewayFactory,
+    http: aiohttp.ClientSession,
+) -> None:
+    rt = live_core.runtime
+    caller = await create_user(rt, roles=["user"])
+    gw = await start_gateway(gateway_settings(upstreams, core_url=live_core.url), store=rt.store)
+    headers = {**bearer(caller.token), "X-User-Id": "00000000-0000-0000-0000-000000000000", "X-Request-Id": "it-1"}
+    async with http.get(gw.url + "/api/users/me", headers=headers) as resp:
+        assert resp.status == 200
+        assert resp.headers["X-Request-Id"] == "it-1"  # the same ID end to end
+        assert resp.headers["RateLimit-Limit"] == "60"
+        body = await resp.json()
+    assert body["id"] == caller.id and body["email"] == caller.email
+    # Logout writes the blacklist key in the shared Redis; the gateway refuses the token at once.
+    claims = rt.codec.verify(caller.token)
+    await rt.store.set(blacklist_key(claims.jti), "1", ttl=600)
+    async with http.get(gw.url + "/api/users/me", headers=bearer(caller.token)) as resp:
+        assert resp.status == 401
+        assert (await resp.json())["code"] == "TOKEN_REVOKED"

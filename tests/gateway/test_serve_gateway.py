@@ -1,0 +1,51 @@
+"""`aihub serve gateway` runs the gateway alone, as a process, and stops cleanly on SIGTERM."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import free_port
+
+
+@pytest.mark.e2e
+def test_serve_gateway_alone(tmp_path: Path) -> None:
+    port = free_port()
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("AIHUB_")},
+        "AIHUB_DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / 'never-created.db'}",
+        "AIHUB_GATEWAY_PORT": str(port),
+        "AIHUB_CORE_URL": f"http://127.0.0.1:{free_port()}",
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "aihub", "serve", "gateway"],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            assert proc.poll() is None, "the gateway exited early"
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=0.5).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                assert time.monotonic() < deadline, "the gateway did not start"
+                time.sleep(0.1)
+        resp = httpx.get(f"http://127.0.0.1:{port}/api/users/me")
+        assert resp.status_code == 401 and resp.json()["code"] == "UNAUTHORIZED"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err.decode()[-2000:]
+    assert b'"status": 401' in out  # the access-log line
+    assert not (tmp_path / "never-created.db").exists()  # the gateway alone needs no database

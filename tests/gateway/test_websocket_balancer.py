@@ -1,0 +1,157 @@
+"""WebSocket passthrough and load balancing over real upstream instances."""
+
+from __future__ import annotations
+
+import asyncio
+
+import aiohttp
+import pytest
+
+from aihub.kit.jwt import TokenCodec
+from tests.conftest import free_port
+from tests.gateway.conftest import GatewayFactory, Upstream, bearer, gateway_settings
+
+
+async def test_websocket_echo_text_and_binary_with_identity(
+    upstreams: dict[str, Upstream],
+    start_gateway: GatewayFactory,
+    http: aiohttp.ClientSession,
+    codec: TokenCodec,
+) -> None:
+    gw = await start_gateway(gateway_settings(upstreams))
+    token = codec.issue(sub="ws-user", role="user")
+    async with http.ws_connect(gw.url + "/api/ws/echo", headers=bearer(token)) as ws:
+        await ws.send_str("hello")
+        assert (await ws.receive(timeout=5)).data == "echo:hello:ws-user"
+        await ws.send_bytes(b"\x00\x01\xff")
+        message = await ws.receive(timeout=5)
+        assert message.type == aiohttp.WSMsgType.BINARY and message.data == b"echo:\x00\x01\xff"
+
+
+async def test_websocket_token_in_query_for_browsers(
+    upstreams: dict[str, Upstream],
+    start_gateway: GatewayFactory,
+    http: aiohttp.ClientSession,
+    codec: TokenCodec,
+) -> None:
+    gw = await start_gateway(gateway_settings(upstreams))
+    token = codec.issue(sub="browser", role="user")
+    async with http.ws_connect(f"{gw.url}/api/mcp/ws?access_token={token}") as ws:
+        await ws.send_str("hi")
+        assert (await ws.receive(timeout=5)).data == "echo:hi:browser"
+
+
+async def test_websocket_close_code_passes_through(
+    upstreams: dict[str, Upstream],
+    start_gateway: GatewayFactory,
+    http: aiohttp.ClientSession,
+    codec: TokenCodec,
+) -> None:
+    gw = await start_gateway(gateway_settings(upstreams))
+    async with http.ws_connect(gw.url + "/api/ws/echo", headers=bearer(codec.issue(sub="u", role="user"))) as ws:
+        await ws.send_str("close:4001")
+        message = await ws.receive(timeout=5)
+        assert message.type == aiohttp.WSMsgType.CLOSE
+        assert ws.close_code == 4001
+
+
+async def test_websocket_refused_without_a_token(
+    upstreams: dict[str, Upstream], start_gateway: GatewayFactory, http: aiohttp.ClientSession
+) -> None:
+    gw = await start_gateway(gateway_settings(upstreams))
+    with pytest.raises(aiohttp.WSServerHandshakeError) as caught:
+        async with http.ws_connect(gw.url + "/api/ws/echo"):
+            pass
+    assert caught.value.status == 401
+
+
+async def test_websocket_message_over_the_limit_closes_1009(
+    upstreams: dict[str, Upstream],
+    start_gateway: GatewayFactory,
+    http: aiohttp.ClientSession,
+    codec: TokenCodec,
+) -> None:
+    gw = await start_gateway(gateway_settings(upstreams, gateway_ws_max_message_bytes=2048))
+    async with http.ws_connect(gw.url + "/api/ws/echo", headers=bearer(codec.issue(sub="u", role="user"))) as ws:
+        await ws.send_bytes(b"x" * 5000)
+        message = await ws.receive(timeout=5)
+        assert message.type == aiohttp.WSMsgType.CLOSE
+        assert ws.close_code == 1009
+
+
+async def test_websocket_idle_timeout_closes(
+    upstreams: dict[str, Upstream],
+    start_gateway: GatewayFactory,
+    http: aiohttp.ClientSession,
+    codec: TokenCodec,
+) -> None:
+    gw = await start_gateway(gateway_settings(upstreams, gateway_ws_idle_seconds=0.5))
+    async with http.ws_connect(gw.url + "/api/ws/echo", headers=bearer(codec.issue(sub="u", role="user"))) as ws:
+        message = await ws.receive(timeout=5)
+        assert message.type == aiohttp.WSMsgType.CLOSE
+        assert ws.close_code == 1001
+
+
+# ---------------------------------------------------------------- load balancing
+
+
+async def _served_by(http: aiohttp.ClientSession, url: str, headers: dict[str, str], n: int) -> list[str]:
+    served = []
+    for _ in range(n):
+        async with http.get(url, headers=headers) as resp:
+            assert resp.status == 200, await resp.text()
+            served.append((await resp.json())["upstream"])
+    return served
+
+
+async def test_two_instances_share_traffic_and_survive_one_dying(
+    upstreams: dict[str, Upstream],
+    start_gateway: GatewayFactory,
+    http: aiohttp.ClientSession,
+    codec: TokenCodec,
+) -> None:
+    a, b = Upstream("core-a", free_port()), Upstream("core-b", free_port())
+    await a.start()
+    await b.start()
+    try:
+        settings = gateway_settings(upstreams, core_url=f"{a.url},{b.url}", gateway_eject_seconds=30)
+        gw = await start_gateway(settings)
+        headers = bearer(codec.issue(sub="lb", role="admin"))
+        url = gw.url + "/api/users/me"
+        served = await _served_by(http, url, headers, 20)
+        assert served.count("core-a") == 10 and served.count("core-b") == 10
+
+        await b.stop()
+        # Every idempotent request succeeds: a refused connection is retried on the other one.
+        assert set(await _served_by(http, url, headers, 20)) == {"core-a"}
+
+        await b.start()
+        for _ in range(50):  # the active health check brings it back
+            if gw.gateway.balancer.groups["core"].healthy_count() == 2:
+                break
+            await asyncio.sleep(0.1)
+        assert set(await _served_by(http, url, headers, 20)) == {"core-a", "core-b"}
+    finally:
+        await a.stop()
+        await b.stop()
+
+
+async def test_no_healthy_instance_is_503(
+    upstreams: dict[str, Upstream],
+    start_gateway: GatewayFactory,
+    http: aiohttp.ClientSession,
+    codec: TokenCodec,
+) -> None:
+    # Nothing listens on the core port: the health checks fail and the instance leaves rotation.
+    gw = await start_gateway(gateway_settings(upstreams, core_url=f"http://127.0.0.1:{free_port()}"))
+    for _ in range(50):
+        if gw.gateway.balancer.groups["core"].healthy_count() == 0:
+            break
+        await asyncio.sleep(0.1)
+    async with http.get(gw.url + "/api/users/me", headers=bearer(codec.issue(sub="u", role="admin"))) as resp:
+        assert resp.status == 503
+        assert (await resp.json())["code"] == "SERVICE_UNAVAILABLE"
+    async with http.get(gw.url + "/health/ready") as resp:
+        body = await resp.json()
+    assert body["status"] == "degraded"
+    assert body["checks"]["upstreams"]["core"] == {"healthy": 0, "total": 1}
