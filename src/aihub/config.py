@@ -50,6 +50,19 @@ class Settings(BaseSettings):
     db_pool_overflow: int = Field(default=10, ge=0, le=500)
     permission_cache_ttl_seconds: int = Field(default=300, ge=0)
     admin_email: str = "admin@aihub.local"
+
+    # Credit ledger.
+    hold_default_ttl_seconds: int = Field(default=900, ge=1, le=7 * 86_400)
+    hold_sweep_interval_seconds: float = Field(default=15.0, gt=0)
+    # Below this many available credits an account emits a low-balance event (0: off);
+    # an account's own threshold overrides it.
+    low_balance_threshold: int = Field(default=0, ge=0)
+    low_balance_webhook_url: str | None = None
+    webhook_timeout_seconds: float = Field(default=5.0, gt=0)
+    webhook_max_attempts: int = Field(default=5, ge=1, le=20)
+    webhook_backoff_seconds: float = Field(default=1.0, ge=0)
+    # How often core re-checks the whole ledger for the reconcile gauges (0: never).
+    ledger_reconcile_interval_seconds: float = Field(default=3600.0, ge=0)
     # Accepted for compatibility with process managers; only the database URL decides migrations.
     auto_migrate: bool = True
 

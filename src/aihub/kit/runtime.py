@@ -5,6 +5,7 @@ Built once at start (or by a test with its own database), closed once at shutdow
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,6 +27,8 @@ class Runtime:
     store: Store
     codec: TokenCodec
     extras: dict[str, Any] = field(default_factory=dict)
+    # Closed before the store and the engine, newest first (job queues, HTTP clients, …).
+    closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
 
     @classmethod
     def build(cls, settings: Settings) -> Runtime:
@@ -54,6 +57,11 @@ class Runtime:
             return False
         return True
 
+    def on_close(self, closer: Callable[[], Awaitable[None]]) -> None:
+        self.closers.append(closer)
+
     async def close(self) -> None:
+        while self.closers:
+            await self.closers.pop()()
         await self.store.close()
         await self.engine.dispose()

@@ -1,7 +1,8 @@
 """SQLAlchemy models, one module per domain. Importing this package registers every table."""
 
 from aihub.models.audit import AuditChainHead, AuditLog
-from aihub.models.credits import CreditAccount
+from aihub.models.credits import CreditAccount, CreditHold, CreditTransaction
+from aihub.models.idempotency import IdempotencyKey
 from aihub.models.pricing import ModelPrice
 from aihub.models.rbac import Permission, Role, RolePermission, UserPermission, UserRole
 from aihub.models.users import User
@@ -10,6 +11,9 @@ __all__ = [
     "AuditChainHead",
     "AuditLog",
     "CreditAccount",
+    "CreditHold",
+    "CreditTransaction",
+    "IdempotencyKey",
     "ModelPrice",
     "Permission",
     "Role",

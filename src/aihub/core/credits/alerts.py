@@ -1,0 +1,116 @@
+"""Background work of the ledger: low-balance events (log + webhook) and the hold-expiry sweep."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from typing import Any
+
+import aiohttp
+import structlog
+
+from aihub.core.credits import service as credits
+from aihub.kit.jobs import Periodic, job, jobs_of
+from aihub.core.credits.reconcile import reconcile
+from aihub.core.credits.metrics import HOLDS_EXPIRED, WEBHOOK_DELIVERIES
+from aihub.kit.runtime import Runtime
+
+log = structlog.get_logger("aihub.credits")
+WEBHOOK_JOB = "credits.low_balance_webhook"
+SWEEP_JOB = "credits.expire_holds"
+RECONCILE_JOB = "credits.reconcile"
+_POLICY_KEY = "credits.policy"
+
+
+def policy(runtime: Runtime) -> credits.Policy:
+    """The process's low-balance policy (built once): settings threshold + log/webhook notifier."""
+    cached = runtime.extras.get(_POLICY_KEY)
+    if cached is None:
+
+        async def notify(event: credits.LowBalance) -> None:
+            await _notify(runtime, event)
+
+        cached = credits.Policy(runtime.settings.low_balance_threshold, notify)
+        runtime.extras[_POLICY_KEY] = cached
+    assert isinstance(cached, credits.Policy)
+    return cached
+
+
+async def _notify(runtime: Runtime, event: credits.LowBalance) -> None:
+    """Runs after commit: the log line now, the webhook on the job queue."""
+    payload = {
+        "type": "credits.low_balance",
+        "userId": str(event.user_id),
+        "threshold": event.threshold,
+        "available": event.available,
+        "balance": event.balance,
+    }
+    log.warning("credits.low_balance", **{k: v for k, v in payload.items() if k != "type"})
+    if runtime.settings.low_balance_webhook_url:
+        try:
+            await jobs_of(runtime).enqueue(WEBHOOK_JOB, payload)
+        except Exception:  # the money moved and committed; a lost notification is only logged
+            log.exception("credits.low_balance_enqueue_failed", user_id=payload["userId"])
+
+
+@job(WEBHOOK_JOB)
+async def deliver_webhook(runtime: Runtime, payload: dict[str, Any]) -> None:
+    """POST the event, retrying failures with exponential back-off and jitter."""
+    settings = runtime.settings
+    url = settings.low_balance_webhook_url
+    if not url:
+        return
+    timeout = aiohttp.ClientTimeout(total=settings.webhook_timeout_seconds)
+    async with aiohttp.ClientSession(timeout=timeout) as http:
+        for attempt in range(1, settings.webhook_max_attempts + 1):
+            try:
+                async with http.post(url, json=payload) as response:
+                    if response.status < 300:
+                        WEBHOOK_DELIVERIES.labels(outcome="delivered").inc()
+                        return
+                    problem = f"HTTP {response.status}"
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                problem = type(exc).__name__
+            log.warning("credits.webhook_retry", attempt=attempt, problem=problem)
+            if attempt < settings.webhook_max_attempts:
+                base = settings.webhook_backoff_seconds * 2 ** (attempt - 1)
+                await asyncio.sleep(base + random.uniform(0, base / 2))
+    WEBHOOK_DELIVERIES.labels(outcome="failed").inc()
+    log.error("credits.webhook_failed", user_id=payload.get("userId"))
+
+
+@job(SWEEP_JOB)
+async def sweep_expired_holds(runtime: Runtime, payload: dict[str, Any]) -> None:
+    """Release overdue holds in batches, each batch its own transaction (commit at the edge)."""
+    limit = int(payload.get("limit", 200))
+    while True:
+        tx = runtime.tx()
+        try:
+            count = await credits.expire_holds(tx, limit=limit)
+            await tx.commit()
+        finally:
+            await tx.close()
+        if count:
+            HOLDS_EXPIRED.inc(count)
+            log.info("credits.holds_expired", count=count)
+        if count < limit:
+            return
+
+
+@job(RECONCILE_JOB)
+async def reconcile_ledger(runtime: Runtime, payload: dict[str, Any]) -> None:
+    """Refresh the reconcile gauges that /metrics exposes (read-only)."""
+    tx = runtime.tx()
+    try:
+        report = await reconcile(tx)
+    finally:
+        await tx.close()
+    if not report.ok:
+        log.error("ledger.reconcile_mismatch", accounts=[str(c.user_id) for c in report.mismatches[:20]])
+
+
+def periodic(runtime: Runtime) -> list[Periodic]:
+    items = [Periodic(SWEEP_JOB, runtime.settings.hold_sweep_interval_seconds)]
+    if runtime.settings.ledger_reconcile_interval_seconds > 0:
+        items.append(Periodic(RECONCILE_JOB, runtime.settings.ledger_reconcile_interval_seconds))
+    return items

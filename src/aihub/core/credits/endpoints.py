@@ -1,0 +1,196 @@
+"""/api/credits — balances, history, grants, deductions, refunds and holds.
+
+Money-moving POSTs accept ``Idempotency-Key``: a replay within 24 h returns the first
+response without moving money again (see ``aihub.kit.idempotency``).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Query
+from starlette.responses import Response
+
+from aihub.core.credits import alerts, schemas
+from aihub.core.credits import service as credits
+from aihub.core.deps import CurrentPrincipal, CurrentUser, RequirePermission, RuntimeDep, TxDep, TxRoute
+from aihub.core.rbac.service import Principal
+from aihub.kit.errors import Forbidden, ValidationFailed
+from aihub.kit.idempotency import IdempotentRequest, idempotent_request
+from aihub.kit.pagination import PageParams, page_params
+
+router = APIRouter(prefix="/api/credits", tags=["credits"], route_class=TxRoute)
+
+Reader = Annotated[Principal, RequirePermission("credits:read")]
+Granter = Annotated[Principal, RequirePermission("credits:grant")]
+Deducter = Annotated[Principal, RequirePermission("credits:deduct")]
+Idem = Annotated[IdempotentRequest, Depends(idempotent_request)]
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    402: {"description": "INSUFFICIENT_CREDITS (details: balance, available, required)"},
+    404: {"description": "ACCOUNT_NOT_FOUND / TRANSACTION_NOT_FOUND / HOLD_NOT_FOUND"},
+    409: {"description": "HOLD_NOT_ACTIVE / REFUND_EXCEEDS_DEBIT / IDEMPOTENCY_KEY_IN_USE"},
+    422: {"description": "VALIDATION_ERROR / IDEMPOTENCY_KEY_REUSED"},
+}
+
+
+def _me(principal: Principal) -> uuid.UUID:
+    assert principal.user_id is not None  # CurrentUser guarantees a person
+    return principal.user_id
+
+
+async def _history(
+    tx: TxDep,
+    user_id: uuid.UUID,
+    page: PageParams,
+    reason: schemas.Reason | None,
+    from_: dt.datetime | None,
+    to: dt.datetime | None,
+) -> dict[str, Any]:
+    return await credits.transactions(tx, user_id, page, reason=reason, created_from=from_, created_to=to)
+
+
+ReasonQ = Annotated[schemas.Reason | None, Query(description="Only transactions with this reason")]
+FromQ = Annotated[dt.datetime | None, Query(alias="from", description="Inclusive lower bound")]
+ToQ = Annotated[dt.datetime | None, Query(description="Exclusive upper bound")]
+
+
+@router.get("/balance", response_model=schemas.AccountOut)
+async def read_balance(tx: TxDep, me: CurrentUser) -> dict[str, Any]:
+    """The caller's own account: `available` is `balance` minus credits on hold."""
+    return await credits.account(tx, _me(me))
+
+
+@router.get("/transactions", response_model=schemas.TransactionPage)
+async def read_transactions(
+    tx: TxDep,
+    me: CurrentUser,
+    page: Annotated[PageParams, Depends(page_params)],
+    reason: ReasonQ = None,
+    from_: FromQ = None,
+    to: ToQ = None,
+) -> dict[str, Any]:
+    """The caller's own ledger, newest first."""
+    return await _history(tx, _me(me), page, reason, from_, to)
+
+
+@router.get("/accounts/{user_id}", response_model=schemas.AccountOut, responses=_ERRORS)
+async def read_account(user_id: uuid.UUID, tx: TxDep, _: Reader) -> dict[str, Any]:
+    """Any user's account (`credits:read`)."""
+    return await credits.account(tx, user_id)
+
+
+@router.get("/accounts/{user_id}/transactions", response_model=schemas.TransactionPage, responses=_ERRORS)
+async def read_account_transactions(
+    user_id: uuid.UUID,
+    tx: TxDep,
+    _: Reader,
+    page: Annotated[PageParams, Depends(page_params)],
+    reason: ReasonQ = None,
+    from_: FromQ = None,
+    to: ToQ = None,
+) -> dict[str, Any]:
+    """Any user's ledger, newest first (`credits:read`)."""
+    return await _history(tx, user_id, page, reason, from_, to)
+
+
+@router.post("/check", response_model=schemas.CheckOut, responses=_ERRORS)
+async def check_credits(body: schemas.CheckIn, tx: TxDep, caller: CurrentPrincipal) -> dict[str, Any]:
+    """Whether `amount` credits are available now (advisory: a deduct decides atomically).
+
+    One's own account, or anyone's with `credits:read`.
+    """
+    if body.user_id is None:
+        if caller.user_id is None:
+            raise ValidationFailed(details=[{"field": "body.userId", "message": "required for a service"}])
+        target = caller.user_id
+    else:
+        target = body.user_id
+    if target != caller.user_id and not caller.can("credits:read"):
+        raise Forbidden("Missing permission credits:read", details={"permission": "credits:read"})
+    return await credits.check(tx, target, body.amount)
+
+
+@router.post("/grant", status_code=201, response_model=schemas.TransactionOut, responses=_ERRORS)
+async def grant_credits(body: schemas.GrantIn, tx: TxDep, actor: Granter, idem: Idem) -> Response:
+    """Add credits to an account (`credits:grant`) → the credit transaction."""
+    return await idem.respond(
+        tx,
+        actor.id,
+        201,
+        schemas.TransactionOut,
+        lambda: credits.grant(
+            tx, body.user_id, body.amount, reason=body.reason, note=body.note, metadata=body.metadata
+        ),
+    )
+
+
+@router.post("/deduct", status_code=201, response_model=schemas.TransactionOut, responses=_ERRORS)
+async def deduct_credits(
+    body: schemas.DeductIn, tx: TxDep, runtime: RuntimeDep, actor: Deducter, idem: Idem
+) -> Response:
+    """Take credits if that many are available (`credits:deduct`) → the debit transaction;
+    402 `INSUFFICIENT_CREDITS` otherwise. Never overdraws, whatever the concurrency."""
+    policy = alerts.policy(runtime)
+    return await idem.respond(
+        tx,
+        actor.id,
+        201,
+        schemas.TransactionOut,
+        lambda: credits.deduct(
+            tx, body.user_id, body.amount, reason=body.reason, metadata=body.metadata, policy=policy
+        ),
+    )
+
+
+@router.post("/refund", status_code=201, response_model=schemas.TransactionOut, responses=_ERRORS)
+async def refund_credits(body: schemas.RefundIn, tx: TxDep, actor: Granter, idem: Idem) -> Response:
+    """Credit back part (`amount`) or all of what is left of a debit (`credits:grant`);
+    409 `REFUND_EXCEEDS_DEBIT` beyond the debit minus earlier refunds."""
+    return await idem.respond(
+        tx,
+        actor.id,
+        201,
+        schemas.TransactionOut,
+        lambda: credits.refund(tx, body.transaction_id, body.amount, note=body.reason),
+    )
+
+
+@router.post("/holds", status_code=201, response_model=schemas.HoldOut, responses=_ERRORS)
+async def create_hold(
+    body: schemas.HoldIn, tx: TxDep, runtime: RuntimeDep, actor: Deducter, idem: Idem
+) -> Response:
+    """Reserve credits until captured or released (`credits:deduct`); it expires after
+    `ttlSeconds` (default from settings) and then releases itself."""
+    ttl = body.ttl_seconds or runtime.settings.hold_default_ttl_seconds
+    policy = alerts.policy(runtime)
+    return await idem.respond(
+        tx,
+        actor.id,
+        201,
+        schemas.HoldOut,
+        lambda: credits.hold(
+            tx, body.user_id, body.amount, reason=body.reason, ttl_seconds=ttl,
+            metadata=body.metadata, policy=policy,
+        ),
+    )
+
+
+@router.post("/holds/{hold_id}/capture", status_code=201, response_model=schemas.TransactionOut,
+             responses=_ERRORS)
+async def capture_hold(
+    hold_id: uuid.UUID, tx: TxDep, actor: Deducter, idem: Idem, body: schemas.CaptureIn | None = None
+) -> Response:
+    """Charge `amount` (default: all) of an active hold, release the rest → the debit
+    transaction (reason `hold_capture`); 409 `HOLD_NOT_ACTIVE` once resolved or expired."""
+    amount = body.amount if body is not None else None
+    return await idem.respond(
+        tx, actor.id, 201, schemas.TransactionOut, lambda: credits.capture(tx, hold_id, amount)
+    )
+
+
+@router.post("/holds/{hold_id}/release", response_model=schemas.HoldOut, responses=_ERRORS)
+async def release_hold(hold_id: uuid.UUID, tx: TxDep, actor: Deducter, idem: Idem) -> Response:
+    """Give an active hold's credits back to `available`; 409 `HOLD_NOT_ACTIVE` once resolved."""
+    return await idem.respond(tx, actor.id, 200, schemas.HoldOut, lambda: credits.release(tx, hold_id))

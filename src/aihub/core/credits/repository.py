@@ -1,0 +1,249 @@
+"""SQL of the ledger. Every balance change is ONE conditional UPDATE … RETURNING; no read-check-write.
+
+Statements are SQLAlchemy Core on the tables (not ORM units of work): one round trip each,
+and the same SQL on PostgreSQL and SQLite (≥ 3.35 for RETURNING).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Row, Select, func, insert, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from aihub.kit.pagination import PageParams, keyset
+from aihub.models import CreditAccount, CreditHold, CreditTransaction
+
+accounts = CreditAccount.__table__
+ledger = CreditTransaction.__table__
+holds = CreditHold.__table__
+
+
+@dataclass(frozen=True, slots=True)
+class Balance:
+    """An account as one statement left it."""
+
+    user_id: uuid.UUID
+    balance: int
+    reserved: int
+    threshold: int | None = None
+
+    @property
+    def available(self) -> int:
+        return self.balance - self.reserved
+
+
+def _balance(user_id: uuid.UUID, row: Row[Any] | None) -> Balance | None:
+    if row is None:
+        return None
+    return Balance(user_id, int(row.balance), int(row.reserved), row.low_balance_threshold)
+
+
+_RETURNING = (accounts.c.balance, accounts.c.reserved, accounts.c.low_balance_threshold)
+
+
+async def get_account(session: AsyncSession, user_id: uuid.UUID) -> Balance | None:
+    stmt = select(*_RETURNING).where(accounts.c.user_id == user_id)
+    return _balance(user_id, (await session.execute(stmt)).first())
+
+
+async def credit(session: AsyncSession, user_id: uuid.UUID, amount: int, now: dt.datetime) -> Balance | None:
+    """Add credits; None when there is no such account."""
+    stmt = (
+        update(accounts)
+        .where(accounts.c.user_id == user_id)
+        .values(balance=accounts.c.balance + amount, updated_at=now)
+        .returning(*_RETURNING)
+    )
+    return _balance(user_id, (await session.execute(stmt)).first())
+
+
+async def debit(session: AsyncSession, user_id: uuid.UUID, amount: int, now: dt.datetime) -> Balance | None:
+    """Take credits only if that many are available (not held); None when not."""
+    stmt = (
+        update(accounts)
+        .where(accounts.c.user_id == user_id, accounts.c.balance - accounts.c.reserved >= amount)
+        .values(balance=accounts.c.balance - amount, updated_at=now)
+        .returning(*_RETURNING)
+    )
+    return _balance(user_id, (await session.execute(stmt)).first())
+
+
+async def reserve(session: AsyncSession, user_id: uuid.UUID, amount: int, now: dt.datetime) -> Balance | None:
+    """Put credits on hold only if that many are available; None when not."""
+    stmt = (
+        update(accounts)
+        .where(accounts.c.user_id == user_id, accounts.c.balance - accounts.c.reserved >= amount)
+        .values(reserved=accounts.c.reserved + amount, updated_at=now)
+        .returning(*_RETURNING)
+    )
+    return _balance(user_id, (await session.execute(stmt)).first())
+
+
+async def settle(
+    session: AsyncSession, user_id: uuid.UUID, *, held: int, charged: int, now: dt.datetime
+) -> Balance:
+    """Resolve a hold: un-reserve all it held and take what was charged (≤ held), in one statement.
+
+    Cannot fail while the schema holds: the hold's amount is part of ``reserved`` and
+    ``reserved <= balance``, so ``balance - charged >= reserved - held``.
+    """
+    stmt = (
+        update(accounts)
+        .where(accounts.c.user_id == user_id)
+        .values(
+            balance=accounts.c.balance - charged, reserved=accounts.c.reserved - held, updated_at=now
+        )
+        .returning(*_RETURNING)
+    )
+    result = _balance(user_id, (await session.execute(stmt)).first())
+    assert result is not None, "a hold always belongs to an existing account"
+    return result
+
+
+async def append(session: AsyncSession, values: dict[str, Any]) -> None:
+    """Insert one ledger row (after its balance change, so ``seq`` follows the balance)."""
+    await session.execute(insert(ledger).values(**values))
+
+
+async def get_transaction(
+    session: AsyncSession, transaction_id: uuid.UUID, *, for_update: bool = False
+) -> CreditTransaction | None:
+    stmt = select(CreditTransaction).where(CreditTransaction.id == transaction_id)
+    if for_update:
+        # Serialises refunds of one debit; SELECT … FOR UPDATE is not an UPDATE, so the
+        # append-only trigger does not fire. SQLite ignores it (one writer anyway).
+        stmt = stmt.with_for_update()
+    return (await session.execute(stmt)).scalar_one_or_none()
+
+
+async def refunded_total(session: AsyncSession, debit_id: uuid.UUID) -> int:
+    stmt = select(func.coalesce(func.sum(ledger.c.amount), 0)).where(
+        ledger.c.related_id == debit_id, ledger.c.reason == "refund"
+    )
+    return int((await session.execute(stmt)).scalar_one())
+
+
+def search(
+    user_id: uuid.UUID,
+    params: PageParams,
+    *,
+    reason: str | None,
+    created_from: dt.datetime | None,
+    created_to: dt.datetime | None,
+) -> Select[Any]:
+    stmt = select(CreditTransaction).where(CreditTransaction.user_id == user_id)
+    if reason is not None:
+        stmt = stmt.where(CreditTransaction.reason == reason)
+    if created_from is not None:
+        stmt = stmt.where(CreditTransaction.created_at >= created_from)
+    if created_to is not None:
+        stmt = stmt.where(CreditTransaction.created_at < created_to)
+    return keyset(stmt, CreditTransaction.created_at, CreditTransaction.id, params)
+
+
+async def fetch(session: AsyncSession, stmt: Select[Any]) -> Sequence[CreditTransaction]:
+    return (await session.execute(stmt)).scalars().all()
+
+
+# ------------------------------------------------------------------------------ holds
+
+
+def _dialect(session: AsyncSession) -> str:
+    return session.get_bind().dialect.name
+
+
+async def add_hold(session: AsyncSession, values: dict[str, Any]) -> None:
+    await session.execute(insert(holds).values(**values))
+
+
+async def get_hold(session: AsyncSession, hold_id: uuid.UUID) -> CreditHold | None:
+    return (await session.execute(select(CreditHold).where(CreditHold.id == hold_id))).scalar_one_or_none()
+
+
+async def resolve_hold(
+    session: AsyncSession,
+    hold_id: uuid.UUID,
+    *,
+    status: str,
+    now: dt.datetime,
+    charge: int | None = None,
+) -> Row[Any] | None:
+    """Move an active, unexpired hold to its final status, once: None if it is not active.
+
+    The ``status = 'held'`` condition makes this the single point where a hold resolves:
+    of two concurrent captures (or a capture and a release, or a sweep), one wins. A capture
+    of ``charge`` (None: all of it) also requires ``charge <= amount``.
+    """
+    conditions = [holds.c.id == hold_id, holds.c.status == "held", holds.c.expires_at > now]
+    captured: Any = None
+    if status == "captured":
+        captured = holds.c.amount if charge is None else charge
+        if charge is not None:
+            conditions.append(holds.c.amount >= charge)
+    stmt = (
+        update(holds)
+        .where(*conditions)
+        .values(status=status, resolved_at=now, captured=captured)
+        .returning(*holds.c)
+    )
+    return (await session.execute(stmt)).first()
+
+
+async def expire_holds(session: AsyncSession, now: dt.datetime, limit: int) -> Sequence[Row[Any]]:
+    """Expire up to ``limit`` overdue holds; safe with several sweepers at once.
+
+    PostgreSQL: the candidates are locked with SKIP LOCKED, so concurrent sweepers take
+    disjoint batches, and the outer ``status = 'held'`` is re-checked after any wait, so a
+    hold being captured right now is never also expired.
+    """
+    candidates = (
+        select(holds.c.id)
+        .where(holds.c.status == "held", holds.c.expires_at <= now)
+        .order_by(holds.c.expires_at)
+        .limit(limit)
+    )
+    if _dialect(session) == "postgresql":
+        candidates = candidates.with_for_update(skip_locked=True)
+    stmt = (
+        update(holds)
+        .where(holds.c.id.in_(candidates.scalar_subquery()), holds.c.status == "held")
+        .values(status="expired", resolved_at=now)
+        .returning(holds.c.id, holds.c.user_id, holds.c.amount)
+    )
+    return (await session.execute(stmt)).all()
+
+
+# -------------------------------------------------------------------------- reconcile
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerRow:
+    seq: int
+    id: uuid.UUID
+    amount: int
+    balance_after: int
+
+
+async def all_accounts(session: AsyncSession) -> Sequence[Row[Any]]:
+    stmt = select(accounts.c.user_id, accounts.c.balance, accounts.c.reserved).order_by(accounts.c.user_id)
+    return (await session.execute(stmt)).all()
+
+
+async def ledger_rows(session: AsyncSession) -> Sequence[Row[Any]]:
+    """Every ledger row in (account, seq) order: the order its balance moved."""
+    stmt = select(ledger.c.user_id, ledger.c.seq, ledger.c.id, ledger.c.amount, ledger.c.balance_after)
+    return (await session.execute(stmt.order_by(ledger.c.user_id, ledger.c.seq))).all()
+
+
+async def active_hold_totals(session: AsyncSession) -> dict[uuid.UUID, int]:
+    stmt = (
+        select(holds.c.user_id, func.sum(holds.c.amount))
+        .where(holds.c.status == "held")
+        .group_by(holds.c.user_id)
+    )
+    return {row[0]: int(row[1]) for row in (await session.execute(stmt)).all()}

@@ -1,0 +1,394 @@
+"""The credit ledger's rules: grant, deduct, check, refund, holds, expiry.
+
+Every balance change is one conditional UPDATE (repository), followed in the same
+transaction by its ledger row and its audit row; the edge commits. When an UPDATE matches no
+row, the account is read only to tell the client why (404 or 402) — never to decide.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from aihub.core.audit import service as audit
+from aihub.core.credits import repository as repo
+from aihub.kit.db import Tx, utcnow
+from aihub.kit.errors import AppError, Conflict, NotFound
+from aihub.kit.pagination import PageParams, page_of
+from aihub.models import CreditHold, CreditTransaction
+
+
+class AccountNotFound(NotFound):
+    code, message = "ACCOUNT_NOT_FOUND", "No credit account for this user"
+
+
+class InsufficientCredits(AppError):
+    status_code, code, message = 402, "INSUFFICIENT_CREDITS", "Not enough credits available"
+
+
+class TransactionNotFound(NotFound):
+    code, message = "TRANSACTION_NOT_FOUND", "No such transaction"
+
+
+class NotADebit(AppError):
+    status_code, code, message = 422, "NOT_A_DEBIT", "Only a debit can be refunded"
+
+
+class RefundExceedsDebit(Conflict):
+    code, message = "REFUND_EXCEEDS_DEBIT", "The refund exceeds what is left of the debit"
+
+
+class HoldNotFound(NotFound):
+    code, message = "HOLD_NOT_FOUND", "No such hold"
+
+
+class HoldNotActive(Conflict):
+    code, message = "HOLD_NOT_ACTIVE", "The hold has already been captured, released or has expired"
+
+
+class CaptureExceedsHold(AppError):
+    status_code, code, message = 422, "CAPTURE_EXCEEDS_HOLD", "A capture cannot exceed the amount held"
+
+
+# ------------------------------------------------------------------ low-balance policy
+
+
+@dataclass(frozen=True, slots=True)
+class LowBalance:
+    user_id: uuid.UUID
+    threshold: int
+    available: int
+    balance: int
+
+
+Notifier = Callable[[LowBalance], Awaitable[None]]
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    """Global low-balance threshold (0: off; an account's own threshold wins) and who to tell."""
+
+    low_balance_threshold: int = 0
+    notify: Notifier | None = None
+
+
+NO_ALERTS = Policy()
+
+
+def _watch(tx: Tx, policy: Policy, available_before: int, after: repo.Balance) -> None:
+    """Queue the event when this change took ``available`` from ≥ threshold to below it.
+
+    The conditional UPDATE returned the state right after this change, so exactly one change
+    crosses a given threshold downwards: the event fires once per crossing without any
+    extra state. It is sent only after commit; a rollback drops it.
+    """
+    threshold = after.threshold if after.threshold is not None else policy.low_balance_threshold
+    if threshold <= 0 or policy.notify is None:
+        return
+    if available_before >= threshold > after.available:
+        event = LowBalance(after.user_id, threshold, after.available, after.balance)
+        notify = policy.notify
+
+        async def send() -> None:
+            await notify(event)
+
+        tx.after_commit(send)
+
+
+# ------------------------------------------------------------------------------ views
+
+
+def account_view(balance: repo.Balance) -> dict[str, Any]:
+    return {
+        "user_id": balance.user_id,
+        "balance": balance.balance,
+        "reserved": balance.reserved,
+        "available": balance.available,
+    }
+
+
+def transaction_view(row: CreditTransaction | dict[str, Any]) -> dict[str, Any]:
+    get = row.get if isinstance(row, dict) else lambda name: getattr(row, name)
+    meta = get("metadata") if isinstance(row, dict) else row.meta
+    return {
+        "id": get("id"),
+        "user_id": get("user_id"),
+        "account_id": get("user_id"),
+        "amount": get("amount"),
+        "type": get("type"),
+        "reason": get("reason"),
+        "balance_after": get("balance_after"),
+        "related_id": get("related_id"),
+        "idempotency_key": get("idempotency_key"),
+        "metadata": meta,
+        "created_at": get("created_at"),
+    }
+
+
+def hold_view(hold: CreditHold | Any) -> dict[str, Any]:
+    return {
+        "id": hold.id,
+        "user_id": hold.user_id,
+        "amount": hold.amount,
+        "captured": hold.captured,
+        "status": hold.status,
+        "reason": hold.reason,
+        "metadata": hold.metadata if not isinstance(hold, CreditHold) else hold.meta,
+        "expires_at": hold.expires_at,
+        "created_at": hold.created_at,
+        "resolved_at": hold.resolved_at,
+    }
+
+
+# ------------------------------------------------------------------------------ reads
+
+
+async def account(tx: Tx, user_id: uuid.UUID) -> dict[str, Any]:
+    found = await repo.get_account(tx.session, user_id)
+    if found is None:
+        raise AccountNotFound
+    return account_view(found)
+
+
+async def check(tx: Tx, user_id: uuid.UUID, amount: int) -> dict[str, Any]:
+    """Advisory only: a later deduct decides atomically, whatever this said."""
+    found = await repo.get_account(tx.session, user_id)
+    if found is None:
+        raise AccountNotFound
+    return {"sufficient": found.available >= amount, "balance": found.balance, "available": found.available}
+
+
+async def transactions(
+    tx: Tx,
+    user_id: uuid.UUID,
+    params: PageParams,
+    *,
+    reason: str | None = None,
+    created_from: dt.datetime | None = None,
+    created_to: dt.datetime | None = None,
+) -> dict[str, Any]:
+    if await repo.get_account(tx.session, user_id) is None:
+        raise AccountNotFound
+    stmt = repo.search(user_id, params, reason=reason, created_from=created_from, created_to=created_to)
+    rows, cursor = page_of(await repo.fetch(tx.session, stmt), params, lambda r: (r.created_at, r.id))
+    return {"items": [transaction_view(r) for r in rows], "next_cursor": cursor}
+
+
+# ----------------------------------------------------------------------------- writes
+
+
+async def _append(
+    tx: Tx,
+    after: repo.Balance,
+    *,
+    amount: int,
+    reason: str,
+    now: dt.datetime,
+    related_id: uuid.UUID | None = None,
+    metadata: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The ledger row and the audit row of one balance change (already applied)."""
+    actor = tx.info.get("actor")
+    values = {
+        "id": uuid.uuid4(),
+        "user_id": after.user_id,
+        "amount": amount,
+        "type": "credit" if amount > 0 else "debit",
+        "reason": reason,
+        "balance_after": after.balance,
+        "related_id": related_id,
+        "idempotency_key": tx.info.get("idempotency_key"),
+        "metadata": metadata,
+        "actor_id": actor.id if actor is not None else None,
+        "created_at": now,
+    }
+    await repo.append(tx.session, values)
+    view = transaction_view(values)
+    audit.record(
+        tx,
+        f"credits.{reason}" if amount > 0 else f"credits.debit.{reason}",
+        "credit_account",
+        after.user_id,
+        before={"balance": after.balance - amount},
+        after={"balance": after.balance, "reserved": after.reserved, "transactionId": str(values["id"])},
+    )
+    return view
+
+
+async def _why_not(tx: Tx, user_id: uuid.UUID, required: int) -> AppError:
+    """The UPDATE matched nothing: say whether the account is missing or short."""
+    found = await repo.get_account(tx.session, user_id)
+    if found is None:
+        return AccountNotFound()
+    return InsufficientCredits(
+        details={"balance": found.balance, "available": found.available, "required": required}
+    )
+
+
+async def grant(
+    tx: Tx,
+    user_id: uuid.UUID,
+    amount: int,
+    *,
+    reason: str,
+    note: str | None = None,
+    metadata: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    now = utcnow()
+    after = await repo.credit(tx.session, user_id, amount, now)
+    if after is None:
+        raise AccountNotFound
+    meta = dict(metadata or {})
+    if note is not None:
+        meta["note"] = note
+    return await _append(tx, after, amount=amount, reason=reason, now=now, metadata=meta or None)
+
+
+async def deduct(
+    tx: Tx,
+    user_id: uuid.UUID,
+    amount: int,
+    *,
+    reason: str,
+    metadata: dict[str, Any] | None = None,
+    policy: Policy = NO_ALERTS,
+) -> dict[str, Any]:
+    now = utcnow()
+    after = await repo.debit(tx.session, user_id, amount, now)
+    if after is None:
+        raise await _why_not(tx, user_id, amount)
+    _watch(tx, policy, after.available + amount, after)
+    return await _append(tx, after, amount=-amount, reason=reason, now=now, metadata=metadata)
+
+
+async def refund(
+    tx: Tx,
+    transaction_id: uuid.UUID,
+    amount: int | None,
+    *,
+    note: str | None = None,
+) -> dict[str, Any]:
+    """Credit back part or all of a debit; never more than the debit minus earlier refunds.
+
+    The debit's row is locked first (PostgreSQL), so concurrent refunds of one debit queue
+    and each sees the refunds committed before it.
+    """
+    original = await repo.get_transaction(tx.session, transaction_id, for_update=True)
+    if original is None:
+        raise TransactionNotFound
+    if original.type != "debit":
+        raise NotADebit
+    left = -original.amount - await repo.refunded_total(tx.session, original.id)
+    wanted = left if amount is None else amount
+    if wanted <= 0 or wanted > left:
+        raise RefundExceedsDebit(details={"debited": -original.amount, "refundable": left, "requested": wanted})
+    now = utcnow()
+    after = await repo.credit(tx.session, original.user_id, wanted, now)
+    if after is None:
+        raise AccountNotFound
+    meta = {"note": note} if note else None
+    return await _append(
+        tx, after, amount=wanted, reason="refund", now=now, related_id=original.id, metadata=meta
+    )
+
+
+# ------------------------------------------------------------------------------ holds
+
+
+async def hold(
+    tx: Tx,
+    user_id: uuid.UUID,
+    amount: int,
+    *,
+    reason: str,
+    ttl_seconds: int,
+    metadata: dict[str, Any] | None = None,
+    policy: Policy = NO_ALERTS,
+) -> dict[str, Any]:
+    """Reserve credits: ``available`` drops, ``balance`` does not, until capture or release."""
+    now = utcnow()
+    after = await repo.reserve(tx.session, user_id, amount, now)
+    if after is None:
+        raise await _why_not(tx, user_id, amount)
+    _watch(tx, policy, after.available + amount, after)
+    values = {
+        "id": uuid.uuid4(),
+        "user_id": user_id,
+        "amount": amount,
+        "captured": None,
+        "status": "held",
+        "reason": reason,
+        "metadata": metadata,
+        "expires_at": now + dt.timedelta(seconds=ttl_seconds),
+        "created_at": now,
+        "resolved_at": None,
+    }
+    await repo.add_hold(tx.session, values)
+    view = hold_view(_Obj(values))
+    audit.record(tx, "credits.hold", "credit_hold", values["id"], after=view)
+    return view
+
+
+class _Obj:
+    """Attribute access over a dict, so one view function serves rows and fresh values."""
+
+    def __init__(self, values: dict[str, Any]) -> None:
+        self.__dict__.update(values)
+
+
+async def _not_active(tx: Tx, hold_id: uuid.UUID, capture: int | None, now: dt.datetime) -> AppError:
+    found = await repo.get_hold(tx.session, hold_id)
+    if found is None:
+        return HoldNotFound()
+    if found.status == "held" and found.expires_at > now and capture is not None and capture > found.amount:
+        return CaptureExceedsHold(details={"held": found.amount, "requested": capture})
+    status = "expired" if found.status == "held" else found.status
+    return HoldNotActive(details={"status": status})
+
+
+async def capture(tx: Tx, hold_id: uuid.UUID, amount: int | None) -> dict[str, Any]:
+    """Charge part or all of a hold (the rest is released); a hold resolves once."""
+    now = utcnow()
+    resolved = await repo.resolve_hold(tx.session, hold_id, status="captured", now=now, charge=amount)
+    if resolved is None:
+        raise await _not_active(tx, hold_id, amount, now)
+    charged = int(resolved.captured)
+    after = await repo.settle(tx.session, resolved.user_id, held=resolved.amount, charged=charged, now=now)
+    audit.record(
+        tx, "credits.hold.capture", "credit_hold", hold_id,
+        before={"status": "held"}, after={"status": "captured", "captured": charged},
+    )
+    return await _append(
+        tx, after, amount=-charged, reason="hold_capture", now=now, related_id=hold_id,
+        metadata=resolved.metadata,
+    )
+
+
+async def release(tx: Tx, hold_id: uuid.UUID) -> dict[str, Any]:
+    now = utcnow()
+    resolved = await repo.resolve_hold(tx.session, hold_id, status="released", now=now)
+    if resolved is None:
+        raise await _not_active(tx, hold_id, None, now)
+    await repo.settle(tx.session, resolved.user_id, held=resolved.amount, charged=0, now=now)
+    audit.record(
+        tx, "credits.hold.release", "credit_hold", hold_id,
+        before={"status": "held"}, after={"status": "released"},
+    )
+    return hold_view(resolved)
+
+
+async def expire_holds(tx: Tx, *, limit: int = 200, now: dt.datetime | None = None) -> int:
+    """Release overdue holds (the periodic sweep). Accounts are updated in a sorted order so
+    concurrent sweepers and requests never wait on each other in a cycle."""
+    now = now or utcnow()
+    expired = await repo.expire_holds(tx.session, now, limit)
+    per_account: dict[uuid.UUID, int] = {}
+    for row in expired:
+        per_account[row.user_id] = per_account.get(row.user_id, 0) + int(row.amount)
+        audit.record(tx, "credits.hold.expire", "credit_hold", row.id, after={"status": "expired"})
+    for user_id in sorted(per_account):
+        await repo.settle(tx.session, user_id, held=per_account[user_id], charged=0, now=now)
+    return len(expired)

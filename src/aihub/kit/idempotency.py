@@ -1,0 +1,176 @@
+"""``Idempotency-Key`` for writes a client may retry (money moves first; usage, promos, sora next).
+
+The key is claimed with one upsert in the SAME transaction as the work it guards, and the
+response is stored in that transaction too, so the work and its stored outcome commit or
+vanish together:
+
+* first request: the claim inserts the row, the work runs, the response is stored, commit;
+* replay within the TTL with the same request: the stored status and body come back and
+  nothing runs again;
+* the same key with another request: 422 ``IDEMPOTENCY_KEY_REUSED``;
+* two concurrent requests with one key: on PostgreSQL the second claim waits on the unique
+  index until the first transaction ends, then replays its outcome (or takes over the key if
+  the first rolled back). SQLite has a single writer, so the question never arises there.
+
+Only successful outcomes are stored: a request that fails rolls back and leaves no key, so a
+client may fix the cause (a top-up, a typo) and retry with the same key.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+from fastapi import Header, Request
+from pydantic import BaseModel
+from sqlalchemy import bindparam, text
+from sqlalchemy.ext.asyncio import AsyncSession
+from starlette.responses import Response
+
+from aihub.kit.db import Tx, UTCDateTime, utcnow
+from aihub.kit.errors import AppError
+from aihub.kit.jsonutil import canonical, dumps, loads
+
+HEADER = "Idempotency-Key"
+REPLAY_HEADER = "Idempotent-Replayed"
+TTL = dt.timedelta(hours=24)
+
+
+class IdempotencyKeyReused(AppError):
+    status_code, code = 422, "IDEMPOTENCY_KEY_REUSED"
+    message = "This Idempotency-Key was used with a different request"
+
+
+class IdempotencyKeyInUse(AppError):
+    status_code, code = 409, "IDEMPOTENCY_KEY_IN_USE"
+    message = "A request with this Idempotency-Key is still in progress"
+
+
+@dataclass(frozen=True, slots=True)
+class Stored:
+    status_code: int
+    body: bytes
+
+
+# One statement claims a new key, or takes over one older than the TTL; a live key is left
+# alone (and returns no row). Plain SQL: the same text runs on PostgreSQL and SQLite ≥ 3.35.
+_CLAIM = text(
+    """
+    INSERT INTO idempotency_keys (principal, idem_key, request_hash, created_at)
+    VALUES (:principal, :key, :hash, :now)
+    ON CONFLICT (principal, idem_key) DO UPDATE
+        SET request_hash = excluded.request_hash, status_code = NULL, body = NULL,
+            created_at = excluded.created_at
+        WHERE idempotency_keys.created_at < :cutoff
+    RETURNING principal
+    """
+).bindparams(bindparam("now", type_=UTCDateTime()), bindparam("cutoff", type_=UTCDateTime()))
+
+_EXISTING = text(
+    "SELECT request_hash, status_code, body FROM idempotency_keys WHERE principal = :principal "
+    "AND idem_key = :key"
+)
+_STORE = text(
+    "UPDATE idempotency_keys SET status_code = :status, body = :body "
+    "WHERE principal = :principal AND idem_key = :key"
+)
+
+
+def fingerprint(principal: str, method: str, path: str, body: bytes) -> str:
+    """Hash of who asked what: JSON bodies are canonicalised so key order and spacing don't count."""
+    try:
+        payload = canonical(loads(body)) if body else b""
+    except ValueError:
+        payload = body
+    digest = hashlib.sha256()
+    for part in (principal.encode(), method.encode(), path.encode(), payload):
+        digest.update(len(part).to_bytes(8, "big"))
+        digest.update(part)
+    return digest.hexdigest()
+
+
+async def claim(session: AsyncSession, principal: str, key: str, request_hash: str) -> Stored | None:
+    """Claim the key for this transaction (None), or return the outcome stored under it."""
+    now = utcnow()
+    params = {"principal": principal, "key": key, "hash": request_hash, "now": now, "cutoff": now - TTL}
+    if (await session.execute(_CLAIM, params)).first() is not None:
+        return None
+    row = (await session.execute(_EXISTING, {"principal": principal, "key": key})).first()
+    if row is None:  # removed between the two statements (a cleanup): a retry will claim it
+        raise IdempotencyKeyInUse
+    if row.request_hash != request_hash:
+        raise IdempotencyKeyReused(details={"header": HEADER})
+    if row.status_code is None or row.body is None:
+        raise IdempotencyKeyInUse
+    return Stored(int(row.status_code), bytes(row.body))
+
+
+async def store(session: AsyncSession, principal: str, key: str, outcome: Stored) -> None:
+    await session.execute(
+        _STORE, {"status": outcome.status_code, "body": outcome.body, "principal": principal, "key": key}
+    )
+
+
+def render(model: type[BaseModel], result: Any) -> bytes:
+    return dumps(model.model_validate(result).model_dump(mode="json", by_alias=True))
+
+
+@dataclass(frozen=True, slots=True)
+class IdempotentRequest:
+    """What an endpoint needs to run its work at most once per key."""
+
+    key: str | None
+    method: str
+    path: str
+    body: bytes
+
+    async def respond(
+        self,
+        tx: Tx,
+        principal: str,
+        status_code: int,
+        model: type[BaseModel],
+        work: Callable[[], Awaitable[Any]],
+    ) -> Response:
+        if self.key is None:
+            return _json(status_code, render(model, await work()))
+        request_hash = fingerprint(principal, self.method, self.path, self.body)
+        stored = await claim(tx.session, principal, self.key, request_hash)
+        if stored is not None:
+            return _json(stored.status_code, stored.body, {REPLAY_HEADER: "true"})
+        tx.info["idempotency_key"] = self.key
+        outcome = Stored(status_code, render(model, await work()))
+        await store(tx.session, principal, self.key, outcome)
+        return _json(outcome.status_code, outcome.body)
+
+
+def _json(status_code: int, body: bytes, headers: dict[str, str] | None = None) -> Response:
+    return Response(body, status_code=status_code, media_type="application/json", headers=headers)
+
+
+async def idempotent_request(
+    request: Request,
+    idempotency_key: Annotated[
+        str | None,
+        Header(
+            alias=HEADER,
+            min_length=1,
+            max_length=255,
+            description="Makes a retry safe: a replay within 24 h returns the first response",
+        ),
+    ] = None,
+) -> IdempotentRequest:
+    """FastAPI dependency: the key (validated 1–255 chars) and the raw body it is bound to."""
+    return IdempotentRequest(idempotency_key, request.method, request.url.path, await request.body())
+
+
+async def purge_expired(session: AsyncSession, *, now: dt.datetime | None = None) -> int:
+    """Remove keys past their TTL (a periodic job); a live key is never touched."""
+    stmt = text("DELETE FROM idempotency_keys WHERE created_at < :cutoff").bindparams(
+        bindparam("cutoff", type_=UTCDateTime())
+    )
+    result = await session.execute(stmt, {"cutoff": (now or utcnow()) - TTL})
+    return int(getattr(result, "rowcount", 0) or 0)
