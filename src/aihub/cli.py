@@ -228,8 +228,12 @@ def _print_reconcile(report: Any, show: int) -> None:
             detail.add_column(column)
         for check in report.mismatches[:show]:
             detail.add_row(
-                str(check.user_id), str(check.balance), str(check.ledger_sum), str(check.reserved),
-                str(check.held), str(check.broken_at or "-"),
+                str(check.user_id),
+                str(check.balance),
+                str(check.ledger_sum),
+                str(check.reserved),
+                str(check.held),
+                str(check.broken_at or "-"),
             )
         out.print(detail)
 

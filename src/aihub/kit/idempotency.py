@@ -70,12 +70,10 @@ _CLAIM = text(
 ).bindparams(bindparam("now", type_=UTCDateTime()), bindparam("cutoff", type_=UTCDateTime()))
 
 _EXISTING = text(
-    "SELECT request_hash, status_code, body FROM idempotency_keys WHERE principal = :principal "
-    "AND idem_key = :key"
+    "SELECT request_hash, status_code, body FROM idempotency_keys WHERE principal = :principal AND idem_key = :key"
 )
 _STORE = text(
-    "UPDATE idempotency_keys SET status_code = :status, body = :body "
-    "WHERE principal = :principal AND idem_key = :key"
+    "UPDATE idempotency_keys SET status_code = :status, body = :body WHERE principal = :principal AND idem_key = :key"
 )
 
 

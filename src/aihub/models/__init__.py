@@ -5,6 +5,7 @@ from aihub.models.credits import CreditAccount, CreditHold, CreditTransaction
 from aihub.models.idempotency import IdempotencyKey
 from aihub.models.pricing import ModelPrice
 from aihub.models.rbac import Permission, Role, RolePermission, UserPermission, UserRole
+from aihub.models.usage import Quota, QuotaCounter, UsageEvent
 from aihub.models.users import User
 
 __all__ = [
@@ -16,8 +17,11 @@ __all__ = [
     "IdempotencyKey",
     "ModelPrice",
     "Permission",
+    "Quota",
+    "QuotaCounter",
     "Role",
     "RolePermission",
+    "UsageEvent",
     "User",
     "UserPermission",
     "UserRole",

@@ -57,9 +57,7 @@ class CreditTransaction(Base):
 
     seq: Mapped[int] = mapped_column(SeqType, primary_key=True, autoincrement=True)
     id: Mapped[uuid.UUID] = mapped_column(Uuid, default=uuid.uuid4)
-    user_id: Mapped[uuid.UUID] = mapped_column(
-        Uuid, ForeignKey("credit_accounts.user_id", ondelete="RESTRICT")
-    )
+    user_id: Mapped[uuid.UUID] = mapped_column(Uuid, ForeignKey("credit_accounts.user_id", ondelete="RESTRICT"))
     amount: Mapped[int] = mapped_column(BigInteger)
     type: Mapped[str] = mapped_column(String(8))
     reason: Mapped[str] = mapped_column(String(16))
@@ -78,17 +76,13 @@ class CreditHold(Base):
     __tablename__ = "credit_holds"
     __table_args__ = (
         CheckConstraint("amount > 0", name="ck_credit_holds_amount"),
-        CheckConstraint(
-            "status IN ('held', 'captured', 'released', 'expired')", name="ck_credit_holds_status"
-        ),
+        CheckConstraint("status IN ('held', 'captured', 'released', 'expired')", name="ck_credit_holds_status"),
         Index("ix_credit_holds_status_expiry", "status", "expires_at"),
         Index("ix_credit_holds_user", "user_id", "created_at"),
     )
 
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
-    user_id: Mapped[uuid.UUID] = mapped_column(
-        Uuid, ForeignKey("credit_accounts.user_id", ondelete="RESTRICT")
-    )
+    user_id: Mapped[uuid.UUID] = mapped_column(Uuid, ForeignKey("credit_accounts.user_id", ondelete="RESTRICT"))
     amount: Mapped[int] = mapped_column(BigInteger)
     captured: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     status: Mapped[str] = mapped_column(String(16), default="held")

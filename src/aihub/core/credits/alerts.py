@@ -10,9 +10,9 @@ import aiohttp
 import structlog
 
 from aihub.core.credits import service as credits
-from aihub.kit.jobs import Periodic, job, jobs_of
-from aihub.core.credits.reconcile import reconcile
 from aihub.core.credits.metrics import HOLDS_EXPIRED, WEBHOOK_DELIVERIES
+from aihub.core.credits.reconcile import reconcile
+from aihub.kit.jobs import Periodic, job, jobs_of
 from aihub.kit.runtime import Runtime
 
 log = structlog.get_logger("aihub.credits")

@@ -158,9 +158,7 @@ async def refund_credits(body: schemas.RefundIn, tx: TxDep, actor: Granter, idem
 
 
 @router.post("/holds", status_code=201, response_model=schemas.HoldOut, responses=_ERRORS)
-async def create_hold(
-    body: schemas.HoldIn, tx: TxDep, runtime: RuntimeDep, actor: Deducter, idem: Idem
-) -> Response:
+async def create_hold(body: schemas.HoldIn, tx: TxDep, runtime: RuntimeDep, actor: Deducter, idem: Idem) -> Response:
     """Reserve credits until captured or released (`credits:deduct`); it expires after
     `ttlSeconds` (default from settings) and then releases itself."""
     ttl = body.ttl_seconds or runtime.settings.hold_default_ttl_seconds
@@ -171,23 +169,25 @@ async def create_hold(
         201,
         schemas.HoldOut,
         lambda: credits.hold(
-            tx, body.user_id, body.amount, reason=body.reason, ttl_seconds=ttl,
-            metadata=body.metadata, policy=policy,
+            tx,
+            body.user_id,
+            body.amount,
+            reason=body.reason,
+            ttl_seconds=ttl,
+            metadata=body.metadata,
+            policy=policy,
         ),
     )
 
 
-@router.post("/holds/{hold_id}/capture", status_code=201, response_model=schemas.TransactionOut,
-             responses=_ERRORS)
+@router.post("/holds/{hold_id}/capture", status_code=201, response_model=schemas.TransactionOut, responses=_ERRORS)
 async def capture_hold(
     hold_id: uuid.UUID, tx: TxDep, actor: Deducter, idem: Idem, body: schemas.CaptureIn | None = None
 ) -> Response:
     """Charge `amount` (default: all) of an active hold, release the rest → the debit
     transaction (reason `hold_capture`); 409 `HOLD_NOT_ACTIVE` once resolved or expired."""
     amount = body.amount if body is not None else None
-    return await idem.respond(
-        tx, actor.id, 201, schemas.TransactionOut, lambda: credits.capture(tx, hold_id, amount)
-    )
+    return await idem.respond(tx, actor.id, 201, schemas.TransactionOut, lambda: credits.capture(tx, hold_id, amount))
 
 
 @router.post("/holds/{hold_id}/release", response_model=schemas.HoldOut, responses=_ERRORS)

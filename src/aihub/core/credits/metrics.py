@@ -14,6 +14,4 @@ RECONCILE_MISMATCHES = Gauge(
     "(last reconcile run in this process)",
 )
 RECONCILE_ACCOUNTS = Gauge("aihub_ledger_reconcile_accounts", "Accounts checked by the last reconcile run")
-RECONCILE_LAST_RUN = Gauge(
-    "aihub_ledger_reconcile_last_run_timestamp_seconds", "When the last reconcile run finished"
-)
+RECONCILE_LAST_RUN = Gauge("aihub_ledger_reconcile_last_run_timestamp_seconds", "When the last reconcile run finished")

@@ -84,9 +84,7 @@ async def reserve(session: AsyncSession, user_id: uuid.UUID, amount: int, now: d
     return _balance(user_id, (await session.execute(stmt)).first())
 
 
-async def settle(
-    session: AsyncSession, user_id: uuid.UUID, *, held: int, charged: int, now: dt.datetime
-) -> Balance:
+async def settle(session: AsyncSession, user_id: uuid.UUID, *, held: int, charged: int, now: dt.datetime) -> Balance:
     """Resolve a hold: un-reserve all it held and take what was charged (≤ held), in one statement.
 
     Cannot fail while the schema holds: the hold's amount is part of ``reserved`` and
@@ -95,9 +93,7 @@ async def settle(
     stmt = (
         update(accounts)
         .where(accounts.c.user_id == user_id)
-        .values(
-            balance=accounts.c.balance - charged, reserved=accounts.c.reserved - held, updated_at=now
-        )
+        .values(balance=accounts.c.balance - charged, reserved=accounts.c.reserved - held, updated_at=now)
         .returning(*_RETURNING)
     )
     result = _balance(user_id, (await session.execute(stmt)).first())
@@ -186,10 +182,7 @@ async def resolve_hold(
         if charge is not None:
             conditions.append(holds.c.amount >= charge)
     stmt = (
-        update(holds)
-        .where(*conditions)
-        .values(status=status, resolved_at=now, captured=captured)
-        .returning(*holds.c)
+        update(holds).where(*conditions).values(status=status, resolved_at=now, captured=captured).returning(*holds.c)
     )
     return (await session.execute(stmt)).first()
 
@@ -241,9 +234,5 @@ async def ledger_rows(session: AsyncSession) -> Sequence[Row[Any]]:
 
 
 async def active_hold_totals(session: AsyncSession) -> dict[uuid.UUID, int]:
-    stmt = (
-        select(holds.c.user_id, func.sum(holds.c.amount))
-        .where(holds.c.status == "held")
-        .group_by(holds.c.user_id)
-    )
+    stmt = select(holds.c.user_id, func.sum(holds.c.amount)).where(holds.c.status == "held").group_by(holds.c.user_id)
     return {row[0]: int(row[1]) for row in (await session.execute(stmt)).all()}

@@ -223,9 +223,7 @@ async def _why_not(tx: Tx, user_id: uuid.UUID, required: int) -> AppError:
     found = await repo.get_account(tx.session, user_id)
     if found is None:
         return AccountNotFound()
-    return InsufficientCredits(
-        details={"balance": found.balance, "available": found.available, "required": required}
-    )
+    return InsufficientCredits(details={"balance": found.balance, "available": found.available, "required": required})
 
 
 async def grant(
@@ -290,9 +288,7 @@ async def refund(
     if after is None:
         raise AccountNotFound
     meta = {"note": note} if note else None
-    return await _append(
-        tx, after, amount=wanted, reason="refund", now=now, related_id=original.id, metadata=meta
-    )
+    return await _append(tx, after, amount=wanted, reason="refund", now=now, related_id=original.id, metadata=meta)
 
 
 # ------------------------------------------------------------------------------ holds
@@ -358,11 +354,20 @@ async def capture(tx: Tx, hold_id: uuid.UUID, amount: int | None) -> dict[str, A
     charged = int(resolved.captured)
     after = await repo.settle(tx.session, resolved.user_id, held=resolved.amount, charged=charged, now=now)
     audit.record(
-        tx, "credits.hold.capture", "credit_hold", hold_id,
-        before={"status": "held"}, after={"status": "captured", "captured": charged},
+        tx,
+        "credits.hold.capture",
+        "credit_hold",
+        hold_id,
+        before={"status": "held"},
+        after={"status": "captured", "captured": charged},
     )
     return await _append(
-        tx, after, amount=-charged, reason="hold_capture", now=now, related_id=hold_id,
+        tx,
+        after,
+        amount=-charged,
+        reason="hold_capture",
+        now=now,
+        related_id=hold_id,
         metadata=resolved.metadata,
     )
 
@@ -374,8 +379,12 @@ async def release(tx: Tx, hold_id: uuid.UUID) -> dict[str, Any]:
         raise await _not_active(tx, hold_id, None, now)
     await repo.settle(tx.session, resolved.user_id, held=resolved.amount, charged=0, now=now)
     audit.record(
-        tx, "credits.hold.release", "credit_hold", hold_id,
-        before={"status": "held"}, after={"status": "released"},
+        tx,
+        "credits.hold.release",
+        "credit_hold",
+        hold_id,
+        before={"status": "held"},
+        after={"status": "released"},
     )
     return hold_view(resolved)
 

@@ -96,9 +96,7 @@ def upgrade() -> None:
         sa.Column("created_at", UTC_TS, nullable=False),
         sa.Column("resolved_at", UTC_TS),
         sa.CheckConstraint("amount > 0", name="ck_credit_holds_amount"),
-        sa.CheckConstraint(
-            "status IN ('held', 'captured', 'released', 'expired')", name="ck_credit_holds_status"
-        ),
+        sa.CheckConstraint("status IN ('held', 'captured', 'released', 'expired')", name="ck_credit_holds_status"),
     )
     op.create_index("ix_credit_holds_status_expiry", "credit_holds", ["status", "expires_at"])
     op.create_index("ix_credit_holds_user", "credit_holds", ["user_id", "created_at"])
