@@ -26,6 +26,7 @@ import uvicorn
 from redis import Redis as SyncRedis
 from redis.exceptions import RedisError
 
+from aihub.auth.app import create_app as create_auth_app
 from aihub.config import Settings
 from aihub.core.app import create_app
 from aihub.kit import migrate
@@ -173,6 +174,21 @@ async def client(runtime: Runtime) -> AsyncIterator[httpx.AsyncClient]:
         yield c
 
 
+def _auth_app(rt: Runtime) -> Any:
+    app = create_auth_app(runtime=rt)
+    app.state.prepared = True
+    app.state.owns_runtime = False
+    return app
+
+
+@pytest.fixture
+async def auth_client(runtime: Runtime) -> AsyncIterator[httpx.AsyncClient]:
+    """The auth service over the same runtime (database, store, codec) as ``client``."""
+    transport = httpx.ASGITransport(app=_auth_app(runtime))
+    async with httpx.AsyncClient(transport=transport, base_url="http://auth.test") as c:
+        yield c
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -185,12 +201,10 @@ class LiveServer:
     runtime: Runtime
 
 
-@pytest.fixture
-async def live_core(pg_runtime: Runtime) -> AsyncIterator[LiveServer]:
-    """The core app behind a real uvicorn server on loopback, in this test's event loop."""
+async def _live(app: Any, rt: Runtime) -> AsyncIterator[LiveServer]:
     port = free_port()
     config = uvicorn.Config(
-        _core_app(pg_runtime),
+        app,
         host="127.0.0.1",
         port=port,
         log_config=None,
@@ -205,9 +219,23 @@ async def live_core(pg_runtime: Runtime) -> AsyncIterator[LiveServer]:
         if task.done():
             task.result()
         await asyncio.sleep(0.01)
-    yield LiveServer(url=f"http://127.0.0.1:{port}", runtime=pg_runtime)
+    yield LiveServer(url=f"http://127.0.0.1:{port}", runtime=rt)
     server.should_exit = True
     await task
+
+
+@pytest.fixture
+async def live_core(pg_runtime: Runtime) -> AsyncIterator[LiveServer]:
+    """The core app behind a real uvicorn server on loopback, in this test's event loop."""
+    async for live in _live(_core_app(pg_runtime), pg_runtime):
+        yield live
+
+
+@pytest.fixture
+async def live_auth(pg_runtime: Runtime) -> AsyncIterator[LiveServer]:
+    """The auth app behind a real uvicorn server, on PostgreSQL and Redis."""
+    async for live in _live(_auth_app(pg_runtime), pg_runtime):
+        yield live
 
 
 # ------------------------------------------------------------------ factories

@@ -21,7 +21,7 @@ app.add_typer(admin_app, name="admin")
 ledger_app = typer.Typer(help="Inspect the credit ledger.", no_args_is_help=True)
 app.add_typer(ledger_app, name="ledger")
 err = Console(stderr=True)
-SERVICES = ("core",)  # grows as services land: auth, gateway
+SERVICES = ("core", "auth")  # grows as services land: gateway
 
 
 def _settings() -> Settings:
@@ -45,7 +45,7 @@ def _run(coro: Coroutine[Any, Any, T]) -> T:
 @app.command()
 def serve(
     service: Annotated[
-        str | None, typer.Argument(help="One service (core); all of them in one process when omitted")
+        str | None, typer.Argument(help="One service (core, auth); all of them in one process when omitted")
     ] = None,
 ) -> None:
     """Start the services (all in one process by default) on the configured database and store."""
@@ -77,10 +77,14 @@ async def _serve(settings: Settings, names: list[str], *, bootstrap: bool) -> No
 
 
 def _listener(name: str, settings: Settings, runtime: Any) -> Any:
+    from aihub.auth.app import create_app as create_auth
     from aihub.core.app import create_app as create_core
     from aihub.kit.serve import Listener
 
-    factories: dict[str, tuple[Callable[..., Any], int]] = {"core": (create_core, settings.core_port)}
+    factories: dict[str, tuple[Callable[..., Any], int]] = {
+        "core": (create_core, settings.core_port),
+        "auth": (create_auth, settings.auth_port),
+    }
     factory, port = factories[name]
     service_app = factory(runtime=runtime)
     service_app.state.prepared = True

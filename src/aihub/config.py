@@ -33,6 +33,22 @@ class Settings(BaseSettings):
     jwt_leeway_seconds: int = Field(default=10, ge=0, le=300)
     access_token_ttl_seconds: int = Field(default=900, ge=30, le=86_400)
     refresh_token_ttl_seconds: int = Field(default=7 * 86_400, ge=300)
+    # Asymmetric signing (auth signs; every service verifies). A private key is inline PEM or a
+    # file path; RSA (>= 2048 bits) signs RS256, Ed25519 signs EdDSA. Its kid is the RFC 7638
+    # thumbprint unless AIHUB_JWT_KEY_ID is set.
+    jwt_private_key: str | None = None
+    jwt_key_id: str | None = Field(default=None, min_length=1, max_length=128)
+    # Public keys that still verify (rotation: the previous key until its tokens expire; or, on
+    # a verify-only service such as core or the gateway, the signer's public key). Comma-separated.
+    jwt_public_keys: str = ""
+    # HS256 with AIHUB_JWT_SECRET is accepted by default only while no asymmetric key is set;
+    # set it to true during a switch from HS256 to RS256/EdDSA so older tokens keep working.
+    jwt_accept_hs256: bool | None = None
+    # Login lockout: after this many failed attempts for one account within the window, further
+    # attempts are refused (429) until the window ends. 0 turns the lockout off.
+    login_max_failures: int = Field(default=5, ge=0, le=1_000)
+    login_lockout_seconds: int = Field(default=900, ge=1, le=86_400)
+    service_token_max_days: int = Field(default=3_650, ge=1)
 
     gateway_port: int = Field(default=3000, ge=1, le=65_535)
     auth_port: int = Field(default=3001, ge=1, le=65_535)
@@ -90,8 +106,24 @@ class Settings(BaseSettings):
         return value
 
     @model_validator(mode="after")
+    def _keys_load(self) -> Settings:
+        # Fail at start with the setting's name, not at the first token.
+        from aihub.kit.keys import load_signing_key, load_verify_keys
+
+        if self.jwt_private_key:
+            load_signing_key(self.jwt_private_key, self.jwt_key_id)
+        load_verify_keys(self.jwt_public_keys)
+        return self
+
+    @property
+    def hs256_accepted(self) -> bool:
+        if self.jwt_accept_hs256 is not None:
+            return self.jwt_accept_hs256
+        return not (self.jwt_private_key or self.jwt_public_keys.strip())
+
+    @model_validator(mode="after")
     def _production_secrets(self) -> Settings:
-        if self.env == "production":
+        if self.env == "production" and self.hs256_accepted:
             if self.jwt_secret == DEV_JWT_SECRET:
                 raise ValueError("AIHUB_JWT_SECRET must be set in production (the default is public)")
             if len(self.jwt_secret) < 32:

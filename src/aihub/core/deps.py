@@ -36,7 +36,8 @@ class TxRoute(APIRoute):
     """Commits the request's unit of work once the endpoint has produced its response.
 
     Commit happens before the response leaves, so a failed commit becomes an error response
-    rather than a success the client was told about; anything else rolls back.
+    rather than a success the client was told about; anything else rolls back, except an
+    ``AppError`` with ``keep_changes`` (the error is the outcome to record).
     """
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
@@ -49,6 +50,11 @@ class TxRoute(APIRoute):
                 if tx is not None and response.status_code < 400:
                     await tx.commit()
                 return response
+            except AppError as exc:
+                tx = getattr(request.state, "tx", None)
+                if exc.keep_changes and tx is not None:
+                    await tx.commit()
+                raise
             finally:
                 tx = getattr(request.state, "tx", None)
                 if tx is not None:
@@ -137,6 +143,7 @@ async def current_principal(request: Request, runtime: RuntimeDep, tx: TxDep) ->
             extra={"user": user},
         )
     request.state.user_id = principal.id
+    request.state.token_claims = claims  # auth's logout reads the session id (``sid``) from it
     audit.set_actor(tx, principal.actor())
     return principal
 

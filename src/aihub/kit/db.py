@@ -72,12 +72,23 @@ class Base(DeclarativeBase):
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    # The sqlite3 module's own transaction handling starts a transaction only at the first
+    # write and lets a SAVEPOINT become the outer transaction (its RELEASE then commits). Turn
+    # it off and say BEGIN ourselves (see _sqlite_begin), so every unit of work is one real
+    # transaction and a savepoint is only ever nested.
+    dbapi_connection.isolation_level = None
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.execute("PRAGMA busy_timeout=10000")
     cursor.close()
+
+
+def _sqlite_begin(conn: Any) -> None:
+    # IMMEDIATE takes the write lock up front: another process (the CLI) then waits on
+    # busy_timeout instead of failing half-way when a read transaction tries to write.
+    conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 def create_engine(settings: Settings) -> AsyncEngine:
@@ -90,6 +101,7 @@ def create_engine(settings: Settings) -> AsyncEngine:
             pool_timeout=60,
         )
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
+        event.listen(engine.sync_engine, "begin", _sqlite_begin)
         return engine
     return create_async_engine(
         settings.database_url,

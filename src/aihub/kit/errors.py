@@ -42,6 +42,9 @@ class AppError(Exception):
     status_code = 400
     code = "BAD_REQUEST"
     message = "The request is malformed"
+    # True when the error is itself an outcome to record: the request's unit of work commits
+    # although the answer is an error (a failed login's audit row, a revoked token family).
+    keep_changes = False
 
     def __init__(
         self,

@@ -6,6 +6,8 @@ that is what defeats ``alg: none`` and HS/RS confusion.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -15,6 +17,8 @@ import jwt as pyjwt
 
 from aihub.config import Settings
 from aihub.kit.errors import AppError
+from aihub.kit.jsonutil import loads
+from aihub.kit.keys import SigningKey, VerifyKey, load_signing_key, load_verify_keys
 
 TokenType = Literal["access", "service", "refresh"]
 
@@ -50,7 +54,13 @@ _CACHE_MAX = 20_000
 
 @dataclass(frozen=True, slots=True)
 class TokenCodec:
-    """Signs and verifies tokens. HS256 by default; the auth service may add asymmetric keys.
+    """Signs and verifies tokens.
+
+    Signing: with ``signing_key`` (RS256 or EdDSA, ``kid`` in the header) when one is
+    configured, else HS256 with ``secret``. Verification picks the key by the header's ``kid``
+    and accepts only that key's algorithm; a token without ``kid`` is checked as HS256 against
+    the secret, and only when ``accept_hs256``. The header's ``alg`` never chooses a key, which
+    is what defeats ``alg: none`` and HS/RS confusion.
 
     Verified tokens are remembered until they expire: signature checking costs ~150 µs here,
     and a client presents the same token on every request. Revocation is not cached (the
@@ -62,17 +72,49 @@ class TokenCodec:
     audience: str
     leeway: int
     access_ttl: int
-    algorithms: tuple[str, ...] = ("HS256",)
+    signing_key: SigningKey | None = None
+    verify_keys: tuple[VerifyKey, ...] = ()
+    accept_hs256: bool = True
+    _by_kid: dict[str, VerifyKey] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        keys = {k.kid: k for k in self.verify_keys}
+        if self.signing_key is not None:
+            keys.setdefault(self.signing_key.kid, self.signing_key.verify_key())
+        object.__setattr__(self, "_by_kid", keys)
+
     _verified: dict[str, Claims] = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> TokenCodec:
+        signing = load_signing_key(settings.jwt_private_key, settings.jwt_key_id) if settings.jwt_private_key else None
         return cls(
             secret=settings.jwt_secret,
             issuer=settings.jwt_issuer,
             audience=settings.jwt_audience,
             leeway=settings.jwt_leeway_seconds,
             access_ttl=settings.access_token_ttl_seconds,
+            signing_key=signing,
+            verify_keys=load_verify_keys(settings.jwt_public_keys),
+            accept_hs256=settings.hs256_accepted,
+        )
+
+    @property
+    def algorithms(self) -> tuple[str, ...]:
+        """Every algorithm some configured key accepts (for documentation and JWKS)."""
+        algs = {k.algorithm for k in self._by_kid.values()}
+        return (*sorted(algs), *(("HS256",) if self.accept_hs256 else ()))
+
+    @property
+    def public_keys(self) -> tuple[VerifyKey, ...]:
+        """The keys a JWKS endpoint publishes: the signing key first, then older ones."""
+        return (
+            tuple(self._by_kid.values())
+            if self.signing_key is None
+            else (
+                self.signing_key.verify_key(),
+                *(k for k in self._by_kid.values() if k.kid != self.signing_key.kid),
+            )
         )
 
     def issue(
@@ -87,10 +129,12 @@ class TokenCodec:
         ttl: int | None = -1,
         jti: str | None = None,
         now: int | None = None,
+        extra: dict[str, Any] | None = None,
     ) -> str:
         """``ttl=-1`` means the configured access lifetime; ``ttl=None`` means no ``exp``."""
         issued = int(time.time()) if now is None else now
         claims: dict[str, Any] = {
+            **(extra or {}),
             "sub": sub,
             "typ": typ,
             "role": role,
@@ -107,7 +151,22 @@ class TokenCodec:
         lifetime = self.access_ttl if ttl == -1 else ttl
         if lifetime is not None:
             claims["exp"] = issued + lifetime
-        return pyjwt.encode(claims, self.secret, algorithm=self.algorithms[0])
+        if self.signing_key is not None:
+            key = self.signing_key
+            return pyjwt.encode(claims, key.key, algorithm=key.algorithm, headers={"kid": key.kid})
+        return pyjwt.encode(claims, self.secret, algorithm="HS256")
+
+    def _key_for(self, token: str) -> tuple[Any, str]:
+        header = _header(token)
+        kid = header.get("kid")
+        if kid is None:
+            if not self.accept_hs256:
+                raise InvalidToken("The token names no signing key")
+            return self.secret, "HS256"
+        if not isinstance(kid, str) or kid not in self._by_kid:
+            raise InvalidToken("The token's signing key is unknown")
+        found = self._by_kid[kid]
+        return found.key, found.algorithm
 
     def verify(self, token: str, *, allowed_types: tuple[str, ...] = ("access", "service")) -> Claims:
         cached = self._verified.get(token)
@@ -125,11 +184,12 @@ class TokenCodec:
         return claims
 
     def _decode(self, token: str, allowed_types: tuple[str, ...]) -> Claims:
+        key, algorithm = self._key_for(token)
         try:
             raw = pyjwt.decode(
                 token,
-                self.secret,
-                algorithms=list(self.algorithms),
+                key,
+                algorithms=[algorithm],
                 audience=self.audience,
                 issuer=self.issuer,
                 leeway=self.leeway,
@@ -140,6 +200,19 @@ class TokenCodec:
         except pyjwt.PyJWTError as exc:
             raise InvalidToken from exc
         return _claims(raw, allowed_types)
+
+
+def _header(token: str) -> dict[str, Any]:
+    """The unverified header, only to pick a key. Parsed with orjson: PyJWT's
+    ``get_unverified_header`` costs about as much as the HMAC check itself."""
+    head = token.partition(".")[0]
+    try:
+        header = loads(base64.urlsafe_b64decode(head + "=" * (-len(head) % 4)))
+    except (ValueError, binascii.Error) as exc:
+        raise InvalidToken from exc
+    if not isinstance(header, dict):
+        raise InvalidToken
+    return header
 
 
 def _claims(raw: dict[str, Any], allowed_types: tuple[str, ...]) -> Claims:

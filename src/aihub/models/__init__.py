@@ -1,6 +1,7 @@
 """SQLAlchemy models, one module per domain. Importing this package registers every table."""
 
 from aihub.models.audit import AuditChainHead, AuditLog
+from aihub.models.auth import RefreshToken, ServiceToken
 from aihub.models.credits import CreditAccount, CreditHold, CreditTransaction
 from aihub.models.idempotency import IdempotencyKey
 from aihub.models.pricing import ModelPrice
@@ -19,8 +20,10 @@ __all__ = [
     "Permission",
     "Quota",
     "QuotaCounter",
+    "RefreshToken",
     "Role",
     "RolePermission",
+    "ServiceToken",
     "UsageEvent",
     "User",
     "UserPermission",

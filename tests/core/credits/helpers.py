@@ -37,7 +37,8 @@ def assert_error(response: httpx.Response, status: int, code: str) -> dict[str, 
 
 async def grant(client: httpx.AsyncClient, rt: Runtime, user_id: str, amount: int) -> dict[str, Any]:
     response = await client.post(
-        "/api/credits/grant", json={"userId": user_id, "amount": amount, "reason": "purchase"},
+        "/api/credits/grant",
+        json={"userId": user_id, "amount": amount, "reason": "purchase"},
         headers=money(rt),
     )
     assert response.status_code == 201, response.text
@@ -52,9 +53,7 @@ async def account(rt: Runtime, user_id: str) -> tuple[int, int, int]:
             await conn.execute(select(accounts.c.balance, accounts.c.reserved).where(accounts.c.user_id == uid))
         ).one()
         total = (
-            await conn.execute(
-                select(func.coalesce(func.sum(ledger.c.amount), 0)).where(ledger.c.user_id == uid)
-            )
+            await conn.execute(select(func.coalesce(func.sum(ledger.c.amount), 0)).where(ledger.c.user_id == uid))
         ).scalar_one()
     return int(row[0]), int(row[1]), int(total)
 

@@ -109,7 +109,11 @@ async def test_low_balance_webhook_fires_once_per_crossing_with_retries(settings
             await asyncio.sleep(0.2)
         assert len(hook.calls) == 3  # two failures, then delivered; one crossing only
         assert hook.calls[-1] == {
-            "type": "credits.low_balance", "userId": user.id, "threshold": 50, "available": 40, "balance": 40,
+            "type": "credits.low_balance",
+            "userId": user.id,
+            "threshold": 50,
+            "available": 40,
+            "balance": 40,
         }
     finally:
         await rt.close()
@@ -152,8 +156,9 @@ async def test_concurrent_sweepers_release_each_hold_once(pg_runtime: Runtime) -
         await grant(client, rt, user.id, 1000)
         await asyncio.gather(
             *(
-                client.post("/api/credits/holds", json={"userId": user.id, "amount": 5, "ttlSeconds": 1},
-                            headers=money(rt))
+                client.post(
+                    "/api/credits/holds", json={"userId": user.id, "amount": 5, "ttlSeconds": 1}, headers=money(rt)
+                )
                 for _ in range(40)
             )
         )

@@ -39,12 +39,11 @@ async def test_grant_then_deduct(client: httpx.AsyncClient, runtime: Runtime, us
     await assert_reconciled(runtime)
 
 
-async def test_deduct_more_than_available_is_402(
-    client: httpx.AsyncClient, runtime: Runtime, user: Caller
-) -> None:
+async def test_deduct_more_than_available_is_402(client: httpx.AsyncClient, runtime: Runtime, user: Caller) -> None:
     await grant(client, runtime, user.id, 10)
     response = await client.post(
-        "/api/credits/deduct", json={"userId": user.id, "amount": 11, "reason": "usage"},
+        "/api/credits/deduct",
+        json={"userId": user.id, "amount": 11, "reason": "usage"},
         headers=money(runtime),
     )
     body = assert_error(response, 402, "INSUFFICIENT_CREDITS")
@@ -57,9 +56,7 @@ async def test_unknown_account_is_404(client: httpx.AsyncClient, runtime: Runtim
     for path in ("/api/credits/deduct", "/api/credits/grant"):
         response = await client.post(path, json={"userId": ghost, "amount": 1}, headers=money(runtime))
         assert_error(response, 404, "ACCOUNT_NOT_FOUND")
-    assert_error(
-        await client.get(f"/api/credits/accounts/{ghost}", headers=money(runtime)), 404, "ACCOUNT_NOT_FOUND"
-    )
+    assert_error(await client.get(f"/api/credits/accounts/{ghost}", headers=money(runtime)), 404, "ACCOUNT_NOT_FOUND")
     assert_error(
         await client.post("/api/credits/holds", json={"userId": ghost, "amount": 1}, headers=money(runtime)),
         404,
@@ -70,17 +67,13 @@ async def test_unknown_account_is_404(client: httpx.AsyncClient, runtime: Runtim
 async def test_history_filters_and_pages(client: httpx.AsyncClient, runtime: Runtime, user: Caller) -> None:
     await grant(client, runtime, user.id, 50)
     for _ in range(3):
-        r = await client.post(
-            "/api/credits/deduct", json={"userId": user.id, "amount": 1}, headers=money(runtime)
-        )
+        r = await client.post("/api/credits/deduct", json={"userId": user.id, "amount": 1}, headers=money(runtime))
         assert r.status_code == 201
     first = await client.get("/api/credits/transactions?limit=2", headers=user.headers)
     assert first.status_code == 200
     page = first.json()
     assert len(page["items"]) == 2 and page["nextCursor"]
-    rest = await client.get(
-        f"/api/credits/transactions?limit=10&cursor={page['nextCursor']}", headers=user.headers
-    )
+    rest = await client.get(f"/api/credits/transactions?limit=10&cursor={page['nextCursor']}", headers=user.headers)
     ids = [t["id"] for t in page["items"]] + [t["id"] for t in rest.json()["items"]]
     assert len(ids) == len(set(ids)) == 4
     usage = await client.get("/api/credits/transactions?reason=usage", headers=user.headers)
@@ -113,21 +106,18 @@ async def test_check(client: httpx.AsyncClient, runtime: Runtime, user: Caller) 
         403,
         "FORBIDDEN",
     )
-    by_service = await client.post(
-        "/api/credits/check", json={"userId": user.id, "amount": 1}, headers=money(runtime)
-    )
+    by_service = await client.post("/api/credits/check", json={"userId": user.id, "amount": 1}, headers=money(runtime))
     assert by_service.json()["available"] == 20
 
 
-async def test_refund_never_exceeds_the_debit(
-    client: httpx.AsyncClient, runtime: Runtime, user: Caller
-) -> None:
+async def test_refund_never_exceeds_the_debit(client: httpx.AsyncClient, runtime: Runtime, user: Caller) -> None:
     await grant(client, runtime, user.id, 100)
     debit = (
         await client.post("/api/credits/deduct", json={"userId": user.id, "amount": 40}, headers=money(runtime))
     ).json()
     part = await client.post(
-        "/api/credits/refund", json={"transactionId": debit["id"], "amount": 15, "reason": "bad output"},
+        "/api/credits/refund",
+        json={"transactionId": debit["id"], "amount": 15, "reason": "bad output"},
         headers=money(runtime),
     )
     assert part.status_code == 201, part.text
@@ -143,16 +133,12 @@ async def test_refund_never_exceeds_the_debit(
     assert_error(again, 409, "REFUND_EXCEEDS_DEBIT")
     credit_row = await grant(client, runtime, user.id, 1)
     assert_error(
-        await client.post(
-            "/api/credits/refund", json={"transactionId": credit_row["id"]}, headers=money(runtime)
-        ),
+        await client.post("/api/credits/refund", json={"transactionId": credit_row["id"]}, headers=money(runtime)),
         422,
         "NOT_A_DEBIT",
     )
     assert_error(
-        await client.post(
-            "/api/credits/refund", json={"transactionId": str(uuid.uuid4())}, headers=money(runtime)
-        ),
+        await client.post("/api/credits/refund", json={"transactionId": str(uuid.uuid4())}, headers=money(runtime)),
         404,
         "TRANSACTION_NOT_FOUND",
     )
@@ -170,9 +156,7 @@ async def _hold(client: httpx.AsyncClient, rt: Runtime, user_id: str, amount: in
     return str(body["id"])
 
 
-async def test_hold_capture_partly_releases_the_rest(
-    client: httpx.AsyncClient, runtime: Runtime, user: Caller
-) -> None:
+async def test_hold_capture_partly_releases_the_rest(client: httpx.AsyncClient, runtime: Runtime, user: Caller) -> None:
     await grant(client, runtime, user.id, 100)
     hold_id = await _hold(client, runtime, user.id, 60)
     balance = (await client.get("/api/credits/balance", headers=user.headers)).json()
@@ -182,9 +166,7 @@ async def test_hold_capture_partly_releases_the_rest(
     assert_error(short, 402, "INSUFFICIENT_CREDITS")
     over = await client.post(f"/api/credits/holds/{hold_id}/capture", json={"amount": 61}, headers=money(runtime))
     assert_error(over, 422, "CAPTURE_EXCEEDS_HOLD")
-    captured = await client.post(
-        f"/api/credits/holds/{hold_id}/capture", json={"amount": 25}, headers=money(runtime)
-    )
+    captured = await client.post(f"/api/credits/holds/{hold_id}/capture", json={"amount": 25}, headers=money(runtime))
     assert captured.status_code == 201, captured.text
     body = captured.json()
     assert body["amount"] == -25 and body["reason"] == "hold_capture" and body["balanceAfter"] == 75
@@ -197,9 +179,7 @@ async def test_hold_capture_partly_releases_the_rest(
     await assert_reconciled(runtime)
 
 
-async def test_hold_full_capture_and_release(
-    client: httpx.AsyncClient, runtime: Runtime, user: Caller
-) -> None:
+async def test_hold_full_capture_and_release(client: httpx.AsyncClient, runtime: Runtime, user: Caller) -> None:
     await grant(client, runtime, user.id, 10)
     full = await _hold(client, runtime, user.id, 4)
     captured = await client.post(f"/api/credits/holds/{full}/capture", headers=money(runtime))
@@ -261,9 +241,7 @@ async def test_idempotent_replay(client: httpx.AsyncClient, runtime: Runtime, us
         headers={**money(runtime, key="k-1"), "Content-Type": "application/json"},
     )
     assert reordered.json() == first.json()
-    mismatch = await client.post(
-        "/api/credits/deduct", json={**body, "amount": 8}, headers=money(runtime, key="k-1")
-    )
+    mismatch = await client.post("/api/credits/deduct", json={**body, "amount": 8}, headers=money(runtime, key="k-1"))
     assert_error(mismatch, 422, "IDEMPOTENCY_KEY_REUSED")
     # Another path with the same key is another request too.
     other_path = await client.post(
@@ -282,11 +260,19 @@ async def test_idempotency_covers_holds_capture_release_refund(
     h2 = await client.post("/api/credits/holds", json=hold, headers=money(runtime, key="h"))
     assert h1.json() == h2.json()
     hold_id = h1.json()["id"]
-    c1 = await client.post(f"/api/credits/holds/{hold_id}/capture", json={"amount": 10}, headers=money(runtime, key="c"))
-    c2 = await client.post(f"/api/credits/holds/{hold_id}/capture", json={"amount": 10}, headers=money(runtime, key="c"))
+    c1 = await client.post(
+        f"/api/credits/holds/{hold_id}/capture", json={"amount": 10}, headers=money(runtime, key="c")
+    )
+    c2 = await client.post(
+        f"/api/credits/holds/{hold_id}/capture", json={"amount": 10}, headers=money(runtime, key="c")
+    )
     assert c1.status_code == c2.status_code == 201 and c1.json() == c2.json()
-    r1 = await client.post("/api/credits/refund", json={"transactionId": c1.json()["id"]}, headers=money(runtime, key="r"))
-    r2 = await client.post("/api/credits/refund", json={"transactionId": c1.json()["id"]}, headers=money(runtime, key="r"))
+    r1 = await client.post(
+        "/api/credits/refund", json={"transactionId": c1.json()["id"]}, headers=money(runtime, key="r")
+    )
+    r2 = await client.post(
+        "/api/credits/refund", json={"transactionId": c1.json()["id"]}, headers=money(runtime, key="r")
+    )
     assert r1.status_code == r2.status_code == 201 and r1.json() == r2.json()
     h3 = await client.post("/api/credits/holds", json=hold, headers=money(runtime, key="h3"))
     rel1 = await client.post(f"/api/credits/holds/{h3.json()['id']}/release", headers=money(runtime, key="rel"))
@@ -296,9 +282,7 @@ async def test_idempotency_covers_holds_capture_release_refund(
     await assert_reconciled(runtime)
 
 
-async def test_failed_request_leaves_the_key_free(
-    client: httpx.AsyncClient, runtime: Runtime, user: Caller
-) -> None:
+async def test_failed_request_leaves_the_key_free(client: httpx.AsyncClient, runtime: Runtime, user: Caller) -> None:
     body = {"userId": user.id, "amount": 5}
     first = await client.post("/api/credits/deduct", json=body, headers=money(runtime, key="retry-me"))
     assert_error(first, 402, "INSUFFICIENT_CREDITS")
@@ -349,8 +333,7 @@ async def test_money_moves_write_audit_rows(client: httpx.AsyncClient, runtime: 
         rows = (
             await conn.execute(
                 text(
-                    "SELECT action, actor_type FROM audit_logs "
-                    "WHERE entity_type = 'credit_account' AND entity_id = :u"
+                    "SELECT action, actor_type FROM audit_logs WHERE entity_type = 'credit_account' AND entity_id = :u"
                 ),
                 {"u": user.id},
             )

@@ -27,7 +27,7 @@ async def claim(session: AsyncSession, event: UsageEvent) -> bool:
             session.add(event)
             await session.flush()
     except IntegrityError:
-        session.expunge(event)
+        # The savepoint's rollback already dropped the pending instance from the session.
         return False
     return True
 

@@ -12,6 +12,7 @@ from typing import Any
 
 from sqlalchemy.exc import IntegrityError
 
+from aihub.auth import repository as sessions_repo
 from aihub.core.audit import service as audit
 from aihub.core.rbac import repository as rbac_repo
 from aihub.core.rbac import service as rbac
@@ -145,7 +146,9 @@ async def _guard_edit(tx: Tx, actor: rbac.Principal, user: User) -> None:
 
 async def _guard_last_admin(tx: Tx, user: User) -> None:
     roles = await rbac_repo.user_role_names(tx.session, user.id)
-    if rbac.ADMIN in roles and user.status == "active" and await rbac_repo.active_admin_count(tx.session) <= 1:
+    if rbac.ADMIN not in roles or user.status != "active":
+        return
+    if await rbac_repo.active_admin_count(tx.session) <= 1:
         raise LastAdmin
 
 
@@ -163,6 +166,9 @@ async def update_me(
         if not current_password or not await verify_password(user.password_hash, current_password):
             raise WrongPassword
         user.password_hash = await hash_password(password)
+        # A new password ends the sessions an old one may have opened (the caller's access
+        # token stays valid until it expires; it was just proven with the current password).
+        await _end_sessions(tx, user.id)
     if display_name is not None:
         user.display_name = display_name
     user.updated_at = utcnow()
@@ -177,6 +183,14 @@ async def update_me(
         after=after,
     )
     return after
+
+
+async def _end_sessions(tx: Tx, user_id: uuid.UUID) -> None:
+    """A suspended or deleted user keeps no refresh token; access tokens die on their own,
+    because every request re-reads the user's status."""
+    revoked = await sessions_repo.revoke_user_refresh_tokens(tx.session, user_id, utcnow())
+    if revoked:
+        audit.record(tx, "auth.sessions_revoked", "user", user_id, after={"refreshTokens": revoked})
 
 
 async def update(
@@ -210,6 +224,8 @@ async def update(
     action = "user.update"
     if before["status"] != after["status"]:
         action = "user.suspend" if after["status"] == "suspended" else "user.reactivate"
+    if after["status"] == "suspended":
+        await _end_sessions(tx, user.id)
     audit.record(tx, action, "user", user.id, before=before, after=after)
     return after
 
@@ -229,6 +245,7 @@ async def delete(tx: Tx, store: Store, actor: rbac.Principal, user_id: uuid.UUID
     user.updated_at = utcnow()
     await rbac_repo.set_user_roles(tx.session, user.id, [])
     await tx.session.flush()
+    await _end_sessions(tx, user.id)
     audit.record(tx, "user.delete", "user", user.id, before=before, after=await read(tx, user_id))
     rbac.invalidate_after_commit(tx, store)
 

@@ -1,0 +1,20 @@
+"""The auth service: register, login, refresh, logout, service tokens, JWKS."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+
+from aihub.auth.endpoints import router
+from aihub.config import Settings
+from aihub.kit.app import create_service_app
+from aihub.kit.runtime import Runtime
+
+
+def create_app(settings: Settings | None = None, runtime: Runtime | None = None) -> FastAPI:
+    runtime = runtime or Runtime.build(settings or Settings())
+    return create_service_app(
+        "auth",
+        runtime,
+        [router],
+        description="Registration, login, token refresh and logout, service tokens, JWKS.",
+    )

@@ -1,0 +1,101 @@
+"""The auth service's HTTP surface (clients reach it as /api/auth/*; the gateway strips the prefix)."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Request, Response
+
+from aihub.auth import schemas, tokens
+from aihub.auth import service as auth
+from aihub.core.deps import CurrentUser, RequirePermission, RuntimeDep, TxDep, TxRoute
+from aihub.core.rbac.service import Principal
+from aihub.kit.pagination import PageParams, page_params
+
+router = APIRouter(tags=["auth"], route_class=TxRoute)
+
+
+@router.post("/register", response_model=schemas.UserEnvelope, status_code=201)
+async def register(body: schemas.RegisterIn, tx: TxDep, runtime: RuntimeDep) -> dict[str, Any]:
+    """Create an account with role `user` and an empty credit account. 409 `EMAIL_TAKEN`."""
+    user = await auth.register(
+        tx, runtime.store, email=body.email, password=body.password, display_name=body.display_name
+    )
+    return {"user": user}
+
+
+@router.post("/login", response_model=schemas.TokenPair)
+async def login(body: schemas.LoginIn, tx: TxDep, runtime: RuntimeDep) -> dict[str, Any]:
+    """Exchange email and password for an access token and a refresh token.
+
+    401 `INVALID_CREDENTIALS` alike for an unknown email and a wrong password; 403
+    `ACCOUNT_SUSPENDED`; 429 `TOO_MANY_LOGIN_ATTEMPTS` (with `Retry-After`) after
+    `AIHUB_LOGIN_MAX_FAILURES` attempts for one account within `AIHUB_LOGIN_LOCKOUT_SECONDS`.
+    """
+    return await auth.login(tx, runtime, email=body.email, password=body.password)
+
+
+@router.post("/refresh", response_model=schemas.TokenPair)
+async def refresh(body: schemas.RefreshIn, tx: TxDep, runtime: RuntimeDep) -> dict[str, Any]:
+    """Spend a refresh token for a new pair. A spent token presented again revokes its whole
+    family: 401 `REFRESH_TOKEN_REUSED`."""
+    return await auth.refresh(tx, runtime, refresh_token=body.refresh_token)
+
+
+@router.post("/logout", status_code=204)
+async def logout(
+    request: Request, tx: TxDep, runtime: RuntimeDep, me: CurrentUser, body: schemas.LogoutIn | None = None
+) -> Response:
+    """Blacklist the access token's `jti` and revoke its refresh family (and the given token's)."""
+    claims = getattr(request.state, "token_claims", None)
+    sid = claims.raw.get("sid") if claims is not None else None
+    await auth.logout(
+        tx,
+        runtime,
+        me,
+        session_id=sid if isinstance(sid, str) else None,
+        refresh_token=body.refresh_token if body else None,
+    )
+    return Response(status_code=204)
+
+
+@router.get("/me", response_model=schemas.MeOut)
+async def read_me(tx: TxDep, runtime: RuntimeDep, me: CurrentUser) -> dict[str, Any]:
+    """The caller's profile, roles and effective permissions (`*` for admin)."""
+    return await auth.me(tx, runtime.store, me)
+
+
+ServiceTokenAdmin = Annotated[Principal, RequirePermission("service-tokens:write")]
+
+
+@router.post("/service-tokens", response_model=schemas.ServiceTokenCreated, status_code=201)
+async def create_service_token(
+    body: schemas.ServiceTokenIn, tx: TxDep, runtime: RuntimeDep, actor: ServiceTokenAdmin, _: CurrentUser
+) -> dict[str, Any]:
+    """Mint a service token (`typ=service`) whose scopes are permissions; the token is shown once."""
+    return await auth.create_service_token(
+        tx, runtime, actor, name=body.name, scopes=body.scopes, expires_in_days=body.expires_in_days
+    )
+
+
+@router.get("/service-tokens", response_model=schemas.ServiceTokenPage)
+async def list_service_tokens(
+    tx: TxDep, _: ServiceTokenAdmin, page: Annotated[PageParams, Depends(page_params)]
+) -> dict[str, Any]:
+    """Service tokens, newest first, without their values."""
+    return await auth.list_service_tokens(tx, page)
+
+
+@router.delete("/service-tokens/{token_id}", status_code=204)
+async def revoke_service_token(token_id: uuid.UUID, tx: TxDep, runtime: RuntimeDep, _: ServiceTokenAdmin) -> Response:
+    """Revoke: the token's `jti` is blacklisted, so every service refuses it (`TOKEN_REVOKED`)."""
+    await auth.revoke_service_token(tx, runtime, token_id)
+    return Response(status_code=204)
+
+
+@router.get("/.well-known/jwks.json", response_model=schemas.JwksOut, response_model_exclude_none=True)
+async def jwks(runtime: RuntimeDep, response: Response) -> dict[str, Any]:
+    """Public keys that verify our tokens (empty while tokens are signed with HS256 only)."""
+    response.headers["Cache-Control"] = "public, max-age=300"
+    return tokens.jwks(runtime.codec)
