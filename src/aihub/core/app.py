@@ -1,4 +1,4 @@
-"""The core service: users, RBAC, credits, pricing, usage, quotas, reports, audit log."""
+"""The core service: users, RBAC, credits, pricing, usage, quotas, reports, Sora sessions, audit log."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from aihub.core.credits.endpoints import router as credits_router
 from aihub.core.pricing.endpoints import router as pricing_router
 from aihub.core.rbac.endpoints import permissions_router, roles_router
 from aihub.core.reports.endpoints import analytics_router, billing_router
+from aihub.core.sora.endpoints import router as sora_router
 from aihub.core.usage.endpoints import quotas_router
 from aihub.core.usage.endpoints import router as usage_router
 from aihub.core.users.endpoints import router as users_router
@@ -32,6 +33,7 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
             quotas_router,
             billing_router,
             analytics_router,
+            sora_router,
             audit_router,
         ],
         description="Users, roles and permissions, the credit ledger, usage and billing, audit log.",

@@ -6,6 +6,7 @@ from aihub.models.credits import CreditAccount, CreditHold, CreditTransaction
 from aihub.models.idempotency import IdempotencyKey
 from aihub.models.pricing import ModelPrice
 from aihub.models.rbac import Permission, Role, RolePermission, UserPermission, UserRole
+from aihub.models.sora import SoraGeneration, SoraSession
 from aihub.models.usage import Quota, QuotaCounter, UsageEvent
 from aihub.models.users import User
 
@@ -24,6 +25,8 @@ __all__ = [
     "Role",
     "RolePermission",
     "ServiceToken",
+    "SoraGeneration",
+    "SoraSession",
     "UsageEvent",
     "User",
     "UserPermission",

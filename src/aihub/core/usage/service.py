@@ -289,3 +289,53 @@ async def list_events(tx: Tx, params: PageParams, **filters: Any) -> dict[str, A
 
 async def summary(tx: Tx, group_by: str, **filters: Any) -> dict[str, Any]:
     return {"group_by": group_by, "items": await repo.summary(tx.session, group_by, **filters)}
+
+
+async def record_settled(
+    tx: Tx,
+    *,
+    request_id: str,
+    user_id: uuid.UUID,
+    provider: str,
+    model: str,
+    duration_seconds: Any,
+    charge: int,
+    transaction_id: uuid.UUID | None,
+    balance: int,
+    reporter_id: str,
+) -> None:
+    """Record usage that was already paid through the ledger (a captured hold): no second debit."""
+    price = await pricing.require_current(tx, provider, model)
+    event = UsageEvent(
+        id=uuid.uuid4(),
+        request_id=request_id,
+        request_hash=_fingerprint({"requestId": request_id, "settled": True}),
+        user_id=user_id,
+        provider=provider,
+        model=model,
+        price_id=price.id,
+        input_tokens=0,
+        output_tokens=0,
+        duration_seconds=duration_seconds,
+        credits=charge,
+        balance_after=balance,
+        transaction_id=transaction_id,
+        reporter_id=reporter_id,
+        created_at=utcnow(),
+    )
+    tx.session.add(event)
+    await tx.session.flush()
+    audit.record(
+        tx,
+        "usage.record",
+        "usage_event",
+        event.id,
+        after={
+            "requestId": request_id,
+            "userId": str(user_id),
+            "provider": provider,
+            "model": model,
+            "credits": charge,
+            "priceId": str(price.id),
+        },
+    )
