@@ -50,6 +50,9 @@ class Settings(BaseSettings):
     login_lockout_seconds: int = Field(default=900, ge=1, le=86_400)
     service_token_max_days: int = Field(default=3_650, ge=1)
 
+    # How long a Sora generation may run before its credit hold expires (and releases itself).
+    sora_hold_ttl_seconds: int = Field(default=3_600, ge=60, le=7 * 86_400)
+
     gateway_port: int = Field(default=3000, ge=1, le=65_535)
     auth_port: int = Field(default=3001, ge=1, le=65_535)
     core_port: int = Field(default=3002, ge=1, le=65_535)

@@ -1,4 +1,4 @@
-"""The core service: users, RBAC, audit log (and, as they land, credits, usage, promos, sora)."""
+"""The core service: users, RBAC, credits, pricing, usage, quotas, reports, Sora sessions, audit log."""
 
 from __future__ import annotations
 
@@ -9,6 +9,10 @@ from aihub.core.audit.endpoints import router as audit_router
 from aihub.core.credits.endpoints import router as credits_router
 from aihub.core.pricing.endpoints import router as pricing_router
 from aihub.core.rbac.endpoints import permissions_router, roles_router
+from aihub.core.reports.endpoints import analytics_router, billing_router
+from aihub.core.sora.endpoints import router as sora_router
+from aihub.core.usage.endpoints import quotas_router
+from aihub.core.usage.endpoints import router as usage_router
 from aihub.core.users.endpoints import router as users_router
 from aihub.kit.app import create_service_app
 from aihub.kit.runtime import Runtime
@@ -19,6 +23,18 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     return create_service_app(
         "core",
         runtime,
-        [users_router, roles_router, permissions_router, credits_router, pricing_router, audit_router],
+        [
+            users_router,
+            roles_router,
+            permissions_router,
+            credits_router,
+            pricing_router,
+            usage_router,
+            quotas_router,
+            billing_router,
+            analytics_router,
+            sora_router,
+            audit_router,
+        ],
         description="Users, roles and permissions, the credit ledger, usage and billing, audit log.",
     )

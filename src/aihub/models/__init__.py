@@ -6,6 +6,8 @@ from aihub.models.credits import CreditAccount, CreditHold, CreditTransaction
 from aihub.models.idempotency import IdempotencyKey
 from aihub.models.pricing import ModelPrice
 from aihub.models.rbac import Permission, Role, RolePermission, UserPermission, UserRole
+from aihub.models.sora import SoraGeneration, SoraSession
+from aihub.models.usage import Quota, QuotaCounter, UsageEvent
 from aihub.models.users import User
 
 __all__ = [
@@ -17,10 +19,15 @@ __all__ = [
     "IdempotencyKey",
     "ModelPrice",
     "Permission",
+    "Quota",
+    "QuotaCounter",
     "RefreshToken",
     "Role",
     "RolePermission",
     "ServiceToken",
+    "SoraGeneration",
+    "SoraSession",
+    "UsageEvent",
     "User",
     "UserPermission",
     "UserRole",

@@ -16,6 +16,7 @@ from aihub.auth import repository as sessions_repo
 from aihub.core.audit import service as audit
 from aihub.core.rbac import repository as rbac_repo
 from aihub.core.rbac import service as rbac
+from aihub.core.sora import repository as sora_repo
 from aihub.core.users import repository as repo
 from aihub.kit.db import Tx, utcnow
 from aihub.kit.errors import AppError, Conflict, Forbidden, NotFound
@@ -188,9 +189,13 @@ async def update_me(
 async def _end_sessions(tx: Tx, user_id: uuid.UUID) -> None:
     """A suspended or deleted user keeps no refresh token; access tokens die on their own,
     because every request re-reads the user's status."""
-    revoked = await sessions_repo.revoke_user_refresh_tokens(tx.session, user_id, utcnow())
-    if revoked:
-        audit.record(tx, "auth.sessions_revoked", "user", user_id, after={"refreshTokens": revoked})
+    now = utcnow()
+    revoked = await sessions_repo.revoke_user_refresh_tokens(tx.session, user_id, now)
+    video = await sora_repo.revoke_all(tx.session, user_id, now)
+    if revoked or video:
+        audit.record(
+            tx, "auth.sessions_revoked", "user", user_id, after={"refreshTokens": revoked, "soraSessions": video}
+        )
 
 
 async def update(

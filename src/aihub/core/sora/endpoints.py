@@ -1,0 +1,122 @@
+"""/api/sora — the Sora2 video tool's backend (a Custom GPT calls these with X-Session-Token).
+
+Sessions are created, listed and revoked by the logged-in user (Bearer token); everything
+else authenticates with the session token alone.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Header, Response
+from fastapi.params import Body
+
+from aihub.core.audit import service as audit
+from aihub.core.deps import CurrentUser, RuntimeDep, TxDep, TxRoute
+from aihub.core.sora import schemas
+from aihub.core.sora import service as sora
+from aihub.kit.idempotency import IdempotentRequest, idempotent_request
+from aihub.models import SoraSession, User
+
+router = APIRouter(prefix="/api/sora", tags=["sora"], route_class=TxRoute)
+Idem = Annotated[IdempotentRequest, Depends(idempotent_request)]
+
+
+async def video_session(
+    tx: TxDep,
+    x_session_token: Annotated[
+        str | None, Header(alias="X-Session-Token", description="VERIFIED-… from POST /api/sora/sessions")
+    ] = None,
+) -> tuple[SoraSession, User]:
+    row, user = await sora.authenticate(tx, x_session_token)
+    audit.set_actor(tx, audit.Actor(id=str(user.id), type="user"))
+    return row, user
+
+
+VideoSession = Annotated[tuple[SoraSession, User], Depends(video_session)]
+
+
+@router.post("/sessions", response_model=schemas.SessionCreated, status_code=201)
+async def create_session(tx: TxDep, me: CurrentUser) -> dict[str, Any]:
+    """Create a session token for the video tool (valid 7 days). The token is shown only here."""
+    assert me.user_id is not None
+    return await sora.create_session(tx, me.user_id)
+
+
+@router.get("/sessions", response_model=schemas.SessionList)
+async def list_sessions(tx: TxDep, me: CurrentUser) -> dict[str, Any]:
+    """One's sessions, newest first (ids and dates, never the token)."""
+    assert me.user_id is not None
+    return {"items": await sora.list_sessions(tx, me.user_id), "next_cursor": None}
+
+
+@router.delete("/sessions/{session_id}", status_code=204)
+async def revoke_session(session_id: uuid.UUID, tx: TxDep, me: CurrentUser) -> Response:
+    """Revoke one of one's sessions: the tool's next call gets 401 INVALID_SESSION."""
+    assert me.user_id is not None
+    await sora.revoke_session(tx, me.user_id, session_id)
+    return Response(status_code=204)
+
+
+@router.get("/session", response_model=schemas.SessionInfo)
+async def read_session(tx: TxDep, session: VideoSession) -> dict[str, Any]:
+    """Who the session belongs to, when it expires, and the user's balance."""
+    return await sora.session_info(tx, *session)
+
+
+@router.post("/credits/check", response_model=schemas.CheckOut)
+async def check_credits(body: schemas.CheckIn, tx: TxDep, session: VideoSession) -> dict[str, Any]:
+    """Price a video (from the `openai/sora2` price; 480p ×0.5, 720p ×1, 1080p ×2) and say if it fits."""
+    return await sora.check(tx, session[1], body.duration_seconds, body.resolution)
+
+
+@router.post("/generations", response_model=schemas.GenerationOut, status_code=201)
+async def start_generation(
+    body: schemas.GenerationIn, tx: TxDep, runtime: RuntimeDep, session: VideoSession, idem: Idem
+) -> Response:
+    """Hold the video's price (not spent yet) → `{id, holdId, cost, status: pending}`.
+
+    402 `INSUFFICIENT_CREDITS` and no hold when the user cannot pay. Send an `Idempotency-Key`:
+    a retry then returns the same generation instead of holding twice.
+    """
+    row, user = session
+    ttl = runtime.settings.sora_hold_ttl_seconds
+    return await idem.respond(
+        tx,
+        f"sora:{row.id}",
+        201,
+        schemas.GenerationOut,
+        lambda: sora.start(tx, row, user, body.duration_seconds, body.resolution, body.prompt, ttl),
+    )
+
+
+@router.get("/generations/{generation_id}", response_model=schemas.GenerationOut)
+async def read_generation(generation_id: uuid.UUID, tx: TxDep, session: VideoSession) -> dict[str, Any]:
+    return await sora.read_generation(tx, session[1], generation_id)
+
+
+@router.post("/generations/{generation_id}/complete", response_model=schemas.Resolved)
+async def complete_generation(
+    generation_id: uuid.UUID,
+    tx: TxDep,
+    session: VideoSession,
+    body: Annotated[schemas.CompleteIn | None, Body()] = None,
+) -> dict[str, Any]:
+    """Charge for the video made: at most what was held; a shorter video costs less.
+
+    Resolves once: a second complete or fail gets 409 `GENERATION_NOT_PENDING`.
+    """
+    actual = body.actual_seconds if body else None
+    return await sora.complete(tx, session[1], generation_id, actual)
+
+
+@router.post("/generations/{generation_id}/fail", response_model=schemas.Resolved)
+async def fail_generation(
+    generation_id: uuid.UUID,
+    tx: TxDep,
+    session: VideoSession,
+    body: Annotated[schemas.FailIn | None, Body()] = None,
+) -> dict[str, Any]:
+    """The video was not made: release the whole hold (`charged: 0`). Resolves once."""
+    return await sora.fail(tx, session[1], generation_id, body.reason if body else None)

@@ -1,0 +1,120 @@
+"""/api/usage and /api/quotas — metering of LLM and video calls, and the limits on them."""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Depends, Path, Query, Response
+
+from aihub.core.deps import CurrentPrincipal, CurrentUser, RequirePermission, TxDep, TxRoute
+from aihub.core.rbac.service import Principal
+from aihub.core.usage import schemas
+from aihub.core.usage import service as usage
+from aihub.kit.errors import Forbidden
+from aihub.kit.pagination import PageParams, page_params
+
+router = APIRouter(prefix="/api/usage", tags=["usage"], route_class=TxRoute)
+quotas_router = APIRouter(prefix="/api/quotas", tags=["quotas"], route_class=TxRoute)
+
+From = Annotated[dt.datetime | None, Query(alias="from", description="Inclusive, RFC 3339")]
+To = Annotated[dt.datetime | None, Query(alias="to", description="Exclusive, RFC 3339")]
+Scope = Annotated[str, Path(max_length=80, description="role:<name> or user:<uuid>")]
+
+
+def _subject(caller: Principal, user_id: uuid.UUID | None) -> uuid.UUID | None:
+    """Whose usage a query covers: one's own, or anyone's (or everyone's) with usage:read."""
+    if user_id is not None and str(user_id) == caller.id:
+        return user_id
+    if caller.can("usage:read"):
+        return user_id
+    if caller.kind != "user" or user_id is not None:
+        raise Forbidden("Missing permission usage:read", details={"permission": "usage:read"})
+    return caller.user_id
+
+
+@router.post("/events", response_model=schemas.UsageEventResult, status_code=201)
+async def record_event(
+    body: schemas.UsageEventIn,
+    tx: TxDep,
+    reporter: Annotated[Principal, RequirePermission("usage:write")],
+    response: Response,
+) -> dict[str, Any]:
+    """Report one call: it is priced, checked against the quota and charged in one transaction.
+
+    Idempotent on `requestId`: a replay returns the first result (header `Idempotent-Replayed:
+    true`) without charging again; the same `requestId` with other content gets 422
+    `IDEMPOTENCY_KEY_REUSED`. 402 `INSUFFICIENT_CREDITS`, 422 `UNKNOWN_MODEL`, 429 `QUOTA_EXCEEDED`.
+    """
+    result, replayed = await usage.record_event(tx, reporter.id, body.model_dump())
+    if replayed:
+        response.headers["Idempotent-Replayed"] = "true"
+    return result
+
+
+@router.get("", response_model=schemas.UsagePage)
+async def list_usage(
+    tx: TxDep,
+    caller: CurrentPrincipal,
+    page: Annotated[PageParams, Depends(page_params)],
+    provider: Annotated[str | None, Query(max_length=64)] = None,
+    model: Annotated[str | None, Query(max_length=128)] = None,
+    from_: From = None,
+    to: To = None,
+    user_id: Annotated[uuid.UUID | None, Query(alias="userId")] = None,
+) -> dict[str, Any]:
+    """Usage events, newest first: one's own, or another user's (or all) with `usage:read`."""
+    subject = _subject(caller, user_id)
+    return await usage.list_events(tx, page, user_id=subject, provider=provider, model=model, start=from_, end=to)
+
+
+@router.get("/summary", response_model=schemas.SummaryOut)
+async def usage_summary(
+    tx: TxDep,
+    caller: CurrentPrincipal,
+    group_by: Annotated[Literal["provider", "model", "day"], Query(alias="groupBy")] = "provider",
+    from_: From = None,
+    to: To = None,
+    user_id: Annotated[uuid.UUID | None, Query(alias="userId")] = None,
+) -> dict[str, Any]:
+    """Requests, tokens and credits grouped by provider, model (`provider/model`) or UTC day."""
+    subject = _subject(caller, user_id)
+    return await usage.summary(tx, group_by, user_id=subject, start=from_, end=to)
+
+
+@router.get("/quota", response_model=schemas.MyQuotaOut)
+async def my_quota(tx: TxDep, me: CurrentUser) -> dict[str, Any]:
+    """The caller's quota (own, else their highest role's), what is used and what is left."""
+    assert me.user_id is not None
+    return await usage.my_quota(tx, me.user_id)
+
+
+@quotas_router.get("/{scope}", response_model=schemas.QuotaOut)
+async def read_quota(
+    scope: Scope, tx: TxDep, _: Annotated[Principal, RequirePermission("quotas:read")]
+) -> dict[str, Any]:
+    return await usage.get_quota(tx, scope)
+
+
+@quotas_router.put("/{scope}", response_model=schemas.QuotaOut)
+async def put_quota(
+    scope: Scope,
+    body: schemas.QuotaIn,
+    tx: TxDep,
+    _: Annotated[Principal, RequirePermission("quotas:write")],
+    response: Response,
+) -> dict[str, Any]:
+    """Set a quota for `role:<name>` or `user:<uuid>` (a user's own quota overrides their roles').
+
+    201 when created, 200 when replaced. Omitted limits mean no limit on that measure.
+    """
+    quota, created = await usage.put_quota(tx, scope, body.model_dump())
+    response.status_code = 201 if created else 200
+    return quota
+
+
+@quotas_router.delete("/{scope}", status_code=204)
+async def delete_quota(scope: Scope, tx: TxDep, _: Annotated[Principal, RequirePermission("quotas:write")]) -> Response:
+    await usage.delete_quota(tx, scope)
+    return Response(status_code=204)
