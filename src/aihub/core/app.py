@@ -8,6 +8,7 @@ from aihub.config import Settings
 from aihub.core.audit.endpoints import router as audit_router
 from aihub.core.credits.endpoints import router as credits_router
 from aihub.core.pricing.endpoints import router as pricing_router
+from aihub.core.promos.endpoints import router as promos_router
 from aihub.core.rbac.endpoints import permissions_router, roles_router
 from aihub.core.usage.endpoints import quotas_router
 from aihub.core.usage.endpoints import router as usage_router
@@ -29,7 +30,8 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
             pricing_router,
             usage_router,
             quotas_router,
+            promos_router,
             audit_router,
         ],
-        description="Users, roles and permissions, the credit ledger, usage and billing, audit log.",
+        description="Users, roles and permissions, the credit ledger, usage and billing, promo codes, audit log.",
     )
