@@ -233,6 +233,30 @@ async def test_failed_attempts_are_limited(client: httpx.AsyncClient, runtime: R
 # ------------------------------------------------------------------------------ races (PostgreSQL)
 
 
+async def test_500_users_race_for_100_redemptions(live_core: LiveServer) -> None:
+    rt = live_core.runtime
+    admin = await create_user(rt, roles=["admin"])
+    gate = asyncio.Semaphore(10)  # the database is shared: stay well inside its connection limit
+
+    async def one_user() -> Caller:
+        async with gate:
+            return await create_user(rt)
+
+    users = await asyncio.gather(*(one_user() for _ in range(500)))
+    limits = httpx.Limits(max_connections=16)  # fewer waiters on the one row lock: less contention
+    async with httpx.AsyncClient(base_url=live_core.url, timeout=300, limits=limits) as c:
+        promo = await make(c, admin, credits=7, maxRedemptions=100)
+        results = await asyncio.gather(*(redeem(c, u, str(promo["code"])) for u in users))
+        read = (await c.get(f"{BASE}/{promo['id']}", headers=admin.headers)).json()
+    statuses = [r.status_code for r in results]
+    assert statuses.count(200) == 100, sorted(set(statuses))
+    # Losers hear PROMO_EXHAUSTED, or 429 once the shared loopback IP has failed too often.
+    assert {r.json()["code"] for r in results if r.status_code != 200} <= {"PROMO_EXHAUSTED", "PROMO_RATE_LIMITED"}
+    assert (read["redeemedCount"], read["creditsGranted"]) == (100, 700)
+    assert await count(rt, CreditTransaction, CreditTransaction.reason == "promo") == 100
+    assert await count(rt, PromoRedemption) == 100
+
+
 async def _race_one_user(live: LiveServer, per_user_limit: int, attempts: int) -> None:
     rt = live.runtime
     admin = await create_user(rt, roles=["admin"])
