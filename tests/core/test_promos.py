@@ -12,7 +12,7 @@ from sqlalchemy import func, select
 
 from aihub.core.promos import service as promos
 from aihub.kit.runtime import Runtime
-from aihub.models import AuditLog, CreditTransaction, PromoRedemption
+from aihub.models import AuditLog, CreditAccount, CreditTransaction, PromoRedemption, User
 from tests.conftest import Caller, LiveServer, create_user
 from tests.core.test_users import assert_error
 
@@ -41,6 +41,44 @@ async def make(client: httpx.AsyncClient, admin: Caller, **body: object) -> dict
 
 async def redeem(client: httpx.AsyncClient, caller: Caller, code: str, **headers: str) -> httpx.Response:
     return await client.post(f"{BASE}/redeem", headers={**caller.headers, **headers}, json={"code": code})
+
+
+async def bulk_users(rt: Runtime, n: int) -> list[Caller]:
+    """Many plain users (no roles, empty credit accounts) in one transaction: ``create_user`` per
+    user would spend most of a race test's time on setup."""
+    now = dt.datetime.now(dt.UTC)
+    ids = [uuid.uuid4() for _ in range(n)]
+    tx = rt.tx()
+    try:
+        tx.session.add_all(
+            [
+                User(
+                    id=i,
+                    email=f"bulk-{i.hex}@example.com",
+                    verified=True,
+                    status="active",
+                    created_at=now,
+                    updated_at=now,
+                )
+                for i in ids
+            ]
+        )
+        await tx.session.flush()
+        tx.session.add_all(
+            [CreditAccount(user_id=i, balance=0, reserved=0, created_at=now, updated_at=now) for i in ids]
+        )
+        await tx.commit()
+    finally:
+        await tx.close()
+    return [
+        Caller(
+            id=str(i),
+            email=f"bulk-{i.hex}@example.com",
+            token=rt.codec.issue(sub=str(i), role="user", roles=[], email=f"bulk-{i.hex}@example.com"),
+            roles=[],
+        )
+        for i in ids
+    ]
 
 
 # ------------------------------------------------------------------------------ creation
@@ -236,13 +274,7 @@ async def test_failed_attempts_are_limited(client: httpx.AsyncClient, runtime: R
 async def test_500_users_race_for_100_redemptions(live_core: LiveServer) -> None:
     rt = live_core.runtime
     admin = await create_user(rt, roles=["admin"])
-    gate = asyncio.Semaphore(10)  # the database is shared: stay well inside its connection limit
-
-    async def one_user() -> Caller:
-        async with gate:
-            return await create_user(rt)
-
-    users = await asyncio.gather(*(one_user() for _ in range(500)))
+    users = await bulk_users(rt, 500)
     limits = httpx.Limits(max_connections=16)  # fewer waiters on the one row lock: less contention
     async with httpx.AsyncClient(base_url=live_core.url, timeout=300, limits=limits) as c:
         promo = await make(c, admin, credits=7, maxRedemptions=100)
