@@ -225,12 +225,19 @@ async def test_patch_rules(client: httpx.AsyncClient, runtime: Runtime, admin: C
     window = {"startsAt": iso(dt.timedelta(days=3)), "expiresAt": iso(dt.timedelta(days=2))}
     assert_error(await client.patch(url, headers=admin.headers, json=window), 422, "VALIDATION_ERROR")
     assert_error(await client.patch(url, headers=admin.headers, json={"credits": 9}), 422, "VALIDATION_ERROR")
+    assert_error(await client.patch(url, headers=admin.headers, json={"active": None}), 422, "VALIDATION_ERROR")
+    naive = {"startsAt": "2020-01-01T00:00:00"}  # no zone: read as UTC, compared with the stored expiry
+    assert (
+        (await client.patch(url, headers=admin.headers, json=naive))
+        .json()["startsAt"]
+        .startswith("2020-01-01T00:00:00")
+    )
     assert_error(
         await client.patch(f"{BASE}/{uuid.uuid4()}", headers=admin.headers, json={"active": False}),
         404,
         "PROMO_NOT_FOUND",
     )
-    assert await count(runtime, AuditLog, AuditLog.action == "promo.update") == 3
+    assert await count(runtime, AuditLog, AuditLog.action == "promo.update") == 4
 
 
 async def test_list_filters_and_pagination(client: httpx.AsyncClient, admin: Caller) -> None:
