@@ -121,6 +121,11 @@ class Settings(BaseSettings):
     webhook_backoff_seconds: float = Field(default=1.0, ge=0)
     # How often core re-checks the whole ledger for the reconcile gauges (0: never).
     ledger_reconcile_interval_seconds: float = Field(default=3600.0, ge=0)
+    # Promo codes: failed redemption attempts allowed per user and per client IP within the
+    # window before further attempts get 429 PROMO_RATE_LIMITED (0 turns that limit off).
+    promo_max_failures_per_user: int = Field(default=10, ge=0, le=100_000)
+    promo_max_failures_per_ip: int = Field(default=10, ge=0, le=100_000)
+    promo_failure_window_seconds: int = Field(default=900, ge=1, le=86_400)
     # Accepted for compatibility with process managers; only the database URL decides migrations.
     auto_migrate: bool = True
 

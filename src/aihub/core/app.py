@@ -1,4 +1,4 @@
-"""The core service: users, RBAC, credits, pricing, usage, quotas, reports, Sora sessions, audit log."""
+"""The core service: users, RBAC, credits, pricing, usage, quotas, reports, promos, Sora sessions, audit log."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from aihub.config import Settings
 from aihub.core.audit.endpoints import router as audit_router
 from aihub.core.credits.endpoints import router as credits_router
 from aihub.core.pricing.endpoints import router as pricing_router
+from aihub.core.promos.endpoints import router as promos_router
 from aihub.core.rbac.endpoints import permissions_router, roles_router
 from aihub.core.reports.endpoints import analytics_router, billing_router
 from aihub.core.sora.endpoints import router as sora_router
@@ -34,7 +35,11 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
             billing_router,
             analytics_router,
             sora_router,
+            promos_router,
             audit_router,
         ],
-        description="Users, roles and permissions, the credit ledger, usage and billing, audit log.",
+        description=(
+            "Users, roles and permissions, the credit ledger, pricing, usage and billing, promo codes, "
+            "Sora2 sessions, audit log."
+        ),
     )

@@ -5,6 +5,7 @@ from aihub.models.auth import RefreshToken, ServiceToken
 from aihub.models.credits import CreditAccount, CreditHold, CreditTransaction
 from aihub.models.idempotency import IdempotencyKey
 from aihub.models.pricing import ModelPrice
+from aihub.models.promos import PromoCode, PromoRedemption, PromoUserCount
 from aihub.models.rbac import Permission, Role, RolePermission, UserPermission, UserRole
 from aihub.models.sora import SoraGeneration, SoraSession
 from aihub.models.usage import Quota, QuotaCounter, UsageEvent
@@ -19,6 +20,9 @@ __all__ = [
     "IdempotencyKey",
     "ModelPrice",
     "Permission",
+    "PromoCode",
+    "PromoRedemption",
+    "PromoUserCount",
     "Quota",
     "QuotaCounter",
     "RefreshToken",

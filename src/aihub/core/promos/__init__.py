@@ -1,0 +1,1 @@
+"""Promo codes: campaigns, batch generation and race-proof redemption."""

@@ -1,0 +1,96 @@
+"""/api/promo-codes — campaigns (admin) and redemption (any signed-in user)."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Query
+from starlette.responses import Response
+
+from aihub.core.deps import CurrentUser, RequirePermission, RuntimeDep, TxDep, TxRoute
+from aihub.core.promos import schemas
+from aihub.core.promos import service as promos
+from aihub.core.rbac.service import Principal
+from aihub.kit.idempotency import IdempotentRequest, idempotent_request
+from aihub.kit.pagination import PageParams, page_params
+
+router = APIRouter(prefix="/api/promo-codes", tags=["promo-codes"], route_class=TxRoute)
+
+Reader = Annotated[Principal, RequirePermission("promo:read")]
+Writer = Annotated[Principal, RequirePermission("promo:write")]
+Idem = Annotated[IdempotentRequest, Depends(idempotent_request)]
+Page = Annotated[PageParams, Depends(page_params)]
+_REDEEM_ERRORS: dict[int | str, dict[str, Any]] = {
+    404: {"description": "PROMO_NOT_FOUND"},
+    409: {"description": "PROMO_INACTIVE / PROMO_NOT_STARTED / PROMO_EXHAUSTED / PROMO_ALREADY_REDEEMED"},
+    410: {"description": "PROMO_EXPIRED"},
+    429: {"description": "PROMO_RATE_LIMITED (with Retry-After)"},
+}
+
+
+@router.post("", response_model=schemas.PromoOut, status_code=201)
+async def create_code(body: schemas.PromoIn, tx: TxDep, _: Writer) -> dict[str, Any]:
+    """Create one code (`promo:write`): the given `code` (stored upper case; 409
+    `PROMO_CODE_TAKEN` when it exists) or a generated one such as `K7QM-2XWP-9HTC-RD4B`."""
+    return await promos.create(tx, body.model_dump())
+
+
+@router.post("/batch", response_model=schemas.PromoBatchOut, status_code=201)
+async def create_batch(body: schemas.PromoBatchIn, tx: TxDep, _: Writer) -> dict[str, Any]:
+    """Generate `count` (≤ 1000) unique codes with the same terms, each `PREFIX-XXXX-XXXX-XXXX-XXXX`
+    when a prefix is given (`promo:write`)."""
+    return await promos.create_batch(tx, body.model_dump())
+
+
+@router.post("/redeem", response_model=schemas.RedeemOut, responses=_REDEEM_ERRORS)
+async def redeem_code(body: schemas.RedeemIn, tx: TxDep, me: CurrentUser, runtime: RuntimeDep, idem: Idem) -> Response:
+    """Redeem a code for oneself (user token): its credits are granted at once → 200
+    `{code, credits, balance, transactionId}`. Case and surrounding whitespace do not matter.
+
+    404 `PROMO_NOT_FOUND`; 409 `PROMO_INACTIVE`, `PROMO_NOT_STARTED` (before `startsAt`),
+    `PROMO_EXHAUSTED` (`maxRedemptions` reached) or `PROMO_ALREADY_REDEEMED` (`perUserLimit`
+    reached); 410 `PROMO_EXPIRED`. After too many failed attempts per user or per IP within the
+    window (default 10 per 15 minutes), 429 `PROMO_RATE_LIMITED` with `Retry-After`.
+    Accepts `Idempotency-Key`: a replay returns the first result without granting again.
+    """
+    assert me.user_id is not None  # CurrentUser guarantees a person
+    user_id = me.user_id
+    return await idem.respond(
+        tx,
+        me.id,
+        200,
+        schemas.RedeemOut,
+        lambda: promos.redeem_limited(tx, runtime.store, runtime.settings, user_id, body.code),
+    )
+
+
+@router.get("", response_model=schemas.PromoPage)
+async def list_codes(
+    tx: TxDep,
+    _: Reader,
+    page: Page,
+    active: Annotated[bool | None, Query(description="Only active (true) or inactive (false) codes")] = None,
+    code: Annotated[str | None, Query(max_length=100, description="Exact code, case-insensitive")] = None,
+) -> dict[str, Any]:
+    """Promo codes, newest first (`promo:read`), with `redeemedCount` and `creditsGranted`."""
+    return await promos.list_codes(tx, page, active=active, code=code)
+
+
+@router.get("/{promo_id}", response_model=schemas.PromoOut)
+async def read_code(promo_id: uuid.UUID, tx: TxDep, _: Reader) -> dict[str, Any]:
+    return await promos.get(tx, promo_id)
+
+
+@router.patch("/{promo_id}", response_model=schemas.PromoOut)
+async def update_code(promo_id: uuid.UUID, body: schemas.PromoPatch, tx: TxDep, _: Writer) -> dict[str, Any]:
+    """Deactivate or reactivate (`active`), change `startsAt`/`expiresAt`, `maxRedemptions`
+    (`null`: unlimited; never below `redeemedCount`: 409 `PROMO_MAX_BELOW_REDEEMED`) or the
+    description (`promo:write`). Only the fields sent change."""
+    return await promos.update(tx, promo_id, body.model_dump(exclude_unset=True))
+
+
+@router.get("/{promo_id}/redemptions", response_model=schemas.RedemptionPage)
+async def list_redemptions(promo_id: uuid.UUID, tx: TxDep, _: Reader, page: Page) -> dict[str, Any]:
+    """Who redeemed the code and when, newest first (`promo:read`)."""
+    return await promos.list_redemptions(tx, promo_id, page)

@@ -1,0 +1,327 @@
+"""Promo codes' rules: creation (given, generated, batches), changes, and redemption.
+
+A redemption is one transaction: the guarded counter UPDATE on the code, the guarded per-user
+upsert, the ledger grant (reason ``promo``), the redemption row and the audit row commit
+together or not at all. When a guard refuses, the code is read only to say why.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import secrets
+import uuid
+from typing import Any
+
+import structlog
+
+from aihub.config import Settings
+from aihub.core.audit import service as audit
+from aihub.core.credits import service as credits
+from aihub.core.promos import repository as repo
+from aihub.kit.db import Tx, utcnow
+from aihub.kit.errors import AppError, Conflict, NotFound, ValidationFailed
+from aihub.kit.pagination import PageParams, page_of
+from aihub.kit.store import Store, StoreUnavailable
+from aihub.models import PromoCode
+
+log = structlog.get_logger("aihub.promos")
+
+# No 0/O, 1/I/L: a code read aloud or copied from paper types back unambiguously.
+ALPHABET = "23456789ABCDEFGHJKMNPQRSTUVWXYZ"
+GROUPS, GROUP_LEN = 4, 4  # 16 symbols of 31: ~79 bits from `secrets`
+_ATTEMPTS = 5
+
+
+class PromoNotFound(NotFound):
+    code, message = "PROMO_NOT_FOUND", "No such promo code"
+
+
+class PromoExpired(AppError):
+    status_code, code, message = 410, "PROMO_EXPIRED", "This promo code has expired"
+
+
+class PromoNotStarted(Conflict):
+    code, message = "PROMO_NOT_STARTED", "This promo code cannot be redeemed yet"
+
+
+class PromoInactive(Conflict):
+    code, message = "PROMO_INACTIVE", "This promo code is not active"
+
+
+class PromoExhausted(Conflict):
+    code, message = "PROMO_EXHAUSTED", "This promo code has been fully redeemed"
+
+
+class PromoAlreadyRedeemed(Conflict):
+    code, message = "PROMO_ALREADY_REDEEMED", "You have already redeemed this promo code"
+
+
+class PromoCodeTaken(Conflict):
+    code, message = "PROMO_CODE_TAKEN", "A promo code with this code exists"
+
+
+class PromoMaxBelowRedeemed(Conflict):
+    code, message = "PROMO_MAX_BELOW_REDEEMED", "maxRedemptions cannot be below the redemptions already made"
+
+
+class PromoRateLimited(AppError):
+    status_code, code, message = 429, "PROMO_RATE_LIMITED", "Too many failed promo code attempts, try again later"
+
+
+# The refusals a guesser would see: these count towards the failed-attempt limit.
+REFUSALS = (PromoNotFound, PromoExpired, PromoNotStarted, PromoInactive, PromoExhausted, PromoAlreadyRedeemed)
+
+
+# ------------------------------------------------------------------------------ codes
+
+
+def normalise(code: str) -> str:
+    """Codes are case-insensitive and surrounding whitespace is a copy-paste accident."""
+    return code.strip().upper()
+
+
+def generate_code(prefix: str | None = None) -> str:
+    groups = ["".join(secrets.choice(ALPHABET) for _ in range(GROUP_LEN)) for _ in range(GROUPS)]
+    body = "-".join(groups)
+    return f"{normalise(prefix)}-{body}" if prefix else body
+
+
+def promo_view(promo: PromoCode) -> dict[str, Any]:
+    return {
+        "id": promo.id,
+        "code": promo.code,
+        "credits": promo.credits,
+        "max_redemptions": promo.max_redemptions,
+        "per_user_limit": promo.per_user_limit,
+        "starts_at": promo.starts_at,
+        "expires_at": promo.expires_at,
+        "active": promo.active,
+        "description": promo.description,
+        "created_by": promo.created_by,
+        "redeemed_count": promo.redeemed_count,
+        "credits_granted": promo.credits_granted,
+        "created_at": promo.created_at,
+        "updated_at": promo.updated_at,
+    }
+
+
+def _audit_view(view: dict[str, Any]) -> dict[str, Any]:
+    return {
+        k: (v.isoformat() if isinstance(v, dt.datetime) else str(v) if isinstance(v, uuid.UUID) else v)
+        for k, v in view.items()
+    }
+
+
+def _new(tx: Tx, code: str, terms: dict[str, Any], now: dt.datetime) -> PromoCode:
+    actor = tx.info.get("actor")
+    return PromoCode(
+        id=uuid.uuid4(),
+        code=code,
+        credits=terms["credits"],
+        max_redemptions=terms.get("max_redemptions"),
+        per_user_limit=terms.get("per_user_limit", 1),
+        starts_at=terms.get("starts_at"),
+        expires_at=terms.get("expires_at"),
+        active=True,
+        description=terms.get("description"),
+        created_by=actor.id if actor is not None else None,
+        redeemed_count=0,
+        credits_granted=0,
+        created_at=now,
+        updated_at=now,
+    )
+
+
+async def _insert(tx: Tx, make_codes: Any, terms: dict[str, Any], *, given: bool) -> list[PromoCode]:
+    """Insert a set of codes; generated ones are drawn again on a (vanishingly rare) collision."""
+    for _ in range(_ATTEMPTS):
+        now = utcnow()
+        wanted: list[str] = make_codes()
+        if len(set(wanted)) == len(wanted):
+            promos = [_new(tx, code, terms, now) for code in wanted]
+            if await repo.add(tx.session, promos):
+                for promo in promos:
+                    audit.record(tx, "promo.create", "promo_code", promo.id, after=_audit_view(promo_view(promo)))
+                return promos
+        if given:
+            raise PromoCodeTaken(details={"code": wanted[0]})
+    raise Conflict("Could not generate unique codes; retry", code="PROMO_CODE_COLLISION")
+
+
+async def create(tx: Tx, values: dict[str, Any]) -> dict[str, Any]:
+    given = values.pop("code", None)
+    code = normalise(given) if given else None
+    promos = await _insert(tx, lambda: [code or generate_code()], values, given=code is not None)
+    return promo_view(promos[0])
+
+
+async def create_batch(tx: Tx, values: dict[str, Any]) -> dict[str, Any]:
+    count, prefix = values.pop("count"), values.pop("prefix", None)
+    promos = await _insert(tx, lambda: [generate_code(prefix) for _ in range(count)], values, given=False)
+    return {"items": [promo_view(p) for p in promos]}
+
+
+# ------------------------------------------------------------------------------ admin reads and changes
+
+
+async def get(tx: Tx, promo_id: uuid.UUID) -> dict[str, Any]:
+    promo = await repo.get(tx.session, promo_id)
+    if promo is None:
+        raise PromoNotFound
+    return promo_view(promo)
+
+
+async def update(tx: Tx, promo_id: uuid.UUID, changes: dict[str, Any]) -> dict[str, Any]:
+    """Apply the sent fields. The row is locked (PostgreSQL) so a concurrent redemption cannot
+    slip between the maxRedemptions check and the write; the CHECK constraint is the backstop."""
+    promo = await repo.get(tx.session, promo_id, for_update=True)
+    if promo is None:
+        raise PromoNotFound
+    before = promo_view(promo)
+    merged = {**before, **changes}
+    if merged["max_redemptions"] is not None and merged["max_redemptions"] < promo.redeemed_count:
+        raise PromoMaxBelowRedeemed(details={"redeemedCount": promo.redeemed_count})
+    starts, expires = merged["starts_at"], merged["expires_at"]
+    if starts is not None and expires is not None and expires <= starts:
+        raise ValidationFailed(details=[{"field": "body.expiresAt", "message": "expiresAt must be after startsAt"}])
+    for name, value in changes.items():
+        setattr(promo, name, value)
+    promo.updated_at = utcnow()
+    await tx.session.flush()
+    after = promo_view(promo)
+    audit.record(tx, "promo.update", "promo_code", promo.id, before=_audit_view(before), after=_audit_view(after))
+    return after
+
+
+async def list_codes(tx: Tx, params: PageParams, *, active: bool | None, code: str | None) -> dict[str, Any]:
+    stmt = repo.search(params, active=active, code=normalise(code) if code else None)
+    rows, cursor = page_of(await repo.fetch(tx.session, stmt), params, lambda p: (p.created_at, p.id))
+    return {"items": [promo_view(p) for p in rows], "next_cursor": cursor}
+
+
+async def list_redemptions(tx: Tx, promo_id: uuid.UUID, params: PageParams) -> dict[str, Any]:
+    if await repo.get(tx.session, promo_id) is None:
+        raise PromoNotFound
+    rows = await repo.redemptions_page(tx.session, promo_id, params)
+    page, cursor = page_of(rows, params, lambda pair: (pair[0].created_at, pair[0].id))
+    items = [
+        {
+            "id": r.id,
+            "user_id": r.user_id,
+            "email": email,
+            "credits": r.credits,
+            "transaction_id": r.transaction_id,
+            "created_at": r.created_at,
+        }
+        for r, email in page
+    ]
+    return {"items": items, "next_cursor": cursor}
+
+
+# ------------------------------------------------------------------------------ redemption
+
+
+async def _why_not(tx: Tx, code: str, user_id: uuid.UUID, now: dt.datetime) -> AppError:
+    """The guarded UPDATE matched nothing: read the code to tell the client why (never to decide)."""
+    promo = await repo.by_code(tx.session, code)
+    if promo is None:
+        return PromoNotFound()
+    if not promo.active:
+        return PromoInactive()
+    if promo.expires_at is not None and promo.expires_at <= now:
+        return PromoExpired(details={"expiresAt": promo.expires_at.isoformat()})
+    if promo.starts_at is not None and promo.starts_at > now:
+        return PromoNotStarted(details={"startsAt": promo.starts_at.isoformat()})
+    # A user who used up their share learns that rather than that the campaign ran out.
+    if await repo.user_count(tx.session, promo.id, user_id) >= promo.per_user_limit:
+        return PromoAlreadyRedeemed()
+    return PromoExhausted()
+
+
+async def redeem(tx: Tx, user_id: uuid.UUID, typed: str) -> dict[str, Any]:
+    code, now = normalise(typed), utcnow()
+    won = await repo.claim(tx.session, code, now)
+    if won is None:
+        raise await _why_not(tx, code, user_id, now)
+    seq = await repo.count_user(tx.session, won.id, user_id, won.per_user_limit)
+    if seq is None:
+        raise PromoAlreadyRedeemed(details={"perUserLimit": won.per_user_limit})  # rolls the claim back too
+    txn = await credits.grant(
+        tx, user_id, won.credits, reason="promo", metadata={"promoId": str(won.id), "code": won.code}
+    )
+    redemption_id = uuid.uuid4()
+    await repo.add_redemption(
+        tx.session,
+        {
+            "id": redemption_id,
+            "promo_id": won.id,
+            "user_id": user_id,
+            "seq": seq,
+            "credits": won.credits,
+            "transaction_id": txn["id"],
+            "created_at": now,
+        },
+    )
+    audit.record(
+        tx,
+        "promo.redeem",
+        "promo_code",
+        won.id,
+        after={
+            "redemptionId": str(redemption_id),
+            "userId": str(user_id),
+            "credits": won.credits,
+            "transactionId": str(txn["id"]),
+            "seq": seq,
+        },
+    )
+    return {
+        "code": won.code,
+        "credits": won.credits,
+        "balance": int(txn["balance_after"]),
+        "transaction_id": txn["id"],
+    }
+
+
+# ------------------------------------------------------------------------------ failed-attempt limit
+
+
+def _limits(settings: Settings, user_id: uuid.UUID, ip: str | None) -> list[tuple[str, int]]:
+    keys = [(f"promo:fail:user:{user_id}", settings.promo_max_failures_per_user)]
+    if ip:
+        keys.append((f"promo:fail:ip:{ip}", settings.promo_max_failures_per_ip))
+    return [(key, limit) for key, limit in keys if limit > 0]
+
+
+async def _check_limits(store: Store, limits: list[tuple[str, int]], window: int) -> None:
+    try:
+        for key, limit in limits:
+            failures = int(await store.get(key) or 0)
+            if failures >= limit:
+                wait = await store.ttl(key)
+                retry = max(1, int(wait if wait is not None else window))
+                raise PromoRateLimited(headers={"Retry-After": str(retry)}, details={"retryAfterSeconds": retry})
+    except StoreUnavailable:
+        # Fail open: a store outage must not stop every redemption; the codes' entropy still
+        # makes guessing hopeless, the limit only slows probing.
+        log.warning("promo_limit_unavailable")
+
+
+async def _note_failure(store: Store, limits: list[tuple[str, int]], window: int) -> None:
+    try:
+        for key, _ in limits:
+            await store.incr(key, ttl=window)
+    except StoreUnavailable:
+        log.warning("promo_limit_unavailable")
+
+
+async def redeem_limited(tx: Tx, store: Store, settings: Settings, user_id: uuid.UUID, typed: str) -> dict[str, Any]:
+    """:func:`redeem` behind the failed-attempt limit (per user and per client IP)."""
+    limits = _limits(settings, user_id, tx.ip)
+    window = settings.promo_failure_window_seconds
+    await _check_limits(store, limits, window)
+    try:
+        return await redeem(tx, user_id, typed)
+    except REFUSALS:
+        await _note_failure(store, limits, window)
+        raise
