@@ -196,3 +196,35 @@ async def test_concurrent_complete_and_fail_one_wins(live_core: LiveServer) -> N
     finally:
         await tx.close()
     assert captures == usage_rows == completed
+
+
+async def test_sweeps_expire_the_generation_and_release_its_hold(
+    client: httpx.AsyncClient, runtime: Runtime, user: Caller
+) -> None:
+    from aihub.core.credits import alerts
+    from aihub.core.sora.jobs import expire_generations
+
+    await fund(runtime, user.id, 1_000)
+    s = await open_session(client, user)
+    gen = (await client.post("/api/sora/generations", headers=s, json={"durationSeconds": 3})).json()
+    past = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=1)
+    tx = runtime.tx()
+    await tx.session.execute(
+        update(SoraGeneration).where(SoraGeneration.id == uuid.UUID(gen["id"])).values(expires_at=past)
+    )
+    await tx.session.execute(
+        update(CreditHold).where(CreditHold.id == uuid.UUID(gen["holdId"])).values(expires_at=past)
+    )
+    await tx.commit()
+    await tx.close()
+    await alerts.sweep_expired_holds(runtime, {})
+    await expire_generations(runtime, {})
+    assert await balance(client, user) == {"userId": user.id, "balance": 1_000, "reserved": 0, "available": 1_000}
+    tx = runtime.tx()
+    try:
+        status = (
+            await tx.session.execute(select(SoraGeneration.status).where(SoraGeneration.id == uuid.UUID(gen["id"])))
+        ).scalar_one()
+    finally:
+        await tx.close()
+    assert status == "expired"
