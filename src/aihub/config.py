@@ -126,7 +126,8 @@ class Settings(BaseSettings):
     promo_max_failures_per_user: int = Field(default=10, ge=0, le=100_000)
     promo_max_failures_per_ip: int = Field(default=10, ge=0, le=100_000)
     promo_failure_window_seconds: int = Field(default=900, ge=1, le=86_400)
-    # Accepted for compatibility with process managers; only the database URL decides migrations.
+    # Apply pending migrations when a service starts (under a lock on PostgreSQL); false when a
+    # separate `aihub migrate` step owns schema changes.
     auto_migrate: bool = True
 
     @field_validator("database_url")
