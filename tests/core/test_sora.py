@@ -24,6 +24,22 @@ async def open_session(client: httpx.AsyncClient, user: Caller) -> dict[str, str
     return {"X-Session-Token": token}
 
 
+async def run_out(rt: Runtime, gen: dict[str, str]) -> None:
+    """Move a generation and its hold past their expiry (the clock cannot be waited out here)."""
+    past = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=1)
+    tx = rt.tx()
+    try:
+        await tx.session.execute(
+            update(SoraGeneration).where(SoraGeneration.id == uuid.UUID(gen["id"])).values(expires_at=past)
+        )
+        await tx.session.execute(
+            update(CreditHold).where(CreditHold.id == uuid.UUID(gen["holdId"])).values(expires_at=past)
+        )
+        await tx.commit()
+    finally:
+        await tx.close()
+
+
 async def balance(client: httpx.AsyncClient, user: Caller) -> dict[str, int]:
     return dict((await client.get("/api/credits/balance", headers=user.headers)).json())
 
@@ -145,16 +161,7 @@ async def test_expired_generation_is_released_and_refused(
     await fund(runtime, user.id, 1_000)
     s = await open_session(client, user)
     gen = (await client.post("/api/sora/generations", headers=s, json={"durationSeconds": 2})).json()
-    past = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=1)
-    tx = runtime.tx()
-    await tx.session.execute(
-        update(SoraGeneration).where(SoraGeneration.id == uuid.UUID(gen["id"])).values(expires_at=past)
-    )
-    await tx.session.execute(
-        update(CreditHold).where(CreditHold.id == uuid.UUID(gen["holdId"])).values(expires_at=past)
-    )
-    await tx.commit()
-    await tx.close()
+    await run_out(runtime, gen)
     assert_error(await client.post(f"/api/sora/generations/{gen['id']}/complete", headers=s), 409, "HOLD_NOT_ACTIVE")
     assert (await client.get(f"/api/sora/generations/{gen['id']}", headers=s)).json()["status"] == "expired"
     assert (await balance(client, user))["balance"] == 1_000
@@ -207,16 +214,7 @@ async def test_sweeps_expire_the_generation_and_release_its_hold(
     await fund(runtime, user.id, 1_000)
     s = await open_session(client, user)
     gen = (await client.post("/api/sora/generations", headers=s, json={"durationSeconds": 3})).json()
-    past = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=1)
-    tx = runtime.tx()
-    await tx.session.execute(
-        update(SoraGeneration).where(SoraGeneration.id == uuid.UUID(gen["id"])).values(expires_at=past)
-    )
-    await tx.session.execute(
-        update(CreditHold).where(CreditHold.id == uuid.UUID(gen["holdId"])).values(expires_at=past)
-    )
-    await tx.commit()
-    await tx.close()
+    await run_out(runtime, gen)
     await alerts.sweep_expired_holds(runtime, {})
     await expire_generations(runtime, {})
     assert await balance(client, user) == {"userId": user.id, "balance": 1_000, "reserved": 0, "available": 1_000}
