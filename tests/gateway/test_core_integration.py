@@ -31,3 +31,34 @@ async def test_real_core_behind_the_gateway(
     async with http.get(gw.url + "/api/users/me", headers=bearer(caller.token)) as resp:
         assert resp.status == 401
         assert (await resp.json())["code"] == "TOKEN_REVOKED"
+
+
+async def test_whole_system_logout_through_auth_is_refused_at_the_gateway(
+    live_core: LiveServer,
+    live_auth: LiveServer,
+    upstreams: dict[str, Upstream],
+    start_gateway: GatewayFactory,
+    http: aiohttp.ClientSession,
+) -> None:
+    rt = live_core.runtime
+    settings = gateway_settings(upstreams, core_url=live_core.url, auth_url=live_auth.url)
+    gw = await start_gateway(settings, store=rt.store)
+    account = {"email": "Whole.System@Example.com", "password": "long-enough-1"}
+    async with http.post(gw.url + "/api/auth/register", json=account) as resp:
+        assert resp.status == 201, await resp.text()
+    async with http.post(gw.url + "/api/auth/login", json=account) as resp:
+        assert resp.status == 200, await resp.text()
+        tokens = await resp.json()
+    headers = bearer(tokens["accessToken"])
+    async with http.get(gw.url + "/api/users/me", headers=headers) as resp:
+        assert resp.status == 200
+        assert (await resp.json())["email"] == "whole.system@example.com"
+    async with http.get(gw.url + "/api/credits/balance", headers=headers) as resp:
+        assert (await resp.json())["balance"] == 0  # registration opened the credit account
+    async with http.post(gw.url + "/api/auth/logout", headers=headers, json={}) as resp:
+        assert resp.status == 204, await resp.text()
+    async with http.get(gw.url + "/api/users/me", headers=headers) as resp:
+        assert resp.status == 401
+        assert (await resp.json())["code"] == "TOKEN_REVOKED"
+    async with http.post(gw.url + "/api/auth/refresh", json={"refreshToken": tokens["refreshToken"]}) as resp:
+        assert resp.status == 401  # the refresh family went with the logout
