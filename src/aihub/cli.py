@@ -53,10 +53,24 @@ def serve(
         err.print(f"[red]unknown service[/red] {service!r}; choose one of: {', '.join(SERVICES)}")
         raise typer.Exit(2)
     settings = _settings()
+    names = [service] if service else list(SERVICES)
+    if "gateway" in names:
+        _check_routes(settings)
     from aihub.kit.logging import configure_logging
 
     configure_logging(settings.log_level)
-    _run(_serve(settings, [service] if service else list(SERVICES), bootstrap=service is None))
+    _run(_serve(settings, names, bootstrap=service is None))
+
+
+def _check_routes(settings: Settings) -> None:
+    """A bad route file stops the start with one line naming it, not a traceback."""
+    from aihub.gateway.routing import load_table
+
+    try:
+        load_table(settings)
+    except Exception as exc:  # any parse or shape error of the operator's file
+        err.print(f"[red]configuration error[/red] AIHUB_GATEWAY_ROUTES: {exc}")
+        raise typer.Exit(2) from None
 
 
 async def _serve(settings: Settings, names: list[str], *, bootstrap: bool) -> None:

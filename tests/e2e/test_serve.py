@@ -101,3 +101,28 @@ def test_admin_create_is_idempotent_and_reads_stdin(tmp_path: Path) -> None:
         [*aihub, "migrate"], env={**env, "AIHUB_ENV": "production"}, capture_output=True, check=False
     )
     assert bad_env.returncode == 2 and b"AIHUB_JWT_SECRET" in bad_env.stderr
+
+
+@pytest.mark.e2e
+def test_bad_route_file_is_a_one_line_configuration_error(tmp_path: Path) -> None:
+    routes = tmp_path / "routes.yaml"
+    routes.write_text("routes: [ {prefix: /api/x, auth: sometimes} ]\n")
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("AIHUB_")},
+        "AIHUB_GATEWAY_ROUTES": str(routes),
+        "AIHUB_GATEWAY_PORT": str(free_port()),
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "aihub", "serve", "gateway"], env=env, capture_output=True, check=False, timeout=60
+    )
+    assert done.returncode == 2
+    assert b"AIHUB_GATEWAY_ROUTES" in done.stderr
+    assert b"Traceback" not in done.stderr
+    missing = subprocess.run(
+        [sys.executable, "-m", "aihub", "serve", "gateway"],
+        env={**env, "AIHUB_GATEWAY_ROUTES": str(tmp_path / "nope.toml")},
+        capture_output=True,
+        check=False,
+        timeout=60,
+    )
+    assert missing.returncode == 2 and b"Traceback" not in missing.stderr
