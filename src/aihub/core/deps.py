@@ -163,8 +163,7 @@ CurrentUser = Annotated[rbac.Principal, Depends(current_user)]
 
 def RequirePermission(permission: str) -> Any:
     async def check(principal: CurrentPrincipal) -> rbac.Principal:
-        if not principal.can(permission):
-            raise Forbidden(f"Missing permission {permission}", details={"permission": permission})
+        principal.require(permission)
         return principal
 
     check.__name__ = f"require_{permission.replace(':', '_').replace('-', '_')}"

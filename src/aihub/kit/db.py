@@ -12,7 +12,7 @@ from collections.abc import Awaitable, Callable
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import DateTime, Numeric, String, event
+from sqlalchemy import DateTime, Numeric, String, event, func
 from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.orm import DeclarativeBase
@@ -65,6 +65,17 @@ class ExactDecimal(TypeDecorator[Decimal]):
         if value is None:
             return None
         return value if isinstance(value, Decimal) else Decimal(str(value))
+
+
+def utc_day(dialect: str, column: Any) -> Any:
+    """SQL for a timestamp column's UTC day as 'YYYY-MM-DD', on either engine.
+
+    SQLite stores UTC text ('YYYY-MM-DD HH:MM:SS'); PostgreSQL is told the zone explicitly so
+    the server's TimeZone setting cannot shift a day.
+    """
+    if dialect == "postgresql":
+        return func.to_char(func.timezone("UTC", column), "YYYY-MM-DD")
+    return func.substr(column, 1, 10)
 
 
 class Base(DeclarativeBase):

@@ -17,7 +17,7 @@ from aihub.core.credits import alerts, schemas
 from aihub.core.credits import service as credits
 from aihub.core.deps import CurrentPrincipal, CurrentUser, RequirePermission, RuntimeDep, TxDep, TxRoute
 from aihub.core.rbac.service import Principal
-from aihub.kit.errors import Forbidden, ValidationFailed
+from aihub.kit.errors import ValidationFailed
 from aihub.kit.idempotency import IdempotentRequest, idempotent_request
 from aihub.kit.pagination import PageParams, page_params
 
@@ -107,8 +107,8 @@ async def check_credits(body: schemas.CheckIn, tx: TxDep, caller: CurrentPrincip
         target = caller.user_id
     else:
         target = body.user_id
-    if target != caller.user_id and not caller.can("credits:read"):
-        raise Forbidden("Missing permission credits:read", details={"permission": "credits:read"})
+    if target != caller.user_id:
+        caller.require("credits:read")
     return await credits.check(tx, target, body.amount)
 
 

@@ -11,7 +11,6 @@ from aihub.core.rbac import schemas
 from aihub.core.rbac import service as rbac
 from aihub.core.rbac.service import Principal
 from aihub.core.users import service as users
-from aihub.kit.errors import Forbidden
 
 roles_router = APIRouter(prefix="/api/roles", tags=["roles"], route_class=TxRoute)
 permissions_router = APIRouter(prefix="/api/permissions", tags=["permissions"], route_class=TxRoute)
@@ -103,8 +102,7 @@ async def check_permission(
     """Does a user hold a permission? One's own, or anyone's with `permissions:read`."""
     if body.user_id is None or str(body.user_id) == caller.id:
         return {"allowed": caller.can(body.permission)}
-    if not caller.can("permissions:read"):
-        raise Forbidden("Missing permission permissions:read", details={"permission": "permissions:read"})
+    caller.require("permissions:read")
     user = await users.get_user(tx, body.user_id)
     if user.status != "active":
         return {"allowed": False}

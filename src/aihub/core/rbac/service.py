@@ -32,6 +32,13 @@ ROLE_NAME = re.compile(r"^[a-z][a-z0-9_-]{1,31}$")
 _VERSION_KEY = "perms:version"
 
 
+class MissingPermission(Forbidden):
+    """403 naming the permission; every permission check (dependency or inline) raises this."""
+
+    def __init__(self, permission: str) -> None:
+        super().__init__(f"Missing permission {permission}", details={"permission": permission})
+
+
 class RoleNotFound(NotFound):
     code, message = "ROLE_NOT_FOUND", "No such role"
 
@@ -107,6 +114,10 @@ class Principal:
 
     def can(self, permission: str) -> bool:
         return self.effective.can(permission)
+
+    def require(self, permission: str) -> None:
+        if not self.can(permission):
+            raise MissingPermission(permission)
 
     def actor(self) -> audit.Actor:
         return audit.Actor(id=self.id, type=self.kind)

@@ -12,7 +12,7 @@ from aihub.core.deps import CurrentPrincipal, RequirePermission, TxDep, TxRoute
 from aihub.core.rbac.service import Principal
 from aihub.core.reports import schemas
 from aihub.core.reports import service as reports
-from aihub.kit.errors import Forbidden, ValidationFailed
+from aihub.kit.errors import ValidationFailed
 
 billing_router = APIRouter(prefix="/api/billing", tags=["billing"], route_class=TxRoute)
 analytics_router = APIRouter(prefix="/api/analytics", tags=["analytics"], route_class=TxRoute)
@@ -47,8 +47,8 @@ async def billing_report(
     subject = user_id or caller.user_id
     if subject is None:
         raise ValidationFailed("userId is required for a service token", details=[{"field": "query.userId"}])
-    if str(subject) != caller.id and not caller.can("billing:read"):
-        raise Forbidden("Missing permission billing:read", details={"permission": "billing:read"})
+    if str(subject) != caller.id:
+        caller.require("billing:read")
     _window(from_, to)
     report = await reports.billing_report(tx, subject, from_, to)
     if format == "csv":

@@ -9,6 +9,7 @@ from typing import Any
 from sqlalchemy import case, distinct, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from aihub.kit.db import utc_day
 from aihub.models import CreditTransaction, UsageEvent, User
 
 
@@ -89,9 +90,6 @@ async def top_users(
 
 
 async def daily(session: AsyncSession, start: dt.datetime | None, end: dt.datetime | None) -> list[dict[str, Any]]:
-    if session.get_bind().dialect.name == "postgresql":
-        day: Any = func.to_char(func.timezone("UTC", UsageEvent.created_at), "YYYY-MM-DD")
-    else:
-        day = func.substr(UsageEvent.created_at, 1, 10)
+    day = utc_day(session.get_bind().dialect.name, UsageEvent.created_at)
     stmt = _usage_window(select(day.label("day"), *_TOTALS), start, end).group_by(day).order_by(day)
     return [dict(r._mapping) for r in await session.execute(stmt)]

@@ -9,10 +9,9 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Depends, Path, Query, Response
 
 from aihub.core.deps import CurrentPrincipal, CurrentUser, RequirePermission, TxDep, TxRoute
-from aihub.core.rbac.service import Principal
+from aihub.core.rbac.service import MissingPermission, Principal
 from aihub.core.usage import schemas
 from aihub.core.usage import service as usage
-from aihub.kit.errors import Forbidden
 from aihub.kit.pagination import PageParams, page_params
 
 router = APIRouter(prefix="/api/usage", tags=["usage"], route_class=TxRoute)
@@ -30,7 +29,7 @@ def _subject(caller: Principal, user_id: uuid.UUID | None) -> uuid.UUID | None:
     if caller.can("usage:read"):
         return user_id
     if caller.kind != "user" or user_id is not None:
-        raise Forbidden("Missing permission usage:read", details={"permission": "usage:read"})
+        raise MissingPermission("usage:read")
     return caller.user_id
 
 

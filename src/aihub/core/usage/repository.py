@@ -11,6 +11,7 @@ from sqlalchemy import Select, Uuid, bindparam, func, select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from aihub.kit.db import utc_day
 from aihub.kit.pagination import PageParams, keyset
 from aihub.models import Quota, QuotaCounter, UsageEvent
 
@@ -91,12 +92,7 @@ async def summary(
     end: dt.datetime | None,
 ) -> list[dict[str, Any]]:
     if group_by == "day":
-        # UTC days. SQLite stores UTC text ('YYYY-MM-DD HH:MM:SS'); PostgreSQL is told the zone
-        # explicitly so the server's TimeZone setting cannot shift a day.
-        if session.get_bind().dialect.name == "postgresql":
-            key: Any = func.to_char(func.timezone("UTC", UsageEvent.created_at), "YYYY-MM-DD")
-        else:
-            key = func.substr(UsageEvent.created_at, 1, 10)
+        key: Any = utc_day(session.get_bind().dialect.name, UsageEvent.created_at)
     else:
         key = UsageEvent.provider if group_by == "provider" else UsageEvent.provider + "/" + UsageEvent.model
     stmt = (

@@ -11,7 +11,6 @@ from aihub.core.deps import CurrentUser, RequirePermission, RuntimeDep, TxDep, T
 from aihub.core.rbac.service import Principal
 from aihub.core.users import schemas
 from aihub.core.users import service as users
-from aihub.kit.errors import Forbidden
 from aihub.kit.pagination import PageParams, page_params
 
 router = APIRouter(prefix="/api/users", tags=["users"], route_class=TxRoute)
@@ -125,8 +124,8 @@ async def replace_roles(
 @router.get("/{user_id}/permissions", response_model=schemas.PermissionsOut)
 async def read_permissions(user_id: uuid.UUID, tx: TxDep, runtime: RuntimeDep, me: CurrentUser) -> dict[str, Any]:
     """Effective permissions (roles and direct grants). One's own, or anyone's with `users:read`."""
-    if me.id != str(user_id) and not me.can("users:read"):
-        raise Forbidden("Missing permission users:read", details={"permission": "users:read"})
+    if me.id != str(user_id):
+        me.require("users:read")
     return await users.effective_permissions(tx, runtime.store, user_id)
 
 
