@@ -116,11 +116,10 @@ def _listener(name: str, settings: Settings, runtime: Any) -> Any:
 
 async def _start_core_jobs(runtime: Any) -> None:
     """Core consumes the job queue and ticks the periodic sweeps (closed with the runtime)."""
-    from aihub.core.credits import alerts
-    from aihub.core.sora import jobs as sora_jobs
+    from aihub.core.jobs import periodic
     from aihub.kit.jobs import jobs_of
 
-    await jobs_of(runtime).start([*alerts.periodic(runtime), *sora_jobs.periodic(runtime)])
+    await jobs_of(runtime).start(periodic(runtime))
 
 
 async def _first_admin(runtime: Any) -> None:

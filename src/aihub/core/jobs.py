@@ -1,0 +1,19 @@
+"""Every background job of core, in one list: the serving process and ``aihub worker`` both
+start from here, so a new domain's periodic job is registered once."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from aihub.kit.jobs import Periodic
+
+if TYPE_CHECKING:
+    from aihub.kit.runtime import Runtime
+
+
+def periodic(runtime: Runtime) -> list[Periodic]:
+    """The periodic jobs of every core domain (importing them also registers their queued jobs)."""
+    from aihub.core.credits import alerts
+    from aihub.core.sora import jobs as sora_jobs
+
+    return [*alerts.periodic(runtime), *sora_jobs.periodic(runtime)]
