@@ -1,4 +1,4 @@
-"""The ``aihub`` command: serve, migrate, admin."""
+"""The ``aihub`` command: serve, worker, migrate, admin, ledger, backup, restore."""
 
 from __future__ import annotations
 
@@ -84,11 +84,15 @@ async def _serve(settings: Settings, names: list[str], *, bootstrap: bool) -> No
         if bootstrap:
             await _first_admin(runtime)
         listeners = [_listener(name, settings, runtime) for name in names]
-        if "core" in names:
+        if "core" in names and settings.core_run_jobs:
             await _start_core_jobs(runtime)
-        await serve_apps(listeners)
+        await serve_apps(
+            listeners,
+            drain_seconds=settings.shutdown_drain_seconds,
+            timeout_seconds=settings.shutdown_timeout_seconds,
+        )
     finally:
-        await runtime.close()
+        await runtime.close()  # the jobs first (running ones finish), then the store and the engine
 
 
 def _listener(name: str, settings: Settings, runtime: Any) -> Any:
@@ -137,6 +141,20 @@ async def _first_admin(runtime: Any) -> None:
         "  This password is shown once; change it after signing in.\n\n"
     )
     sys.stderr.flush()
+
+
+@app.command()
+def worker() -> None:
+    """Run core's background jobs (job queue, hold expiry, reconcile gauges) without the API.
+
+    Several workers may run at once. AIHUB_WORKER_PORT adds /health, /health/ready and
+    /metrics; SIGTERM lets running jobs finish, then exits 0."""
+    settings = _settings()
+    from aihub.kit.logging import configure_logging
+    from aihub.ops.worker import run_worker
+
+    configure_logging(settings.log_level)
+    _run(run_worker(settings))
 
 
 @app.command()

@@ -130,6 +130,18 @@ class Settings(BaseSettings):
     # separate `aihub migrate` step owns schema changes.
     auto_migrate: bool = True
 
+    # --- operations (issue 9) ---
+    # On SIGTERM a service first reports not-ready for this long (so load balancers, the
+    # gateway included, stop sending), then stops accepting and finishes in-flight requests
+    # within the timeout. SIGINT (Ctrl-C) skips the drain delay.
+    shutdown_drain_seconds: float = Field(default=5.0, ge=0, le=300)
+    shutdown_timeout_seconds: int = Field(default=20, ge=1, le=3_600)
+    # Whether a serving core process also consumes the job queue and ticks the periodic jobs;
+    # false when `aihub worker` processes do that work.
+    core_run_jobs: bool = True
+    # `aihub worker`: port of its /health, /health/ready and /metrics (0: no HTTP at all).
+    worker_port: int = Field(default=0, ge=0, le=65_535)
+
     @field_validator("database_url")
     @classmethod
     def _known_driver(cls, value: str) -> str:

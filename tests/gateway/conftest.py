@@ -122,6 +122,7 @@ def _upstream_app(upstream: Upstream) -> web.Application:
     app = web.Application()
     app[UPSTREAM] = upstream
     app.router.add_get("/health", _health)
+    app.router.add_get("/health/ready", _health)  # what the gateway probes on auth and core
     for prefix in ("", "/api/mcp", "/api/users", "/api/sora"):
         app.router.add_get(prefix + "/stream", _stream)
         app.router.add_get(prefix + "/cookies", _cookies)

@@ -10,6 +10,7 @@ hot path to one coroutine per request.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import ipaddress
 import time
@@ -103,8 +104,11 @@ class Gateway:
             eject_after=settings.gateway_eject_after_failures,
             eject_seconds=settings.gateway_eject_seconds,
             health_interval=settings.gateway_health_interval_seconds,
+            health_paths=table.health_paths,
         )
         self.drain = DrainFlag()
+        # Set when the server stops (after the drain delay): open WebSockets close with 1001.
+        self.going_away = asyncio.Event()
         self.session: aiohttp.ClientSession | None = None
         self.role_limits = settings.role_rate_limits
         self.window = settings.rate_limit_window_seconds
@@ -196,6 +200,7 @@ class Gateway:
                 max_message=self.settings.gateway_ws_max_message_bytes,
                 idle=self.settings.gateway_ws_idle_seconds,
                 connect_timeout=self.settings.gateway_connect_timeout_seconds,
+                going_away=self.going_away,
             )
         return await forward(
             request, self.session, group, route, target, headers, ctx.hop, self.settings.gateway_connect_timeout_seconds
@@ -344,6 +349,8 @@ class Gateway:
         self.cors.add(headers, request.headers.get("Origin"))
         if ctx is not None and ctx.limit_headers:
             headers.update(ctx.limit_headers)
+        if self.drain.draining:
+            response.force_close()  # shutting down: the client's next request opens elsewhere
 
     def _observe(self, request: web.Request, ctx: Ctx, status: int) -> None:
         elapsed = time.perf_counter() - ctx.started
@@ -426,11 +433,16 @@ def create_app(
     async def on_startup(_: web.Application) -> None:
         await gateway.start()
 
+    async def on_shutdown(_: web.Application) -> None:
+        # The listener is closed already; in-flight HTTP requests go on until the timeout.
+        gateway.going_away.set()
+
     async def on_cleanup(_: web.Application) -> None:
         await gateway.stop()
         if owns_store:
             await shared.close()
 
     app.on_startup.append(on_startup)
+    app.on_shutdown.append(on_shutdown)
     app.on_cleanup.append(on_cleanup)
     return app

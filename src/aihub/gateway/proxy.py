@@ -21,6 +21,7 @@ from yarl import URL
 from aihub.gateway.balancer import Group
 from aihub.gateway.routing import Route
 from aihub.kit.errors import AppError
+from aihub.kit.serve import DRAINING_HEADER
 
 HOP_BY_HOP = frozenset(
     {
@@ -46,7 +47,7 @@ _REQUEST_DROP = HOP_BY_HOP | {
     "x-forwarded-host",
     "x-request-id",
 }
-_RESPONSE_DROP = HOP_BY_HOP | {"content-length", "date", "server"}
+_RESPONSE_DROP = HOP_BY_HOP | {"content-length", "date", "server", DRAINING_HEADER.lower()}
 _IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
 _SMALL_BODY = 65_536  # read whole up to this size; stream above it
 _CHUNK = 65_536
@@ -165,12 +166,18 @@ async def forward(
     info: Forwarded,
     connect_timeout: float,
 ) -> web.StreamResponse:
-    """Send the request to one healthy instance (two for an idempotent one after a connect
-    failure) and relay the answer. ``target`` is the already-encoded path and query."""
+    """Send the request to one healthy instance and relay the answer; ``target`` is the
+    already-encoded path and query.
+
+    One retry on another instance, as nginx's ``proxy_next_upstream error`` does: after a
+    connect failure for any request whose body we still hold (the upstream never saw it), and
+    after a connection that closed before any answer (a kept-alive connection the upstream
+    shut while stopping) for an idempotent one only, since that upstream may have acted on it.
+    """
     upload = _Upload(route.max_body_bytes)
     body = await _request_body(request, route, upload)
     timeout = _timeout(connect_timeout, route.timeout)
-    retry_allowed = is_idempotent(request) and not hasattr(body, "__aiter__")
+    replayable = not hasattr(body, "__aiter__")
     instance = group.pick()
     if instance is None:
         raise NoUpstream
@@ -190,7 +197,7 @@ async def forward(
         except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
             instance.outstanding -= 1
             group.failure(instance)
-            other = group.pick(exclude=instance) if retry_allowed and attempt == 0 else None
+            other = group.pick(exclude=instance) if replayable and attempt == 0 else None
             if other is None:
                 if isinstance(exc, aiohttp.ConnectionTimeoutError):
                     raise GatewayTimeout from exc
@@ -201,6 +208,14 @@ async def forward(
             instance.outstanding -= 1
             group.failure(instance)
             raise GatewayTimeout from exc
+        except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
+            instance.outstanding -= 1
+            if upload.too_large:
+                raise PayloadTooLarge from exc
+            if not (replayable and attempt == 0 and is_idempotent(request)):
+                raise BadGateway from exc
+            instance = group.pick(exclude=instance) or instance  # a fresh connection at least
+            continue
         except (aiohttp.ClientError, OSError, PayloadTooLarge) as exc:
             instance.outstanding -= 1
             if upload.too_large:
@@ -208,6 +223,8 @@ async def forward(
             raise BadGateway from exc
         try:
             group.success(instance)
+            if DRAINING_HEADER in upstream.headers:
+                group.draining(instance)
             return await _relay(request, upstream, info)
         finally:
             instance.outstanding -= 1

@@ -48,15 +48,25 @@ class Route:
         return "public" if method in self.public_methods else self.auth
 
 
+# Our own services answer readiness (503 while draining or when their database is down); any
+# other upstream is only assumed to answer liveness.
+_READINESS = {"auth": "/health/ready", "core": "/health/ready"}
+
+
 @dataclass(frozen=True)
 class RouteTable:
     routes: tuple[Route, ...]
     upstreams: dict[str, list[str]]
+    # The path the active health check probes, per upstream group (missing: /health).
+    health_paths: dict[str, str] = field(default_factory=lambda: dict(_READINESS))
 
     def __post_init__(self) -> None:
         for route in self.routes:
             if route.upstream not in self.upstreams:
                 raise ValueError(f"route {route.prefix} names unknown upstream group {route.upstream!r}")
+        for group, path in self.health_paths.items():
+            if not path.startswith("/"):
+                raise ValueError(f"health path of upstream group {group!r} must start with '/'")
 
     def match(self, path: str) -> Route | None:
         # Routes are kept longest first, so the first hit is the longest matching prefix.
@@ -163,7 +173,9 @@ def load_table(settings: Settings) -> RouteTable:
     """The default table, or the one in the file named by ``AIHUB_GATEWAY_ROUTES``.
 
     A file holds ``routes`` (a list) and optionally ``upstreams`` (group name to URL list);
-    groups it does not name fall back to the auth/core/mcp URLs from settings.
+    groups it does not name fall back to the auth/core/mcp URLs from settings. An optional
+    ``health_paths`` (group name to path) sets what the active health check probes; groups
+    named auth and core probe ``/health/ready``, any other ``/health``.
     """
     if not settings.gateway_routes:
         return default_table(settings)
@@ -176,4 +188,7 @@ def load_table(settings: Settings) -> RouteTable:
     for name, urls in (data.get("upstreams") or {}).items():
         upstreams[str(name)] = [urls] if isinstance(urls, str) else [str(u) for u in urls]
     routes = [_route_from(raw, settings) for raw in data["routes"]]
-    return RouteTable(_sorted(routes), upstreams)
+    health_paths = dict(_READINESS)
+    for name, health in (data.get("health_paths") or {}).items():
+        health_paths[str(name)] = str(health)
+    return RouteTable(_sorted(routes), upstreams, health_paths)

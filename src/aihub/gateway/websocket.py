@@ -4,7 +4,7 @@ Opening upstream first means a refused upstream answers 502 as plain HTTP instea
 accepted socket that closes at once. Text and binary frames flow both ways; a close on one
 side closes the other with the same code; pings are answered on each hop; a message over the
 size limit closes with 1009; a connection silent in both directions for the idle timeout
-closes with 1001.
+closes with 1001, and so does every connection when the gateway shuts down.
 """
 
 from __future__ import annotations
@@ -66,6 +66,7 @@ async def proxy_websocket(
     max_message: int,
     idle: float,
     connect_timeout: float,
+    going_away: asyncio.Event | None = None,
 ) -> web.WebSocketResponse:
     instance = group.pick()
     if instance is None:
@@ -102,6 +103,7 @@ async def proxy_websocket(
             asyncio.ensure_future(_pump(client, upstream, activity)): "client",
             asyncio.ensure_future(_pump(upstream, client, activity)): "upstream",
             asyncio.ensure_future(_idle_watch(activity, idle)): "idle",
+            asyncio.ensure_future((going_away or asyncio.Event()).wait()): "shutdown",
         }
         done, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
         for task in pending:
@@ -114,8 +116,12 @@ async def proxy_websocket(
         elif first == "upstream":
             await client.close(code=_close_code(upstream.close_code))
         else:
-            await upstream.close(code=1001, message=b"idle timeout")
-            await client.close(code=1001, message=b"idle timeout")
+            reason = b"idle timeout" if first == "idle" else b"gateway shutting down"
+            await asyncio.gather(
+                upstream.close(code=1001, message=reason),
+                client.close(code=1001, message=reason),
+                return_exceptions=True,
+            )
     finally:
         instance.outstanding -= 1
         if not upstream.closed:

@@ -14,6 +14,7 @@ from aihub.kit.jsonutil import dumps
 from aihub.kit.metrics import metrics_endpoint
 from aihub.kit.middleware import ServiceMiddleware
 from aihub.kit.runtime import Runtime
+from aihub.kit.serve import drain_flag
 
 
 async def health() -> dict[str, str]:
@@ -22,18 +23,21 @@ async def health() -> dict[str, str]:
 
 
 async def ready(request: Request) -> Response:
-    """Readiness: the database answers, and Redis when one is configured."""
+    """Readiness: the database answers, and Redis when one is configured; 503 while shutting down."""
     runtime: Runtime = request.app.state.runtime
     database = "ok" if await runtime.check_database() else "down"
     if runtime.store.kind == "redis":
         redis = "ok" if await runtime.store.ping() else "down"
     else:
         redis = "memory"
-    down = database == "down" or redis == "down" or request.app.state.draining
-    body = {
+    draining = drain_flag(request.app).draining
+    down = database == "down" or redis == "down" or draining
+    body: dict[str, object] = {
         "status": "down" if down else "ok",
         "checks": {"database": database, "redis": redis},
     }
+    if draining:
+        body["draining"] = True  # shutting down: load balancers take it out of rotation
     return Response(dumps(body), status_code=503 if down else 200, media_type="application/json")
 
 
@@ -63,9 +67,13 @@ def create_service_app(
     # The all-in-one process shares one runtime between services, prepares it and closes it once.
     app.state.prepared = False
     app.state.owns_runtime = True
-    app.state.draining = False
     install_error_handlers(app)
-    app.add_middleware(ServiceMiddleware, service=name, max_body_bytes=runtime.settings.max_body_bytes)
+    app.add_middleware(
+        ServiceMiddleware,
+        service=name,
+        max_body_bytes=runtime.settings.max_body_bytes,
+        drain=drain_flag(app),
+    )
     app.add_api_route("/health", health, methods=["GET"], tags=["health"])
     app.add_api_route("/health/ready", ready, methods=["GET"], tags=["health"], response_model=None)
     app.add_api_route("/metrics", metrics_endpoint, methods=["GET"], tags=["health"], include_in_schema=False)

@@ -3,9 +3,13 @@
 * ``@job("name")`` registers an ``async def f(runtime, payload: dict) -> None`` once, at import.
 * ``await jobs_of(runtime).enqueue("name", payload)`` sends one; from a request, call it from
   ``Tx.after_commit`` so a rolled-back request sends nothing.
-* ``start()`` (in the serving process) consumes the queue and runs the periodic jobs;
-  every instance may run them, so periodic jobs must be safe to run concurrently (the hold
-  sweep claims rows with one conditional UPDATE / SKIP LOCKED).
+* ``start()`` consumes the queue and runs the periodic jobs, in ``aihub worker`` processes
+  and (unless ``AIHUB_CORE_RUN_JOBS=false``) in serving core processes; every process may run
+  them, so periodic jobs must be safe to run concurrently (the hold sweep claims rows with one
+  conditional UPDATE / SKIP LOCKED). A process that does not start them still enqueues.
+* ``close()`` stops taking new work and waits for running jobs, bounded by
+  ``AIHUB_SHUTDOWN_TIMEOUT_SECONDS``; a queued job fetched but not finished stays pending in
+  the stream and another consumer claims it later (taskiq-redis' idle reclaim).
 
 Why taskiq: async-native (our jobs are database and HTTP I/O on the same event loop as the
 service), typed, maintained, with an in-memory broker that runs a job as a task of the
@@ -37,6 +41,10 @@ JobFunc = Callable[["Runtime", dict[str, Any]], Awaitable[None]]
 _REGISTRY: dict[str, JobFunc] = {}
 _EXTRA_KEY = "jobs"
 QUEUE = "aihub:jobs"
+# Delivered entries stay in a Redis stream until trimmed: keep the newest ones only (far more
+# than any backlog a healthy system has; trimming is approximate, so cheap).
+QUEUE_MAXLEN = 100_000
+_RESTART_DELAY = 1.0
 
 
 def job(name: str) -> Callable[[JobFunc], JobFunc]:
@@ -61,7 +69,9 @@ class Jobs:
         self.runtime = runtime
         url = runtime.settings.redis_url
         self.broker: AsyncBroker = (
-            RedisStreamBroker(url, queue_name=QUEUE, consumer_group_name="aihub")
+            # consumer_id "0": the group, when the first consumer creates it, starts at the
+            # beginning of the stream, so jobs enqueued before any worker ever ran are not lost.
+            RedisStreamBroker(url, queue_name=QUEUE, consumer_group_name="aihub", consumer_id="0", maxlen=QUEUE_MAXLEN)
             if url
             else InMemoryBroker(await_inplace=False, max_async_tasks=64)
         )
@@ -97,10 +107,26 @@ class Jobs:
         self._started = True
         await self.broker.startup()
         if not isinstance(self.broker, InMemoryBroker):
-            receiver = Receiver(self.broker, max_async_tasks=32, run_startup=False)
-            self._background.append(asyncio.create_task(receiver.listen(self._finish)))
+            self._background.append(asyncio.create_task(self._consume()))
         for item in periodic or []:
             self._background.append(asyncio.create_task(self._tick(item)))
+
+    async def _consume(self) -> None:
+        """Listen to the stream until closed; a lost Redis connection restarts the listener
+        instead of leaving a process that looks alive and consumes nothing."""
+        while not self._finish.is_set():
+            receiver = Receiver(self.broker, max_async_tasks=32, run_startup=False)
+            try:
+                await receiver.listen(self._finish)
+            except Exception:
+                log.exception("jobs.consumer_failed")
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._finish.wait(), timeout=_RESTART_DELAY)
+
+    @property
+    def running(self) -> bool:
+        """Started and not closed (a worker's readiness)."""
+        return self._started and not self._finish.is_set()
 
     async def _tick(self, item: Periodic) -> None:
         while not self._finish.is_set():
@@ -119,11 +145,20 @@ class Jobs:
             await self.broker.wait_all()
 
     async def close(self) -> None:
+        """Stop taking work; wait for running jobs up to the shutdown timeout, then cancel them."""
         self._finish.set()
-        for task in self._background:
-            with contextlib.suppress(asyncio.CancelledError, asyncio.TimeoutError):
-                await asyncio.wait_for(task, timeout=5)
-        await self.wait_idle()
+        if self._background:
+            _done, pending = await asyncio.wait(
+                self._background, timeout=self.runtime.settings.shutdown_timeout_seconds
+            )
+            for task in pending:
+                log.warning("jobs.cancelled_at_shutdown", task=task.get_name())
+                task.cancel()
+            for task in self._background:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.wait_idle(), timeout=self.runtime.settings.shutdown_timeout_seconds)
         await self.broker.shutdown()
 
 

@@ -2,8 +2,9 @@
 
 It does, in this order, what every request needs: a request ID (kept when the client's is
 valid), a body-size limit enforced while the body streams in (413), a JSON-only rule for
-bodies (415), a last-resort handler that turns any unexpected exception into the one error
-shape (500, never a stack trace), one JSON access-log line, and the request metrics.
+bodies (415), the draining marks while the process shuts down, a last-resort handler that
+turns any unexpected exception into the one error shape (500, never a stack trace), one JSON
+access-log line, and the request metrics.
 Written as raw ASGI rather than BaseHTTPMiddleware because that one costs a task per request.
 """
 
@@ -20,11 +21,13 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from aihub.kit.errors import error_body
 from aihub.kit.metrics import HTTP_LATENCY, HTTP_REQUESTS
+from aihub.kit.serve import DRAINING_HEADER, DrainFlag
 
 log = structlog.get_logger("aihub.access")
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
 _BODY_METHODS = {b"POST", b"PUT", b"PATCH"}
 _QUIET_PATHS = {"/health", "/health/ready", "/metrics"}
+_DRAINING = DRAINING_HEADER.lower().encode()
 
 
 class BodyTooLarge(StarletteHTTPException):
@@ -57,10 +60,11 @@ def _is_json(content_type: bytes | None) -> bool:
 
 
 class ServiceMiddleware:
-    def __init__(self, app: ASGIApp, *, service: str, max_body_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, *, service: str, max_body_bytes: int, drain: DrainFlag | None = None) -> None:
         self.app = app
         self.service = service
         self.max_body_bytes = max_body_bytes
+        self.drain = drain or DrainFlag()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -80,6 +84,11 @@ class ServiceMiddleware:
                 status_holder["started"] = True
                 headers = [h for h in message.get("headers", []) if h[0].lower() != b"x-request-id"]
                 headers.append((b"x-request-id", request_id.encode()))
+                if self.drain.draining:
+                    # Shutting down: the client (the gateway, a load balancer) opens its next
+                    # request elsewhere, and the gateway takes this instance out at once.
+                    headers = [h for h in headers if h[0].lower() != b"connection"]
+                    headers += [(b"connection", b"close"), (_DRAINING, b"true")]
                 message = {**message, "headers": headers}
             elif message["type"] == "http.response.body":
                 status_holder["bytes"] = int(status_holder["bytes"]) + len(message.get("body", b""))

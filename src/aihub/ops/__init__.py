@@ -1,0 +1,1 @@
+"""Operations: the background worker, backup and restore."""
