@@ -37,6 +37,7 @@ def test_readme_run_command_serves_the_embedded_system(tmp_path: Path) -> None:
         **{k: v for k, v in os.environ.items() if not k.startswith("AIHUB_")},
         "AIHUB_DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / 'aihub.db'}",
         "AIHUB_CORE_PORT": str(port),
+        "AIHUB_SHUTDOWN_DRAIN_SECONDS": "0.2",  # the drain itself is tested in tests/ops
         "AIHUB_AUTH_PORT": str(free_port()),
         "AIHUB_GATEWAY_PORT": str(free_port()),
     }

@@ -22,6 +22,7 @@ def test_serve_gateway_alone(tmp_path: Path) -> None:
         **{k: v for k, v in os.environ.items() if not k.startswith("AIHUB_")},
         "AIHUB_DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / 'never-created.db'}",
         "AIHUB_GATEWAY_PORT": str(port),
+        "AIHUB_SHUTDOWN_DRAIN_SECONDS": "0.2",  # the drain itself is tested in tests/ops
         "AIHUB_CORE_URL": f"http://127.0.0.1:{free_port()}",
     }
     proc = subprocess.Popen(
