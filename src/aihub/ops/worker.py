@@ -71,8 +71,8 @@ async def run_worker(settings: Settings) -> None:
     runtime = Runtime.build(settings)
     try:
         await runtime.prepare()
+        schedule = periodic(runtime)  # imports every job module of core, so all are known
         jobs = jobs_of(runtime)
-        schedule = periodic(runtime)
         await jobs.start(schedule)
         listeners = []
         if settings.worker_port:
