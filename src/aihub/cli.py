@@ -6,6 +6,7 @@ import asyncio
 import secrets
 import sys
 from collections.abc import Callable, Coroutine
+from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
@@ -280,6 +281,106 @@ def _print_reconcile(report: Any, show: int) -> None:
                 str(check.broken_at or "-"),
             )
         out.print(detail)
+
+
+@app.command()
+def backup(
+    output: Annotated[Path, typer.Option("--output", "-o", help="Directory for the dump and its manifest")] = Path(
+        "backups"
+    ),
+) -> None:
+    """Back up the configured database: a dump (pg_dump custom format; SQLite: a file copy) and a
+    manifest with row counts, ledger totals and the dump's SHA-256 (see docs/backup.md)."""
+    settings = _settings()
+    from aihub.ops.backup import backup as run_backup
+    from aihub.ops.backup import masked
+
+    err.print(f"backing up {masked(settings.database_url)}", soft_wrap=True)
+    result = _ops_run(lambda: run_backup(settings, output))
+    data = result.data
+    ledger = data["ledger"]
+    print(f"dump      {result.dump} ({data['dump']['bytes']:,} bytes, sha256 {data['dump']['sha256'][:16]}…)")
+    print(f"manifest  {result.manifest}")
+    rows, revision = sum(data["tables"].values()), ",".join(data["alembicRevisions"])
+    print(f"tables    {len(data['tables'])}, {rows:,} rows; revision {revision}")
+    print(
+        f"ledger    {ledger['accounts']:,} accounts, total balance {ledger['totalBalance']:,}, "
+        f"{ledger['transactions']:,} transactions"
+    )
+    print(f"took      {result.seconds:.1f} s")
+
+
+@app.command()
+def restore(
+    source: Annotated[Path, typer.Argument(help="A dump, its manifest, or a directory of backups (the newest)")],
+    target_url: Annotated[
+        str | None, typer.Option("--target-url", help="Database to restore into (default AIHUB_DATABASE_URL)")
+    ] = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="Replace a non-empty target (drops its public schema)")
+    ] = False,
+    jobs: Annotated[int, typer.Option("--jobs", min=1, max=32, help="Parallel pg_restore jobs (>1: not atomic)")] = 1,
+) -> None:
+    """Restore a backup into an EMPTY database, then prove it: checksum first, then row counts,
+    ledger totals and a ledger reconcile against the manifest. Exits 1 on any mismatch."""
+    settings = _settings()
+    from aihub.ops.backup import restore as run_restore
+
+    result = _ops_run(lambda: run_restore(settings, source, target_url=target_url, force=force, jobs=jobs))
+    _print_restore(result)
+    if not result.ok:
+        raise typer.Exit(1)
+
+
+def _ops_run(make: Callable[[], Coroutine[Any, Any, T]]) -> T:
+    """Run a backup/restore step; a failure is one sentence and an exit code, never a traceback."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from aihub.ops.backup import BackupError
+
+    try:
+        return _run(make())
+    except BackupError as exc:
+        # soft_wrap: one line per message, so that scripts and logs can grep it whole.
+        err.print(f"[red]{'verification failed' if exc.exit_code == 1 else 'failed'}:[/red] {exc}", soft_wrap=True)
+        raise typer.Exit(exc.exit_code) from None
+    except (OSError, SQLAlchemyError) as exc:
+        err.print(f"[red]failed:[/red] {getattr(exc, 'orig', None) or exc}", soft_wrap=True)
+        raise typer.Exit(2) from None
+
+
+def _print_restore(result: Any) -> None:
+    from rich.table import Table
+
+    out = Console() if sys.stdout.isatty() else Console(width=160)
+    data = result.data
+    out.print(f"restored {result.manifest.name} (taken {data['createdAt']}) into {result.target}")
+    table = Table(title="restore verification")
+    for column in ("check", "expected", "found", "result"):
+        table.add_column(column)
+    bad = {what for what, _, _ in result.problems}
+    for what, want, got in result.problems:
+        table.add_row(what, want, got, "[red]MISMATCH[/red]")
+    if "alembic revision" not in bad:
+        revision = ",".join(data["alembicRevisions"])
+        table.add_row("alembic revision", revision, revision, "[green]ok[/green]")
+    rows = sum(data["tables"].values())
+    if not any(what.startswith("rows in") for what in bad):
+        table.add_row(f"rows in {len(data['tables'])} tables", f"{rows:,}", f"{rows:,}", "[green]ok[/green]")
+    if not any(what.startswith("ledger") for what in bad):
+        ledger = data["ledger"]
+        totals = f"balance {ledger['totalBalance']:,}, {ledger['transactions']:,} transactions"
+        table.add_row("ledger totals", totals, totals, "[green]ok[/green]")
+    table.add_row(
+        "ledger reconcile",
+        f"{result.reconciled_accounts:,} accounts clean",
+        f"{result.reconcile_mismatches} mismatched",
+        "[green]ok[/green]" if result.reconcile_mismatches == 0 else "[red]MISMATCH[/red]",
+    )
+    out.print(table)
+    out.print(f"restore {result.restore_seconds:.1f} s, verification {result.verify_seconds:.1f} s")
+    if not result.ok:
+        out.print("[red]the restored database does not match its backup[/red]")
 
 
 def main() -> None:
