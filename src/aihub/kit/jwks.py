@@ -33,7 +33,7 @@ import contextlib
 import math
 import time
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import Literal
 
 import aiohttp
 import structlog
@@ -79,6 +79,11 @@ def max_age(cache_control: str | None) -> float | None:
     return None
 
 
+def next_refresh(wanted: float | None, *, refresh: float, floor: float) -> float:
+    """The answer's max-age when it asks for sooner than ``refresh``, never under ``floor``."""
+    return refresh if wanted is None else max(floor, min(wanted, refresh))
+
+
 def parse_key_set(body: bytes) -> dict[str, VerifyKey]:
     try:
         document = loads(body)
@@ -106,7 +111,15 @@ def _changed(old: dict[str, VerifyKey], new: dict[str, VerifyKey]) -> bool:
 
 
 class JwksClient:
-    def __init__(self, url: str, *, refresh_seconds: float, refetch_interval: float, timeout: float) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        refresh_seconds: float,
+        refetch_interval: float,
+        timeout: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.url = url
         self.refresh_seconds = refresh_seconds
         self.refetch_interval = refetch_interval
@@ -119,6 +132,7 @@ class JwksClient:
         self._shown = str(URL(url).with_user(None).with_query(None))  # never credentials in a log
         self._session: aiohttp.ClientSession | None = None
         self._inflight: asyncio.Task[float | None] | None = None
+        self._clock = clock  # a test's own clock makes the rate limit checkable without waiting
         self._last_attempt = -math.inf
         self._task: asyncio.Task[None] | None = None
 
@@ -176,7 +190,7 @@ class JwksClient:
         """
         if kid in self.keys:
             return True  # another request's fetch brought it meanwhile
-        if self._inflight is None and time.monotonic() - self._last_attempt < self.refetch_interval:
+        if self._inflight is None and self._clock() - self._last_attempt < self.refetch_interval:
             THROTTLED.inc()
             return False
         await self._fetch_shared()
@@ -187,7 +201,7 @@ class JwksClient:
         """The running fetch, or a new one; shielded so that a client who goes away does not
         cancel the fetch other requests wait on."""
         if self._inflight is None:
-            self._last_attempt = time.monotonic()
+            self._last_attempt = self._clock()
             self._inflight = asyncio.get_running_loop().create_task(self._fetch())
             self._inflight.add_done_callback(self._fetch_done)
         return await asyncio.shield(self._inflight)
@@ -214,8 +228,7 @@ class JwksClient:
         if withdrawn:
             for callback in self.on_withdrawn:
                 callback()
-        wanted = max_age(cache_control)
-        return self.refresh_seconds if wanted is None else max(self.refetch_interval, min(wanted, self.refresh_seconds))
+        return next_refresh(max_age(cache_control), refresh=self.refresh_seconds, floor=self.refetch_interval)
 
     async def _get(self) -> tuple[bytes, str | None]:
         if self._session is None:
@@ -229,7 +242,3 @@ class JwksClient:
                 if len(body) > _MAX_BYTES:
                     raise JwksError("the key set is too large")
             return bytes(body), resp.headers.get("Cache-Control")
-
-    def describe(self) -> dict[str, Any]:
-        """For readiness and debugging: state and kids, never key material."""
-        return {"state": self.state, "kids": sorted(self.keys)}
