@@ -44,6 +44,15 @@ class Settings(BaseSettings):
     # HS256 with AIHUB_JWT_SECRET is accepted by default only while no asymmetric key is set;
     # set it to true during a switch from HS256 to RS256/EdDSA so older tokens keep working.
     jwt_accept_hs256: bool | None = None
+    # Verify-only services (gateway, core) may load the signer's public keys from auth's JWKS
+    # instead of AIHUB_JWT_PUBLIC_KEYS: fetched at start (readiness is 503 until it loaded),
+    # refreshed every JWKS_REFRESH_SECONDS (sooner when the answer's Cache-Control max-age says
+    # so), and fetched again when a token names an unknown kid, at most once per
+    # JWKS_REFETCH_INTERVAL_SECONDS so forged kids cannot make the verifiers hammer auth.
+    jwks_url: str = ""
+    jwks_refresh_seconds: float = Field(default=300.0, ge=1, le=86_400)
+    jwks_refetch_interval_seconds: float = Field(default=10.0, ge=0.1, le=3_600)
+    jwks_timeout_seconds: float = Field(default=3.0, gt=0, le=60)
     # Login lockout: after this many failed attempts for one account within the window, further
     # attempts are refused (429) until the window ends. 0 turns the lockout off.
     login_max_failures: int = Field(default=5, ge=0, le=1_000)
@@ -158,6 +167,13 @@ class Settings(BaseSettings):
             raise ValueError("must start with redis://, rediss:// or unix://")
         return value
 
+    @field_validator("jwks_url")
+    @classmethod
+    def _jwks_scheme(cls, value: str) -> str:
+        if value and not value.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return value
+
     @field_validator("metrics_allow")
     @classmethod
     def _networks(cls, value: str) -> str:
@@ -195,7 +211,7 @@ class Settings(BaseSettings):
     def hs256_accepted(self) -> bool:
         if self.jwt_accept_hs256 is not None:
             return self.jwt_accept_hs256
-        return not (self.jwt_private_key or self.jwt_public_keys.strip())
+        return not (self.jwt_private_key or self.jwt_public_keys.strip() or self.jwks_url)
 
     @model_validator(mode="after")
     def _production_secrets(self) -> Settings:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import signal
 from collections.abc import Generator
 from dataclasses import dataclass
@@ -97,6 +98,15 @@ async def _serve_aiohttp(listener: Listener, stopping: asyncio.Event, timeout_se
         await runner.cleanup()
 
 
+def settle_heap() -> None:
+    """Move everything allocated while starting (modules, apps, settings: ~185,000 objects in the
+    gateway) out of the collector's sight, so that an oldest-generation collection under load
+    walks only what serving created. Measured: full collections over that start-up heap took
+    90–300 ms each, a pause every in-flight request would wait out."""
+    gc.collect()
+    gc.freeze()
+
+
 class Shutdown:
     """The process's stop sequence: draining first, stopping after the drain delay."""
 
@@ -145,6 +155,7 @@ async def serve_apps(listeners: list[Listener], *, drain_seconds: float = 0.0, t
         for server in servers:
             server.should_exit = True
 
+    settle_heap()
     await asyncio.gather(
         stop_uvicorn(),
         *(server.serve() for server in servers),
