@@ -246,3 +246,15 @@ def test_prometheus_scrapes_every_aihub_process() -> None:
             assert SERVICE_PORTS[host] == int(port), address
     assert services()["worker"]["environment"]["AIHUB_WORKER_PORT"] == "3004"
     assert config["rule_files"] == ["alerts.yml"]
+
+
+@pytest.mark.parametrize("kind", list(ENV_FILES))
+def test_graceful_shutdown_fits_in_the_stop_grace_period(kind: str) -> None:
+    """Docker kills a container stop_grace_period after SIGTERM: drain + shutdown must end first."""
+    values = read_env_file(ENV_FILES[kind])
+    drain = float(values["AIHUB_SHUTDOWN_DRAIN_SECONDS"])
+    timeout = float(values["AIHUB_SHUTDOWN_TIMEOUT_SECONDS"])
+    grace = {int(svc["stop_grace_period"].removesuffix("s")) for n, svc in services().items() if n in AIHUB_SERVICES}
+    assert drain + timeout < min(grace)
+    # Not-ready for at least one gateway health interval, so the gateway notices before it stops.
+    assert drain >= _settings_from(values).gateway_health_interval_seconds
