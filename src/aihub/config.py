@@ -77,8 +77,36 @@ class Settings(BaseSettings):
     jwt_accept_hs256: bool | None = Field(
         default=None,
         description="accept HS256 tokens signed with `AIHUB_JWT_SECRET` (set true during a switch to RS256/EdDSA)",
-        json_schema_extra={"doc_default": "true only while no asymmetric key is set"},
+        json_schema_extra={"doc_default": "true only while no asymmetric key or JWKS URL is set"},
     )
+    # Verify-only services (gateway, core) may load the signer's public keys from auth's JWKS
+    # instead of AIHUB_JWT_PUBLIC_KEYS: fetched at start (readiness is 503 until it loaded),
+    # refreshed every JWKS_REFRESH_SECONDS (sooner when the answer's Cache-Control max-age says
+    # so), and fetched again when a token names an unknown kid, at most once per
+    # JWKS_REFETCH_INTERVAL_SECONDS so forged kids cannot make the verifiers hammer auth.
+    jwks_url: str = Field(
+        default="",
+        description="auth's key set, e.g. `http://auth:3001/.well-known/jwks.json`: the gateway and core take "
+        "their verification keys from it (instead of, or on top of, `AIHUB_JWT_PUBLIC_KEYS`); only RS256/EdDSA "
+        "signature keys are used from it, HS and `none` entries are ignored. Loaded in the background at start "
+        '(`/health/ready` is 503 with `checks.jwks = "loading"` until then; start never fails because auth is '
+        "down), refreshed periodically, and fetched again when a token names an unknown `kid`",
+    )
+    jwks_refresh_seconds: float = Field(
+        default=300.0,
+        ge=1,
+        le=86_400,
+        description="refresh period of the key set; a shorter `Cache-Control: max-age` in auth's answer wins. "
+        'A failed refresh keeps the keys held (`checks.jwks = "stale"`) and retries with back-off',
+    )
+    jwks_refetch_interval_seconds: float = Field(
+        default=10.0,
+        ge=0.1,
+        le=3_600,
+        description="at most one fetch per this many seconds for tokens with an unknown `kid` (a burst waits on "
+        "one request; forged kids get 401 `INVALID_TOKEN` without reaching auth)",
+    )
+    jwks_timeout_seconds: float = Field(default=3.0, gt=0, le=60, description="timeout of one JWKS request")
     # Login lockout: after this many failed attempts for one account within the window, further
     # attempts are refused (429) until the window ends. 0 turns the lockout off.
     login_max_failures: int = Field(
@@ -269,6 +297,13 @@ class Settings(BaseSettings):
             raise ValueError("must start with redis://, rediss:// or unix://")
         return value
 
+    @field_validator("jwks_url")
+    @classmethod
+    def _jwks_scheme(cls, value: str) -> str:
+        if value and not value.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return value
+
     @field_validator("metrics_allow")
     @classmethod
     def _networks(cls, value: str) -> str:
@@ -306,7 +341,7 @@ class Settings(BaseSettings):
     def hs256_accepted(self) -> bool:
         if self.jwt_accept_hs256 is not None:
             return self.jwt_accept_hs256
-        return not (self.jwt_private_key or self.jwt_public_keys.strip())
+        return not (self.jwt_private_key or self.jwt_public_keys.strip() or self.jwks_url)
 
     @model_validator(mode="after")
     def _production_secrets(self) -> Settings:
