@@ -200,6 +200,15 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+@pytest.fixture
+def dead_port() -> Iterator[int]:
+    """A port that refuses connections for the whole test: bound but never listening, so no
+    server started later in the test (a gateway on ``free_port()``) can be handed the same one."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        yield int(sock.getsockname()[1])
+
+
 @dataclass
 class LiveServer:
     url: str

@@ -192,9 +192,10 @@ async def test_no_healthy_instance_is_503(
     start_gateway: GatewayFactory,
     http: aiohttp.ClientSession,
     codec: TokenCodec,
+    dead_port: int,
 ) -> None:
     # Nothing listens on the core port: the health checks fail and the instance leaves rotation.
-    gw = await start_gateway(gateway_settings(upstreams, core_url=f"http://127.0.0.1:{free_port()}"))
+    gw = await start_gateway(gateway_settings(upstreams, core_url=f"http://127.0.0.1:{dead_port}"))
     for _ in range(50):
         if gw.gateway.balancer.groups["core"].healthy_count() == 0:
             break
