@@ -285,13 +285,34 @@ class Settings(BaseSettings):
     # On SIGTERM a service first reports not-ready for this long (so load balancers, the
     # gateway included, stop sending), then stops accepting and finishes in-flight requests
     # within the timeout. SIGINT (Ctrl-C) skips the drain delay.
-    shutdown_drain_seconds: float = Field(default=5.0, ge=0, le=300)
-    shutdown_timeout_seconds: int = Field(default=20, ge=1, le=3_600)
+    shutdown_drain_seconds: float = Field(
+        default=5.0,
+        ge=0,
+        le=300,
+        description="on SIGTERM, how long a service answers 503 on `/health/ready` (and marks its responses "
+        "draining) while still serving, before it stops accepting; SIGINT skips it",
+    )
+    shutdown_timeout_seconds: int = Field(
+        default=20,
+        ge=1,
+        le=3_600,
+        description="after the drain, how long in-flight requests (and running jobs) may take to finish "
+        "before they are cancelled; the process then exits 0",
+    )
     # Whether a serving core process also consumes the job queue and ticks the periodic jobs;
     # false when `aihub worker` processes do that work.
-    core_run_jobs: bool = True
+    core_run_jobs: bool = Field(
+        default=True,
+        description="a serving core process also consumes the job queue and runs the periodic jobs "
+        "(false when `aihub worker` processes do)",
+    )
     # `aihub worker`: port of its /health, /health/ready and /metrics (0: no HTTP at all).
-    worker_port: int = Field(default=0, ge=0, le=65_535)
+    worker_port: int = Field(
+        default=0,
+        ge=0,
+        le=65_535,
+        description="port of `aihub worker`'s `/health`, `/health/ready` and `/metrics` (0: no HTTP)",
+    )
 
     @field_validator("database_url")
     @classmethod
