@@ -126,6 +126,19 @@ class Settings(BaseSettings):
     promo_max_failures_per_user: int = Field(default=10, ge=0, le=100_000)
     promo_max_failures_per_ip: int = Field(default=10, ge=0, le=100_000)
     promo_failure_window_seconds: int = Field(default=900, ge=1, le=86_400)
+    # Usage rollups (per UTC day x user x provider x model): how often the job brings them up to
+    # date (0: never; reads then use raw events only), and how many finished days each run
+    # recomputes again to catch events that committed late.
+    usage_rollup_interval_seconds: float = Field(default=3600.0, ge=0)
+    usage_rollup_lookback_days: int = Field(default=2, ge=0, le=366)
+    # Reports: one whose period is longer than this many days (or any billing export of all
+    # users) is answered 202 with a background job; its result is kept this long after it ends.
+    report_sync_max_days: float = Field(default=31.0, gt=0, le=36_600)
+    report_retention_seconds: int = Field(default=86_400, ge=60, le=90 * 86_400)
+    # A report job running longer than this fails with REPORT_TIMEOUT; one whose worker vanished
+    # is failed by the sweep (REPORT_INTERRUPTED), which runs this often.
+    report_job_timeout_seconds: float = Field(default=900.0, gt=0, le=86_400)
+    report_sweep_interval_seconds: float = Field(default=60.0, gt=0)
     # Apply pending migrations when a service starts (under a lock on PostgreSQL); false when a
     # separate `aihub migrate` step owns schema changes.
     auto_migrate: bool = True

@@ -6,11 +6,11 @@ import datetime as dt
 import uuid
 from typing import Any
 
-from sqlalchemy import case, distinct, func, select
+from sqlalchemy import case, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from aihub.kit.db import utc_day
-from aihub.models import CreditTransaction, UsageEvent, User
+from aihub.core.usage import rollups
+from aihub.models import CreditTransaction, User
 
 
 async def ledger_sum_before(session: AsyncSession, user_id: uuid.UUID, when: dt.datetime | None) -> int:
@@ -42,44 +42,29 @@ async def ledger_by_reason(
     return [dict(r._mapping) for r in await session.execute(stmt)]
 
 
-def _usage_window(stmt: Any, start: dt.datetime | None, end: dt.datetime | None) -> Any:
-    if start is not None:
-        stmt = stmt.where(UsageEvent.created_at >= start)
-    if end is not None:
-        stmt = stmt.where(UsageEvent.created_at < end)
-    return stmt
-
-
-_TOTALS = (
-    func.count().label("requests"),
-    func.coalesce(func.sum(UsageEvent.input_tokens), 0).label("input_tokens"),
-    func.coalesce(func.sum(UsageEvent.output_tokens), 0).label("output_tokens"),
-    func.coalesce(func.sum(UsageEvent.credits), 0).label("credits"),
-)
-
-
 async def usage_by_model(
-    session: AsyncSession, user_id: uuid.UUID | None, start: dt.datetime | None, end: dt.datetime | None
+    session: AsyncSession,
+    user_id: uuid.UUID | None,
+    start: dt.datetime | None,
+    end: dt.datetime | None,
+    *,
+    mark: dt.date | None,
 ) -> list[dict[str, Any]]:
-    stmt = select(UsageEvent.provider, UsageEvent.model, *_TOTALS)
-    if user_id is not None:
-        stmt = stmt.where(UsageEvent.user_id == user_id)
-    stmt = _usage_window(stmt, start, end).group_by(UsageEvent.provider, UsageEvent.model)
-    stmt = stmt.order_by(UsageEvent.provider, UsageEvent.model)
-    return [dict(r._mapping) for r in await session.execute(stmt)]
+    return await rollups.aggregate(session, ["provider", "model"], mark=mark, start=start, end=end, user_id=user_id)
 
 
-async def usage_totals(session: AsyncSession, start: dt.datetime | None, end: dt.datetime | None) -> dict[str, Any]:
-    stmt = _usage_window(select(*_TOTALS, func.count(distinct(UsageEvent.user_id)).label("active_users")), start, end)
-    return dict((await session.execute(stmt)).one()._mapping)
+async def usage_totals(
+    session: AsyncSession, start: dt.datetime | None, end: dt.datetime | None, *, mark: dt.date | None
+) -> dict[str, Any]:
+    (totals,) = await rollups.aggregate(session, [], mark=mark, start=start, end=end)
+    totals["active_users"] = await rollups.active_users(session, mark=mark, start=start, end=end)
+    return totals
 
 
 async def top_users(
-    session: AsyncSession, start: dt.datetime | None, end: dt.datetime | None, limit: int
+    session: AsyncSession, start: dt.datetime | None, end: dt.datetime | None, limit: int, *, mark: dt.date | None
 ) -> list[dict[str, Any]]:
-    stmt = select(UsageEvent.user_id, *_TOTALS).group_by(UsageEvent.user_id)
-    stmt = _usage_window(stmt, start, end).order_by(func.sum(UsageEvent.credits).desc()).limit(limit)
-    rows = [dict(r._mapping) for r in await session.execute(stmt)]
+    rows = await rollups.aggregate(session, ["user_id"], mark=mark, start=start, end=end, top=limit)
     if rows:
         emails = dict(
             (await session.execute(select(User.id, User.email).where(User.id.in_([r["user_id"] for r in rows])))).all()
@@ -89,7 +74,7 @@ async def top_users(
     return rows
 
 
-async def daily(session: AsyncSession, start: dt.datetime | None, end: dt.datetime | None) -> list[dict[str, Any]]:
-    day = utc_day(session.get_bind().dialect.name, UsageEvent.created_at)
-    stmt = _usage_window(select(day.label("day"), *_TOTALS), start, end).group_by(day).order_by(day)
-    return [dict(r._mapping) for r in await session.execute(stmt)]
+async def daily(
+    session: AsyncSession, start: dt.datetime | None, end: dt.datetime | None, *, mark: dt.date | None
+) -> list[dict[str, Any]]:
+    return await rollups.aggregate(session, ["day"], mark=mark, start=start, end=end)

@@ -15,6 +15,7 @@ import uuid
 from typing import Any
 
 from aihub.core.reports import repository as repo
+from aihub.core.usage import rollups
 from aihub.core.users import service as users
 from aihub.kit.db import Tx
 
@@ -23,6 +24,7 @@ async def billing_report(
     tx: Tx, user_id: uuid.UUID, start: dt.datetime | None, end: dt.datetime | None
 ) -> dict[str, Any]:
     user = await users.get_user(tx, user_id)
+    mark = await rollups.complete_until(tx.session)
     opening = await repo.ledger_sum_before(tx.session, user_id, start) if start else 0
     closing = await repo.ledger_sum_before(tx.session, user_id, end)
     by_reason = await repo.ledger_by_reason(tx.session, user_id, start, end)
@@ -41,7 +43,7 @@ async def billing_report(
             {"reason": r["reason"], "credits": int(r["credits"]), "debits": int(r["debits"]), "count": int(r["count"])}
             for r in by_reason
         ],
-        "usage": [_usage_row(r) for r in await repo.usage_by_model(tx.session, user_id, start, end)],
+        "usage": [_usage_row(r) for r in await repo.usage_by_model(tx.session, user_id, start, end, mark=mark)],
     }
 
 
@@ -87,8 +89,9 @@ def _totals(row: dict[str, Any]) -> dict[str, int]:
 
 
 async def overview(tx: Tx, start: dt.datetime | None, end: dt.datetime | None, top: int = 10) -> dict[str, Any]:
-    totals = await repo.usage_totals(tx.session, start, end)
-    models = await repo.usage_by_model(tx.session, None, start, end)
+    mark = await rollups.complete_until(tx.session)
+    totals = await repo.usage_totals(tx.session, start, end, mark=mark)
+    models = await repo.usage_by_model(tx.session, None, start, end, mark=mark)
     providers: dict[str, dict[str, int]] = {}
     for row in models:
         bucket = providers.setdefault(
@@ -103,9 +106,9 @@ async def overview(tx: Tx, start: dt.datetime | None, end: dt.datetime | None, t
         "active_users": int(totals["active_users"]),
         "top_users": [
             {"user_id": r["user_id"], "email": r["email"], **_totals(r)}
-            for r in await repo.top_users(tx.session, start, end, top)
+            for r in await repo.top_users(tx.session, start, end, top, mark=mark)
         ],
         "by_provider": [{"provider": p, **v} for p, v in sorted(providers.items())],
         "by_model": [_usage_row(r) for r in models],
-        "daily": [{"day": r["day"], **_totals(r)} for r in await repo.daily(tx.session, start, end)],
+        "daily": [{"day": r["day"], **_totals(r)} for r in await repo.daily(tx.session, start, end, mark=mark)],
     }

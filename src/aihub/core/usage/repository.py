@@ -7,11 +7,11 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import Select, Uuid, bindparam, func, select, text, update
+from sqlalchemy import Select, Uuid, bindparam, select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from aihub.kit.db import utc_day
+from aihub.core.usage import rollups
 from aihub.kit.pagination import PageParams, keyset
 from aihub.models import Quota, QuotaCounter, UsageEvent
 
@@ -91,23 +91,12 @@ async def summary(
     start: dt.datetime | None,
     end: dt.datetime | None,
 ) -> list[dict[str, Any]]:
-    if group_by == "day":
-        key: Any = utc_day(session.get_bind().dialect.name, UsageEvent.created_at)
-    else:
-        key = UsageEvent.provider if group_by == "provider" else UsageEvent.provider + "/" + UsageEvent.model
-    stmt = (
-        select(
-            key.label("key"),
-            func.count().label("requests"),
-            func.coalesce(func.sum(UsageEvent.input_tokens), 0).label("input_tokens"),
-            func.coalesce(func.sum(UsageEvent.output_tokens), 0).label("output_tokens"),
-            func.coalesce(func.sum(UsageEvent.credits), 0).label("credits"),
-        )
-        .where(*_filters(user_id, None, None, start, end))
-        .group_by(key)
-        .order_by(key)
-    )
-    return [dict(row._mapping) for row in await session.execute(stmt)]
+    """Grouped totals: rollups for complete past days, raw events for the rest (see rollups)."""
+    keys = {"day": ["day"], "provider": ["provider"], "model": ["provider", "model"]}[group_by]
+    mark = await rollups.complete_until(session)
+    rows = await rollups.aggregate(session, keys, mark=mark, start=start, end=end, user_id=user_id)
+    items = [{"key": "/".join(str(row[k]) for k in keys), **{m: row[m] for m in rollups.MEASURES}} for row in rows]
+    return sorted(items, key=lambda item: item["key"])
 
 
 async def get_quota(session: AsyncSession, scope: str) -> Quota | None:
