@@ -66,8 +66,7 @@ class Jobs:
             else InMemoryBroker(await_inplace=False, max_async_tasks=64)
         )
         self._tasks: dict[str, Any] = {}
-        for name, func in _REGISTRY.items():
-            self._tasks[name] = self.broker.register_task(self._bind(name, func), task_name=name)
+        self._register_new()
         self._background: list[asyncio.Task[None]] = []
         self._finish = asyncio.Event()
         self._started = False
@@ -85,7 +84,15 @@ class Jobs:
         run.__name__ = name.replace(".", "_")
         return run
 
+    def _register_new(self) -> None:
+        # Domains register their jobs when imported, which may happen after this queue was made
+        # (a worker builds the queue, then imports the domains listing their periodic jobs).
+        for name, func in _REGISTRY.items():
+            if name not in self._tasks:
+                self._tasks[name] = self.broker.register_task(self._bind(name, func), task_name=name)
+
     async def enqueue(self, name: str, payload: dict[str, Any]) -> None:
+        self._register_new()
         if name not in self._tasks:
             raise KeyError(f"unknown job {name!r}")
         await self._tasks[name].kiq(payload)
@@ -95,6 +102,7 @@ class Jobs:
         if self._started:
             return
         self._started = True
+        self._register_new()
         await self.broker.startup()
         if not isinstance(self.broker, InMemoryBroker):
             receiver = Receiver(self.broker, max_async_tasks=32, run_startup=False)

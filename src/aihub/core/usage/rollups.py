@@ -19,7 +19,7 @@ from sqlalchemy import Date, String, and_, cast, func, literal, or_, select, tex
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from aihub.kit.db import utc_day, utcnow
+from aihub.kit.db import as_utc, utc_day, utcnow
 from aihub.models import UsageDailyRollup, UsageEvent, UsageRollupState
 
 STATE = "daily"
@@ -46,13 +46,16 @@ async def complete_until(session: AsyncSession) -> dt.date | None:
     return (await session.execute(stmt)).scalar_one_or_none()
 
 
-async def earliest_day(session: AsyncSession) -> dt.date | None:
+async def earliest_event(session: AsyncSession) -> dt.datetime | None:
     first = (await session.execute(select(func.min(UsageEvent.created_at)))).scalar_one_or_none()
-    if first is None:
-        return None
-    if isinstance(first, str):  # SQLite returns the aggregate as stored text
+    if isinstance(first, str):  # SQLite hands an aggregate of a timestamp back as stored text
         first = dt.datetime.fromisoformat(first)
-    return first.date() if first.tzinfo is None else first.astimezone(dt.UTC).date()
+    return as_utc(first)
+
+
+async def earliest_day(session: AsyncSession) -> dt.date | None:
+    first = await earliest_event(session)
+    return first.date() if first is not None else None
 
 
 async def recompute_day(session: AsyncSession, day: dt.date) -> None:
@@ -119,15 +122,8 @@ class Split:
     raw: list[tuple[dt.datetime | None, dt.datetime | None]] = field(default_factory=list)
 
 
-def _utc(value: dt.datetime | None) -> dt.datetime | None:
-    # A timestamp without a zone is UTC here, as everywhere in aihub (see UTCDateTime).
-    if value is None:
-        return None
-    return value.replace(tzinfo=dt.UTC) if value.tzinfo is None else value.astimezone(dt.UTC)
-
-
 def split(start: dt.datetime | None, end: dt.datetime | None, mark: dt.date | None) -> Split:
-    start, end = _utc(start), _utc(end)
+    start, end = as_utc(start), as_utc(end)
     if mark is None:
         return Split(None, [(start, end)])
     first: dt.date | None = None
