@@ -18,7 +18,7 @@ from aihub.core.usage import rollups
 from aihub.core.usage.jobs import rollup
 from aihub.kit.db import utcnow
 from aihub.kit.runtime import Runtime
-from aihub.models import UsageDailyRollup, UsageEvent
+from aihub.models import UsageDailyModelRollup, UsageDailyRollup, UsageEvent
 from tests.conftest import Caller, _core_app, create_user
 from tests.core.test_usage import event, fund, reporter
 
@@ -168,6 +168,27 @@ async def rollup_rows(rt: Runtime) -> dict[tuple[Any, ...], tuple[int, ...]]:
         await tx.close()
 
 
+def model_rows_of(events: list[UsageEvent], day: dt.date, provider: str) -> int:
+    return len({e.model for e in events if e.created_at.astimezone(dt.UTC).date() == day and e.provider == provider})
+
+
+async def model_rollup_rows(rt: Runtime) -> dict[tuple[Any, ...], tuple[int, ...]]:
+    tx = rt.tx()
+    try:
+        rows = (await tx.session.execute(select(UsageDailyModelRollup))).scalars()
+        return {(r.day, r.provider, r.model): tuple(getattr(r, m) for m in MEASURES) for r in rows}
+    finally:
+        await tx.close()
+
+
+def expected_model_rows(events: list[UsageEvent], before: dt.date) -> dict[tuple[Any, ...], tuple[int, ...]]:
+    sums: dict[tuple[Any, ...], list[int]] = defaultdict(lambda: [0, 0, 0, 0])
+    for (day, _, provider, model), values in expected_rows(events, before).items():
+        for i, value in enumerate(values):
+            sums[(day, provider, model)][i] += value
+    return {k: tuple(v) for k, v in sums.items()}
+
+
 def expected_rows(events: list[UsageEvent], before: dt.date) -> dict[tuple[Any, ...], tuple[int, ...]]:
     sums: dict[tuple[Any, ...], list[int]] = defaultdict(lambda: [0, 0, 0, 0])
     for e in events:
@@ -200,6 +221,7 @@ async def test_rollup_backed_figures_equal_raw_figures(
     assert run.complete_until is not None and run.days == (run.complete_until - first_day).days
     rows = await rollup_rows(runtime)
     assert rows == expected_rows(events, run.complete_until)
+    assert await model_rollup_rows(runtime) == expected_model_rows(events, run.complete_until)
     assert 0 < len(rows) < len(events)  # several events share a day x user x model
     assert await snapshot(client, admin, user) == before
     for start, end in windows(utcnow()):
@@ -207,23 +229,33 @@ async def test_rollup_backed_figures_equal_raw_figures(
         raw = raw_overview(events, start, end)
         assert comparable(body) == raw
 
-    # The figures really come from the rollups: a changed rollup row shows in the overview.
-    key = next(k for k in rows if k[0] < run.complete_until)
+    # The figures really come from the rollups: changed rollup rows show, the per-user table
+    # in a user's figures, the all-users one in the overview's totals.
+    day, user_id, provider, model = next(iter(rows))
     tx = runtime.tx()
     await tx.session.execute(
         update(UsageDailyRollup)
         .where(
-            UsageDailyRollup.day == key[0],
-            UsageDailyRollup.user_id == key[1],
-            UsageDailyRollup.provider == key[2],
-            UsageDailyRollup.model == key[3],
+            UsageDailyRollup.day == day,
+            UsageDailyRollup.user_id == user_id,
+            UsageDailyRollup.provider == provider,
+            UsageDailyRollup.model == model,
         )
         .values(credits=UsageDailyRollup.credits + 1000)
     )
+    await tx.session.execute(
+        update(UsageDailyModelRollup)
+        .where(UsageDailyModelRollup.day == day, UsageDailyModelRollup.provider == provider)
+        .values(credits=UsageDailyModelRollup.credits + 7)
+    )
     await tx.commit()
     await tx.close()
-    total = (await client.get("/api/analytics/overview", headers=admin.headers)).json()["totals"]["credits"]
-    assert total == raw_overview(events, None, None)["totals"]["credits"] + 1000
+    raw = raw_overview(events, None, None)
+    body = (await client.get("/api/analytics/overview", headers=admin.headers)).json()
+    assert body["totals"]["credits"] == raw["totals"]["credits"] + 7 * model_rows_of(events, day, provider)
+    assert body["topUsers"] and {u["userId"]: u["credits"] for u in body["topUsers"]}[str(user_id)] == (
+        raw["topUsers"][str(user_id)]["credits"] + 1000
+    )
 
     # Re-running recomputes the recent days (idempotent upsert) and repairs the row; a late
     # event (committed after its day was rolled up) is caught by the lookback.
@@ -235,6 +267,7 @@ async def test_rollup_backed_figures_equal_raw_figures(
     assert again.complete_until is not None
     events = await all_events(runtime)
     assert await rollup_rows(runtime) == expected_rows(events, again.complete_until)
+    assert await model_rollup_rows(runtime) == expected_model_rows(events, again.complete_until)
     for start, end in windows(utcnow()):
         body = (await client.get("/api/analytics/overview", headers=admin.headers, params=_params(start, end))).json()
         raw = raw_overview(events, start, end)
@@ -268,7 +301,9 @@ async def test_concurrent_rollups_on_several_instances_agree(pg_runtime: Runtime
             await instance.close()
     assert {r.complete_until for r in runs} == {runs[0].complete_until}
     assert runs[0].complete_until is not None
-    assert await rollup_rows(rt) == expected_rows(await all_events(rt), runs[0].complete_until)
+    events = await all_events(rt)
+    assert await rollup_rows(rt) == expected_rows(events, runs[0].complete_until)
+    assert await model_rollup_rows(rt) == expected_model_rows(events, runs[0].complete_until)
 
 
 MOMENT = st.datetimes(min_value=dt.datetime(2026, 1, 1), max_value=dt.datetime(2026, 3, 1), timezones=st.just(dt.UTC))

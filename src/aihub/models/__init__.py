@@ -9,7 +9,14 @@ from aihub.models.promos import PromoCode, PromoRedemption, PromoUserCount
 from aihub.models.rbac import Permission, Role, RolePermission, UserPermission, UserRole
 from aihub.models.reports import ReportJob
 from aihub.models.sora import SoraGeneration, SoraSession
-from aihub.models.usage import Quota, QuotaCounter, UsageDailyRollup, UsageEvent, UsageRollupState
+from aihub.models.usage import (
+    Quota,
+    QuotaCounter,
+    UsageDailyModelRollup,
+    UsageDailyRollup,
+    UsageEvent,
+    UsageRollupState,
+)
 from aihub.models.users import User
 
 __all__ = [
@@ -33,6 +40,7 @@ __all__ = [
     "ServiceToken",
     "SoraGeneration",
     "SoraSession",
+    "UsageDailyModelRollup",
     "UsageDailyRollup",
     "UsageEvent",
     "UsageRollupState",

@@ -84,6 +84,20 @@ class UsageDailyRollup(Base):
     credits: Mapped[int] = mapped_column(BigInteger)
 
 
+class UsageDailyModelRollup(Base):
+    """Usage of one UTC day x provider x model (all users): what the overview's totals read."""
+
+    __tablename__ = "usage_daily_model_rollups"
+
+    day: Mapped[dt.date] = mapped_column(Date, primary_key=True)
+    provider: Mapped[str] = mapped_column(String(64), primary_key=True)
+    model: Mapped[str] = mapped_column(String(128), primary_key=True)
+    requests: Mapped[int] = mapped_column(BigInteger)
+    input_tokens: Mapped[int] = mapped_column(BigInteger)
+    output_tokens: Mapped[int] = mapped_column(BigInteger)
+    credits: Mapped[int] = mapped_column(BigInteger)
+
+
 class UsageRollupState(Base):
     """Every day before ``complete_until`` is complete in the rollups (readers trust only those)."""
 

@@ -86,28 +86,22 @@ async def usage_by_model(
     return await rollups.aggregate(session, ["provider", "model"], mark=mark, start=start, end=end, user_id=user_id)
 
 
-async def usage_totals(
+async def usage_cells(
     session: AsyncSession, start: dt.datetime | None, end: dt.datetime | None, *, mark: dt.date | None
-) -> dict[str, Any]:
-    (totals,) = await rollups.aggregate(session, [], mark=mark, start=start, end=end)
-    totals["active_users"] = await rollups.active_users(session, mark=mark, start=start, end=end)
-    return totals
+) -> list[dict[str, Any]]:
+    """Usage by day x provider x model: the overview's totals, providers, models and days in one scan."""
+    return await rollups.aggregate(session, ["day", "provider", "model"], mark=mark, start=start, end=end)
 
 
 async def top_users(
     session: AsyncSession, start: dt.datetime | None, end: dt.datetime | None, limit: int, *, mark: dt.date | None
-) -> list[dict[str, Any]]:
+) -> tuple[list[dict[str, Any]], int]:
+    """The ``limit`` users who spent most, and how many users had any usage (one scan)."""
     rows = await rollups.aggregate(session, ["user_id"], mark=mark, start=start, end=end, top=limit)
     found = await emails(session, [r["user_id"] for r in rows])
     for row in rows:
         row["email"] = found.get(row["user_id"])
-    return rows
-
-
-async def daily(
-    session: AsyncSession, start: dt.datetime | None, end: dt.datetime | None, *, mark: dt.date | None
-) -> list[dict[str, Any]]:
-    return await rollups.aggregate(session, ["day"], mark=mark, start=start, end=end)
+    return rows, int(rows[0]["groups"]) if rows else 0
 
 
 # ---------------------------------------------------------------- report jobs

@@ -81,33 +81,43 @@ def report_csv(report: dict[str, Any]) -> str:
     return out.getvalue()
 
 
+MEASURES = ("requests", "input_tokens", "output_tokens", "credits")
+
+
 def _totals(row: dict[str, Any]) -> dict[str, int]:
-    return {k: int(row[k]) for k in ("requests", "input_tokens", "output_tokens", "credits")}
+    return {k: int(row[k]) for k in MEASURES}
+
+
+def _add(buckets: dict[Any, dict[str, int]], key: Any, row: dict[str, Any]) -> None:
+    bucket = buckets.setdefault(key, dict.fromkeys(MEASURES, 0))
+    for name in MEASURES:
+        bucket[name] += int(row[name])
 
 
 async def overview(tx: Tx, start: dt.datetime | None, end: dt.datetime | None, top: int = 10) -> dict[str, Any]:
+    """Two grouped reads (day x provider x model; per user), each from rollups plus raw edges;
+    totals, providers, models and days are folded from the first in Python."""
     mark = await rollups.complete_until(tx.session)
-    totals = await repo.usage_totals(tx.session, start, end, mark=mark)
-    models = await repo.usage_by_model(tx.session, None, start, end, mark=mark)
+    totals: dict[str, int] = dict.fromkeys(MEASURES, 0)
     providers: dict[str, dict[str, int]] = {}
-    for row in models:
-        bucket = providers.setdefault(
-            row["provider"], dict.fromkeys(("requests", "input_tokens", "output_tokens", "credits"), 0)
-        )
-        for key, value in _totals(row).items():
-            bucket[key] += value
+    models: dict[tuple[str, str], dict[str, int]] = {}
+    days: dict[str, dict[str, int]] = {}
+    for cell in await repo.usage_cells(tx.session, start, end, mark=mark):
+        for name in MEASURES:
+            totals[name] += int(cell[name])
+        _add(providers, cell["provider"], cell)
+        _add(models, (cell["provider"], cell["model"]), cell)
+        _add(days, cell["day"], cell)
+    leaders, active = await repo.top_users(tx.session, start, end, top, mark=mark)
     return {
         "from": start,
         "to": end,
-        "totals": _totals(totals),
-        "active_users": int(totals["active_users"]),
-        "top_users": [
-            {"user_id": r["user_id"], "email": r["email"], **_totals(r)}
-            for r in await repo.top_users(tx.session, start, end, top, mark=mark)
-        ],
+        "totals": totals,
+        "active_users": active,
+        "top_users": [{"user_id": r["user_id"], "email": r["email"], **_totals(r)} for r in leaders],
         "by_provider": [{"provider": p, **v} for p, v in sorted(providers.items())],
-        "by_model": [_usage_row(r) for r in models],
-        "daily": [{"day": r["day"], **_totals(r)} for r in await repo.daily(tx.session, start, end, mark=mark)],
+        "by_model": [{"provider": p, "model": m, **v} for (p, m), v in sorted(models.items())],
+        "daily": [{"day": d, **v} for d, v in sorted(days.items())],
     }
 
 

@@ -20,7 +20,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from aihub.kit.db import as_utc, utc_day, utcnow
-from aihub.models import UsageDailyRollup, UsageEvent, UsageRollupState
+from aihub.models import UsageDailyModelRollup, UsageDailyRollup, UsageEvent, UsageRollupState
 
 STATE = "daily"
 # pg_advisory_xact_lock(namespace, day): recomputes of one day run one at a time across
@@ -28,6 +28,7 @@ STATE = "daily"
 _PG_LOCK_NAMESPACE = 730_522
 MEASURES = ("requests", "input_tokens", "output_tokens", "credits")
 KEYS = ("day", "user_id", "provider", "model")
+MODEL_KEYS = ("day", "provider", "model")
 
 
 def _midnight(day: dt.date) -> dt.datetime:
@@ -85,12 +86,27 @@ async def recompute_day(session: AsyncSession, day: dt.date) -> None:
         .where(UsageEvent.created_at >= start, UsageEvent.created_at < start + dt.timedelta(days=1))
         .group_by(UsageEvent.user_id, UsageEvent.provider, UsageEvent.model)
     )
-    insert = (postgresql.insert if dialect == "postgresql" else sqlite.insert)(UsageDailyRollup)
-    stmt = insert.from_select([*KEYS, *MEASURES], source)
-    stmt = stmt.on_conflict_do_update(
-        index_elements=list(KEYS), set_={name: getattr(stmt.excluded, name) for name in MEASURES}
+    await session.execute(_upsert(dialect, UsageDailyRollup, KEYS, source))
+    # The all-users table, from the day's per-user rows just written (same transaction).
+    per_model = (
+        select(
+            UsageDailyRollup.day,
+            UsageDailyRollup.provider,
+            UsageDailyRollup.model,
+            *(func.sum(getattr(UsageDailyRollup, m)).label(m) for m in MEASURES),
+        )
+        .where(UsageDailyRollup.day == day)
+        .group_by(UsageDailyRollup.day, UsageDailyRollup.provider, UsageDailyRollup.model)
     )
-    await session.execute(stmt)
+    await session.execute(_upsert(dialect, UsageDailyModelRollup, MODEL_KEYS, per_model))
+
+
+def _upsert(dialect: str, table: Any, keys: Sequence[str], source: Any) -> Any:
+    insert = (postgresql.insert if dialect == "postgresql" else sqlite.insert)(table)
+    stmt = insert.from_select([*keys, *MEASURES], source)
+    return stmt.on_conflict_do_update(
+        index_elements=list(keys), set_={name: getattr(stmt.excluded, name) for name in MEASURES}
+    )
 
 
 async def advance(session: AsyncSession, until: dt.date) -> None:
@@ -148,8 +164,8 @@ def _day_text(dialect: str, column: Any) -> Any:
     return cast(column, String())  # SQLite stores a DATE as 'YYYY-MM-DD' text already
 
 
-def _rollup_key(dialect: str, key: str) -> Any:
-    column = getattr(UsageDailyRollup, key)
+def _rollup_key(dialect: str, table: Any, key: str) -> Any:
+    column = getattr(table, key)
     return _day_text(dialect, column).label(key) if key == "day" else column.label(key)
 
 
@@ -171,11 +187,11 @@ def _raw_where(ranges: Sequence[tuple[dt.datetime | None, dt.datetime | None]]) 
     return or_(*parts)
 
 
-def _rollup_where(days: tuple[dt.date | None, dt.date]) -> list[Any]:
+def _rollup_where(table: Any, days: tuple[dt.date | None, dt.date]) -> list[Any]:
     first, last = days
-    conditions = [UsageDailyRollup.day < last]
+    conditions = [table.day < last]
     if first is not None:
-        conditions.append(UsageDailyRollup.day >= first)
+        conditions.append(table.day >= first)
     return conditions
 
 
@@ -183,11 +199,14 @@ def _parts(dialect: str, keys: Sequence[str], window: Split, user_id: uuid.UUID 
     """One SELECT per source, each already grouped by ``keys`` (UNION ALL'ed by the caller)."""
     parts: list[Any] = []
     if window.days is not None:
+        # Without a user dimension, the all-users table has the same sums in far fewer rows.
+        per_user = user_id is not None or "user_id" in keys
+        table: Any = UsageDailyRollup if per_user else UsageDailyModelRollup
         # The same key objects in SELECT and GROUP BY: PostgreSQL matches a grouped expression
         # only when its bind parameters are the same ones.
-        rollup_keys: list[Any] = [_rollup_key(dialect, k) for k in keys]
-        columns = [*rollup_keys, *(func.sum(getattr(UsageDailyRollup, m)).label(m) for m in MEASURES)]
-        stmt = select(*columns).where(*_rollup_where(window.days))
+        rollup_keys: list[Any] = [_rollup_key(dialect, table, k) for k in keys]
+        columns = [*rollup_keys, *(func.sum(getattr(table, m)).label(m) for m in MEASURES)]
+        stmt = select(*columns).where(*_rollup_where(table, window.days))
         if user_id is not None:
             stmt = stmt.where(UsageDailyRollup.user_id == user_id)
         parts.append(stmt.group_by(*rollup_keys) if keys else stmt)
@@ -218,8 +237,9 @@ async def aggregate(
 ) -> list[dict[str, Any]]:
     """Requests, tokens and credits grouped by ``keys`` (a subset of day, user_id, provider, model).
 
-    Ordered by the keys, or by credits (highest first) and limited to ``top`` rows. Without keys:
-    one row of totals (zeros when nothing matched).
+    Ordered by the keys, or by credits (highest first) and limited to ``top`` rows, each row
+    then also telling ``groups``: how many groups there were before the limit (with user_id:
+    the active users). Without keys: one row of totals (zeros when nothing matched).
     """
     dialect = _dialect(session)
     parts = _parts(dialect, keys, split(start, end, mark), user_id)
@@ -230,6 +250,7 @@ async def aggregate(
     if keys:
         stmt = stmt.group_by(*(both.c[k] for k in keys))
     if top is not None:
+        stmt = stmt.add_columns(func.count().over().label("groups"))
         stmt = stmt.order_by(func.sum(both.c.credits).desc(), *(both.c[k] for k in keys)).limit(top)
     elif keys:
         stmt = stmt.order_by(*(both.c[k] for k in keys))
@@ -240,16 +261,3 @@ async def aggregate(
             item[m] = int(item[m])
         rows.append(item)
     return rows
-
-
-async def active_users(
-    session: AsyncSession, *, mark: dt.date | None, start: dt.datetime | None, end: dt.datetime | None
-) -> int:
-    window = split(start, end, mark)
-    parts: list[Any] = []
-    if window.days is not None:
-        parts.append(select(UsageDailyRollup.user_id).where(*_rollup_where(window.days)).distinct())
-    if window.raw:
-        parts.append(select(UsageEvent.user_id).where(_raw_where(window.raw)).distinct())
-    both = (parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0]).subquery()
-    return int((await session.execute(select(func.count()).select_from(both))).scalar_one())
