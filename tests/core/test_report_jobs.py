@@ -377,3 +377,14 @@ async def test_openapi_publishes_the_job_endpoints(client: httpx.AsyncClient) ->
         assert "202" in paths[path]["get"]["responses"]
     job = schema["components"]["schemas"]["ReportJobOut"]["properties"]
     assert {"id", "status", "createdAt", "url", "downloadUrl", "error", "expiresAt"} <= set(job)
+
+
+def test_export_csv_defuses_formula_cells() -> None:
+    from aihub.core.reports.service import export_csv
+
+    row = {"opening_balance": 0, "credits": 0, "debits": 0, "closing_balance": 0, "usage": []}
+    export = {
+        "users": [{**row, "user_id": "u1", "email": "=HYPERLINK(1)@x.io"}, {**row, "user_id": "u2", "email": "a@x.io"}]
+    }
+    lines = list(csv.DictReader(io.StringIO(export_csv(export))))
+    assert [r["email"] for r in lines] == ["'=HYPERLINK(1)@x.io", "a@x.io"]

@@ -166,6 +166,11 @@ async def billing_export(tx: Tx, start: dt.datetime | None, end: dt.datetime | N
     return {"from": start, "to": end, "generated_at": utcnow(), "users": rows}
 
 
+def _text_cell(value: str) -> str:
+    """A spreadsheet would run a cell starting with = + - @ as a formula (an email may): quote it."""
+    return "'" + value if value[:1] in ("=", "+", "-", "@", "\t", "\r") else value
+
+
 def export_csv(export: dict[str, Any]) -> str:
     """One line per user: balances, credits and debits, and their usage summed over models."""
     out = io.StringIO()
@@ -189,7 +194,7 @@ def export_csv(export: dict[str, Any]) -> str:
         writer.writerow(
             [
                 row["user_id"],
-                row["email"] or "",
+                _text_cell(row["email"] or ""),
                 row["opening_balance"],
                 row["credits"],
                 row["debits"],
