@@ -200,6 +200,15 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+@pytest.fixture
+def dead_port() -> Iterator[int]:
+    """A port that refuses connections for the whole test: bound but never listening, so no
+    server started later in the test (a gateway on ``free_port()``) can be handed the same one."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        yield int(sock.getsockname()[1])
+
+
 @dataclass
 class LiveServer:
     url: str
@@ -301,3 +310,58 @@ async def manager(runtime: Runtime) -> Caller:
 @pytest.fixture
 async def user(runtime: Runtime) -> Caller:
     return await create_user(runtime, email="user@example.com", roles=["user"])
+
+
+# ------------------------------------------------------------------ a JWKS endpoint
+
+
+@dataclass
+class FakeJwks:
+    """A stand-in for auth's ``/.well-known/jwks.json`` on loopback that counts its requests.
+
+    What it serves can change while it runs (``keys``, ``cache_control``, ``status``); ``delay``
+    makes it answer late (an auth instance that hangs); ``stop()`` makes it refuse connections.
+    """
+
+    port: int
+    keys: list[dict[str, Any]]
+    cache_control: str | None = "public, max-age=300"
+    status: int = 200
+    delay: float = 0.0
+    hits: int = 0
+    runner: Any = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/.well-known/jwks.json"
+
+    async def _serve(self, _: Any) -> Any:
+        from aiohttp import web
+
+        self.hits += 1
+        if self.delay:
+            await asyncio.sleep(self.delay)
+        headers = {"Cache-Control": self.cache_control} if self.cache_control else None
+        return web.json_response({"keys": self.keys}, status=self.status, headers=headers)
+
+    async def start(self) -> None:
+        from aiohttp import web
+
+        app = web.Application()
+        app.router.add_get("/.well-known/jwks.json", self._serve)
+        self.runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.1)
+        await self.runner.setup()
+        await web.TCPSite(self.runner, "127.0.0.1", self.port).start()
+
+    async def stop(self) -> None:
+        if self.runner is not None:
+            await self.runner.cleanup()
+            self.runner = None
+
+
+@pytest.fixture
+async def fake_jwks() -> AsyncIterator[FakeJwks]:
+    server = FakeJwks(free_port(), keys=[])
+    await server.start()
+    yield server
+    await server.stop()

@@ -11,6 +11,7 @@ from typing import Annotated, Any, TypeVar
 import typer
 from pydantic import ValidationError
 from rich.console import Console
+from rich.markup import escape
 
 from aihub.config import Settings
 
@@ -30,7 +31,10 @@ def _settings() -> Settings:
     except ValidationError as exc:
         for error in exc.errors():
             name = "AIHUB_" + "_".join(str(p) for p in error["loc"]).upper() if error["loc"] else "settings"
-            err.print(f"[red]configuration error[/red] {name}: {error['msg']}")
+            message = error["msg"].removeprefix("Value error, ")
+            # soft_wrap: one line per error however narrow the terminal, so log collectors and
+            # `docker logs` show the whole message on the line that names the variable.
+            err.print(f"[red]configuration error[/red] {name}: {escape(message)}", soft_wrap=True)
         raise typer.Exit(2) from None
 
 
@@ -69,7 +73,7 @@ def _check_routes(settings: Settings) -> None:
     try:
         load_table(settings)
     except Exception as exc:  # any parse or shape error of the operator's file
-        err.print(f"[red]configuration error[/red] AIHUB_GATEWAY_ROUTES: {exc}")
+        err.print(f"[red]configuration error[/red] AIHUB_GATEWAY_ROUTES: {escape(str(exc))}", soft_wrap=True)
         raise typer.Exit(2) from None
 
 

@@ -21,127 +21,301 @@ def _split(value: str) -> list[str]:
 
 
 class Settings(BaseSettings):
+    """Every setting carries a ``description``: ``scripts/config_table.py`` renders them as the
+    README's configuration table, and a test keeps the two in step. ``doc_default`` (in
+    ``json_schema_extra``) replaces a default that reads badly in a table."""
+
     model_config = SettingsConfigDict(env_prefix="AIHUB_", extra="ignore", frozen=True)
 
-    env: Literal["development", "test", "production"] = "development"
-    host: str = "127.0.0.1"
-    database_url: str = "sqlite+aiosqlite:///./aihub.db"
-    redis_url: str | None = None
-    jwt_secret: str = DEV_JWT_SECRET
-    jwt_issuer: str = "aihub-auth"
-    jwt_audience: str = "aihub"
-    jwt_leeway_seconds: int = Field(default=10, ge=0, le=300)
-    access_token_ttl_seconds: int = Field(default=900, ge=30, le=86_400)
-    refresh_token_ttl_seconds: int = Field(default=7 * 86_400, ge=300)
+    env: Literal["development", "test", "production"] = Field(
+        default="development",
+        description="`production` refuses the default JWT secret and secrets under 32 characters",
+    )
+    host: str = Field(default="127.0.0.1", description="listening address of every service (`0.0.0.0` in a container)")
+    database_url: str = Field(
+        default="sqlite+aiosqlite:///./aihub.db",
+        description="`sqlite+aiosqlite:///path` (embedded) or `postgresql+asyncpg://user:pass@host:5432/db`",
+    )
+    redis_url: str | None = Field(
+        default=None,
+        description="`redis://host:port/db` (or `rediss://`, `unix://`); unset: in-process stores, one process only",
+    )
+    jwt_secret: str = Field(
+        default=DEV_JWT_SECRET,
+        description="HS256 signing secret (at least 32 characters in production)",
+        json_schema_extra={"doc_default": "a public development secret"},
+    )
+    jwt_issuer: str = Field(default="aihub-auth", description="`iss` claim issued and expected")
+    jwt_audience: str = Field(default="aihub", description="`aud` claim issued and expected")
+    jwt_leeway_seconds: int = Field(default=10, ge=0, le=300, description="clock skew allowed on `exp`")
+    access_token_ttl_seconds: int = Field(default=900, ge=30, le=86_400, description="access-token lifetime")
+    refresh_token_ttl_seconds: int = Field(default=7 * 86_400, ge=300, description="refresh-token lifetime")
     # Asymmetric signing (auth signs; every service verifies). A private key is inline PEM or a
     # file path; RSA (>= 2048 bits) signs RS256, Ed25519 signs EdDSA. Its kid is the RFC 7638
     # thumbprint unless AIHUB_JWT_KEY_ID is set.
-    jwt_private_key: str | None = None
-    jwt_key_id: str | None = Field(default=None, min_length=1, max_length=128)
+    jwt_private_key: str | None = Field(
+        default=None,
+        description="PEM (inline or a file path) of an RSA (≥ 2048 bits) or Ed25519 key: tokens are then "
+        "signed RS256/EdDSA with a `kid`, and auth publishes `/.well-known/jwks.json`",
+    )
+    jwt_key_id: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=128,
+        description="`kid` of the signing key",
+        json_schema_extra={"doc_default": "the key's RFC 7638 thumbprint"},
+    )
     # Public keys that still verify (rotation: the previous key until its tokens expire; or, on
     # a verify-only service such as core or the gateway, the signer's public key). Comma-separated.
-    jwt_public_keys: str = ""
+    jwt_public_keys: str = Field(
+        default="",
+        description="comma-separated PEMs (or paths) that still verify: the previous key during a rotation, "
+        "or the signer's key on verify-only services",
+    )
     # HS256 with AIHUB_JWT_SECRET is accepted by default only while no asymmetric key is set;
     # set it to true during a switch from HS256 to RS256/EdDSA so older tokens keep working.
-    jwt_accept_hs256: bool | None = None
+    jwt_accept_hs256: bool | None = Field(
+        default=None,
+        description="accept HS256 tokens signed with `AIHUB_JWT_SECRET` (set true during a switch to RS256/EdDSA)",
+        json_schema_extra={"doc_default": "true only while no asymmetric key or JWKS URL is set"},
+    )
+    # Verify-only services (gateway, core) may load the signer's public keys from auth's JWKS
+    # instead of AIHUB_JWT_PUBLIC_KEYS: fetched at start (readiness is 503 until it loaded),
+    # refreshed every JWKS_REFRESH_SECONDS (sooner when the answer's Cache-Control max-age says
+    # so), and fetched again when a token names an unknown kid, at most once per
+    # JWKS_REFETCH_INTERVAL_SECONDS so forged kids cannot make the verifiers hammer auth.
+    jwks_url: str = Field(
+        default="",
+        description="auth's key set, e.g. `http://auth:3001/.well-known/jwks.json`: the gateway and core take "
+        "their verification keys from it (instead of, or on top of, `AIHUB_JWT_PUBLIC_KEYS`); only RS256/EdDSA "
+        "signature keys are used from it, HS and `none` entries are ignored. Loaded in the background at start "
+        '(`/health/ready` is 503 with `checks.jwks = "loading"` until then; start never fails because auth is '
+        "down), refreshed periodically, and fetched again when a token names an unknown `kid`",
+    )
+    jwks_refresh_seconds: float = Field(
+        default=300.0,
+        ge=1,
+        le=86_400,
+        description="refresh period of the key set; a shorter `Cache-Control: max-age` in auth's answer wins. "
+        'A failed refresh keeps the keys held (`checks.jwks = "stale"`) and retries with back-off',
+    )
+    jwks_refetch_interval_seconds: float = Field(
+        default=10.0,
+        ge=0.1,
+        le=3_600,
+        description="at most one fetch per this many seconds for tokens with an unknown `kid` (a burst waits on "
+        "one request; forged kids get 401 `INVALID_TOKEN` without reaching auth)",
+    )
+    jwks_timeout_seconds: float = Field(default=3.0, gt=0, le=60, description="timeout of one JWKS request")
     # Login lockout: after this many failed attempts for one account within the window, further
     # attempts are refused (429) until the window ends. 0 turns the lockout off.
-    login_max_failures: int = Field(default=5, ge=0, le=1_000)
-    login_lockout_seconds: int = Field(default=900, ge=1, le=86_400)
-    service_token_max_days: int = Field(default=3_650, ge=1)
+    login_max_failures: int = Field(
+        default=5,
+        ge=0,
+        le=1_000,
+        description="failed logins per account before further attempts get 429 for the lockout window (0: off)",
+    )
+    login_lockout_seconds: int = Field(default=900, ge=1, le=86_400, description="the login lockout window")
+    service_token_max_days: int = Field(
+        default=3_650, ge=1, description="longest `expiresInDays` a service token may have"
+    )
 
     # How long a Sora generation may run before its credit hold expires (and releases itself).
-    sora_hold_ttl_seconds: int = Field(default=3_600, ge=60, le=7 * 86_400)
+    sora_hold_ttl_seconds: int = Field(
+        default=3_600,
+        ge=60,
+        le=7 * 86_400,
+        description="how long a video generation may take before its credit hold expires",
+    )
 
-    gateway_port: int = Field(default=3000, ge=1, le=65_535)
-    auth_port: int = Field(default=3001, ge=1, le=65_535)
-    core_port: int = Field(default=3002, ge=1, le=65_535)
-    auth_url: str = ""
-    core_url: str = ""
-    mcp_url: str = "http://127.0.0.1:3003"
-    gateway_routes: str | None = None
-    cors_origins: str = ""
+    gateway_port: int = Field(default=3000, ge=1, le=65_535, description="gateway listening port")
+    auth_port: int = Field(default=3001, ge=1, le=65_535, description="auth listening port")
+    core_port: int = Field(default=3002, ge=1, le=65_535, description="core listening port")
+    auth_url: str = Field(
+        default="",
+        description="auth upstream(s) of the gateway; a comma-separated list means several instances",
+        json_schema_extra={"doc_default": "`http://127.0.0.1:<AIHUB_AUTH_PORT>`"},
+    )
+    core_url: str = Field(
+        default="",
+        description="core upstream(s) of the gateway; a comma-separated list means several instances",
+        json_schema_extra={"doc_default": "`http://127.0.0.1:<AIHUB_CORE_PORT>`"},
+    )
+    mcp_url: str = Field(
+        default="http://127.0.0.1:3003",
+        description="MCP server upstream(s) of `/api/mcp` and `/api/ws` (not part of aihub)",
+    )
+    gateway_routes: str | None = Field(
+        default=None,
+        description="path of a YAML or TOML route file that replaces the default table "
+        "(format in `src/aihub/gateway/routing.py`, example in `deploy/gateway-routes.yaml`)",
+        json_schema_extra={"doc_default": "unset: the default table"},
+    )
+    cors_origins: str = Field(default="", description="comma-separated allowed CORS origins")
 
     # --- gateway (issue 8) ---
+    rate_limit_window_seconds: int = Field(default=60, ge=1, le=86_400, description="the rate-limit window")
     # Rate limits per role, requests per window; 0 means unlimited (no limit headers are sent).
-    rate_limit_window_seconds: int = Field(default=60, ge=1, le=86_400)
-    rate_limit_guest: int = Field(default=10, ge=0)
-    rate_limit_user: int = Field(default=60, ge=0)
-    rate_limit_manager: int = Field(default=120, ge=0)
-    rate_limit_admin: int = Field(default=0, ge=0)
-    rate_limit_service: int = Field(default=0, ge=0)
+    rate_limit_guest: int = Field(
+        default=10, ge=0, description="gateway requests per window without a token (0: unlimited)"
+    )
+    rate_limit_user: int = Field(default=60, ge=0, description="requests per window for role `user` (0: unlimited)")
+    rate_limit_manager: int = Field(
+        default=120, ge=0, description="requests per window for role `manager` (0: unlimited)"
+    )
+    rate_limit_admin: int = Field(default=0, ge=0, description="requests per window for role `admin` (0: unlimited)")
+    rate_limit_service: int = Field(
+        default=0, ge=0, description="requests per window for service tokens (0: unlimited)"
+    )
     # Any other role, as "name=limit,name=limit"; a role missing everywhere gets the user limit.
-    rate_limit_roles: str = ""
+    rate_limit_roles: str = Field(
+        default="", description="limits of other roles, `name=limit,…`; an unknown role gets the user limit"
+    )
     # Stricter per-route limits (per client IP, or per user once signed in) against brute force.
-    rate_limit_login: int = Field(default=10, ge=0)
-    rate_limit_register: int = Field(default=5, ge=0)
-    rate_limit_promo_redeem: int = Field(default=10, ge=0)
+    rate_limit_login: int = Field(default=10, ge=0, description="`/api/auth/login` requests per window per client IP")
+    rate_limit_register: int = Field(
+        default=5, ge=0, description="`/api/auth/register` requests per window per client IP"
+    )
+    rate_limit_promo_redeem: int = Field(
+        default=10, ge=0, description="`/api/promo-codes/redeem` requests per window per user"
+    )
     # Off only for benchmarks of the bare proxy; never in production.
-    rate_limit_enabled: bool = True
+    rate_limit_enabled: bool = Field(default=True, description="rate limits on (off only to benchmark the bare proxy)")
     # Redis unreachable: True refuses requests with 503 instead of limiting per process.
-    rate_limit_fail_closed: bool = False
+    rate_limit_fail_closed: bool = Field(
+        default=False, description="with Redis down: false limits per process (fail open), true answers 503"
+    )
     # Peers whose X-Forwarded-For is believed (CIDRs); everyone else is the client itself.
-    gateway_trusted_proxies: str = ""
+    gateway_trusted_proxies: str = Field(default="", description="CIDRs whose `X-Forwarded-For` is believed")
     # Addresses refused outright (CIDRs), on top of the dynamic blocks made through the admin API.
-    gateway_deny_cidrs: str = ""
+    gateway_deny_cidrs: str = Field(
+        default="", description="CIDRs always refused (on top of blocks made through the API)"
+    )
     # Automatic temporary ban: this many rejections (429s, or failed authentications) in the window.
-    gateway_ban_after_rate_limited: int = Field(default=50, ge=0)
-    gateway_ban_after_auth_failures: int = Field(default=20, ge=0)
-    gateway_ban_window_seconds: int = Field(default=60, ge=1)
-    gateway_ban_seconds: int = Field(default=900, ge=1)
+    gateway_ban_after_rate_limited: int = Field(
+        default=50, ge=0, description="429s from one address within the ban window before it is banned (0: never)"
+    )
+    gateway_ban_after_auth_failures: int = Field(
+        default=20,
+        ge=0,
+        description="failed authentications from one address within the ban window before a ban (0: never)",
+    )
+    gateway_ban_window_seconds: int = Field(default=60, ge=1, description="window that counts rejections for a ban")
+    gateway_ban_seconds: int = Field(default=900, ge=1, description="length of an automatic ban")
     # Upstream behaviour: connect and response-header timeouts, health checks, passive ejection.
-    gateway_connect_timeout_seconds: float = Field(default=3.0, gt=0)
-    gateway_timeout_seconds: float = Field(default=60.0, gt=0)
-    gateway_health_interval_seconds: float = Field(default=5.0, gt=0)
-    gateway_eject_after_failures: int = Field(default=3, ge=1)
-    gateway_eject_seconds: float = Field(default=10.0, gt=0)
+    gateway_connect_timeout_seconds: float = Field(default=3.0, gt=0, description="upstream connect timeout")
+    gateway_timeout_seconds: float = Field(
+        default=60.0, gt=0, description="upstream response timeout (per route in a route file)"
+    )
+    gateway_health_interval_seconds: float = Field(
+        default=5.0, gt=0, description="interval of active upstream `/health` checks"
+    )
+    gateway_eject_after_failures: int = Field(
+        default=3, ge=1, description="consecutive connection failures that eject an upstream instance"
+    )
+    gateway_eject_seconds: float = Field(default=10.0, gt=0, description="how long an ejected instance stays out")
     # WebSocket passthrough: largest message and how long a silent connection stays open.
-    gateway_ws_max_message_bytes: int = Field(default=1_048_576, ge=1_024)
-    gateway_ws_idle_seconds: float = Field(default=300.0, gt=0)
+    gateway_ws_max_message_bytes: int = Field(default=1_048_576, ge=1_024, description="largest WebSocket message")
+    gateway_ws_idle_seconds: float = Field(default=300.0, gt=0, description="a silent WebSocket is closed after this")
     # One JSON access-log line per request; off only for benchmarks.
-    gateway_access_log: bool = True
+    gateway_access_log: bool = Field(
+        default=True, description="one JSON access-log line per request (off only for benchmarks)"
+    )
 
-    log_level: Literal["debug", "info", "warning", "error"] = "info"
-    max_body_bytes: int = Field(default=1_048_576, ge=1_024)
-    metrics_allow: str = "127.0.0.0/8,::1"
-    db_pool_size: int = Field(default=20, ge=1, le=500)
-    db_pool_overflow: int = Field(default=10, ge=0, le=500)
-    permission_cache_ttl_seconds: int = Field(default=300, ge=0)
-    admin_email: str = "admin@aihub.local"
+    log_level: Literal["debug", "info", "warning", "error"] = Field(default="info", description="log level")
+    max_body_bytes: int = Field(default=1_048_576, ge=1_024, description="request bodies above this get 413")
+    metrics_allow: str = Field(
+        default="127.0.0.0/8,::1", description="comma-separated networks allowed to read `/metrics`"
+    )
+    db_pool_size: int = Field(default=20, ge=1, le=500, description="PostgreSQL connections kept per process")
+    db_pool_overflow: int = Field(
+        default=10, ge=0, le=500, description="extra PostgreSQL connections per process under load"
+    )
+    permission_cache_ttl_seconds: int = Field(
+        default=300, ge=0, description="lifetime of cached effective permissions (invalidated on every change anyway)"
+    )
+    admin_email: str = Field(default="admin@aihub.local", description="the admin created on a first embedded start")
 
     # Credit ledger.
-    hold_default_ttl_seconds: int = Field(default=900, ge=1, le=7 * 86_400)
-    hold_sweep_interval_seconds: float = Field(default=15.0, gt=0)
+    hold_default_ttl_seconds: int = Field(
+        default=900, ge=1, le=7 * 86_400, description="default lifetime of a credit hold"
+    )
+    hold_sweep_interval_seconds: float = Field(default=15.0, gt=0, description="how often expired holds are released")
     # Below this many available credits an account emits a low-balance event (0: off);
     # an account's own threshold overrides it.
-    low_balance_threshold: int = Field(default=0, ge=0)
-    low_balance_webhook_url: str | None = None
-    webhook_timeout_seconds: float = Field(default=5.0, gt=0)
-    webhook_max_attempts: int = Field(default=5, ge=1, le=20)
-    webhook_backoff_seconds: float = Field(default=1.0, ge=0)
+    low_balance_threshold: int = Field(
+        default=0,
+        ge=0,
+        description="below this many available credits an account emits a low-balance event, once per crossing "
+        "(0: off; an account's own threshold wins)",
+    )
+    low_balance_webhook_url: str | None = Field(default=None, description="where low-balance events are POSTed")
+    webhook_timeout_seconds: float = Field(default=5.0, gt=0, description="timeout of one webhook delivery")
+    webhook_max_attempts: int = Field(default=5, ge=1, le=20, description="webhook delivery attempts")
+    webhook_backoff_seconds: float = Field(default=1.0, ge=0, description="first retry delay, doubled on each attempt")
     # How often core re-checks the whole ledger for the reconcile gauges (0: never).
-    ledger_reconcile_interval_seconds: float = Field(default=3600.0, ge=0)
+    ledger_reconcile_interval_seconds: float = Field(
+        default=3600.0,
+        ge=0,
+        description="how often the job runner re-checks the whole ledger for the `aihub_ledger_reconcile_*` "
+        "metrics (0: never)",
+    )
     # Promo codes: failed redemption attempts allowed per user and per client IP within the
     # window before further attempts get 429 PROMO_RATE_LIMITED (0 turns that limit off).
-    promo_max_failures_per_user: int = Field(default=10, ge=0, le=100_000)
-    promo_max_failures_per_ip: int = Field(default=10, ge=0, le=100_000)
-    promo_failure_window_seconds: int = Field(default=900, ge=1, le=86_400)
+    promo_max_failures_per_user: int = Field(
+        default=10, ge=0, le=100_000, description="failed promo redemptions per user in the window before 429 (0: off)"
+    )
+    promo_max_failures_per_ip: int = Field(
+        default=10,
+        ge=0,
+        le=100_000,
+        description="failed promo redemptions per client IP in the window before 429 (0: off)",
+    )
+    promo_failure_window_seconds: int = Field(
+        default=900, ge=1, le=86_400, description="window that counts failed promo redemptions"
+    )
     # Usage rollups (per UTC day x user x provider x model): how often the job brings them up to
-    # date (0: never; reads then use raw events only), and how many finished days each run
-    # recomputes again to catch events that committed late.
-    usage_rollup_interval_seconds: float = Field(default=3600.0, ge=0)
-    usage_rollup_lookback_days: int = Field(default=2, ge=0, le=366)
+    # date, and how many finished days each run recomputes again to catch events that committed late.
+    usage_rollup_interval_seconds: float = Field(
+        default=3600.0,
+        ge=0,
+        description="how often the daily usage rollups are brought up to date (0: never; reads then use the "
+        "raw events)",
+    )
+    usage_rollup_lookback_days: int = Field(
+        default=2,
+        ge=0,
+        le=366,
+        description="finished days each rollup run recomputes again, to catch events that committed late",
+    )
     # Reports: one whose period is longer than this many days (or any billing export of all
     # users) is answered 202 with a background job; its result is kept this long after it ends.
-    report_sync_max_days: float = Field(default=31.0, gt=0, le=36_600)
-    report_retention_seconds: int = Field(default=86_400, ge=60, le=90 * 86_400)
+    report_sync_max_days: float = Field(
+        default=31.0,
+        gt=0,
+        le=36_600,
+        description="a billing report or analytics overview over a longer period is answered 202 with a "
+        "background job (as is every all-users export, and any report asked with `Prefer: respond-async`)",
+    )
+    report_retention_seconds: int = Field(
+        default=86_400, ge=60, le=90 * 86_400, description="how long a finished report job and its result are kept"
+    )
     # A report job running longer than this fails with REPORT_TIMEOUT; one whose worker vanished
     # is failed by the sweep (REPORT_INTERRUPTED), which runs this often.
-    report_job_timeout_seconds: float = Field(default=900.0, gt=0, le=86_400)
-    report_sweep_interval_seconds: float = Field(default=60.0, gt=0)
+    report_job_timeout_seconds: float = Field(
+        default=900.0, gt=0, le=86_400, description="a report job running longer fails with `REPORT_TIMEOUT`"
+    )
+    report_sweep_interval_seconds: float = Field(
+        default=60.0,
+        gt=0,
+        description="how often report jobs whose worker vanished are failed and expired ones deleted",
+    )
     # Apply pending migrations when a service starts (under a lock on PostgreSQL); false when a
     # separate `aihub migrate` step owns schema changes.
-    auto_migrate: bool = True
+    auto_migrate: bool = Field(
+        default=True,
+        description="apply pending migrations when a service starts (false when an `aihub migrate` step owns them)",
+    )
 
     @field_validator("database_url")
     @classmethod
@@ -157,6 +331,13 @@ class Settings(BaseSettings):
             return None
         if not value.startswith(("redis://", "rediss://", "unix://")):
             raise ValueError("must start with redis://, rediss:// or unix://")
+        return value
+
+    @field_validator("jwks_url")
+    @classmethod
+    def _jwks_scheme(cls, value: str) -> str:
+        if value and not value.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
         return value
 
     @field_validator("metrics_allow")
@@ -196,7 +377,7 @@ class Settings(BaseSettings):
     def hs256_accepted(self) -> bool:
         if self.jwt_accept_hs256 is not None:
             return self.jwt_accept_hs256
-        return not (self.jwt_private_key or self.jwt_public_keys.strip())
+        return not (self.jwt_private_key or self.jwt_public_keys.strip() or self.jwks_url)
 
     @model_validator(mode="after")
     def _production_secrets(self) -> Settings:

@@ -5,8 +5,9 @@ from __future__ import annotations
 import httpx
 from sqlalchemy import delete, select, update
 
+from aihub.core.audit import service as audit
 from aihub.kit.runtime import Runtime
-from aihub.models import AuditLog
+from aihub.models import AuditChainHead, AuditLog
 from tests.conftest import Caller
 from tests.core.test_users import assert_error
 
@@ -125,3 +126,41 @@ async def test_audit_pagination_and_filters(client: httpx.AsyncClient, admin: Ca
         422,
         "VALIDATION_ERROR",
     )
+
+
+async def test_rows_hashed_before_0008_still_verify(client: httpx.AsyncClient, admin: Caller, runtime: Runtime) -> None:
+    """A chain whose older rows carry the v1 hash (written before migration 0008) verifies, and
+    appends after them link on as v2; downgrading a v2 row's version is caught."""
+    await client.post("/api/users", headers=admin.headers, json={"email": "old1@example.com"})
+    rows = await _rows(runtime)
+    chain = rows[0].chain
+    tx = runtime.tx()
+    prev = audit.genesis(chain)
+    ordered = sorted((r for r in rows if r.chain == chain), key=lambda r: r.chain_seq)
+    for row in ordered:  # rewrite this chain as the pre-0008 code wrote it
+        row.hash_version, row.prev_hash = 1, prev
+        row.hash = audit.row_hash(row)
+        await tx.session.execute(
+            update(AuditLog).where(AuditLog.id == row.id).values(hash_version=1, prev_hash=prev, hash=row.hash)
+        )
+        prev = row.hash
+    await tx.session.execute(update(AuditChainHead).where(AuditChainHead.chain == chain).values(last_hash=prev))
+    await tx.commit()
+    await tx.close()
+    assert (await client.get("/api/audit-logs/verify", headers=admin.headers)).json()["valid"] is True
+
+    for i in range(1000):  # until new rows (chains picked by entity id) land on the rewritten chain
+        await client.post("/api/users", headers=admin.headers, json={"email": f"new{i}@example.com"})
+        after = [r for r in await _rows(runtime) if r.chain == chain]
+        if len(after) > len(ordered) + 1:
+            break
+    assert {r.hash_version for r in after} == {1, 2}
+    assert (await client.get("/api/audit-logs/verify", headers=admin.headers)).json()["valid"] is True
+
+    newest = max(after, key=lambda r: r.chain_seq)
+    tx = runtime.tx()
+    await tx.session.execute(update(AuditLog).where(AuditLog.id == newest.id).values(hash_version=1))
+    await tx.commit()
+    await tx.close()
+    bad = (await client.get("/api/audit-logs/verify", headers=admin.headers)).json()
+    assert bad == {**bad, "valid": False, "firstBrokenId": str(newest.id)}

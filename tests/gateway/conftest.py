@@ -179,8 +179,10 @@ def gateway_settings(upstreams: dict[str, Upstream], **overrides: Any) -> Settin
 async def start_gateway() -> AsyncIterator[GatewayFactory]:
     live: list[LiveGateway] = []
 
-    async def start(settings: Settings, store: Store | None = None, port: int | None = None) -> LiveGateway:
-        app = create_app(settings, store=store or MemoryStore())
+    async def start(
+        settings: Settings, store: Store | None = None, port: int | None = None, codec: TokenCodec | None = None
+    ) -> LiveGateway:
+        app = create_app(settings, store=store or MemoryStore(), codec=codec)
         runner = web.AppRunner(app, access_log=None, shutdown_timeout=1)
         await runner.setup()
         port = port or free_port()

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 
 import aiohttp
 import pytest
@@ -92,6 +94,55 @@ async def test_websocket_idle_timeout_closes(
         assert ws.close_code == 1001
 
 
+@contextlib.asynccontextmanager
+async def _silent_instance() -> AsyncIterator[str]:
+    """An instance that accepts connections and never answers (hung, or a full backlog)."""
+    held: list[asyncio.StreamWriter] = []
+
+    async def hold(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        held.append(writer)
+
+    server = await asyncio.start_server(hold, "127.0.0.1", 0)
+    try:
+        yield f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    finally:
+        for writer in held:
+            writer.close()
+        server.close()
+        await server.wait_closed()
+
+
+@pytest.mark.parametrize("failure", ["refused", "silent"])
+async def test_websocket_upgrade_retried_on_another_instance(
+    failure: str,
+    upstreams: dict[str, Upstream],
+    start_gateway: GatewayFactory,
+    http: aiohttp.ClientSession,
+    codec: TokenCodec,
+) -> None:
+    async with contextlib.AsyncExitStack() as stack:
+        if failure == "refused":
+            broken = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+        else:
+            broken = await stack.enter_async_context(_silent_instance())
+        settings = gateway_settings(
+            upstreams,
+            mcp_url=f"{broken},{upstreams['mcp'].url}",
+            # Keep the broken instance in rotation: one health check only, no ejection.
+            gateway_health_interval_seconds=60,
+            gateway_eject_after_failures=100,
+            gateway_connect_timeout_seconds=0.5,
+        )
+        gw = await start_gateway(settings)
+        headers = bearer(codec.issue(sub="ws-retry", role="user"))
+        for i in range(4):  # round robin: the broken instance is picked first at least once
+            async with http.ws_connect(gw.url + "/api/ws/echo", headers=headers) as ws:
+                await ws.send_str(f"m{i}")
+                assert (await ws.receive(timeout=5)).data == f"echo:m{i}:ws-retry"
+        group = gw.gateway.balancer.groups["mcp"]
+        assert group.instances[0].url == broken and group.instances[0].failures >= 1
+
+
 # ---------------------------------------------------------------- load balancing
 
 
@@ -141,9 +192,10 @@ async def test_no_healthy_instance_is_503(
     start_gateway: GatewayFactory,
     http: aiohttp.ClientSession,
     codec: TokenCodec,
+    dead_port: int,
 ) -> None:
     # Nothing listens on the core port: the health checks fail and the instance leaves rotation.
-    gw = await start_gateway(gateway_settings(upstreams, core_url=f"http://127.0.0.1:{free_port()}"))
+    gw = await start_gateway(gateway_settings(upstreams, core_url=f"http://127.0.0.1:{dead_port}"))
     for _ in range(50):
         if gw.gateway.balancer.groups["core"].healthy_count() == 0:
             break

@@ -17,4 +17,5 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
         runtime,
         [router],
         description="Registration, login, token refresh and logout, service tokens, JWKS.",
+        waits_for_jwks=False,
     )

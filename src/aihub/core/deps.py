@@ -109,7 +109,7 @@ async def load_user(tx: Tx, user_id: uuid.UUID) -> User | None:
 
 
 async def current_principal(request: Request, runtime: RuntimeDep, tx: TxDep) -> rbac.Principal:
-    claims = runtime.codec.verify(bearer_token(request))
+    claims = await runtime.codec.verify_fresh(bearer_token(request))
     if await _revoked(runtime, claims.jti):
         raise TokenRevoked
     if claims.typ == "service":

@@ -24,7 +24,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
 from aihub.config import Settings
 from aihub.gateway import metrics
-from aihub.gateway.authcheck import Identity, authenticate, bearer_token
+from aihub.gateway.authcheck import Identity, authenticate, authenticate_after_refetch, bearer_token
 from aihub.gateway.balancer import Balancer
 from aihub.gateway.headers import Cors, add_security
 from aihub.gateway.ipblock import BlockList, Strikes, client_ip, is_trusted
@@ -34,7 +34,7 @@ from aihub.gateway.routing import Route, RouteTable, load_table
 from aihub.gateway.websocket import proxy_websocket
 from aihub.kit.errors import AppError, Forbidden, NotFound, ServiceUnavailable, Unauthorized, error_body
 from aihub.kit.jsonutil import dumps, loads
-from aihub.kit.jwt import TokenCodec
+from aihub.kit.jwt import TokenCodec, UnknownSigningKey
 from aihub.kit.metrics import client_allowed
 from aihub.kit.middleware import pick_request_id
 from aihub.kit.serve import DRAIN, DrainFlag
@@ -119,6 +119,8 @@ class Gateway:
         )
         self.balancer.start(self.session)
         self.blocks.start()
+        if self.codec.jwks is not None:
+            self.codec.jwks.start()
 
     async def stop(self) -> None:
         await self.balancer.stop()
@@ -211,7 +213,12 @@ class Gateway:
                 token = request.query.get("access_token")  # browsers cannot set headers on an upgrade
             if token is None and mode == "jwt":
                 raise Unauthorized
-            identity = authenticate(self.codec, token) if token is not None and mode != "public" else None
+            identity = None
+            if token is not None and mode != "public":
+                try:
+                    identity = authenticate(self.codec, token)
+                except UnknownSigningKey as unknown:  # rare: a key rotation, or a forged kid
+                    identity = await authenticate_after_refetch(self.codec, token, unknown)
         except AppError:
             await self.strikes.strike("auth", ctx.client_ip, self.settings.gateway_ban_after_auth_failures)
             raise
@@ -295,13 +302,17 @@ class Gateway:
             redis = "memory"
         upstreams = self.balancer.summary()
         empty = [name for name, counts in upstreams.items() if counts["healthy"] == 0]
-        if self.drain.draining or (upstreams and len(empty) == len(upstreams)):
+        jwks = self.codec.jwks.state if self.codec.jwks is not None else None  # None: keys from settings
+        if self.drain.draining or jwks == "loading" or (upstreams and len(empty) == len(upstreams)):
             status = "down"
-        elif redis == "degraded" or empty:
+        elif redis == "degraded" or empty or jwks == "stale":
             status = "degraded"
         else:
             status = "ok"
-        body = {"status": status, "checks": {"redis": redis, "upstreams": upstreams}}
+        checks: dict[str, Any] = {"redis": redis, "upstreams": upstreams}
+        if jwks is not None:
+            checks["jwks"] = jwks
+        body = {"status": status, "checks": checks}
         return self.json(ctx, dumps(body), 503 if status == "down" else 200)
 
     def _preflight(self, request: web.Request, ctx: Ctx) -> web.Response:
@@ -428,6 +439,8 @@ def create_app(
 
     async def on_cleanup(_: web.Application) -> None:
         await gateway.stop()
+        if codec is None and gateway.codec.jwks is not None:
+            await gateway.codec.jwks.close()  # a shared codec is closed by its runtime
         if owns_store:
             await shared.close()
 

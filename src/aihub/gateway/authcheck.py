@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from aihub.kit.errors import Unauthorized
-from aihub.kit.jwt import Claims, TokenCodec
+from aihub.kit.jwt import Claims, TokenCodec, UnknownSigningKey
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,3 +45,11 @@ def authenticate(codec: TokenCodec, token: str) -> Identity:
     claims = codec.verify(token)
     role = "service" if claims.typ == "service" else (claims.role or "guest")
     return Identity(user_id=claims.sub, role=role, jti=claims.jti, claims=claims)
+
+
+async def authenticate_after_refetch(codec: TokenCodec, token: str, unknown: UnknownSigningKey) -> Identity:
+    """A token whose ``kid`` no key has: the JWKS is fetched again (single-flight, at most once
+    per interval, see kit/jwks.py) and the token checked once more; else the same 401."""
+    if codec.jwks is None or not await codec.jwks.refetch(unknown.kid):
+        raise unknown
+    return authenticate(codec, token)

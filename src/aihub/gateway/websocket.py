@@ -1,7 +1,9 @@
 """WebSocket passthrough: the upstream socket is opened first, then the client's is accepted.
 
 Opening upstream first means a refused upstream answers 502 as plain HTTP instead of an
-accepted socket that closes at once. Text and binary frames flow both ways; a close on one
+accepted socket that closes at once. The upgrade is a GET: after a connect failure (refused, or
+no handshake within the connect timeout) it is tried once more on another healthy instance,
+as the proxy does for idempotent requests. Text and binary frames flow both ways; a close on one
 side closes the other with the same code; pings are answered on each hop; a message over the
 size limit closes with 1009; a connection silent in both directions for the idle timeout
 closes with 1001.
@@ -18,8 +20,8 @@ from aiohttp import web
 from multidict import CIMultiDict
 from yarl import URL
 
-from aihub.gateway.balancer import Group
-from aihub.gateway.proxy import BadGateway, Forwarded, NoUpstream
+from aihub.gateway.balancer import Group, Instance
+from aihub.gateway.proxy import BadGateway, Forwarded, GatewayTimeout, NoUpstream
 
 # Codes a peer may not send in a close frame (RFC 6455 §7.4.1); replaced on the other hop.
 _RESERVED = {1005: 1000, 1006: 1011, 1015: 1011}
@@ -55,6 +57,51 @@ async def _idle_watch(activity: list[float], idle: float) -> None:
         await asyncio.sleep(remaining)
 
 
+async def _connect(
+    session: aiohttp.ClientSession,
+    group: Group,
+    target: str,
+    headers: CIMultiDict[str],
+    protocols: list[str],
+    info: Forwarded,
+    max_message: int,
+    connect_timeout: float,
+) -> tuple[Instance, aiohttp.ClientWebSocketResponse]:
+    instance = group.pick()
+    if instance is None:
+        raise NoUpstream
+    for attempt in (0, 1):
+        info.instance = instance.url
+        try:
+            # The session's own timeout does not cover ws_connect's handshake: bound it here.
+            async with asyncio.timeout(connect_timeout):
+                upstream = await session.ws_connect(
+                    URL(instance.url + target, encoded=True),
+                    headers=headers,
+                    protocols=protocols,
+                    max_msg_size=max_message,
+                    timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=5.0),
+                    autoping=True,
+                )
+        except aiohttp.WSServerHandshakeError as exc:
+            raise BadGateway(f"The upstream refused the WebSocket upgrade ({exc.status})") from exc
+        except (aiohttp.ClientConnectorError, TimeoutError) as exc:
+            group.failure(instance)
+            other = group.pick(exclude=instance) if attempt == 0 else None
+            if other is None:
+                if isinstance(exc, TimeoutError):
+                    raise GatewayTimeout from exc
+                raise BadGateway("The upstream service refused the connection") from exc
+            instance = other
+            continue
+        except (aiohttp.ClientError, OSError) as exc:
+            group.failure(instance)
+            raise BadGateway("The upstream service refused the connection") from exc
+        group.success(instance)
+        return instance, upstream
+    raise NoUpstream  # pragma: no cover - the loop always returns or raises
+
+
 async def proxy_websocket(
     request: web.Request,
     session: aiohttp.ClientSession,
@@ -67,27 +114,11 @@ async def proxy_websocket(
     idle: float,
     connect_timeout: float,
 ) -> web.WebSocketResponse:
-    instance = group.pick()
-    if instance is None:
-        raise NoUpstream
-    info.instance = instance.url
     protocols = [p.strip() for p in request.headers.get("Sec-WebSocket-Protocol", "").split(",") if p.strip()]
     forwarded = CIMultiDict((k, v) for k, v in headers.items() if k.lower() not in _WS_DROP)
-    try:
-        upstream = await session.ws_connect(
-            URL(instance.url + target, encoded=True),
-            headers=forwarded,
-            protocols=protocols,
-            max_msg_size=max_message,
-            timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=5.0),
-            autoping=True,
-        )
-    except aiohttp.WSServerHandshakeError as exc:
-        raise BadGateway(f"The upstream refused the WebSocket upgrade ({exc.status})") from exc
-    except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-        group.failure(instance)
-        raise BadGateway("The upstream service refused the connection") from exc
-    group.success(instance)
+    instance, upstream = await _connect(
+        session, group, target, forwarded, protocols, info, max_message, connect_timeout
+    )
     instance.outstanding += 1
     client = web.WebSocketResponse(
         protocols=[upstream.protocol] if upstream.protocol else (),

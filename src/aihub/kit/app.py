@@ -29,11 +29,12 @@ async def ready(request: Request) -> Response:
         redis = "ok" if await runtime.store.ping() else "down"
     else:
         redis = "memory"
-    down = database == "down" or redis == "down" or request.app.state.draining
-    body = {
-        "status": "down" if down else "ok",
-        "checks": {"database": database, "redis": redis},
-    }
+    checks = {"database": database, "redis": redis}
+    jwks = runtime.codec.jwks
+    if jwks is not None and request.app.state.waits_for_jwks:
+        checks["jwks"] = jwks.state  # "loading" until the first key set arrived: not ready yet
+    down = database == "down" or redis == "down" or checks.get("jwks") == "loading" or request.app.state.draining
+    body = {"status": "down" if down else "ok", "checks": checks}
     return Response(dumps(body), status_code=503 if down else 200, media_type="application/json")
 
 
@@ -43,9 +44,15 @@ def create_service_app(
     routers: Sequence[APIRouter],
     *,
     description: str,
+    waits_for_jwks: bool = True,
 ) -> FastAPI:
+    """``waits_for_jwks=False`` is for auth: it publishes the key set and verifies with its own
+    keys, so its readiness must not wait on a JWKS URL that may lead back to itself."""
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if runtime.codec.jwks is not None and waits_for_jwks:
+            runtime.codec.jwks.start()  # in the background: readiness waits for it, start does not
         if not app.state.prepared:
             await runtime.prepare()
         yield
@@ -64,6 +71,7 @@ def create_service_app(
     app.state.prepared = False
     app.state.owns_runtime = True
     app.state.draining = False
+    app.state.waits_for_jwks = waits_for_jwks
     install_error_handlers(app)
     app.add_middleware(ServiceMiddleware, service=name, max_body_bytes=runtime.settings.max_body_bytes)
     app.add_api_route("/health", health, methods=["GET"], tags=["health"])

@@ -18,6 +18,7 @@ import jwt as pyjwt
 from aihub.config import Settings
 from aihub.kit.errors import AppError
 from aihub.kit.jsonutil import loads
+from aihub.kit.jwks import JwksClient
 from aihub.kit.keys import SigningKey, VerifyKey, load_signing_key, load_verify_keys
 
 TokenType = Literal["access", "service", "refresh"]
@@ -25,6 +26,17 @@ TokenType = Literal["access", "service", "refresh"]
 
 class InvalidToken(AppError):
     status_code, code, message = 401, "INVALID_TOKEN", "The token is invalid"
+
+
+class UnknownSigningKey(InvalidToken):
+    """The token names a ``kid`` no configured or fetched key has (a 401 INVALID_TOKEN like any
+    other bad token; async callers may fetch the JWKS again and retry, see ``verify_fresh``)."""
+
+    message = "The token's signing key is unknown"
+
+    def __init__(self, kid: str) -> None:
+        super().__init__()
+        self.kid = kid
 
 
 class TokenExpired(AppError):
@@ -75,6 +87,8 @@ class TokenCodec:
     signing_key: SigningKey | None = None
     verify_keys: tuple[VerifyKey, ...] = ()
     accept_hs256: bool = True
+    # Keys fetched from auth's JWKS (AIHUB_JWKS_URL), looked up after the configured ones.
+    jwks: JwksClient | None = None
     _by_kid: dict[str, VerifyKey] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -82,6 +96,9 @@ class TokenCodec:
         if self.signing_key is not None:
             keys.setdefault(self.signing_key.kid, self.signing_key.verify_key())
         object.__setattr__(self, "_by_kid", keys)
+        if self.jwks is not None:
+            # A key withdrawn from the JWKS must stop verifying now, not when cached tokens expire.
+            self.jwks.on_withdrawn.append(self._verified.clear)
 
     _verified: dict[str, Claims] = field(default_factory=dict, repr=False, compare=False)
 
@@ -97,6 +114,7 @@ class TokenCodec:
             signing_key=signing,
             verify_keys=load_verify_keys(settings.jwt_public_keys),
             accept_hs256=settings.hs256_accepted,
+            jwks=JwksClient.from_settings(settings),
         )
 
     @property
@@ -163,9 +181,13 @@ class TokenCodec:
             if not self.accept_hs256:
                 raise InvalidToken("The token names no signing key")
             return self.secret, "HS256"
-        if not isinstance(kid, str) or kid not in self._by_kid:
+        if not isinstance(kid, str) or not kid:
             raise InvalidToken("The token's signing key is unknown")
-        found = self._by_kid[kid]
+        found = self._by_kid.get(kid)
+        if found is None:
+            found = self.jwks.keys.get(kid) if self.jwks is not None else None
+            if found is None:
+                raise UnknownSigningKey(kid)
         return found.key, found.algorithm
 
     def verify(self, token: str, *, allowed_types: tuple[str, ...] = ("access", "service")) -> Claims:
@@ -182,6 +204,17 @@ class TokenCodec:
             self._verified.clear()  # crude but bounded; a full cache refills within seconds
         self._verified[token] = claims
         return claims
+
+    async def verify_fresh(self, token: str, *, allowed_types: tuple[str, ...] = ("access", "service")) -> Claims:
+        """``verify``, plus one more chance for a token whose ``kid`` is unknown: the JWKS is
+        fetched again (single-flight and rate-limited, see kit/jwks.py) and, when that brought
+        the key, the token is checked once more. Without a JWKS URL it is ``verify``."""
+        try:
+            return self.verify(token, allowed_types=allowed_types)
+        except UnknownSigningKey as exc:
+            if self.jwks is None or not await self.jwks.refetch(exc.kid):
+                raise
+        return self.verify(token, allowed_types=allowed_types)
 
     def _decode(self, token: str, allowed_types: tuple[str, ...]) -> Claims:
         key, algorithm = self._key_for(token)

@@ -9,6 +9,7 @@ verifying service derive the same ``kid`` from the same key without sharing anyt
 from __future__ import annotations
 
 import base64
+import binascii
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -118,3 +119,55 @@ def load_verify_keys(value: str) -> tuple[VerifyKey, ...]:
             raise KeyConfigError("only RSA and Ed25519 keys are supported")
         keys.append(VerifyKey(thumbprint(key), algorithm_of(key), key))
     return tuple(keys)
+
+
+def _b64_bytes(value: object) -> bytes:
+    if not isinstance(value, str) or not value:
+        raise KeyConfigError("a key member is missing or not a string")
+    try:
+        return base64.urlsafe_b64decode(value + "=" * (-len(value) % 4))
+    except (ValueError, binascii.Error) as exc:
+        raise KeyConfigError("a key member is not base64url") from exc
+
+
+_ALGORITHM_OF_KTY = {"RSA": "RS256", "OKP": "EdDSA"}
+
+
+def key_from_jwk(jwk: object) -> VerifyKey:
+    """A published public key (RFC 7517), the inverse of ``VerifyKey.jwk``.
+
+    Only what the verifier supports is accepted: an RSA key (>= 2048 bits) for RS256 or an
+    Ed25519 key for EdDSA, with a ``kid``, meant for signatures. A symmetric (``oct``) key, an
+    ``alg`` of ``none``/HS*/anything else, or private members are refused: a key set fetched
+    over the network must never be able to turn on an algorithm the settings did not.
+    """
+    if not isinstance(jwk, dict):
+        raise KeyConfigError("a key is not a JSON object")
+    kid, kty, alg = jwk.get("kid"), jwk.get("kty"), jwk.get("alg")
+    if not isinstance(kid, str) or not 0 < len(kid) <= 128:
+        raise KeyConfigError("a key has no usable kid")
+    expected = _ALGORITHM_OF_KTY.get(kty) if isinstance(kty, str) else None
+    if expected is None:
+        raise KeyConfigError(f"key {kid!r}: only RSA and Ed25519 keys are supported")
+    if alg is not None and alg != expected:
+        raise KeyConfigError(f"key {kid!r}: algorithm {alg!r} is not accepted for a {kty} key")
+    if jwk.get("use", "sig") != "sig":
+        raise KeyConfigError(f"key {kid!r} is not a signature key")
+    if "d" in jwk:
+        raise KeyConfigError(f"key {kid!r} carries private members")
+    key: PublicKey
+    if kty == "RSA":
+        n = int.from_bytes(_b64_bytes(jwk.get("n")), "big")
+        e = int.from_bytes(_b64_bytes(jwk.get("e")), "big")
+        try:
+            key = rsa.RSAPublicNumbers(e, n).public_key()
+        except ValueError as exc:
+            raise KeyConfigError(f"key {kid!r} is not a valid RSA key") from exc
+    else:
+        if jwk.get("crv") != "Ed25519":
+            raise KeyConfigError(f"key {kid!r}: only the Ed25519 curve is supported")
+        try:
+            key = ed25519.Ed25519PublicKey.from_public_bytes(_b64_bytes(jwk.get("x")))
+        except ValueError as exc:
+            raise KeyConfigError(f"key {kid!r} is not a valid Ed25519 key") from exc
+    return VerifyKey(kid, algorithm_of(key), key)

@@ -63,5 +63,7 @@ class Runtime:
     async def close(self) -> None:
         while self.closers:
             await self.closers.pop()()
+        if self.codec.jwks is not None:
+            await self.codec.jwks.close()
         await self.store.close()
         await self.engine.dispose()

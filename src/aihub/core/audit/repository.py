@@ -7,11 +7,40 @@ import uuid
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
-from sqlalchemy import Select, select, update
+from sqlalchemy import Select, bindparam, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from aihub.kit.db import UTCDateTime
 from aihub.kit.pagination import PageParams, keyset
 from aihub.models import AuditChainHead, AuditLog
+from aihub.models.audit import JSONType
+
+# PostgreSQL: move the chain head and insert the row it now points at, in one statement. The
+# head's row lock serialises appends to a chain; SET reads the old values, so prev_hash gets
+# the hash being replaced and last_hash the new link sha256("prev:seq:digest") (see
+# service.link, which computes the same text in Python for verification and SQLite).
+_APPEND_PG = text(
+    """
+    WITH head AS (
+        UPDATE audit_chain_heads
+        SET prev_hash = last_hash,
+            last_seq = last_seq + 1,
+            last_hash = encode(sha256(convert_to(
+                last_hash || ':' || (last_seq + 1)::text || ':' || CAST(:digest AS text), 'UTF8')), 'hex')
+        WHERE chain = :chain
+        RETURNING last_seq, prev_hash, last_hash
+    )
+    INSERT INTO audit_logs (id, chain, chain_seq, actor_id, actor_type, action, entity_type, entity_id,
+                            before, after, request_id, ip, created_at, prev_hash, hash, hash_version)
+    SELECT :id, :chain, head.last_seq, :actor_id, :actor_type, :action, :entity_type, :entity_id,
+           :before, :after, :request_id, :ip, :created_at, head.prev_hash, head.last_hash, 2
+    FROM head
+    """
+).bindparams(
+    bindparam("before", type_=JSONType),
+    bindparam("after", type_=JSONType),
+    bindparam("created_at", type_=UTCDateTime()),
+)
 
 
 async def lock_head(session: AsyncSession, chain: int) -> AuditChainHead:
@@ -22,6 +51,28 @@ async def lock_head(session: AsyncSession, chain: int) -> AuditChainHead:
 async def advance_head(session: AsyncSession, chain: int, seq: int, digest: str) -> None:
     await session.execute(
         update(AuditChainHead).where(AuditChainHead.chain == chain).values(last_seq=seq, last_hash=digest)
+    )
+
+
+async def append_linked(session: AsyncSession, row: AuditLog, digest: str) -> None:
+    """PostgreSQL: append ``row`` (its content hashed to ``digest``) to its chain in one round trip."""
+    await session.execute(
+        _APPEND_PG,
+        {
+            "digest": digest,
+            "chain": row.chain,
+            "id": row.id,
+            "actor_id": row.actor_id,
+            "actor_type": row.actor_type,
+            "action": row.action,
+            "entity_type": row.entity_type,
+            "entity_id": row.entity_id,
+            "before": row.before,
+            "after": row.after,
+            "request_id": row.request_id,
+            "ip": row.ip,
+            "created_at": row.created_at,
+        },
     )
 
 

@@ -59,12 +59,10 @@ def scrub(value: dict[str, Any] | None) -> dict[str, Any] | None:
     return result
 
 
-def row_hash(row: AuditLog) -> str:
-    content = {
+def _content(row: AuditLog) -> dict[str, Any]:
+    return {
         "id": str(row.id),
         "chain": row.chain,
-        "seq": row.chain_seq,
-        "prev": row.prev_hash,
         "actorId": row.actor_id,
         "actorType": row.actor_type,
         "action": row.action,
@@ -76,7 +74,23 @@ def row_hash(row: AuditLog) -> str:
         "ip": row.ip,
         "createdAt": row.created_at.astimezone(dt.UTC).isoformat(),
     }
-    return hashlib.sha256(canonical(content)).hexdigest()
+
+
+def content_digest(row: AuditLog) -> str:
+    """What the row says (everything but its place in the chain)."""
+    return hashlib.sha256(canonical(_content(row))).hexdigest()
+
+
+def link(prev: str, seq: int, digest: str) -> str:
+    """The v2 row hash: plain text that PostgreSQL computes identically in the append statement."""
+    return hashlib.sha256(f"{prev}:{seq}:{digest}".encode()).hexdigest()
+
+
+def row_hash(row: AuditLog) -> str:
+    if row.hash_version == 1:  # rows written before migration 0008
+        content = {**_content(row), "seq": row.chain_seq, "prev": row.prev_hash}
+        return hashlib.sha256(canonical(content)).hexdigest()
+    return link(row.prev_hash, row.chain_seq, content_digest(row))
 
 
 def set_actor(tx: Tx, actor: Actor) -> None:
@@ -109,33 +123,45 @@ async def _append_all(tx: Tx) -> None:
     entries: list[_Entry] = tx.info.pop("audit", [])
     if not entries:
         return
-    session = tx.session
-    by_chain: dict[int, list[_Entry]] = {}
-    for entry in entries:
-        by_chain.setdefault(entry.chain, []).append(entry)
     now = utcnow()
-    for chain in sorted(by_chain):
+    rows = sorted((_row(tx, entry, now) for entry in entries), key=lambda row: row.chain)
+    if tx.session.get_bind().dialect.name == "postgresql":
+        # One round trip per row: it runs while the request's row locks (a hot account) are
+        # held, and on a busy event loop every extra await lengthens that window.
+        for row in rows:
+            await repo.append_linked(tx.session, row, content_digest(row))
+        return
+    await _append_locked(tx, rows)
+
+
+def _row(tx: Tx, entry: _Entry, now: dt.datetime) -> AuditLog:
+    return AuditLog(
+        id=repo.new_id(),
+        chain=entry.chain,
+        actor_id=entry.actor.id,
+        actor_type=entry.actor.type,
+        action=entry.action,
+        entity_type=entry.entity_type,
+        entity_id=entry.entity_id,
+        before=entry.before,
+        after=entry.after,
+        request_id=tx.request_id,
+        ip=tx.ip,
+        created_at=now,
+        hash_version=2,
+    )
+
+
+async def _append_locked(tx: Tx, rows: list[AuditLog]) -> None:
+    """SQLite (one writer at a time): read the head, link the rows in Python, move the head."""
+    session = tx.session
+    for chain in sorted({row.chain for row in rows}):
         head = await repo.lock_head(session, chain)
         seq, prev = head.last_seq, head.last_hash
-        for entry in by_chain[chain]:
+        for row in (r for r in rows if r.chain == chain):
             seq += 1
-            row = AuditLog(
-                id=repo.new_id(),
-                chain=chain,
-                chain_seq=seq,
-                actor_id=entry.actor.id,
-                actor_type=entry.actor.type,
-                action=entry.action,
-                entity_type=entry.entity_type,
-                entity_id=entry.entity_id,
-                before=entry.before,
-                after=entry.after,
-                request_id=tx.request_id,
-                ip=tx.ip,
-                created_at=now,
-                prev_hash=prev,
-            )
-            row.hash = row_hash(row)
+            row.chain_seq, row.prev_hash = seq, prev
+            row.hash = link(prev, seq, content_digest(row))
             prev = row.hash
             session.add(row)
         await session.flush()

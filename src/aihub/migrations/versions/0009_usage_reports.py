@@ -1,7 +1,7 @@
 """Daily usage rollups, report jobs, and the indexes the reports read through.
 
-Revision ID: 0008_usage_reports
-Revises: 0002_auth, 0006_promos, 0007_sora
+Revision ID: 0009_usage_reports
+Revises: 0002_auth, 0008_audit_link
 Create Date: 2026-11-27
 
 Why these tables and indexes (measured by bench/usage on 1,000,000 usage rows):
@@ -34,8 +34,8 @@ import sqlalchemy as sa
 from alembic import op
 from sqlalchemy.dialects import postgresql
 
-revision = "0008_usage_reports"
-down_revision = ("0002_auth", "0006_promos", "0007_sora")
+revision = "0009_usage_reports"
+down_revision = ("0002_auth", "0008_audit_link")
 branch_labels = None
 depends_on = None
 
