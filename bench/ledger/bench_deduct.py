@@ -124,12 +124,21 @@ async def wait_healthy(url: str, proc: subprocess.Popen[bytes], timeout: float =
     raise RuntimeError("core did not become healthy")
 
 
-def run_wrk(url: str, ids: list[str], token: str, clients: int, seconds: int) -> str:
+def run_wrk(
+    url: str,
+    ids: list[str],
+    token: str,
+    clients: int,
+    seconds: int,
+    script: Path = HERE / "deduct.lua",
+    env_extra: dict[str, str] | None = None,
+) -> str:
+    """wrk driving ``script`` (which reads IDS_FILE and BENCH_TOKEN, plus ``env_extra``)."""
     with tempfile.NamedTemporaryFile("w", suffix=".ids", delete=False) as handle:
         handle.write("\n".join(ids) + "\n")
         ids_file = handle.name
     try:
-        env = {**os.environ, "IDS_FILE": ids_file, "BENCH_TOKEN": token}
+        env = {**os.environ, "IDS_FILE": ids_file, "BENCH_TOKEN": token, **(env_extra or {})}
         result = subprocess.run(
             [
                 "wrk",
@@ -137,7 +146,7 @@ def run_wrk(url: str, ids: list[str], token: str, clients: int, seconds: int) ->
                 f"-c{clients}",
                 f"-d{seconds}s",
                 "-s",
-                str(HERE / "deduct.lua"),
+                str(script),
                 url,
             ],
             env=env,

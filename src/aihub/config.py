@@ -274,6 +274,42 @@ class Settings(BaseSettings):
     promo_failure_window_seconds: int = Field(
         default=900, ge=1, le=86_400, description="window that counts failed promo redemptions"
     )
+    # Usage rollups (per UTC day x user x provider x model): how often the job brings them up to
+    # date, and how many finished days each run recomputes again to catch events that committed late.
+    usage_rollup_interval_seconds: float = Field(
+        default=3600.0,
+        ge=0,
+        description="how often the daily usage rollups are brought up to date (0: never; reads then use the "
+        "raw events)",
+    )
+    usage_rollup_lookback_days: int = Field(
+        default=2,
+        ge=0,
+        le=366,
+        description="finished days each rollup run recomputes again, to catch events that committed late",
+    )
+    # Reports: one whose period is longer than this many days (or any billing export of all
+    # users) is answered 202 with a background job; its result is kept this long after it ends.
+    report_sync_max_days: float = Field(
+        default=31.0,
+        gt=0,
+        le=36_600,
+        description="a billing report or analytics overview over a longer period is answered 202 with a "
+        "background job (as is every all-users export, and any report asked with `Prefer: respond-async`)",
+    )
+    report_retention_seconds: int = Field(
+        default=86_400, ge=60, le=90 * 86_400, description="how long a finished report job and its result are kept"
+    )
+    # A report job running longer than this fails with REPORT_TIMEOUT; one whose worker vanished
+    # is failed by the sweep (REPORT_INTERRUPTED), which runs this often.
+    report_job_timeout_seconds: float = Field(
+        default=900.0, gt=0, le=86_400, description="a report job running longer fails with `REPORT_TIMEOUT`"
+    )
+    report_sweep_interval_seconds: float = Field(
+        default=60.0,
+        gt=0,
+        description="how often report jobs whose worker vanished are failed and expired ones deleted",
+    )
     # Apply pending migrations when a service starts (under a lock on PostgreSQL); false when a
     # separate `aihub migrate` step owns schema changes.
     auto_migrate: bool = Field(

@@ -14,6 +14,13 @@ if TYPE_CHECKING:
 def periodic(runtime: Runtime) -> list[Periodic]:
     """The periodic jobs of every core domain (importing them also registers their queued jobs)."""
     from aihub.core.credits import alerts
+    from aihub.core.reports import jobs as report_jobs
     from aihub.core.sora import jobs as sora_jobs
+    from aihub.core.usage import jobs as usage_jobs
 
-    return [*alerts.periodic(runtime), *sora_jobs.periodic(runtime)]
+    return [
+        *alerts.periodic(runtime),
+        *sora_jobs.periodic(runtime),
+        *usage_jobs.periodic(runtime),
+        *report_jobs.periodic(runtime),
+    ]

@@ -26,6 +26,13 @@ def utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
+def as_utc(value: dt.datetime | None) -> dt.datetime | None:
+    """Aware UTC; a timestamp without a zone is read as UTC (as UTCDateTime stores it)."""
+    if value is None:
+        return None
+    return value.replace(tzinfo=dt.UTC) if value.tzinfo is None else value.astimezone(dt.UTC)
+
+
 class UTCDateTime(TypeDecorator[dt.datetime]):
     """Timezone-aware UTC in Python on both engines (SQLite stores no zone of its own)."""
 

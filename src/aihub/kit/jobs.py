@@ -76,19 +76,10 @@ class Jobs:
             else InMemoryBroker(await_inplace=False, max_async_tasks=64)
         )
         self._tasks: dict[str, Any] = {}
-        self._register()
+        self._register_new()
         self._background: list[asyncio.Task[None]] = []
         self._finish = asyncio.Event()
         self._started = False
-
-    def _register(self) -> None:
-        """Give the broker every job registered so far. Called again at start and on an unknown
-        name: a job module imported after this object was built (a worker imports core's job
-        modules when it asks for the periodic list) must still be consumed, because taskiq
-        acknowledges and drops a message whose task it does not know."""
-        for name, func in _REGISTRY.items():
-            if name not in self._tasks:
-                self._tasks[name] = self.broker.register_task(self._bind(name, func), task_name=name)
 
     def _bind(self, name: str, func: JobFunc) -> Callable[[dict[str, Any]], Awaitable[None]]:
         runtime = self.runtime
@@ -103,9 +94,15 @@ class Jobs:
         run.__name__ = name.replace(".", "_")
         return run
 
+    def _register_new(self) -> None:
+        # Domains register their jobs when imported, which may happen after this queue was made
+        # (a worker builds the queue, then imports the domains listing their periodic jobs).
+        for name, func in _REGISTRY.items():
+            if name not in self._tasks:
+                self._tasks[name] = self.broker.register_task(self._bind(name, func), task_name=name)
+
     async def enqueue(self, name: str, payload: dict[str, Any]) -> None:
-        if name not in self._tasks:
-            self._register()
+        self._register_new()
         if name not in self._tasks:
             raise KeyError(f"unknown job {name!r}")
         await self._tasks[name].kiq(payload)
@@ -115,7 +112,7 @@ class Jobs:
         if self._started:
             return
         self._started = True
-        self._register()
+        self._register_new()
         await self.broker.startup()
         if not isinstance(self.broker, InMemoryBroker):
             self._background.append(asyncio.create_task(self._consume()))

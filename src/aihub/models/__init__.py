@@ -7,8 +7,16 @@ from aihub.models.idempotency import IdempotencyKey
 from aihub.models.pricing import ModelPrice
 from aihub.models.promos import PromoCode, PromoRedemption, PromoUserCount
 from aihub.models.rbac import Permission, Role, RolePermission, UserPermission, UserRole
+from aihub.models.reports import ReportJob
 from aihub.models.sora import SoraGeneration, SoraSession
-from aihub.models.usage import Quota, QuotaCounter, UsageEvent
+from aihub.models.usage import (
+    Quota,
+    QuotaCounter,
+    UsageDailyModelRollup,
+    UsageDailyRollup,
+    UsageEvent,
+    UsageRollupState,
+)
 from aihub.models.users import User
 
 __all__ = [
@@ -26,12 +34,16 @@ __all__ = [
     "Quota",
     "QuotaCounter",
     "RefreshToken",
+    "ReportJob",
     "Role",
     "RolePermission",
     "ServiceToken",
     "SoraGeneration",
     "SoraSession",
+    "UsageDailyModelRollup",
+    "UsageDailyRollup",
     "UsageEvent",
+    "UsageRollupState",
     "User",
     "UserPermission",
     "UserRole",

@@ -5,7 +5,7 @@ import uuid
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, ForeignKey, Index, String, Uuid
+from sqlalchemy import JSON, BigInteger, Date, ForeignKey, Index, String, Uuid
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -66,3 +66,43 @@ class QuotaCounter(Base):
     credits: Mapped[int] = mapped_column(BigInteger, default=0)
     tokens: Mapped[int] = mapped_column(BigInteger, default=0)
     requests: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+class UsageDailyRollup(Base):
+    """Usage of one UTC day x user x provider x model, recomputed from ``usage_events``."""
+
+    __tablename__ = "usage_daily_rollups"
+    __table_args__ = (Index("ix_usage_rollup_user_day", "user_id", "day"),)
+
+    day: Mapped[dt.date] = mapped_column(Date, primary_key=True)
+    user_id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True)
+    provider: Mapped[str] = mapped_column(String(64), primary_key=True)
+    model: Mapped[str] = mapped_column(String(128), primary_key=True)
+    requests: Mapped[int] = mapped_column(BigInteger)
+    input_tokens: Mapped[int] = mapped_column(BigInteger)
+    output_tokens: Mapped[int] = mapped_column(BigInteger)
+    credits: Mapped[int] = mapped_column(BigInteger)
+
+
+class UsageDailyModelRollup(Base):
+    """Usage of one UTC day x provider x model (all users): what the overview's totals read."""
+
+    __tablename__ = "usage_daily_model_rollups"
+
+    day: Mapped[dt.date] = mapped_column(Date, primary_key=True)
+    provider: Mapped[str] = mapped_column(String(64), primary_key=True)
+    model: Mapped[str] = mapped_column(String(128), primary_key=True)
+    requests: Mapped[int] = mapped_column(BigInteger)
+    input_tokens: Mapped[int] = mapped_column(BigInteger)
+    output_tokens: Mapped[int] = mapped_column(BigInteger)
+    credits: Mapped[int] = mapped_column(BigInteger)
+
+
+class UsageRollupState(Base):
+    """Every day before ``complete_until`` is complete in the rollups (readers trust only those)."""
+
+    __tablename__ = "usage_rollup_state"
+
+    name: Mapped[str] = mapped_column(String(32), primary_key=True)
+    complete_until: Mapped[dt.date | None] = mapped_column(Date)
+    updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)

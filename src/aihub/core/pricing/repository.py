@@ -5,17 +5,22 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Sequence
 
-from sqlalchemy import select, update
+from sqlalchemy import bindparam, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from aihub.models import ModelPrice
 
+# Built once: every usage event reads its price, and building the statement cost more CPU
+# than running it (measured with pyinstrument on the ingestion path).
+_CURRENT = select(ModelPrice).where(
+    ModelPrice.provider == bindparam("provider"),
+    ModelPrice.model == bindparam("model"),
+    ModelPrice.effective_to.is_(None),
+)
+
 
 async def current(session: AsyncSession, provider: str, model: str) -> ModelPrice | None:
-    stmt = select(ModelPrice).where(
-        ModelPrice.provider == provider, ModelPrice.model == model, ModelPrice.effective_to.is_(None)
-    )
-    return (await session.execute(stmt)).scalar_one_or_none()
+    return (await session.execute(_CURRENT, {"provider": provider, "model": model})).scalar_one_or_none()
 
 
 async def at(session: AsyncSession, provider: str, model: str, when: dt.datetime) -> ModelPrice | None:

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
+from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import case, distinct, func, select
+from sqlalchemy import Select, case, delete, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from aihub.kit.db import utc_day
-from aihub.models import CreditTransaction, UsageEvent, User
+from aihub.core.usage import rollups
+from aihub.kit.pagination import PageParams, keyset
+from aihub.models import CreditTransaction, ReportJob, User
 
 
 async def ledger_sum_before(session: AsyncSession, user_id: uuid.UUID, when: dt.datetime | None) -> int:
@@ -21,75 +23,205 @@ async def ledger_sum_before(session: AsyncSession, user_id: uuid.UUID, when: dt.
     return int((await session.execute(stmt)).scalar_one())
 
 
-async def ledger_by_reason(
-    session: AsyncSession, user_id: uuid.UUID, start: dt.datetime | None, end: dt.datetime | None
-) -> list[dict[str, Any]]:
-    stmt = select(
-        CreditTransaction.reason,
-        func.coalesce(func.sum(case((CreditTransaction.amount > 0, CreditTransaction.amount), else_=0)), 0).label(
-            "credits"
-        ),
-        func.coalesce(func.sum(case((CreditTransaction.amount < 0, -CreditTransaction.amount), else_=0)), 0).label(
-            "debits"
-        ),
-        func.count().label("count"),
-    ).where(CreditTransaction.user_id == user_id)
+_BY_REASON = (
+    func.coalesce(func.sum(case((CreditTransaction.amount > 0, CreditTransaction.amount), else_=0)), 0).label(
+        "credits"
+    ),
+    func.coalesce(func.sum(case((CreditTransaction.amount < 0, -CreditTransaction.amount), else_=0)), 0).label(
+        "debits"
+    ),
+    func.count().label("count"),
+)
+
+
+def _ledger_window(stmt: Any, start: dt.datetime | None, end: dt.datetime | None) -> Any:
     if start is not None:
         stmt = stmt.where(CreditTransaction.created_at >= start)
     if end is not None:
         stmt = stmt.where(CreditTransaction.created_at < end)
-    stmt = stmt.group_by(CreditTransaction.reason).order_by(CreditTransaction.reason)
-    return [dict(r._mapping) for r in await session.execute(stmt)]
-
-
-def _usage_window(stmt: Any, start: dt.datetime | None, end: dt.datetime | None) -> Any:
-    if start is not None:
-        stmt = stmt.where(UsageEvent.created_at >= start)
-    if end is not None:
-        stmt = stmt.where(UsageEvent.created_at < end)
     return stmt
 
 
-_TOTALS = (
-    func.count().label("requests"),
-    func.coalesce(func.sum(UsageEvent.input_tokens), 0).label("input_tokens"),
-    func.coalesce(func.sum(UsageEvent.output_tokens), 0).label("output_tokens"),
-    func.coalesce(func.sum(UsageEvent.credits), 0).label("credits"),
-)
+async def ledger_by_reason(
+    session: AsyncSession, user_id: uuid.UUID, start: dt.datetime | None, end: dt.datetime | None
+) -> list[dict[str, Any]]:
+    stmt = select(CreditTransaction.reason, *_BY_REASON).where(CreditTransaction.user_id == user_id)
+    stmt = _ledger_window(stmt, start, end).group_by(CreditTransaction.reason).order_by(CreditTransaction.reason)
+    return [dict(r._mapping) for r in await session.execute(stmt)]
+
+
+async def ledger_sums_by_user(session: AsyncSession, when: dt.datetime | None) -> dict[uuid.UUID, int]:
+    """Every account's balance as of ``when`` (the export's opening and closing balances)."""
+    stmt = _ledger_window(select(CreditTransaction.user_id, func.sum(CreditTransaction.amount)), None, when).group_by(
+        CreditTransaction.user_id
+    )
+    return {user_id: int(total) for user_id, total in await session.execute(stmt)}
+
+
+async def ledger_by_user_reason(
+    session: AsyncSession, start: dt.datetime | None, end: dt.datetime | None
+) -> list[dict[str, Any]]:
+    stmt = select(CreditTransaction.user_id, CreditTransaction.reason, *_BY_REASON)
+    stmt = _ledger_window(stmt, start, end).group_by(CreditTransaction.user_id, CreditTransaction.reason)
+    return [dict(r._mapping) for r in await session.execute(stmt.order_by(CreditTransaction.reason))]
+
+
+async def emails(session: AsyncSession, user_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, str]:
+    found: dict[uuid.UUID, str] = {}
+    ids = list(user_ids)
+    for i in range(0, len(ids), 1000):  # bounded IN lists
+        stmt = select(User.id, User.email).where(User.id.in_(ids[i : i + 1000]))
+        found.update({user_id: email for user_id, email in await session.execute(stmt)})
+    return found
 
 
 async def usage_by_model(
-    session: AsyncSession, user_id: uuid.UUID | None, start: dt.datetime | None, end: dt.datetime | None
+    session: AsyncSession,
+    user_id: uuid.UUID | None,
+    start: dt.datetime | None,
+    end: dt.datetime | None,
+    *,
+    mark: dt.date | None,
 ) -> list[dict[str, Any]]:
-    stmt = select(UsageEvent.provider, UsageEvent.model, *_TOTALS)
-    if user_id is not None:
-        stmt = stmt.where(UsageEvent.user_id == user_id)
-    stmt = _usage_window(stmt, start, end).group_by(UsageEvent.provider, UsageEvent.model)
-    stmt = stmt.order_by(UsageEvent.provider, UsageEvent.model)
-    return [dict(r._mapping) for r in await session.execute(stmt)]
+    return await rollups.aggregate(session, ["provider", "model"], mark=mark, start=start, end=end, user_id=user_id)
 
 
-async def usage_totals(session: AsyncSession, start: dt.datetime | None, end: dt.datetime | None) -> dict[str, Any]:
-    stmt = _usage_window(select(*_TOTALS, func.count(distinct(UsageEvent.user_id)).label("active_users")), start, end)
-    return dict((await session.execute(stmt)).one()._mapping)
+async def usage_cells(
+    session: AsyncSession, start: dt.datetime | None, end: dt.datetime | None, *, mark: dt.date | None
+) -> list[dict[str, Any]]:
+    """Usage by day x provider x model: the overview's totals, providers, models and days in one scan."""
+    return await rollups.aggregate(session, ["day", "provider", "model"], mark=mark, start=start, end=end)
 
 
 async def top_users(
-    session: AsyncSession, start: dt.datetime | None, end: dt.datetime | None, limit: int
-) -> list[dict[str, Any]]:
-    stmt = select(UsageEvent.user_id, *_TOTALS).group_by(UsageEvent.user_id)
-    stmt = _usage_window(stmt, start, end).order_by(func.sum(UsageEvent.credits).desc()).limit(limit)
-    rows = [dict(r._mapping) for r in await session.execute(stmt)]
-    if rows:
-        emails = dict(
-            (await session.execute(select(User.id, User.email).where(User.id.in_([r["user_id"] for r in rows])))).all()
+    session: AsyncSession, start: dt.datetime | None, end: dt.datetime | None, limit: int, *, mark: dt.date | None
+) -> tuple[list[dict[str, Any]], int]:
+    """The ``limit`` users who spent most, and how many users had any usage (one scan)."""
+    rows = await rollups.aggregate(session, ["user_id"], mark=mark, start=start, end=end, top=limit)
+    found = await emails(session, [r["user_id"] for r in rows])
+    for row in rows:
+        row["email"] = found.get(row["user_id"])
+    return rows, int(rows[0]["groups"]) if rows else 0
+
+
+# ---------------------------------------------------------------- report jobs
+
+IN_FLIGHT = ("queued", "running")
+
+
+async def _changed(session: AsyncSession, stmt: Any) -> int:
+    result: Any = await session.execute(stmt.execution_options(synchronize_session=False))
+    return int(result.rowcount or 0)
+
+
+def _alive(now: dt.datetime) -> Any:
+    return or_(ReportJob.expires_at.is_(None), ReportJob.expires_at > now)
+
+
+async def in_flight(session: AsyncSession, requested_by: str, params_hash: str) -> ReportJob | None:
+    stmt = (
+        select(ReportJob)
+        .where(
+            ReportJob.requested_by == requested_by,
+            ReportJob.params_hash == params_hash,
+            ReportJob.status.in_(IN_FLIGHT),
         )
-        for row in rows:
-            row["email"] = emails.get(row["user_id"])
+        .order_by(ReportJob.created_at.desc())
+        .limit(1)
+    )
+    return (await session.execute(stmt)).scalar_one_or_none()
+
+
+async def get_job(session: AsyncSession, job_id: uuid.UUID, now: dt.datetime) -> ReportJob | None:
+    """The job, unless its retention ran out (then it is gone, whether or not the sweep ran yet)."""
+    stmt = select(ReportJob).where(ReportJob.id == job_id, _alive(now))
+    return (await session.execute(stmt)).scalar_one_or_none()
+
+
+def own_jobs(params: PageParams, requested_by: str, kinds: Sequence[str], now: dt.datetime) -> Select[Any]:
+    stmt = select(ReportJob).where(ReportJob.requested_by == requested_by, ReportJob.kind.in_(list(kinds)), _alive(now))
+    return keyset(stmt, ReportJob.created_at, ReportJob.id, params)
+
+
+async def fetch_jobs(session: AsyncSession, stmt: Select[Any]) -> Sequence[ReportJob]:
+    rows: Sequence[ReportJob] = (await session.execute(stmt)).scalars().all()
     return rows
 
 
-async def daily(session: AsyncSession, start: dt.datetime | None, end: dt.datetime | None) -> list[dict[str, Any]]:
-    day = utc_day(session.get_bind().dialect.name, UsageEvent.created_at)
-    stmt = _usage_window(select(day.label("day"), *_TOTALS), start, end).group_by(day).order_by(day)
-    return [dict(r._mapping) for r in await session.execute(stmt)]
+async def result_of(session: AsyncSession, job_id: uuid.UUID) -> bytes | None:
+    return (await session.execute(select(ReportJob.result).where(ReportJob.id == job_id))).scalar_one_or_none()
+
+
+async def claim(session: AsyncSession, job_id: uuid.UUID, now: dt.datetime) -> dict[str, Any] | None:
+    """queued -> running in one conditional UPDATE: of several deliveries of a job, one runs it."""
+    stmt = (
+        update(ReportJob)
+        .where(ReportJob.id == job_id, ReportJob.status == "queued")
+        .values(status="running", started_at=now)
+        .returning(ReportJob.kind, ReportJob.format, ReportJob.params)
+    )
+    row = (await session.execute(stmt)).first()
+    return dict(row._mapping) if row else None
+
+
+async def finish(
+    session: AsyncSession,
+    job_id: uuid.UUID,
+    *,
+    result: bytes,
+    content_type: str,
+    filename: str,
+    now: dt.datetime,
+    expires_at: dt.datetime,
+) -> bool:
+    """The whole result and the succeeded status in one statement (only from running)."""
+    stmt = (
+        update(ReportJob)
+        .where(ReportJob.id == job_id, ReportJob.status == "running")
+        .values(
+            status="succeeded",
+            result=result,
+            result_bytes=len(result),
+            content_type=content_type,
+            filename=filename,
+            finished_at=now,
+            expires_at=expires_at,
+        )
+    )
+    return await _changed(session, stmt) > 0
+
+
+async def fail(
+    session: AsyncSession, job_id: uuid.UUID, *, code: str, message: str, now: dt.datetime, expires_at: dt.datetime
+) -> bool:
+    stmt = (
+        update(ReportJob)
+        .where(ReportJob.id == job_id, ReportJob.status.in_(IN_FLIGHT))
+        .values(status="failed", error_code=code, error_message=message[:500], finished_at=now, expires_at=expires_at)
+    )
+    return await _changed(session, stmt) > 0
+
+
+async def fail_stale(
+    session: AsyncSession,
+    *,
+    status: str,
+    before: dt.datetime,
+    code: str,
+    message: str,
+    now: dt.datetime,
+    expires_at: dt.datetime,
+) -> int:
+    """Fail jobs stuck in ``status`` since before ``before`` (running: by start; queued: by creation)."""
+    since = ReportJob.started_at if status == "running" else ReportJob.created_at
+    stmt = (
+        update(ReportJob)
+        .where(ReportJob.status == status, since < before)
+        .values(status="failed", error_code=code, error_message=message, finished_at=now, expires_at=expires_at)
+    )
+    return await _changed(session, stmt)
+
+
+async def purge_expired(session: AsyncSession, now: dt.datetime) -> int:
+    stmt = delete(ReportJob).where(ReportJob.expires_at <= now)
+    return await _changed(session, stmt)

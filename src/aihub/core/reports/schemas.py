@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
+from typing import Any, Literal
 
 from pydantic import Field
 
@@ -66,3 +67,52 @@ class Overview(ApiModel):
     by_provider: list[ProviderRow]
     by_model: list[UsageRow]
     daily: list[DayRow]
+
+
+class ExportRow(ApiModel):
+    """One user's billing in an all-users export (a BillingReport without the period fields)."""
+
+    user_id: uuid.UUID
+    email: str | None
+    opening_balance: int
+    credits: int
+    debits: int
+    closing_balance: int
+    by_reason: list[ReasonRow]
+    usage: list[UsageRow]
+
+
+class BillingExport(ApiModel):
+    from_: dt.datetime | None = Field(alias="from")
+    to: dt.datetime | None
+    generated_at: dt.datetime
+    users: list[ExportRow]
+
+
+class JobError(ApiModel):
+    code: str
+    message: str
+
+
+class ReportJobOut(ApiModel):
+    """A report computed in the background. Poll ``url``; fetch ``downloadUrl`` once it succeeded."""
+
+    id: uuid.UUID
+    kind: Literal["billing", "billing_export", "overview"]
+    format: Literal["json", "csv"]
+    status: Literal["queued", "running", "succeeded", "failed"]
+    params: dict[str, Any] = Field(description="userId, from, to as requested")
+    requested_by: str
+    created_at: dt.datetime
+    started_at: dt.datetime | None
+    finished_at: dt.datetime | None
+    expires_at: dt.datetime | None = Field(description="The job and its result are gone after this")
+    error: JobError | None
+    result_bytes: int | None
+    url: str
+    download_url: str | None
+
+
+class ReportJobPage(ApiModel):
+    items: list[ReportJobOut]
+    next_cursor: str | None

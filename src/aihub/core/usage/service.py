@@ -16,7 +16,6 @@ from typing import Any
 from aihub.core.audit import service as audit
 from aihub.core.credits import service as credits
 from aihub.core.pricing import service as pricing
-from aihub.core.rbac import repository as rbac_repo
 from aihub.core.usage import repository as repo
 from aihub.kit.db import Tx, utcnow
 from aihub.kit.errors import AppError, Conflict, NotFound
@@ -72,29 +71,20 @@ def _result(event: UsageEvent) -> dict[str, Any]:
 
 async def quota_for(tx: Tx, user_id: uuid.UUID) -> Quota | None:
     """The user's own quota wins; otherwise that of their highest role that has one."""
-    roles = await rbac_repo.user_role_names(tx.session, user_id)  # highest level first
-    scopes = [f"user:{user_id}", *(f"role:{r}" for r in roles)]
-    found = await repo.quotas_for(tx.session, scopes)
-    return next((found[s] for s in scopes if s in found), None)
-
-
-def _fits_alone(quota: Quota, charge: int, tokens: int) -> bool:
-    return (
-        (quota.max_credits is None or charge <= quota.max_credits)
-        and (quota.max_tokens is None or tokens <= quota.max_tokens)
-        and (quota.max_requests is None or quota.max_requests >= 1)
-    )
+    return await repo.quota_of_user(tx.session, user_id)
 
 
 async def _consume_quota(tx: Tx, user_id: uuid.UUID, charge: int, tokens: int, now: dt.datetime) -> None:
-    quota = await quota_for(tx, user_id)
-    if quota is None:
+    periods = {kind: period_of(kind, now) for kind in ("day", "month")}
+    outcome = await repo.consume_applicable(
+        tx.session, user_id, {kind: p.key for kind, p in periods.items()}, charge, tokens
+    )
+    if outcome is None:
         return
-    period = period_of(quota.period, now)
-    if not _fits_alone(quota, charge, tokens) or not await repo.consume(
-        tx.session, user_id, period.key, charge, tokens, quota
-    ):
-        raise QuotaExceeded(details={"scope": quota.scope, "period": quota.period, "resetsAt": period.end.isoformat()})
+    scope, kind, consumed = outcome
+    if not consumed:
+        resets = periods[kind].end.isoformat()
+        raise QuotaExceeded(details={"scope": scope, "period": kind, "resetsAt": resets})
 
 
 def check_scope(scope: str) -> str:
@@ -193,9 +183,13 @@ async def my_quota(tx: Tx, user_id: uuid.UUID) -> dict[str, Any]:
 
 
 async def record_event(tx: Tx, reporter_id: str, body: dict[str, Any]) -> tuple[dict[str, Any], bool]:
-    """Price, quota-check and charge one event. Returns (result, replayed)."""
+    """Price, quota-check and charge one event. Returns (result, replayed).
+
+    Round trips matter here (the MCP server reports every LLM call): the price, the claim of
+    the request ID (one INSERT … ON CONFLICT DO NOTHING), the quota's one conditional upsert,
+    the ledger's one statement, and the settle. An unknown user fails the claim's foreign key.
+    """
     fingerprint = _fingerprint(body)
-    await credits.account(tx, body["user_id"])  # 404 ACCOUNT_NOT_FOUND for an unknown user
     price = await pricing.require_current(tx, body["provider"], body["model"])
     charge = pricing.credits_for(
         price,
@@ -204,64 +198,67 @@ async def record_event(tx: Tx, reporter_id: str, body: dict[str, Any]) -> tuple[
         duration_seconds=body["duration_seconds"] or 0,
     )
     now = utcnow()
-    event = UsageEvent(
-        id=uuid.uuid4(),
-        request_id=body["request_id"],
-        request_hash=fingerprint,
-        user_id=body["user_id"],
-        provider=body["provider"],
-        model=body["model"],
-        price_id=price.id,
-        input_tokens=body["input_tokens"],
-        output_tokens=body["output_tokens"],
-        duration_seconds=body["duration_seconds"],
-        credits=charge,
-        reporter_id=reporter_id,
-        meta=body["metadata"],
-        created_at=now,
-    )
-    if not await repo.claim(tx.session, event):
+    event = {
+        "id": uuid.uuid4(),
+        "request_id": body["request_id"],
+        "request_hash": fingerprint,
+        "user_id": body["user_id"],
+        "provider": body["provider"],
+        "model": body["model"],
+        "price_id": price.id,
+        "input_tokens": body["input_tokens"],
+        "output_tokens": body["output_tokens"],
+        "duration_seconds": body["duration_seconds"],
+        "credits": charge,
+        "reporter_id": reporter_id,
+        "metadata": body["metadata"],
+        "created_at": now,
+    }
+    claimed = await repo.claim(tx.session, event)
+    if claimed == "unknown_user":
+        raise credits.AccountNotFound
+    if claimed == "duplicate":
         existing = await repo.by_request_id(tx.session, body["request_id"])
         if existing is None:  # the original rolled back between our insert and this read
             raise Conflict("A request with this requestId failed meanwhile; retry", code="REQUEST_IN_PROGRESS")
         if existing.request_hash != fingerprint:
             raise IdempotencyKeyReused("This requestId was reported with different content")
         return _result(existing), True
-    await _consume_quota(tx, event.user_id, charge, event.input_tokens + event.output_tokens, now)
+    user_id, event_id = body["user_id"], event["id"]
+    await _consume_quota(tx, user_id, charge, body["input_tokens"] + body["output_tokens"], now)
     if charge > 0:
         txn = await credits.deduct(
             tx,
-            event.user_id,
+            user_id,
             charge,
             reason="usage",
             metadata={
-                "usageEventId": str(event.id),
-                "requestId": event.request_id,
-                "provider": event.provider,
-                "model": event.model,
+                "usageEventId": str(event_id),
+                "requestId": body["request_id"],
+                "provider": body["provider"],
+                "model": body["model"],
             },
         )
         transaction_id, balance = txn["id"], int(txn["balance_after"])
     else:
-        account = await credits.account(tx, event.user_id)
+        account = await credits.account(tx, user_id)  # a free call still tells the balance
         transaction_id, balance = None, int(account["balance"])
-    await repo.settle(tx.session, event.id, transaction_id, balance)
-    event.transaction_id, event.balance_after = transaction_id, balance
+    await repo.settle(tx.session, event_id, transaction_id, balance)
     audit.record(
         tx,
         "usage.record",
         "usage_event",
-        event.id,
+        event_id,
         after={
-            "requestId": event.request_id,
-            "userId": str(event.user_id),
-            "provider": event.provider,
-            "model": event.model,
+            "requestId": body["request_id"],
+            "userId": str(user_id),
+            "provider": body["provider"],
+            "model": body["model"],
             "credits": charge,
             "priceId": str(price.id),
         },
     )
-    return _result(event), False
+    return {"id": event_id, "request_id": body["request_id"], "credits": charge, "balance": balance}, False
 
 
 def event_view(event: UsageEvent) -> dict[str, Any]:
