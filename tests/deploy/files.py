@@ -26,17 +26,6 @@ AIHUB_SERVICES = {"migrate", "auth", "core-1", "core-2", "worker", "gateway"}
 # Variables in the environment files that are read by something other than aihub's settings.
 FOREIGN_VARIABLES = {"FORWARDED_ALLOW_IPS"}  # uvicorn: whose X-Forwarded-For auth and core believe
 
-# Added by the ops-runtime work of issue 9 together with `aihub worker` (on another branch).
-# Tolerated only while the `worker` command does not exist: once it does, every one of these
-# must be a real setting like any other name.
-PENDING_SETTINGS = {
-    "AIHUB_CORE_RUN_JOBS",
-    "AIHUB_WORKER_PORT",
-    "AIHUB_SHUTDOWN_DRAIN_SECONDS",
-    "AIHUB_SHUTDOWN_TIMEOUT_SECONDS",
-}
-PENDING_COMMANDS = {"worker"}
-
 
 def cli_commands() -> set[str]:
     """Top-level commands and groups of the ``aihub`` typer app."""
@@ -45,13 +34,8 @@ def cli_commands() -> set[str]:
     return {name.replace("_", "-") for name in names if name}
 
 
-def worker_exists() -> bool:
-    return "worker" in cli_commands()
-
-
 def known_settings() -> set[str]:
-    names = {f"AIHUB_{name.upper()}" for name in Settings.model_fields}
-    return names if worker_exists() else names | PENDING_SETTINGS
+    return {f"AIHUB_{name.upper()}" for name in Settings.model_fields}
 
 
 @cache

@@ -34,7 +34,6 @@ from tests.deploy.files import (
     known_settings,
     read_env_file,
     services,
-    worker_exists,
 )
 
 pytestmark = pytest.mark.e2e
@@ -155,7 +154,7 @@ def test_the_compose_commands_run_the_stack(empty_pg_url: str, redis_url: str, t
         assert done.returncode == 0, done.stderr[-3000:]
 
     # 2. The long-running services, in compose's order of start.
-    names = ["auth", "core-1", "core-2", *(["worker"] if worker_exists() else []), "gateway"]
+    names = ["auth", "core-1", "core-2", "worker", "gateway"]
     ports = {name: free_port() for name in names}
     started: dict[str, Service] = {}
     try:
