@@ -10,6 +10,7 @@ import logging
 import sys
 from typing import Any
 
+import orjson
 import structlog
 
 _SECRET_KEYS = {"password", "password_hash", "token", "refresh_token", "authorization", "secret"}
@@ -21,6 +22,12 @@ def _redact(_: Any, __: str, event: dict[str, Any]) -> dict[str, Any]:
         if key.lower() in _SECRET_KEYS:
             event[key] = "[redacted]"
     return event
+
+
+def _dumps(value: Any, **kwargs: Any) -> str:
+    # orjson instead of the standard json: the access line is written on every request, and
+    # rendering it with json.dumps was ~5% of a gateway request's CPU.
+    return orjson.dumps(value, default=kwargs.get("default", str), option=orjson.OPT_NON_STR_KEYS).decode()
 
 
 def configure_logging(level: str = "info") -> None:
@@ -35,7 +42,7 @@ def configure_logging(level: str = "info") -> None:
         processors=[
             *shared,
             structlog.processors.format_exc_info,
-            structlog.processors.JSONRenderer(),
+            structlog.processors.JSONRenderer(serializer=_dumps),
         ],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
         logger_factory=structlog.PrintLoggerFactory(sys.stdout),
@@ -46,7 +53,7 @@ def configure_logging(level: str = "info") -> None:
         processors=[
             structlog.stdlib.ProcessorFormatter.remove_processors_meta,
             structlog.processors.format_exc_info,
-            structlog.processors.JSONRenderer(),
+            structlog.processors.JSONRenderer(serializer=_dumps),
         ],
     )
     handler = logging.StreamHandler(sys.stdout)
