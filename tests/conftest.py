@@ -315,8 +315,36 @@ async def user(runtime: Runtime) -> Caller:
 # ------------------------------------------------------------------ a JWKS endpoint
 
 
+class LocalServer:
+    """Start/stop for a fake server on loopback (aiohttp); a subclass builds its app and has
+    ``port`` and ``runner`` fields."""
+
+    port: int
+    runner: Any
+    shutdown_timeout = 60.0  # aiohttp's default: in-flight handlers may finish at stop()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def build_app(self) -> Any:
+        raise NotImplementedError
+
+    async def start(self) -> None:
+        from aiohttp import web
+
+        self.runner = web.AppRunner(self.build_app(), access_log=None, shutdown_timeout=self.shutdown_timeout)
+        await self.runner.setup()
+        await web.TCPSite(self.runner, "127.0.0.1", self.port).start()
+
+    async def stop(self) -> None:
+        if self.runner is not None:
+            await self.runner.cleanup()
+            self.runner = None
+
+
 @dataclass
-class FakeJwks:
+class FakeJwks(LocalServer):
     """A stand-in for auth's ``/.well-known/jwks.json`` on loopback that counts its requests.
 
     What it serves can change while it runs (``keys``, ``cache_control``, ``status``); ``delay``
@@ -344,19 +372,14 @@ class FakeJwks:
         headers = {"Cache-Control": self.cache_control} if self.cache_control else None
         return web.json_response({"keys": self.keys}, status=self.status, headers=headers)
 
-    async def start(self) -> None:
+    shutdown_timeout = 0.1
+
+    def build_app(self) -> Any:
         from aiohttp import web
 
         app = web.Application()
         app.router.add_get("/.well-known/jwks.json", self._serve)
-        self.runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.1)
-        await self.runner.setup()
-        await web.TCPSite(self.runner, "127.0.0.1", self.port).start()
-
-    async def stop(self) -> None:
-        if self.runner is not None:
-            await self.runner.cleanup()
-            self.runner = None
+        return app
 
 
 @pytest.fixture

@@ -15,11 +15,11 @@ from aihub.config import Settings
 from aihub.gateway.app import GATEWAY, Gateway, create_app
 from aihub.kit.jwt import TokenCodec
 from aihub.kit.store import MemoryStore, RedisStore, Store
-from tests.conftest import free_port
+from tests.conftest import LocalServer, free_port
 
 
 @dataclass
-class Upstream:
+class Upstream(LocalServer):
     name: str
     port: int
     runner: web.AppRunner | None = None
@@ -27,19 +27,8 @@ class Upstream:
     uploaded: list[int] = field(default_factory=list)
     seen_headers: list[dict[str, str]] = field(default_factory=list)
 
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    async def start(self) -> None:
-        self.runner = web.AppRunner(_upstream_app(self), access_log=None)
-        await self.runner.setup()
-        await web.TCPSite(self.runner, "127.0.0.1", self.port).start()
-
-    async def stop(self) -> None:
-        if self.runner is not None:
-            await self.runner.cleanup()
-            self.runner = None
+    def build_app(self) -> web.Application:
+        return _upstream_app(self)
 
 
 UPSTREAM = web.AppKey("upstream", Upstream)

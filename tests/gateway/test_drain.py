@@ -16,12 +16,12 @@ import aiohttp
 from aiohttp import web
 
 from aihub.kit.jwt import TokenCodec
-from tests.conftest import free_port
+from tests.conftest import LocalServer, free_port
 from tests.gateway.conftest import GatewayFactory, Upstream, bearer, gateway_settings
 
 
 @dataclass
-class Core:
+class Core(LocalServer):
     """A stand-in core instance whose readiness and draining mark the test controls."""
 
     name: str
@@ -32,10 +32,6 @@ class Core:
     checks: int = 0
     runner: web.AppRunner | None = None
 
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
     async def _ready(self, _: web.Request) -> web.Response:
         self.checks += 1
         return web.json_response({"status": "ok" if self.ready == 200 else "down"}, status=self.ready)
@@ -45,18 +41,11 @@ class Core:
         headers = {"X-Aihub-Draining": "true", "Connection": "close"} if self.draining else {}
         return web.json_response({"upstream": self.name, "method": request.method}, headers=headers)
 
-    async def start(self) -> None:
+    def build_app(self) -> web.Application:
         app = web.Application()
         app.router.add_get("/health/ready", self._ready)
         app.router.add_route("*", "/{tail:.*}", self._any)
-        self.runner = web.AppRunner(app, access_log=None)
-        await self.runner.setup()
-        await web.TCPSite(self.runner, "127.0.0.1", self.port).start()
-
-    async def stop(self) -> None:
-        if self.runner is not None:
-            await self.runner.cleanup()
-            self.runner = None
+        return app
 
 
 async def _pair() -> tuple[Core, Core]:
