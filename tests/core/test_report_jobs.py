@@ -388,3 +388,41 @@ def test_export_csv_defuses_formula_cells() -> None:
     }
     lines = list(csv.DictReader(io.StringIO(export_csv(export))))
     assert [r["email"] for r in lines] == ["'=HYPERLINK(1)@x.io", "a@x.io"]
+
+
+async def test_concurrent_identical_requests_share_one_job(pg_runtime: Runtime) -> None:
+    """Twenty identical requests at once: one job (the partial unique index), every answer names it."""
+    rt = pg_runtime
+    user = await create_user(rt)
+    transport = httpx.ASGITransport(app=_core_app(rt))
+    async with httpx.AsyncClient(transport=transport, base_url="http://core.test") as client:
+        headers = {**user.headers, "Prefer": "respond-async"}
+        answers = await asyncio.gather(*(client.get("/api/billing/report", headers=headers) for _ in range(20)))
+    ids = {accepted(answer)["id"] for answer in answers}
+    assert len(ids) == 1
+    tx = rt.tx()
+    try:
+        rows = (await tx.session.execute(select(ReportJob).where(ReportJob.requested_by == user.id))).scalars().all()
+    finally:
+        await tx.close()
+    assert [str(row.id) for row in rows] == list(ids)
+
+
+async def test_job_endpoints_refuse_bad_input_and_the_unauthorised(
+    client: httpx.AsyncClient, admin: Caller, user: Caller
+) -> None:
+    for path in ("/api/billing/jobs/not-a-uuid", "/api/analytics/jobs/123/download"):
+        assert_error(await client.get(path, headers=admin.headers), 422, "VALIDATION_ERROR")
+    assert_error(
+        await client.get("/api/billing/jobs", headers=admin.headers, params={"limit": 0}), 422, "VALIDATION_ERROR"
+    )
+    window = {"from": "2026-02-01T00:00:00Z", "to": "2026-01-01T00:00:00Z"}
+    assert_error(await client.get("/api/billing/export", headers=admin.headers, params=window), 422, "VALIDATION_ERROR")
+    assert_error(
+        await client.get("/api/billing/export", headers=admin.headers, params={"format": "xml"}),
+        422,
+        "VALIDATION_ERROR",
+    )
+    assert_error(await client.get("/api/billing/export", headers=user.headers), 403, "FORBIDDEN")
+    assert_error(await client.get("/api/billing/export"), 401, "UNAUTHORIZED")
+    assert_error(await client.get(f"/api/billing/jobs/{uuid.uuid4()}/download"), 401, "UNAUTHORIZED")

@@ -4,7 +4,7 @@ import datetime as dt
 import uuid
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Index, LargeBinary, String, Uuid
+from sqlalchemy import JSON, BigInteger, Index, LargeBinary, String, Uuid, text
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -25,6 +25,14 @@ class ReportJob(Base):
         Index("ix_report_jobs_owner", "requested_by", "created_at", "id"),
         Index("ix_report_jobs_status", "status", "created_at"),
         Index("ix_report_jobs_expiry", "expires_at"),
+        Index(
+            "uq_report_jobs_in_flight",
+            "requested_by",
+            "params_hash",
+            unique=True,
+            postgresql_where=text("status IN ('queued', 'running')"),
+            sqlite_where=text("status IN ('queued', 'running')"),
+        ),
     )
 
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)

@@ -25,6 +25,7 @@ from typing import Any
 
 import structlog
 from sqlalchemy import text
+from sqlalchemy.exc import IntegrityError
 
 from aihub.core.audit import service as audit
 from aihub.core.rbac.service import Principal
@@ -106,6 +107,23 @@ def view(job: ReportJob) -> dict[str, Any]:
 # ---------------------------------------------------------------- requests
 
 
+class ReportRequestContended(Conflict):
+    code, message = "REPORT_REQUEST_CONTENDED", "Identical report requests keep colliding; retry shortly"
+
+
+def _new_job(kind: str, fmt: str, params: dict[str, Any], params_hash: str, requested_by: str) -> ReportJob:
+    return ReportJob(
+        id=uuid.uuid4(),
+        kind=kind,
+        format=fmt,
+        params=params,
+        params_hash=params_hash,
+        requested_by=requested_by,
+        status="queued",
+        created_at=utcnow(),
+    )
+
+
 async def submit(
     tx: Tx,
     runtime: Runtime,
@@ -124,21 +142,22 @@ async def submit(
     """
     params = _params(user_id, start, end)
     params_hash = hashlib.sha256(canonical({"kind": kind, "format": fmt, "params": params})).hexdigest()
-    existing = await repo.in_flight(tx.session, caller.id, params_hash)
-    if existing is not None:
-        return view(existing)
-    report_job = ReportJob(
-        id=uuid.uuid4(),
-        kind=kind,
-        format=fmt,
-        params=params,
-        params_hash=params_hash,
-        requested_by=caller.id,
-        status="queued",
-        created_at=utcnow(),
-    )
-    tx.session.add(report_job)
-    await tx.session.flush()
+    # The partial unique index allows one live job per caller and request. An identical request
+    # that inserts first makes our insert wait for its commit and fail: we then answer with its
+    # job (read again), so concurrent duplicates share one job.
+    for _ in range(3):
+        existing = await repo.in_flight(tx.session, caller.id, params_hash)
+        if existing is not None:
+            return view(existing)
+        report_job = _new_job(kind, fmt, params, params_hash, caller.id)
+        try:
+            async with tx.session.begin_nested():
+                tx.session.add(report_job)
+            break
+        except IntegrityError:
+            continue  # the other job may also have finished in between: look again
+    else:
+        raise ReportRequestContended
     audit.record(tx, "report.requested", "report_job", report_job.id, after={"kind": kind, "format": fmt, **params})
 
     async def send() -> None:

@@ -25,7 +25,8 @@ Why these tables and indexes (measured by bench/usage on 1,000,000 usage rows):
 * ``report_jobs`` keeps a long report's state and its finished result in the database, so any
   core instance can answer the poll and serve the download. ``ix_report_jobs_owner`` lists a
   caller's own jobs newest first; ``ix_report_jobs_status`` lets the sweep find stuck jobs and
-  ``ix_report_jobs_expiry`` the expired ones without a scan.
+  ``ix_report_jobs_expiry`` the expired ones without a scan; ``uq_report_jobs_in_flight``
+  (partial, unique) allows one queued or running job per caller and identical request.
 """
 
 from __future__ import annotations
@@ -102,6 +103,16 @@ def upgrade() -> None:
     op.create_index("ix_report_jobs_owner", "report_jobs", ["requested_by", "created_at", "id"])
     op.create_index("ix_report_jobs_status", "report_jobs", ["status", "created_at"])
     op.create_index("ix_report_jobs_expiry", "report_jobs", ["expires_at"])
+    # One live job per caller and request: two identical requests at once get the same job.
+    in_flight = sa.text("status IN ('queued', 'running')")
+    op.create_index(
+        "uq_report_jobs_in_flight",
+        "report_jobs",
+        ["requested_by", "params_hash"],
+        unique=True,
+        postgresql_where=in_flight,
+        sqlite_where=in_flight,
+    )
 
 
 def downgrade() -> None:
