@@ -30,7 +30,9 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import asyncpg
@@ -159,18 +161,20 @@ def run_wrk(
         os.unlink(ids_file)
 
 
-async def run_aiohttp(url: str, ids: list[str], token: str, clients: int, seconds: int) -> str:
+async def run_aiohttp(
+    url: str, token: str, clients: int, seconds: int, body: Callable[[int, int], dict[str, Any]]
+) -> str:
+    """The load without wrk: ``clients`` loops POSTing ``body(client, n)`` to ``url`` until the deadline."""
     headers = {"Authorization": f"Bearer {token}"}
     deadline = time.monotonic() + seconds
     statuses: dict[int, int] = {}
 
     async def client(offset: int) -> None:
-        n = offset
+        n = 0
         async with aiohttp.ClientSession(headers=headers) as http:
             while time.monotonic() < deadline:
-                n = (n + clients) % len(ids)
-                body = {"userId": ids[n], "amount": 1, "reason": "usage"}
-                async with http.post(f"{url}/api/credits/deduct", json=body) as response:
+                n += 1
+                async with http.post(url, json=body(offset, n)) as response:
                     await response.read()
                     statuses[response.status] = statuses.get(response.status, 0) + 1
 
@@ -184,7 +188,11 @@ async def http_case(db: str, url: str, ids: list[str], token: str, clients: int,
     if shutil.which("wrk"):
         output = await asyncio.to_thread(run_wrk, url, ids, token, clients, seconds)
     else:
-        output = await run_aiohttp(url, ids, token, clients, seconds)
+
+        def deduction(offset: int, n: int) -> dict[str, Any]:
+            return {"userId": ids[(offset + n * clients) % len(ids)], "amount": 1, "reason": "usage"}
+
+        output = await run_aiohttp(f"{url}/api/credits/deduct", token, clients, seconds, deduction)
     elapsed = time.monotonic() - started
     await asyncio.sleep(0.5)  # let in-flight requests commit before counting
     return (await debit_rows(db) - before) / elapsed, output

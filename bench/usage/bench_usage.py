@@ -62,6 +62,7 @@ from bench.ledger.bench_deduct import (
     free_port,
     http_case,
     reconcile,
+    run_aiohttp,
     run_wrk,
     seed,
     wait_healthy,
@@ -100,30 +101,18 @@ async def count_events(db: str) -> int:
         await conn.close()
 
 
-async def run_aiohttp(url: str, ids: list[str], token: str, clients: int, seconds: int, run: str) -> str:
-    headers = {"Authorization": f"Bearer {token}"}
-    deadline = time.monotonic() + seconds
-    statuses: dict[int, int] = {}
+def event_body(ids: list[str], clients: int, run: str) -> Callable[[int, int], dict[str, Any]]:
+    def body(offset: int, n: int) -> dict[str, Any]:
+        return {
+            "requestId": f"{run}-{offset}-{n}",
+            "userId": ids[(offset + n * clients) % len(ids)],
+            "provider": "openai",
+            "model": "gpt-4o-mini",
+            "inputTokens": 1200,
+            "outputTokens": 300,
+        }
 
-    async def client(offset: int) -> None:
-        n = 0
-        async with aiohttp.ClientSession(headers=headers) as http:
-            while time.monotonic() < deadline:
-                n += 1
-                body = {
-                    "requestId": f"{run}-{offset}-{n}",
-                    "userId": ids[(offset + n * clients) % len(ids)],
-                    "provider": "openai",
-                    "model": "gpt-4o-mini",
-                    "inputTokens": 1200,
-                    "outputTokens": 300,
-                }
-                async with http.post(f"{url}/api/usage/events", json=body) as response:
-                    await response.read()
-                    statuses[response.status] = statuses.get(response.status, 0) + 1
-
-    await asyncio.gather(*(client(i) for i in range(clients)))
-    return f"aiohttp statuses: {statuses}"
+    return body
 
 
 async def ingest_case(db: str, url: str, ids: list[str], token: str, clients: int, seconds: int) -> tuple[float, str]:
@@ -135,7 +124,7 @@ async def ingest_case(db: str, url: str, ids: list[str], token: str, clients: in
             run_wrk, url, ids, token, clients, seconds, HERE / "events.lua", {"BENCH_RUN": run}
         )
     else:
-        output = await run_aiohttp(url, ids, token, clients, seconds, run)
+        output = await run_aiohttp(f"{url}/api/usage/events", token, clients, seconds, event_body(ids, clients, run))
     elapsed = time.monotonic() - started
     await asyncio.sleep(0.5)  # let in-flight requests commit before counting
     return (await count_events(db) - before) / elapsed, output

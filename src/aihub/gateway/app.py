@@ -35,7 +35,7 @@ from aihub.gateway.routing import Route, RouteTable, load_table
 from aihub.gateway.websocket import proxy_websocket
 from aihub.kit.errors import AppError, Forbidden, NotFound, ServiceUnavailable, Unauthorized, error_body
 from aihub.kit.jsonutil import dumps, loads
-from aihub.kit.jwt import TokenCodec, UnknownSigningKey
+from aihub.kit.jwt import TokenCodec, TokenRevoked, UnknownSigningKey
 from aihub.kit.metrics import client_allowed
 from aihub.kit.middleware import pick_request_id
 from aihub.kit.serve import DRAIN, DrainFlag
@@ -52,10 +52,6 @@ _QUIET = frozenset({"/health", "/health/ready", "/metrics"})
 
 class RateLimited(AppError):
     status_code, code, message = 429, "RATE_LIMIT_EXCEEDED", "Too many requests, try again later"
-
-
-class TokenRevokedError(AppError):
-    status_code, code, message = 401, "TOKEN_REVOKED", "The token has been revoked"
 
 
 @dataclass(slots=True)
@@ -262,7 +258,7 @@ class Gateway:
         if decision.revoked:
             metrics.DECISIONS["revoked"].inc()
             await self.strikes.strike("auth", ctx.client_ip, self.settings.gateway_ban_after_auth_failures)
-            raise TokenRevokedError
+            raise TokenRevoked
         if decision.unavailable:
             metrics.DECISIONS["unavailable"].inc()
             raise ServiceUnavailable("Rate limiting is unavailable; try again shortly")
