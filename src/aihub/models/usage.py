@@ -68,7 +68,16 @@ class QuotaCounter(Base):
     requests: Mapped[int] = mapped_column(BigInteger, default=0)
 
 
-class UsageDailyRollup(Base):
+class _RollupMeasures:
+    """What both rollup tables add up per key."""
+
+    requests: Mapped[int] = mapped_column(BigInteger)
+    input_tokens: Mapped[int] = mapped_column(BigInteger)
+    output_tokens: Mapped[int] = mapped_column(BigInteger)
+    credits: Mapped[int] = mapped_column(BigInteger)
+
+
+class UsageDailyRollup(_RollupMeasures, Base):
     """Usage of one UTC day x user x provider x model, recomputed from ``usage_events``."""
 
     __tablename__ = "usage_daily_rollups"
@@ -78,13 +87,9 @@ class UsageDailyRollup(Base):
     user_id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True)
     provider: Mapped[str] = mapped_column(String(64), primary_key=True)
     model: Mapped[str] = mapped_column(String(128), primary_key=True)
-    requests: Mapped[int] = mapped_column(BigInteger)
-    input_tokens: Mapped[int] = mapped_column(BigInteger)
-    output_tokens: Mapped[int] = mapped_column(BigInteger)
-    credits: Mapped[int] = mapped_column(BigInteger)
 
 
-class UsageDailyModelRollup(Base):
+class UsageDailyModelRollup(_RollupMeasures, Base):
     """Usage of one UTC day x provider x model (all users): what the overview's totals read."""
 
     __tablename__ = "usage_daily_model_rollups"
@@ -92,10 +97,6 @@ class UsageDailyModelRollup(Base):
     day: Mapped[dt.date] = mapped_column(Date, primary_key=True)
     provider: Mapped[str] = mapped_column(String(64), primary_key=True)
     model: Mapped[str] = mapped_column(String(128), primary_key=True)
-    requests: Mapped[int] = mapped_column(BigInteger)
-    input_tokens: Mapped[int] = mapped_column(BigInteger)
-    output_tokens: Mapped[int] = mapped_column(BigInteger)
-    credits: Mapped[int] = mapped_column(BigInteger)
 
 
 class UsageRollupState(Base):
