@@ -260,6 +260,44 @@ class Settings(BaseSettings):
     email_from: str = Field(default="aihub <no-reply@aihub.local>", description="`From` of every email aihub sends")
     smtp_timeout_seconds: float = Field(default=10.0, gt=0, le=120, description="timeout of one SMTP delivery")
     webhook_timeout_seconds: float = Field(default=5.0, gt=0, description="timeout of one webhook delivery")
+    # Identity: email verification, password reset, Google sign-in (OpenID Connect).
+    public_url: str | None = Field(
+        default=None,
+        description="the gateway's public base URL: links in emails and the OAuth callback are built on it",
+        json_schema_extra={"doc_default": "`http://127.0.0.1:<AIHUB_GATEWAY_PORT>`"},
+    )
+    require_verified_email: bool = Field(
+        default=False, description="refuse sign-in (403 `EMAIL_NOT_VERIFIED`) until the user verified their email"
+    )
+    identity_email_limit: int = Field(
+        default=5,
+        ge=1,
+        description="verification or password-reset requests per account (or email address) per "
+        "`AIHUB_IDENTITY_EMAIL_WINDOW_SECONDS`",
+    )
+    identity_email_window_seconds: int = Field(
+        default=3600, ge=1, le=86_400, description="the window of `AIHUB_IDENTITY_EMAIL_LIMIT`"
+    )
+    rate_limit_identity: int = Field(
+        default=20,
+        ge=0,
+        description="gateway: requests per window per client IP to the public verification, password-reset and "
+        "OAuth endpoints",
+    )
+    google_client_id: str | None = Field(default=None, description="Google OAuth client id (unset: no Google sign-in)")
+    google_client_secret: str | None = Field(default=None, description="Google OAuth client secret")
+    oidc_google_issuer: str = Field(
+        default="https://accounts.google.com",
+        description="OpenID provider of Google sign-in; its endpoints come from "
+        "`<issuer>/.well-known/openid-configuration`",
+    )
+    oauth_redirect_uris: str = Field(
+        default="",
+        description="comma-separated client URIs that `/api/auth/oauth/google/start` may send the browser back to",
+    )
+    oidc_timeout_seconds: float = Field(
+        default=5.0, gt=0, le=60, description="timeout of one request to the OpenID provider"
+    )
     webhook_max_attempts: int = Field(default=5, ge=1, le=20, description="webhook delivery attempts")
     webhook_backoff_seconds: float = Field(default=1.0, ge=0, description="first retry delay, doubled on each attempt")
     # How often core re-checks the whole ledger for the reconcile gauges (0: never).
@@ -384,6 +422,18 @@ class Settings(BaseSettings):
             raise ValueError("must start with smtp:// or smtps://")
         return value
 
+    @field_validator("public_url")
+    @classmethod
+    def _public_url(cls, value: str | None) -> str | None:
+        return None if not value else cls._issuer(value).rstrip("/")
+
+    @field_validator("oidc_google_issuer")
+    @classmethod
+    def _issuer(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return value  # kept exactly: the ID token's `iss` must equal it
+
     @field_validator("jwks_url")
     @classmethod
     def _jwks_scheme(cls, value: str) -> str:
@@ -473,6 +523,14 @@ class Settings(BaseSettings):
             name, _, limit = part.partition("=")
             limits[name.strip()] = int(limit)
         return limits
+
+    @property
+    def public_base_url(self) -> str:
+        return self.public_url or f"http://127.0.0.1:{self.gateway_port}"
+
+    @cached_property
+    def oauth_redirect_uri_list(self) -> list[str]:
+        return _split(self.oauth_redirect_uris)
 
     def upstream_urls(self, service: Literal["auth", "core", "mcp"]) -> list[str]:
         explicit = {"auth": self.auth_url, "core": self.core_url, "mcp": self.mcp_url}[service]

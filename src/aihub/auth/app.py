@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi import FastAPI
 
 from aihub.auth.endpoints import router
+from aihub.auth.identity.endpoints import router as identity_router
 from aihub.config import Settings
 from aihub.kit.app import create_service_app
 from aihub.kit.runtime import Runtime
@@ -15,7 +16,8 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     return create_service_app(
         "auth",
         runtime,
-        [router],
-        description="Registration, login, token refresh and logout, service tokens, JWKS.",
+        [router, identity_router],
+        description="Registration, login, token refresh and logout, service tokens, JWKS; email verification, "
+        "password reset, Google sign-in.",
         waits_for_jwks=False,
     )

@@ -9,6 +9,7 @@ from fastapi import APIRouter, Depends, Request, Response
 
 from aihub.auth import schemas, tokens
 from aihub.auth import service as auth
+from aihub.auth.identity import emails as identity_emails
 from aihub.core.deps import CurrentUser, RequirePermission, RuntimeDep, TxDep, TxRoute
 from aihub.core.rbac.service import Principal
 from aihub.kit.pagination import PageParams, page_params
@@ -18,10 +19,12 @@ router = APIRouter(tags=["auth"], route_class=TxRoute)
 
 @router.post("/register", response_model=schemas.UserEnvelope, status_code=201)
 async def register(body: schemas.RegisterIn, tx: TxDep, runtime: RuntimeDep) -> dict[str, Any]:
-    """Create an account with role `user` and an empty credit account. 409 `EMAIL_TAKEN`."""
+    """Create an account with role `user` and an empty credit account, and mail it a
+    verification link. 409 `EMAIL_TAKEN`."""
     user = await auth.register(
         tx, runtime.store, email=body.email, password=body.password, display_name=body.display_name
     )
+    identity_emails.send_verification_after_commit(tx, runtime, user["id"])  # after the commit
     return {"user": user}
 
 

@@ -18,6 +18,7 @@ import structlog
 
 from aihub.auth import repository as repo
 from aihub.auth import tokens
+from aihub.auth.identity import emails as identity_emails
 from aihub.core.audit import service as audit
 from aihub.core.deps import AccountSuspended
 from aihub.core.rbac import repository as rbac_repo
@@ -44,6 +45,12 @@ class InvalidCredentials(AppError):
 
 class SuspendedLogin(AccountSuspended):
     keep_changes = True
+
+
+class EmailNotVerified(AppError):
+    status_code, code = 403, "EMAIL_NOT_VERIFIED"
+    message = "Verify your email address before signing in (see the email we sent, or ask for a new one)"
+    keep_changes = True  # the refused attempt's audit row
 
 
 class LoginLocked(AppError):
@@ -173,6 +180,11 @@ async def login(tx: Tx, runtime: Runtime, *, email: str, password: str) -> dict[
     if user.status != "active":
         audit.record(tx, "auth.login_failed", "user", user.id, after={"reason": "suspended"}, actor=ANONYMOUS)
         raise SuspendedLogin
+    if runtime.settings.require_verified_email and not user.verified:
+        audit.record(tx, "auth.login_failed", "user", user.id, after={"reason": "email_not_verified"}, actor=ANONYMOUS)
+        # The password was right: mail a fresh link, since this user cannot sign in to ask for one.
+        identity_emails.send_verification_after_commit(tx, runtime, user.id, limited=True)
+        raise EmailNotVerified
     await _forget_failures(runtime.store, email)
     if user.password_hash and needs_rehash(user.password_hash):
         user.password_hash = await hash_password(password)

@@ -132,6 +132,9 @@ async def current_principal(request: Request, runtime: RuntimeDep, tx: TxDep) ->
             raise InvalidToken("The token's user does not exist")
         if user.status == "suspended":
             raise AccountSuspended
+        cutoff = user.tokens_valid_after  # set by a password reset: older tokens are void
+        if cutoff is not None and claims.iat < int(cutoff.timestamp()):
+            raise TokenRevoked
         effective = await rbac.effective(tx, runtime.store, user_id, runtime.settings.permission_cache_ttl_seconds)
         principal = rbac.Principal(
             id=str(user.id),

@@ -123,6 +123,25 @@ def default_table(settings: Settings) -> RouteTable:
             limit_key="ip",
         ),
         Route(f"{auth}/refresh", "auth", strip=auth, auth="public", max_body_bytes=body, timeout=timeout),
+        # Email verification, password reset, Google sign-in: public, limited per client address;
+        # the two that act for a signed-in user keep the token check.
+        *(
+            Route(
+                f"{auth}{path}",
+                "auth",
+                strip=auth,
+                auth="public",
+                max_body_bytes=body,
+                timeout=timeout,
+                rate_limit=settings.rate_limit_identity,
+                limit_key="ip",
+            )
+            for path in ("/verify-email", "/password-reset", "/oauth")
+        ),
+        *(
+            Route(f"{auth}{path}", "auth", strip=auth, max_body_bytes=body, timeout=timeout)
+            for path in ("/verify-email/request", "/oauth/google/link")
+        ),
         Route(f"{auth}/.well-known", "auth", strip=auth, auth="public", max_body_bytes=body, timeout=timeout),
         Route(
             "/api/promo-codes/redeem",

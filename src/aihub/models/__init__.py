@@ -1,7 +1,7 @@
 """SQLAlchemy models, one module per domain. Importing this package registers every table."""
 
 from aihub.models.audit import AuditChainHead, AuditLog
-from aihub.models.auth import RefreshToken, ServiceToken
+from aihub.models.auth import EmailToken, RefreshToken, ServiceToken
 from aihub.models.credits import CreditAccount, CreditHold, CreditTransaction
 from aihub.models.idempotency import IdempotencyKey
 from aihub.models.pricing import ModelPrice
@@ -25,6 +25,7 @@ __all__ = [
     "CreditAccount",
     "CreditHold",
     "CreditTransaction",
+    "EmailToken",
     "IdempotencyKey",
     "ModelPrice",
     "Permission",

@@ -16,6 +16,7 @@ class User(Base):
     __table_args__ = (
         CheckConstraint("status IN ('active', 'suspended', 'deleted')", name="ck_users_status"),
         Index("ix_users_created", "created_at", "id"),
+        Index("ux_users_google_id", "google_id", unique=True),
     )
 
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
@@ -26,3 +27,7 @@ class User(Base):
     status: Mapped[str] = mapped_column(String(16), default="active")
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+    # The Google account's `sub` once linked (sign-in with Google); unique, never reused.
+    google_id: Mapped[str | None] = mapped_column(String(255))
+    # Access tokens issued (`iat`) before this second are refused (set by a password reset).
+    tokens_valid_after: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)

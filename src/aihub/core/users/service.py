@@ -163,7 +163,11 @@ async def update_me(
 ) -> dict[str, Any]:
     user = await get_user(tx, user_id, for_update=True)
     before = await read(tx, user_id)
-    if password is not None:
+    if password is not None and user.password_hash is None:
+        # An account without a password (Google sign-in) sets its first one: there is no
+        # current password to prove, and no session a password opened to end.
+        user.password_hash = await hash_password(password)
+    elif password is not None:
         if not current_password or not await verify_password(user.password_hash, current_password):
             raise WrongPassword
         user.password_hash = await hash_password(password)
@@ -246,6 +250,7 @@ async def delete(tx: Tx, store: Store, actor: rbac.Principal, user_id: uuid.UUID
     user.email = f"deleted-{user.id.hex}@deleted.invalid"
     user.display_name = None
     user.password_hash = None
+    user.google_id = None  # the Google account may sign up afresh; no link to an erased user
     user.status = "deleted"
     user.updated_at = utcnow()
     await rbac_repo.set_user_roles(tx.session, user.id, [])

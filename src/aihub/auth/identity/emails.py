@@ -1,0 +1,299 @@
+"""Email verification and password reset: one-time tokens that travel by email.
+
+* A token is 256 random bits, mailed once and stored as its SHA-256 only; verification
+  tokens live 24 h, reset tokens 1 h; spending one is a conditional UPDATE (single use).
+* The token is made by the background job that sends the email, after the request's commit:
+  the secret never sits in the job queue, and a slow or dead mail server holds no request.
+* A reset request does the same work whether the email is known or not (count it, queue a
+  job, answer 202 with one body); only the job looks the address up. The answer and its
+  timing therefore say nothing about which addresses have accounts.
+* A reset sets the new password, voids the user's other reset tokens, revokes every refresh
+  family and Sora session (core's ``_end_sessions``) and sets ``tokens_valid_after``, so the
+  access tokens issued before it are refused too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import hashlib
+import secrets
+import uuid
+from typing import Any, Literal
+from urllib.parse import quote
+
+import structlog
+
+from aihub.auth.identity import repository as repo
+from aihub.core.audit import service as audit
+from aihub.core.deps import AccountSuspended
+from aihub.core.users import repository as users_repo
+from aihub.core.users import service as users
+from aihub.kit.db import Tx, utcnow
+from aihub.kit.email import Email, EmailDeliveryError, build_mailer
+from aihub.kit.errors import AppError, Conflict, ServiceUnavailable
+from aihub.kit.jobs import job, jobs_of
+from aihub.kit.passwords import hash_password
+from aihub.kit.runtime import Runtime
+from aihub.kit.store import StoreUnavailable
+from aihub.models import User
+
+log = structlog.get_logger("aihub.identity")
+
+TOKEN_BYTES = 32  # 256 bits
+VERIFY_TTL = dt.timedelta(hours=24)
+RESET_TTL = dt.timedelta(hours=1)
+EMAIL_JOB = "identity.email_token"
+SEND_ATTEMPTS = 3
+SEND_BACKOFF_SECONDS = 1.0
+# Front-end pages the links open; they POST the token to the API.
+VERIFY_PAGE = "/verify-email"
+RESET_PAGE = "/reset-password"
+
+Purpose = Literal["verify", "reset"]
+ACCEPTED = {"status": "accepted", "message": "If the address can receive it, an email is on its way"}
+
+
+class VerificationTokenInvalid(AppError):
+    status_code, code = 400, "VERIFICATION_TOKEN_INVALID"
+    message = "This verification link is not valid or was already used"
+
+
+class VerificationTokenExpired(AppError):
+    status_code, code, message = 400, "VERIFICATION_TOKEN_EXPIRED", "This verification link has expired"
+
+
+class ResetTokenInvalid(AppError):
+    status_code, code, message = 400, "RESET_TOKEN_INVALID", "This reset link is not valid or was already used"
+
+
+class ResetTokenExpired(AppError):
+    status_code, code, message = 400, "RESET_TOKEN_EXPIRED", "This reset link has expired"
+
+
+class AlreadyVerified(Conflict):
+    code, message = "EMAIL_ALREADY_VERIFIED", "This email address is already verified"
+
+
+class TooManyEmailRequests(AppError):
+    status_code, code, message = 429, "RATE_LIMIT_EXCEEDED", "Too many requests, try again later"
+
+
+class QueueUnavailable(ServiceUnavailable):
+    code, message = "JOB_QUEUE_UNAVAILABLE", "Emails cannot be queued right now, try again later"
+
+
+def new_token() -> str:
+    return secrets.token_urlsafe(TOKEN_BYTES)
+
+
+def hash_token(token: str) -> str:
+    """SHA-256 suffices: the token is random, not a password a person chose."""
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+# ---------------------------------------------------------------- limits and queueing
+
+
+async def _count(runtime: Runtime, key: str) -> None:
+    """At most ``identity_email_limit`` requests per key and window (per account or per email;
+    the gateway limits per client address). A store outage fails open, like the login lockout."""
+    settings = runtime.settings
+    try:
+        count = await runtime.store.incr(key, ttl=settings.identity_email_window_seconds)
+        if count <= settings.identity_email_limit:
+            return
+        wait = await runtime.store.ttl(key)
+    except StoreUnavailable:
+        log.warning("identity_limit_unavailable")
+        return
+    retry = max(1, int(wait if wait is not None else settings.identity_email_window_seconds))
+    raise TooManyEmailRequests(headers={"Retry-After": str(retry)}, details={"retryAfterSeconds": retry})
+
+
+async def _enqueue(runtime: Runtime, payload: dict[str, Any]) -> None:
+    try:
+        await jobs_of(runtime).enqueue(EMAIL_JOB, payload)
+    except Exception as exc:  # the broker is down: say so instead of promising an email
+        log.exception("identity_enqueue_failed", purpose=payload.get("purpose"))
+        raise QueueUnavailable from exc
+
+
+def send_verification_after_commit(tx: Tx, runtime: Runtime, user_id: uuid.UUID, *, limited: bool = False) -> None:
+    """Registration (and a login refused for an unverified email, ``limited`` by the per-account
+    count): the email goes out once the transaction committed, never for a rolled-back one."""
+
+    async def send() -> None:
+        try:
+            if limited:
+                await _count(runtime, f"identity:verify:{user_id}")
+            await _enqueue(runtime, {"purpose": "verify", "userId": str(user_id)})
+        except (QueueUnavailable, TooManyEmailRequests):
+            pass  # the account stands; the user can ask for the email again
+
+    tx.after_commit(send)
+
+
+# ---------------------------------------------------------------- verification
+
+
+async def request_verification(tx: Tx, runtime: Runtime, user_id: uuid.UUID) -> dict[str, Any]:
+    user = await users.get_user(tx, user_id)
+    if user.verified:
+        raise AlreadyVerified
+    await _count(runtime, f"identity:verify:{user_id}")
+    await _enqueue(runtime, {"purpose": "verify", "userId": str(user_id)})
+    return ACCEPTED
+
+
+async def _spend(tx: Tx, token: str, purpose: Purpose) -> tuple[uuid.UUID, str]:
+    invalid, expired = (
+        (VerificationTokenInvalid, VerificationTokenExpired)
+        if purpose == "verify"
+        else (ResetTokenInvalid, ResetTokenExpired)
+    )
+    digest, now = hash_token(token), utcnow()
+    spent = await repo.spend_token(tx.session, digest, purpose, now)
+    if spent is not None:
+        return spent
+    row = await repo.find_token(tx.session, digest, purpose)
+    if row is not None and row.used_at is None:
+        raise expired
+    raise invalid
+
+
+async def verify_email(tx: Tx, token: str) -> dict[str, Any]:
+    user_id, email = await _spend(tx, token, "verify")
+    user = await users_repo.get(tx.session, user_id, for_update=True)
+    # A token proves the address it was sent to, nothing else: void after an email change.
+    if user is None or user.status == "deleted" or user.email != email:
+        raise VerificationTokenInvalid
+    before = await users.read(tx, user.id)
+    if not user.verified:
+        user.verified = True
+        user.updated_at = utcnow()
+        await tx.session.flush()
+    after = await users.read(tx, user.id)
+    audit.record(tx, "user.verify_email", "user", user.id, before=before, after=after, actor=_actor(user.id))
+    return {"user": after}
+
+
+# ---------------------------------------------------------------- password reset
+
+
+async def request_reset(runtime: Runtime, email: str) -> dict[str, Any]:
+    """The same steps for every address: normalise, count, queue. No lookup happens here."""
+    email = users.normalise_email(email)
+    await _count(runtime, "identity:reset:" + _digest(email))
+    await _enqueue(runtime, {"purpose": "reset", "email": email})
+    return ACCEPTED
+
+
+async def reset_password(tx: Tx, token: str, password: str) -> dict[str, Any]:
+    user_id, email = await _spend(tx, token, "reset")
+    user = await users_repo.get(tx.session, user_id, for_update=True)
+    if user is None or user.status == "deleted" or user.email != email:
+        raise ResetTokenInvalid
+    if user.status == "suspended":
+        raise AccountSuspended
+    before = await users.read(tx, user.id)
+    now = utcnow()
+    user.password_hash = await hash_password(password)
+    user.verified = True  # the link reached this address: it is the user's
+    # JWT times are whole seconds: tokens of this very second stay valid, older ones do not.
+    user.tokens_valid_after = now
+    user.updated_at = now
+    await repo.spend_user_tokens(tx.session, user.id, "reset", now)
+    await tx.session.flush()
+    await users._end_sessions(tx, user.id)  # every refresh family and Sora session
+    after = await users.read(tx, user.id)
+    audit.record(tx, "user.password_reset", "user", user.id, before=before, after=after, actor=_actor(user.id))
+    return {"user": after}
+
+
+def _actor(user_id: uuid.UUID) -> audit.Actor:
+    return audit.Actor(id=str(user_id), type="user")
+
+
+# ---------------------------------------------------------------- the job that mails
+
+
+def _email(runtime: Runtime, purpose: Purpose, to: str, token: str) -> Email:
+    base = runtime.settings.public_base_url
+    if purpose == "verify":
+        link = f"{base}{VERIFY_PAGE}?token={quote(token)}"
+        return Email(
+            to=to,
+            subject="Verify your email address",
+            text=(
+                f"Hello,\n\nplease confirm that {to} is your address by opening this link within 24 hours:\n\n"
+                f"{link}\n\nOr enter this verification code where you are asked for it:\n\n{token}\n\n"
+                "If you did not create an aihub account, you can ignore this email.\n"
+            ),
+        )
+    link = f"{base}{RESET_PAGE}?token={quote(token)}"
+    return Email(
+        to=to,
+        subject="Reset your password",
+        text=(
+            "Hello,\n\nsomebody (hopefully you) asked to reset the password of your aihub account. "
+            f"Choose a new one within the next hour here:\n\n{link}\n\n"
+            f"Or enter this reset code where you are asked for it:\n\n{token}\n\n"
+            "Resetting signs you out everywhere. If you did not ask for it, ignore this email: "
+            "your password stays as it is.\n"
+        ),
+    )
+
+
+async def _recipient(tx: Tx, payload: dict[str, Any]) -> User | None:
+    if payload["purpose"] == "verify":
+        user = await users_repo.get(tx.session, uuid.UUID(payload["userId"]))
+        return None if user is None or user.verified or user.status == "deleted" else user
+    user = await users_repo.by_email(tx.session, payload["email"])
+    return None if user is None or user.status == "deleted" else user
+
+
+async def _deliver(runtime: Runtime, email: Email) -> None:
+    mailer = build_mailer(runtime.settings)
+    for attempt in range(1, SEND_ATTEMPTS + 1):
+        try:
+            await mailer.send(email)
+            return
+        except EmailDeliveryError as exc:
+            if attempt == SEND_ATTEMPTS:
+                raise
+            log.warning("identity_email_retry", attempt=attempt, error=str(exc))
+            await asyncio.sleep(SEND_BACKOFF_SECONDS * attempt)
+
+
+@job(EMAIL_JOB)
+async def send_email_token(runtime: Runtime, payload: dict[str, Any]) -> None:
+    """Make the token, store its hash, commit, then mail it. Nothing is sent, and nothing is
+    stored, for an unknown address or an already verified account."""
+    purpose: Purpose = "verify" if payload.get("purpose") == "verify" else "reset"
+    tx = runtime.tx()
+    try:
+        user = await _recipient(tx, payload)
+        if user is None:
+            log.info("identity_email_skipped", purpose=purpose)
+            return
+        token = new_token()
+        await repo.add_token(
+            tx.session,
+            user_id=user.id,
+            purpose=purpose,
+            token_hash=hash_token(token),
+            email=user.email,
+            now=utcnow(),
+            ttl=VERIFY_TTL if purpose == "verify" else RESET_TTL,
+        )
+        audit.record(tx, "auth.email_token_sent", "user", user.id, after={"purpose": purpose}, actor=audit.SYSTEM)
+        to = user.email
+        await tx.commit()
+    finally:
+        await tx.close()
+    await _deliver(runtime, _email(runtime, purpose, to, token))

@@ -1,0 +1,191 @@
+"""HTTP surface of email verification, password reset and Google sign-in (clients reach it
+as /api/auth/...; the gateway strips the prefix)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+from urllib.parse import urlsplit
+
+from fastapi import APIRouter, Query, Request
+from starlette.responses import RedirectResponse, Response
+
+from aihub.auth import schemas as auth_schemas
+from aihub.auth.identity import emails, oauth, schemas
+from aihub.core.deps import CurrentUser, RuntimeDep, TxDep, TxRoute
+from aihub.kit.runtime import Runtime
+
+router = APIRouter(tags=["identity"], route_class=TxRoute)
+
+RedirectUri = Annotated[str, Query(alias="redirectUri", min_length=1, max_length=2048)]
+_LIMITED = {"description": "RATE_LIMIT_EXCEEDED (with Retry-After)"}
+_QUEUE = {"description": "JOB_QUEUE_UNAVAILABLE"}
+_BAD_INPUT = {"description": "VALIDATION_ERROR, or INVALID_JSON (400)"}
+_OAUTH_DOWN = {"description": "OAUTH_NOT_CONFIGURED / OAUTH_PROVIDER_UNAVAILABLE / STORE_UNAVAILABLE"}
+
+
+@router.post(
+    "/verify-email/request",
+    status_code=202,
+    response_model=schemas.AcceptedOut,
+    responses={
+        401: {"description": "UNAUTHORIZED / INVALID_TOKEN / TOKEN_EXPIRED / TOKEN_REVOKED"},
+        409: {"description": "EMAIL_ALREADY_VERIFIED"},
+        429: _LIMITED,
+        503: _QUEUE,
+    },
+)
+async def request_verification(tx: TxDep, runtime: RuntimeDep, me: CurrentUser) -> dict[str, Any]:
+    """Mail the signed-in user a one-time verification link (valid 24 h; the email carries the
+    bare token too). At most `AIHUB_IDENTITY_EMAIL_LIMIT` per account and window."""
+    assert me.user_id is not None
+    return await emails.request_verification(tx, runtime, me.user_id)
+
+
+@router.post(
+    "/verify-email",
+    response_model=auth_schemas.UserEnvelope,
+    responses={
+        400: {"description": "VERIFICATION_TOKEN_INVALID (unknown or used) / VERIFICATION_TOKEN_EXPIRED"},
+        422: _BAD_INPUT,
+    },
+)
+async def verify_email(body: schemas.VerifyEmailIn, tx: TxDep) -> dict[str, Any]:
+    """Spend a verification token: the user who received it is now `verified: true`."""
+    return await emails.verify_email(tx, body.token)
+
+
+@router.post(
+    "/password-reset/request",
+    status_code=202,
+    response_model=schemas.AcceptedOut,
+    responses={422: _BAD_INPUT, 429: _LIMITED, 503: _QUEUE},
+)
+async def request_reset(body: schemas.ResetRequestIn, runtime: RuntimeDep) -> dict[str, Any]:
+    """Mail a password-reset link (valid 1 h) if an account has this email. The answer is the
+    same 202 and body whether it has or not. Limited per email (here) and per client address
+    (at the gateway)."""
+    return await emails.request_reset(runtime, body.email)
+
+
+@router.post(
+    "/password-reset",
+    response_model=auth_schemas.UserEnvelope,
+    responses={
+        400: {"description": "RESET_TOKEN_INVALID (unknown or used) / RESET_TOKEN_EXPIRED"},
+        403: {"description": "ACCOUNT_SUSPENDED"},
+        422: _BAD_INPUT,
+    },
+)
+async def reset_password(body: schemas.ResetIn, tx: TxDep) -> dict[str, Any]:
+    """Spend a reset token and set a new password (≥ 8 characters). Every session of the user
+    ends: refresh tokens, Sora sessions, and access tokens issued before now."""
+    return await emails.reset_password(tx, body.token, body.password)
+
+
+def _cookie_path(runtime: Runtime) -> str:
+    return urlsplit(runtime.settings.public_base_url).path.rstrip("/") + "/api/auth/oauth/google"
+
+
+def _set_flow_cookie(response: Response, runtime: Runtime, value: str) -> None:
+    response.set_cookie(
+        oauth.COOKIE,
+        value,
+        max_age=oauth.STATE_TTL,
+        path=_cookie_path(runtime),
+        httponly=True,
+        samesite="lax",  # sent on the provider's top-level redirect back, not on cross-site posts
+        secure=oauth.cookie_secure(runtime),
+    )
+
+
+@router.get(
+    "/oauth/google/start",
+    status_code=302,
+    response_class=RedirectResponse,
+    responses={
+        302: {"description": "To the provider's authorization endpoint"},
+        400: {"description": "INVALID_REDIRECT_URI"},
+        422: _BAD_INPUT,
+        503: _OAUTH_DOWN,
+    },
+)
+async def google_start(runtime: RuntimeDep, redirect_uri: RedirectUri) -> Response:
+    """Begin Google sign-in: redirect to Google (state, nonce, PKCE S256). `redirectUri` must be
+    one of `AIHUB_OAUTH_REDIRECT_URIS`; the browser comes back there with `?code=` (for
+    `POST /oauth/exchange`) or `?error=`."""
+    started = await oauth.start(runtime, redirect_uri=redirect_uri)
+    response = RedirectResponse(started.url, status_code=302)
+    _set_flow_cookie(response, runtime, started.browser_key)
+    return response
+
+
+@router.get(
+    "/oauth/google/link/start",
+    response_model=schemas.AuthorizationUrlOut,
+    responses={
+        400: {"description": "INVALID_REDIRECT_URI"},
+        401: {"description": "UNAUTHORIZED / INVALID_TOKEN"},
+        422: _BAD_INPUT,
+        503: _OAUTH_DOWN,
+    },
+)
+async def google_link_start(
+    runtime: RuntimeDep, me: CurrentUser, redirect_uri: RedirectUri, response: Response
+) -> dict[str, Any]:
+    """Link a Google account to the signed-in user: open `authorizationUrl` in the browser
+    (which received the flow cookie with this answer); it comes back to `redirectUri` with
+    `?linked=google` or `?error=`."""
+    started = await oauth.start(runtime, redirect_uri=redirect_uri, link_user_id=me.user_id)
+    _set_flow_cookie(response, runtime, started.browser_key)
+    return {"authorization_url": started.url}
+
+
+@router.get(
+    "/oauth/google/callback",
+    status_code=302,
+    response_class=RedirectResponse,
+    responses={
+        302: {"description": "To the client's redirectUri with ?code=, ?linked=google or ?error="},
+        400: {"description": "OAUTH_STATE_INVALID (unknown, expired, used, or another browser's)"},
+        503: {"description": "STORE_UNAVAILABLE"},
+    },
+)
+async def google_callback(
+    request: Request,
+    runtime: RuntimeDep,
+    code: Annotated[str | None, Query(max_length=4096)] = None,
+    state: Annotated[str | None, Query(max_length=512)] = None,
+    error: Annotated[str | None, Query(max_length=256)] = None,
+) -> Response:
+    """Google sends the browser here. Errors after a valid state go back to the client as
+    `?error=`: OAUTH_DENIED, OAUTH_PROVIDER_ERROR, INVALID_ID_TOKEN, EMAIL_NOT_VERIFIED,
+    ACCOUNT_SUSPENDED, GOOGLE_ACCOUNT_IN_USE, GOOGLE_ACCOUNT_MISMATCH, OAUTH_EMAIL_MISSING,
+    OAUTH_ACCOUNT_CONFLICT."""
+    location = await oauth.callback(
+        runtime,
+        state=state,
+        code=code,
+        error=error,
+        browser_key=request.cookies.get(oauth.COOKIE),
+        request_id=getattr(request.state, "request_id", None),
+        ip=request.client.host if request.client else None,
+    )
+    response = RedirectResponse(location, status_code=302)
+    response.delete_cookie(
+        oauth.COOKIE, path=_cookie_path(runtime), httponly=True, samesite="lax", secure=oauth.cookie_secure(runtime)
+    )
+    return response
+
+
+@router.post(
+    "/oauth/exchange",
+    response_model=auth_schemas.TokenPair,
+    responses={
+        400: {"description": "OAUTH_CODE_INVALID (unknown, expired after 60 s, or used)"},
+        403: {"description": "ACCOUNT_SUSPENDED / EMAIL_NOT_VERIFIED"},
+        422: _BAD_INPUT,
+    },
+)
+async def oauth_exchange(body: schemas.ExchangeIn, tx: TxDep, runtime: RuntimeDep) -> dict[str, Any]:
+    """Spend the one-time code from the callback for the same body as `POST /login`."""
+    return await oauth.exchange(tx, runtime, body.code)
