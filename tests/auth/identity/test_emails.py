@@ -19,8 +19,8 @@ from aihub.config import Settings
 from aihub.kit.jobs import QUEUE, jobs_of
 from aihub.models import EmailToken
 from tests.auth.conftest import PASSWORD, assert_error, login, register, signed_up
-from tests.auth.identity.helpers import Env, close_env, open_env
 from tests.auth.identity.fake_oidc import FakeOidc
+from tests.auth.identity.helpers import Env, close_env, open_env
 from tests.smtp_sink import SmtpSink
 
 PUBLIC = "https://aihub.example"
