@@ -12,6 +12,7 @@ from aihub.config import Settings
 from tests.auth.identity.fake_oidc import FakeOidc
 from tests.auth.identity.helpers import Env, close_env, oauth_settings, open_env
 from tests.conftest import free_port
+from tests.gateway.conftest import start_gateway, upstreams  # noqa: F401 - the gateway test's fixtures
 
 
 @pytest.fixture(scope="session")
