@@ -33,7 +33,8 @@ async def login(body: schemas.LoginIn, tx: TxDep, runtime: RuntimeDep) -> dict[s
     """Exchange email and password for an access token and a refresh token.
 
     401 `INVALID_CREDENTIALS` alike for an unknown email and a wrong password; 403
-    `ACCOUNT_SUSPENDED`; 429 `TOO_MANY_LOGIN_ATTEMPTS` (with `Retry-After`) after
+    `ACCOUNT_SUSPENDED`; 403 `EMAIL_NOT_VERIFIED` while `AIHUB_REQUIRE_VERIFIED_EMAIL` is on and
+    the email is unverified (a fresh verification link is mailed); 429 `TOO_MANY_LOGIN_ATTEMPTS` (with `Retry-After`) after
     `AIHUB_LOGIN_MAX_FAILURES` attempts for one account within `AIHUB_LOGIN_LOCKOUT_SECONDS`.
     """
     return await auth.login(tx, runtime, email=body.email, password=body.password)

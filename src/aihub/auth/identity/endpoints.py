@@ -19,7 +19,10 @@ router = APIRouter(tags=["identity"], route_class=TxRoute)
 RedirectUri = Annotated[str, Query(alias="redirectUri", min_length=1, max_length=2048)]
 _LIMITED = {"description": "RATE_LIMIT_EXCEEDED (with Retry-After)"}
 _QUEUE = {"description": "JOB_QUEUE_UNAVAILABLE"}
-_BAD_INPUT = {"description": "VALIDATION_ERROR, or INVALID_JSON (400)"}
+_BAD_INPUT = {"description": "VALIDATION_ERROR"}
+_NOT_JSON = {"description": "INVALID_JSON"}
+_TOKEN = {"description": "UNAUTHORIZED / INVALID_TOKEN / TOKEN_EXPIRED / TOKEN_REVOKED"}
+_USER_ONLY = {"description": "FORBIDDEN (a service token) / ACCOUNT_SUSPENDED"}
 _OAUTH_DOWN = {"description": "OAUTH_NOT_CONFIGURED / OAUTH_PROVIDER_UNAVAILABLE / STORE_UNAVAILABLE"}
 
 
@@ -28,10 +31,11 @@ _OAUTH_DOWN = {"description": "OAUTH_NOT_CONFIGURED / OAUTH_PROVIDER_UNAVAILABLE
     status_code=202,
     response_model=schemas.AcceptedOut,
     responses={
-        401: {"description": "UNAUTHORIZED / INVALID_TOKEN / TOKEN_EXPIRED / TOKEN_REVOKED"},
+        401: _TOKEN,
+        403: _USER_ONLY,
         409: {"description": "EMAIL_ALREADY_VERIFIED"},
         429: _LIMITED,
-        503: _QUEUE,
+        503: {"description": "JOB_QUEUE_UNAVAILABLE / STORE_UNAVAILABLE"},
     },
 )
 async def request_verification(tx: TxDep, runtime: RuntimeDep, me: CurrentUser) -> dict[str, Any]:
@@ -45,7 +49,9 @@ async def request_verification(tx: TxDep, runtime: RuntimeDep, me: CurrentUser) 
     "/verify-email",
     response_model=auth_schemas.UserEnvelope,
     responses={
-        400: {"description": "VERIFICATION_TOKEN_INVALID (unknown or used) / VERIFICATION_TOKEN_EXPIRED"},
+        400: {
+            "description": "VERIFICATION_TOKEN_INVALID (unknown or used) / VERIFICATION_TOKEN_EXPIRED / INVALID_JSON"
+        },
         422: _BAD_INPUT,
     },
 )
@@ -58,7 +64,7 @@ async def verify_email(body: schemas.VerifyEmailIn, tx: TxDep) -> dict[str, Any]
     "/password-reset/request",
     status_code=202,
     response_model=schemas.AcceptedOut,
-    responses={422: _BAD_INPUT, 429: _LIMITED, 503: _QUEUE},
+    responses={400: _NOT_JSON, 422: _BAD_INPUT, 429: _LIMITED, 503: _QUEUE},
 )
 async def request_reset(body: schemas.ResetRequestIn, runtime: RuntimeDep) -> dict[str, Any]:
     """Mail a password-reset link (valid 1 h) if an account has this email. The answer is the
@@ -71,7 +77,7 @@ async def request_reset(body: schemas.ResetRequestIn, runtime: RuntimeDep) -> di
     "/password-reset",
     response_model=auth_schemas.UserEnvelope,
     responses={
-        400: {"description": "RESET_TOKEN_INVALID (unknown or used) / RESET_TOKEN_EXPIRED"},
+        400: {"description": "RESET_TOKEN_INVALID (unknown or used) / RESET_TOKEN_EXPIRED / INVALID_JSON"},
         403: {"description": "ACCOUNT_SUSPENDED"},
         422: _BAD_INPUT,
     },
@@ -124,7 +130,8 @@ async def google_start(runtime: RuntimeDep, redirect_uri: RedirectUri) -> Respon
     response_model=schemas.AuthorizationUrlOut,
     responses={
         400: {"description": "INVALID_REDIRECT_URI"},
-        401: {"description": "UNAUTHORIZED / INVALID_TOKEN"},
+        401: _TOKEN,
+        403: _USER_ONLY,
         422: _BAD_INPUT,
         503: _OAUTH_DOWN,
     },
@@ -147,6 +154,7 @@ async def google_link_start(
     responses={
         302: {"description": "To the client's redirectUri with ?code=, ?linked=google or ?error="},
         400: {"description": "OAUTH_STATE_INVALID (unknown, expired, used, or another browser's)"},
+        422: _BAD_INPUT,
         503: {"description": "STORE_UNAVAILABLE"},
     },
 )
@@ -181,9 +189,10 @@ async def google_callback(
     "/oauth/exchange",
     response_model=auth_schemas.TokenPair,
     responses={
-        400: {"description": "OAUTH_CODE_INVALID (unknown, expired after 60 s, or used)"},
+        400: {"description": "OAUTH_CODE_INVALID (unknown, expired after 60 s, or used) / INVALID_JSON"},
         403: {"description": "ACCOUNT_SUSPENDED / EMAIL_NOT_VERIFIED"},
         422: _BAD_INPUT,
+        503: {"description": "STORE_UNAVAILABLE"},
     },
 )
 async def oauth_exchange(body: schemas.ExchangeIn, tx: TxDep, runtime: RuntimeDep) -> dict[str, Any]:
