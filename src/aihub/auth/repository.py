@@ -86,6 +86,17 @@ async def revoke_family_of_user(
     return int(result.rowcount or 0)
 
 
+async def families_issued_since(session: AsyncSession, user_id: uuid.UUID, since: dt.datetime) -> list[uuid.UUID]:
+    """The user's refresh families that issued a token (and so an access token) after ``since``:
+    the only ones that may still hold a live access token."""
+    stmt = (
+        select(RefreshToken.family_id)
+        .where(RefreshToken.user_id == user_id, RefreshToken.created_at > since)
+        .distinct()
+    )
+    return sorted((await session.execute(stmt)).scalars().all())
+
+
 async def revoke_user_refresh_tokens(session: AsyncSession, user_id: uuid.UUID, now: dt.datetime) -> int:
     """Every live refresh token of one user (suspension, deletion)."""
     stmt = (

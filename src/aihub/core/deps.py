@@ -18,7 +18,7 @@ from aihub.core.audit import service as audit
 from aihub.core.rbac import service as rbac
 from aihub.kit.db import Tx
 from aihub.kit.errors import AppError, Forbidden, ServiceUnavailable, Unauthorized
-from aihub.kit.jwt import InvalidToken, TokenRevoked, blacklist_key
+from aihub.kit.jwt import Claims, InvalidToken, TokenRevoked, blacklist_key, family_blacklist_key, session_id
 from aihub.kit.runtime import Runtime
 from aihub.kit.store import StoreUnavailable
 from aihub.models import User
@@ -96,9 +96,13 @@ def bearer_token(request: Request) -> str:
     return token.strip()
 
 
-async def _revoked(runtime: Runtime, jti: str) -> bool:
+async def _revoked(runtime: Runtime, claims: Claims) -> bool:
+    """The token itself, or its whole refresh family (reuse detected, password reset), is
+    blacklisted: both keys in one store round trip."""
+    sid = session_id(claims)
+    keys = (blacklist_key(claims.jti),) if sid is None else (blacklist_key(claims.jti), family_blacklist_key(sid))
     try:
-        return await runtime.store.exists(blacklist_key(jti))
+        return await runtime.store.exists(*keys)
     except StoreUnavailable as exc:
         # Without the blacklist we cannot tell a revoked token from a good one: refuse.
         raise ServiceUnavailable("The token store is unavailable", code="STORE_UNAVAILABLE") from exc
@@ -110,7 +114,7 @@ async def load_user(tx: Tx, user_id: uuid.UUID) -> User | None:
 
 async def current_principal(request: Request, runtime: RuntimeDep, tx: TxDep) -> rbac.Principal:
     claims = await runtime.codec.verify_fresh(bearer_token(request))
-    if await _revoked(runtime, claims.jti):
+    if await _revoked(runtime, claims):
         raise TokenRevoked
     if claims.typ == "service":
         perms = frozenset(claims.scopes)
