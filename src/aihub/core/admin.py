@@ -85,7 +85,7 @@ async def set_password(runtime: Runtime, email: str, password: str) -> dict[str,
             raise UnknownAccount
         user = await users.get_user(tx, user.id, for_update=True)
         user.password_hash = await hash_password(password)
-        user.updated_at = utcnow()
+        user.updated_at = user.sessions_revoked_at = utcnow()
         await tx.session.flush()
         ended = await auth.end_all_sessions(tx, runtime, user.id)
         audit.record(tx, "user.password_reset", "user", user.id, after={"by": "cli", **ended})

@@ -6,6 +6,7 @@ are never trusted here: core verifies the JWT itself (defence in depth).
 
 from __future__ import annotations
 
+import datetime as dt
 import uuid
 from collections.abc import Callable, Coroutine
 from typing import Annotated, Any
@@ -14,6 +15,7 @@ from fastapi import Depends, Request
 from fastapi.routing import APIRoute
 from starlette.responses import Response
 
+from aihub.auth import repository as sessions_repo
 from aihub.core.audit import service as audit
 from aihub.core.rbac import service as rbac
 from aihub.kit.db import Tx
@@ -108,6 +110,22 @@ async def _revoked(runtime: Runtime, claims: Claims) -> bool:
         raise ServiceUnavailable("The token store is unavailable", code="STORE_UNAVAILABLE") from exc
 
 
+async def _issued_before(tx: Tx, claims: Claims, cutoff: dt.datetime) -> bool:
+    """Whether the token predates ``cutoff``. ``iat`` has whole seconds: only a token of the
+    cutoff's own second is ambiguous, and for it the start of its refresh family decides (one
+    query, on that rare path only)."""
+    second = int(cutoff.timestamp())
+    if claims.iat != second:
+        return claims.iat < second
+    sid = session_id(claims)
+    try:
+        family = uuid.UUID(sid) if sid else None
+    except ValueError:
+        return True
+    started = None if family is None else await sessions_repo.family_started_at(tx.session, family)
+    return started is None or started <= cutoff
+
+
 async def load_user(tx: Tx, user_id: uuid.UUID) -> User | None:
     return await tx.session.get(User, user_id)
 
@@ -136,6 +154,8 @@ async def current_principal(request: Request, runtime: RuntimeDep, tx: TxDep) ->
             raise InvalidToken("The token's user does not exist")
         if user.status == "suspended":
             raise AccountSuspended
+        if user.sessions_revoked_at is not None and await _issued_before(tx, claims, user.sessions_revoked_at):
+            raise TokenRevoked  # issued before the user's sessions were ended (password reset)
         effective = await rbac.effective(tx, runtime.store, user_id, runtime.settings.permission_cache_ttl_seconds)
         principal = rbac.Principal(
             id=str(user.id),

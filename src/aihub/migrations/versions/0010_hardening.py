@@ -5,6 +5,10 @@ v2 row holding a float could never be re-hashed from its columns again. v3 hashe
 text byte for byte, and verification checks that the columns say the same as the text.
 Rows written before this revision keep their v1/v2 hash and are checked by their version.
 
+``users.sessions_revoked_at``: core refuses a user's access tokens issued before it
+(``aihub admin set-password``, which may run in another process than an embedded server and so
+cannot reach its in-memory blacklist).
+
 Revision ID: 0010_hardening
 Revises: 0009_usage_reports
 Create Date: 2026-12-01
@@ -23,6 +27,7 @@ depends_on = None
 
 def upgrade() -> None:
     op.add_column("audit_logs", sa.Column("content", sa.Text(), nullable=True))
+    op.add_column("users", sa.Column("sessions_revoked_at", sa.DateTime(timezone=True), nullable=True))
 
 
 def downgrade() -> None:
@@ -30,4 +35,5 @@ def downgrade() -> None:
     bind = op.get_bind()
     if bind.execute(sa.text("SELECT 1 FROM audit_logs WHERE hash_version = 3 LIMIT 1")).first() is not None:
         raise RuntimeError("audit rows use hash v3; downgrading would break their verification")
+    op.drop_column("users", "sessions_revoked_at")
     op.drop_column("audit_logs", "content")
