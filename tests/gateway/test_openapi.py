@@ -228,7 +228,14 @@ async def test_a_failed_refresh_keeps_serving_the_copy_held(
 
 @pytest.mark.parametrize(
     ("raw", "reason"),
-    [(b"<html>not json</html>", "not JSON"), (b'{"openapi": "3.1.0"}', "not an OpenAPI document")],
+    [
+        (b"<html>not json</html>", "not JSON"),
+        (b'{"openapi": "3.1.0"}', "not an OpenAPI document"),
+        (b'{"paths": {"/x": []}}', "not an OpenAPI document"),
+        (b'{"paths": {}, "components": {"schemas": []}}', "not an OpenAPI document"),
+        (b'{"paths": {}, "tags": ["no-name"]}', "not an OpenAPI document"),
+        (b"[]", "not an OpenAPI document"),
+    ],
 )
 async def test_a_garbled_schema_is_left_out_with_its_reason(
     upstreams: dict[str, Upstream],

@@ -320,6 +320,21 @@ def merge(services: dict[str, dict[str, Any]], table: RouteTable, unavailable: d
     return merged
 
 
+def _well_formed(doc: Any) -> bool:
+    """The shape merge() relies on, so a garbled upstream document is left out, not a 500."""
+    if not isinstance(doc, dict):
+        return False
+    paths, components, tags = doc.get("paths"), doc.get("components") or {}, doc.get("tags") or []
+    return (
+        isinstance(paths, dict)
+        and all(isinstance(item, dict) for item in paths.values())
+        and isinstance(components, dict)
+        and all(isinstance(entries, dict) for entries in components.values())
+        and isinstance(tags, list)
+        and all(isinstance(tag, dict) and isinstance(tag.get("name"), str) for tag in tags)
+    )
+
+
 @dataclass
 class _Entry:
     doc: dict[str, Any] | None = None
@@ -409,7 +424,7 @@ class SchemaCache:
             except ValueError:
                 error = "not JSON"
                 continue
-            if isinstance(doc, dict) and isinstance(doc.get("paths"), dict):
+            if _well_formed(doc):
                 return doc, ""
             error = "not an OpenAPI document"
         return None, error
