@@ -31,7 +31,7 @@ from aihub.core.rbac import service as rbac
 from aihub.core.users import repository as users_repo
 from aihub.core.users import service as users
 from aihub.kit.db import Tx, as_utc, utcnow
-from aihub.kit.errors import AppError, NotFound, ServiceUnavailable, ValidationFailed
+from aihub.kit.errors import AppError, NotFound, StoreUnavailableError, ValidationFailed
 from aihub.kit.jsonutil import dumps, loads
 from aihub.kit.jwt import InvalidToken, TokenExpired, TokenRevoked, blacklist_key, family_blacklist_key
 from aihub.kit.pagination import PageParams, page_of
@@ -82,7 +82,7 @@ async def blacklist(store: Store, jti: str, exp: int | None) -> None:
     try:
         await store.set(blacklist_key(jti), "1", ttl=ttl)
     except StoreUnavailable as exc:
-        raise ServiceUnavailable("The token store is unavailable", code="STORE_UNAVAILABLE") from exc
+        raise StoreUnavailableError from exc
 
 
 # ---------------------------------------------------------------- register, login
@@ -159,7 +159,7 @@ async def blacklist_families(runtime: Runtime, families: Iterable[uuid.UUID]) ->
         for family in families:
             await runtime.store.set(family_blacklist_key(str(family)), "1", ttl=ttl)
     except StoreUnavailable as exc:
-        raise ServiceUnavailable("The token store is unavailable", code="STORE_UNAVAILABLE") from exc
+        raise StoreUnavailableError from exc
 
 
 async def _revoke_reused_family(tx: Tx, runtime: Runtime, family: uuid.UUID, now: dt.datetime) -> int:
@@ -167,7 +167,7 @@ async def _revoke_reused_family(tx: Tx, runtime: Runtime, family: uuid.UUID, now
     revoked = await repo.revoke_family(tx.session, family, now)
     try:
         await blacklist_families(runtime, [family])
-    except ServiceUnavailable:
+    except StoreUnavailableError:
         # The refresh tokens are revoked all the same (the 401 commits that); the access tokens
         # then live until they expire, which is what they did before this was possible.
         log.error("refresh_family_blacklist_unavailable", session=str(family))

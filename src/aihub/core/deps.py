@@ -19,7 +19,7 @@ from aihub.auth import repository as sessions_repo
 from aihub.core.audit import service as audit
 from aihub.core.rbac import service as rbac
 from aihub.kit.db import Tx
-from aihub.kit.errors import AppError, Forbidden, ServiceUnavailable, Unauthorized
+from aihub.kit.errors import AppError, Forbidden, StoreUnavailableError, Unauthorized
 from aihub.kit.jwt import Claims, InvalidToken, TokenRevoked, blacklist_key, family_blacklist_key, session_id
 from aihub.kit.runtime import Runtime
 from aihub.kit.store import StoreUnavailable
@@ -107,7 +107,7 @@ async def _revoked(runtime: Runtime, claims: Claims) -> bool:
         return await runtime.store.exists(*keys)
     except StoreUnavailable as exc:
         # Without the blacklist we cannot tell a revoked token from a good one: refuse.
-        raise ServiceUnavailable("The token store is unavailable", code="STORE_UNAVAILABLE") from exc
+        raise StoreUnavailableError from exc
 
 
 async def _issued_before(tx: Tx, claims: Claims, cutoff: dt.datetime) -> bool:
