@@ -292,8 +292,7 @@ class Settings(BaseSettings):
         default=100,
         ge=0,
         le=100_000,
-        description="redemption attempts on codes that do not exist, per client IP in the window, before 429 "
-        "(0: off)",
+        description="redemption attempts on codes that do not exist, per client IP in the window, before 429 (0: off)",
     )
     promo_failure_window_seconds: int = Field(
         default=900, ge=1, le=86_400, description="window that counts failed promo redemptions"

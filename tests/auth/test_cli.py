@@ -63,9 +63,7 @@ async def _with_clients(settings: Settings, work: Callable[..., Awaitable[T]]) -
         await runtime.close()
 
 
-def test_admin_set_password_resets_and_ends_every_session(
-    settings: Settings, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_admin_set_password_resets_and_ends_every_session(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
     email = "lost.admin@example.com"
 
     async def before(auth: httpx.AsyncClient, core: httpx.AsyncClient, runtime: Runtime) -> list[Session]:

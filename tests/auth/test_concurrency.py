@@ -28,7 +28,7 @@ async def test_two_tabs_refreshing_at_once_get_the_same_pair(live_auth: LiveServ
         assert [r.status_code for r in responses] == [200] * 20, [r.text for r in responses if r.status_code != 200]
         pairs = {(r.json()["refreshToken"], r.json()["accessToken"]) for r in responses}
         assert len(pairs) == 1
-        (new_refresh, new_access), = pairs
+        ((new_refresh, new_access),) = pairs
         assert new_refresh != session.refresh
         # Not revoked: the new refresh token rotates normally and the access token is accepted.
         me = await http.get("/me", headers={"Authorization": f"Bearer {new_access}"})

@@ -13,7 +13,6 @@ from aihub.core.rbac import service as rbac
 from aihub.core.users import repository as users_repo
 from aihub.core.users import service as users
 from aihub.kit.db import utcnow
-from aihub.kit.errors import AppError
 from aihub.kit.passwords import hash_password
 from aihub.kit.runtime import Runtime
 from aihub.models import UserRole
@@ -67,8 +66,8 @@ async def ensure_admin(runtime: Runtime, email: str, password: str) -> str:
         await tx.close()
 
 
-class UnknownAccount(AppError):
-    status_code, code, message = 404, "USER_NOT_FOUND", "No account has this email"
+class UnknownAccount(users.UserNotFound):
+    message = "No account has this email"
 
 
 async def set_password(runtime: Runtime, email: str, password: str) -> dict[str, int]:
