@@ -29,5 +29,6 @@ class User(Base):
     updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
     # The Google account's `sub` once linked (sign-in with Google); unique, never reused.
     google_id: Mapped[str | None] = mapped_column(String(255))
-    # Access tokens issued (`iat`) before this second are refused (set by a password reset).
-    tokens_valid_after: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    # Access tokens issued before this second are refused by core (an administrator's password
+    # reset from the command line, which cannot reach an embedded server's in-memory blacklist).
+    sessions_revoked_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)

@@ -8,8 +8,9 @@
   job, answer 202 with one body); only the job looks the address up. The answer and its
   timing therefore say nothing about which addresses have accounts.
 * A reset sets the new password, voids the user's other reset tokens, revokes every refresh
-  family and Sora session (core's ``_end_sessions``) and sets ``tokens_valid_after``, so the
-  access tokens issued before it are refused too.
+  family, their access tokens and every Sora session (``auth.end_all_sessions``, as
+  ``aihub admin set-password`` does) and sets ``sessions_revoked_at``, so core refuses the
+  user's access tokens issued before it as well.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ from urllib.parse import quote
 
 import structlog
 
+from aihub.auth import lockout
+from aihub.auth import service as auth
 from aihub.auth.identity import repository as repo
 from aihub.core.audit import service as audit
 from aihub.core.deps import AccountSuspended
@@ -193,7 +196,7 @@ async def request_reset(runtime: Runtime, email: str) -> dict[str, Any]:
     return ACCEPTED
 
 
-async def reset_password(tx: Tx, token: str, password: str) -> dict[str, Any]:
+async def reset_password(tx: Tx, runtime: Runtime, token: str, password: str) -> dict[str, Any]:
     user_id, email = await _spend(tx, token, "reset")
     user = await users_repo.get(tx.session, user_id, for_update=True)
     if user is None or user.status == "deleted" or user.email != email:
@@ -204,14 +207,22 @@ async def reset_password(tx: Tx, token: str, password: str) -> dict[str, Any]:
     now = utcnow()
     user.password_hash = await hash_password(password)
     user.verified = True  # the link reached this address: it is the user's
-    # JWT times are whole seconds: tokens of this very second stay valid, older ones do not.
-    user.tokens_valid_after = now
-    user.updated_at = now
+    # Core refuses the user's access tokens issued before this (``current_principal``).
+    user.updated_at = user.sessions_revoked_at = now
     await repo.spend_user_tokens(tx.session, user.id, "reset", now)
     await tx.session.flush()
-    await users._end_sessions(tx, user.id)  # every refresh family and Sora session
+    # Refresh families, their access tokens (blacklisted), Sora sessions: the same as
+    # `aihub admin set-password`.
+    ended = await auth.end_all_sessions(tx, runtime, user.id)
     after = await users.read(tx, user.id)
-    audit.record(tx, "user.password_reset", "user", user.id, before=before, after=after, actor=_actor(user.id))
+    audit.record(
+        tx, "user.password_reset", "user", user.id, before=before, after={**after, **ended}, actor=_actor(user.id)
+    )
+
+    async def unlock() -> None:  # the new password opens the account at once, even if locked
+        await lockout.forget_failures(runtime.store, email)
+
+    tx.after_commit(unlock)
     return {"user": after}
 
 

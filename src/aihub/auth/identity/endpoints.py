@@ -82,10 +82,10 @@ async def request_reset(body: schemas.ResetRequestIn, runtime: RuntimeDep) -> di
         422: _BAD_INPUT,
     },
 )
-async def reset_password(body: schemas.ResetIn, tx: TxDep) -> dict[str, Any]:
+async def reset_password(body: schemas.ResetIn, tx: TxDep, runtime: RuntimeDep) -> dict[str, Any]:
     """Spend a reset token and set a new password (≥ 8 characters). Every session of the user
     ends: refresh tokens, Sora sessions, and access tokens issued before now."""
-    return await emails.reset_password(tx, body.token, body.password)
+    return await emails.reset_password(tx, runtime, body.token, body.password)
 
 
 def _cookie_path(runtime: Runtime) -> str:

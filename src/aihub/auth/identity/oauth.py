@@ -37,7 +37,7 @@ from aihub.core.audit import service as audit
 from aihub.core.users import repository as users_repo
 from aihub.core.users import service as users
 from aihub.kit.db import Tx, utcnow
-from aihub.kit.errors import AppError, ServiceUnavailable
+from aihub.kit.errors import AppError, ServiceUnavailable, StoreUnavailableError, register_code
 from aihub.kit.runtime import Runtime
 from aihub.kit.store import Store, StoreUnavailable
 from aihub.models import User
@@ -72,8 +72,32 @@ class OAuthCodeInvalid(AppError):
     status_code, code, message = 400, "OAUTH_CODE_INVALID", "This sign-in code is not valid, expired or was used"
 
 
-class StoreDown(ServiceUnavailable):
-    code, message = "STORE_UNAVAILABLE", "The token store is unavailable"
+# Sign-in failures after a valid state: the browser goes back to the client with ?error=<code>.
+_WHERE = __name__
+OAUTH_DENIED = register_code("OAUTH_DENIED", None, "The user or the provider refused the sign-in", where=_WHERE)
+OAUTH_PROVIDER_ERROR = register_code(
+    "OAUTH_PROVIDER_ERROR", None, "The provider failed or refused the code exchange", where=_WHERE
+)
+INVALID_ID_TOKEN = register_code(
+    "INVALID_ID_TOKEN",
+    None,
+    "The ID token failed verification (signature, issuer, audience, expiry, nonce)",
+    where=_WHERE,
+)
+GOOGLE_ACCOUNT_IN_USE = register_code(
+    "GOOGLE_ACCOUNT_IN_USE", None, "This Google account is linked to another user", where=_WHERE
+)
+GOOGLE_ACCOUNT_MISMATCH = register_code(
+    "GOOGLE_ACCOUNT_MISMATCH", None, "The account is linked to another Google account", where=_WHERE
+)
+OAUTH_EMAIL_MISSING = register_code(
+    "OAUTH_EMAIL_MISSING", None, "The provider gave no usable email address", where=_WHERE
+)
+OAUTH_ACCOUNT_CONFLICT = register_code(
+    "OAUTH_ACCOUNT_CONFLICT", None, "A concurrent sign-in created this account; try again", where=_WHERE
+)
+ACCOUNT_DELETED = register_code("ACCOUNT_DELETED", None, "The account with this email was deleted", where=_WHERE)
+LINK_FAILED = register_code("LINK_FAILED", None, "The signed-in account can no longer be linked", where=_WHERE)
 
 
 class FlowFailed(Exception):
@@ -117,7 +141,7 @@ async def _put(store: Store, key: str, value: str, ttl: int) -> None:
     try:
         await store.set(key, value, ttl=ttl)
     except StoreUnavailable as exc:
-        raise StoreDown from exc
+        raise StoreUnavailableError from exc
 
 
 async def _take(store: Store, key: str) -> str | None:
@@ -128,7 +152,7 @@ async def _take(store: Store, key: str) -> str | None:
         if value is None or await store.delete(key) != 1:
             return None
     except StoreUnavailable as exc:
-        raise StoreDown from exc
+        raise StoreUnavailableError from exc
     return value
 
 
@@ -172,7 +196,7 @@ async def _claim_state(store: Store, state: str | None, browser_key: str | None)
     try:
         raw = await store.get(key)
     except StoreUnavailable as exc:
-        raise StoreDown from exc
+        raise StoreUnavailableError from exc
     if raw is None:
         raise OAuthStateInvalid
     flow: dict[str, Any] = json.loads(raw)
@@ -222,9 +246,9 @@ async def callback(
     target = flow["redirectUri"]
     try:
         if error:
-            raise FlowFailed("OAUTH_DENIED")
+            raise FlowFailed(OAUTH_DENIED)
         if not code or len(code) > 2048:
-            raise FlowFailed("OAUTH_PROVIDER_ERROR")
+            raise FlowFailed(OAUTH_PROVIDER_ERROR)
         identity = await _verified_identity(runtime, code, flow)
         tx = runtime.tx(request_id=request_id, ip=ip)
         try:
@@ -235,7 +259,7 @@ async def callback(
             user = await _sign_in_user(tx, runtime, identity)
             await tx.commit()
         except IntegrityError as exc:  # a concurrent first sign-in of the same account won
-            raise FlowFailed("OAUTH_ACCOUNT_CONFLICT") from exc
+            raise FlowFailed(OAUTH_ACCOUNT_CONFLICT) from exc
         finally:
             await tx.close()
         one_time = secrets.token_urlsafe(32)
@@ -256,10 +280,10 @@ async def _verified_identity(runtime: Runtime, code: str, flow: dict[str, Any]) 
         )
     except ProviderError as exc:
         log.warning("oidc_provider_error", error=str(exc))
-        raise FlowFailed("OAUTH_PROVIDER_ERROR") from exc
+        raise FlowFailed(OAUTH_PROVIDER_ERROR) from exc
     except IdTokenInvalid as exc:
         log.warning("oidc_id_token_invalid", error=str(exc))
-        raise FlowFailed("INVALID_ID_TOKEN") from exc
+        raise FlowFailed(INVALID_ID_TOKEN) from exc
     return _identity(claims)
 
 
@@ -275,20 +299,20 @@ async def _sign_in_user(tx: Tx, runtime: Runtime, identity: GoogleIdentity) -> U
         user = None
     if user is None:
         if not identity.email:
-            raise FlowFailed("OAUTH_EMAIL_MISSING")
+            raise FlowFailed(OAUTH_EMAIL_MISSING)
         try:
             email = users.normalise_email(identity.email)
         except users.InvalidEmail as exc:
-            raise FlowFailed("OAUTH_EMAIL_MISSING") from exc
+            raise FlowFailed(OAUTH_EMAIL_MISSING) from exc
         user = await users_repo.by_email(tx.session, email)
         if user is not None:
             user = await _link_by_email(tx, user, identity)
         else:
             user = await _create(tx, runtime, email, identity)
     if user.status == "suspended":
-        raise FlowFailed("ACCOUNT_SUSPENDED")
+        raise FlowFailed(auth.SuspendedLogin.code)
     if runtime.settings.require_verified_email and not user.verified:
-        raise FlowFailed("EMAIL_NOT_VERIFIED")
+        raise FlowFailed(auth.EmailNotVerified.code)
     return user
 
 
@@ -296,11 +320,11 @@ async def _link_by_email(tx: Tx, user: User, identity: GoogleIdentity) -> User:
     """An account with this email exists: Google's word that the email is verified is what
     lets its owner in; an unverified claim could be anybody's."""
     if user.status == "deleted":
-        raise FlowFailed("ACCOUNT_DELETED")
+        raise FlowFailed(ACCOUNT_DELETED)
     if not identity.email_verified:
-        raise FlowFailed("EMAIL_NOT_VERIFIED")
+        raise FlowFailed(auth.EmailNotVerified.code)
     if user.google_id is not None and user.google_id != identity.sub:
-        raise FlowFailed("GOOGLE_ACCOUNT_MISMATCH")  # linked to another Google account already
+        raise FlowFailed(GOOGLE_ACCOUNT_MISMATCH)  # linked to another Google account already
     locked = await users_repo.get(tx.session, user.id, for_update=True)
     assert locked is not None
     before = await users.read(tx, locked.id)
@@ -327,7 +351,7 @@ async def _create(tx: Tx, runtime: Runtime, email: str, identity: GoogleIdentity
             action="auth.register_google",
         )
     except users.EmailTaken as exc:
-        raise FlowFailed("OAUTH_ACCOUNT_CONFLICT") from exc
+        raise FlowFailed(OAUTH_ACCOUNT_CONFLICT) from exc
     user = await users_repo.get(tx.session, view["id"], for_update=True)
     assert user is not None
     user.google_id = identity.sub
@@ -340,12 +364,13 @@ async def _link(tx: Tx, user_id: uuid.UUID, identity: GoogleIdentity) -> None:
     """Link while signed in: the user proved both accounts, so the emails need not match."""
     user = await users_repo.get(tx.session, user_id, for_update=True)
     if user is None or user.status != "active":
-        raise FlowFailed("ACCOUNT_SUSPENDED" if user is not None and user.status == "suspended" else "LINK_FAILED")
+        suspended = user is not None and user.status == "suspended"
+        raise FlowFailed(auth.SuspendedLogin.code if suspended else LINK_FAILED)
     other = await repo.by_google_id(tx.session, identity.sub)
     if other is not None and other.id != user.id:
-        raise FlowFailed("GOOGLE_ACCOUNT_IN_USE")
+        raise FlowFailed(GOOGLE_ACCOUNT_IN_USE)
     if user.google_id is not None and user.google_id != identity.sub:
-        raise FlowFailed("GOOGLE_ACCOUNT_MISMATCH")
+        raise FlowFailed(GOOGLE_ACCOUNT_MISMATCH)
     before = await users.read(tx, user.id)
     user.google_id = identity.sub
     if identity.email_verified and identity.email and identity.email.strip().lower() == user.email:

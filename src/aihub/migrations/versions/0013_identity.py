@@ -1,4 +1,4 @@
-"""Identity: Google account link, a per-user access-token cutoff, mailed one-time tokens.
+"""Identity: the Google account link, mailed one-time tokens.
 
 Revision ID: 0013_identity
 Revises: 0009_usage_reports
@@ -27,7 +27,6 @@ UTC_TS = sa.DateTime(timezone=True)
 
 def upgrade() -> None:
     op.add_column("users", sa.Column("google_id", sa.String(255)))
-    op.add_column("users", sa.Column("tokens_valid_after", UTC_TS))
     op.create_index("ux_users_google_id", "users", ["google_id"], unique=True)
     op.create_table(
         "auth_email_tokens",
@@ -49,5 +48,4 @@ def downgrade() -> None:
     op.drop_table("auth_email_tokens")
     op.drop_index("ux_users_google_id", table_name="users")
     with op.batch_alter_table("users") as batch:
-        batch.drop_column("tokens_valid_after")
         batch.drop_column("google_id")
