@@ -72,32 +72,32 @@ class OAuthCodeInvalid(AppError):
     status_code, code, message = 400, "OAUTH_CODE_INVALID", "This sign-in code is not valid, expired or was used"
 
 
-# Sign-in failures after a valid state: the browser goes back to the client with ?error=<code>.
+# Sign-in failures after a valid state: the 302 back to the client carries ?error=<code>.
 _WHERE = __name__
-OAUTH_DENIED = register_code("OAUTH_DENIED", None, "The user or the provider refused the sign-in", where=_WHERE)
+OAUTH_DENIED = register_code("OAUTH_DENIED", 302, "The user or the provider refused the sign-in", where=_WHERE)
 OAUTH_PROVIDER_ERROR = register_code(
-    "OAUTH_PROVIDER_ERROR", None, "The provider failed or refused the code exchange", where=_WHERE
+    "OAUTH_PROVIDER_ERROR", 302, "The provider failed or refused the code exchange", where=_WHERE
 )
 INVALID_ID_TOKEN = register_code(
     "INVALID_ID_TOKEN",
-    None,
+    302,
     "The ID token failed verification (signature, issuer, audience, expiry, nonce)",
     where=_WHERE,
 )
 GOOGLE_ACCOUNT_IN_USE = register_code(
-    "GOOGLE_ACCOUNT_IN_USE", None, "This Google account is linked to another user", where=_WHERE
+    "GOOGLE_ACCOUNT_IN_USE", 302, "This Google account is linked to another user", where=_WHERE
 )
 GOOGLE_ACCOUNT_MISMATCH = register_code(
-    "GOOGLE_ACCOUNT_MISMATCH", None, "The account is linked to another Google account", where=_WHERE
+    "GOOGLE_ACCOUNT_MISMATCH", 302, "The account is linked to another Google account", where=_WHERE
 )
 OAUTH_EMAIL_MISSING = register_code(
-    "OAUTH_EMAIL_MISSING", None, "The provider gave no usable email address", where=_WHERE
+    "OAUTH_EMAIL_MISSING", 302, "The provider gave no usable email address", where=_WHERE
 )
 OAUTH_ACCOUNT_CONFLICT = register_code(
-    "OAUTH_ACCOUNT_CONFLICT", None, "A concurrent sign-in created this account; try again", where=_WHERE
+    "OAUTH_ACCOUNT_CONFLICT", 302, "A concurrent sign-in created this account; try again", where=_WHERE
 )
-ACCOUNT_DELETED = register_code("ACCOUNT_DELETED", None, "The account with this email was deleted", where=_WHERE)
-LINK_FAILED = register_code("LINK_FAILED", None, "The signed-in account can no longer be linked", where=_WHERE)
+ACCOUNT_DELETED = register_code("ACCOUNT_DELETED", 302, "The account with this email was deleted", where=_WHERE)
+LINK_FAILED = register_code("LINK_FAILED", 302, "The signed-in account can no longer be linked", where=_WHERE)
 
 
 class FlowFailed(Exception):
