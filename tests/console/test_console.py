@@ -222,3 +222,21 @@ def test_keyboard_only_sign_in_at_phone_width_and_sign_out(browser: Any, system:
         expect(page.get_by_role("button", name="Sign in")).to_be_visible()
     finally:
         context.close()
+
+
+def test_billing_export_shows_the_job_and_downloads_the_csv(
+    page: Any, system: System, api: Api, admin: dict[str, str], customer: Customer
+) -> None:
+    """Every all-users export is a report job: the page follows it, then hands over the file."""
+    sign_in(page, system, system.admin_email, system.admin_password)
+    page.get_by_role("link", name="Billing").click()
+    exporter = page.get_by_role("form", name="Export every user's billing")
+    with page.expect_download() as info:
+        exporter.get_by_role("button", name="Export all users (CSV)").click()
+    with open(info.value.path(), newline="", encoding="utf-8") as handle:
+        rows = {row["email"]: row for row in csv.DictReader(handle)}
+    account = api.get("/api/credits/balance", customer.headers).json()
+    assert credits(rows[customer.email]["closing_balance"]) == account["balance"]
+    expect(page.get_by_role("status").filter(has_text="Report ready")).to_be_visible()
+    jobs = api.get("/api/billing/jobs", admin).json()["items"]
+    assert jobs[0]["kind"] == "billing_export" and jobs[0]["status"] == "succeeded"

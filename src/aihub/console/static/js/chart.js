@@ -38,7 +38,9 @@ function frame(label, max, days) {
   const every = Math.max(1, Math.ceil(days.length / 8));
   const slot = (W - PAD.left - PAD.right) / Math.max(1, days.length);
   days.forEach((day, i) => {
-    if (i % every !== 0 && i !== days.length - 1) return;
+    const last = i === days.length - 1;
+    // Every n-th day, and the last one; a tick too close before the last is left out.
+    if (!last && (i % every !== 0 || days.length - 1 - i < every)) return;
     svg.append(s("text", { x: PAD.left + slot * (i + 0.5), y: H - 12, "text-anchor": "middle" }, day.slice(5)));
   });
   return { svg, plotH, slot };

@@ -19,13 +19,10 @@ function draw(box, overview, first, last) {
       h("div", { class: "card" }, h("div", { class: "label" }, "Active users"), h("div", { class: "value" }, fmt.credits(overview.activeUsers))),
     ),
     section("Credits per day", stackedBars("Credits spent per day", days, [{ name: "credits", values: byDay("credits") }])),
-    section("Requests and active users per day", h("div", { class: "grid2" }, lines("Requests per day", days, [{ name: "requests", values: byDay("requests") }]), lines("Active users per day", days, [{ name: "active users", values: byDay("activeUsers") }]))),
-    h(
-      "div",
-      { class: "grid2" },
-      section("Top users", ranking("Top users by credits", overview.topUsers.map((u) => ({ name: u.email || u.userId, value: u.credits })))),
-      section("Top models", ranking("Top models by credits", [...overview.byModel].sort((a, b) => b.credits - a.credits).slice(0, 10).map((m) => ({ name: `${m.provider}/${m.model}`, value: m.credits })))),
-    ),
+    section("Requests per day", lines("Requests per day", days, [{ name: "requests", values: byDay("requests") }])),
+    section("Active users per day", lines("Active users per day", days, [{ name: "active users", values: byDay("activeUsers") }])),
+    section("Top users", ranking("Top users by credits", overview.topUsers.map((u) => ({ name: u.email || u.userId, value: u.credits })))),
+    section("Top models", ranking("Top models by credits", [...overview.byModel].sort((a, b) => b.credits - a.credits).slice(0, 10).map((m) => ({ name: `${m.provider}/${m.model}`, value: m.credits })))),
     section(
       "By provider",
       table(
