@@ -1,5 +1,6 @@
-"""Fixtures of the console's end-to-end tests: one running aihub per module, one headless
-chromium per session, a fresh browser context (no shared state) per test."""
+"""Fixtures of the console's end-to-end tests: one running aihub and one headless chromium per
+module, a fresh browser context (no shared state) per test. Playwright's sync API runs its own
+event loop on this thread, so it is closed before the modules with asyncio tests run."""
 
 from __future__ import annotations
 
@@ -46,7 +47,7 @@ def _unavailable(message: str) -> None:
     pytest.skip(message)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
     try:
         from playwright.sync_api import sync_playwright

@@ -152,12 +152,14 @@ class Api:
         )
         assert response.status_code == 201, response.text
 
-    def usage(self, admin: dict[str, str], user_id: str, provider: str, model: str, tokens: int) -> int:
+    def usage(
+        self, admin: dict[str, str], user_id: str, provider: str, model: str, tokens: int, request_id: str = ""
+    ) -> int:
         response = self.http.post(
             "/api/usage/events",
             headers=admin,
             json={
-                "requestId": f"console-{uuid.uuid4()}",
+                "requestId": request_id or f"console-{uuid.uuid4()}",
                 "userId": user_id,
                 "provider": provider,
                 "model": model,
@@ -182,4 +184,4 @@ def sign_in(page: Any, system: System, email: str, password: str) -> None:
     page.get_by_label("Email").fill(email)
     page.get_by_label("Password").fill(password)
     page.get_by_role("button", name="Sign in").click()
-    page.get_by_role("link", name="Dashboard").wait_for()
+    page.get_by_role("heading", name="Dashboard", level=1).wait_for()

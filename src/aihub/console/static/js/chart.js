@@ -5,8 +5,12 @@
 import { h } from "./ui.js";
 
 const NS = "http://www.w3.org/2000/svg";
-const W = 720;
 const H = 260;
+
+/** Drawing width in SVG units: the full 720 on a desktop, fewer on a phone so the text stays legible. */
+function chartWidth() {
+  return window.matchMedia("(max-width: 600px)").matches ? 380 : 720;
+}
 const PAD = { left: 56, right: 12, top: 12, bottom: 34 };
 
 function s(tag, attrs = {}, ...children) {
@@ -19,13 +23,13 @@ function s(tag, attrs = {}, ...children) {
 function niceMax(value) {
   if (value <= 0) return 1;
   const exp = 10 ** Math.floor(Math.log10(value));
-  for (const step of [1, 2, 2.5, 5, 10]) if (step * exp >= value) return step * exp;
+  for (const step of [1, 2, 4, 5, 8, 10]) if (step * exp >= value) return step * exp;
   return 10 * exp;
 }
 
 const compact = new Intl.NumberFormat("en-US", { notation: "compact", maximumFractionDigits: 1 });
 
-function frame(label, max, days) {
+function frame(W, label, max, days) {
   const svg = s("svg", { class: "chart", viewBox: `0 0 ${W} ${H}`, role: "img", "aria-label": label, preserveAspectRatio: "xMidYMid meet" });
   svg.append(s("title", {}, label));
   const plotH = H - PAD.top - PAD.bottom;
@@ -35,7 +39,7 @@ function frame(label, max, days) {
     svg.append(s("text", { x: PAD.left - 6, y: y + 4, "text-anchor": "end" }, compact.format((max * i) / 4)));
   }
   svg.append(s("line", { class: "axis", x1: PAD.left, x2: W - PAD.right, y1: PAD.top + plotH, y2: PAD.top + plotH }));
-  const every = Math.max(1, Math.ceil(days.length / 8));
+  const every = Math.max(1, Math.ceil(days.length / (W < 500 ? 4 : 8)));
   const slot = (W - PAD.left - PAD.right) / Math.max(1, days.length);
   days.forEach((day, i) => {
     const last = i === days.length - 1;
@@ -57,7 +61,8 @@ function legend(names) {
 export function stackedBars(label, days, series, unit = "") {
   const totals = days.map((d) => series.reduce((sum, sr) => sum + (sr.values[d] || 0), 0));
   const max = niceMax(Math.max(0, ...totals));
-  const { svg, plotH, slot } = frame(label, max, days);
+  const W = chartWidth();
+  const { svg, plotH, slot } = frame(W, label, max, days);
   const barW = Math.max(2, slot * 0.7);
   days.forEach((day, i) => {
     let y = PAD.top + plotH;
@@ -77,7 +82,8 @@ export function stackedBars(label, days, series, unit = "") {
 /** Lines: `series` [{name, values: {day: number}}] over `days`. */
 export function lines(label, days, series) {
   const max = niceMax(Math.max(0, ...series.flatMap((sr) => days.map((d) => sr.values[d] || 0))));
-  const { svg, plotH, slot } = frame(label, max, days);
+  const W = chartWidth();
+  const { svg, plotH, slot } = frame(W, label, max, days);
   series.forEach((sr, k) => {
     const points = days.map((d, i) => [PAD.left + slot * (i + 0.5), PAD.top + plotH - ((sr.values[d] || 0) / max) * plotH]);
     const path = points.map(([x, y], i) => `${i ? "L" : "M"}${x.toFixed(1)},${y.toFixed(1)}`).join(" ");
@@ -96,15 +102,16 @@ export function lines(label, days, series) {
 /** Horizontal bars for a top-N list: rows [{name, value}]. */
 export function ranking(label, rows) {
   const max = niceMax(Math.max(0, ...rows.map((r) => r.value)));
+  const W = chartWidth();
   const rowH = 26;
   const height = Math.max(40, rows.length * rowH + 10);
-  const left = 190;
+  const left = W < 500 ? 130 : 190;
   const svg = s("svg", { class: "chart", viewBox: `0 0 ${W} ${height}`, role: "img", "aria-label": label });
   svg.append(s("title", {}, label));
   rows.forEach((r, i) => {
     const y = 5 + i * rowH;
     const width = ((W - left - 80) * r.value) / max;
-    svg.append(s("text", { x: left - 8, y: y + 16, "text-anchor": "end" }, r.name.length > 28 ? `${r.name.slice(0, 27)}…` : r.name));
+    svg.append(s("text", { x: left - 8, y: y + 16, "text-anchor": "end" }, r.name.length > (W < 500 ? 18 : 28) ? `${r.name.slice(0, W < 500 ? 17 : 27)}…` : r.name));
     const rect = s("rect", { class: "bar s0", x: left, y: y + 3, width: Math.max(1, width), height: rowH - 8, "data-value": r.value });
     rect.append(s("title", {}, `${r.name}: ${r.value.toLocaleString("en-US")}`));
     svg.append(rect);

@@ -59,7 +59,7 @@ function totalsByModel(items) {
       { label: "Tokens", value: (r) => fmt.credits(r.tokens), num: true },
       { label: "Credits", value: (r) => fmt.credits(r.credits), num: true },
     ],
-    [...rows.values()],
+    [...rows.values()].sort((a, b) => a.model.localeCompare(b.model)),
     { caption: "Usage by model, last 30 days", empty: "No usage yet." },
   );
 }
