@@ -6,11 +6,11 @@ It starts the README's embedded system in a temporary folder, fills it through t
 (users, credits, usage on several models, promo codes), signs in through the console's form as
 a person would and photographs each page.
 
-Usage is recorded at the time the API receives it. To show a fortnight of history, the server
-runs under libfaketime when it is installed (`apt-get install faketime`): the server starts
-with its clock two weeks back and the script moves it forward a day at a time while it reports
-usage, ending at now before the browser signs in (time only ever moves forward, so the ledger
-and the audit chain are in order). Without libfaketime every figure lands on today, and the script says so.
+The API stamps every row with the time it receives it, so a fresh system has usage on one day
+only. To picture a fortnight, the script then moves its own demo usage events back in time in
+the throw-away SQLite file (day N's events by N days), which is what the usage charts read. The
+ledger and the audit log keep their real times: the ledger is append-only (a trigger refuses
+any change) and the audit rows are hash-chained. A picture-making step, nothing the product does.
 """
 
 from __future__ import annotations
