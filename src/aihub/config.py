@@ -161,6 +161,10 @@ class Settings(BaseSettings):
         json_schema_extra={"doc_default": "unset: the default table"},
     )
     cors_origins: str = Field(default="", description="comma-separated allowed CORS origins")
+    console_enabled: bool = Field(
+        default=True,
+        description="the gateway serves the web console at `/console/` (static files; every action is an API call)",
+    )
 
     # --- gateway (issue 8) ---
     rate_limit_window_seconds: int = Field(default=60, ge=1, le=86_400, description="the rate-limit window")

@@ -56,6 +56,7 @@ class ProviderRow(Totals):
 
 class DayRow(Totals):
     day: str
+    active_users: int = Field(description="Users with any usage that day")
 
 
 class Overview(ApiModel):

@@ -95,7 +95,7 @@ def _add(buckets: dict[Any, dict[str, int]], key: Any, row: dict[str, Any]) -> N
 
 
 async def overview(tx: Tx, start: dt.datetime | None, end: dt.datetime | None, top: int = 10) -> dict[str, Any]:
-    """Two grouped reads (day x provider x model; per user), each from rollups plus raw edges;
+    """Three grouped reads (day x provider x model; per user; day x user), each from rollups plus raw edges;
     totals, providers, models and days are folded from the first in Python."""
     mark = await rollups.complete_until(tx.session)
     totals: dict[str, int] = dict.fromkeys(MEASURES, 0)
@@ -109,6 +109,7 @@ async def overview(tx: Tx, start: dt.datetime | None, end: dt.datetime | None, t
         _add(models, (cell["provider"], cell["model"]), cell)
         _add(days, cell["day"], cell)
     leaders, active = await repo.top_users(tx.session, start, end, top, mark=mark)
+    active_by_day = await repo.active_users_by_day(tx.session, start, end, mark=mark)
     return {
         "from": start,
         "to": end,
@@ -117,7 +118,7 @@ async def overview(tx: Tx, start: dt.datetime | None, end: dt.datetime | None, t
         "top_users": [{"user_id": r["user_id"], "email": r["email"], **_totals(r)} for r in leaders],
         "by_provider": [{"provider": p, **v} for p, v in sorted(providers.items())],
         "by_model": [{"provider": p, "model": m, **v} for (p, m), v in sorted(models.items())],
-        "daily": [{"day": d, **v} for d, v in sorted(days.items())],
+        "daily": [{"day": d, **v, "active_users": active_by_day.get(d, 0)} for d, v in sorted(days.items())],
     }
 
 

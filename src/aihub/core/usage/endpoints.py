@@ -72,12 +72,13 @@ async def list_usage(
 async def usage_summary(
     tx: TxDep,
     caller: CurrentPrincipal,
-    group_by: Annotated[Literal["provider", "model", "day"], Query(alias="groupBy")] = "provider",
+    group_by: Annotated[Literal["provider", "model", "day", "day_model"], Query(alias="groupBy")] = "provider",
     from_: From = None,
     to: To = None,
     user_id: Annotated[uuid.UUID | None, Query(alias="userId")] = None,
 ) -> dict[str, Any]:
-    """Requests, tokens and credits grouped by provider, model (`provider/model`) or UTC day."""
+    """Requests, tokens and credits grouped by provider, model (`provider/model`), UTC day, or
+    both (`day_model`: keys `YYYY-MM-DD/provider/model`)."""
     subject = _subject(caller, user_id)
     return await usage.summary(tx, group_by, user_id=subject, start=from_, end=to)
 
