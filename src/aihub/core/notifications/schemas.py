@@ -22,7 +22,7 @@ Thresholds = Annotated[list[Amount], Field(max_length=MAX_THRESHOLDS), AfterVali
 
 class AlertsIn(StrictInput):
     thresholds: Thresholds = Field(description="available-credit levels; each downward crossing emits one event")
-    email: bool = Field(default=False, description="also email the account's owner at each crossing")
+    email: bool = Field(default=False, strict=True, description="also email the account's owner at each crossing")
 
 
 class AlertsOut(ApiModel):
