@@ -342,3 +342,25 @@ async def test_list_payments_self_all_and_filters(shop: Shop) -> None:
         response = await shop.client.get(f"/api/payments?{query}", headers=shop.admin.headers)
         assert_error(response, 422, "VALIDATION_ERROR")
     assert_error(await shop.client.get("/api/payments"), 401, "UNAUTHORIZED")
+
+
+async def test_billing_report_shows_purchases(shop: Shop) -> None:
+    await put_package(shop, credits=1000, amount=500)
+    started = await checkout(shop)
+    await checkout(shop)  # never paid: not a purchase
+    body = completed(shop.stripe.sessions[list(shop.stripe.sessions)[0]], "pi_report")
+    await deliver(shop.client, body, signature(body))
+    report = (await shop.client.get("/api/billing/report", headers=shop.buyer.headers)).json()
+    [purchase] = report["purchases"]
+    payment = await _payment(shop, started["id"])
+    assert purchase["paymentId"] == started["id"]
+    assert purchase["transactionId"] == payment["transactionId"]
+    assert (purchase["credits"], purchase["amount"], purchase["currency"], purchase["status"]) == (
+        1000,
+        500,
+        "usd",
+        "paid",
+    )
+    assert {r["reason"]: r["credits"] for r in report["byReason"]}["purchase"] == 1000
+    csv_text = (await shop.client.get("/api/billing/report?format=csv", headers=shop.buyer.headers)).text
+    assert f"purchase,{started['id']},starter,1000,500,usd,paid" in csv_text

@@ -139,10 +139,13 @@ async def fetch(session: AsyncSession, stmt: Select[Any]) -> Sequence[Payment]:
 
 
 async def purchases(
-    session: AsyncSession, user_id: uuid.UUID, start: dt.datetime | None, end: dt.datetime | None
+    session: AsyncSession, user_id: uuid.UUID | None, start: dt.datetime | None, end: dt.datetime | None
 ) -> Sequence[Payment]:
-    """A user's paid (or later refunded) payments in a period, by the time they were paid."""
-    stmt = select(Payment).where(Payment.user_id == user_id, Payment.status.in_(("paid", "refunded")))
+    """Paid (or later refunded) payments in a period, by the time they were paid; one user's
+    or (None) everyone's."""
+    stmt = select(Payment).where(Payment.status.in_(("paid", "refunded")))
+    if user_id is not None:
+        stmt = stmt.where(Payment.user_id == user_id)
     if start is not None:
         stmt = stmt.where(Payment.paid_at >= start)
     if end is not None:

@@ -380,21 +380,32 @@ async def _charge_refunded(
     return "refunded", payment.id
 
 
+def _purchase_row(p: Payment) -> dict[str, Any]:
+    return {
+        "payment_id": p.id,
+        "package_id": p.package_id,
+        "credits": p.credits,
+        "amount": p.amount,
+        "currency": p.currency,
+        "status": p.status,
+        "refunded_credits": p.refunded_credits,
+        "transaction_id": p.transaction_id,
+        "paid_at": p.paid_at,
+    }
+
+
 async def purchases(
     tx: Tx, user_id: uuid.UUID, start: dt.datetime | None, end: dt.datetime | None
 ) -> list[dict[str, Any]]:
     """The billing report's purchases block."""
-    return [
-        {
-            "payment_id": p.id,
-            "package_id": p.package_id,
-            "credits": p.credits,
-            "amount": p.amount,
-            "currency": p.currency,
-            "status": p.status,
-            "refunded_credits": p.refunded_credits,
-            "transaction_id": p.transaction_id,
-            "paid_at": p.paid_at,
-        }
-        for p in await repo.purchases(tx.session, user_id, start, end)
-    ]
+    return [_purchase_row(p) for p in await repo.purchases(tx.session, user_id, start, end)]
+
+
+async def purchases_by_user(
+    tx: Tx, start: dt.datetime | None, end: dt.datetime | None
+) -> dict[uuid.UUID, list[dict[str, Any]]]:
+    """Every user's purchases block, for the all-users export (one query)."""
+    found: dict[uuid.UUID, list[dict[str, Any]]] = {}
+    for p in await repo.purchases(tx.session, None, start, end):
+        found.setdefault(p.user_id, []).append(_purchase_row(p))
+    return found
