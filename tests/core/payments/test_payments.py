@@ -348,7 +348,7 @@ async def test_billing_report_shows_purchases(shop: Shop) -> None:
     await put_package(shop, credits=1000, amount=500)
     started = await checkout(shop)
     await checkout(shop)  # never paid: not a purchase
-    body = completed(shop.stripe.sessions[list(shop.stripe.sessions)[0]], "pi_report")
+    body = completed(shop.stripe.sessions[next(iter(shop.stripe.sessions))], "pi_report")
     await deliver(shop.client, body, signature(body))
     report = (await shop.client.get("/api/billing/report", headers=shop.buyer.headers)).json()
     [purchase] = report["purchases"]

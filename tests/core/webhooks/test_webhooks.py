@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -15,48 +13,10 @@ from aihub.config import Settings
 from aihub.core.webhooks import jobs as webhook_jobs
 from aihub.kit.jobs import jobs_of
 from aihub.kit.runtime import Runtime
-from tests.conftest import Caller, _core_app, create_user, free_port
+from tests.conftest import _core_app, create_user, free_port
 from tests.core.credits.helpers import assert_error, grant, money
+from tests.core.webhooks.conftest import Hub, fast, register
 from tests.core.webhooks.receiver import Receiver, verify
-
-
-@dataclass
-class Hub:
-    runtime: Runtime
-    client: httpx.AsyncClient
-    admin: Caller
-
-
-def fast(settings: Settings, **extra: Any) -> Settings:
-    return settings.model_copy(
-        update={"webhook_backoff_seconds": 0.05, "webhook_retry_interval_seconds": 0.05, **extra}
-    )
-
-
-@pytest.fixture
-async def hub(settings: Settings) -> AsyncIterator[Hub]:
-    rt = Runtime.build(fast(settings))
-    try:
-        await jobs_of(rt).start(webhook_jobs.periodic(rt))
-        transport = httpx.ASGITransport(app=_core_app(rt))
-        async with httpx.AsyncClient(transport=transport, base_url="http://core.test") as client:
-            yield Hub(rt, client, await create_user(rt, roles=["admin"]))
-    finally:
-        await rt.close()
-
-
-@pytest.fixture
-async def receiver() -> AsyncIterator[Receiver]:
-    server = Receiver(free_port(), failures=2)
-    await server.start()
-    yield server
-    await server.stop()
-
-
-async def _register(hub: Hub, url: str, events: list[str]) -> dict[str, Any]:
-    response = await hub.client.post("/api/webhooks", json={"url": url, "events": events}, headers=hub.admin.headers)
-    assert response.status_code == 201, response.text
-    return dict(response.json())
 
 
 async def _deliveries(hub: Hub, webhook_id: str) -> list[dict[str, Any]]:
@@ -77,7 +37,7 @@ async def _settled(hub: Hub, webhook_id: str, timeout: float = 20.0) -> list[dic
 
 
 async def test_low_balance_event_fails_twice_then_is_delivered_signed(hub: Hub, receiver: Receiver) -> None:
-    created = await _register(hub, receiver.url, ["credits.low_balance"])
+    created = await register(hub, receiver.url, ["credits.low_balance"])
     secret = created["secret"]
     assert secret.startswith("whsec_")
     user = await create_user(hub.runtime)
@@ -112,8 +72,8 @@ async def test_low_balance_event_fails_twice_then_is_delivered_signed(hub: Hub, 
 
 async def test_test_event_and_subscription_filter(hub: Hub, receiver: Receiver) -> None:
     receiver.failures = 0
-    created = await _register(hub, receiver.url, ["payment.succeeded"])
-    other = await _register(hub, receiver.url.replace("/hook", "/other"), ["promo.exhausted"])
+    created = await register(hub, receiver.url, ["payment.succeeded"])
+    other = await register(hub, receiver.url.replace("/hook", "/other"), ["promo.exhausted"])
     sent = await hub.client.post(f"/api/webhooks/{created['id']}/test", headers=hub.admin.headers)
     assert sent.status_code == 202
     assert sent.json()["webhookId"].startswith("msg_")
@@ -135,7 +95,7 @@ async def test_receiver_down_retries_then_gives_up(settings: Settings) -> None:
         transport = httpx.ASGITransport(app=_core_app(rt))
         async with httpx.AsyncClient(transport=transport, base_url="http://core.test") as client:
             hub = Hub(rt, client, await create_user(rt, roles=["admin"]))
-            created = await _register(hub, f"http://127.0.0.1:{dead}/hook", ["payment.succeeded"])
+            created = await register(hub, f"http://127.0.0.1:{dead}/hook", ["payment.succeeded"])
             assert (
                 await client.post(f"/api/webhooks/{created['id']}/test", headers=hub.admin.headers)
             ).status_code == 202
@@ -149,7 +109,7 @@ async def test_receiver_down_retries_then_gives_up(settings: Settings) -> None:
 
 
 async def test_crud_and_secret_shown_once(hub: Hub) -> None:
-    created = await _register(hub, "https://hooks.example.com/aihub", ["payment.succeeded", "payment.refunded"])
+    created = await register(hub, "https://hooks.example.com/aihub", ["payment.succeeded", "payment.refunded"])
     one = await hub.client.get(f"/api/webhooks/{created['id']}", headers=hub.admin.headers)
     assert one.status_code == 200
     assert "secret" not in one.json()
@@ -199,7 +159,7 @@ async def test_bad_input_and_unauthorised(hub: Hub) -> None:
     ):
         response = await hub.client.post("/api/webhooks", json={**good, "url": url}, headers=hub.admin.headers)
         assert_error(response, 422, "INVALID_WEBHOOK_URL")
-    created = await _register(hub, good["url"], good["events"])
+    created = await register(hub, good["url"], good["events"])
     wid = created["id"]
     for method, path, body in (
         ("PATCH", f"/api/webhooks/{wid}", {"url": "ftp://x.example/"}),

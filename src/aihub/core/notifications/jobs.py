@@ -7,6 +7,8 @@ emails the owner when they opted in; SMTP is never waited on inside a transactio
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import datetime as dt
 import uuid
 from typing import Any
 
@@ -16,12 +18,14 @@ from aihub.core.credits import service as credits
 from aihub.core.notifications import service as notifications
 from aihub.core.webhooks import jobs as _webhook_jobs  # noqa: F401  (registers the delivery job)
 from aihub.core.webhooks import service as webhooks
+from aihub.kit.db import utcnow
 from aihub.kit.email import EmailDeliveryError, Mailer, build_mailer
 from aihub.kit.jobs import job, jobs_of
 from aihub.kit.runtime import Runtime
 
 log = structlog.get_logger("aihub.notifications")
 LOW_BALANCE_JOB = "notifications.low_balance"
+QUOTA_REACHED_JOB = "notifications.quota_reached"
 _MAILER_KEY = "notifications.mailer"
 _EMAIL_ATTEMPTS = 3
 
@@ -81,3 +85,35 @@ async def low_balance(runtime: Runtime, payload: dict[str, Any]) -> None:
             if attempt < _EMAIL_ATTEMPTS:
                 await asyncio.sleep(runtime.settings.webhook_backoff_seconds * 2 ** (attempt - 1))
     log.error("notifications.email_failed", user_id=str(user_id))
+
+
+async def on_quota_refused(runtime: Runtime, user_id: uuid.UUID, details: dict[str, Any]) -> None:
+    """A usage event was refused by a quota (its transaction rolled back): queue the event.
+
+    Called from the edge after the refusal; the job, not the request, touches the database.
+    """
+    payload = {"userId": str(user_id), **{k: details.get(k) for k in ("scope", "period", "resetsAt")}}
+    try:
+        await jobs_of(runtime).enqueue(QUOTA_REACHED_JOB, payload)
+    except Exception:  # the refusal stands; a lost notification is only logged
+        log.exception("notifications.quota_enqueue_failed", user_id=payload["userId"])
+
+
+@job(QUOTA_REACHED_JOB)
+async def quota_reached(runtime: Runtime, payload: dict[str, Any]) -> None:
+    """``usage.quota_reached`` once per user, quota and period: the first refusal of a period
+    claims a store key that lives until the period resets; later refusals find it taken."""
+    key = (
+        f"notifications:quota_reached:{payload['userId']}:{payload['scope']}:{payload['period']}:{payload['resetsAt']}"
+    )
+    ttl = 86_400.0 * 32
+    with contextlib.suppress(ValueError, TypeError):
+        ttl = max(60.0, (dt.datetime.fromisoformat(str(payload["resetsAt"])) - utcnow()).total_seconds() + 60)
+    if not await runtime.store.set_if_absent(key, "1", ttl=ttl):
+        return
+    tx = runtime.tx()
+    try:
+        await webhooks.emit(tx, runtime, "usage.quota_reached", payload)
+        await tx.commit()
+    finally:
+        await tx.close()

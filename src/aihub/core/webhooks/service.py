@@ -222,21 +222,25 @@ def _payload(event_type: str, data: dict[str, Any], now: dt.datetime) -> str:
     return dumps({"type": event_type, "timestamp": now.isoformat().replace("+00:00", "Z"), "data": data}).decode()
 
 
-def _enqueue_after_commit(tx: Tx, runtime: Runtime, ids: list[uuid.UUID]) -> None:
+def _enqueue_after_commit(tx: Tx, runtime: Runtime | None, ids: list[uuid.UUID]) -> None:
+    # Without a runtime (a domain service that has none at hand) the retry sweep sends them,
+    # within AIHUB_WEBHOOK_RETRY_INTERVAL_SECONDS.
+    if not ids or runtime is None:
+        return
+    jobs = jobs_of(runtime)
+
     async def send() -> None:
-        jobs = jobs_of(runtime)
         for delivery_id in ids:
             try:
                 await jobs.enqueue(DELIVER_JOB, {"deliveryId": str(delivery_id)})
             except Exception:  # the retry sweep sends it anyway: the row is the source of truth
                 log.warning("webhooks.enqueue_failed", delivery_id=str(delivery_id))
 
-    if ids:
-        tx.after_commit(send)
+    tx.after_commit(send)
 
 
 async def _deliver_to(
-    tx: Tx, runtime: Runtime, targets: list[uuid.UUID], event_type: str, data: dict[str, Any]
+    tx: Tx, runtime: Runtime | None, targets: list[uuid.UUID], event_type: str, data: dict[str, Any]
 ) -> list[uuid.UUID]:
     now = utcnow()
     body = _payload(event_type, data, now)
@@ -260,7 +264,7 @@ async def _deliver_to(
     return ids
 
 
-async def emit(tx: Tx, runtime: Runtime, event_type: str, data: dict[str, Any]) -> int:
+async def emit(tx: Tx, runtime: Runtime | None, event_type: str, data: dict[str, Any]) -> int:
     """Queue ``event_type`` for every active endpoint subscribed to it, in this transaction.
 
     ``data`` names the user or object concerned (``userId``, ``paymentId``, …). Returns how
