@@ -17,7 +17,7 @@ from sqlalchemy import select
 from aihub.config import Settings
 from aihub.kit.jobs import jobs_of
 from aihub.kit.runtime import Runtime
-from aihub.models import WebhookDelivery
+from aihub.models import CreditAccount, WebhookDelivery
 from tests.conftest import Caller, _core_app, _live, create_user, free_port
 from tests.core.credits.helpers import assert_error, grant, money
 from tests.smtp_sink import SmtpSink
@@ -220,7 +220,7 @@ async def test_concurrent_debits_crossing_one_threshold_emit_one_event(pg_settin
         async with httpx.AsyncClient(transport=transport, base_url="http://core.test") as client:
             await _bench(rt, client)
             user = await create_user(rt)
-            await client.put("/api/credits/alerts", json={"thresholds": [500, 250]}, headers=user.headers)
+            await client.put("/api/credits/alerts", json={"thresholds": [800, 500]}, headers=user.headers)
             await grant(client, rt, user.id, 1000)
             headers = money(rt)
             body = {"userId": user.id, "amount": 1, "reason": "usage"}
@@ -232,9 +232,38 @@ async def test_concurrent_debits_crossing_one_threshold_emit_one_event(pg_settin
             async for live in _live(_core_app(rt), rt):
                 async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=50)) as http:
                     url = f"{live.url}/api/credits/deduct"
-                    statuses = await asyncio.gather(*(one(http, url) for _ in range(800)))
-            assert statuses.count(201) == 800  # 1000 → 200: every debit paid, two thresholds passed
+                    statuses = await asyncio.gather(*(one(http, url) for _ in range(600)))
+            assert statuses.count(201) == 600  # 1000 → 400: every debit paid, two thresholds passed
             events = await _settle(rt, user.id, 2)
     finally:
         await rt.close()
-    assert sorted((e["threshold"], e["available"]) for e in events) == [(250, 249), (500, 499)]
+    assert sorted((e["threshold"], e["available"]) for e in events) == [(500, 499), (800, 799)]
+
+
+@pytest.mark.postgres
+async def test_concurrent_first_puts_of_one_account(pg_settings: Settings) -> None:
+    rt = Runtime.build(pg_settings)
+    try:
+        user = await create_user(rt)
+
+        async def put(http: aiohttp.ClientSession, url: str, n: int) -> int:
+            body = {"thresholds": [n + 1], "email": n % 2 == 0}
+            async with http.put(url, json=body, headers=user.headers) as response:
+                return response.status
+
+        async for live in _live(_core_app(rt), rt):
+            async with aiohttp.ClientSession() as http:
+                url = f"{live.url}/api/credits/alerts"
+                assert await asyncio.gather(*(put(http, url, n) for n in range(20))) == [200] * 20
+                async with http.get(f"{live.url}/api/credits/alerts", headers=user.headers) as response:
+                    final = await response.json()
+        async with rt.engine.connect() as conn:
+            ceiling = (
+                await conn.execute(
+                    select(CreditAccount.low_balance_threshold).where(CreditAccount.user_id == uuid.UUID(user.id))
+                )
+            ).scalar_one()
+    finally:
+        await rt.close()
+    [threshold] = final["thresholds"]
+    assert ceiling == threshold  # the account's pre-filter agrees with the settings that won

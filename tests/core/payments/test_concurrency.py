@@ -108,3 +108,32 @@ async def test_concurrent_refund_events_take_back_once(live_shop: tuple[Shop, Li
     assert outcomes.count("already_refunded") == 19
     assert await account(shop.runtime, shop.buyer.id) == (0, 0, 0)
     await assert_reconciled(shop.runtime)
+
+
+async def test_concurrent_first_puts_of_a_package_and_checkouts(live_shop: tuple[Shop, LiveServer]) -> None:
+    shop, live = live_shop
+    body = {"name": "Race", "credits": 10, "amount": 100, "currency": "usd"}
+    async with aiohttp.ClientSession() as http:
+
+        async def put() -> int:
+            url = f"{live.url}/api/payments/packages/race"
+            async with http.put(url, json=body, headers=shop.admin.headers) as response:
+                return response.status
+
+        statuses = await asyncio.gather(*(put() for _ in range(20)))
+        assert sorted(statuses) == [200] * 19 + [201]
+
+        async def buy() -> int:
+            checkout_body = {
+                "packageId": "race",
+                "successUrl": "https://a.example/ok",
+                "cancelUrl": "https://a.example/no",
+            }
+            url = f"{live.url}/api/payments/checkout"
+            async with http.post(url, json=checkout_body, headers=shop.buyer.headers) as response:
+                return response.status
+
+        assert await asyncio.gather(*(buy() for _ in range(20))) == [201] * 20
+    assert len(shop.stripe.sessions) == 20
+    listed = (await shop.client.get("/api/payments?limit=100", headers=shop.buyer.headers)).json()["items"]
+    assert len({p["id"] for p in listed}) == 20

@@ -68,6 +68,7 @@ async def test_package_bad_input_and_permissions(shop: Shop) -> None:
     assert_error(await shop.client.put(url, json=good), 401, "UNAUTHORIZED")
     assert_error(await shop.client.put(url, json=good, headers=shop.buyer.headers), 403, "FORBIDDEN")
     assert_error(await shop.client.delete(url, headers=shop.buyer.headers), 403, "FORBIDDEN")
+    assert_error(await shop.client.delete(url), 401, "UNAUTHORIZED")
     for bad in (
         {**good, "credits": 0},
         {**good, "credits": "10"},
@@ -233,6 +234,8 @@ async def test_signed_but_malformed_events(shop: Shop) -> None:
     for body in (b"not json", b"[]", b'{"id": "evt_1"}', b'{"id": "evt_2", "type": "x", "data": {"object": 5}}'):
         response = await deliver(shop.client, body, signature(body))
         assert_error(response, 400, "INVALID_EVENT")
+    huge = b'{"pad": "' + b"x" * (shop.runtime.settings.max_body_bytes + 1) + b'"}'
+    assert_error(await deliver(shop.client, huge, signature(huge)), 413, "PAYLOAD_TOO_LARGE")
     unknown = event("customer.created", {"id": "cus_1", "object": "customer"})
     response = await deliver(shop.client, unknown, signature(unknown))
     assert response.status_code == 200
@@ -342,6 +345,8 @@ async def test_list_payments_self_all_and_filters(shop: Shop) -> None:
         response = await shop.client.get(f"/api/payments?{query}", headers=shop.admin.headers)
         assert_error(response, 422, "VALIDATION_ERROR")
     assert_error(await shop.client.get("/api/payments"), 401, "UNAUTHORIZED")
+    assert_error(await shop.client.get(f"/api/payments/{mine['id']}"), 401, "UNAUTHORIZED")
+    assert_error(await shop.client.get("/api/payments/nope", headers=shop.admin.headers), 422, "VALIDATION_ERROR")
 
 
 async def test_billing_report_shows_purchases(shop: Shop) -> None:

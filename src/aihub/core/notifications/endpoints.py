@@ -8,6 +8,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query
 
 from aihub.core.deps import CurrentPrincipal, RuntimeDep, TxDep, TxRoute
+from aihub.core.notifications import jobs as notification_jobs
 from aihub.core.notifications import schemas
 from aihub.core.notifications import service as notifications
 from aihub.core.rbac.service import Principal
@@ -46,11 +47,17 @@ async def read_alerts(
 
 @router.put("", response_model=schemas.AlertsOut, responses=_ERRORS)
 async def put_alerts(
-    body: schemas.AlertsIn, tx: TxDep, caller: CurrentPrincipal, user_id: UserQ = None
+    body: schemas.AlertsIn, tx: TxDep, runtime: RuntimeDep, caller: CurrentPrincipal, user_id: UserQ = None
 ) -> dict[str, Any]:
     """Set one's own thresholds (or another user's with `credits:grant`): each time the available
     balance (holds count) falls from at or above a threshold to below it, one
     `credits.low_balance` event goes to the webhook endpoints (and an email when `email`); it
     fires again only after the balance has been back at or above it."""
     target = _target(caller, user_id, "credits:grant")
-    return await notifications.put_alerts(tx, target, body.thresholds, body.email)
+    result = await notifications.put_alerts(tx, target, body.thresholds, body.email)
+
+    async def forget() -> None:
+        notification_jobs.forget(runtime, target)
+
+    tx.after_commit(forget)
+    return result

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import time
 import uuid
 from typing import Any
 
@@ -38,13 +39,45 @@ def mailer(runtime: Runtime) -> Mailer:
     return existing
 
 
-async def on_low_balance(runtime: Runtime, event: credits.LowBalance) -> list[int]:
-    """After commit: find the thresholds crossed, queue one job for each; returns them."""
+_CACHE_KEY = "notifications.thresholds"
+_CACHE_SECONDS = 30.0
+_CACHE_MAX = 10_000
+
+
+def forget(runtime: Runtime, user_id: uuid.UUID) -> None:
+    """Drop this process's cached settings of an account (after a PUT of its alerts)."""
+    cache: dict[uuid.UUID, Any] = runtime.extras.get(_CACHE_KEY, {})
+    cache.pop(user_id, None)
+
+
+async def _settings_of(runtime: Runtime, event: credits.LowBalance) -> tuple[list[int], bool]:
+    """The account's thresholds and email opt-in, cached briefly per process.
+
+    An account with thresholds of its own makes every debit below its highest threshold a
+    candidate; the cache spares those a read each. The UPDATE's ``event.threshold`` (the
+    highest, read in the same statement as the money) must match the cached list, so a change
+    of the highest threshold on another instance is seen at once; other changes within
+    ``_CACHE_SECONDS``.
+    """
+    cache: dict[uuid.UUID, tuple[float, list[int], bool]] = runtime.extras.setdefault(_CACHE_KEY, {})
+    now = time.monotonic()
+    hit = cache.get(event.user_id)
+    if hit is not None and hit[0] > now and (not event.custom or max(hit[1], default=0) == event.threshold):
+        return hit[1], hit[2]
     tx = runtime.tx()
     try:
         thresholds, wants_email = await notifications.thresholds_of(tx, event)
     finally:
         await tx.close()
+    if len(cache) >= _CACHE_MAX:
+        cache.clear()
+    cache[event.user_id] = (now + _CACHE_SECONDS, thresholds, wants_email)
+    return thresholds, wants_email
+
+
+async def on_low_balance(runtime: Runtime, event: credits.LowBalance) -> list[int]:
+    """After commit: find the thresholds crossed, queue one job for each; returns them."""
+    thresholds, wants_email = await _settings_of(runtime, event)
     crossed = notifications.crossed(thresholds, event.available_before, event.available)
     for threshold in crossed:
         payload = {

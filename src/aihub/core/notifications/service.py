@@ -15,7 +15,6 @@ from aihub.core.credits import service as credits
 from aihub.core.notifications import repository as repo
 from aihub.kit.db import Tx, utcnow
 from aihub.kit.email import Email
-from aihub.models import CreditAlertSettings
 
 
 def crossed(thresholds: list[int], before: int, after: int) -> list[int]:
@@ -36,33 +35,25 @@ async def get_alerts(tx: Tx, user_id: uuid.UUID, default_threshold: int) -> dict
 
 
 async def put_alerts(tx: Tx, user_id: uuid.UUID, thresholds: list[int], email: bool) -> dict[str, Any]:
-    """Replace the account's own thresholds (an empty list: no low-balance alerts at all)."""
+    """Replace the account's own thresholds (an empty list: no low-balance alerts at all).
+
+    The account row is updated first (its highest threshold), which also serialises concurrent
+    PUTs of one account on PostgreSQL.
+    """
     await credits.set_alert_ceiling(tx, user_id, max(thresholds, default=0))
-    row = await repo.get_settings(tx.session, user_id)
-    before = None if row is None else {"thresholds": list(row.thresholds), "email": row.email}
-    if row is None:
-        row = CreditAlertSettings(user_id=user_id, thresholds=thresholds, email=email, updated_at=utcnow())
-        tx.session.add(row)
-    else:
-        row.thresholds, row.email, row.updated_at = thresholds, email, utcnow()
-    await tx.session.flush()
-    audit.record(
-        tx,
-        "credits.alerts.put",
-        "credit_account",
-        user_id,
-        before=before,
-        after={"thresholds": thresholds, "email": email},
-    )
+    previous = await repo.previous_settings(tx.session, user_id)
+    before = None if previous is None else {"thresholds": list(previous.thresholds), "email": previous.email}
+    await repo.upsert_settings(tx.session, user_id, thresholds, email, utcnow())
+    after = {"thresholds": thresholds, "email": email}
+    audit.record(tx, "credits.alerts.put", "credit_account", user_id, before=before, after=after)
     return _view(user_id, thresholds, email, False)
 
 
 async def thresholds_of(tx: Tx, event: credits.LowBalance) -> tuple[list[int], bool]:
     """(thresholds, email opt-in) that apply to the account of ``event``."""
-    if not event.custom:
-        row = await repo.get_settings(tx.session, event.user_id)
-        return [event.threshold], bool(row is not None and row.email)
     row = await repo.get_settings(tx.session, event.user_id)
+    if not event.custom:
+        return [event.threshold], bool(row is not None and row.email)
     if row is None:  # a threshold set on the account directly, without settings: it alone
         return [event.threshold], False
     return list(row.thresholds), row.email

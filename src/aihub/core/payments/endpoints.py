@@ -81,7 +81,11 @@ async def create_checkout(body: schemas.CheckoutIn, tx: TxDep, runtime: RuntimeD
 @router.post(
     "/webhooks/stripe",
     response_model=schemas.EventReceived,
-    responses={400: {"description": "INVALID_SIGNATURE / INVALID_EVENT"}},
+    responses={
+        400: {"description": "INVALID_SIGNATURE / INVALID_EVENT"},
+        413: {"description": "PAYLOAD_TOO_LARGE"},
+        404: {"description": "ACCOUNT_NOT_FOUND: the paying user has no credit account (Stripe retries)"},
+    },
     openapi_extra={"requestBody": {"content": {"application/json": {"schema": {"type": "object"}}}}},
 )
 async def stripe_webhook(request: Request, tx: TxDep, runtime: RuntimeDep) -> dict[str, Any]:

@@ -31,6 +31,22 @@ async def list_packages(session: AsyncSession, *, active_only: bool) -> Sequence
     return list((await session.execute(stmt)).scalars().all())
 
 
+def _insert(session: AsyncSession) -> Any:
+    return pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
+
+
+async def insert_package(session: AsyncSession, values: dict[str, Any]) -> bool:
+    """Create the package unless it exists (False then). Of two concurrent creators one inserts;
+    the other waits on the key, inserts nothing and goes on to update the committed row."""
+    stmt = _insert(session)(packages).values(**values).on_conflict_do_nothing(index_elements=["id"])
+    return (await session.execute(stmt.returning(packages.c.id))).first() is not None
+
+
+async def get_package_for_update(session: AsyncSession, package_id: str) -> CreditPackage | None:
+    stmt = select(CreditPackage).where(CreditPackage.id == package_id).with_for_update()
+    return (await session.execute(stmt)).scalar_one_or_none()
+
+
 async def delete_package(session: AsyncSession, package_id: str) -> bool:
     result = await session.execute(delete(packages).where(packages.c.id == package_id).returning(packages.c.id))
     return result.first() is not None
@@ -66,9 +82,7 @@ async def record_event(session: AsyncSession, values: dict[str, Any]) -> bool:
     On PostgreSQL a concurrent delivery of the same event waits on the key until the first
     transaction ends, then finds the row and inserts nothing.
     """
-    dialect = session.get_bind().dialect.name
-    maker = pg_insert if dialect == "postgresql" else sqlite_insert
-    stmt = maker(events).values(**values).on_conflict_do_nothing(index_elements=["provider", "event_id"])
+    stmt = _insert(session)(events).values(**values).on_conflict_do_nothing(index_elements=["provider", "event_id"])
     result = await session.execute(stmt.returning(events.c.event_id))
     return result.first() is not None
 

@@ -64,20 +64,22 @@ async def list_packages(tx: Tx, *, active_only: bool = True) -> dict[str, Any]:
 
 
 async def put_package(tx: Tx, package_id: str, values: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+    """Create or replace; concurrent PUTs of one new id make one row (no unique-key error)."""
     now = utcnow()
-    row = await repo.get_package(tx.session, package_id)
-    before = package_view(row) if row is not None else None
-    if row is None:
-        row = CreditPackage(id=package_id, created_at=now, updated_at=now, **values)
-        tx.session.add(row)
-    else:
+    created = await repo.insert_package(
+        tx.session, {"id": package_id, **values, "created_at": now, "updated_at": now}
+    )
+    row = await repo.get_package_for_update(tx.session, package_id)
+    assert row is not None, "inserted or already there, and never deleted while locked"
+    before = None if created else package_view(row)
+    if not created:
         for name, value in values.items():
             setattr(row, name, value)
         row.updated_at = now
-    await tx.session.flush()
+        await tx.session.flush()
     after = package_view(row)
     audit.record(tx, "payments.package.put", "credit_package", package_id, before=before, after=after)
-    return after, before is None
+    return after, created
 
 
 async def delete_package(tx: Tx, package_id: str) -> None:

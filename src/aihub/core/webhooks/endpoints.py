@@ -26,9 +26,10 @@ _AUTH: dict[int | str, dict[str, Any]] = {
 }
 _ONE = {**_AUTH, 404: {"description": "WEBHOOK_NOT_FOUND"}}
 _WRITE = {**_ONE, 422: {"description": "VALIDATION_ERROR / INVALID_WEBHOOK_URL"}}
+_CREATE = {**_AUTH, 422: _WRITE[422]}
 
 
-@router.post("", status_code=201, response_model=schemas.EndpointCreated, responses=_WRITE)
+@router.post("", status_code=201, response_model=schemas.EndpointCreated, responses=_CREATE)
 async def create_webhook(body: schemas.EndpointIn, tx: TxDep, runtime: RuntimeDep, _: Writer) -> dict[str, Any]:
     """Register an endpoint for some events → its `secret` (`whsec_<base64>`), shown only here.
 

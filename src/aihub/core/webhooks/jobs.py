@@ -115,6 +115,8 @@ async def attempt(runtime: Runtime, delivery_id: uuid.UUID) -> bool | None:
         created = created.replace(tzinfo=dt.UTC)
     tx = runtime.tx()
     try:
+        if not await repo.still_there(tx.session, delivery_id):
+            return None  # the endpoint was deleted while this attempt was in flight
         await repo.record_attempt(
             tx.session,
             {

@@ -97,6 +97,14 @@ async def claim(session: AsyncSession, delivery_id: uuid.UUID, now: dt.datetime,
     return {**row._mapping, "url": endpoint.url, "secret": endpoint.secret, "active": endpoint.active}
 
 
+async def still_there(session: AsyncSession, delivery_id: uuid.UUID) -> bool:
+    """Lock the delivery row (PostgreSQL), so an endpoint deleted meanwhile waits or is seen."""
+    stmt = select(deliveries.c.id).where(deliveries.c.id == delivery_id)
+    if session.get_bind().dialect.name == "postgresql":
+        stmt = stmt.with_for_update()
+    return (await session.execute(stmt)).first() is not None
+
+
 async def record_attempt(session: AsyncSession, values: dict[str, Any]) -> None:
     await session.execute(insert(attempts).values(**values))
 
