@@ -418,6 +418,13 @@ class Settings(BaseSettings):
             raise ValueError("must start with smtp:// or smtps://")
         return value
 
+    @field_validator("stripe_api_base")
+    @classmethod
+    def _stripe_base(cls, value: str) -> str:
+        if not value.startswith(("https://", "http://")):
+            raise ValueError("must start with https:// (or http:// for a local fake)")
+        return value.rstrip("/")
+
     @field_validator("jwks_url")
     @classmethod
     def _jwks_scheme(cls, value: str) -> str:
