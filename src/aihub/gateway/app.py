@@ -255,7 +255,8 @@ class Gateway:
             key, limit = "", 0  # the blacklist is still checked
         else:
             return
-        decision = await self.limiter.check(identity.jti if identity else None, key, limit)
+        jti, sid = (identity.jti, identity.sid) if identity else (None, None)
+        decision = await self.limiter.check(jti, key, limit, sid=sid)
         if decision.allowed:
             metrics.DECISIONS["allowed"].inc()
             if decision.limit > 0:
