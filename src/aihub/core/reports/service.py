@@ -14,6 +14,7 @@ import io
 import uuid
 from typing import Any
 
+from aihub.core.payments import service as payments
 from aihub.core.reports import repository as repo
 from aihub.core.usage import rollups
 from aihub.core.users import service as users
@@ -41,6 +42,7 @@ async def billing_report(
         "closing_balance": closing,
         "by_reason": [_reason_row(r) for r in by_reason],
         "usage": [_usage_row(r) for r in await repo.usage_by_model(tx.session, user_id, start, end, mark=mark)],
+        "purchases": await payments.purchases(tx, user_id, start, end),
     }
 
 
@@ -78,6 +80,21 @@ def report_csv(report: dict[str, Any]) -> str:
                 row["credits"],
             ]
         )
+    if report.get("purchases"):
+        writer.writerow([])
+        writer.writerow(["section", "payment_id", "package_id", "credits", "amount", "currency", "status"])
+        for row in report["purchases"]:
+            writer.writerow(
+                [
+                    "purchase",
+                    row["payment_id"],
+                    row["package_id"],
+                    row["credits"],
+                    row["amount"],
+                    row["currency"],
+                    row["status"],
+                ]
+            )
     return out.getvalue()
 
 
@@ -146,6 +163,7 @@ async def billing_export(tx: Tx, start: dt.datetime | None, end: dt.datetime | N
     usage: dict[uuid.UUID, list[dict[str, Any]]] = {}
     for row in await rollups.aggregate(tx.session, ["user_id", "provider", "model"], mark=mark, start=start, end=end):
         usage.setdefault(row["user_id"], []).append(_usage_row(row))
+    bought = await payments.purchases_by_user(tx, start, end)
     user_ids = set(closing) | set(usage)
     emails = await repo.emails(tx.session, list(user_ids))
     rows = []
@@ -161,6 +179,7 @@ async def billing_export(tx: Tx, start: dt.datetime | None, end: dt.datetime | N
                 "closing_balance": closing.get(user_id, 0),
                 "by_reason": by_reason,
                 "usage": usage.get(user_id, []),
+                "purchases": bought.get(user_id, []),
             }
         )
     rows.sort(key=lambda r: (r["email"] or "", str(r["user_id"])))
