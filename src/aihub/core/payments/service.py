@@ -66,9 +66,7 @@ async def list_packages(tx: Tx, *, active_only: bool = True) -> dict[str, Any]:
 async def put_package(tx: Tx, package_id: str, values: dict[str, Any]) -> tuple[dict[str, Any], bool]:
     """Create or replace; concurrent PUTs of one new id make one row (no unique-key error)."""
     now = utcnow()
-    created = await repo.insert_package(
-        tx.session, {"id": package_id, **values, "created_at": now, "updated_at": now}
-    )
+    created = await repo.insert_package(tx.session, {"id": package_id, **values, "created_at": now, "updated_at": now})
     row = await repo.get_package_for_update(tx.session, package_id)
     assert row is not None, "inserted or already there, and never deleted while locked"
     before = None if created else package_view(row)
