@@ -64,7 +64,7 @@ class OidcClient:
         return cls(
             issuer=settings.oidc_google_issuer,
             client_id=settings.google_client_id or "",
-            client_secret=settings.google_client_secret or "",
+            client_secret=settings.google_client_secret.get_secret_value() if settings.google_client_secret else "",
             timeout=settings.oidc_timeout_seconds,
             leeway=settings.jwt_leeway_seconds,
         )
