@@ -214,6 +214,16 @@ def test_admin_saves_a_package_through_the_page(page: Any, system: System, api: 
     manage.get_by_label("Credits").fill("700")
     manage.get_by_role("button", name="Save package").click()
     expect(page.locator(f"[data-package={package_id}]")).to_contain_text("700 credits")
+    # The admin (payments:read) sees everyone's payments, each with whose it is.
+    admin = api.login(system.admin_email, system.admin_password)
+    back = {"successUrl": system.console_url, "cancelUrl": system.console_url}
+    opened = api.http.post("/api/payments/checkout", headers=admin, json={"packageId": package_id, **back})
+    assert opened.status_code == 201, opened.text
+    page.get_by_role("link", name="Dashboard").click()
+    page.get_by_role("link", name="Buy credits").click()
+    row = page.get_by_role("region", name="Your payments").get_by_role("row").filter(has_text=package_id)
+    expect(row).to_contain_text(opened.json()["userId"])
+    expect(row.locator("[data-status]")).to_have_text("pending")
     listed = {p["id"]: p for p in api.http.get("/api/payments/packages").json()["items"]}
     assert (listed[package_id]["credits"], listed[package_id]["amount"]) == (700, 250)
 

@@ -95,6 +95,8 @@ export default {
         table(
           [
             { label: "When", value: (x) => fmt.date(x.createdAt) },
+            // With payments:read the API lists everyone's: say whose each one is.
+            ...(can("payments:read") ? [{ label: "User", value: (x) => h("code", {}, x.userId) }] : []),
             { label: "Package", value: (x) => x.packageId },
             { label: "Credits", value: (x) => fmt.credits(x.credits), num: true },
             { label: "Amount", value: (x) => money(x.amount, x.currency), num: true },
