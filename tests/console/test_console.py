@@ -193,6 +193,33 @@ def test_pages_of_apis_this_server_lacks_say_so(
         expect(page.get_by_text(absent_text)).to_have_count(0)
 
 
+def test_buying_without_stripe_says_payments_are_not_configured(
+    page: Any, system: System, api: Api, admin: dict[str, str], customer: Customer
+) -> None:
+    """This server has no AIHUB_STRIPE_API_KEY: packages list, a checkout answers 503."""
+    package_id = "nostripe-" + new_email("p")[2:8]
+    made = api.http.put(
+        f"/api/payments/packages/{package_id}",
+        headers=admin,
+        json={"name": "No Stripe", "credits": 100, "amount": 100, "currency": "usd"},
+    )
+    assert made.status_code == 201, made.text
+    refused = api.http.post(
+        "/api/payments/checkout",
+        headers=customer.headers,
+        json={"packageId": package_id, "successUrl": system.console_url, "cancelUrl": system.console_url},
+    )
+    assert (refused.status_code, refused.json()["code"]) == (503, "PAYMENTS_NOT_CONFIGURED")
+    sign_in(page, system, customer.email, PASSWORD)
+    page.get_by_role("link", name="Buy credits").click()
+    buy = page.get_by_role("button", name="Buy No Stripe")
+    buy.click()
+    expect(page.get_by_role("status").filter(has_text="Payments are not configured")).to_be_visible()
+    expect(buy).to_be_disabled()
+    expect(page.get_by_role("alert")).to_have_count(0)
+    assert page.url.startswith(system.console_url)
+
+
 def test_keyboard_only_sign_in_at_phone_width_and_sign_out(browser: Any, system: System, customer: Customer) -> None:
     context = browser.new_context(viewport={"width": 390, "height": 844})
     try:

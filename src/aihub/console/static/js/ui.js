@@ -136,7 +136,10 @@ export function showErrors(form, err) {
   const details = err instanceof ApiError && Array.isArray(err.details) ? err.details : [];
   let placed = false;
   for (const detail of details) {
-    const name = String(detail.field || "").split(".").pop();
+    // `body.thresholds.1` (an item of a list field) belongs next to `thresholds`: the last part
+    // of the path that names a field of this form wins.
+    const parts = String(detail.field || "").split(".").reverse();
+    const name = parts.find((part) => part && form.querySelector(`[data-error-for="${CSS.escape(part)}"]`));
     const slot = name && form.querySelector(`[data-error-for="${CSS.escape(name)}"]`);
     if (slot) {
       slot.textContent = detail.message || "invalid";

@@ -1,5 +1,7 @@
-// Dashboard: balance and available credits, usage per day split by model, quota, promo redemption.
+// Dashboard: balance and available credits, usage per day split by model, quota, promo redemption,
+// low-balance alerts.
 
+import { alertsPanel } from "../alerts.js";
 import { get, idempotencyKey, post } from "../api.js";
 import { dayRange, stackedBars } from "../chart.js";
 import { clear, daysAgo, errorNotice, field, fmt, form, h, isoDay, notice, section, table } from "../ui.js";
@@ -96,6 +98,7 @@ export default {
     const chart = h("div", { class: "chart-box" });
     const byModel = h("div");
     const quota = h("div");
+    const alerts = h("div");
     const redeemResult = h("div", { "aria-live": "polite" });
     const measure = field({ name: "measure", label: "Measure", type: "select", options: MEASURES, value: "credits" });
     const redeem = form(
@@ -115,6 +118,7 @@ export default {
       cards,
       section("Usage", h("div", { class: "filters" }, measure), chart, byModel),
       h("div", { class: "grid2" }, section("Quota", quota), section("Redeem a promo code", redeem, redeemResult)),
+      section("Low-balance alerts", alerts),
     );
     const first = isoDay(daysAgo(29));
     const days = dayRange(first, isoDay(daysAgo(0)));
@@ -128,6 +132,7 @@ export default {
         clear(byModel, totalsByModel(summary.items));
       }),
       quotaPanel(quota),
+      alertsPanel(alerts),
     ]);
     [cards, chart, quota].forEach((el, i) => {
       if (results[i].status === "rejected") clear(el, errorNotice(results[i].reason));

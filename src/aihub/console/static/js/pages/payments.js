@@ -1,14 +1,68 @@
-// Payments (issue 18's /api/payments): buy a credit package through Stripe Checkout, see past
-// payments; with payments:write, manage the packages. Absent or unconfigured: says so.
+// Payments (/api/payments): buy a credit package through Stripe Checkout, see one's payments;
+// with payments:write, manage the packages. The package list is public and answers without
+// Stripe; only a checkout says 503 PAYMENTS_NOT_CONFIGURED, and then the page says so.
 
 import { absent, ApiError, can, del, get, post, put } from "../api.js";
 import { clear, confirmButton, errorNotice, field, fmt, form, h, pager, rerender, section, table, unavailable } from "../ui.js";
 
-const itemsOf = (page) => (Array.isArray(page) ? page : page.items || []);
 const money = (amount, currency) => new Intl.NumberFormat("en-US", { style: "currency", currency: (currency || "usd").toUpperCase() }).format(amount / 100);
+const NOT_CONFIGURED = "Payments are not configured on this server.";
+const ASK = "Ask an administrator for credits, or redeem a promo code on the dashboard.";
 
 function notConfigured(err) {
-  return absent(err) || (err instanceof ApiError && (err.status === 501 || err.code === "PAYMENTS_NOT_CONFIGURED"));
+  return absent(err) || (err instanceof ApiError && err.status === 503 && err.code === "PAYMENTS_NOT_CONFIGURED");
+}
+
+const STATUS_BADGE = { paid: "good", refunded: "bad", failed: "bad", pending: "" };
+
+function statusBadge(p) {
+  return h("span", { class: `badge ${STATUS_BADGE[p.status] || ""}`.trim(), dataset: { status: p.status } }, p.status);
+}
+
+/** Where Stripe sends the customer back: this console's payments page (the hash route survives). */
+function returnUrls() {
+  const back = `${location.origin}${location.pathname}#/payments`;
+  return { successUrl: `${back}?checkout=done`, cancelUrl: `${back}?checkout=cancelled` };
+}
+
+function buyCards(packages, box) {
+  if (!packages.length) return h("p", { class: "muted" }, "No packages are on sale.");
+  const buttons = [];
+  const cards = packages.map((p) => {
+    const buy = h("button", { type: "button", "aria-label": `Buy ${p.name}` }, `Buy ${p.name}`);
+    buttons.push(buy);
+    buy.addEventListener("click", async () => {
+      for (const b of buttons) b.disabled = true;
+      clear(box);
+      try {
+        const checkout = await post("/api/payments/checkout", { packageId: p.id, ...returnUrls() });
+        location.assign(checkout.url); // Stripe's hosted page; it comes back to returnUrls()
+      } catch (err) {
+        if (notConfigured(err)) {
+          clear(box, unavailable(NOT_CONFIGURED, ASK));
+          return; // the buttons stay disabled: no checkout can work until an admin configures Stripe
+        }
+        clear(box, errorNotice(err));
+        for (const b of buttons) b.disabled = false;
+      }
+    });
+    return h(
+      "div",
+      { class: "card", dataset: { package: p.id } },
+      h("div", { class: "label" }, p.name),
+      h("div", { class: "value" }, `${fmt.credits(p.credits)} credits`),
+      h("p", {}, money(p.amount, p.currency)),
+      buy,
+    );
+  });
+  return h("div", { class: "cards" }, cards);
+}
+
+function returned(params) {
+  const how = params.get("checkout");
+  if (how === "done") return h("div", { class: "notice ok", role: "status" }, "Thank you: the credits appear on your dashboard once Stripe confirms the payment.");
+  if (how === "cancelled") return h("div", { class: "notice info", role: "status" }, "Checkout cancelled: nothing was charged.");
+  return null;
 }
 
 export default {
@@ -19,40 +73,21 @@ export default {
   async render(root, params) {
     let packages;
     try {
-      packages = itemsOf(await get("/api/payments/packages"));
+      packages = (await get("/api/payments/packages")).items || [];
     } catch (err) {
       if (notConfigured(err)) {
-        root.append(unavailable("Payments are not configured on this server.", "Ask an administrator for credits, or redeem a promo code on the dashboard."));
+        root.append(unavailable(NOT_CONFIGURED, ASK));
         return;
       }
       throw err;
     }
-    if (params.get("checkout") === "done") root.append(h("div", { class: "notice ok", role: "status" }, "Thank you: the credits appear once the payment is confirmed."));
     const buyBox = h("div", { "aria-live": "polite" });
-    const active = packages.filter((p) => p.active !== false);
-    const cards = active.length
-      ? h(
-          "div",
-          { class: "cards" },
-          active.map((p) => {
-            const buy = h("button", { type: "button" }, `Buy ${p.name}`);
-            buy.addEventListener("click", async () => {
-              buy.disabled = true;
-              try {
-                const back = `${location.origin}/console/#/payments`;
-                const session = await post("/api/payments/checkout", { packageId: p.id, successUrl: `${back}?checkout=done`, cancelUrl: back });
-                location.assign(session.url);
-              } catch (err) {
-                clear(buyBox, errorNotice(err));
-                buy.disabled = false;
-              }
-            });
-            return h("div", { class: "card" }, h("div", { class: "label" }, p.name), h("div", { class: "value" }, `${fmt.credits(p.credits)} credits`), h("p", {}, money(p.amount, p.currency)), buy);
-          }),
-        )
-      : h("p", { class: "muted" }, "No packages are on sale.");
     const history = h("div");
-    root.append(section("Buy credits", cards, buyBox), section("Your payments", history));
+    root.append(
+      returned(params) || "",
+      section("Buy credits", buyCards(packages.filter((p) => p.active !== false), buyBox), buyBox),
+      section("Your payments", history),
+    );
     pager(
       history,
       (cursor) => get("/api/payments", { cursor, limit: 20 }),
@@ -60,12 +95,16 @@ export default {
         table(
           [
             { label: "When", value: (x) => fmt.date(x.createdAt) },
+            // With payments:read the API lists everyone's: say whose each one is.
+            ...(can("payments:read") ? [{ label: "User", value: (x) => h("code", {}, x.userId) }] : []),
+            { label: "Package", value: (x) => x.packageId },
             { label: "Credits", value: (x) => fmt.credits(x.credits), num: true },
             { label: "Amount", value: (x) => money(x.amount, x.currency), num: true },
-            { label: "Status", value: (x) => x.status },
+            { label: "Status", value: statusBadge },
+            { label: "Paid", value: (x) => fmt.date(x.paidAt) },
           ],
           items,
-          { empty: "No payments yet." },
+          { caption: can("payments:read") ? "Every user's payments, newest first" : "Newest first", empty: "No payments yet." },
         ),
     ).refresh();
     if (can("payments:write")) root.append(section("Packages (admin)", manage(packages, rerender)));
@@ -81,15 +120,15 @@ function manage(packages, changed) {
       { label: "Credits", value: (p) => fmt.credits(p.credits), num: true },
       { label: "Price", value: (p) => money(p.amount, p.currency), num: true },
       { label: "Active", value: (p) => (p.active === false ? "no" : "yes") },
-      { label: "Actions", value: (p) => confirmButton("Delete", `Delete ${p.name}`, async () => { await del(`/api/payments/packages/${encodeURIComponent(p.id)}`); changed(); }) },
+      { label: "Actions", value: (p) => confirmButton(`Delete ${p.name}`, `Delete package ${p.name}`, async () => { await del(`/api/payments/packages/${encodeURIComponent(p.id)}`); changed(); }) },
     ],
     packages,
-    { empty: "No packages." },
+    { empty: "No packages on sale." },
   );
   const f = form(
     { "aria-label": "Save a package", class: "inline" },
     [
-      field({ name: "id", label: "Package id", required: true, placeholder: "starter" }),
+      field({ name: "id", label: "Package id", required: true, placeholder: "starter", hint: "lower-case letters, digits, - and _" }),
       field({ name: "name", label: "Name", required: true }),
       field({ name: "credits", label: "Credits", type: "number", min: 1, required: true }),
       field({ name: "amount", label: "Amount (cents)", type: "number", min: 1, required: true }),
@@ -102,7 +141,7 @@ function manage(packages, changed) {
         name: v.name || "",
         credits: Number(v.credits),
         amount: Number(v.amount),
-        currency: v.currency || "usd",
+        currency: v.currency || "",
         active: v.active !== "false",
       });
       changed();
