@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi import FastAPI
 
 from aihub.config import Settings
+from aihub.core.apikeys.endpoints import router as apikeys_router
 from aihub.core.audit.endpoints import router as audit_router
 from aihub.core.credits.endpoints import router as credits_router
 from aihub.core.pricing.endpoints import router as pricing_router
@@ -37,6 +38,7 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
             sora_router,
             promos_router,
             audit_router,
+            apikeys_router,
         ],
         description=(
             "Users, roles and permissions, the credit ledger, pricing, usage and billing, promo codes, "

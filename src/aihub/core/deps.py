@@ -14,6 +14,7 @@ from fastapi import Depends, Request
 from fastapi.routing import APIRoute
 from starlette.responses import Response
 
+from aihub.core.apikeys import service as apikeys
 from aihub.core.audit import service as audit
 from aihub.core.rbac import service as rbac
 from aihub.kit.db import Tx
@@ -108,7 +109,45 @@ async def load_user(tx: Tx, user_id: uuid.UUID) -> User | None:
     return await tx.session.get(User, user_id)
 
 
+def presented_key(request: Request) -> str | None:
+    """An API key from ``X-API-Key`` or ``Authorization: Bearer ahk_…``; None for a JWT caller."""
+    header = request.headers.get("x-api-key")
+    if header is not None:
+        return header.strip()
+    auth = request.headers.get("authorization")
+    if auth:
+        scheme, _, token = auth.partition(" ")
+        if scheme.lower() == "bearer" and apikeys.looks_like_key(token.strip()):
+            return token.strip()
+    return None
+
+
+async def key_principal(request: Request, runtime: Runtime, tx: Tx, raw: str) -> rbac.Principal:
+    """A key authenticates as its user, with that user's roles and permissions right now
+    (checked here as well as at the gateway: defence in depth)."""
+    key, user = await apikeys.verify(tx, raw)
+    if user.status == "suspended":
+        raise AccountSuspended
+    effective = await rbac.effective(tx, runtime.store, user.id, runtime.settings.permission_cache_ttl_seconds)
+    principal = rbac.Principal(
+        id=str(user.id),
+        kind="user",
+        email=user.email,
+        effective=effective,
+        jti=f"apikey:{key.id}",
+        token_exp=None,
+        extra={"user": user, "api_key": key},
+    )
+    request.state.user_id = principal.id
+    request.state.api_key_id = str(key.id)
+    audit.set_actor(tx, principal.actor())
+    return principal
+
+
 async def current_principal(request: Request, runtime: RuntimeDep, tx: TxDep) -> rbac.Principal:
+    raw_key = presented_key(request)
+    if raw_key is not None:
+        return await key_principal(request, runtime, tx, raw_key)
     claims = await runtime.codec.verify_fresh(bearer_token(request))
     if await _revoked(runtime, claims.jti):
         raise TokenRevoked

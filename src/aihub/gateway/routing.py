@@ -93,6 +93,7 @@ _CORE_PREFIXES = (
     "/api/billing",
     "/api/promo-codes",
     "/api/audit-logs",
+    "/api/keys",
 )
 
 

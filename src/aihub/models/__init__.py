@@ -1,5 +1,6 @@
 """SQLAlchemy models, one module per domain. Importing this package registers every table."""
 
+from aihub.models.apikeys import ApiKey, ApiKeyCounter, UsageAuthorization
 from aihub.models.audit import AuditChainHead, AuditLog
 from aihub.models.auth import RefreshToken, ServiceToken
 from aihub.models.credits import CreditAccount, CreditHold, CreditTransaction
@@ -20,6 +21,8 @@ from aihub.models.usage import (
 from aihub.models.users import User
 
 __all__ = [
+    "ApiKey",
+    "ApiKeyCounter",
     "AuditChainHead",
     "AuditLog",
     "CreditAccount",
@@ -40,6 +43,7 @@ __all__ = [
     "ServiceToken",
     "SoraGeneration",
     "SoraSession",
+    "UsageAuthorization",
     "UsageDailyModelRollup",
     "UsageDailyRollup",
     "UsageEvent",
