@@ -18,6 +18,7 @@ class Identity:
     role: str
     jti: str
     claims: Claims
+    api_key_id: str | None = None  # set when an API key authenticated the request (apikeys.py)
 
     @property
     def is_admin(self) -> bool:
