@@ -7,6 +7,7 @@ from fastapi import FastAPI
 from aihub.config import Settings
 from aihub.core.apikeys.endpoints import router as apikeys_router
 from aihub.core.audit.endpoints import router as audit_router
+from aihub.core.authorizations.endpoints import router as authorizations_router
 from aihub.core.credits.endpoints import router as credits_router
 from aihub.core.pricing.endpoints import router as pricing_router
 from aihub.core.promos.endpoints import router as promos_router
@@ -31,6 +32,7 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
             permissions_router,
             credits_router,
             pricing_router,
+            authorizations_router,
             usage_router,
             quotas_router,
             billing_router,

@@ -13,6 +13,7 @@ if TYPE_CHECKING:
 
 def periodic(runtime: Runtime) -> list[Periodic]:
     """The periodic jobs of every core domain (importing them also registers their queued jobs)."""
+    from aihub.core.authorizations import jobs as authorization_jobs
     from aihub.core.credits import alerts
     from aihub.core.reports import jobs as report_jobs
     from aihub.core.sora import jobs as sora_jobs
@@ -23,4 +24,5 @@ def periodic(runtime: Runtime) -> list[Periodic]:
         *sora_jobs.periodic(runtime),
         *usage_jobs.periodic(runtime),
         *report_jobs.periodic(runtime),
+        *authorization_jobs.periodic(runtime),
     ]

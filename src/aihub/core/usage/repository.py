@@ -238,3 +238,28 @@ async def counter(session: AsyncSession, user_id: uuid.UUID, period_key: str) ->
     )
     row = (await session.execute(stmt)).first()
     return (int(row[0]), int(row[1]), int(row[2])) if row else (0, 0, 0)
+
+
+# Give back a reservation (negative deltas) or replace it with the actual usage; never below 0.
+_ADJUST = text(
+    """
+    UPDATE quota_counters SET
+        credits = CASE WHEN credits + :credits < 0 THEN 0 ELSE credits + :credits END,
+        tokens = CASE WHEN tokens + :tokens < 0 THEN 0 ELSE tokens + :tokens END,
+        requests = CASE WHEN requests + :requests < 0 THEN 0 ELSE requests + :requests END
+    WHERE user_id = :user_id AND period_key = :period_key
+    """
+).bindparams(bindparam("user_id", type_=Uuid()))
+
+
+async def adjust_counter(
+    session: AsyncSession, user_id: uuid.UUID, period_key: str, *, credits: int, tokens: int, requests: int
+) -> None:
+    params = {
+        "user_id": user_id,
+        "period_key": period_key,
+        "credits": credits,
+        "tokens": tokens,
+        "requests": requests,
+    }
+    await session.execute(_ADJUST, params)

@@ -304,8 +304,12 @@ async def record_settled(
     transaction_id: uuid.UUID | None,
     balance: int,
     reporter_id: str,
-) -> None:
-    """Record usage that was already paid through the ledger (a captured hold): no second debit."""
+    input_tokens: int = 0,
+    output_tokens: int = 0,
+    metadata: dict[str, Any] | None = None,
+) -> uuid.UUID:
+    """Record usage that was already paid through the ledger (a captured hold): no second debit.
+    Returns the event's id."""
     price = await pricing.require_current(tx, provider, model)
     event = UsageEvent(
         id=uuid.uuid4(),
@@ -315,13 +319,14 @@ async def record_settled(
         provider=provider,
         model=model,
         price_id=price.id,
-        input_tokens=0,
-        output_tokens=0,
+        input_tokens=input_tokens,
+        output_tokens=output_tokens,
         duration_seconds=duration_seconds,
         credits=charge,
         balance_after=balance,
         transaction_id=transaction_id,
         reporter_id=reporter_id,
+        meta=metadata,
         created_at=utcnow(),
     )
     tx.session.add(event)
@@ -340,3 +345,4 @@ async def record_settled(
             "priceId": str(price.id),
         },
     )
+    return event.id
