@@ -108,13 +108,14 @@ async def test_each_refusal_code(client: httpx.AsyncClient, runtime: Runtime, ad
     tpm = await make_key(client, caller.headers, tokensPerMinute=3000)
     assert (await authorize(client, key_headers(str(tpm["key"])))).status_code == 201
     assert_error(await authorize(client, key_headers(str(tpm["key"]))), 429, "KEY_BUDGET_EXCEEDED")
+    # 40 credits authorized so far today (1 for gpt-4o-mini, 3 x 13): a quota set now counts them.
     quota = await client.put(
-        f"/api/quotas/user:{caller.id}", headers=admin.headers, json={"period": "day", "maxCredits": HELD}
+        f"/api/quotas/user:{caller.id}", headers=admin.headers, json={"period": "day", "maxCredits": 52}
     )
     assert quota.status_code in (200, 201), quota.text
-    # The key authorizations above did not count: the quota's counter starts now.
-    assert (await authorize(client, caller.headers)).status_code == 201
     assert_error(await authorize(client, caller.headers), 429, "QUOTA_EXCEEDED")
+    small = await authorize(client, caller.headers, maxInputTokens=100, maxOutputTokens=100)  # 2 credits
+    assert small.status_code == 201, small.text
     await assert_reconciled(runtime)
 
 

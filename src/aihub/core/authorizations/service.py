@@ -1,7 +1,8 @@
 """Pre-call authorizations: reserve the worst case before the provider is called, settle after.
 
 ``authorize`` prices the call at its maximum tokens and, in ONE transaction, reserves that
-against the key's budget and tokens per minute, the user's quota, and the credit balance (a
+against the key's budget and tokens per minute, every quota limit on the user and the key
+(usage/limits.py), and the credit balance (a
 hold, through the credits service). Each reservation is one atomic conditional statement, so
 under any concurrency a limit that pays for N admits exactly N; any refusal rolls the others
 back. Locks are always taken in the same order (key counter → quota counter → credit account),
@@ -27,6 +28,7 @@ from aihub.core.authorizations import repository as repo
 from aihub.core.credits import service as credits
 from aihub.core.pricing import service as pricing
 from aihub.core.rbac.service import MissingPermission, Principal
+from aihub.core.usage import limits
 from aihub.core.usage import repository as usage_repo
 from aihub.core.usage import service as usage
 from aihub.kit.db import Tx, as_utc, utcnow
@@ -125,19 +127,6 @@ async def _reserve_key(tx: Tx, key: ApiKey, held: int, tokens: int, now: dt.date
     return reserved
 
 
-async def _reserve_quota(tx: Tx, user_id: uuid.UUID, held: int, tokens: int, now: dt.datetime) -> list[Any] | None:
-    periods = {kind: usage.period_of(kind, now) for kind in ("day", "month")}
-    outcome = await usage_repo.consume_applicable(
-        tx.session, user_id, {kind: p.key for kind, p in periods.items()}, held, tokens
-    )
-    if outcome is None:
-        return None
-    scope, kind, consumed = outcome
-    if not consumed:
-        raise usage.QuotaExceeded(details={"scope": scope, "period": kind, "resetsAt": periods[kind].end.isoformat()})
-    return [periods[kind].key, held, tokens]
-
-
 async def authorize(tx: Tx, runtime: Runtime, actor: Principal, body: dict[str, Any]) -> dict[str, Any]:
     subject = _subject(actor, body["user_id"])
     key = _key_of(actor, subject)
@@ -154,9 +143,17 @@ async def authorize(tx: Tx, runtime: Runtime, actor: Principal, body: dict[str, 
     reservations: dict[str, Any] = {}
     if key is not None:
         reservations.update(await _reserve_key(tx, key, held, tokens, now))
-    quota = await _reserve_quota(tx, subject, held, tokens, now)
-    if quota is not None:
-        reservations["quota"] = quota
+    counted = await usage.count_call(
+        tx,
+        user_id=subject,
+        key_id=key.id if key is not None else None,
+        provider=provider,
+        model=model,
+        credits=held,
+        tokens=tokens,
+        now=now,
+    )
+    reservations["counters"] = {"rows": [list(row) for row in counted], "credits": held, "tokens": tokens}
     hold_id = None
     if held > 0:
         hold = await credits.hold(
@@ -224,10 +221,15 @@ async def _give_back(tx: Tx, auth: UsageAuthorization, *, charged: int, tokens: 
         if "tpm" in res:
             period_key, reserved = res["tpm"]
             await keys_repo.adjust(tx.session, auth.api_key_id, period_key, credits=0, tokens=tokens - reserved)
-    if "quota" in res:
-        period_key, held, reserved = res["quota"]
-        await usage_repo.adjust_counter(
-            tx.session, auth.user_id, period_key, credits=charged - held, tokens=tokens - reserved, requests=requests
+    if "counters" in res:
+        counters = res["counters"]
+        rows = [(str(s), str(p), str(m)) for s, p, m in counters["rows"]]
+        await limits.adjust(
+            tx.session,
+            rows,
+            credits=charged - int(counters["credits"]),
+            tokens=tokens - int(counters["tokens"]),
+            requests=requests,
         )
 
 

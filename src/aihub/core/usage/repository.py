@@ -7,14 +7,14 @@ import uuid
 from collections.abc import Sequence
 from typing import Any, Literal, cast
 
-from sqlalchemy import Select, Table, Uuid, and_, bindparam, literal, or_, select, text, update
+from sqlalchemy import Select, Table, Uuid, and_, bindparam, delete, literal, or_, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from aihub.core.usage import rollups
 from aihub.kit.pagination import PageParams, keyset
-from aihub.models import Quota, QuotaCounter, Role, UsageEvent, UserRole
+from aihub.models import Quota, QuotaCounter, QuotaLimit, Role, UsageEvent, UserRole
 
 Claim = Literal["claimed", "duplicate", "unknown_user"]
 
@@ -263,3 +263,13 @@ async def adjust_counter(
         "requests": requests,
     }
     await session.execute(_ADJUST, params)
+
+
+async def quota_limits(session: AsyncSession, scope: str) -> Sequence[QuotaLimit]:
+    stmt = select(QuotaLimit).where(QuotaLimit.scope == scope).order_by(QuotaLimit.position)
+    rows: Sequence[QuotaLimit] = (await session.execute(stmt)).scalars().all()
+    return rows
+
+
+async def delete_quota_limits(session: AsyncSession, scope: str) -> None:
+    await session.execute(delete(QuotaLimit).where(QuotaLimit.scope == scope))

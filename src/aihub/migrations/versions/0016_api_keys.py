@@ -1,4 +1,4 @@
-"""API keys, their budget and tokens-per-minute counters, and pre-call usage authorizations.
+"""API keys, their counters, pre-call usage authorizations, stacked quotas and usage counters.
 
 Revision ID: 0016_api_keys
 Revises: 0009_usage_reports
@@ -7,6 +7,12 @@ Create Date: 2026-12-01
 ``api_keys.prefix`` is unique: a presented key is found by its prefix (an index probe), then
 its SHA-256 is compared in constant time. ``ix_usage_authorizations_active_expiry`` lets the
 expiry sweep find overdue active authorizations without a scan.
+
+``quota_limits`` holds every limit of a scope (``role:<name>``, ``user:<id>``, ``key:<id>``),
+one row each; the single limit of each existing ``quotas`` row is copied in. ``usage_counters``
+counts every user's and key's usage per period (minute … month), in total and per model,
+whether a quota exists or not, so a quota set mid-period sees the whole period's usage.
+``ix_usage_counters_end`` lets the cleanup drop finished periods without a scan.
 """
 
 from __future__ import annotations
@@ -78,7 +84,39 @@ def upgrade() -> None:
     op.create_index("ix_usage_authorizations_user_created", "usage_authorizations", ["user_id", "created_at"])
 
 
+    op.create_table(
+        "quota_limits",
+        sa.Column("scope", sa.String(80), primary_key=True),
+        sa.Column("position", sa.Integer(), primary_key=True),
+        sa.Column("period", sa.String(8), nullable=False),
+        sa.Column("model", sa.String(200), nullable=False, server_default=""),
+        sa.Column("max_credits", sa.BigInteger()),
+        sa.Column("max_tokens", sa.BigInteger()),
+        sa.Column("max_requests", sa.BigInteger()),
+        sa.Column("created_at", UTC_TS, nullable=False),
+        sa.Column("updated_at", UTC_TS, nullable=False),
+    )
+    op.execute(
+        "INSERT INTO quota_limits (scope, position, period, model, max_credits, max_tokens, max_requests,"
+        " created_at, updated_at) SELECT scope, 0, period, '', max_credits, max_tokens, max_requests,"
+        " created_at, updated_at FROM quotas"
+    )
+    op.create_table(
+        "usage_counters",
+        sa.Column("subject", sa.String(48), primary_key=True),
+        sa.Column("period_key", sa.String(24), primary_key=True),
+        sa.Column("model", sa.String(200), primary_key=True),
+        sa.Column("credits", sa.BigInteger(), nullable=False, server_default="0"),
+        sa.Column("tokens", sa.BigInteger(), nullable=False, server_default="0"),
+        sa.Column("requests", sa.BigInteger(), nullable=False, server_default="0"),
+        sa.Column("period_end", UTC_TS, nullable=False),
+    )
+    op.create_index("ix_usage_counters_end", "usage_counters", ["period_end"])
+
+
 def downgrade() -> None:
+    op.drop_table("usage_counters")
+    op.drop_table("quota_limits")
     op.drop_table("usage_authorizations")
     op.drop_table("api_key_counters")
     op.drop_table("api_keys")
