@@ -5,6 +5,7 @@ embedded default (SQLite + the in-process store)."""
 from __future__ import annotations
 
 import datetime as dt
+import json
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -164,3 +165,22 @@ async def test_revocation_is_seen_by_a_second_gateway_process_on_its_next_reques
     finally:
         second.terminate()
         await second.exited()
+
+
+async def test_the_access_log_names_the_key_by_its_id_never_the_key(
+    core: LiveServer,
+    upstreams: dict[str, Upstream],
+    start_gateway: GatewayFactory,
+    http: aiohttp.ClientSession,
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    caller = await create_user(core.runtime)
+    gw = await gateway_for(core, upstreams, start_gateway, gateway_access_log=True)
+    created = await new_key(http, gw, caller)
+    capfd.readouterr()
+    assert (await status_code(http, gw.url + "/api/mcp/x", {"X-API-Key": created["key"]}))[0] == 200
+    out = capfd.readouterr().out
+    assert created["key"] not in out
+    lines = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    access = [r for r in lines if r.get("event") == "request" and r.get("service") == "gateway"]
+    assert [(r["path"], r["api_key_id"], r["user_id"]) for r in access] == [("/api/mcp/x", created["id"], caller.id)]

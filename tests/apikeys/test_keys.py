@@ -198,3 +198,15 @@ async def test_the_gateway_resolution_endpoint_describes_the_presenting_key(
     body = current.json()
     assert body["id"] == created["id"] and body["userId"] == user.id
     assert body["role"] == "user" and body["allowedIps"] == ["127.0.0.1/32"] and body["requestsPerMinute"] == 7
+
+
+async def test_a_key_cannot_log_out_or_mint_service_tokens(
+    auth_client: httpx.AsyncClient, client: httpx.AsyncClient, admin: Caller
+) -> None:
+    key = str((await make_key(client, admin.headers))["key"])
+    assert_error(await auth_client.post("/logout", headers=key_headers(key), json={}), 403, "FORBIDDEN")
+    minted = await auth_client.post(
+        "/service-tokens", headers=key_headers(key), json={"name": "x", "scopes": ["usage:write"]}
+    )
+    assert_error(minted, 403, "FORBIDDEN")
+    assert (await client.get("/api/users/me", headers=key_headers(key))).status_code == 200  # still valid

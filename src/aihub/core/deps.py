@@ -200,6 +200,17 @@ async def current_user(principal: CurrentPrincipal) -> rbac.Principal:
 CurrentUser = Annotated[rbac.Principal, Depends(current_user)]
 
 
+async def session_user(principal: CurrentUser) -> rbac.Principal:
+    """A person signed in with an access token: an API key cannot log out a session (it has
+    none) or mint service tokens."""
+    if "api_key" in principal.extra:
+        raise Forbidden("This endpoint needs a user access token, not an API key")
+    return principal
+
+
+SessionUser = Annotated[rbac.Principal, Depends(session_user)]
+
+
 def RequirePermission(permission: str) -> Any:
     async def check(principal: CurrentPrincipal) -> rbac.Principal:
         principal.require(permission)
