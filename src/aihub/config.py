@@ -50,6 +50,15 @@ class Settings(BaseSettings):
     jwt_leeway_seconds: int = Field(default=10, ge=0, le=300, description="clock skew allowed on `exp`")
     access_token_ttl_seconds: int = Field(default=900, ge=30, le=86_400, description="access-token lifetime")
     refresh_token_ttl_seconds: int = Field(default=7 * 86_400, ge=300, description="refresh-token lifetime")
+    # Two tabs refreshing at once present the same refresh token: within this grace the one
+    # that lost the race gets the winner's new pair instead of tripping reuse detection.
+    refresh_reuse_grace_seconds: int = Field(
+        default=10,
+        ge=0,
+        le=60,
+        description="seconds after a rotation in which the spent refresh token returns the same new pair "
+        "(concurrent refreshes); later reuse revokes the family (0: no grace)",
+    )
     # Asymmetric signing (auth signs; every service verifies). A private key is inline PEM or a
     # file path; RSA (>= 2048 bits) signs RS256, Ed25519 signs EdDSA. Its kid is the RFC 7638
     # thumbprint unless AIHUB_JWT_KEY_ID is set.
@@ -278,13 +287,18 @@ class Settings(BaseSettings):
     # Promo codes: failed redemption attempts allowed per user and per client IP within the
     # window before further attempts get 429 PROMO_RATE_LIMITED (0 turns that limit off).
     promo_max_failures_per_user: int = Field(
-        default=10, ge=0, le=100_000, description="failed promo redemptions per user in the window before 429 (0: off)"
-    )
-    promo_max_failures_per_ip: int = Field(
         default=10,
         ge=0,
         le=100_000,
-        description="failed promo redemptions per client IP in the window before 429 (0: off)",
+        description="failed promo redemptions (any refusal) per user in the window before 429 (0: off)",
+    )
+    # Per address only guesses count (codes that do not exist), and the default leaves room for
+    # many people behind one NAT; a user's own limit above stays strict.
+    promo_max_failures_per_ip: int = Field(
+        default=100,
+        ge=0,
+        le=100_000,
+        description="redemption attempts on codes that do not exist, per client IP in the window, before 429 (0: off)",
     )
     promo_failure_window_seconds: int = Field(
         default=900, ge=1, le=86_400, description="window that counts failed promo redemptions"

@@ -275,7 +275,8 @@ class Gateway:
             rpm = identity.claims.raw.get("requestsPerMinute")
             per_minute = rpm if isinstance(rpm, int) and self.settings.rate_limit_enabled else 0
             api_key = KeyCheck(f"blacklist:apikey-user:{identity.user_id}", f"rlk:{identity.api_key_id}", per_minute)
-        decision = await self.limiter.check(identity.jti if identity else None, key, limit, api_key)
+        jti, sid = (identity.jti, identity.sid) if identity else (None, None)
+        decision = await self.limiter.check(jti, key, limit, sid=sid, api_key=api_key)
         if decision.allowed:
             metrics.DECISIONS["allowed"].inc()
             if decision.limit > 0:

@@ -24,35 +24,33 @@ import structlog
 
 from aihub.gateway import metrics
 from aihub.gateway.redispipe import RedisPipe, RedisReplyError
-from aihub.kit.jwt import blacklist_key
+from aihub.kit.jwt import blacklist_key, family_blacklist_key
 from aihub.kit.store import RedisStore, Store, StoreUnavailable
 
 log = structlog.get_logger("aihub.gateway.ratelimit")
 
-# KEYS[1] blacklist key ("" when the caller has no token), KEYS[2] bucket key ("" when unlimited)
+# KEYS[1] blacklist key ("" when the caller has no token), KEYS[2] bucket key ("" when unlimited),
+# KEYS[3] the token's refresh-family blacklist key ("" when it names no family); for an API key
+# its user's revocation marker instead.
 # ARGV[1] limit per window, ARGV[2] window in microseconds.
-# With an API key (4 keys instead of 2): KEYS[3] its user's revocation marker, KEYS[4] the
-# key's own bucket, ARGV[3] its requests per minute. The key's bucket is only advanced when
-# the request is admitted by both.
+# With an API key (4 keys instead of 3): KEYS[4] the key's own bucket ("" when none), ARGV[3] its
+# requests per minute. The key's bucket only advances when the request is admitted by both.
 # Returns {status, remaining, reset_us, retry_us}: status 1 allowed, 0 limited, -1 revoked,
 # -2 limited by the API key's own requests per minute.
 GCRA_LUA = """
 if KEYS[1] ~= '' and redis.call('EXISTS', KEYS[1]) == 1 then return {-1, 0, 0, 0} end
+if KEYS[3] ~= '' and redis.call('EXISTS', KEYS[3]) == 1 then return {-1, 0, 0, 0} end
 local key_tat, now = nil, nil
-if #KEYS > 2 then
-  if KEYS[3] ~= '' and redis.call('EXISTS', KEYS[3]) == 1 then return {-1, 0, 0, 0} end
+if #KEYS > 3 and KEYS[4] ~= '' then
   local t = redis.call('TIME')
   now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-  local klimit = tonumber(ARGV[3])
-  if KEYS[4] ~= '' and klimit > 0 then
-    local kinterval = math.floor(60000000 / klimit)
-    if kinterval < 1 then kinterval = 1 end
-    local ktat = tonumber(redis.call('GET', KEYS[4])) or now
-    if ktat < now then ktat = now end
-    key_tat = ktat + kinterval
-    local kallow = key_tat - 60000000
-    if kallow > now then return {-2, 0, ktat - now, kallow - now} end
-  end
+  local kinterval = math.floor(60000000 / tonumber(ARGV[3]))
+  if kinterval < 1 then kinterval = 1 end
+  local ktat = tonumber(redis.call('GET', KEYS[4])) or now
+  if ktat < now then ktat = now end
+  key_tat = ktat + kinterval
+  local kallow = key_tat - 60000000
+  if kallow > now then return {-2, 0, ktat - now, kallow - now} end
 end
 local function take_key()
   if key_tat then
@@ -96,7 +94,7 @@ class Decision:
 @dataclass(frozen=True, slots=True)
 class KeyCheck:
     """What an API-key request adds to the same round trip: its user's revocation marker and
-    the key's own per-minute bucket (limit 0: none)."""
+    the key's own per-minute bucket (per_minute 0: none)."""
 
     user_marker: str
     bucket: str
@@ -112,7 +110,7 @@ class Limiter(Protocol):
     @property
     def degraded(self) -> bool: ...
     async def check(
-        self, jti: str | None, key: str | None, limit: int, api_key: KeyCheck | None = None
+        self, jti: str | None, key: str | None, limit: int, *, sid: str | None = None, api_key: KeyCheck | None = None
     ) -> Decision: ...
     async def close(self) -> None: ...
 
@@ -173,14 +171,18 @@ class RedisLimiter:
         return self._down
 
     async def check(
-        self, jti: str | None, key: str | None, limit: int, api_key: KeyCheck | None = None
+        self, jti: str | None, key: str | None, limit: int, *, sid: str | None = None, api_key: KeyCheck | None = None
     ) -> Decision:
         if self._down:
             return self._fallback(key, limit, api_key)
-        keys: tuple[str, ...] = (blacklist_key(jti) if jti else "", key if key and limit > 0 else "")
+        keys: tuple[str, ...] = (
+            blacklist_key(jti) if jti else "",
+            key if key and limit > 0 else "",
+            family_blacklist_key(sid) if sid else (api_key.user_marker if api_key else ""),
+        )
         args: tuple[object, ...] = (limit, self.window_us)
-        if api_key is not None:
-            keys += (api_key.user_marker, api_key.bucket if api_key.per_minute > 0 else "")
+        if api_key is not None and api_key.per_minute > 0:
+            keys += (api_key.bucket,)
             args += (api_key.per_minute,)
         try:
             try:
@@ -252,14 +254,14 @@ class MemoryLimiter:
         self.key_local = LocalGcra(60)
 
     async def check(
-        self, jti: str | None, key: str | None, limit: int, api_key: KeyCheck | None = None
+        self, jti: str | None, key: str | None, limit: int, *, sid: str | None = None, api_key: KeyCheck | None = None
     ) -> Decision:
-        markers = [blacklist_key(jti)] if jti else []
-        if api_key is not None:
-            markers.append(api_key.user_marker)
-        for marker in markers:
+        if jti:
+            keys: tuple[str, ...] = (blacklist_key(jti), family_blacklist_key(sid)) if sid else (blacklist_key(jti),)
+            if api_key is not None:
+                keys += (api_key.user_marker,)
             with contextlib.suppress(StoreUnavailable):
-                if await self.store.exists(marker):
+                if await self.store.exists(*keys):
                     return REVOKED
         return _local_decision(self.local, self.key_local, key, limit, api_key)
 
