@@ -43,7 +43,8 @@ class UsageEvent(Base):
 
 
 class Quota(Base):
-    """Limits per period for a role (``role:<name>``) or one user (``user:<id>``, which wins)."""
+    """Single-limit quotas as kept before 0016_api_keys, which copied them into ``quota_limits``;
+    no longer read or written (kept so the migration can be downgraded)."""
 
     __tablename__ = "quotas"
 
@@ -90,7 +91,8 @@ class UsageCounter(Base):
 
 
 class QuotaCounter(Base):
-    """What a user consumed in one period (``d:2026-11-27`` or ``m:2026-11``)."""
+    """The counters of the single-limit quotas before 0016_api_keys (``usage_counters`` replaced
+    them); no longer read or written."""
 
     __tablename__ = "quota_counters"
 

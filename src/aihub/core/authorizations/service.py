@@ -25,6 +25,7 @@ from aihub.core.apikeys import repository as keys_repo
 from aihub.core.apikeys import service as apikeys
 from aihub.core.audit import service as audit
 from aihub.core.authorizations import repository as repo
+from aihub.core.authorizations.schemas import DEFAULT_TTL_SECONDS
 from aihub.core.credits import service as credits
 from aihub.core.pricing import service as pricing
 from aihub.core.rbac.service import MissingPermission, Principal
@@ -137,7 +138,7 @@ async def authorize(tx: Tx, runtime: Runtime, actor: Principal, body: dict[str, 
     max_in, max_out = body["max_input_tokens"], body["max_output_tokens"]
     held = pricing.credits_for(price, input_tokens=max_in, output_tokens=max_out)
     tokens = max_in + max_out
-    ttl = body["ttl_seconds"] or 600
+    ttl = body["ttl_seconds"] or DEFAULT_TTL_SECONDS
     now = utcnow()
     auth_id = uuid.uuid4()
     reservations: dict[str, Any] = {}
