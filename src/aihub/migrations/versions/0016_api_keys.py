@@ -83,7 +83,6 @@ def upgrade() -> None:
     op.create_index("ix_usage_authorizations_active_expiry", "usage_authorizations", ["status", "expires_at"])
     op.create_index("ix_usage_authorizations_user_created", "usage_authorizations", ["user_id", "created_at"])
 
-
     op.create_table(
         "quota_limits",
         sa.Column("scope", sa.String(80), primary_key=True),
