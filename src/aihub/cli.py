@@ -95,6 +95,7 @@ async def _serve(settings: Settings, names: list[str], *, bootstrap: bool) -> No
             listeners,
             drain_seconds=settings.shutdown_drain_seconds,
             timeout_seconds=settings.shutdown_timeout_seconds,
+            on_started=_console_hint(settings) if "gateway" in names else None,
         )
     finally:
         await runtime.close()  # the jobs first (running ones finish), then the store and the engine
@@ -121,6 +122,24 @@ def _listener(name: str, settings: Settings, runtime: Any) -> Any:
     service_app.state.prepared = True
     service_app.state.owns_runtime = False
     return Listener(name=name, app=service_app, host=settings.host, port=port)
+
+
+def _console_hint(settings: Settings) -> Callable[[], None] | None:
+    """The last start-up line: where a newcomer opens the console (after every port listens)."""
+    if not settings.console_enabled:
+        return None
+    host = settings.host
+    if host in ("0.0.0.0", "::", ""):  # noqa: S104 - naming the wildcard, not binding it
+        host = "127.0.0.1"
+    elif ":" in host:
+        host = f"[{host}]"
+    url = f"http://{host}:{settings.gateway_port}/console/"
+
+    def hint() -> None:
+        sys.stderr.write(f"  aihub is running: open {url} in a browser and sign in.\n")
+        sys.stderr.flush()
+
+    return hint
 
 
 async def _start_core_jobs(runtime: Any) -> None:

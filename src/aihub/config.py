@@ -10,7 +10,7 @@ import ipaddress
 from functools import cached_property
 from typing import Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEV_JWT_SECRET = "aihub-development-secret-change-me-0123456789"  # noqa: S105 - refused in production
@@ -161,6 +161,10 @@ class Settings(BaseSettings):
         json_schema_extra={"doc_default": "unset: the default table"},
     )
     cors_origins: str = Field(default="", description="comma-separated allowed CORS origins")
+    console_enabled: bool = Field(
+        default=True,
+        description="the gateway serves the web console at `/console/` (static files; every action is an API call)",
+    )
 
     # --- gateway (issue 8) ---
     rate_limit_window_seconds: int = Field(default=60, ge=1, le=86_400, description="the rate-limit window")
@@ -277,6 +281,40 @@ class Settings(BaseSettings):
     webhook_timeout_seconds: float = Field(default=5.0, gt=0, description="timeout of one webhook delivery")
     webhook_max_attempts: int = Field(default=5, ge=1, le=20, description="webhook delivery attempts")
     webhook_backoff_seconds: float = Field(default=1.0, ge=0, description="first retry delay, doubled on each attempt")
+    # Signed webhook endpoints (/api/webhooks): retried with doubling delays, capped, for a day.
+    webhook_backoff_max_seconds: float = Field(
+        default=3600.0, gt=0, description="longest delay between two attempts of one webhook endpoint delivery"
+    )
+    webhook_retry_hours: float = Field(
+        default=24.0,
+        gt=0,
+        le=24 * 7,
+        description="a webhook endpoint delivery is retried until this many hours after its event, then marked failed",
+    )
+    webhook_retry_interval_seconds: float = Field(
+        default=5.0, ge=0, description="how often the job runner sends webhook deliveries that are due again (0: never)"
+    )
+    webhook_allow_private_addresses: bool | None = Field(
+        default=None,
+        description="allow webhook endpoints on loopback, private and link-local addresses (a server-side request "
+        "forgery risk: they reach internal services); unset: allowed in development and test, refused in production",
+    )
+    # Payments (Stripe Checkout).
+    stripe_api_key: SecretStr | None = Field(
+        default=None, description="Stripe secret key (`sk_…`); unset: checkout answers 503 `PAYMENTS_NOT_CONFIGURED`"
+    )
+    stripe_webhook_secret: SecretStr | None = Field(
+        default=None,
+        description="signing secret (`whsec_…`) of the Stripe webhook endpoint `/api/payments/webhooks/stripe`; "
+        "unset: every event is refused with 400 `INVALID_SIGNATURE`",
+    )
+    stripe_api_base: str = Field(
+        default="https://api.stripe.com", description="Stripe API base URL (tests point it at a local fake Stripe)"
+    )
+    stripe_timeout_seconds: float = Field(default=10.0, gt=0, le=120, description="timeout of one Stripe API call")
+    stripe_webhook_tolerance_seconds: int = Field(
+        default=300, ge=1, le=3600, description="how old (or early) a Stripe event's signed timestamp may be"
+    )
     # How often core re-checks the whole ledger for the reconcile gauges (0: never).
     ledger_reconcile_interval_seconds: float = Field(
         default=3600.0,
@@ -403,6 +441,13 @@ class Settings(BaseSettings):
         if not value.startswith(("smtp://", "smtps://")):
             raise ValueError("must start with smtp:// or smtps://")
         return value
+
+    @field_validator("stripe_api_base")
+    @classmethod
+    def _stripe_base(cls, value: str) -> str:
+        if not value.startswith(("https://", "http://")):
+            raise ValueError("must start with https:// (or http:// for a local fake)")
+        return value.rstrip("/")
 
     @field_validator("jwks_url")
     @classmethod

@@ -18,6 +18,8 @@ from starlette.responses import Response
 from aihub.auth import repository as sessions_repo
 from aihub.core.apikeys import service as apikeys
 from aihub.core.audit import service as audit
+from aihub.core.credits import alerts as credit_alerts
+from aihub.core.credits import service as credits_service
 from aihub.core.rbac import service as rbac
 from aihub.kit.db import Tx
 from aihub.kit.errors import AppError, Forbidden, StoreUnavailableError, Unauthorized
@@ -82,6 +84,8 @@ async def get_tx(request: Request, runtime: RuntimeDep) -> Tx:
         request_id=getattr(request.state, "request_id", None),
         ip=request.client.host if request.client else None,
     )
+    # Every debit in this request (credits, usage, Sora) alerts on a low balance.
+    tx.info[credits_service.POLICY_INFO_KEY] = credit_alerts.policy(runtime)
     request.state.tx = tx
     return tx
 

@@ -18,6 +18,7 @@ from aihub.config import Settings
 from aihub.core.audit import service as audit
 from aihub.core.credits import service as credits
 from aihub.core.promos import repository as repo
+from aihub.core.webhooks import service as webhooks
 from aihub.kit.db import Tx, utcnow
 from aihub.kit.errors import AppError, Conflict, NotFound, ValidationFailed
 from aihub.kit.pagination import PageParams, page_of
@@ -280,6 +281,10 @@ async def redeem(tx: Tx, user_id: uuid.UUID, typed: str) -> dict[str, Any]:
             "seq": seq,
         },
     )
+    if won.exhausted:
+        # Outbox only (no runtime here): the retry sweep sends it within seconds.
+        data = {"promoId": str(won.id), "code": won.code, "maxRedemptions": won.max_redemptions}
+        await webhooks.emit(tx, None, "promo.exhausted", data)
     return {
         "code": won.code,
         "credits": won.credits,
