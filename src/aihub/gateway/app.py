@@ -25,6 +25,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
 from aihub.config import Settings
 from aihub.gateway import metrics
+from aihub.gateway.apikeys import InvalidApiKey, KeyResolver, presented_key
 from aihub.gateway.authcheck import Identity, authenticate, authenticate_after_refetch, bearer_token
 from aihub.gateway.balancer import Balancer
 from aihub.gateway.console import CONSOLE_CSP, ConsoleFiles, is_console
@@ -33,7 +34,7 @@ from aihub.gateway.headers import Cors, add_security
 from aihub.gateway.ipblock import BlockList, Strikes, client_ip, is_trusted
 from aihub.gateway.openapi import SchemaCache
 from aihub.gateway.proxy import Forwarded, forward, upstream_headers
-from aihub.gateway.ratelimit import Decision, Limiter, create_limiter
+from aihub.gateway.ratelimit import Decision, KeyCheck, Limiter, create_limiter
 from aihub.gateway.routing import Route, RouteTable, load_table
 from aihub.gateway.websocket import proxy_websocket
 from aihub.kit.errors import AppError, Forbidden, NotFound, ServiceUnavailable, Unauthorized, error_body
@@ -65,6 +66,7 @@ class Ctx:
     route: str = "unmatched"
     generated: bool = False
     user_id: str | None = None
+    api_key_id: str | None = None  # the access log names a key by its id, never the key
     limit_headers: dict[str, str] | None = None
     hop: Forwarded = field(default_factory=Forwarded)
 
@@ -106,6 +108,11 @@ class Gateway:
             health_paths=table.health_paths,
         )
         self.openapi = SchemaCache(self.balancer, table)
+        self.keys = KeyResolver(
+            self.balancer,
+            ttl=settings.gateway_api_key_cache_seconds,
+            timeout=settings.gateway_connect_timeout_seconds + 5.0,
+        )
         self.drain = DrainFlag()
         # Set when the server stops (after the drain delay): open WebSockets close with 1001.
         self.going_away = asyncio.Event()
@@ -201,6 +208,8 @@ class Gateway:
             user_id=identity.user_id if identity else None,
             role=identity.role if identity else None,
         )
+        if identity is not None and identity.api_key_id is not None:
+            headers["X-Api-Key-Id"] = identity.api_key_id
         if is_ws:
             return await proxy_websocket(
                 request,
@@ -226,19 +235,25 @@ class Gateway:
             token = bearer_token(request.headers.get("Authorization"))
             if token is None and route.websocket:
                 token = request.query.get("access_token")  # browsers cannot set headers on an upgrade
-            if token is None and mode == "jwt":
-                raise Unauthorized
             identity = None
-            if token is not None and mode != "public":
+            raw_key = presented_key(request.headers, token)
+            if raw_key is not None and mode != "public":
+                assert self.session is not None
+                identity = await self.keys.identify(self.session, raw_key, ctx.client_ip, ctx.request_id)
+            elif token is None and mode == "jwt":
+                raise Unauthorized
+            elif token is not None and mode != "public":
                 try:
                     identity = authenticate(self.codec, token)
                 except UnknownSigningKey as unknown:  # rare: a key rotation, or a forged kid
                     identity = await authenticate_after_refetch(self.codec, token, unknown)
-        except AppError:
-            await self.strikes.strike("auth", ctx.client_ip, self.settings.gateway_ban_after_auth_failures)
+        except AppError as exc:
+            if exc.status_code < 500:  # core unreachable for a key lookup is no client's fault
+                await self.strikes.strike("auth", ctx.client_ip, self.settings.gateway_ban_after_auth_failures)
             raise
         if identity is not None:
             ctx.user_id = identity.user_id
+            ctx.api_key_id = identity.api_key_id
         await self._limit(request, ctx, route, identity)
         return identity
 
@@ -263,8 +278,13 @@ class Gateway:
             key, limit = "", 0  # the blacklist is still checked
         else:
             return
+        api_key = None
+        if identity is not None and identity.api_key_id is not None:
+            rpm = identity.claims.raw.get("requestsPerMinute")
+            per_minute = rpm if isinstance(rpm, int) and self.settings.rate_limit_enabled else 0
+            api_key = KeyCheck(f"blacklist:apikey-user:{identity.user_id}", f"rlk:{identity.api_key_id}", per_minute)
         jti, sid = (identity.jti, identity.sid) if identity else (None, None)
-        decision = await self.limiter.check(jti, key, limit, sid=sid)
+        decision = await self.limiter.check(jti, key, limit, sid=sid, api_key=api_key)
         if decision.allowed:
             metrics.DECISIONS["allowed"].inc()
             if decision.limit > 0:
@@ -273,7 +293,7 @@ class Gateway:
         if decision.revoked:
             metrics.DECISIONS["revoked"].inc()
             await self.strikes.strike("auth", ctx.client_ip, self.settings.gateway_ban_after_auth_failures)
-            raise TokenRevoked
+            raise InvalidApiKey if api_key is not None else TokenRevoked
         if decision.unavailable:
             metrics.DECISIONS["unavailable"].inc()
             raise ServiceUnavailable("Rate limiting is unavailable; try again shortly")
@@ -427,6 +447,7 @@ class Gateway:
             status=status,
             duration_ms=round(elapsed * 1000, 2),
             user_id=ctx.user_id,
+            api_key_id=ctx.api_key_id,
             client_ip=ctx.client_ip,
             upstream=ctx.hop.instance,
             bytes=ctx.hop.bytes_out,

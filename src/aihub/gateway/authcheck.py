@@ -19,6 +19,7 @@ class Identity:
     jti: str
     claims: Claims
     sid: str | None = None  # the refresh family, blacklisted as a whole on refresh-token reuse
+    api_key_id: str | None = None  # set when an API key authenticated the request (apikeys.py)
 
     @property
     def is_admin(self) -> bool:

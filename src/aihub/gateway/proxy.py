@@ -92,7 +92,7 @@ def upstream_headers(
     out: CIMultiDict[str] = CIMultiDict()
     for name, value in headers.items():
         lower = name.lower()
-        if lower in _REQUEST_DROP or lower in named or lower.startswith("x-user-"):
+        if lower in _REQUEST_DROP or lower in named or lower.startswith("x-user-") or lower == "x-api-key-id":
             continue
         out.add(name, value)
     # The standard chain: what a trusted proxy sent, plus the address that connected to us.

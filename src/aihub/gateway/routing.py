@@ -95,6 +95,7 @@ _CORE_PREFIXES = (
     "/api/audit-logs",
     "/api/payments",
     "/api/webhooks",
+    "/api/keys",
 )
 
 
