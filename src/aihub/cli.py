@@ -107,11 +107,14 @@ def _listener(name: str, settings: Settings, runtime: Any) -> Any:
 
     if name == "gateway":
         from aihub.gateway.app import create_app as create_gateway
+        from aihub.gateway.server import GatewayRunner
 
         # Shares the runtime's store and codec: in the embedded mode one in-process blacklist
         # serves auth's logout and the gateway's check.
         gateway = create_gateway(settings, store=runtime.store, codec=runtime.codec)
-        return Listener(name=name, app=gateway, host=settings.host, port=settings.gateway_port)
+        return Listener(
+            name=name, app=gateway, host=settings.host, port=settings.gateway_port, runner=GatewayRunner
+        )
     factories: dict[str, tuple[Callable[..., Any], int]] = {
         "core": (create_core, settings.core_port),
         "auth": (create_auth, settings.auth_port),

@@ -11,8 +11,6 @@ hot path to one coroutine per request.
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import ipaddress
 import time
 import urllib.parse
 from dataclasses import dataclass, field
@@ -25,8 +23,10 @@ from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
 from aihub.config import Settings
 from aihub.gateway import metrics
+from aihub.gateway.admin import AdminCheck, admin_body, network_of, parse_block
 from aihub.gateway.authcheck import Identity, authenticate, authenticate_after_refetch, bearer_token
 from aihub.gateway.balancer import Balancer
+from aihub.gateway.edges import normalise_path
 from aihub.gateway.headers import Cors, add_security
 from aihub.gateway.ipblock import BlockList, Strikes, client_ip, is_trusted
 from aihub.gateway.proxy import Forwarded, forward, upstream_headers
@@ -34,7 +34,7 @@ from aihub.gateway.ratelimit import Decision, Limiter, create_limiter
 from aihub.gateway.routing import Route, RouteTable, load_table
 from aihub.gateway.websocket import proxy_websocket
 from aihub.kit.errors import AppError, Forbidden, NotFound, ServiceUnavailable, Unauthorized, error_body
-from aihub.kit.jsonutil import dumps, loads
+from aihub.kit.jsonutil import dumps
 from aihub.kit.jwt import TokenCodec, TokenRevoked, UnknownSigningKey
 from aihub.kit.metrics import client_allowed
 from aihub.kit.middleware import pick_request_id
@@ -109,6 +109,7 @@ class Gateway:
         self.role_limits = settings.role_rate_limits
         self.window = settings.rate_limit_window_seconds
         self.trusted = settings.trusted_proxy_networks
+        self.admins = AdminCheck(self.balancer, table)
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
@@ -118,6 +119,7 @@ class Gateway:
             connector=connector, auto_decompress=False, cookie_jar=aiohttp.DummyCookieJar()
         )
         self.balancer.start(self.session)
+        self.admins.session = self.session
         self.blocks.start()
         if self.codec.jwks is not None:
             self.codec.jwks.start()
@@ -133,7 +135,7 @@ class Gateway:
     async def handle(self, request: web.Request) -> web.StreamResponse:
         peer = request.remote
         ctx = Ctx(
-            request_id=pick_request_id(request.headers.get("X-Request-Id", "").encode("latin-1") or None),
+            request_id=pick_request_id(request.headers.get("X-Request-Id")),
             client_ip=client_ip(peer, request.headers.get("X-Forwarded-For"), self.trusted),
             started=time.perf_counter(),
         )
@@ -152,23 +154,24 @@ class Gateway:
         if self.blocks.blocked(ctx.client_ip):
             metrics.BLOCKED.inc()
             raise Forbidden("Requests from your address are blocked")
-        path = request.raw_path.partition("?")[0]
-        if path in _QUIET:
-            ctx.route = path
-            return await self._local(request, ctx, path)
+        raw = request.raw_path.partition("?")[0]
+        if raw in _QUIET:
+            ctx.route = raw
+            return await self._local(request, ctx, raw)
         if request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers:
             ctx.route = "preflight"
             return self._preflight(request, ctx)
-        if path == ADMIN_PREFIX or path.startswith(ADMIN_PREFIX + "/"):
-            ctx.route = "gateway-admin"
-            identity = await self._identify(request, ctx, _ADMIN_ROUTE)
-            return await self._admin(request, ctx, identity, path)
+        # Before normalising: the gateway answers these itself, and an unblock names a CIDR,
+        # whose "/" the last segment carries encoded.
+        if _is_admin(raw):
+            return await self._admin_request(request, ctx, raw)
+        path = normalise_path(raw)  # what routes match and the upstream receives (edges.py)
+        if _is_admin(path):
+            return await self._admin_request(request, ctx, path)
         route = self.table.match(path)
         if route is None:
             raise NotFound("No route for this path")
         ctx.route = route.label()
-        if _has_dot_segments(path) or _has_dot_segments(urllib.parse.unquote(path)):
-            raise AppError("The path may not contain '.' or '..' segments")
         identity = await self._identify(request, ctx, route)
         assert self.session is not None
         group = self.balancer.groups[route.upstream]
@@ -228,13 +231,11 @@ class Gateway:
         await self._limit(request, ctx, route, identity)
         return identity
 
-    def _bucket(self, request: web.Request, ctx: Ctx, route: Route, identity: Identity | None) -> tuple[str, int]:
+    def _bucket(self, ctx: Ctx, route: Route, identity: Identity | None) -> tuple[str, int]:
+        # A "session" route (Sora) keys a verified user by id like any other; its session
+        # token is checked by core, not here, so it cannot name a bucket: a client would mint
+        # a fresh one per request. Unverified session traffic shares its client address's.
         who = f"u:{identity.user_id}" if identity else f"ip:{ctx.client_ip}"
-        if route.limit_key == "session":
-            session_token = request.headers.get("X-Session-Token")
-            if session_token:
-                # Hashed: the session token is a credential and must not sit in Redis keys.
-                who = "s:" + hashlib.sha256(session_token.encode()).hexdigest()[:32]
         if route.rate_limit is not None:
             if route.limit_key == "ip":
                 who = f"ip:{ctx.client_ip}"
@@ -244,7 +245,7 @@ class Gateway:
 
     async def _limit(self, request: web.Request, ctx: Ctx, route: Route, identity: Identity | None) -> None:
         if self.settings.rate_limit_enabled:
-            key, limit = self._bucket(request, ctx, route, identity)
+            key, limit = self._bucket(ctx, route, identity)
         elif identity is not None:
             key, limit = "", 0  # the blacklist is still checked
         else:
@@ -297,20 +298,28 @@ class Gateway:
         return web.Response(body=generate_latest(REGISTRY), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def _ready(self, ctx: Ctx) -> web.Response:
+        """``status`` reflects aihub's own dependencies only: Redis, the JWKS, and the upstream
+        groups aihub itself serves (auth, core; ``RouteTable.own``). Any other group (mcp, or
+        one a route file adds) is an optional upstream: reported under ``upstreams`` and named
+        in ``optional``, but its absence leaves the gateway ``ok`` (its routes answer 503)."""
         if self.store.kind == "redis":
             redis = "degraded" if self.limiter.degraded or not await self.store.ping() else "ok"
         else:
             redis = "memory"
         upstreams = self.balancer.summary()
-        empty = [name for name, counts in upstreams.items() if counts["healthy"] == 0]
+        own = [name for name in upstreams if name in self.table.own]
+        empty = [name for name in own if upstreams[name]["healthy"] == 0]
         jwks = self.codec.jwks.state if self.codec.jwks is not None else None  # None: keys from settings
-        if self.drain.draining or jwks == "loading" or (upstreams and len(empty) == len(upstreams)):
+        if self.drain.draining or jwks == "loading" or (own and len(empty) == len(own)):
             status = "down"
         elif redis == "degraded" or empty or jwks == "stale":
             status = "degraded"
         else:
             status = "ok"
         checks: dict[str, Any] = {"redis": redis, "upstreams": upstreams}
+        optional = sorted(name for name in upstreams if name not in self.table.own)
+        if optional:
+            checks["optional"] = optional
         if jwks is not None:
             checks["jwks"] = jwks
         body = {"status": status, "checks": checks}
@@ -324,21 +333,31 @@ class Gateway:
         ctx.generated = True
         return web.Response(status=204, headers=headers)
 
-    async def _admin(self, request: web.Request, ctx: Ctx, identity: Identity | None, path: str) -> web.Response:
+    async def _admin_request(self, request: web.Request, ctx: Ctx, path: str) -> web.Response:
+        ctx.route = "gateway-admin"
+        identity = await self._identify(request, ctx, _ADMIN_ROUTE)
         if identity is None:
             raise Unauthorized
         if not identity.has_permission("gateway:admin"):
-            raise Forbidden
+            raise Forbidden  # the token does not even claim it: no need to ask core
+        token = bearer_token(request.headers.get("Authorization"))
+        assert token is not None  # an identity comes from a bearer token on this route
+        await self.admins.require(identity, token, ctx.request_id)
+        return await self._admin(request, ctx, identity, path)
+
+    async def _admin(self, request: web.Request, ctx: Ctx, identity: Identity, path: str) -> web.Response:
         rest = urllib.parse.unquote(path[len(ADMIN_PREFIX) :].lstrip("/"))
         try:
             if not rest and request.method == "GET":
                 return self.json(ctx, dumps({"items": await self.blocks.list(), "nextCursor": None}))
             if not rest and request.method == "POST":
-                ip, ttl, reason = _block_request(await request.read())
-                block = await self.blocks.add(ip, ttl=ttl, reason=reason or f"admin {identity.user_id}")
+                block_request = parse_block(await admin_body(request))
+                block_request.check_caller(ctx.client_ip)
+                reason = block_request.reason or f"admin {identity.user_id}"
+                block = await self.blocks.add(block_request.network, ttl=block_request.ttl, reason=reason)
                 return self.json(ctx, dumps(block.view()), 201)
             if rest and request.method == "DELETE":
-                if not await self.blocks.remove(_network(rest)):
+                if not await self.blocks.remove(str(network_of(rest))):
                     raise NotFound("This address is not blocked")
                 ctx.generated = True
                 return web.Response(status=204)
@@ -381,40 +400,13 @@ class Gateway:
         )
 
 
-def _has_dot_segments(path: str) -> bool:
-    # "/api/users/../auth/x" would match one route here and mean another upstream: refuse it.
-    return any(segment in (".", "..") for segment in path.split("/"))
-
-
 def _without_token(query: str) -> str:
     pairs = urllib.parse.parse_qsl(query, keep_blank_values=True)
     return urllib.parse.urlencode([(k, v) for k, v in pairs if k != "access_token"])
 
 
-def _invalid(field: str, message: str, kind: str) -> AppError:
-    details = [{"field": field, "message": message, "type": kind}]
-    return AppError("The request is invalid", status_code=422, code="VALIDATION_ERROR", details=details)
-
-
-def _network(value: str) -> str:
-    try:
-        return str(ipaddress.ip_network(value.strip(), strict=False))
-    except ValueError as exc:
-        raise _invalid("ip", "not an IP address or CIDR", "value_error") from exc
-
-
-def _block_request(raw: bytes) -> tuple[str, float | None, str | None]:
-    try:
-        data = loads(raw) if raw else None
-    except ValueError as exc:
-        raise AppError("The request body is not valid JSON", code="INVALID_JSON") from exc
-    if not isinstance(data, dict) or not isinstance(data.get("ip"), str):
-        raise _invalid("body.ip", "an IP address or CIDR is required", "missing")
-    ttl = data.get("ttlSeconds")
-    if ttl is not None and (not isinstance(ttl, int) or isinstance(ttl, bool) or ttl <= 0):
-        raise _invalid("body.ttlSeconds", "a positive integer", "value_error")
-    reason = data.get("reason")
-    return _network(data["ip"]), None if ttl is None else float(ttl), None if reason is None else str(reason)
+def _is_admin(path: str) -> bool:
+    return path == ADMIN_PREFIX or path.startswith(ADMIN_PREFIX + "/")
 
 
 GATEWAY = web.AppKey("aihub_gateway", Gateway)
@@ -431,7 +423,9 @@ def create_app(
     owns_store = store is None
     shared = store if store is not None else create_store(settings.redis_url)
     gateway = Gateway(settings, shared, codec or TokenCodec.from_settings(settings), table or load_table(settings))
-    app = web.Application(handler_args={"max_field_size": 16_384})
+    # auto_decompress off: a compressed request body is decoded in proxy.read_decoded, where
+    # the body limit applies to what it expands to and the forwarded headers are fixed.
+    app = web.Application(handler_args={"max_field_size": 16_384, "auto_decompress": False})
     app[GATEWAY] = gateway
     app[DRAIN] = gateway.drain
     app.router.add_route("*", "/{tail:.*}", gateway.handle)

@@ -59,6 +59,9 @@ class RouteTable:
     upstreams: dict[str, list[str]]
     # The path the active health check probes, per upstream group (missing: /health).
     health_paths: dict[str, str] = field(default_factory=lambda: dict(_READINESS))
+    # aihub's own services: readiness is degraded without them. Any other group (mcp, or one a
+    # route file adds) is an optional upstream that readiness reports but does not judge by.
+    own: frozenset[str] = frozenset(_READINESS)
 
     def __post_init__(self) -> None:
         for route in self.routes:

@@ -24,7 +24,7 @@ from aihub.kit.metrics import HTTP_LATENCY, HTTP_REQUESTS
 from aihub.kit.serve import DRAINING_HEADER, DrainFlag
 
 log = structlog.get_logger("aihub.access")
-_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
 _BODY_METHODS = {b"POST", b"PUT", b"PATCH"}
 _QUIET_PATHS = {"/health", "/health/ready", "/metrics"}
 _DRAINING = DRAINING_HEADER.lower().encode()
@@ -37,10 +37,14 @@ class BodyTooLarge(StarletteHTTPException):
         super().__init__(413, "The request body is too large")
 
 
-def pick_request_id(raw: bytes | None) -> str:
+def pick_request_id(raw: bytes | str | None) -> str:
+    """The client's ID when it is safe to echo in a header and a log line, else a new one.
+
+    ``fullmatch``: ``$`` would also accept a trailing newline. A str (aiohttp decodes headers
+    as UTF-8) may hold any character: only the ASCII ones of the pattern pass."""
     if raw:
-        value = raw.decode("latin-1")
-        if _REQUEST_ID.match(value):
+        value = raw.decode("latin-1") if isinstance(raw, bytes) else raw
+        if _REQUEST_ID.fullmatch(value):
             return value
     return uuid.uuid4().hex
 

@@ -21,7 +21,7 @@ import asyncio
 import contextlib
 import gc
 import signal
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from dataclasses import dataclass
 
 import structlog
@@ -67,6 +67,8 @@ class Listener:
     app: FastAPI | web.Application
     host: str
     port: int
+    # An aiohttp app's runner: the gateway's answers unparsable requests in its error shape.
+    runner: Callable[..., web.AppRunner] = web.AppRunner
 
 
 def _config(listener: Listener, timeout_seconds: int) -> uvicorn.Config:
@@ -86,7 +88,9 @@ def _config(listener: Listener, timeout_seconds: int) -> uvicorn.Config:
 
 async def _serve_aiohttp(listener: Listener, stopping: asyncio.Event, timeout_seconds: int) -> None:
     assert isinstance(listener.app, web.Application)
-    runner = web.AppRunner(listener.app, access_log=None, handle_signals=False, shutdown_timeout=float(timeout_seconds))
+    runner = listener.runner(
+        listener.app, access_log=None, handle_signals=False, shutdown_timeout=float(timeout_seconds)
+    )
     await runner.setup()
     try:
         site = web.TCPSite(runner, listener.host, listener.port, backlog=1024)

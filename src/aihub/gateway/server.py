@@ -1,0 +1,72 @@
+"""The gateway's HTTP server: aiohttp's, with its own answer to requests that do not parse.
+
+A request aiohttp cannot parse (a bare LF, Content-Length with Transfer-Encoding, bad header
+bytes, an oversized line) never reaches the application: aiohttp's ``handle_error`` answers
+it, in plain text, without the security headers, with ``Server: Python/… aiohttp/…``, and with
+the parser's message, which quotes the offending request bytes (an ``Authorization`` header
+among them). Here that answer is the one error shape with the gateway's headers, a fixed
+message per status, and a log line that names the error class only, never its text.
+"""
+
+from __future__ import annotations
+
+import structlog
+from aiohttp import web
+from aiohttp.web_protocol import RequestHandler
+
+from aihub.gateway.headers import add_security
+from aihub.kit.errors import error_body
+from aihub.kit.middleware import pick_request_id
+
+log = structlog.get_logger("aihub.gateway")
+
+_PARSER_ERRORS = {
+    400: ("BAD_REQUEST", "The request is not valid HTTP"),
+    413: ("PAYLOAD_TOO_LARGE", "The request body is too large"),
+    414: ("URI_TOO_LONG", "The request target is too long"),
+    431: ("HEADERS_TOO_LARGE", "The request headers are too large"),
+}
+
+
+def parser_error_response(status: int) -> web.Response:
+    code, message = _PARSER_ERRORS.get(status, ("INTERNAL_ERROR", "Something went wrong on our side"))
+    if code == "INTERNAL_ERROR":
+        status = 500
+    request_id = pick_request_id(None)  # the client's own header is not to be trusted here
+    response = web.Response(status=status, body=error_body(code, message, request_id), content_type="application/json")
+    headers = response.headers
+    headers["X-Request-Id"] = request_id
+    headers["Server"] = "aihub"
+    add_security(headers, generated=True)
+    response.force_close()  # the stream is out of sync: nothing more is read from it
+    return response
+
+
+class _Handler(RequestHandler):
+    __slots__ = ()
+
+    def handle_error(
+        self,
+        request: web.BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        log.warning("http_parse_error", status=status, error=type(exc).__name__ if exc else None, client=request.remote)
+        if request.writer.output_size > 0:
+            raise ConnectionError("Response is sent already, cannot send another response with the error message")
+        return parser_error_response(status)
+
+
+class _Server(web.Server):
+    def __call__(self) -> RequestHandler:
+        return _Handler(self, loop=self._loop, **self._kwargs)
+
+
+class GatewayRunner(web.AppRunner):
+    """``web.AppRunner`` whose connections answer unparsable requests as described above."""
+
+    async def _make_server(self) -> web.Server:
+        server = await super()._make_server()
+        server.__class__ = _Server  # the same server and state; only its connection class differs
+        return server
