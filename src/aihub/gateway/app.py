@@ -11,6 +11,7 @@ hot path to one coroutine per request.
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 import urllib.parse
 from dataclasses import dataclass, field
@@ -19,7 +20,7 @@ from typing import Any
 import aiohttp
 import structlog
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from aihub.config import Settings
 from aihub.gateway import metrics
@@ -36,7 +37,7 @@ from aihub.gateway.websocket import proxy_websocket
 from aihub.kit.errors import AppError, Forbidden, NotFound, ServiceUnavailable, Unauthorized, error_body
 from aihub.kit.jsonutil import dumps
 from aihub.kit.jwt import TokenCodec, TokenRevoked, UnknownSigningKey
-from aihub.kit.metrics import client_allowed
+from aihub.kit.metrics import client_allowed, scrape
 from aihub.kit.middleware import pick_request_id
 from aihub.kit.serve import DRAIN, DrainFlag
 from aihub.kit.store import Store, StoreUnavailable, create_store
@@ -82,14 +83,20 @@ def _limit_headers(decision: Decision, window: int) -> dict[str, str]:
 
 
 class Gateway:
-    def __init__(self, settings: Settings, store: Store, codec: TokenCodec, table: RouteTable) -> None:
+    def __init__(
+        self, settings: Settings, store: Store, codec: TokenCodec, table: RouteTable, *, workers: int = 1
+    ) -> None:
         self.settings = settings
         self.store = store
         self.codec = codec
         self.table = table
         self.cors = Cors(settings.cors_origin_list)
+        self.workers = workers
         self.limiter: Limiter = create_limiter(
-            store, window_seconds=settings.rate_limit_window_seconds, fail_closed=settings.rate_limit_fail_closed
+            store,
+            window_seconds=settings.rate_limit_window_seconds,
+            fail_closed=settings.rate_limit_fail_closed,
+            workers=workers,
         )
         self.blocks = BlockList(store, settings.deny_networks)
         self.strikes = Strikes(
@@ -295,7 +302,7 @@ class Gateway:
         if not client_allowed(request.remote, self.settings):
             raise Forbidden("Metrics are not available from this address")
         ctx.generated = True
-        return web.Response(body=generate_latest(REGISTRY), headers={"Content-Type": CONTENT_TYPE_LATEST})
+        return web.Response(body=scrape(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def _ready(self, ctx: Ctx) -> web.Response:
         """``status`` reflects aihub's own dependencies only: Redis, the JWKS, and the upstream
@@ -317,6 +324,8 @@ class Gateway:
         else:
             status = "ok"
         checks: dict[str, Any] = {"redis": redis, "upstreams": upstreams}
+        if self.workers > 1:
+            checks["worker"] = {"pid": os.getpid(), "workers": self.workers}  # readiness is per worker
         optional = sorted(name for name in upstreams if name not in self.table.own)
         if optional:
             checks["optional"] = optional
@@ -418,11 +427,17 @@ def create_app(
     store: Store | None = None,
     codec: TokenCodec | None = None,
     table: RouteTable | None = None,
+    workers: int = 1,
 ) -> web.Application:
-    """The gateway as an aiohttp application. Without ``store`` it opens (and closes) its own."""
+    """The gateway as an aiohttp application. Without ``store`` it opens (and closes) its own.
+
+    ``workers``: how many gateway processes share the port (the per-process fallback limiter
+    divides every limit by it)."""
     owns_store = store is None
     shared = store if store is not None else create_store(settings.redis_url)
-    gateway = Gateway(settings, shared, codec or TokenCodec.from_settings(settings), table or load_table(settings))
+    gateway = Gateway(
+        settings, shared, codec or TokenCodec.from_settings(settings), table or load_table(settings), workers=workers
+    )
     # auto_decompress off: a compressed request body is decoded in proxy.read_decoded, where
     # the body limit applies to what it expands to and the forwarded headers are fixed.
     app = web.Application(handler_args={"max_field_size": 16_384, "auto_decompress": False})

@@ -115,13 +115,21 @@ class RedisLimiter:
     """One Lua round trip per request; a per-process fallback while Redis is away."""
 
     def __init__(
-        self, redis: RedisPipe, *, window_seconds: int, fail_closed: bool, probe_interval: float = 0.5
+        self,
+        redis: RedisPipe,
+        *,
+        window_seconds: int,
+        fail_closed: bool,
+        probe_interval: float = 0.5,
+        workers: int = 1,
     ) -> None:
         self.redis = redis
         self.window_us = window_seconds * 1_000_000
         self.fail_closed = fail_closed
         self.probe_interval = probe_interval
         self.local = LocalGcra(window_seconds)
+        # While Redis is away each of N workers limits on its own: N x limit/N keeps the sum.
+        self.workers = max(1, workers)
         self._sha = hashlib.sha1(GCRA_LUA.encode()).hexdigest()  # noqa: S324 - Redis names scripts by SHA-1
         self._down = False
         self._probe: asyncio.Task[None] | None = None
@@ -160,7 +168,7 @@ class RedisLimiter:
         # The blacklist cannot be read: fail-open accepts a verified token until Redis is back.
         if limit <= 0 or not key:
             return ALLOW
-        return self.local.take(key, limit)
+        return self.local.take(key, max(1, limit // self.workers))
 
     def _mark_down(self, exc: BaseException) -> None:
         if self._down:
@@ -212,9 +220,9 @@ class MemoryLimiter:
         return None
 
 
-def create_limiter(store: Store, *, window_seconds: int, fail_closed: bool) -> Limiter:
+def create_limiter(store: Store, *, window_seconds: int, fail_closed: bool, workers: int = 1) -> Limiter:
     if isinstance(store, RedisStore):
         # Its own pipelined connection (redispipe.py): the per-request round trip is the hot path.
         pipe = RedisPipe(store.url, timeout=store.timeout)
-        return RedisLimiter(pipe, window_seconds=window_seconds, fail_closed=fail_closed)
+        return RedisLimiter(pipe, window_seconds=window_seconds, fail_closed=fail_closed, workers=workers)
     return MemoryLimiter(store, window_seconds=window_seconds)
