@@ -323,3 +323,17 @@ async def test_a_trailing_slash_is_not_redirected_to_an_internal_address(
             assert resp.status == 404, (path, resp.status)
             assert "Location" not in resp.headers
             _error_shape(await resp.json(), "NOT_FOUND")
+
+
+async def test_expect_100_continue_is_answered_by_the_gateway(
+    upstreams: dict[str, Upstream], start_gateway: GatewayFactory, http: aiohttp.ClientSession, codec: TokenCodec
+) -> None:
+    # The runner's direct path hands requests with Expect to the application, which answers it.
+    gw = await start_gateway(gateway_settings(upstreams))
+    headers = bearer(codec.issue(sub="u", role="user"))
+    async with http.post(gw.url + "/api/users/me", data=b'{"a": 1}', headers=headers, expect100=True) as resp:
+        assert resp.status == 200
+        echoed = await resp.json()
+    assert echoed["body"] == '{"a": 1}'
+    assert "Expect" not in echoed["headers"]
+    assert resp.headers["X-Frame-Options"] == "DENY"  # the response hooks ran on that path too

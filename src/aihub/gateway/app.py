@@ -11,6 +11,8 @@ hot path to one coroutine per request.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import os
 import time
 import urllib.parse
@@ -24,6 +26,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from aihub.config import Settings
 from aihub.gateway import metrics
+from aihub.gateway.accesslog import AccessLog
 from aihub.gateway.admin import AdminCheck, admin_body, network_of, parse_block
 from aihub.gateway.authcheck import Identity, authenticate, authenticate_after_refetch, bearer_token
 from aihub.gateway.balancer import Balancer
@@ -43,7 +46,6 @@ from aihub.kit.serve import DRAIN, DrainFlag
 from aihub.kit.store import Store, StoreUnavailable, create_store
 
 log = structlog.get_logger("aihub.gateway")
-access = structlog.get_logger("aihub.access")
 
 ADMIN_PREFIX = "/api/gateway/blocked-ips"
 _ADMIN_ROUTE = Route("/api/gateway", "gateway", name="gateway-admin")
@@ -117,6 +119,12 @@ class Gateway:
         self.window = settings.rate_limit_window_seconds
         self.trusted = settings.trusted_proxy_networks
         self.admins = AdminCheck(self.balancer, table)
+        self.access_log = AccessLog()
+        # Decided once: the access line is written unless turned off or below the log level.
+        self.log_requests = (
+            settings.gateway_access_log and logging.getLevelName(settings.log_level.upper()) <= logging.INFO
+        )
+        self._flusher: asyncio.Task[None] | None = None
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
@@ -130,8 +138,15 @@ class Gateway:
         self.blocks.start()
         if self.codec.jwks is not None:
             self.codec.jwks.start()
+        self._flusher = asyncio.get_running_loop().create_task(metrics.flush_forever())
 
     async def stop(self) -> None:
+        if self._flusher is not None:
+            self._flusher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._flusher
+        metrics.flush()
+        self.access_log.flush()
         await self.balancer.stop()
         await self.blocks.stop()
         await self.limiter.close()
@@ -302,6 +317,7 @@ class Gateway:
         if not client_allowed(request.remote, self.settings):
             raise Forbidden("Metrics are not available from this address")
         ctx.generated = True
+        metrics.flush()  # this process's tally; other workers' are at most a second behind
         return web.Response(body=scrape(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def _ready(self, ctx: Ctx) -> web.Response:
@@ -391,21 +407,22 @@ class Gateway:
         elapsed = time.perf_counter() - ctx.started
         method = request.method if request.method in _KNOWN_METHODS else "OTHER"
         metrics.observe(ctx.route, method, status, elapsed)
-        if not self.settings.gateway_access_log or (ctx.route in _QUIET and status < 400):
+        if not self.log_requests or (ctx.route in _QUIET and status < 400):
             return
-        access.info(
-            "request",
-            service="gateway",
-            request_id=ctx.request_id,
-            method=method,
-            path=request.path,  # never the query: it may carry an access_token
-            route=ctx.route,
-            status=status,
-            duration_ms=round(elapsed * 1000, 2),
-            user_id=ctx.user_id,
-            client_ip=ctx.client_ip,
-            upstream=ctx.hop.instance,
-            bytes=ctx.hop.bytes_out,
+        self.access_log.write(
+            {
+                "service": "gateway",
+                "request_id": ctx.request_id,
+                "method": method,
+                "path": request.path,  # never the query: it may carry an access_token
+                "route": ctx.route,
+                "status": status,
+                "duration_ms": round(elapsed * 1000, 2),
+                "user_id": ctx.user_id,
+                "client_ip": ctx.client_ip,
+                "upstream": ctx.hop.instance,
+                "bytes": ctx.hop.bytes_out,
+            }
         )
 
 

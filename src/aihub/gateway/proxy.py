@@ -93,6 +93,19 @@ class Forwarded:
     bytes_out: int = 0
 
 
+@functools.lru_cache(maxsize=4096)
+def _url(text: str) -> URL:
+    # yarl parses even an encoded URL; an API's paths repeat, so most requests find theirs here.
+    return URL(text, encoded=True)
+
+
+def _connection_tokens(headers: CIMultiDictProxy[str]) -> set[str] | tuple[()]:
+    value = headers.get("Connection")
+    if value is None:
+        return ()  # most requests under HTTP/1.1 keep-alive name nothing
+    return {h.strip().lower() for h in value.split(",") if h.strip()}
+
+
 def upstream_headers(
     headers: CIMultiDictProxy[str],
     *,
@@ -104,7 +117,7 @@ def upstream_headers(
     user_id: str | None,
     role: str | None,
 ) -> CIMultiDict[str]:
-    named = {h.strip().lower() for h in headers.get("Connection", "").split(",") if h.strip()}
+    named = _connection_tokens(headers)
     out: CIMultiDict[str] = CIMultiDict()
     for name, value in headers.items():
         lower = name.lower()
@@ -129,7 +142,7 @@ def response_headers(headers: CIMultiDictProxy[str], instance_url: str = "", pre
     builds it from the Host the gateway sent) becomes a path the client reaches through the
     gateway, with the prefix a stripping route removed put back: the internal address never
     leaves, and the client is never sent around the gateway."""
-    named = {h.strip().lower() for h in headers.get("Connection", "").split(",") if h.strip()}
+    named = _connection_tokens(headers)
     out: CIMultiDict[str] = CIMultiDict()
     for name, value in headers.items():  # items() keeps repeated headers such as Set-Cookie
         lower = name.lower()
@@ -262,7 +275,7 @@ async def forward(
         try:
             upstream = await session.request(
                 request.method,
-                URL(instance.url + target, encoded=True),
+                _url(instance.url + target),
                 headers=headers,
                 data=body,
                 allow_redirects=False,

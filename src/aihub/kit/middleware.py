@@ -10,9 +10,10 @@ Written as raw ASGI rather than BaseHTTPMiddleware because that one costs a task
 
 from __future__ import annotations
 
+import itertools
+import os
 import re
 import time
-import uuid
 from typing import Any
 
 import structlog
@@ -46,7 +47,19 @@ def pick_request_id(raw: bytes | str | None) -> str:
         value = raw.decode("latin-1") if isinstance(raw, bytes) else raw
         if _REQUEST_ID.fullmatch(value):
             return value
-    return uuid.uuid4().hex
+    return new_request_id()
+
+
+def new_request_id() -> str:
+    """32 hex digits, unique per process start (a random half) and per request (a counter):
+    the same shape as a UUID's hex at a fraction of the cost (uuid4 reads the OS's random
+    source on every call, a syscall per request on the gateway's hot path). An ID correlates
+    log lines; it is no secret, so it need not be unpredictable."""
+    return f"{_ID_PREFIX}{next(_ID_COUNTER) & 0xFFFFFFFFFFFFFFFF:016x}"
+
+
+_ID_PREFIX = os.urandom(8).hex()
+_ID_COUNTER = itertools.count()
 
 
 def _header(scope: Scope, name: bytes) -> bytes | None:
