@@ -93,3 +93,30 @@ def test_any_request_id_comes_out_safe_to_echo(value: str | bytes | None) -> Non
     chosen.encode("ascii")  # a header value and a log field, whatever came in
     if chosen != value and (not isinstance(value, bytes) or chosen.encode() != value):
         assert re.fullmatch(r"[0-9a-f]{32}", chosen)  # replaced by a generated one
+
+
+_segments = st.sampled_from(["api", "auth", "login", "users", "me", "sora", "x", "", ".well-known", "promo-codes"])
+
+
+@given(st.lists(_segments, min_size=0, max_size=5).map(lambda s: "/" + "/".join(s)))
+@example("/")
+@example("/api")
+@example("/api/auth")
+@example("/api/authx/login")
+def test_the_indexed_route_match_is_the_longest_prefix_match(path: str) -> None:
+    from aihub.config import Settings
+    from aihub.gateway.routing import Route, RouteTable, default_table
+
+    table = default_table(Settings(env="test"))
+    extra = RouteTable((*table.routes, Route("/api", "core"), Route("/", "core", name="root")), table.upstreams)
+    for routes in (table, extra):
+        ordered = sorted(routes.routes, key=lambda r: len(r.prefix), reverse=True)
+        expected = next(
+            (
+                r
+                for r in ordered
+                if path.startswith(r.prefix) and (len(path) == len(r.prefix) or path[len(r.prefix)] == "/")
+            ),
+            None,
+        )
+        assert routes.match(path) == expected

@@ -28,7 +28,13 @@ from aihub.config import Settings
 from aihub.gateway import metrics
 from aihub.gateway.accesslog import AccessLog
 from aihub.gateway.admin import AdminCheck, admin_body, network_of, parse_block
-from aihub.gateway.authcheck import Identity, authenticate, authenticate_after_refetch, bearer_token
+from aihub.gateway.authcheck import (
+    Identity,
+    IdentityCache,
+    authenticate,
+    authenticate_after_refetch,
+    bearer_token,
+)
 from aihub.gateway.balancer import Balancer
 from aihub.gateway.edges import normalise_path
 from aihub.gateway.headers import Cors, add_security
@@ -119,6 +125,7 @@ class Gateway:
         self.window = settings.rate_limit_window_seconds
         self.trusted = settings.trusted_proxy_networks
         self.admins = AdminCheck(self.balancer, table)
+        self.identities = IdentityCache()
         self.access_log = AccessLog()
         # Decided once: the access line is written unless turned off or below the log level.
         self.log_requests = (
@@ -241,10 +248,13 @@ class Gateway:
                 raise Unauthorized
             identity = None
             if token is not None and mode != "public":
-                try:
-                    identity = authenticate(self.codec, token)
-                except UnknownSigningKey as unknown:  # rare: a key rotation, or a forged kid
-                    identity = await authenticate_after_refetch(self.codec, token, unknown)
+                identity = self.identities.get(token)
+                if identity is None or identity.expired():
+                    try:
+                        identity = authenticate(self.codec, token)
+                    except UnknownSigningKey as unknown:  # rare: a key rotation, or a forged kid
+                        identity = await authenticate_after_refetch(self.codec, token, unknown)
+                    self.identities.put(token, identity)
         except AppError:
             await self.strikes.strike("auth", ctx.client_ip, self.settings.gateway_ban_after_auth_failures)
             raise
