@@ -17,7 +17,7 @@ from starlette.responses import Response
 from aihub.core.audit import service as audit
 from aihub.core.rbac import service as rbac
 from aihub.kit.db import Tx
-from aihub.kit.errors import AppError, Forbidden, ServiceUnavailable, Unauthorized
+from aihub.kit.errors import AppError, Forbidden, StoreUnavailableError, Unauthorized
 from aihub.kit.jwt import InvalidToken, TokenRevoked, blacklist_key
 from aihub.kit.runtime import Runtime
 from aihub.kit.store import StoreUnavailable
@@ -101,7 +101,7 @@ async def _revoked(runtime: Runtime, jti: str) -> bool:
         return await runtime.store.exists(blacklist_key(jti))
     except StoreUnavailable as exc:
         # Without the blacklist we cannot tell a revoked token from a good one: refuse.
-        raise ServiceUnavailable("The token store is unavailable", code="STORE_UNAVAILABLE") from exc
+        raise StoreUnavailableError from exc
 
 
 async def load_user(tx: Tx, user_id: uuid.UUID) -> User | None:
