@@ -87,12 +87,18 @@ async def test_gateway_workers_share_the_port_limit_exactly_and_drain_on_sigterm
                 for _ in range(12)
             ]
             assert statuses.count(200) == 7 and statuses.count(429) == 5
-            # Metrics add up over the workers, whichever one answers the scrape.
-            text = (await client.get(proc.url + "/metrics")).text
-            served = sum(
-                float(m.group(1))
-                for m in re.finditer(r'aihub_gateway_requests_total\{[^}]*route="/api/pricing"[^}]*\} (\S+)', text)
-            )
+            # Metrics add up over the workers, whichever one answers the scrape (the other
+            # worker's counts reach the shared files within its one-second flush).
+            served = 0.0
+            for _ in range(100):
+                text = (await client.get(proc.url + "/metrics")).text
+                served = sum(
+                    float(m.group(1))
+                    for m in re.finditer(r'aihub_gateway_requests_total\{[^}]*route="/api/pricing"[^}]*\} (\S+)', text)
+                )
+                if served == 12:
+                    break
+                await asyncio.sleep(0.1)
             assert served == 12
             proc.terminate()
             # Draining: every worker answers 503 on readiness while it still serves.

@@ -266,7 +266,8 @@ class Gateway:
             raise
         if identity is not None:
             ctx.user_id = identity.user_id
-        await self._limit(request, ctx, route, identity)
+        if identity is not None or self.settings.rate_limit_enabled:  # else nothing to check
+            await self._limit(request, ctx, route, identity)
         return identity
 
     def _bucket(self, ctx: Ctx, route: Route, identity: Identity | None) -> tuple[str, int]:
@@ -434,7 +435,8 @@ class Gateway:
         headers["X-Request-Id"] = ctx.request_id if ctx else pick_request_id(None)
         headers["Server"] = "aihub"  # not aiohttp's default, which names the Python and aiohttp versions
         add_security(headers, generated=ctx is None or ctx.generated)
-        self.cors.add(headers, request.headers.get("Origin"))
+        if self.cors.origins:
+            self.cors.add(headers, request.headers.get("Origin"))
         if ctx is not None and ctx.limit_headers:
             headers.update(ctx.limit_headers)
         if self.drain.draining:

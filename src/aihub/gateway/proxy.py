@@ -226,10 +226,12 @@ async def read_decoded(request: web.Request, limit: int) -> bytes:
     return b"".join(parts)
 
 
-async def _request_body(request: web.Request, route: Route, upload: _Upload) -> bytes | AsyncIterator[bytes] | None:
+async def _request_body(
+    request: web.Request, route: Route, upload: _Upload, encoded: bool
+) -> bytes | AsyncIterator[bytes] | None:
     if not request.body_exists:
         return None
-    if is_encoded(request):
+    if encoded:
         return await read_decoded(request, route.max_body_bytes)
     length = request.content_length
     if length is not None:
@@ -259,8 +261,9 @@ async def forward(
     shut while stopping) for an idempotent one only, since that upstream may have acted on it.
     """
     upload = _Upload(route.max_body_bytes)
-    body = await _request_body(request, route, upload)
-    if is_encoded(request):
+    encoded = is_encoded(request)
+    body = await _request_body(request, route, upload, encoded)
+    if encoded:
         # Decoded above: the upstream gets the plain body, its own length and no coding.
         headers.popall("Content-Encoding", None)
         headers.popall("Content-Length", None)

@@ -31,18 +31,18 @@ from aihub.kit.middleware import pick_request_id
 
 log = structlog.get_logger("aihub.gateway")
 
+# aiohttp reports every parse failure (oversized lines and headers included) as 400, and a
+# body over its size limit as 413.
 _PARSER_ERRORS = {
     400: ("BAD_REQUEST", "The request is not valid HTTP"),
     413: ("PAYLOAD_TOO_LARGE", "The request body is too large"),
-    414: ("URI_TOO_LONG", "The request target is too long"),
-    431: ("HEADERS_TOO_LARGE", "The request headers are too large"),
 }
 
 
 def parser_error_response(status: int) -> web.Response:
+    if status not in _PARSER_ERRORS:
+        status = 400 if 400 <= status < 500 else 500
     code, message = _PARSER_ERRORS.get(status, ("INTERNAL_ERROR", "Something went wrong on our side"))
-    if code == "INTERNAL_ERROR":
-        status = 500
     request_id = pick_request_id(None)  # the client's own header is not to be trusted here
     response = web.Response(status=status, body=error_body(code, message, request_id), content_type="application/json")
     headers = response.headers
