@@ -6,10 +6,12 @@ from __future__ import annotations
 import re
 import urllib.parse
 
-from hypothesis import example, given
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
+from aihub.config import Settings
 from aihub.gateway.edges import BadPath, normalise_path
+from aihub.gateway.routing import Route, RouteTable, default_table
 from aihub.kit.middleware import pick_request_id
 
 UNRESERVED = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~"
@@ -31,6 +33,7 @@ def _decoded(path: str) -> bytes:
     return urllib.parse.unquote_to_bytes(path)
 
 
+@settings(deadline=None)  # a shared CI machine must not turn a slow example into a failure
 @given(paths)
 @example("/api/auth/%6cogin")
 @example("/api/users/%2e%2e/auth")
@@ -55,6 +58,7 @@ def test_normalising_is_idempotent_and_keeps_the_meaning(path: str) -> None:
     assert decoded.count(b"/") == normal.count("/")
 
 
+@settings(deadline=None)  # a shared CI machine must not turn a slow example into a failure
 @given(paths)
 def test_a_refused_path_has_a_reason(path: str) -> None:
     try:
@@ -72,6 +76,7 @@ def test_a_refused_path_has_a_reason(path: str) -> None:
         ), path
 
 
+@settings(deadline=None)  # a shared CI machine must not turn a slow example into a failure
 @given(
     st.text(UNRESERVED.replace("~", ""), min_size=1, max_size=128).filter(
         lambda s: re.fullmatch(r"[A-Za-z0-9._-]+", s) is not None
@@ -82,6 +87,7 @@ def test_a_valid_request_id_is_kept(value: str) -> None:
     assert pick_request_id(value.encode()) == value
 
 
+@settings(deadline=None)  # a shared CI machine must not turn a slow example into a failure
 @given(st.one_of(st.none(), st.text(max_size=300), st.binary(max_size=300)))
 @example("abc\n")
 @example("caf\u00e9")
@@ -95,21 +101,22 @@ def test_any_request_id_comes_out_safe_to_echo(value: str | bytes | None) -> Non
         assert re.fullmatch(r"[0-9a-f]{32}", chosen)  # replaced by a generated one
 
 
+_DEFAULT = default_table(Settings(env="test"))
+TABLES = (
+    _DEFAULT,
+    RouteTable((*_DEFAULT.routes, Route("/api", "core"), Route("/", "core", name="root")), _DEFAULT.upstreams),
+)
 _segments = st.sampled_from(["api", "auth", "login", "users", "me", "sora", "x", "", ".well-known", "promo-codes"])
 
 
+@settings(deadline=None)  # a shared CI machine must not turn a slow example into a failure
 @given(st.lists(_segments, min_size=0, max_size=5).map(lambda s: "/" + "/".join(s)))
 @example("/")
 @example("/api")
 @example("/api/auth")
 @example("/api/authx/login")
 def test_the_indexed_route_match_is_the_longest_prefix_match(path: str) -> None:
-    from aihub.config import Settings
-    from aihub.gateway.routing import Route, RouteTable, default_table
-
-    table = default_table(Settings(env="test"))
-    extra = RouteTable((*table.routes, Route("/api", "core"), Route("/", "core", name="root")), table.upstreams)
-    for routes in (table, extra):
+    for routes in TABLES:
         ordered = sorted(routes.routes, key=lambda r: len(r.prefix), reverse=True)
         expected = next(
             (

@@ -36,6 +36,7 @@ from aihub.gateway.authcheck import (
     bearer_token,
 )
 from aihub.gateway.balancer import Balancer
+from aihub.gateway.console import CONSOLE_CSP, ConsoleFiles, is_console
 from aihub.gateway.docs import DOCS_CSP, DOCS_PATH, asset
 from aihub.gateway.edges import normalise_path
 from aihub.gateway.headers import Cors, add_security
@@ -135,6 +136,7 @@ class Gateway:
             settings.gateway_access_log and logging.getLevelName(settings.log_level.upper()) <= logging.INFO
         )
         self._flusher: asyncio.Task[None] | None = None
+        self.console = ConsoleFiles.load() if settings.console_enabled else None
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
@@ -198,12 +200,18 @@ class Gateway:
         if raw == "/openapi.json" or raw == DOCS_PATH or raw.startswith(DOCS_PATH + "/"):
             ctx.route = "docs"  # public, like /health: the contract is no secret
             return await self._docs(request, ctx, raw)
+        if self.console is not None and is_console(raw):
+            ctx.route = "console"
+            return self._console(request, ctx, raw)
         if _is_admin(raw):
             return await self._admin_request(request, ctx, raw)
         path = normalise_path(raw)  # what routes match and the upstream receives (edges.py)
         if _is_admin(path):
             return await self._admin_request(request, ctx, path)
         route = self.table.match(path)
+        if route is None and path == "/" and self.console is not None:
+            ctx.generated = True  # a newcomer opening the gateway's address finds the console
+            return web.Response(status=308, headers={"Location": "/console/"})
         if route is None:
             raise NotFound("No route for this path")
         ctx.route = route.label()
@@ -289,7 +297,8 @@ class Gateway:
             key, limit = "", 0  # the blacklist is still checked
         else:
             return
-        decision = await self.limiter.check(identity.jti if identity else None, key, limit)
+        jti, sid = (identity.jti, identity.sid) if identity else (None, None)
+        decision = await self.limiter.check(jti, key, limit, sid=sid)
         if decision.allowed:
             metrics.DECISIONS["allowed"].inc()
             if decision.limit > 0:
@@ -387,6 +396,22 @@ class Gateway:
         if found.gzipped is not None and "gzip" in request.headers.get("Accept-Encoding", ""):
             body, headers["Content-Encoding"] = found.gzipped, "gzip"
         return web.Response(body=body, headers=headers)
+
+    def _console(self, request: web.Request, ctx: Ctx, path: str) -> web.Response:
+        """The console's static files: public (they hold no data; the API checks every call)."""
+        assert self.console is not None
+        if request.method not in ("GET", "HEAD"):
+            return self.error(ctx, 405, "METHOD_NOT_ALLOWED", "This method is not allowed on this resource")
+        if path == "/console":
+            ctx.generated = True
+            return web.Response(status=308, headers={"Location": "/console/"})
+        file = self.console.find(path)
+        if file is None:
+            raise NotFound("No such console file")
+        headers = {"Content-Security-Policy": CONSOLE_CSP, "Cache-Control": "no-cache", "ETag": file.etag}
+        if file.etag in request.headers.get("If-None-Match", ""):
+            return web.Response(status=304, headers=headers)
+        return web.Response(body=file.body, headers={**headers, "Content-Type": file.content_type})
 
     def _preflight(self, request: web.Request, ctx: Ctx) -> web.Response:
         origin = request.headers.get("Origin")

@@ -11,7 +11,7 @@ import time
 from dataclasses import dataclass
 
 from aihub.kit.errors import Unauthorized
-from aihub.kit.jwt import Claims, TokenCodec, UnknownSigningKey
+from aihub.kit.jwt import Claims, TokenCodec, UnknownSigningKey, session_id
 
 
 @dataclass(frozen=True, slots=True)
@@ -20,6 +20,7 @@ class Identity:
     role: str
     jti: str
     claims: Claims
+    sid: str | None = None  # the refresh family, blacklisted as a whole on refresh-token reuse
     expires: float = math.inf  # exp + leeway, epoch seconds
 
     def expired(self) -> bool:
@@ -75,7 +76,9 @@ def authenticate(codec: TokenCodec, token: str) -> Identity:
     claims = codec.verify(token)
     role = "service" if claims.typ == "service" else (claims.role or "guest")
     expires = math.inf if claims.exp is None else claims.exp + codec.leeway
-    return Identity(user_id=claims.sub, role=role, jti=claims.jti, claims=claims, expires=expires)
+    return Identity(
+        user_id=claims.sub, role=role, jti=claims.jti, claims=claims, sid=session_id(claims), expires=expires
+    )
 
 
 async def authenticate_after_refetch(codec: TokenCodec, token: str, unknown: UnknownSigningKey) -> Identity:

@@ -114,7 +114,11 @@ def reuse_port_socket(host: str, port: int) -> socket.socket:
 
 
 async def _serve_aiohttp(
-    listener: Listener, stopping: asyncio.Event, timeout_seconds: int, reuse_port: bool = False
+    listener: Listener,
+    stopping: asyncio.Event,
+    timeout_seconds: int,
+    started: asyncio.Event,
+    reuse_port: bool = False,
 ) -> None:
     assert isinstance(listener.app, web.Application)
     runner = listener.runner(
@@ -124,6 +128,7 @@ async def _serve_aiohttp(
     try:
         site = web.TCPSite(runner, listener.host, listener.port, backlog=1024, reuse_port=reuse_port or None)
         await site.start()
+        started.set()
         await stopping.wait()
     finally:
         # Stops accepting, closes idle connections, runs on_shutdown (WebSockets get 1001),
@@ -174,10 +179,16 @@ class Shutdown:
 
 
 async def serve_apps(
-    listeners: list[Listener], *, drain_seconds: float = 0.0, timeout_seconds: int = 30, reuse_port: bool = False
+    listeners: list[Listener],
+    *,
+    drain_seconds: float = 0.0,
+    timeout_seconds: int = 30,
+    on_started: Callable[[], None] | None = None,
+    reuse_port: bool = False,
 ) -> None:
     """Serve until a signal, then drain, stop accepting and finish in-flight work (see above).
 
+    ``on_started`` runs once every listener accepts connections (the CLI's last start-up line).
     With no listeners (a worker without a port) it only waits for the signal. ``reuse_port``:
     one of several workers sharing each port."""
     shutdown = Shutdown(listeners, drain_seconds)
@@ -187,16 +198,35 @@ async def serve_apps(
     servers = [_Server(_config(listener, timeout_seconds)) for listener in asgi]
     sockets = [[reuse_port_socket(listener.host, listener.port)] if reuse_port else None for listener in asgi]
 
+    native_started = [asyncio.Event() for _ in native]
+
     async def stop_uvicorn() -> None:
         await shutdown.stopping.wait()
         for server in servers:
             server.should_exit = True
 
+    async def announce() -> None:
+        if on_started is None:
+            return
+        for event in native_started:
+            await event.wait()
+        # uvicorn has no event for it: ``started`` turns true once its socket listens.
+        while not all(server.started for server in servers):
+            if shutdown.stopping.is_set():
+                return
+            await asyncio.sleep(0.05)
+        if not shutdown.stopping.is_set():
+            on_started()
+
     settle_heap()
     await asyncio.gather(
         stop_uvicorn(),
+        announce(),
         *(server.serve(sockets=socks) for server, socks in zip(servers, sockets, strict=True)),
-        *(_serve_aiohttp(listener, shutdown.stopping, timeout_seconds, reuse_port) for listener in native),
+        *(
+            _serve_aiohttp(listener, shutdown.stopping, timeout_seconds, started, reuse_port)
+            for listener, started in zip(native, native_started, strict=True)
+        ),
     )
     log.info("shutdown.servers_stopped")
 
