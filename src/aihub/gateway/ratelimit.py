@@ -154,7 +154,13 @@ class RedisLimiter:
     """One Lua round trip per request; a per-process fallback while Redis is away."""
 
     def __init__(
-        self, redis: RedisPipe, *, window_seconds: int, fail_closed: bool, probe_interval: float = 0.5
+        self,
+        redis: RedisPipe,
+        *,
+        window_seconds: int,
+        fail_closed: bool,
+        probe_interval: float = 0.5,
+        workers: int = 1,
     ) -> None:
         self.redis = redis
         self.window_us = window_seconds * 1_000_000
@@ -162,6 +168,8 @@ class RedisLimiter:
         self.probe_interval = probe_interval
         self.local = LocalGcra(window_seconds)
         self.key_local = LocalGcra(60)
+        # While Redis is away each of N workers limits on its own: N x limit/N keeps the sum.
+        self.workers = max(1, workers)
         self._sha = hashlib.sha1(GCRA_LUA.encode()).hexdigest()  # noqa: S324 - Redis names scripts by SHA-1
         self._down = False
         self._probe: asyncio.Task[None] | None = None
@@ -213,7 +221,7 @@ class RedisLimiter:
         if self.fail_closed:
             return UNAVAILABLE
         # The blacklist cannot be read: fail-open accepts a verified token until Redis is back.
-        return _local_decision(self.local, self.key_local, key, limit, api_key)
+        return _local_decision(self.local, self.key_local, key, limit, api_key, self.workers)
 
     def _mark_down(self, exc: BaseException) -> None:
         if self._down:
@@ -270,21 +278,27 @@ class MemoryLimiter:
 
 
 def _local_decision(
-    local: LocalGcra, key_local: LocalGcra, key: str | None, limit: int, api_key: KeyCheck | None
+    local: LocalGcra,
+    key_local: LocalGcra,
+    key: str | None,
+    limit: int,
+    api_key: KeyCheck | None,
+    workers: int = 1,
 ) -> Decision:
-    """In-process limits: the API key's own bucket first, then the caller's."""
+    """In-process limits: the API key's own bucket first, then the caller's. While Redis is away
+    each of N workers limits on its own, so each takes limit/N and the sum stays the limit."""
     if api_key is not None and api_key.per_minute > 0:
-        own = key_local.take(api_key.bucket, api_key.per_minute)
+        own = key_local.take(api_key.bucket, max(1, api_key.per_minute // workers))
         if not own.allowed:
             return Decision(False, own.limit, 0, own.reset, own.retry_after, key_limited=True)
     if limit <= 0 or not key:
         return ALLOW
-    return local.take(key, limit)
+    return local.take(key, max(1, limit // workers))
 
 
-def create_limiter(store: Store, *, window_seconds: int, fail_closed: bool) -> Limiter:
+def create_limiter(store: Store, *, window_seconds: int, fail_closed: bool, workers: int = 1) -> Limiter:
     if isinstance(store, RedisStore):
         # Its own pipelined connection (redispipe.py): the per-request round trip is the hot path.
         pipe = RedisPipe(store.url, timeout=store.timeout)
-        return RedisLimiter(pipe, window_seconds=window_seconds, fail_closed=fail_closed)
+        return RedisLimiter(pipe, window_seconds=window_seconds, fail_closed=fail_closed, workers=workers)
     return MemoryLimiter(store, window_seconds=window_seconds)
