@@ -9,14 +9,23 @@ from fastapi import APIRouter, Depends, Request, Response
 
 from aihub.auth import schemas, tokens
 from aihub.auth import service as auth
-from aihub.core.deps import CurrentUser, RequirePermission, RuntimeDep, TxDep, TxRoute
+from aihub.core.deps import AccountSuspended, CurrentUser, RequirePermission, RuntimeDep, TxDep, TxRoute
+from aihub.core.rbac import service as rbac
 from aihub.core.rbac.service import Principal
+from aihub.core.users import service as users
+from aihub.kit.jwt import InvalidToken, TokenExpired, TokenRevoked
+from aihub.kit.openapi import errors
 from aihub.kit.pagination import PageParams, page_params
 
 router = APIRouter(tags=["auth"], route_class=TxRoute)
 
 
-@router.post("/register", response_model=schemas.UserEnvelope, status_code=201)
+@router.post(
+    "/register",
+    response_model=schemas.UserEnvelope,
+    status_code=201,
+    responses=errors(users.EmailTaken, users.InvalidEmail),
+)
 async def register(body: schemas.RegisterIn, tx: TxDep, runtime: RuntimeDep) -> dict[str, Any]:
     """Create an account with role `user` and an empty credit account. 409 `EMAIL_TAKEN`."""
     user = await auth.register(
@@ -25,7 +34,11 @@ async def register(body: schemas.RegisterIn, tx: TxDep, runtime: RuntimeDep) -> 
     return {"user": user}
 
 
-@router.post("/login", response_model=schemas.TokenPair)
+@router.post(
+    "/login",
+    response_model=schemas.TokenPair,
+    responses=errors(auth.InvalidCredentials, auth.SuspendedLogin, auth.LoginLocked),
+)
 async def login(body: schemas.LoginIn, tx: TxDep, runtime: RuntimeDep) -> dict[str, Any]:
     """Exchange email and password for an access token and a refresh token.
 
@@ -36,14 +49,20 @@ async def login(body: schemas.LoginIn, tx: TxDep, runtime: RuntimeDep) -> dict[s
     return await auth.login(tx, runtime, email=body.email, password=body.password)
 
 
-@router.post("/refresh", response_model=schemas.TokenPair)
+@router.post(
+    "/refresh",
+    response_model=schemas.TokenPair,
+    responses=errors(
+        InvalidToken, TokenExpired, TokenRevoked, auth.RefreshTokenReused, AccountSuspended, (503, "STORE_UNAVAILABLE")
+    ),
+)
 async def refresh(body: schemas.RefreshIn, tx: TxDep, runtime: RuntimeDep) -> dict[str, Any]:
     """Spend a refresh token for a new pair. A spent token presented again revokes its whole
     family: 401 `REFRESH_TOKEN_REUSED`."""
     return await auth.refresh(tx, runtime, refresh_token=body.refresh_token)
 
 
-@router.post("/logout", status_code=204)
+@router.post("/logout", status_code=204, responses=errors((503, "STORE_UNAVAILABLE")))
 async def logout(
     request: Request, tx: TxDep, runtime: RuntimeDep, me: CurrentUser, body: schemas.LogoutIn | None = None
 ) -> Response:
@@ -69,7 +88,12 @@ async def read_me(tx: TxDep, runtime: RuntimeDep, me: CurrentUser) -> dict[str, 
 ServiceTokenAdmin = Annotated[Principal, RequirePermission("service-tokens:write")]
 
 
-@router.post("/service-tokens", response_model=schemas.ServiceTokenCreated, status_code=201)
+@router.post(
+    "/service-tokens",
+    response_model=schemas.ServiceTokenCreated,
+    status_code=201,
+    responses=errors(rbac.UnknownPermissions),
+)
 async def create_service_token(
     body: schemas.ServiceTokenIn, tx: TxDep, runtime: RuntimeDep, actor: ServiceTokenAdmin, _: CurrentUser
 ) -> dict[str, Any]:
@@ -87,7 +111,11 @@ async def list_service_tokens(
     return await auth.list_service_tokens(tx, page)
 
 
-@router.delete("/service-tokens/{token_id}", status_code=204)
+@router.delete(
+    "/service-tokens/{token_id}",
+    status_code=204,
+    responses=errors(auth.ServiceTokenNotFound, (503, "STORE_UNAVAILABLE")),
+)
 async def revoke_service_token(token_id: uuid.UUID, tx: TxDep, runtime: RuntimeDep, _: ServiceTokenAdmin) -> Response:
     """Revoke: the token's `jti` is blacklisted, so every service refuses it (`TOKEN_REVOKED`)."""
     await auth.revoke_service_token(tx, runtime, token_id)

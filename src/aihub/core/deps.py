@@ -11,14 +11,15 @@ from collections.abc import Callable, Coroutine
 from typing import Annotated, Any
 
 from fastapi import Depends, Request
-from fastapi.routing import APIRoute
 from starlette.responses import Response
 
 from aihub.core.audit import service as audit
 from aihub.core.rbac import service as rbac
 from aihub.kit.db import Tx
 from aihub.kit.errors import AppError, Forbidden, ServiceUnavailable, Unauthorized
-from aihub.kit.jwt import InvalidToken, TokenRevoked, blacklist_key
+from aihub.kit.jwt import InvalidToken, TokenExpired, TokenRevoked, blacklist_key
+from aihub.kit.openapi import raises
+from aihub.kit.routing import ApiRoute
 from aihub.kit.runtime import Runtime
 from aihub.kit.store import StoreUnavailable
 from aihub.models import User
@@ -32,7 +33,7 @@ class AccountSuspended(AppError):
 # worker thread, and that hop cost ~0.4 ms per dependency per request in measurements.
 
 
-class TxRoute(APIRoute):
+class TxRoute(ApiRoute):
     """Commits the request's unit of work once the endpoint has produced its response.
 
     Commit happens before the response leaves, so a failed commit becomes an error response
@@ -108,6 +109,7 @@ async def load_user(tx: Tx, user_id: uuid.UUID) -> User | None:
     return await tx.session.get(User, user_id)
 
 
+@raises(Unauthorized, InvalidToken, TokenExpired, TokenRevoked, AccountSuspended, (503, "STORE_UNAVAILABLE"))
 async def current_principal(request: Request, runtime: RuntimeDep, tx: TxDep) -> rbac.Principal:
     claims = await runtime.codec.verify_fresh(bearer_token(request))
     if await _revoked(runtime, claims.jti):
@@ -151,6 +153,7 @@ async def current_principal(request: Request, runtime: RuntimeDep, tx: TxDep) ->
 CurrentPrincipal = Annotated[rbac.Principal, Depends(current_principal)]
 
 
+@raises(Forbidden)
 async def current_user(principal: CurrentPrincipal) -> rbac.Principal:
     """Endpoints about "me" need a person, not a service token."""
     if principal.kind != "user":
@@ -167,4 +170,4 @@ def RequirePermission(permission: str) -> Any:
         return principal
 
     check.__name__ = f"require_{permission.replace(':', '_').replace('-', '_')}"
-    return Depends(check)
+    return Depends(raises(Forbidden)(check))
