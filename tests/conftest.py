@@ -388,3 +388,16 @@ async def fake_jwks() -> AsyncIterator[FakeJwks]:
     await server.start()
     yield server
     await server.stop()
+
+
+@pytest.fixture
+def smtp_sink() -> Iterator[Any]:
+    """A real SMTP server on a free port that keeps every message (see tests/smtp_sink.py)."""
+    from tests.smtp_sink import SmtpSink
+
+    sink = SmtpSink()
+    sink.start()
+    try:
+        yield sink
+    finally:
+        sink.stop()

@@ -250,6 +250,15 @@ class Settings(BaseSettings):
         "(0: off; an account's own threshold wins)",
     )
     low_balance_webhook_url: str | None = Field(default=None, description="where low-balance events are POSTed")
+    # Outgoing email (verification, password reset, low-balance alerts). Unset: emails are written
+    # to the log instead, so the embedded default needs no mail server.
+    smtp_url: str | None = Field(
+        default=None,
+        description="`smtp://[user:pass@]host:port` (STARTTLS when the server offers it), `smtps://…` (TLS from "
+        "the start); unset: emails are written to the log",
+    )
+    email_from: str = Field(default="aihub <no-reply@aihub.local>", description="`From` of every email aihub sends")
+    smtp_timeout_seconds: float = Field(default=10.0, gt=0, le=120, description="timeout of one SMTP delivery")
     webhook_timeout_seconds: float = Field(default=5.0, gt=0, description="timeout of one webhook delivery")
     webhook_max_attempts: int = Field(default=5, ge=1, le=20, description="webhook delivery attempts")
     webhook_backoff_seconds: float = Field(default=1.0, ge=0, description="first retry delay, doubled on each attempt")
@@ -364,6 +373,15 @@ class Settings(BaseSettings):
             return None
         if not value.startswith(("redis://", "rediss://", "unix://")):
             raise ValueError("must start with redis://, rediss:// or unix://")
+        return value
+
+    @field_validator("smtp_url")
+    @classmethod
+    def _smtp_scheme(cls, value: str | None) -> str | None:
+        if value in (None, ""):
+            return None
+        if not value.startswith(("smtp://", "smtps://")):
+            raise ValueError("must start with smtp:// or smtps://")
         return value
 
     @field_validator("jwks_url")

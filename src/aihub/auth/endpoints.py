@@ -13,6 +13,7 @@ from aihub.core.deps import AccountSuspended, CurrentUser, RequirePermission, Ru
 from aihub.core.rbac import service as rbac
 from aihub.core.rbac.service import Principal
 from aihub.core.users import service as users
+from aihub.kit.errors import StoreUnavailableError
 from aihub.kit.jwt import InvalidToken, TokenExpired, TokenRevoked
 from aihub.kit.openapi import errors
 from aihub.kit.pagination import PageParams, page_params
@@ -53,7 +54,7 @@ async def login(body: schemas.LoginIn, tx: TxDep, runtime: RuntimeDep) -> dict[s
     "/refresh",
     response_model=schemas.TokenPair,
     responses=errors(
-        InvalidToken, TokenExpired, TokenRevoked, auth.RefreshTokenReused, AccountSuspended, (503, "STORE_UNAVAILABLE")
+        InvalidToken, TokenExpired, TokenRevoked, auth.RefreshTokenReused, AccountSuspended, StoreUnavailableError
     ),
 )
 async def refresh(body: schemas.RefreshIn, tx: TxDep, runtime: RuntimeDep) -> dict[str, Any]:
@@ -62,7 +63,7 @@ async def refresh(body: schemas.RefreshIn, tx: TxDep, runtime: RuntimeDep) -> di
     return await auth.refresh(tx, runtime, refresh_token=body.refresh_token)
 
 
-@router.post("/logout", status_code=204, responses=errors((503, "STORE_UNAVAILABLE")))
+@router.post("/logout", status_code=204, responses=errors(StoreUnavailableError))
 async def logout(
     request: Request, tx: TxDep, runtime: RuntimeDep, me: CurrentUser, body: schemas.LogoutIn | None = None
 ) -> Response:
@@ -114,7 +115,7 @@ async def list_service_tokens(
 @router.delete(
     "/service-tokens/{token_id}",
     status_code=204,
-    responses=errors(auth.ServiceTokenNotFound, (503, "STORE_UNAVAILABLE")),
+    responses=errors(auth.ServiceTokenNotFound, StoreUnavailableError),
 )
 async def revoke_service_token(token_id: uuid.UUID, tx: TxDep, runtime: RuntimeDep, _: ServiceTokenAdmin) -> Response:
     """Revoke: the token's `jti` is blacklisted, so every service refuses it (`TOKEN_REVOKED`)."""

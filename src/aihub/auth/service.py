@@ -25,7 +25,7 @@ from aihub.core.rbac import service as rbac
 from aihub.core.users import repository as users_repo
 from aihub.core.users import service as users
 from aihub.kit.db import Tx, utcnow
-from aihub.kit.errors import AppError, NotFound, ServiceUnavailable, ValidationFailed
+from aihub.kit.errors import AppError, NotFound, StoreUnavailableError, ValidationFailed
 from aihub.kit.jwt import InvalidToken, TokenExpired, TokenRevoked, blacklist_key
 from aihub.kit.pagination import PageParams, page_of
 from aihub.kit.passwords import hash_password, needs_rehash, verify_password
@@ -81,7 +81,7 @@ async def blacklist(store: Store, jti: str, exp: int | None) -> None:
     try:
         await store.set(blacklist_key(jti), "1", ttl=ttl)
     except StoreUnavailable as exc:
-        raise ServiceUnavailable("The token store is unavailable", code="STORE_UNAVAILABLE") from exc
+        raise StoreUnavailableError from exc
 
 
 # ---------------------------------------------------------------- register, login

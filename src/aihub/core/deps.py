@@ -16,7 +16,7 @@ from starlette.responses import Response
 from aihub.core.audit import service as audit
 from aihub.core.rbac import service as rbac
 from aihub.kit.db import Tx
-from aihub.kit.errors import AppError, Forbidden, ServiceUnavailable, Unauthorized
+from aihub.kit.errors import AppError, Forbidden, StoreUnavailableError, Unauthorized
 from aihub.kit.jwt import InvalidToken, TokenExpired, TokenRevoked, blacklist_key
 from aihub.kit.openapi import raises
 from aihub.kit.routing import ApiRoute
@@ -102,14 +102,14 @@ async def _revoked(runtime: Runtime, jti: str) -> bool:
         return await runtime.store.exists(blacklist_key(jti))
     except StoreUnavailable as exc:
         # Without the blacklist we cannot tell a revoked token from a good one: refuse.
-        raise ServiceUnavailable("The token store is unavailable", code="STORE_UNAVAILABLE") from exc
+        raise StoreUnavailableError from exc
 
 
 async def load_user(tx: Tx, user_id: uuid.UUID) -> User | None:
     return await tx.session.get(User, user_id)
 
 
-@raises(Unauthorized, InvalidToken, TokenExpired, TokenRevoked, AccountSuspended, (503, "STORE_UNAVAILABLE"))
+@raises(Unauthorized, InvalidToken, TokenExpired, TokenRevoked, AccountSuspended, StoreUnavailableError)
 async def current_principal(request: Request, runtime: RuntimeDep, tx: TxDep) -> rbac.Principal:
     claims = await runtime.codec.verify_fresh(bearer_token(request))
     if await _revoked(runtime, claims.jti):

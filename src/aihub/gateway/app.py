@@ -27,8 +27,10 @@ from aihub.config import Settings
 from aihub.gateway import metrics
 from aihub.gateway.authcheck import Identity, authenticate, authenticate_after_refetch, bearer_token
 from aihub.gateway.balancer import Balancer
+from aihub.gateway.docs import DOCS_CSP, DOCS_PATH, asset
 from aihub.gateway.headers import Cors, add_security
 from aihub.gateway.ipblock import BlockList, Strikes, client_ip, is_trusted
+from aihub.gateway.openapi import SchemaCache
 from aihub.gateway.proxy import Forwarded, forward, upstream_headers
 from aihub.gateway.ratelimit import Decision, Limiter, create_limiter
 from aihub.gateway.routing import Route, RouteTable, load_table
@@ -102,6 +104,7 @@ class Gateway:
             health_interval=settings.gateway_health_interval_seconds,
             health_paths=table.health_paths,
         )
+        self.openapi = SchemaCache(self.balancer, table)
         self.drain = DrainFlag()
         # Set when the server stops (after the drain delay): open WebSockets close with 1001.
         self.going_away = asyncio.Event()
@@ -159,6 +162,9 @@ class Gateway:
         if request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers:
             ctx.route = "preflight"
             return self._preflight(request, ctx)
+        if path == "/openapi.json" or path == DOCS_PATH or path.startswith(DOCS_PATH + "/"):
+            ctx.route = "docs"  # public, like /health: the contract is no secret
+            return await self._docs(request, ctx, path)
         if path == ADMIN_PREFIX or path.startswith(ADMIN_PREFIX + "/"):
             ctx.route = "gateway-admin"
             identity = await self._identify(request, ctx, _ADMIN_ROUTE)
@@ -315,6 +321,27 @@ class Gateway:
             checks["jwks"] = jwks
         body = {"status": status, "checks": checks}
         return self.json(ctx, dumps(body), 503 if status == "down" else 200)
+
+    async def _docs(self, request: web.Request, ctx: Ctx, path: str) -> web.Response:
+        if request.method not in ("GET", "HEAD"):
+            return self.error(ctx, 405, "METHOD_NOT_ALLOWED", "This method is not allowed on this resource")
+        if path == "/openapi.json":
+            assert self.session is not None
+            body, _complete = await self.openapi.document(self.session)
+            return self.json(ctx, body, headers={"Cache-Control": "no-cache"})
+        found = asset(path)
+        if found is None:
+            raise NotFound("No such file")
+        headers = {
+            "Content-Type": found.content_type,
+            "Cache-Control": found.cache_control,
+            "Content-Security-Policy": DOCS_CSP,  # ctx.generated stays False: on_prepare keeps this one
+            "Vary": "Accept-Encoding",
+        }
+        body = found.body
+        if found.gzipped is not None and "gzip" in request.headers.get("Accept-Encoding", ""):
+            body, headers["Content-Encoding"] = found.gzipped, "gzip"
+        return web.Response(body=body, headers=headers)
 
     def _preflight(self, request: web.Request, ctx: Ctx) -> web.Response:
         origin = request.headers.get("Origin")

@@ -6,6 +6,7 @@ whatever raised it (our code, FastAPI's validation, Starlette's routing, or a bu
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import structlog
@@ -36,8 +37,47 @@ _STATUS_CODES = {
 }
 
 
+@dataclass(frozen=True)
+class ErrorCode:
+    """One code a client may see. ``status`` is the HTTP status it comes with; None for a code
+    reported inside a successful answer (a failed background job's ``error.code``)."""
+
+    code: str
+    status: int | None
+    message: str
+    where: str  # the module that declared it
+
+
+# Every code the system can answer with, so docs/api.md can be checked against the code
+# (tests/docs/test_contract.py). AppError subclasses register themselves; codes no subclass
+# carries are declared with register_code().
+_REGISTRY: dict[tuple[str, int | None], ErrorCode] = {}
+
+
+def register_code(code: str, status: int | None, message: str, *, where: str) -> str:
+    """Declare ``code``; returns it, so a module can keep it as a constant."""
+    _REGISTRY.setdefault((code, status), ErrorCode(code, status, message, where))
+    return code
+
+
+def registered_codes() -> list[ErrorCode]:
+    """The codes declared by the modules imported so far (import every module for all of them)."""
+    return sorted(_REGISTRY.values(), key=lambda e: (e.code, e.status or 0))
+
+
+for _status, (_code, _message) in _STATUS_CODES.items():
+    register_code(_code, _status, _message, where=__name__)
+INVALID_JSON = register_code("INVALID_JSON", 400, "The request body is not valid JSON", where=__name__)
+# Any other 4xx raised by the framework (Starlette's HTTPException with a status not listed above).
+HTTP_ERROR = register_code("HTTP_ERROR", None, "The request failed", where=__name__)
+
+
 class AppError(Exception):
-    """An error a client may see. Subclasses fix status and code; the message may vary."""
+    """An error a client may see. Subclasses fix status and code; the message may vary.
+
+    Declaring a subclass registers its code and status (see ``register_code``); pass ``code=``
+    only with a code declared that way.
+    """
 
     status_code = 400
     code = "BAD_REQUEST"
@@ -64,6 +104,10 @@ class AppError(Exception):
         self.headers = headers or {}
         super().__init__(self.message)
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        register_code(cls.code, cls.status_code, cls.message, where=cls.__module__)
+
 
 class Unauthorized(AppError):
     status_code, code, message = 401, "UNAUTHORIZED", "Authentication is required"
@@ -89,10 +133,16 @@ class ServiceUnavailable(AppError):
     status_code, code, message = 503, "SERVICE_UNAVAILABLE", "A dependency is unavailable"
 
 
+class StoreUnavailableError(ServiceUnavailable):
+    """The Redis (or memory) store behind tokens and blacklists did not answer."""
+
+    code, message = "STORE_UNAVAILABLE", "The token store is unavailable"
+
+
 def default_code(status: int) -> tuple[str, str]:
     if status in _STATUS_CODES:
         return _STATUS_CODES[status]
-    return ("HTTP_ERROR", "The request failed") if status < 500 else _STATUS_CODES[500]
+    return (HTTP_ERROR, "The request failed") if status < 500 else _STATUS_CODES[500]
 
 
 def error_body(code: str, message: str, request_id: str | None, details: Any = None) -> bytes:
@@ -155,7 +205,7 @@ async def _validation_error(request: Request, exc: Exception) -> Response:
     details = validation_details(exc.errors())
     # A body that is not JSON at all is reported by FastAPI as a json_invalid validation error.
     if any(d["type"] == "json_invalid" for d in details):
-        return error_response(400, "INVALID_JSON", "The request body is not valid JSON", _request_id(request), details)
+        return error_response(400, INVALID_JSON, "The request body is not valid JSON", _request_id(request), details)
     return error_response(422, "VALIDATION_ERROR", "The request is invalid", _request_id(request), details)
 
 

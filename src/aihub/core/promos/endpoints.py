@@ -12,6 +12,7 @@ from aihub.core.deps import CurrentUser, RequirePermission, RuntimeDep, TxDep, T
 from aihub.core.promos import schemas
 from aihub.core.promos import service as promos
 from aihub.core.rbac.service import Principal
+from aihub.kit.errors import Conflict
 from aihub.kit.idempotency import IdempotentRequest, idempotent_request
 from aihub.kit.openapi import errors
 from aihub.kit.pagination import PageParams, page_params
@@ -37,7 +38,7 @@ async def create_code(body: schemas.PromoIn, tx: TxDep, _: Writer) -> dict[str, 
     return await promos.create(tx, body.model_dump())
 
 
-@router.post("/batch", response_model=schemas.PromoBatchOut, status_code=201, responses=errors((409, "CONFLICT")))
+@router.post("/batch", response_model=schemas.PromoBatchOut, status_code=201, responses=errors(Conflict))
 async def create_batch(body: schemas.PromoBatchIn, tx: TxDep, _: Writer) -> dict[str, Any]:
     """Generate `count` (≤ 1000) unique codes with the same terms, each `PREFIX-XXXX-XXXX-XXXX-XXXX`
     when a prefix is given (`promo:write`)."""

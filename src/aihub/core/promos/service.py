@@ -64,6 +64,10 @@ class PromoMaxBelowRedeemed(Conflict):
     code, message = "PROMO_MAX_BELOW_REDEEMED", "maxRedemptions cannot be below the redemptions already made"
 
 
+class PromoCodeCollision(Conflict):
+    code, message = "PROMO_CODE_COLLISION", "Could not generate unique codes; retry"
+
+
 class PromoRateLimited(AppError):
     status_code, code, message = 429, "PROMO_RATE_LIMITED", "Too many failed promo code attempts, try again later"
 
@@ -145,7 +149,7 @@ async def _insert(tx: Tx, make_codes: Any, terms: dict[str, Any], *, given: bool
                 return promos
         if given:
             raise PromoCodeTaken(details={"code": wanted[0]})
-    raise Conflict("Could not generate unique codes; retry", code="PROMO_CODE_COLLISION")
+    raise PromoCodeCollision
 
 
 async def create(tx: Tx, values: dict[str, Any]) -> dict[str, Any]:

@@ -33,7 +33,7 @@ from aihub.core.reports import repository as repo
 from aihub.core.reports import schemas
 from aihub.core.reports import service as reports
 from aihub.kit.db import Tx, as_utc, utcnow
-from aihub.kit.errors import AppError, Conflict, NotFound
+from aihub.kit.errors import AppError, Conflict, NotFound, register_code
 from aihub.kit.jobs import Periodic, job, jobs_of
 from aihub.kit.jsonutil import canonical
 from aihub.kit.pagination import PageParams, page_of
@@ -63,6 +63,19 @@ class ReportNotReady(Conflict):
 
 class ReportFailed(Conflict):
     code, message = "REPORT_FAILED", "The report job failed; request the report again"
+
+
+# Codes a failed job reports in its ``error.code`` (the job itself answers 200). A job that
+# failed on a client error (e.g. the user was deleted meanwhile) carries that error's code.
+def _job_code(code: str, message: str) -> str:
+    return register_code(code, None, message, where=__name__)
+
+
+QUEUE_UNAVAILABLE = _job_code("REPORT_QUEUE_UNAVAILABLE", "The job queue was unavailable; request again")
+TIMED_OUT = _job_code("REPORT_TIMEOUT", "The report took longer than the job timeout")
+CRASHED = _job_code("REPORT_FAILED", "The report could not be computed")
+INTERRUPTED = _job_code("REPORT_INTERRUPTED", "The worker running this report stopped; request the report again")
+NOT_STARTED = _job_code("REPORT_NOT_STARTED", "No worker picked this report up in time; request the report again")
 
 
 def wants_async(prefer: str | None) -> bool:
@@ -172,7 +185,7 @@ async def _enqueue(runtime: Runtime, job_id: uuid.UUID) -> None:
         await jobs_of(runtime).enqueue(RUN_JOB, {"jobId": str(job_id)})
     except Exception:  # the queue is down: the job says so at once instead of waiting forever
         log.exception("reports.enqueue_failed", job_id=str(job_id))
-        await _fail(runtime, job_id, "REPORT_QUEUE_UNAVAILABLE", "The job queue was unavailable; request again")
+        await _fail(runtime, job_id, QUEUE_UNAVAILABLE, "The job queue was unavailable; request again")
 
 
 def _may_read(caller: Principal, report_job: ReportJob) -> bool:
@@ -281,14 +294,14 @@ async def run(runtime: Runtime, job_id: uuid.UUID) -> bool:
         async with asyncio.timeout(runtime.settings.report_job_timeout_seconds):
             body, stem = await _compute(runtime, kind, fmt, params)
     except TimeoutError:
-        await _fail(runtime, job_id, "REPORT_TIMEOUT", "The report took longer than the job timeout")
+        await _fail(runtime, job_id, TIMED_OUT, "The report took longer than the job timeout")
         return True
     except AppError as exc:  # e.g. the user was deleted meanwhile: the client's answer, not a crash
         await _fail(runtime, job_id, exc.code, exc.message)
         return True
     except Exception:
         log.exception("reports.job_crashed", job_id=str(job_id), kind=kind)
-        await _fail(runtime, job_id, "REPORT_FAILED", "The report could not be computed")
+        await _fail(runtime, job_id, CRASHED, "The report could not be computed")
         return True
     now = utcnow()
     start, end = _window(params)
@@ -325,7 +338,7 @@ async def sweep(runtime: Runtime, now: dt.datetime | None = None) -> dict[str, i
             tx.session,
             status="running",
             before=now - timeout - INTERRUPT_GRACE,
-            code="REPORT_INTERRUPTED",
+            code=INTERRUPTED,
             message="The worker running this report stopped; request the report again",
             now=now,
             expires_at=expires,
@@ -335,7 +348,7 @@ async def sweep(runtime: Runtime, now: dt.datetime | None = None) -> dict[str, i
             tx.session,
             status="queued",
             before=now - 2 * timeout,
-            code="REPORT_NOT_STARTED",
+            code=NOT_STARTED,
             message="No worker picked this report up in time; request the report again",
             now=now,
             expires_at=expires,

@@ -15,6 +15,7 @@ from aihub.core.rbac.service import MissingPermission, Principal
 from aihub.core.usage import schemas
 from aihub.core.usage import service as usage
 from aihub.core.users import service as users
+from aihub.kit.errors import Conflict
 from aihub.kit.idempotency import IdempotencyKeyReused
 from aihub.kit.inputs import Timestamp
 from aihub.kit.openapi import errors
@@ -50,8 +51,8 @@ def _subject(caller: Principal, user_id: uuid.UUID | None) -> uuid.UUID | None:
         pricing.UnknownModel,
         pricing.CostOutOfRange,
         IdempotencyKeyReused,
-        (409, "CONFLICT"),
-        (404, "USER_NOT_FOUND"),
+        Conflict,
+        users.UserNotFound,
     ),
 )
 async def record_event(

@@ -33,6 +33,10 @@ class QuotaNotFound(NotFound):
     code, message = "QUOTA_NOT_FOUND", "No quota is set for this scope"
 
 
+class RequestInProgress(Conflict):
+    code, message = "REQUEST_IN_PROGRESS", "A request with this requestId failed meanwhile; retry"
+
+
 class InvalidScope(AppError):
     status_code, code, message = 422, "VALIDATION_ERROR", "Scope must be role:<name> or user:<uuid>"
 
@@ -220,7 +224,7 @@ async def record_event(tx: Tx, reporter_id: str, body: dict[str, Any]) -> tuple[
     if claimed == "duplicate":
         existing = await repo.by_request_id(tx.session, body["request_id"])
         if existing is None:  # the original rolled back between our insert and this read
-            raise Conflict("A request with this requestId failed meanwhile; retry", code="REQUEST_IN_PROGRESS")
+            raise RequestInProgress
         if existing.request_hash != fingerprint:
             raise IdempotencyKeyReused("This requestId was reported with different content")
         return _result(existing), True
