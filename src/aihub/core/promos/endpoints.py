@@ -12,7 +12,6 @@ from aihub.core.deps import CurrentUser, RequirePermission, RuntimeDep, TxDep, T
 from aihub.core.promos import schemas
 from aihub.core.promos import service as promos
 from aihub.core.rbac.service import Principal
-from aihub.kit.errors import Conflict
 from aihub.kit.idempotency import IdempotentRequest, idempotent_request
 from aihub.kit.openapi import errors
 from aihub.kit.pagination import PageParams, page_params
@@ -31,14 +30,21 @@ _REDEEM_ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
-@router.post("", response_model=schemas.PromoOut, status_code=201, responses=errors(promos.PromoCodeTaken))
+@router.post(
+    "",
+    response_model=schemas.PromoOut,
+    status_code=201,
+    responses=errors(promos.PromoCodeTaken, promos.PromoCodeCollision),
+)
 async def create_code(body: schemas.PromoIn, tx: TxDep, _: Writer) -> dict[str, Any]:
     """Create one code (`promo:write`): the given `code` (stored upper case; 409
     `PROMO_CODE_TAKEN` when it exists) or a generated one such as `K7QM-2XWP-9HTC-RD4B`."""
     return await promos.create(tx, body.model_dump())
 
 
-@router.post("/batch", response_model=schemas.PromoBatchOut, status_code=201, responses=errors(Conflict))
+@router.post(
+    "/batch", response_model=schemas.PromoBatchOut, status_code=201, responses=errors(promos.PromoCodeCollision)
+)
 async def create_batch(body: schemas.PromoBatchIn, tx: TxDep, _: Writer) -> dict[str, Any]:
     """Generate `count` (≤ 1000) unique codes with the same terms, each `PREFIX-XXXX-XXXX-XXXX-XXXX`
     when a prefix is given (`promo:write`)."""

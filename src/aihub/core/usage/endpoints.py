@@ -15,7 +15,6 @@ from aihub.core.rbac.service import MissingPermission, Principal
 from aihub.core.usage import schemas
 from aihub.core.usage import service as usage
 from aihub.core.users import service as users
-from aihub.kit.errors import Conflict
 from aihub.kit.idempotency import IdempotencyKeyReused
 from aihub.kit.inputs import Timestamp
 from aihub.kit.openapi import errors
@@ -51,7 +50,7 @@ def _subject(caller: Principal, user_id: uuid.UUID | None) -> uuid.UUID | None:
         pricing.UnknownModel,
         pricing.CostOutOfRange,
         IdempotencyKeyReused,
-        Conflict,
+        usage.RequestInProgress,
         users.UserNotFound,
     ),
 )
