@@ -67,9 +67,15 @@ async def test_nul_in_any_string_or_parameter_is_refused(
 
 
 async def test_lone_surrogates_are_refused(
-    client: httpx.AsyncClient, auth_client: httpx.AsyncClient, user: Caller
+    client: httpx.AsyncClient, auth_client: httpx.AsyncClient, admin: Caller, user: Caller
 ) -> None:
     headers = {"content-type": "application/json"}
+    # Where no string type checks them (metadata is free JSON), they used to reach orjson: 500.
+    for metadata in ('{"\\ud800": 1}', '{"a": ["\\udfff"]}', '{"a": {"b": "x\\ud83d"}}'):
+        raw = f'{{"userId": "{user.id}", "amount": 1, "metadata": {metadata}}}'.encode()
+        _bad(
+            await client.post("/api/credits/grant", content=raw, headers={**headers, **admin.headers}), "body.metadata"
+        )
     for raw in (
         b'{"email": "\\ud800@x.io", "password": "long enough"}',  # escaped, lower case
         b'{"email": "e@x.io", "password": "long enough\\uDFFF"}',  # escaped, upper case
