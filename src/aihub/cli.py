@@ -95,6 +95,7 @@ async def _serve(settings: Settings, names: list[str], *, bootstrap: bool) -> No
             listeners,
             drain_seconds=settings.shutdown_drain_seconds,
             timeout_seconds=settings.shutdown_timeout_seconds,
+            on_started=_console_hint(settings) if "gateway" in names else None,
         )
     finally:
         await runtime.close()  # the jobs first (running ones finish), then the store and the engine
@@ -121,6 +122,24 @@ def _listener(name: str, settings: Settings, runtime: Any) -> Any:
     service_app.state.prepared = True
     service_app.state.owns_runtime = False
     return Listener(name=name, app=service_app, host=settings.host, port=port)
+
+
+def _console_hint(settings: Settings) -> Callable[[], None] | None:
+    """The last start-up line: where a newcomer opens the console (after every port listens)."""
+    if not settings.console_enabled:
+        return None
+    host = settings.host
+    if host in ("0.0.0.0", "::", ""):  # noqa: S104 - naming the wildcard, not binding it
+        host = "127.0.0.1"
+    elif ":" in host:
+        host = f"[{host}]"
+    url = f"http://{host}:{settings.gateway_port}/console/"
+
+    def hint() -> None:
+        sys.stderr.write(f"  aihub is running: open {url} in a browser and sign in.\n")
+        sys.stderr.flush()
+
+    return hint
 
 
 async def _start_core_jobs(runtime: Any) -> None:
@@ -215,6 +234,59 @@ def admin_create(
         err.print(f"[red]failed:[/red] {getattr(exc, 'message', exc)}")
         raise typer.Exit(1) from None
     err.print(f"[green]{outcome}[/green] {email}")
+
+
+@admin_app.command("set-password")
+def admin_set_password(
+    email: Annotated[str, typer.Option("--email", help="The account's email")],
+) -> None:
+    """Set a new password for an account (a lost admin password): it is read from standard input
+    (asked twice on a terminal), must pass the registration rules, and every session of the
+    account ends (refresh tokens, their access tokens, Sora sessions). Writes an audit row."""
+    settings = _settings()
+    password = (
+        sys.stdin.readline().rstrip("\n")
+        if not sys.stdin.isatty()
+        else typer.prompt("New password", hide_input=True, confirmation_prompt=True)
+    )
+    problem = _password_problem(password)
+    if problem:
+        err.print(f"[red]{problem}[/red]")
+        raise typer.Exit(2)
+
+    async def go() -> dict[str, int]:
+        from aihub.core.admin import set_password
+        from aihub.kit.runtime import Runtime
+
+        runtime = Runtime.build(settings)
+        try:
+            await runtime.prepare()
+            return await set_password(runtime, email, password)
+        finally:
+            await runtime.close()
+
+    try:
+        ended = _run(go())
+    except Exception as exc:  # the CLI prints a sentence, not a stack trace
+        err.print(f"[red]failed:[/red] {escape(str(getattr(exc, 'message', exc)))}")
+        raise typer.Exit(1) from None
+    err.print(
+        f"[green]password set[/green] for {escape(email)}; ended {ended['refreshTokens']} refresh tokens, "
+        f"{ended['accessFamilies']} signed-in sessions, {ended['soraSessions']} Sora sessions"
+    )
+
+
+def _password_problem(password: str) -> str | None:
+    """The registration rules (``Password`` in core/users/schemas.py), checked the same way."""
+    from pydantic import TypeAdapter
+
+    from aihub.core.users.schemas import Password
+
+    try:
+        TypeAdapter(Password).validate_python(password)
+    except ValidationError:
+        return "the password must be 8 to 256 characters"
+    return None
 
 
 @ledger_app.command("reconcile")

@@ -10,7 +10,7 @@ import ipaddress
 from functools import cached_property
 from typing import Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEV_JWT_SECRET = "aihub-development-secret-change-me-0123456789"  # noqa: S105 - refused in production
@@ -50,6 +50,15 @@ class Settings(BaseSettings):
     jwt_leeway_seconds: int = Field(default=10, ge=0, le=300, description="clock skew allowed on `exp`")
     access_token_ttl_seconds: int = Field(default=900, ge=30, le=86_400, description="access-token lifetime")
     refresh_token_ttl_seconds: int = Field(default=7 * 86_400, ge=300, description="refresh-token lifetime")
+    # Two tabs refreshing at once present the same refresh token: within this grace the one
+    # that lost the race gets the winner's new pair instead of tripping reuse detection.
+    refresh_reuse_grace_seconds: int = Field(
+        default=10,
+        ge=0,
+        le=60,
+        description="seconds after a rotation in which the spent refresh token returns the same new pair "
+        "(concurrent refreshes); later reuse revokes the family (0: no grace)",
+    )
     # Asymmetric signing (auth signs; every service verifies). A private key is inline PEM or a
     # file path; RSA (>= 2048 bits) signs RS256, Ed25519 signs EdDSA. Its kid is the RFC 7638
     # thumbprint unless AIHUB_JWT_KEY_ID is set.
@@ -152,6 +161,10 @@ class Settings(BaseSettings):
         json_schema_extra={"doc_default": "unset: the default table"},
     )
     cors_origins: str = Field(default="", description="comma-separated allowed CORS origins")
+    console_enabled: bool = Field(
+        default=True,
+        description="the gateway serves the web console at `/console/` (static files; every action is an API call)",
+    )
 
     # --- gateway (issue 8) ---
     rate_limit_window_seconds: int = Field(default=60, ge=1, le=86_400, description="the rate-limit window")
@@ -262,6 +275,40 @@ class Settings(BaseSettings):
     webhook_timeout_seconds: float = Field(default=5.0, gt=0, description="timeout of one webhook delivery")
     webhook_max_attempts: int = Field(default=5, ge=1, le=20, description="webhook delivery attempts")
     webhook_backoff_seconds: float = Field(default=1.0, ge=0, description="first retry delay, doubled on each attempt")
+    # Signed webhook endpoints (/api/webhooks): retried with doubling delays, capped, for a day.
+    webhook_backoff_max_seconds: float = Field(
+        default=3600.0, gt=0, description="longest delay between two attempts of one webhook endpoint delivery"
+    )
+    webhook_retry_hours: float = Field(
+        default=24.0,
+        gt=0,
+        le=24 * 7,
+        description="a webhook endpoint delivery is retried until this many hours after its event, then marked failed",
+    )
+    webhook_retry_interval_seconds: float = Field(
+        default=5.0, ge=0, description="how often the job runner sends webhook deliveries that are due again (0: never)"
+    )
+    webhook_allow_private_addresses: bool | None = Field(
+        default=None,
+        description="allow webhook endpoints on loopback, private and link-local addresses (a server-side request "
+        "forgery risk: they reach internal services); unset: allowed in development and test, refused in production",
+    )
+    # Payments (Stripe Checkout).
+    stripe_api_key: SecretStr | None = Field(
+        default=None, description="Stripe secret key (`sk_…`); unset: checkout answers 503 `PAYMENTS_NOT_CONFIGURED`"
+    )
+    stripe_webhook_secret: SecretStr | None = Field(
+        default=None,
+        description="signing secret (`whsec_…`) of the Stripe webhook endpoint `/api/payments/webhooks/stripe`; "
+        "unset: every event is refused with 400 `INVALID_SIGNATURE`",
+    )
+    stripe_api_base: str = Field(
+        default="https://api.stripe.com", description="Stripe API base URL (tests point it at a local fake Stripe)"
+    )
+    stripe_timeout_seconds: float = Field(default=10.0, gt=0, le=120, description="timeout of one Stripe API call")
+    stripe_webhook_tolerance_seconds: int = Field(
+        default=300, ge=1, le=3600, description="how old (or early) a Stripe event's signed timestamp may be"
+    )
     # How often core re-checks the whole ledger for the reconcile gauges (0: never).
     ledger_reconcile_interval_seconds: float = Field(
         default=3600.0,
@@ -272,13 +319,18 @@ class Settings(BaseSettings):
     # Promo codes: failed redemption attempts allowed per user and per client IP within the
     # window before further attempts get 429 PROMO_RATE_LIMITED (0 turns that limit off).
     promo_max_failures_per_user: int = Field(
-        default=10, ge=0, le=100_000, description="failed promo redemptions per user in the window before 429 (0: off)"
-    )
-    promo_max_failures_per_ip: int = Field(
         default=10,
         ge=0,
         le=100_000,
-        description="failed promo redemptions per client IP in the window before 429 (0: off)",
+        description="failed promo redemptions (any refusal) per user in the window before 429 (0: off)",
+    )
+    # Per address only guesses count (codes that do not exist), and the default leaves room for
+    # many people behind one NAT; a user's own limit above stays strict.
+    promo_max_failures_per_ip: int = Field(
+        default=100,
+        ge=0,
+        le=100_000,
+        description="redemption attempts on codes that do not exist, per client IP in the window, before 429 (0: off)",
     )
     promo_failure_window_seconds: int = Field(
         default=900, ge=1, le=86_400, description="window that counts failed promo redemptions"
@@ -383,6 +435,13 @@ class Settings(BaseSettings):
         if not value.startswith(("smtp://", "smtps://")):
             raise ValueError("must start with smtp:// or smtps://")
         return value
+
+    @field_validator("stripe_api_base")
+    @classmethod
+    def _stripe_base(cls, value: str) -> str:
+        if not value.startswith(("https://", "http://")):
+            raise ValueError("must start with https:// (or http:// for a local fake)")
+        return value.rstrip("/")
 
     @field_validator("jwks_url")
     @classmethod

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -42,6 +43,31 @@ async def login(client: httpx.AsyncClient, email: str, password: str = PASSWORD)
     assert response.status_code == 200, response.text
     body = response.json()
     return Session(body["user"]["id"], email, body["accessToken"], body["refreshToken"], body)
+
+
+async def age_rotation(runtime: Runtime, refresh_token: str) -> None:
+    """Move a spent token's rotation back past the reuse grace: presenting it again is then
+    reuse, as it would be after waiting (tests never sleep on a clock)."""
+    from sqlalchemy import select, update
+
+    from aihub.auth.tokens import hash_refresh_token
+    from aihub.models import RefreshToken
+
+    back = dt.timedelta(seconds=runtime.settings.refresh_reuse_grace_seconds + 1)
+    tx = runtime.tx()
+    try:
+        row = (
+            await tx.session.execute(
+                select(RefreshToken).where(RefreshToken.token_hash == hash_refresh_token(refresh_token))
+            )
+        ).scalar_one()
+        assert row.used_at is not None
+        await tx.session.execute(
+            update(RefreshToken).where(RefreshToken.id == row.id).values(used_at=row.used_at - back)
+        )
+        await tx.commit()
+    finally:
+        await tx.close()
 
 
 async def signed_up(client: httpx.AsyncClient, email: str, password: str = PASSWORD) -> Session:

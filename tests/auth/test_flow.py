@@ -9,10 +9,11 @@ import httpx
 import pytest
 from sqlalchemy import select
 
+from aihub.auth import lockout
 from aihub.auth import service as auth_service
 from aihub.kit.runtime import Runtime
 from aihub.models import AuditLog, RefreshToken
-from tests.auth.conftest import PASSWORD, assert_error, login, register, signed_up
+from tests.auth.conftest import PASSWORD, age_rotation, assert_error, login, register, signed_up
 from tests.conftest import Caller, create_user
 
 
@@ -43,6 +44,7 @@ async def test_full_cycle(auth_client: httpx.AsyncClient, client: httpx.AsyncCli
     assert second["accessToken"] != first.access
     # The old access token lives until it expires; the old refresh token is spent.
     assert (await client.get("/api/users/me", headers=first.headers)).status_code == 200
+    await age_rotation(runtime, first.refresh)  # past the grace for racing tabs
     assert_error(await auth_client.post("/refresh", json={"refreshToken": first.refresh}), 401, "REFRESH_TOKEN_REUSED")
 
     # Reuse revoked the family, so sign in again and log out properly.
@@ -58,10 +60,13 @@ async def test_full_cycle(auth_client: httpx.AsyncClient, client: httpx.AsyncCli
     assert 0 < ttl <= runtime.settings.access_token_ttl_seconds
 
 
-async def test_reuse_revokes_the_whole_family(auth_client: httpx.AsyncClient, client: httpx.AsyncClient) -> None:
+async def test_reuse_revokes_the_whole_family(
+    auth_client: httpx.AsyncClient, client: httpx.AsyncClient, runtime: Runtime
+) -> None:
     s = await signed_up(auth_client, "reuse@example.com")
     r1 = (await auth_client.post("/refresh", json={"refreshToken": s.refresh})).json()
     r2 = (await auth_client.post("/refresh", json={"refreshToken": r1["refreshToken"]})).json()
+    await age_rotation(runtime, s.refresh)
     # A thief replays the first token: the family, including the newest token, dies.
     assert_error(await auth_client.post("/refresh", json={"refreshToken": s.refresh}), 401, "REFRESH_TOKEN_REUSED")
     assert_error(await auth_client.post("/refresh", json={"refreshToken": r2["refreshToken"]}), 401, "TOKEN_REVOKED")
@@ -191,7 +196,7 @@ async def test_lockout_after_repeated_failures(auth_client: httpx.AsyncClient, r
         "TOO_MANY_LOGIN_ATTEMPTS",
     )
     # The window ends: the lock lifts.
-    await runtime.store.delete(auth_service._failures_key("locked@example.com"))
+    await runtime.store.delete(lockout.failures_key("locked@example.com"))
     assert (
         await auth_client.post("/login", json={"email": "locked@example.com", "password": PASSWORD})
     ).status_code == 200
@@ -264,6 +269,7 @@ async def test_every_auth_event_is_audited_without_secrets(
     await auth_client.post("/login", json={"email": "audit@example.com", "password": "wrong-password"})
     await auth_client.post("/login", json={"email": "nobody@example.com", "password": "wrong-password"})
     r = (await auth_client.post("/refresh", json={"refreshToken": s.refresh})).json()
+    await age_rotation(runtime, s.refresh)
     await auth_client.post("/refresh", json={"refreshToken": s.refresh})  # reuse
     created = (
         await auth_client.post(

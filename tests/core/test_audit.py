@@ -154,7 +154,7 @@ async def test_rows_hashed_before_0008_still_verify(client: httpx.AsyncClient, a
         after = [r for r in await _rows(runtime) if r.chain == chain]
         if len(after) > len(ordered) + 1:
             break
-    assert {r.hash_version for r in after} == {1, 2}
+    assert {r.hash_version for r in after} == {1, 3}
     assert (await client.get("/api/audit-logs/verify", headers=admin.headers)).json()["valid"] is True
 
     newest = max(after, key=lambda r: r.chain_seq)
@@ -164,3 +164,99 @@ async def test_rows_hashed_before_0008_still_verify(client: httpx.AsyncClient, a
     await tx.close()
     bad = (await client.get("/api/audit-logs/verify", headers=admin.headers)).json()
     assert bad == {**bad, "valid": False, "firstBrokenId": str(newest.id)}
+
+
+# ------------------------------------------------------------------ v3: the hash covers stored text
+
+FLOATS = {"ratio": 1e16, "huge": 1.5e300, "tiny": 1e-7, "negZero": -0.0, "pi": 3.14159, "list": [1e20, 2.0]}
+
+
+async def test_floats_in_hashed_json_keep_the_chain_valid(
+    client: httpx.AsyncClient, admin: Caller, user: Caller
+) -> None:
+    """jsonb gives ``1e16`` back as ``10000000000000000``: the row must still verify."""
+    grant = await client.post(
+        "/api/credits/grant", headers=admin.headers, json={"userId": user.id, "amount": 100, "reason": "adjustment"}
+    )
+    assert grant.status_code == 201, grant.text
+    for metadata in ({"ratio": 1e16}, FLOATS):
+        hold = await client.post(
+            "/api/credits/holds", headers=admin.headers, json={"userId": user.id, "amount": 10, "metadata": metadata}
+        )
+        assert hold.status_code == 201, hold.text
+    verify = (await client.get("/api/audit-logs/verify", headers=admin.headers)).json()
+    assert verify == {**verify, "valid": True, "brokenIds": [], "brokenCount": 0}
+    assert verify["checked"] >= 2
+    assert "firstBrokenId" not in verify or verify["firstBrokenId"] is None
+
+
+async def _tamper(runtime: Runtime, row_id: object, **values: object) -> None:
+    tx = runtime.tx()
+    try:
+        await tx.session.execute(update(AuditLog).where(AuditLog.id == row_id).values(**values))
+        await tx.commit()
+    finally:
+        await tx.close()
+
+
+async def test_verify_reports_every_broken_row(client: httpx.AsyncClient, admin: Caller, runtime: Runtime) -> None:
+    for i in range(8):
+        await client.post("/api/users", headers=admin.headers, json={"email": f"many{i}@example.com"})
+    rows = {r.after["email"]: r for r in await _rows(runtime) if r.after and "email" in r.after}
+    edited, retexted, renumbered = rows["many1@example.com"], rows["many4@example.com"], rows["many6@example.com"]
+    # A column edited (the listing would show it), the stored text edited, a float made an int.
+    assert edited.after is not None and retexted.content is not None
+    await _tamper(runtime, edited.id, after={**edited.after, "email": "evil@example.com"})
+    await _tamper(runtime, retexted.id, content=retexted.content.replace("many4", "many9"))
+    await _tamper(runtime, renumbered.id, content=None)
+    bad = (await client.get("/api/audit-logs/verify", headers=admin.headers)).json()
+    assert bad["valid"] is False
+    broken = {str(edited.id), str(retexted.id), str(renumbered.id)}
+    assert set(bad["brokenIds"]) == broken and bad["brokenCount"] == 3
+    assert bad["firstBrokenId"] in broken
+    total = len(await _rows(runtime))
+    assert bad["checked"] == total  # the walk went on to the end of every chain
+
+
+async def test_values_that_only_look_different_still_verify(
+    client: httpx.AsyncClient, admin: Caller, runtime: Runtime
+) -> None:
+    """The columns are compared with the hashed text by value: jsonb's rendering of a number is
+    not a change, a different number is."""
+    body = {"userId": admin.id, "amount": 5, "reason": "adjustment"}
+    assert (await client.post("/api/credits/grant", headers=admin.headers, json=body)).status_code == 201
+    body = {"userId": admin.id, "amount": 5, "metadata": {"ratio": 1e16}}
+    assert (await client.post("/api/credits/holds", headers=admin.headers, json=body)).status_code == 201
+    row = next(r for r in await _rows(runtime) if r.after and (r.after.get("metadata") or {}).get("ratio"))
+    assert row.after is not None
+    assert row.content is not None and '"ratio":1e+16' in row.content  # hashed as written
+    await _tamper(runtime, row.id, after={**row.after, "metadata": {"ratio": 10**16}})
+    assert (await client.get("/api/audit-logs/verify", headers=admin.headers)).json()["valid"] is True
+    await _tamper(runtime, row.id, after={**row.after, "metadata": {"ratio": 10**16 + 1}})
+    bad = (await client.get("/api/audit-logs/verify", headers=admin.headers)).json()
+    assert (bad["valid"], bad["brokenIds"]) == (False, [str(row.id)])
+
+
+async def test_rows_hashed_before_0010_still_verify(client: httpx.AsyncClient, admin: Caller, runtime: Runtime) -> None:
+    """Rows written with hash v2 (from their columns, no stored text) keep verifying next to v3."""
+    for i in range(3):
+        await client.post("/api/users", headers=admin.headers, json={"email": f"v2-{i}@example.com"})
+    rows = await _rows(runtime)
+    chain = rows[0].chain
+    prev = audit.genesis(chain)
+    tx = runtime.tx()
+    for row in sorted((r for r in rows if r.chain == chain), key=lambda r: r.chain_seq):
+        row.hash_version, row.prev_hash, row.content = 2, prev, None
+        row.hash = audit.link(prev, row.chain_seq, audit.content_digest(row))
+        await tx.session.execute(
+            update(AuditLog)
+            .where(AuditLog.id == row.id)
+            .values(hash_version=2, prev_hash=prev, hash=row.hash, content=None)
+        )
+        prev = row.hash
+    await tx.session.execute(update(AuditChainHead).where(AuditChainHead.chain == chain).values(last_hash=prev))
+    await tx.commit()
+    await tx.close()
+    ok = (await client.get("/api/audit-logs/verify", headers=admin.headers)).json()
+    assert ok["valid"] is True, ok
+    assert {r.hash_version for r in await _rows(runtime)} == {2, 3}

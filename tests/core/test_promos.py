@@ -6,14 +6,18 @@ import asyncio
 import datetime as dt
 import re
 import uuid
+from collections import Counter
+from collections.abc import AsyncIterator
 
 import httpx
+import pytest
 from sqlalchemy import func, select
 
+from aihub.config import Settings
 from aihub.core.promos import service as promos
 from aihub.kit.runtime import Runtime
 from aihub.models import AuditLog, CreditAccount, CreditTransaction, PromoRedemption, User
-from tests.conftest import Caller, LiveServer, create_user
+from tests.conftest import Caller, LiveServer, _core_app, create_user
 from tests.core.test_users import assert_error
 
 BASE = "/api/promo-codes"
@@ -261,18 +265,74 @@ async def test_idempotent_redeem(client: httpx.AsyncClient, admin: Caller, user:
     assert (await client.get(f"{BASE}/{promo['id']}", headers=admin.headers)).json()["redeemedCount"] == 1
 
 
-async def test_failed_attempts_are_limited(client: httpx.AsyncClient, runtime: Runtime, admin: Caller) -> None:
-    promo = await make(client, admin)
+async def test_failed_attempts_are_limited_per_user_not_per_neighbour(
+    client: httpx.AsyncClient, runtime: Runtime, admin: Caller
+) -> None:
+    promo = await make(client, admin, perUserLimit=1)
     guesser = await create_user(runtime)
-    for n in range(10):
+    for n in range(runtime.settings.promo_max_failures_per_user):
         assert_error(await redeem(client, guesser, f"GUESS-{n}"), 404, "PROMO_NOT_FOUND")
     limited = assert_error(await redeem(client, guesser, str(promo["code"])), 429, "PROMO_RATE_LIMITED")
     assert limited["details"]["retryAfterSeconds"] > 0  # type: ignore[index]
-    # The same client IP is now blocked for everyone (the per-IP limit), even with a valid code.
-    other = await redeem(client, await create_user(runtime), str(promo["code"]))
-    assert_error(other, 429, "PROMO_RATE_LIMITED")
-    assert 0 < int(other.headers["retry-after"]) <= 900
-    assert (await client.get(f"{BASE}/{promo['id']}", headers=admin.headers)).json()["redeemedCount"] == 0
+    # Another user behind the same address (a NAT, an office) still redeems.
+    neighbour = await create_user(runtime)
+    assert (await redeem(client, neighbour, str(promo["code"]))).status_code == 200
+    # Every refusal counts towards the user's own limit, not only unknown codes.
+    for _ in range(runtime.settings.promo_max_failures_per_user):
+        assert_error(await redeem(client, neighbour, str(promo["code"])), 409, "PROMO_ALREADY_REDEEMED")
+    assert_error(await redeem(client, neighbour, str(promo["code"])), 429, "PROMO_RATE_LIMITED")
+    assert (await client.get(f"{BASE}/{promo['id']}", headers=admin.headers)).json()["redeemedCount"] == 1
+
+
+async def test_the_address_limit_is_high_enough_for_a_nat_by_default(
+    client: httpx.AsyncClient, runtime: Runtime, admin: Caller
+) -> None:
+    assert runtime.settings.promo_max_failures_per_ip >= 100
+    promo = await make(client, admin)
+    # Ten colleagues behind one address each mistype nine codes: 90 guesses from the address.
+    for i in range(10):
+        colleague = await create_user(runtime)
+        for n in range(runtime.settings.promo_max_failures_per_user - 1):
+            assert_error(await redeem(client, colleague, f"TYPO-{i}-{n}"), 404, "PROMO_NOT_FOUND")
+    assert (await redeem(client, await create_user(runtime), str(promo["code"]))).status_code == 200
+
+
+@pytest.fixture
+async def tight_address(settings: Settings) -> AsyncIterator[tuple[httpx.AsyncClient, Runtime]]:
+    """Core with a per-address threshold of 3 (separately configurable from the user limit)."""
+    rt = Runtime.build(settings.model_copy(update={"promo_max_failures_per_ip": 3}))
+    transport = httpx.ASGITransport(app=_core_app(rt))
+    async with httpx.AsyncClient(transport=transport, base_url="http://core.test") as c:
+        yield c, rt
+    await rt.close()
+
+
+async def test_only_unknown_codes_count_against_the_address(tight_address: tuple[httpx.AsyncClient, Runtime]) -> None:
+    client, rt = tight_address
+    admin = await create_user(rt, roles=["admin"])
+    sold_out = await make(client, admin, maxRedemptions=1)
+    assert (await redeem(client, await create_user(rt), str(sold_out["code"]))).status_code == 200
+    expired = await make(client, admin)
+    patched = await client.patch(
+        f"{BASE}/{expired['id']}", headers=admin.headers, json={"expiresAt": iso(-dt.timedelta(minutes=1))}
+    )
+    assert patched.status_code == 200, patched.text
+    inactive = await make(client, admin)
+    await client.patch(f"{BASE}/{inactive['id']}", headers=admin.headers, json={"active": False})
+    # Many refusals of codes that exist, from many users: none is a guess.
+    for _ in range(3):
+        assert_error(await redeem(client, await create_user(rt), str(sold_out["code"])), 409, "PROMO_EXHAUSTED")
+        assert_error(await redeem(client, await create_user(rt), str(expired["code"])), 410, "PROMO_EXPIRED")
+        assert_error(await redeem(client, await create_user(rt), str(inactive["code"])), 409, "PROMO_INACTIVE")
+    good = await make(client, admin, maxRedemptions=10)
+    assert (await redeem(client, await create_user(rt), str(good["code"]))).status_code == 200
+    # Three guesses of codes that do not exist, by three users, lock the address for everyone.
+    for n in range(3):
+        assert_error(await redeem(client, await create_user(rt), f"NOPE-{n}"), 404, "PROMO_NOT_FOUND")
+    locked = await redeem(client, await create_user(rt), str(good["code"]))
+    assert_error(locked, 429, "PROMO_RATE_LIMITED")
+    assert 0 < int(locked.headers["retry-after"]) <= rt.settings.promo_failure_window_seconds
+    assert (await client.get(f"{BASE}/{good['id']}", headers=admin.headers)).json()["redeemedCount"] == 1
 
 
 # ------------------------------------------------------------------------------ races (PostgreSQL)
@@ -289,8 +349,8 @@ async def test_500_users_race_for_100_redemptions(live_core: LiveServer) -> None
         read = (await c.get(f"{BASE}/{promo['id']}", headers=admin.headers)).json()
     statuses = [r.status_code for r in results]
     assert statuses.count(200) == 100, sorted(set(statuses))
-    # Losers hear PROMO_EXHAUSTED, or 429 once the shared loopback IP has failed too often.
-    assert {r.json()["code"] for r in results if r.status_code != 200} <= {"PROMO_EXHAUSTED", "PROMO_RATE_LIMITED"}
+    # Losers hear PROMO_EXHAUSTED; 400 of them from one address lock nothing (no guesses).
+    assert {r.json()["code"] for r in results if r.status_code != 200} == {"PROMO_EXHAUSTED"}
     assert (read["redeemedCount"], read["creditsGranted"]) == (100, 700)
     assert await count(rt, CreditTransaction, CreditTransaction.reason == "promo") == 100
     assert await count(rt, PromoRedemption) == 100
@@ -321,3 +381,20 @@ async def test_one_user_50_concurrent_attempts_once(live_core: LiveServer) -> No
 
 async def test_one_user_concurrent_attempts_per_user_limit_3(live_core: LiveServer) -> None:
     await _race_one_user(live_core, per_user_limit=3, attempts=10)
+
+
+async def test_parallel_wrong_codes_from_one_user_get_exactly_the_limit(live_core: LiveServer) -> None:
+    """Check-and-count is one step: 30 simultaneous guesses get `limit` evaluations, 429 for the rest."""
+    rt = live_core.runtime
+    limit = rt.settings.promo_max_failures_per_user
+    admin = await create_user(rt, roles=["admin"])
+    guesser, neighbour = await create_user(rt), await create_user(rt)
+    async with httpx.AsyncClient(base_url=live_core.url, timeout=120) as c:
+        promo = await make(c, admin)
+        results = await asyncio.gather(*(redeem(c, guesser, f"WRONG-{n}") for n in range(30)))
+        after = await redeem(c, guesser, str(promo["code"]))
+        other = await redeem(c, neighbour, str(promo["code"]))
+    codes = Counter(r.json()["code"] for r in results)
+    assert codes == {"PROMO_NOT_FOUND": limit, "PROMO_RATE_LIMITED": 30 - limit}, codes
+    assert after.status_code == 429
+    assert other.status_code == 200, other.text  # same loopback address, another user

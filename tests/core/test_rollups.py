@@ -104,7 +104,10 @@ def raw_overview(events: list[UsageEvent], start: dt.datetime | None, end: dt.da
         "activeUsers": len(by["user"]),
         "byProvider": [{"provider": p, **sums(rows)} for p, rows in sorted(by["provider"].items())],
         "byModel": [{"provider": p, "model": m, **sums(rows)} for (p, m), rows in sorted(by["model"].items())],
-        "daily": [{"day": d, **sums(rows)} for d, rows in sorted(by["day"].items())],
+        "daily": [
+            {"day": d, **sums(rows), "activeUsers": len({e.user_id for e in rows})}
+            for d, rows in sorted(by["day"].items())
+        ],
         "topUsers": {u: sums(rows) for u, rows in by["user"].items()},
     }
 
@@ -146,7 +149,7 @@ async def snapshot(client: httpx.AsyncClient, admin: Caller, user: Caller) -> li
         overview = await client.get("/api/analytics/overview", headers=admin.headers, params=_params(start, end))
         assert overview.status_code == 200, overview.text
         shots.append(comparable(overview.json()))
-        for group in ("provider", "model", "day"):
+        for group in ("provider", "model", "day", "day_model"):
             for who in (admin, user):
                 summary = await client.get(
                     "/api/usage/summary", headers=who.headers, params=_params(start, end, groupBy=group)

@@ -186,6 +186,15 @@ async def test_summary_and_access_rules(
     assert {i["key"] for i in by_model["items"]} == {"openai/gpt-4o", "openai/gpt-4o-mini", "anthropic/claude-sonnet-4"}
     by_day = (await client.get("/api/usage/summary", headers=user.headers, params={"groupBy": "day"})).json()["items"]
     assert len(by_day) == 1 and len(by_day[0]["key"]) == 10 and by_day[0]["requests"] == 3
+    # Per day and model (the console's usage chart): the day, then provider/model.
+    split = (await client.get("/api/usage/summary", headers=user.headers, params={"groupBy": "day_model"})).json()
+    day = by_day[0]["key"]
+    assert {i["key"]: i["requests"] for i in split["items"]} == {
+        f"{day}/anthropic/claude-sonnet-4": 1,
+        f"{day}/openai/gpt-4o": 1,
+        f"{day}/openai/gpt-4o-mini": 1,
+    }
+    assert sum(i["credits"] for i in split["items"]) == by_day[0]["credits"]
     total = sum(i["credits"] for i in by_provider["items"])
     assert total == 1000 - (await client.get("/api/credits/balance", headers=user.headers)).json()["balance"]
     # Others' usage needs usage:read (a manager has it, a plain user does not).

@@ -8,7 +8,7 @@ import aiohttp
 import jwt as pyjwt
 import pytest
 
-from aihub.kit.jwt import TokenCodec, blacklist_key
+from aihub.kit.jwt import TokenCodec, blacklist_key, family_blacklist_key
 from aihub.kit.store import Store
 from tests.gateway.conftest import GatewayFactory, Upstream, bearer, gateway_settings
 
@@ -71,6 +71,28 @@ async def test_a_blacklisted_token_is_revoked(
     # Also with limits off (the blacklist does not depend on rate limiting).
     gw2 = await start_gateway(gateway_settings(upstreams, rate_limit_enabled=False), store=store)
     assert await _code(http, gw2.url + "/api/users/me", bearer(token)) == (401, "TOKEN_REVOKED")
+
+
+async def test_a_revoked_refresh_family_revokes_its_access_tokens(
+    upstreams: dict[str, Upstream],
+    start_gateway: GatewayFactory,
+    store: Store,
+    http: aiohttp.ClientSession,
+    codec: TokenCodec,
+) -> None:
+    gw = await start_gateway(gateway_settings(upstreams), store=store)
+    family, other = "7f0c5d52-5d1c-4c52-9a39-0d1f6b1c2a10", "0b9f3d1e-2c6a-4f7b-8e5d-4a3c2b1a0f9e"
+    tokens = [codec.issue(sub="u", role="user", extra={"sid": family}) for _ in range(2)]
+    bystander = codec.issue(sub="u", role="user", extra={"sid": other})
+    for token in (*tokens, bystander):
+        assert (await _code(http, gw.url + "/api/users/me", bearer(token)))[0] == 200
+    # What auth writes when a refresh token of this family is reused (kit.jwt.family_blacklist_key).
+    await store.set(family_blacklist_key(family), "1", ttl=900)
+    for token in tokens:
+        assert await _code(http, gw.url + "/api/users/me", bearer(token)) == (401, "TOKEN_REVOKED")
+    assert (await _code(http, gw.url + "/api/users/me", bearer(bystander)))[0] == 200
+    gw2 = await start_gateway(gateway_settings(upstreams, rate_limit_enabled=False), store=store)
+    assert await _code(http, gw2.url + "/api/users/me", bearer(tokens[0])) == (401, "TOKEN_REVOKED")
 
 
 @pytest.mark.parametrize(

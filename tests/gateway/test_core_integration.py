@@ -5,6 +5,7 @@ from __future__ import annotations
 import aiohttp
 
 from aihub.kit.jwt import blacklist_key
+from tests.auth.conftest import age_rotation
 from tests.conftest import LiveServer, create_user
 from tests.gateway.conftest import GatewayFactory, Upstream, bearer, gateway_settings
 
@@ -62,3 +63,35 @@ async def test_whole_system_logout_through_auth_is_refused_at_the_gateway(
         assert (await resp.json())["code"] == "TOKEN_REVOKED"
     async with http.post(gw.url + "/api/auth/refresh", json={"refreshToken": tokens["refreshToken"]}) as resp:
         assert resp.status == 401  # the refresh family went with the logout
+
+
+async def test_refresh_reuse_is_refused_at_the_gateway_for_the_whole_family(
+    live_core: LiveServer,
+    live_auth: LiveServer,
+    upstreams: dict[str, Upstream],
+    start_gateway: GatewayFactory,
+    http: aiohttp.ClientSession,
+) -> None:
+    """A thief replays a spent refresh token (after the grace): the family's access tokens stop
+    at the gateway, not only its refresh tokens."""
+    rt = live_core.runtime
+    settings = gateway_settings(upstreams, core_url=live_core.url, auth_url=live_auth.url)
+    gw = await start_gateway(settings, store=rt.store)
+    account = {"email": "thief.target@example.com", "password": "long-enough-1"}
+    async with http.post(gw.url + "/api/auth/register", json=account) as resp:
+        assert resp.status == 201, await resp.text()
+    async with http.post(gw.url + "/api/auth/login", json=account) as resp:
+        first = await resp.json()
+    async with http.post(gw.url + "/api/auth/refresh", json={"refreshToken": first["refreshToken"]}) as resp:
+        rotated = await resp.json()
+    for access in (first["accessToken"], rotated["accessToken"]):
+        async with http.get(gw.url + "/api/credits/balance", headers=bearer(access)) as resp:
+            assert resp.status == 200
+    await age_rotation(rt, first["refreshToken"])
+    async with http.post(gw.url + "/api/auth/refresh", json={"refreshToken": first["refreshToken"]}) as resp:
+        assert resp.status == 401
+        assert (await resp.json())["code"] == "REFRESH_TOKEN_REUSED"
+    for access in (first["accessToken"], rotated["accessToken"]):
+        async with http.get(gw.url + "/api/credits/balance", headers=bearer(access)) as resp:
+            assert resp.status == 401
+            assert (await resp.json())["code"] == "TOKEN_REVOKED"

@@ -9,6 +9,7 @@ from fastapi import APIRouter, Depends, Request, Response
 
 from aihub.auth import schemas, tokens
 from aihub.auth import service as auth
+from aihub.auth.lockout import LoginLocked
 from aihub.core.deps import AccountSuspended, CurrentUser, RequirePermission, RuntimeDep, TxDep, TxRoute
 from aihub.core.rbac import service as rbac
 from aihub.core.rbac.service import Principal
@@ -38,7 +39,7 @@ async def register(body: schemas.RegisterIn, tx: TxDep, runtime: RuntimeDep) -> 
 @router.post(
     "/login",
     response_model=schemas.TokenPair,
-    responses=errors(auth.InvalidCredentials, auth.SuspendedLogin, auth.LoginLocked),
+    responses=errors(auth.InvalidCredentials, auth.SuspendedLogin, LoginLocked),
 )
 async def login(body: schemas.LoginIn, tx: TxDep, runtime: RuntimeDep) -> dict[str, Any]:
     """Exchange email and password for an access token and a refresh token.
@@ -58,8 +59,13 @@ async def login(body: schemas.LoginIn, tx: TxDep, runtime: RuntimeDep) -> dict[s
     ),
 )
 async def refresh(body: schemas.RefreshIn, tx: TxDep, runtime: RuntimeDep) -> dict[str, Any]:
-    """Spend a refresh token for a new pair. A spent token presented again revokes its whole
-    family: 401 `REFRESH_TOKEN_REUSED`."""
+    """Spend a refresh token for a new pair.
+
+    Within `AIHUB_REFRESH_REUSE_GRACE_SECONDS` (default 10) of its rotation, the spent token
+    returns the same new pair again (two tabs refreshing at once both stay signed in). Presented
+    after that, it is taken for stolen: the whole family is revoked, its refresh tokens and the
+    access tokens it issued, and the answer is 401 `REFRESH_TOKEN_REUSED`. 401 `TOKEN_REVOKED`
+    or `TOKEN_EXPIRED` for a revoked or expired token, `INVALID_TOKEN` for an unknown one."""
     return await auth.refresh(tx, runtime, refresh_token=body.refresh_token)
 
 
@@ -67,7 +73,8 @@ async def refresh(body: schemas.RefreshIn, tx: TxDep, runtime: RuntimeDep) -> di
 async def logout(
     request: Request, tx: TxDep, runtime: RuntimeDep, me: CurrentUser, body: schemas.LogoutIn | None = None
 ) -> Response:
-    """Blacklist the access token's `jti` and revoke its refresh family (and the given token's)."""
+    """Blacklist the access token's `jti` and revoke its refresh family (and the given token's),
+    together with every other access token those families issued."""
     claims = getattr(request.state, "token_claims", None)
     sid = claims.raw.get("sid") if claims is not None else None
     await auth.logout(

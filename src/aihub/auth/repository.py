@@ -11,9 +11,10 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import Select, select, update
+from sqlalchemy import Select, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from aihub.kit.db import as_utc
 from aihub.kit.pagination import PageParams, keyset
 from aihub.models import RefreshToken, ServiceToken
 
@@ -84,6 +85,24 @@ async def revoke_family_of_user(
     )
     result: Any = await session.execute(stmt)
     return int(result.rowcount or 0)
+
+
+async def family_started_at(session: AsyncSession, family_id: uuid.UUID) -> dt.datetime | None:
+    """When the family's first refresh token was issued (its sign-in)."""
+    stmt = select(func.min(RefreshToken.created_at)).where(RefreshToken.family_id == family_id)
+    started: dt.datetime | None = (await session.execute(stmt)).scalar_one_or_none()
+    return as_utc(started)
+
+
+async def families_issued_since(session: AsyncSession, user_id: uuid.UUID, since: dt.datetime) -> list[uuid.UUID]:
+    """The user's refresh families that issued a token (and so an access token) after ``since``:
+    the only ones that may still hold a live access token."""
+    stmt = (
+        select(RefreshToken.family_id)
+        .where(RefreshToken.user_id == user_id, RefreshToken.created_at > since)
+        .distinct()
+    )
+    return sorted((await session.execute(stmt)).scalars().all())
 
 
 async def revoke_user_refresh_tokens(session: AsyncSession, user_id: uuid.UUID, now: dt.datetime) -> int:

@@ -7,31 +7,38 @@ never a password, a refresh token or a service token.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import datetime as dt
 import hashlib
+import secrets
 import time
 import uuid
-from typing import Any, NoReturn
+from collections.abc import Iterable
+from typing import Any
 
 import structlog
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from aihub.auth import repository as repo
 from aihub.auth import tokens
+from aihub.auth.lockout import LoginLocked, count_attempt, email_digest, forget_failures
 from aihub.core.audit import service as audit
 from aihub.core.deps import AccountSuspended
 from aihub.core.rbac import repository as rbac_repo
 from aihub.core.rbac import service as rbac
 from aihub.core.users import repository as users_repo
 from aihub.core.users import service as users
-from aihub.kit.db import Tx, utcnow
+from aihub.kit.db import Tx, as_utc, utcnow
 from aihub.kit.errors import AppError, NotFound, StoreUnavailableError, ValidationFailed
-from aihub.kit.jwt import InvalidToken, TokenExpired, TokenRevoked, blacklist_key
+from aihub.kit.jsonutil import dumps, loads
+from aihub.kit.jwt import InvalidToken, TokenExpired, TokenRevoked, blacklist_key, family_blacklist_key
 from aihub.kit.pagination import PageParams, page_of
 from aihub.kit.passwords import hash_password, needs_rehash, verify_password
 from aihub.kit.runtime import Runtime
 from aihub.kit.store import Store, StoreUnavailable
-from aihub.models import ServiceToken, User
+from aihub.models import RefreshToken, ServiceToken, User
 
 log = structlog.get_logger("aihub.auth")
 ANONYMOUS = audit.Actor(id=None, type="anonymous")
@@ -43,12 +50,6 @@ class InvalidCredentials(AppError):
 
 
 class SuspendedLogin(AccountSuspended):
-    keep_changes = True
-
-
-class LoginLocked(AppError):
-    status_code, code = 429, "TOO_MANY_LOGIN_ATTEMPTS"
-    message = "Too many failed sign-in attempts for this account, try again later"
     keep_changes = True
 
 
@@ -94,41 +95,6 @@ async def register(tx: Tx, store: Store, *, email: str, password: str, display_n
     )
 
 
-def _email_digest(email: str) -> str:
-    return hashlib.sha256(email.encode()).hexdigest()
-
-
-def _failures_key(email: str) -> str:
-    # Hashed so that the store holds no email addresses.
-    return "login:failures:" + _email_digest(email)
-
-
-async def _count_attempt(runtime: Runtime, email: str) -> None:
-    """Count this attempt first, verify second: parallel guesses cannot all slip under the limit."""
-    settings = runtime.settings
-    if settings.login_max_failures == 0:
-        return
-    key = _failures_key(email)
-    try:
-        attempts = await runtime.store.incr(key, ttl=settings.login_lockout_seconds)
-        if attempts <= settings.login_max_failures:
-            return
-        wait = await runtime.store.ttl(key)
-    except StoreUnavailable:
-        # Fail open: a store outage must not lock every user out; argon2 still bounds guessing.
-        log.warning("login_lockout_unavailable")
-        return
-    retry = max(1, int(wait if wait is not None else settings.login_lockout_seconds))
-    raise LoginLocked(headers={"Retry-After": str(retry)}, details={"retryAfterSeconds": retry})
-
-
-async def _forget_failures(store: Store, email: str) -> None:
-    try:
-        await store.delete(_failures_key(email))
-    except StoreUnavailable:
-        log.warning("login_lockout_unavailable")
-
-
 async def _issue_pair(tx: Tx, runtime: Runtime, user: User, family_id: uuid.UUID) -> dict[str, Any]:
     roles = await rbac_repo.user_role_names(tx.session, user.id)
     refresh = tokens.new_refresh_token()
@@ -154,9 +120,9 @@ async def login(tx: Tx, runtime: Runtime, *, email: str, password: str) -> dict[
     email = email.strip().lower()
     # Failures name the account by a digest of the email: correlatable, not readable, and spread
     # over the audit chains instead of queueing every anonymous failure on one.
-    attempt = ("login", _email_digest(email))
+    attempt = ("login", email_digest(email))
     try:
-        await _count_attempt(runtime, email)
+        await count_attempt(runtime, email)
     except LoginLocked:
         audit.record(tx, "auth.login_failed", *attempt, after={"reason": "locked"}, actor=ANONYMOUS)
         raise
@@ -173,7 +139,7 @@ async def login(tx: Tx, runtime: Runtime, *, email: str, password: str) -> dict[
     if user.status != "active":
         audit.record(tx, "auth.login_failed", "user", user.id, after={"reason": "suspended"}, actor=ANONYMOUS)
         raise SuspendedLogin
-    await _forget_failures(runtime.store, email)
+    await forget_failures(runtime.store, email)
     if user.password_hash and needs_rehash(user.password_hash):
         user.password_hash = await hash_password(password)
     family = uuid.uuid4()
@@ -185,13 +151,122 @@ async def login(tx: Tx, runtime: Runtime, *, email: str, password: str) -> dict[
 # ---------------------------------------------------------------- refresh
 
 
-async def _refuse_refresh(tx: Tx, digest: str, now: dt.datetime) -> NoReturn:
-    """The token could not be spent: say why, and treat a second use as theft."""
+async def blacklist_families(runtime: Runtime, families: Iterable[uuid.UUID]) -> None:
+    """Revoke every access token of these refresh families (their ``sid`` claim): the entry
+    lives as long as the family's newest access token can (access lifetime + leeway)."""
+    ttl = runtime.codec.access_ttl + runtime.codec.leeway + 1
+    try:
+        for family in families:
+            await runtime.store.set(family_blacklist_key(str(family)), "1", ttl=ttl)
+    except StoreUnavailable as exc:
+        raise StoreUnavailableError from exc
+
+
+async def _revoke_reused_family(tx: Tx, runtime: Runtime, family: uuid.UUID, now: dt.datetime) -> int:
+    """Theft is assumed: the family's refresh tokens AND its access tokens stop working."""
+    revoked = await repo.revoke_family(tx.session, family, now)
+    try:
+        await blacklist_families(runtime, [family])
+    except StoreUnavailableError:
+        # The refresh tokens are revoked all the same (the 401 commits that); the access tokens
+        # then live until they expire, which is what they did before this was possible.
+        log.error("refresh_family_blacklist_unavailable", session=str(family))
+    return revoked
+
+
+# Two tabs refreshing at once send the same refresh token; the one that loses the race must
+# get the pair the winner got, not a logout. The winner leaves that pair in the store for the
+# grace period, under a digest of the spent token and sealed with a key derived from the token
+# itself: the store alone (a dump, a replica) yields no usable token.
+
+
+def _grace_key(digest: str) -> str:
+    return f"refresh:grace:{digest}"
+
+
+def _grace_cipher(refresh_token: str) -> AESGCM:
+    return AESGCM(hashlib.sha256(b"aihub-refresh-grace:" + refresh_token.encode()).digest())
+
+
+async def _remember_for_grace(runtime: Runtime, digest: str, spent: str, pair: dict[str, Any]) -> None:
+    grace = runtime.settings.refresh_reuse_grace_seconds
+    if grace <= 0:
+        return
+    exp = runtime.codec.verify(pair["access_token"]).exp
+    plain = dumps({"access": pair["access_token"], "refresh": pair["refresh_token"], "exp": exp})
+    nonce = secrets.token_bytes(12)
+    sealed = base64.b64encode(nonce + _grace_cipher(spent).encrypt(nonce, plain, None)).decode()
+    try:
+        # Written before the commit: a racing request waits on the token's row lock until this
+        # one commits, so whenever it finds the token spent, the pair is already here.
+        await runtime.store.set(_grace_key(digest), sealed, ttl=grace)
+    except StoreUnavailable:
+        log.warning("refresh_grace_unavailable")  # no grace then; a racing tab signs in again
+
+
+async def _recall_from_grace(runtime: Runtime, digest: str, spent: str) -> dict[str, Any] | None:
+    try:
+        sealed = await runtime.store.get(_grace_key(digest))
+    except StoreUnavailable:
+        return None
+    if sealed is None:
+        return None
+    try:
+        raw = base64.b64decode(sealed)
+        plain = _grace_cipher(spent).decrypt(raw[:12], raw[12:], None)
+    except (ValueError, InvalidTag):
+        return None
+    found: dict[str, Any] = loads(plain)
+    return found
+
+
+async def _replay_within_grace(
+    tx: Tx, runtime: Runtime, row: RefreshToken, spent: str, now: dt.datetime
+) -> dict[str, Any] | None:
+    """The pair this token was just rotated into, when the rotation is recent enough and the
+    family still stands; ``None`` means the second use is reuse."""
+    grace = runtime.settings.refresh_reuse_grace_seconds
+    used_at = as_utc(row.used_at)
+    if grace <= 0 or row.revoked_at is not None or used_at is None:
+        return None
+    if used_at <= now - dt.timedelta(seconds=grace):
+        return None
+    pair = await _recall_from_grace(runtime, row.token_hash, spent)
+    if pair is None:
+        return None
+    user = await users_repo.get(tx.session, row.user_id)
+    if user is None or user.status != "active":
+        return None
+    roles = await rbac_repo.user_role_names(tx.session, user.id)
+    audit.record(
+        tx,
+        "auth.refresh",
+        "user",
+        user.id,
+        after={"session": str(row.family_id), "graceReplay": True},
+        actor=_user_actor(user.id),
+    )
+    exp = pair.get("exp")
+    return {
+        "access_token": pair["access"],
+        "refresh_token": pair["refresh"],
+        "token_type": "Bearer",
+        "expires_in": max(0, int(exp - now.timestamp())) if isinstance(exp, int) else runtime.codec.access_ttl,
+        "user": users.view(user, roles),
+    }
+
+
+async def _spent_token(tx: Tx, runtime: Runtime, digest: str, presented: str, now: dt.datetime) -> dict[str, Any]:
+    """The token could not be spent: a racing twin gets the same pair, else say why (and treat
+    a second use after the grace as theft)."""
     row = await repo.find_refresh(tx.session, digest)
     if row is None:
         raise InvalidToken("The refresh token is not valid")
     if row.used_at is not None:
-        revoked = await repo.revoke_family(tx.session, row.family_id, now)
+        replay = await _replay_within_grace(tx, runtime, row, presented, now)
+        if replay is not None:
+            return replay
+        revoked = await _revoke_reused_family(tx, runtime, row.family_id, now)
         audit.record(
             tx,
             "auth.refresh_reused",
@@ -212,7 +287,7 @@ async def refresh(tx: Tx, runtime: Runtime, *, refresh_token: str) -> dict[str, 
     now = utcnow()
     spent = await repo.spend_refresh(tx.session, digest, now)
     if spent is None:
-        await _refuse_refresh(tx, digest, now)
+        return await _spent_token(tx, runtime, digest, refresh_token, now)
     user_id, family = spent
     user = await users_repo.get(tx.session, user_id)
     if user is None or user.status != "active":
@@ -230,8 +305,21 @@ async def refresh(tx: Tx, runtime: Runtime, *, refresh_token: str) -> dict[str, 
             raise SuspendedLogin
         raise RefreshRefused("The refresh token's user cannot sign in")
     pair = await _issue_pair(tx, runtime, user, family)
+    await _remember_for_grace(runtime, digest, refresh_token, pair)
     audit.record(tx, "auth.refresh", "user", user.id, after={"session": str(family)}, actor=_user_actor(user.id))
     return pair
+
+
+async def end_all_sessions(tx: Tx, runtime: Runtime, user_id: uuid.UUID) -> dict[str, int]:
+    """Every session of one user ends now: refresh tokens, Sora sessions, and the access tokens
+    of every family that may still hold a live one (an administrator's password reset)."""
+    now = utcnow()
+    since = now - dt.timedelta(seconds=runtime.codec.access_ttl + runtime.codec.leeway)
+    families = await repo.families_issued_since(tx.session, user_id, since)
+    # The store first: if it is down nothing is recorded as revoked that still works.
+    await blacklist_families(runtime, families)
+    ended = await users.end_sessions(tx, user_id)
+    return {**ended, "accessFamilies": len(families)}
 
 
 # ---------------------------------------------------------------- logout, me
@@ -256,6 +344,8 @@ async def logout(
     revoked = 0
     for family in sorted(families):
         revoked += await repo.revoke_family_of_user(tx.session, family, me.user_id, now)
+    # The session's other access tokens (an earlier one a second tab still holds) end too.
+    await blacklist_families(runtime, sorted(families))
     audit.record(
         tx,
         "auth.logout",

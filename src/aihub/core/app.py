@@ -7,6 +7,8 @@ from fastapi import FastAPI
 from aihub.config import Settings
 from aihub.core.audit.endpoints import router as audit_router
 from aihub.core.credits.endpoints import router as credits_router
+from aihub.core.notifications.endpoints import router as alerts_router
+from aihub.core.payments.endpoints import router as payments_router
 from aihub.core.pricing.endpoints import router as pricing_router
 from aihub.core.promos.endpoints import router as promos_router
 from aihub.core.rbac.endpoints import permissions_router, roles_router
@@ -15,6 +17,7 @@ from aihub.core.sora.endpoints import router as sora_router
 from aihub.core.usage.endpoints import quotas_router
 from aihub.core.usage.endpoints import router as usage_router
 from aihub.core.users.endpoints import router as users_router
+from aihub.core.webhooks.endpoints import router as webhooks_router
 from aihub.kit.app import create_service_app
 from aihub.kit.runtime import Runtime
 
@@ -28,6 +31,7 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
             users_router,
             roles_router,
             permissions_router,
+            alerts_router,
             credits_router,
             pricing_router,
             usage_router,
@@ -37,9 +41,11 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
             sora_router,
             promos_router,
             audit_router,
+            payments_router,
+            webhooks_router,
         ],
         description=(
             "Users, roles and permissions, the credit ledger, pricing, usage and billing, promo codes, "
-            "Sora2 sessions, audit log."
+            "Sora2 sessions, audit log, payments (Stripe) and outgoing webhooks."
         ),
     )

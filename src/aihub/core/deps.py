@@ -6,6 +6,7 @@ are never trusted here: core verifies the JWT itself (defence in depth).
 
 from __future__ import annotations
 
+import datetime as dt
 import uuid
 from collections.abc import Callable, Coroutine
 from typing import Annotated, Any
@@ -13,11 +14,22 @@ from typing import Annotated, Any
 from fastapi import Depends, Request
 from starlette.responses import Response
 
+from aihub.auth import repository as sessions_repo
 from aihub.core.audit import service as audit
+from aihub.core.credits import alerts as credit_alerts
+from aihub.core.credits import service as credits_service
 from aihub.core.rbac import service as rbac
 from aihub.kit.db import Tx
 from aihub.kit.errors import AppError, Forbidden, StoreUnavailableError, Unauthorized
-from aihub.kit.jwt import InvalidToken, TokenExpired, TokenRevoked, blacklist_key
+from aihub.kit.jwt import (
+    Claims,
+    InvalidToken,
+    TokenExpired,
+    TokenRevoked,
+    blacklist_key,
+    family_blacklist_key,
+    session_id,
+)
 from aihub.kit.openapi import raises
 from aihub.kit.routing import ApiRoute
 from aihub.kit.runtime import Runtime
@@ -80,6 +92,8 @@ async def get_tx(request: Request, runtime: RuntimeDep) -> Tx:
         request_id=getattr(request.state, "request_id", None),
         ip=request.client.host if request.client else None,
     )
+    # Every debit in this request (credits, usage, Sora) alerts on a low balance.
+    tx.info[credits_service.POLICY_INFO_KEY] = credit_alerts.policy(runtime)
     request.state.tx = tx
     return tx
 
@@ -97,12 +111,32 @@ def bearer_token(request: Request) -> str:
     return token.strip()
 
 
-async def _revoked(runtime: Runtime, jti: str) -> bool:
+async def _revoked(runtime: Runtime, claims: Claims) -> bool:
+    """The token itself, or its whole refresh family (reuse detected, password reset), is
+    blacklisted: both keys in one store round trip."""
+    sid = session_id(claims)
+    keys = (blacklist_key(claims.jti),) if sid is None else (blacklist_key(claims.jti), family_blacklist_key(sid))
     try:
-        return await runtime.store.exists(blacklist_key(jti))
+        return await runtime.store.exists(*keys)
     except StoreUnavailable as exc:
         # Without the blacklist we cannot tell a revoked token from a good one: refuse.
         raise StoreUnavailableError from exc
+
+
+async def _issued_before(tx: Tx, claims: Claims, cutoff: dt.datetime) -> bool:
+    """Whether the token predates ``cutoff``. ``iat`` has whole seconds: only a token of the
+    cutoff's own second is ambiguous, and for it the start of its refresh family decides (one
+    query, on that rare path only)."""
+    second = int(cutoff.timestamp())
+    if claims.iat != second:
+        return claims.iat < second
+    sid = session_id(claims)
+    try:
+        family = uuid.UUID(sid) if sid else None
+    except ValueError:
+        return True
+    started = None if family is None else await sessions_repo.family_started_at(tx.session, family)
+    return started is None or started <= cutoff
 
 
 async def load_user(tx: Tx, user_id: uuid.UUID) -> User | None:
@@ -112,7 +146,7 @@ async def load_user(tx: Tx, user_id: uuid.UUID) -> User | None:
 @raises(Unauthorized, InvalidToken, TokenExpired, TokenRevoked, AccountSuspended, StoreUnavailableError)
 async def current_principal(request: Request, runtime: RuntimeDep, tx: TxDep) -> rbac.Principal:
     claims = await runtime.codec.verify_fresh(bearer_token(request))
-    if await _revoked(runtime, claims.jti):
+    if await _revoked(runtime, claims):
         raise TokenRevoked
     if claims.typ == "service":
         perms = frozenset(claims.scopes)
@@ -134,6 +168,8 @@ async def current_principal(request: Request, runtime: RuntimeDep, tx: TxDep) ->
             raise InvalidToken("The token's user does not exist")
         if user.status == "suspended":
             raise AccountSuspended
+        if user.sessions_revoked_at is not None and await _issued_before(tx, claims, user.sessions_revoked_at):
+            raise TokenRevoked  # issued before the user's sessions were ended (password reset)
         effective = await rbac.effective(tx, runtime.store, user_id, runtime.settings.permission_cache_ttl_seconds)
         principal = rbac.Principal(
             id=str(user.id),

@@ -17,10 +17,12 @@ def periodic(runtime: Runtime) -> list[Periodic]:
     from aihub.core.reports import jobs as report_jobs
     from aihub.core.sora import jobs as sora_jobs
     from aihub.core.usage import jobs as usage_jobs
+    from aihub.core.webhooks import jobs as webhook_jobs
 
     return [
         *alerts.periodic(runtime),
         *sora_jobs.periodic(runtime),
         *usage_jobs.periodic(runtime),
         *report_jobs.periodic(runtime),
+        *webhook_jobs.periodic(runtime),
     ]

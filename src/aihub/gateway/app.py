@@ -27,6 +27,7 @@ from aihub.config import Settings
 from aihub.gateway import metrics
 from aihub.gateway.authcheck import Identity, authenticate, authenticate_after_refetch, bearer_token
 from aihub.gateway.balancer import Balancer
+from aihub.gateway.console import CONSOLE_CSP, ConsoleFiles, is_console
 from aihub.gateway.docs import DOCS_CSP, DOCS_PATH, asset
 from aihub.gateway.headers import Cors, add_security
 from aihub.gateway.ipblock import BlockList, Strikes, client_ip, is_trusted
@@ -112,6 +113,7 @@ class Gateway:
         self.role_limits = settings.role_rate_limits
         self.window = settings.rate_limit_window_seconds
         self.trusted = settings.trusted_proxy_networks
+        self.console = ConsoleFiles.load() if settings.console_enabled else None
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
@@ -165,11 +167,17 @@ class Gateway:
         if path == "/openapi.json" or path == DOCS_PATH or path.startswith(DOCS_PATH + "/"):
             ctx.route = "docs"  # public, like /health: the contract is no secret
             return await self._docs(request, ctx, path)
+        if self.console is not None and is_console(path):
+            ctx.route = "console"
+            return self._console(request, ctx, path)
         if path == ADMIN_PREFIX or path.startswith(ADMIN_PREFIX + "/"):
             ctx.route = "gateway-admin"
             identity = await self._identify(request, ctx, _ADMIN_ROUTE)
             return await self._admin(request, ctx, identity, path)
         route = self.table.match(path)
+        if route is None and path == "/" and self.console is not None:
+            ctx.generated = True  # a newcomer opening the gateway's address finds the console
+            return web.Response(status=308, headers={"Location": "/console/"})
         if route is None:
             raise NotFound("No route for this path")
         ctx.route = route.label()
@@ -255,7 +263,8 @@ class Gateway:
             key, limit = "", 0  # the blacklist is still checked
         else:
             return
-        decision = await self.limiter.check(identity.jti if identity else None, key, limit)
+        jti, sid = (identity.jti, identity.sid) if identity else (None, None)
+        decision = await self.limiter.check(jti, key, limit, sid=sid)
         if decision.allowed:
             metrics.DECISIONS["allowed"].inc()
             if decision.limit > 0:
@@ -342,6 +351,22 @@ class Gateway:
         if found.gzipped is not None and "gzip" in request.headers.get("Accept-Encoding", ""):
             body, headers["Content-Encoding"] = found.gzipped, "gzip"
         return web.Response(body=body, headers=headers)
+
+    def _console(self, request: web.Request, ctx: Ctx, path: str) -> web.Response:
+        """The console's static files: public (they hold no data; the API checks every call)."""
+        assert self.console is not None
+        if request.method not in ("GET", "HEAD"):
+            return self.error(ctx, 405, "METHOD_NOT_ALLOWED", "This method is not allowed on this resource")
+        if path == "/console":
+            ctx.generated = True
+            return web.Response(status=308, headers={"Location": "/console/"})
+        file = self.console.find(path)
+        if file is None:
+            raise NotFound("No such console file")
+        headers = {"Content-Security-Policy": CONSOLE_CSP, "Cache-Control": "no-cache", "ETag": file.etag}
+        if file.etag in request.headers.get("If-None-Match", ""):
+            return web.Response(status=304, headers=headers)
+        return web.Response(body=file.body, headers={**headers, "Content-Type": file.content_type})
 
     def _preflight(self, request: web.Request, ctx: Ctx) -> web.Response:
         origin = request.headers.get("Origin")

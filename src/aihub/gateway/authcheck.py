@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from aihub.kit.errors import Unauthorized
-from aihub.kit.jwt import Claims, TokenCodec, UnknownSigningKey
+from aihub.kit.jwt import Claims, TokenCodec, UnknownSigningKey, session_id
 
 
 @dataclass(frozen=True, slots=True)
@@ -18,6 +18,7 @@ class Identity:
     role: str
     jti: str
     claims: Claims
+    sid: str | None = None  # the refresh family, blacklisted as a whole on refresh-token reuse
 
     @property
     def is_admin(self) -> bool:
@@ -44,7 +45,7 @@ def authenticate(codec: TokenCodec, token: str) -> Identity:
     """Raises InvalidToken or TokenExpired (401) for a token that does not verify."""
     claims = codec.verify(token)
     role = "service" if claims.typ == "service" else (claims.role or "guest")
-    return Identity(user_id=claims.sub, role=role, jti=claims.jti, claims=claims)
+    return Identity(user_id=claims.sub, role=role, jti=claims.jti, claims=claims, sid=session_id(claims))
 
 
 async def authenticate_after_refetch(codec: TokenCodec, token: str, unknown: UnknownSigningKey) -> Identity:

@@ -24,16 +24,18 @@ import structlog
 
 from aihub.gateway import metrics
 from aihub.gateway.redispipe import RedisPipe, RedisReplyError
-from aihub.kit.jwt import blacklist_key
+from aihub.kit.jwt import blacklist_key, family_blacklist_key
 from aihub.kit.store import RedisStore, Store, StoreUnavailable
 
 log = structlog.get_logger("aihub.gateway.ratelimit")
 
-# KEYS[1] blacklist key ("" when the caller has no token), KEYS[2] bucket key ("" when unlimited)
+# KEYS[1] blacklist key ("" when the caller has no token), KEYS[2] bucket key ("" when unlimited),
+# KEYS[3] the token's refresh-family blacklist key ("" when it names no family).
 # ARGV[1] limit per window, ARGV[2] window in microseconds.
 # Returns {status, remaining, reset_us, retry_us}: status 1 allowed, 0 limited, -1 revoked.
 GCRA_LUA = """
 if KEYS[1] ~= '' and redis.call('EXISTS', KEYS[1]) == 1 then return {-1, 0, 0, 0} end
+if KEYS[3] ~= '' and redis.call('EXISTS', KEYS[3]) == 1 then return {-1, 0, 0, 0} end
 local limit = tonumber(ARGV[1])
 if limit <= 0 or KEYS[2] == '' then return {1, 0, 0, 0} end
 local window = tonumber(ARGV[2])
@@ -72,7 +74,7 @@ UNAVAILABLE = Decision(allowed=False, unavailable=True)
 class Limiter(Protocol):
     @property
     def degraded(self) -> bool: ...
-    async def check(self, jti: str | None, key: str | None, limit: int) -> Decision: ...
+    async def check(self, jti: str | None, key: str | None, limit: int, *, sid: str | None = None) -> Decision: ...
     async def close(self) -> None: ...
 
 
@@ -130,18 +132,22 @@ class RedisLimiter:
     def degraded(self) -> bool:
         return self._down
 
-    async def check(self, jti: str | None, key: str | None, limit: int) -> Decision:
+    async def check(self, jti: str | None, key: str | None, limit: int, *, sid: str | None = None) -> Decision:
         if self._down:
             return self._fallback(key, limit)
-        keys = (blacklist_key(jti) if jti else "", key if key and limit > 0 else "")
+        keys = (
+            blacklist_key(jti) if jti else "",
+            key if key and limit > 0 else "",
+            family_blacklist_key(sid) if sid else "",
+        )
         try:
             try:
-                reply = await self.redis.call("EVALSHA", self._sha, 2, *keys, limit, self.window_us)
+                reply = await self.redis.call("EVALSHA", self._sha, 3, *keys, limit, self.window_us)
             except RedisReplyError as exc:
                 if not str(exc).startswith("NOSCRIPT"):
                     raise
                 # First call on this Redis (or after a restart): send the script itself once.
-                reply = await self.redis.call("EVAL", GCRA_LUA, 2, *keys, limit, self.window_us)
+                reply = await self.redis.call("EVAL", GCRA_LUA, 3, *keys, limit, self.window_us)
             status, remaining, reset_us, retry_us = reply
         except (RedisReplyError, OSError) as exc:
             self._mark_down(exc)
@@ -199,10 +205,11 @@ class MemoryLimiter:
         self.store = store
         self.local = LocalGcra(window_seconds)
 
-    async def check(self, jti: str | None, key: str | None, limit: int) -> Decision:
+    async def check(self, jti: str | None, key: str | None, limit: int, *, sid: str | None = None) -> Decision:
         if jti:
+            keys = (blacklist_key(jti), family_blacklist_key(sid)) if sid else (blacklist_key(jti),)
             with contextlib.suppress(StoreUnavailable):
-                if await self.store.exists(blacklist_key(jti)):
+                if await self.store.exists(*keys):
                     return REVOKED
         if limit <= 0 or not key:
             return ALLOW

@@ -93,6 +93,8 @@ _CORE_PREFIXES = (
     "/api/billing",
     "/api/promo-codes",
     "/api/audit-logs",
+    "/api/payments",
+    "/api/webhooks",
 )
 
 
@@ -133,6 +135,25 @@ def default_table(settings: Settings) -> RouteTable:
         ),
         # Core checks the Sora session token itself; a user token, when sent, is still verified.
         Route("/api/sora", "core", auth="optional", max_body_bytes=body, timeout=timeout, limit_key="session"),
+        # Stripe authenticates its events with their signature (core verifies it over the exact
+        # bytes, which the proxy passes through untouched), not with a token; its own bucket
+        # without a limit, since Stripe delivers bursts from a handful of addresses.
+        Route(
+            "/api/payments/webhooks/stripe",
+            "core",
+            auth="public",
+            max_body_bytes=body,
+            timeout=timeout,
+            rate_limit=0,
+            limit_key="ip",
+        ),
+        Route(
+            "/api/payments/packages",
+            "core",
+            public_methods=frozenset({"GET", "HEAD"}),
+            max_body_bytes=body,
+            timeout=timeout,
+        ),
         Route("/api/mcp", "mcp", max_body_bytes=body, timeout=timeout, websocket=True),
         Route("/api/ws", "mcp", max_body_bytes=body, timeout=timeout, websocket=True),
     ]

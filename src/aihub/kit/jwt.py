@@ -274,3 +274,15 @@ def _claims(raw: dict[str, Any], allowed_types: tuple[str, ...]) -> Claims:
 
 def blacklist_key(jti: str) -> str:
     return f"blacklist:{jti}"
+
+
+def family_blacklist_key(sid: str) -> str:
+    """Revokes every access token whose ``sid`` claim names this refresh family (a reused
+    refresh token, an administrator's password reset). Cannot collide with a ``jti`` key."""
+    return f"blacklist:sid:{sid}"
+
+
+def session_id(claims: Claims) -> str | None:
+    """The refresh family an access token belongs to (``sid``), when it names one."""
+    sid = claims.raw.get("sid")
+    return sid if isinstance(sid, str) and sid else None

@@ -21,7 +21,7 @@ import asyncio
 import contextlib
 import gc
 import signal
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from dataclasses import dataclass
 
 import structlog
@@ -84,13 +84,16 @@ def _config(listener: Listener, timeout_seconds: int) -> uvicorn.Config:
     )
 
 
-async def _serve_aiohttp(listener: Listener, stopping: asyncio.Event, timeout_seconds: int) -> None:
+async def _serve_aiohttp(
+    listener: Listener, stopping: asyncio.Event, timeout_seconds: int, started: asyncio.Event
+) -> None:
     assert isinstance(listener.app, web.Application)
     runner = web.AppRunner(listener.app, access_log=None, handle_signals=False, shutdown_timeout=float(timeout_seconds))
     await runner.setup()
     try:
         site = web.TCPSite(runner, listener.host, listener.port, backlog=1024)
         await site.start()
+        started.set()
         await stopping.wait()
     finally:
         # Stops accepting, closes idle connections, runs on_shutdown (WebSockets get 1001),
@@ -140,9 +143,16 @@ class Shutdown:
         self.stopping.set()
 
 
-async def serve_apps(listeners: list[Listener], *, drain_seconds: float = 0.0, timeout_seconds: int = 30) -> None:
+async def serve_apps(
+    listeners: list[Listener],
+    *,
+    drain_seconds: float = 0.0,
+    timeout_seconds: int = 30,
+    on_started: Callable[[], None] | None = None,
+) -> None:
     """Serve until a signal, then drain, stop accepting and finish in-flight work (see above).
 
+    ``on_started`` runs once every listener accepts connections (the CLI's last start-up line).
     With no listeners (a worker without a port) it only waits for the signal."""
     shutdown = Shutdown(listeners, drain_seconds)
     shutdown.install()
@@ -150,15 +160,34 @@ async def serve_apps(listeners: list[Listener], *, drain_seconds: float = 0.0, t
     native = [listener for listener in listeners if isinstance(listener.app, web.Application)]
     servers = [_Server(_config(listener, timeout_seconds)) for listener in asgi]
 
+    native_started = [asyncio.Event() for _ in native]
+
     async def stop_uvicorn() -> None:
         await shutdown.stopping.wait()
         for server in servers:
             server.should_exit = True
 
+    async def announce() -> None:
+        if on_started is None:
+            return
+        for event in native_started:
+            await event.wait()
+        # uvicorn has no event for it: ``started`` turns true once its socket listens.
+        while not all(server.started for server in servers):
+            if shutdown.stopping.is_set():
+                return
+            await asyncio.sleep(0.05)
+        if not shutdown.stopping.is_set():
+            on_started()
+
     settle_heap()
     await asyncio.gather(
         stop_uvicorn(),
+        announce(),
         *(server.serve() for server in servers),
-        *(_serve_aiohttp(listener, shutdown.stopping, timeout_seconds) for listener in native),
+        *(
+            _serve_aiohttp(listener, shutdown.stopping, timeout_seconds, started)
+            for listener, started in zip(native, native_started, strict=True)
+        ),
     )
     log.info("shutdown.servers_stopped")

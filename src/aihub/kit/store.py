@@ -26,7 +26,7 @@ class Store(Protocol):
     async def set(self, key: str, value: str, ttl: float | None = None) -> None: ...
     async def set_if_absent(self, key: str, value: str, ttl: float | None = None) -> bool: ...
     async def delete(self, *keys: str) -> int: ...
-    async def exists(self, key: str) -> bool: ...
+    async def exists(self, *keys: str) -> bool: ...  # any of them
     async def incr(self, key: str, amount: int = 1, ttl: float | None = None) -> int: ...
     async def ttl(self, key: str) -> float | None: ...
     async def ping(self) -> bool: ...
@@ -85,8 +85,8 @@ class MemoryStore:
                 removed += 1
         return removed
 
-    async def exists(self, key: str) -> bool:
-        return self._alive(key) is not None
+    async def exists(self, *keys: str) -> bool:
+        return any(self._alive(key) is not None for key in keys)
 
     async def incr(self, key: str, amount: int = 1, ttl: float | None = None) -> int:
         item = self._alive(key)
@@ -159,9 +159,12 @@ class RedisStore:
         except (RedisError, OSError) as exc:
             raise StoreUnavailable(str(exc)) from exc
 
-    async def exists(self, key: str) -> bool:
+    async def exists(self, *keys: str) -> bool:
+        """True when any of ``keys`` exists: one round trip for several blacklist entries."""
+        if not keys:
+            return False
         try:
-            return bool(await self.redis.exists(key))
+            return bool(await self.redis.exists(*keys))
         except (RedisError, OSError) as exc:
             raise StoreUnavailable(str(exc)) from exc
 

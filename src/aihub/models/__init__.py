@@ -4,6 +4,8 @@ from aihub.models.audit import AuditChainHead, AuditLog
 from aihub.models.auth import RefreshToken, ServiceToken
 from aihub.models.credits import CreditAccount, CreditHold, CreditTransaction
 from aihub.models.idempotency import IdempotencyKey
+from aihub.models.notifications import CreditAlertSettings, WebhookAttempt, WebhookDelivery, WebhookEndpoint
+from aihub.models.payments import CreditPackage, Payment, PaymentEvent
 from aihub.models.pricing import ModelPrice
 from aihub.models.promos import PromoCode, PromoRedemption, PromoUserCount
 from aihub.models.rbac import Permission, Role, RolePermission, UserPermission, UserRole
@@ -23,10 +25,14 @@ __all__ = [
     "AuditChainHead",
     "AuditLog",
     "CreditAccount",
+    "CreditAlertSettings",
     "CreditHold",
+    "CreditPackage",
     "CreditTransaction",
     "IdempotencyKey",
     "ModelPrice",
+    "Payment",
+    "PaymentEvent",
     "Permission",
     "PromoCode",
     "PromoRedemption",
@@ -47,4 +53,7 @@ __all__ = [
     "User",
     "UserPermission",
     "UserRole",
+    "WebhookAttempt",
+    "WebhookDelivery",
+    "WebhookEndpoint",
 ]

@@ -4,7 +4,7 @@ import datetime as dt
 import uuid
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Index, Integer, SmallInteger, String, Uuid
+from sqlalchemy import JSON, BigInteger, Index, Integer, SmallInteger, String, Text, Uuid
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -43,8 +43,12 @@ class AuditLog(Base):
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
     prev_hash: Mapped[str] = mapped_column(String(64))
     hash: Mapped[str] = mapped_column(String(64))
-    # 1: sha256 of the canonical row (before 0008); 2: sha256("prev:seq:" + content digest).
-    hash_version: Mapped[int] = mapped_column(SmallInteger, default=2, server_default="1")
+    # 1: sha256 of the canonical row (before 0008); 2: sha256("prev:seq:" + digest of the
+    # columns, before 0010); 3: sha256("prev:seq:" + digest of ``content``).
+    hash_version: Mapped[int] = mapped_column(SmallInteger, default=3, server_default="1")
+    # v3: the canonical JSON text the hash covers, byte for byte (jsonb does not give floats
+    # back as written, so the columns alone cannot be re-hashed); the columns must agree with it.
+    content: Mapped[str | None] = mapped_column(Text)
 
 
 class AuditChainHead(Base):

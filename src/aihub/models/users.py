@@ -26,3 +26,6 @@ class User(Base):
     status: Mapped[str] = mapped_column(String(16), default="active")
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+    # Access tokens issued before this second are refused by core (an administrator's password
+    # reset from the command line, which cannot reach an embedded server's in-memory blacklist).
+    sessions_revoked_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)

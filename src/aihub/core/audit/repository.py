@@ -18,7 +18,8 @@ from aihub.models.audit import JSONType
 # PostgreSQL: move the chain head and insert the row it now points at, in one statement. The
 # head's row lock serialises appends to a chain; SET reads the old values, so prev_hash gets
 # the hash being replaced and last_hash the new link sha256("prev:seq:digest") (see
-# service.link, which computes the same text in Python for verification and SQLite).
+# service.link, which computes the same text in Python for verification and SQLite). ``digest``
+# is the sha256 of ``content``, the canonical text stored with the row (hash v3).
 _APPEND_PG = text(
     """
     WITH head AS (
@@ -31,9 +32,9 @@ _APPEND_PG = text(
         RETURNING last_seq, prev_hash, last_hash
     )
     INSERT INTO audit_logs (id, chain, chain_seq, actor_id, actor_type, action, entity_type, entity_id,
-                            before, after, request_id, ip, created_at, prev_hash, hash, hash_version)
+                            before, after, request_id, ip, created_at, prev_hash, hash, hash_version, content)
     SELECT :id, :chain, head.last_seq, :actor_id, :actor_type, :action, :entity_type, :entity_id,
-           :before, :after, :request_id, :ip, :created_at, head.prev_hash, head.last_hash, 2
+           :before, :after, :request_id, :ip, :created_at, head.prev_hash, head.last_hash, 3, :content
     FROM head
     """
 ).bindparams(
@@ -72,6 +73,7 @@ async def append_linked(session: AsyncSession, row: AuditLog, digest: str) -> No
             "request_id": row.request_id,
             "ip": row.ip,
             "created_at": row.created_at,
+            "content": row.content,
         },
     )
 

@@ -4,6 +4,8 @@ import datetime as dt
 import uuid
 from typing import Any
 
+from pydantic import Field
+
 from aihub.kit.schemas import ApiModel
 
 
@@ -31,3 +33,7 @@ class VerifyOut(ApiModel):
     valid: bool
     checked: int
     first_broken_id: str | None = None
+    broken_ids: list[str] = Field(
+        default_factory=list, description="every broken row found (at most 1000 listed), in chain order"
+    )
+    broken_count: int = Field(default=0, description="how many breaks were found in all")

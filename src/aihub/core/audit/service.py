@@ -11,6 +11,7 @@ import datetime as dt
 import hashlib
 import zlib
 from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import Any
 
 from aihub.core.audit import repository as repo
@@ -77,20 +78,63 @@ def _content(row: AuditLog) -> dict[str, Any]:
 
 
 def content_digest(row: AuditLog) -> str:
-    """What the row says (everything but its place in the chain)."""
+    """v2: what the row says (everything but its place in the chain), rendered from its columns.
+
+    Only sound when the database gives the JSON back exactly as it was written, which jsonb
+    does not (``1e16`` comes back as ``10000000000000000``): hence v3."""
     return hashlib.sha256(canonical(_content(row))).hexdigest()
 
 
+def text_digest(content: str) -> str:
+    """v3: the digest of the canonical text stored with the row, exactly the bytes hashed."""
+    return hashlib.sha256(content.encode()).hexdigest()
+
+
 def link(prev: str, seq: int, digest: str) -> str:
-    """The v2 row hash: plain text that PostgreSQL computes identically in the append statement."""
+    """The v2/v3 row hash: plain text that PostgreSQL computes identically in the append statement."""
     return hashlib.sha256(f"{prev}:{seq}:{digest}".encode()).hexdigest()
 
 
-def row_hash(row: AuditLog) -> str:
-    if row.hash_version == 1:  # rows written before migration 0008
-        content = {**_content(row), "seq": row.chain_seq, "prev": row.prev_hash}
-        return hashlib.sha256(canonical(content)).hexdigest()
-    return link(row.prev_hash, row.chain_seq, content_digest(row))
+def _comparable(value: Any) -> Any:
+    """JSON with every number as an exact Decimal, so ``1e16`` (float) and ``10000000000000000``
+    (what jsonb renders it as) compare equal, while any change of value does not."""
+    if isinstance(value, bool) or value is None or isinstance(value, str):
+        return value
+    if isinstance(value, int):
+        return Decimal(value)
+    if isinstance(value, float):
+        return Decimal(repr(value))
+    if isinstance(value, dict):
+        return {k: _comparable(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_comparable(v) for v in value]
+    return value
+
+
+def _columns_match_text(row: AuditLog) -> bool:
+    """v3: the hash covers the stored text; the columns (what the API lists) must say the same."""
+    assert row.content is not None
+    try:
+        stored = loads(row.content)
+    except ValueError:
+        return False
+    return bool(_comparable(stored) == _comparable(_content(row)))
+
+
+def row_hash(row: AuditLog) -> str | None:
+    """The hash the row should carry by its own version, or ``None`` when it cannot be computed
+    (a v3 row without its text, a value no canonical JSON can hold): broken either way."""
+    try:
+        if row.hash_version == 1:  # rows written before migration 0008
+            content = {**_content(row), "seq": row.chain_seq, "prev": row.prev_hash}
+            return hashlib.sha256(canonical(content)).hexdigest()
+        if row.hash_version == 2:  # rows written before migration 0010
+            return link(row.prev_hash, row.chain_seq, content_digest(row))
+    except TypeError:  # e.g. an integer beyond 64 bits that jsonb made of a float
+        return None
+    if row.hash_version == 3 and row.content is not None and _columns_match_text(row):
+        return link(row.prev_hash, row.chain_seq, text_digest(row.content))
+    return None
 
 
 def set_actor(tx: Tx, actor: Actor) -> None:
@@ -129,13 +173,15 @@ async def _append_all(tx: Tx) -> None:
         # One round trip per row: it runs while the request's row locks (a hot account) are
         # held, and on a busy event loop every extra await lengthens that window.
         for row in rows:
-            await repo.append_linked(tx.session, row, content_digest(row))
+            assert row.content is not None
+            await repo.append_linked(tx.session, row, text_digest(row.content))
         return
     await _append_locked(tx, rows)
 
 
 def _row(tx: Tx, entry: _Entry, now: dt.datetime) -> AuditLog:
-    return AuditLog(
+    """The row and the canonical text of its content, the exact bytes its hash covers (v3)."""
+    row = AuditLog(
         id=repo.new_id(),
         chain=entry.chain,
         actor_id=entry.actor.id,
@@ -148,8 +194,10 @@ def _row(tx: Tx, entry: _Entry, now: dt.datetime) -> AuditLog:
         request_id=tx.request_id,
         ip=tx.ip,
         created_at=now,
-        hash_version=2,
+        hash_version=3,
     )
+    row.content = canonical(_content(row)).decode()
+    return row
 
 
 async def _append_locked(tx: Tx, rows: list[AuditLog]) -> None:
@@ -161,11 +209,15 @@ async def _append_locked(tx: Tx, rows: list[AuditLog]) -> None:
         for row in (r for r in rows if r.chain == chain):
             seq += 1
             row.chain_seq, row.prev_hash = seq, prev
-            row.hash = link(prev, seq, content_digest(row))
+            assert row.content is not None
+            row.hash = link(prev, seq, text_digest(row.content))
             prev = row.hash
             session.add(row)
         await session.flush()
         await repo.advance_head(session, chain, seq, prev)
+
+
+BROKEN_LISTED = 1000  # ids listed in one answer; brokenCount counts them all
 
 
 @dataclass(slots=True)
@@ -173,20 +225,34 @@ class VerifyResult:
     valid: bool
     checked: int
     first_broken_id: str | None = None
+    broken_ids: list[str] = field(default_factory=list)
+    broken_count: int = 0
+
+    def broken(self, row_id: str | None) -> None:
+        self.valid = False
+        self.broken_count += 1
+        if row_id is None:
+            return
+        if self.first_broken_id is None:
+            self.first_broken_id = row_id
+        if len(self.broken_ids) < BROKEN_LISTED and row_id not in self.broken_ids:
+            self.broken_ids.append(row_id)
 
 
 async def verify(tx: Tx) -> VerifyResult:
-    """Walk every chain: each row's hash, its link to the previous row, no gap, the head at the end."""
-    checked = 0
+    """Walk every chain to its end: each row's hash, its link to the previous row, no gap, the
+    head at the end. A broken row is reported and the walk goes on from the hash it carries,
+    so one edit shows as one row and does not hide what comes after it."""
+    result = VerifyResult(valid=True, checked=0)
     for head in await repo.heads(tx.session):
         expected_prev, expected_seq, last_id = genesis(head.chain), 1, None
         async for row in repo.chain_rows(tx.session, head.chain):
-            checked += 1
+            result.checked += 1
             broken = row.chain_seq != expected_seq or row.prev_hash != expected_prev or row_hash(row) != row.hash
             if broken:
-                return VerifyResult(False, checked, str(row.id))
-            expected_prev, expected_seq, last_id = row.hash, expected_seq + 1, str(row.id)
+                result.broken(str(row.id))
+            expected_prev, expected_seq, last_id = row.hash, row.chain_seq + 1, str(row.id)
         if head.last_seq != expected_seq - 1 or head.last_hash != expected_prev:
             # The newest rows of this chain are gone: point at the last row still standing.
-            return VerifyResult(False, checked, last_id)
-    return VerifyResult(True, checked)
+            result.broken(last_id)
+    return result

@@ -1,4 +1,5 @@
-"""Background work of the ledger: low-balance events (log + webhook) and the hold-expiry sweep."""
+"""Background work of the ledger: low-balance events (signed webhooks, email, the legacy URL) and the
+hold-expiry sweep."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import structlog
 from aihub.core.credits import service as credits
 from aihub.core.credits.metrics import HOLDS_EXPIRED, WEBHOOK_DELIVERIES
 from aihub.core.credits.reconcile import reconcile
+from aihub.core.notifications import jobs as notification_jobs
 from aihub.kit.jobs import Periodic, job, jobs_of
 from aihub.kit.runtime import Runtime
 
@@ -23,7 +25,8 @@ _POLICY_KEY = "credits.policy"
 
 
 def policy(runtime: Runtime) -> credits.Policy:
-    """The process's low-balance policy (built once): settings threshold + log/webhook notifier."""
+    """The process's low-balance policy (built once): the global threshold as the default, and
+    the notifier (see ``_notify``)."""
     cached = runtime.extras.get(_POLICY_KEY)
     if cached is None:
 
@@ -37,19 +40,26 @@ def policy(runtime: Runtime) -> credits.Policy:
 
 
 async def _notify(runtime: Runtime, event: credits.LowBalance) -> None:
-    """Runs after commit: the log line now, the webhook on the job queue."""
-    payload = {
-        "type": "credits.low_balance",
-        "userId": str(event.user_id),
-        "threshold": event.threshold,
-        "available": event.available,
-        "balance": event.balance,
-    }
-    log.warning("credits.low_balance", **{k: v for k, v in payload.items() if k != "type"})
-    if runtime.settings.low_balance_webhook_url:
+    """Runs after commit: which thresholds were crossed (notifications), one job per crossing
+    for the signed webhook endpoints and the email, and the legacy unsigned URL when set."""
+    try:
+        crossed = await notification_jobs.on_low_balance(runtime, event)
+    except Exception:  # the money moved and committed; a lost notification is only logged
+        log.exception("credits.low_balance_notify_failed", user_id=str(event.user_id))
+        return
+    if not runtime.settings.low_balance_webhook_url:
+        return
+    for threshold in crossed:
+        payload = {
+            "type": "credits.low_balance",
+            "userId": str(event.user_id),
+            "threshold": threshold,
+            "available": event.available,
+            "balance": event.balance,
+        }
         try:
             await jobs_of(runtime).enqueue(WEBHOOK_JOB, payload)
-        except Exception:  # the money moved and committed; a lost notification is only logged
+        except Exception:  # as above: logged, never raised into the request that moved money
             log.exception("credits.low_balance_enqueue_failed", user_id=payload["userId"])
 
 

@@ -54,6 +54,17 @@ async def get_account(session: AsyncSession, user_id: uuid.UUID) -> Balance | No
     return _balance(user_id, (await session.execute(stmt)).first())
 
 
+async def set_threshold(session: AsyncSession, user_id: uuid.UUID, threshold: int | None) -> bool:
+    """Set the account's low-balance pre-filter (not money: no ledger row); False: no account."""
+    stmt = (
+        update(accounts)
+        .where(accounts.c.user_id == user_id)
+        .values(low_balance_threshold=threshold)
+        .returning(accounts.c.user_id)
+    )
+    return (await session.execute(stmt)).first() is not None
+
+
 async def credit(session: AsyncSession, user_id: uuid.UUID, amount: int, now: dt.datetime) -> Balance | None:
     """Add credits; None when there is no such account."""
     stmt = (

@@ -58,10 +58,20 @@ class CaptureExceedsHold(AppError):
 
 @dataclass(frozen=True, slots=True)
 class LowBalance:
+    """A change that took ``available`` from ``available_before`` down below ``threshold``.
+
+    ``custom``: the account has thresholds of its own (``threshold`` is then the highest of
+    them, a pre-filter); the notifier checks each of them against ``available_before`` and
+    ``available``, which are exact: both come from the one conditional UPDATE that moved the
+    money, so each downward crossing is seen by exactly one change, whatever the concurrency.
+    """
+
     user_id: uuid.UUID
     threshold: int
     available: int
     balance: int
+    available_before: int = 0
+    custom: bool = False
 
 
 Notifier = Callable[[LowBalance], Awaitable[None]]
@@ -69,13 +79,23 @@ Notifier = Callable[[LowBalance], Awaitable[None]]
 
 @dataclass(frozen=True, slots=True)
 class Policy:
-    """Global low-balance threshold (0: off; an account's own threshold wins) and who to tell."""
+    """Global low-balance threshold (0: off; an account's own thresholds win) and who to tell."""
 
     low_balance_threshold: int = 0
     notify: Notifier | None = None
 
 
 NO_ALERTS = Policy()
+# Where a request's unit of work carries the process's policy (set by core's get_tx), so that
+# every debit path (usage events, Sora holds, …) alerts without passing it along.
+POLICY_INFO_KEY = "credits.policy"
+
+
+def _policy_of(tx: Tx, policy: Policy | None) -> Policy:
+    if policy is not None:
+        return policy
+    found = tx.info.get(POLICY_INFO_KEY)
+    return found if isinstance(found, Policy) else NO_ALERTS
 
 
 def _watch(tx: Tx, policy: Policy, available_before: int, after: repo.Balance) -> None:
@@ -83,19 +103,34 @@ def _watch(tx: Tx, policy: Policy, available_before: int, after: repo.Balance) -
 
     The conditional UPDATE returned the state right after this change, so exactly one change
     crosses a given threshold downwards: the event fires once per crossing without any
-    extra state. It is sent only after commit; a rollback drops it.
+    extra state, and re-arms by itself once ``available`` is back at or above the threshold.
+    It is sent only after commit; a rollback drops it. An account's own thresholds are
+    summarised by the highest of them in ``after.threshold`` (0: none): only a change that
+    ends below it can have crossed one, and only then does the notifier look at the list.
     """
-    threshold = after.threshold if after.threshold is not None else policy.low_balance_threshold
-    if threshold <= 0 or policy.notify is None:
+    if policy.notify is None or after.available >= available_before:
         return
-    if available_before >= threshold > after.available:
-        event = LowBalance(after.user_id, threshold, after.available, after.balance)
-        notify = policy.notify
+    if after.threshold is not None:
+        if after.threshold <= 0 or after.available >= after.threshold:
+            return
+        event = LowBalance(after.user_id, after.threshold, after.available, after.balance, available_before, True)
+    else:
+        threshold = policy.low_balance_threshold
+        if threshold <= 0 or not available_before >= threshold > after.available:
+            return
+        event = LowBalance(after.user_id, threshold, after.available, after.balance, available_before)
+    notify = policy.notify
 
-        async def send() -> None:
-            await notify(event)
+    async def send() -> None:
+        await notify(event)
 
-        tx.after_commit(send)
+    tx.after_commit(send)
+
+
+async def set_alert_ceiling(tx: Tx, user_id: uuid.UUID, ceiling: int | None) -> None:
+    """Store the highest of an account's own alert thresholds (0: none; None: the global default)."""
+    if not await repo.set_threshold(tx.session, user_id, ceiling):
+        raise AccountNotFound
 
 
 # ------------------------------------------------------------------------------ views
@@ -268,13 +303,13 @@ async def deduct(
     *,
     reason: str,
     metadata: dict[str, Any] | None = None,
-    policy: Policy = NO_ALERTS,
+    policy: Policy | None = None,
 ) -> dict[str, Any]:
     row = _row(tx, user_id, -amount, reason, utcnow(), metadata=metadata)
     after = await repo.move(tx.session, row)
     if after is None:
         raise await _why_not(tx, user_id, amount)
-    _watch(tx, policy, after.available + amount, after)
+    _watch(tx, _policy_of(tx, policy), after.available + amount, after)
     return _recorded(tx, row, after)
 
 
@@ -318,14 +353,14 @@ async def hold(
     reason: str,
     ttl_seconds: int,
     metadata: dict[str, Any] | None = None,
-    policy: Policy = NO_ALERTS,
+    policy: Policy | None = None,
 ) -> dict[str, Any]:
     """Reserve credits: ``available`` drops, ``balance`` does not, until capture or release."""
     now = utcnow()
     after = await repo.reserve(tx.session, user_id, amount, now)
     if after is None:
         raise await _why_not(tx, user_id, amount)
-    _watch(tx, policy, after.available + amount, after)
+    _watch(tx, _policy_of(tx, policy), after.available + amount, after)
     values = {
         "id": uuid.uuid4(),
         "user_id": user_id,

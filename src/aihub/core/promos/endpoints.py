@@ -58,8 +58,9 @@ async def redeem_code(body: schemas.RedeemIn, tx: TxDep, me: CurrentUser, runtim
 
     404 `PROMO_NOT_FOUND`; 409 `PROMO_INACTIVE`, `PROMO_NOT_STARTED` (before `startsAt`),
     `PROMO_EXHAUSTED` (`maxRedemptions` reached) or `PROMO_ALREADY_REDEEMED` (`perUserLimit`
-    reached); 410 `PROMO_EXPIRED`. After too many failed attempts per user or per IP within the
-    window (default 10 per 15 minutes), 429 `PROMO_RATE_LIMITED` with `Retry-After`.
+    reached); 410 `PROMO_EXPIRED`. After too many failed attempts within the window, 429
+    `PROMO_RATE_LIMITED` with `Retry-After`: per user every refusal counts (default 10 per 15
+    minutes); per client address only codes that do not exist count (default 100, room for a NAT).
     Accepts `Idempotency-Key`: a replay returns the first result without granting again.
     """
     assert me.user_id is not None  # CurrentUser guarantees a person

@@ -51,6 +51,13 @@ class Claimed:
     code: str
     credits: int
     per_user_limit: int
+    redeemed_count: int = 0
+    max_redemptions: int | None = None
+
+    @property
+    def exhausted(self) -> bool:
+        """This claim took the last redemption (exactly one claim can, the UPDATE is guarded)."""
+        return self.max_redemptions is not None and self.redeemed_count >= self.max_redemptions
 
 
 async def claim(session: AsyncSession, code: str, now: dt.datetime) -> Claimed | None:
@@ -65,11 +72,11 @@ async def claim(session: AsyncSession, code: str, now: dt.datetime) -> Claimed |
             or_(P.expires_at.is_(None), P.expires_at > now),
         )
         .values(redeemed_count=P.redeemed_count + 1, credits_granted=P.credits_granted + P.credits)
-        .returning(P.id, P.code, P.credits, P.per_user_limit)
+        .returning(P.id, P.code, P.credits, P.per_user_limit, P.redeemed_count, P.max_redemptions)
         .execution_options(synchronize_session=False)
     )
     row = (await session.execute(stmt)).first()
-    return None if row is None else Claimed(row[0], row[1], int(row[2]), int(row[3]))
+    return None if row is None else Claimed(row[0], row[1], int(row[2]), int(row[3]), int(row[4]), row[5])
 
 
 # A user's first redemption inserts n = 1; later ones add 1 only while under the limit. On

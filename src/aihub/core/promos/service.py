@@ -18,6 +18,7 @@ from aihub.config import Settings
 from aihub.core.audit import service as audit
 from aihub.core.credits import service as credits
 from aihub.core.promos import repository as repo
+from aihub.core.webhooks import service as webhooks
 from aihub.kit.db import Tx, utcnow
 from aihub.kit.errors import AppError, Conflict, NotFound, ValidationFailed
 from aihub.kit.pagination import PageParams, page_of
@@ -72,7 +73,8 @@ class PromoRateLimited(AppError):
     status_code, code, message = 429, "PROMO_RATE_LIMITED", "Too many failed promo code attempts, try again later"
 
 
-# The refusals a guesser would see: these count towards the failed-attempt limit.
+# The refusals a guesser would see: every one counts towards the user's failed-attempt limit;
+# only PROMO_NOT_FOUND counts towards the client address's.
 REFUSALS = (PromoNotFound, PromoExpired, PromoNotStarted, PromoInactive, PromoExhausted, PromoAlreadyRedeemed)
 
 
@@ -279,6 +281,10 @@ async def redeem(tx: Tx, user_id: uuid.UUID, typed: str) -> dict[str, Any]:
             "seq": seq,
         },
     )
+    if won.exhausted:
+        # Outbox only (no runtime here): the retry sweep sends it within seconds.
+        data = {"promoId": str(won.id), "code": won.code, "maxRedemptions": won.max_redemptions}
+        await webhooks.emit(tx, None, "promo.exhausted", data)
     return {
         "code": won.code,
         "credits": won.credits,
@@ -288,44 +294,76 @@ async def redeem(tx: Tx, user_id: uuid.UUID, typed: str) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------ failed-attempt limit
+#
+# Count first, evaluate second (as the login lockout does): an attempt takes a slot on the
+# user's counter (and the address's) in one atomic INCR before the code is even looked up, so
+# 30 parallel wrong codes get exactly `limit` evaluations and the rest 429. Once the outcome is
+# known, a slot that should not count is handed back: a success on both counters; on the
+# address's, every refusal but PROMO_NOT_FOUND, since only a code that does not exist is a
+# guess (a sold-out campaign must not lock a whole office out). In-flight attempts hold a slot,
+# so one user cannot have more than `limit` redemptions running at the same instant.
 
 
-def _limits(settings: Settings, user_id: uuid.UUID, ip: str | None) -> list[tuple[str, int]]:
-    keys = [(f"promo:fail:user:{user_id}", settings.promo_max_failures_per_user)]
-    if ip:
-        keys.append((f"promo:fail:ip:{ip}", settings.promo_max_failures_per_ip))
-    return [(key, limit) for key, limit in keys if limit > 0]
+def _retry_after(wait: float | None, window: int) -> PromoRateLimited:
+    retry = max(1, int(wait if wait is not None else window))
+    return PromoRateLimited(headers={"Retry-After": str(retry)}, details={"retryAfterSeconds": retry})
 
 
-async def _check_limits(store: Store, limits: list[tuple[str, int]], window: int) -> None:
+async def _take_slot(store: Store, key: str, limit: int, window: int) -> bool | None:
+    """One atomic count-and-check: ``True`` within the limit, ``False`` over it, ``None`` when
+    the store is down (fail open: the codes' entropy still makes guessing hopeless)."""
     try:
-        for key, limit in limits:
-            failures = int(await store.get(key) or 0)
-            if failures >= limit:
-                wait = await store.ttl(key)
-                retry = max(1, int(wait if wait is not None else window))
-                raise PromoRateLimited(headers={"Retry-After": str(retry)}, details={"retryAfterSeconds": retry})
+        return await store.incr(key, ttl=window) <= limit
     except StoreUnavailable:
-        # Fail open: a store outage must not stop every redemption; the codes' entropy still
-        # makes guessing hopeless, the limit only slows probing.
+        log.warning("promo_limit_unavailable")
+        return None
+
+
+async def _give_back(store: Store, keys: list[str], window: int) -> None:
+    try:
+        for key in keys:
+            await store.incr(key, -1, ttl=window)
+    except StoreUnavailable:
         log.warning("promo_limit_unavailable")
 
 
-async def _note_failure(store: Store, limits: list[tuple[str, int]], window: int) -> None:
+async def _refuse_over_limit(store: Store, key: str, window: int) -> PromoRateLimited:
     try:
-        for key, _ in limits:
-            await store.incr(key, ttl=window)
+        wait = await store.ttl(key)
     except StoreUnavailable:
-        log.warning("promo_limit_unavailable")
+        wait = None
+    return _retry_after(wait, window)
 
 
 async def redeem_limited(tx: Tx, store: Store, settings: Settings, user_id: uuid.UUID, typed: str) -> dict[str, Any]:
-    """:func:`redeem` behind the failed-attempt limit (per user and per client IP)."""
-    limits = _limits(settings, user_id, tx.ip)
+    """:func:`redeem` behind the failed-attempt limits: per user (every refusal counts) and per
+    client address (only codes that do not exist count, with its own, higher threshold)."""
     window = settings.promo_failure_window_seconds
-    await _check_limits(store, limits, window)
+    user_key = f"promo:fail:user:{user_id}"
+    ip_key = f"promo:fail:ip:{tx.ip}" if tx.ip and settings.promo_max_failures_per_ip > 0 else None
+    held: list[str] = []  # counters this attempt took a slot on
+    if settings.promo_max_failures_per_user > 0:
+        taken = await _take_slot(store, user_key, settings.promo_max_failures_per_user, window)
+        if taken is False:
+            raise await _refuse_over_limit(store, user_key, window)
+        if taken:
+            held.append(user_key)
+    if ip_key is not None:
+        taken = await _take_slot(store, ip_key, settings.promo_max_failures_per_ip, window)
+        if taken is False:
+            await _give_back(store, held, window)  # not evaluated: not the user's failure
+            raise await _refuse_over_limit(store, ip_key, window)
+        if taken:
+            held.append(ip_key)
     try:
-        return await redeem(tx, user_id, typed)
+        result = await redeem(tx, user_id, typed)
+    except PromoNotFound:
+        raise  # a guess: it stays counted on both
     except REFUSALS:
-        await _note_failure(store, limits, window)
+        await _give_back(store, [k for k in held if k != user_key], window)
         raise
+    except Exception:
+        await _give_back(store, held, window)  # our failure, not the caller's
+        raise
+    await _give_back(store, held, window)
+    return result

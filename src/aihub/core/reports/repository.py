@@ -93,6 +93,16 @@ async def usage_cells(
     return await rollups.aggregate(session, ["day", "provider", "model"], mark=mark, start=start, end=end)
 
 
+async def active_users_by_day(
+    session: AsyncSession, start: dt.datetime | None, end: dt.datetime | None, *, mark: dt.date | None
+) -> dict[Any, int]:
+    """How many users had usage on each UTC day (the console's active-users chart)."""
+    counts: dict[Any, int] = {}
+    for row in await rollups.aggregate(session, ["day", "user_id"], mark=mark, start=start, end=end):
+        counts[row["day"]] = counts.get(row["day"], 0) + 1
+    return counts
+
+
 async def top_users(
     session: AsyncSession, start: dt.datetime | None, end: dt.datetime | None, limit: int, *, mark: dt.date | None
 ) -> tuple[list[dict[str, Any]], int]:

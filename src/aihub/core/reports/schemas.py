@@ -25,6 +25,18 @@ class UsageRow(ApiModel):
     credits: int
 
 
+class PurchaseRow(ApiModel):
+    payment_id: uuid.UUID
+    package_id: str
+    credits: int
+    amount: int = Field(description="paid, in the currency's minor units")
+    currency: str
+    status: str
+    refunded_credits: int
+    transaction_id: uuid.UUID | None = Field(description="the ledger transaction of the grant")
+    paid_at: dt.datetime | None
+
+
 class BillingReport(ApiModel):
     user_id: uuid.UUID
     email: str
@@ -36,6 +48,7 @@ class BillingReport(ApiModel):
     closing_balance: int = Field(description="openingBalance + credits - debits")
     by_reason: list[ReasonRow]
     usage: list[UsageRow]
+    purchases: list[PurchaseRow] = Field(default_factory=list, description="credit packages paid in the period")
 
 
 class Totals(ApiModel):
@@ -56,6 +69,7 @@ class ProviderRow(Totals):
 
 class DayRow(Totals):
     day: str
+    active_users: int = Field(description="Users with any usage that day")
 
 
 class Overview(ApiModel):
@@ -80,6 +94,7 @@ class ExportRow(ApiModel):
     closing_balance: int
     by_reason: list[ReasonRow]
     usage: list[UsageRow]
+    purchases: list[PurchaseRow] = Field(default_factory=list, description="credit packages paid in the period")
 
 
 class BillingExport(ApiModel):

@@ -14,6 +14,7 @@ import io
 import uuid
 from typing import Any
 
+from aihub.core.payments import service as payments
 from aihub.core.reports import repository as repo
 from aihub.core.usage import rollups
 from aihub.core.users import service as users
@@ -41,6 +42,7 @@ async def billing_report(
         "closing_balance": closing,
         "by_reason": [_reason_row(r) for r in by_reason],
         "usage": [_usage_row(r) for r in await repo.usage_by_model(tx.session, user_id, start, end, mark=mark)],
+        "purchases": await payments.purchases(tx, user_id, start, end),
     }
 
 
@@ -78,6 +80,21 @@ def report_csv(report: dict[str, Any]) -> str:
                 row["credits"],
             ]
         )
+    if report.get("purchases"):
+        writer.writerow([])
+        writer.writerow(["section", "payment_id", "package_id", "credits", "amount", "currency", "status"])
+        for row in report["purchases"]:
+            writer.writerow(
+                [
+                    "purchase",
+                    row["payment_id"],
+                    row["package_id"],
+                    row["credits"],
+                    row["amount"],
+                    row["currency"],
+                    row["status"],
+                ]
+            )
     return out.getvalue()
 
 
@@ -95,7 +112,7 @@ def _add(buckets: dict[Any, dict[str, int]], key: Any, row: dict[str, Any]) -> N
 
 
 async def overview(tx: Tx, start: dt.datetime | None, end: dt.datetime | None, top: int = 10) -> dict[str, Any]:
-    """Two grouped reads (day x provider x model; per user), each from rollups plus raw edges;
+    """Three grouped reads (day x provider x model; per user; day x user), each from rollups plus raw edges;
     totals, providers, models and days are folded from the first in Python."""
     mark = await rollups.complete_until(tx.session)
     totals: dict[str, int] = dict.fromkeys(MEASURES, 0)
@@ -109,6 +126,7 @@ async def overview(tx: Tx, start: dt.datetime | None, end: dt.datetime | None, t
         _add(models, (cell["provider"], cell["model"]), cell)
         _add(days, cell["day"], cell)
     leaders, active = await repo.top_users(tx.session, start, end, top, mark=mark)
+    active_by_day = await repo.active_users_by_day(tx.session, start, end, mark=mark)
     return {
         "from": start,
         "to": end,
@@ -117,7 +135,7 @@ async def overview(tx: Tx, start: dt.datetime | None, end: dt.datetime | None, t
         "top_users": [{"user_id": r["user_id"], "email": r["email"], **_totals(r)} for r in leaders],
         "by_provider": [{"provider": p, **v} for p, v in sorted(providers.items())],
         "by_model": [{"provider": p, "model": m, **v} for (p, m), v in sorted(models.items())],
-        "daily": [{"day": d, **v} for d, v in sorted(days.items())],
+        "daily": [{"day": d, **v, "active_users": active_by_day.get(d, 0)} for d, v in sorted(days.items())],
     }
 
 
@@ -145,6 +163,7 @@ async def billing_export(tx: Tx, start: dt.datetime | None, end: dt.datetime | N
     usage: dict[uuid.UUID, list[dict[str, Any]]] = {}
     for row in await rollups.aggregate(tx.session, ["user_id", "provider", "model"], mark=mark, start=start, end=end):
         usage.setdefault(row["user_id"], []).append(_usage_row(row))
+    bought = await payments.purchases_by_user(tx, start, end)
     user_ids = set(closing) | set(usage)
     emails = await repo.emails(tx.session, list(user_ids))
     rows = []
@@ -160,6 +179,7 @@ async def billing_export(tx: Tx, start: dt.datetime | None, end: dt.datetime | N
                 "closing_balance": closing.get(user_id, 0),
                 "by_reason": by_reason,
                 "usage": usage.get(user_id, []),
+                "purchases": bought.get(user_id, []),
             }
         )
     rows.sort(key=lambda r: (r["email"] or "", str(r["user_id"])))

@@ -8,7 +8,8 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Depends, Path, Query, Response
 
 from aihub.core.credits import service as credits
-from aihub.core.deps import CurrentPrincipal, CurrentUser, RequirePermission, TxDep, TxRoute
+from aihub.core.deps import CurrentPrincipal, CurrentUser, RequirePermission, RuntimeDep, TxDep, TxRoute
+from aihub.core.notifications import jobs as notification_jobs
 from aihub.core.pricing import service as pricing
 from aihub.core.rbac import service as rbac
 from aihub.core.rbac.service import MissingPermission, Principal
@@ -59,6 +60,7 @@ async def record_event(
     tx: TxDep,
     reporter: Annotated[Principal, RequirePermission("usage:write")],
     response: Response,
+    runtime: RuntimeDep,
 ) -> dict[str, Any]:
     """Report one call: it is priced, checked against the quota and charged in one transaction.
 
@@ -66,7 +68,11 @@ async def record_event(
     true`) without charging again; the same `requestId` with other content gets 422
     `IDEMPOTENCY_KEY_REUSED`. 402 `INSUFFICIENT_CREDITS`, 422 `UNKNOWN_MODEL`, 429 `QUOTA_EXCEEDED`.
     """
-    result, replayed = await usage.record_event(tx, reporter.id, body.model_dump())
+    try:
+        result, replayed = await usage.record_event(tx, reporter.id, body.model_dump())
+    except usage.QuotaExceeded as refused:
+        await notification_jobs.on_quota_refused(runtime, body.user_id, refused.details or {})
+        raise
     if replayed:
         response.headers["Idempotent-Replayed"] = "true"
     return result
@@ -92,12 +98,13 @@ async def list_usage(
 async def usage_summary(
     tx: TxDep,
     caller: CurrentPrincipal,
-    group_by: Annotated[Literal["provider", "model", "day"], Query(alias="groupBy")] = "provider",
+    group_by: Annotated[Literal["provider", "model", "day", "day_model"], Query(alias="groupBy")] = "provider",
     from_: From = None,
     to: To = None,
     user_id: Annotated[uuid.UUID | None, Query(alias="userId")] = None,
 ) -> dict[str, Any]:
-    """Requests, tokens and credits grouped by provider, model (`provider/model`) or UTC day."""
+    """Requests, tokens and credits grouped by provider, model (`provider/model`), UTC day, or
+    both (`day_model`: keys `YYYY-MM-DD/provider/model`)."""
     subject = _subject(caller, user_id)
     return await usage.summary(tx, group_by, user_id=subject, start=from_, end=to)
 

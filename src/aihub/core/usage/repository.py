@@ -104,7 +104,12 @@ async def summary(
     end: dt.datetime | None,
 ) -> list[dict[str, Any]]:
     """Grouped totals: rollups for complete past days, raw events for the rest (see rollups)."""
-    keys = {"day": ["day"], "provider": ["provider"], "model": ["provider", "model"]}[group_by]
+    keys = {
+        "day": ["day"],
+        "provider": ["provider"],
+        "model": ["provider", "model"],
+        "day_model": ["day", "provider", "model"],  # the console's usage chart: per day, split by model
+    }[group_by]
     mark = await rollups.complete_until(session)
     rows = await rollups.aggregate(session, keys, mark=mark, start=start, end=end, user_id=user_id)
     items = [{"key": "/".join(str(row[k]) for k in keys), **{m: row[m] for m in rollups.MEASURES}} for row in rows]

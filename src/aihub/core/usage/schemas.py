@@ -61,7 +61,7 @@ class SummaryItem(ApiModel):
 
 
 class SummaryOut(ApiModel):
-    group_by: Literal["provider", "model", "day"]
+    group_by: Literal["provider", "model", "day", "day_model"]
     items: list[SummaryItem]
 
 

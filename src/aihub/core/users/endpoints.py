@@ -7,6 +7,7 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query, Response
 
+from aihub.auth.lockout import LoginLocked
 from aihub.core.deps import CurrentUser, RequirePermission, RuntimeDep, TxDep, TxRoute
 from aihub.core.rbac import service as rbac
 from aihub.core.rbac.service import Principal
@@ -25,12 +26,21 @@ async def read_me(tx: TxDep, me: CurrentUser) -> dict[str, Any]:
     return users.view(me.extra["user"], list(me.effective.roles))
 
 
-@router.patch("/me", response_model=schemas.UserOut, responses=errors(users.WrongPassword, users.UserNotFound))
-async def update_me(body: schemas.MeUpdate, tx: TxDep, me: CurrentUser) -> dict[str, Any]:
-    """Change one's display name, or password (which needs the current password)."""
+@router.patch(
+    "/me",
+    response_model=schemas.UserOut,
+    responses=errors(users.WrongPassword, users.UserNotFound, LoginLocked),
+)
+async def update_me(body: schemas.MeUpdate, tx: TxDep, me: CurrentUser, runtime: RuntimeDep) -> dict[str, Any]:
+    """Change one's display name, or password (which needs the current password).
+
+    The current password is checked behind the account's login lockout (the same counter as
+    `POST /api/auth/login`): a wrong one answers 403 `INVALID_CREDENTIALS` and counts as a
+    failed sign-in; once locked, 429 `TOO_MANY_LOGIN_ATTEMPTS` with `Retry-After`."""
     assert me.user_id is not None
     return await users.update_me(
         tx,
+        runtime,
         me.user_id,
         display_name=body.display_name,
         password=body.password,

@@ -12,6 +12,7 @@ from typing import Any
 
 from sqlalchemy.exc import IntegrityError
 
+from aihub.auth import lockout
 from aihub.auth import repository as sessions_repo
 from aihub.core.audit import service as audit
 from aihub.core.rbac import repository as rbac_repo
@@ -22,6 +23,7 @@ from aihub.kit.db import Tx, utcnow
 from aihub.kit.errors import AppError, Conflict, Forbidden, NotFound
 from aihub.kit.pagination import PageParams, page_of
 from aihub.kit.passwords import hash_password, verify_password
+from aihub.kit.runtime import Runtime
 from aihub.kit.store import Store
 from aihub.models import User
 
@@ -155,6 +157,7 @@ async def _guard_last_admin(tx: Tx, user: User) -> None:
 
 async def update_me(
     tx: Tx,
+    runtime: Runtime,
     user_id: uuid.UUID,
     *,
     display_name: str | None,
@@ -164,12 +167,16 @@ async def update_me(
     user = await get_user(tx, user_id, for_update=True)
     before = await read(tx, user_id)
     if password is not None:
+        # The current password is checked behind the login lockout of this account, on the
+        # same counter: a stolen access token must not become an unlimited password oracle.
+        await lockout.count_attempt(runtime, user.email)
         if not current_password or not await verify_password(user.password_hash, current_password):
             raise WrongPassword
+        await lockout.forget_failures(runtime.store, user.email)
         user.password_hash = await hash_password(password)
         # A new password ends the sessions an old one may have opened (the caller's access
         # token stays valid until it expires; it was just proven with the current password).
-        await _end_sessions(tx, user.id)
+        await end_sessions(tx, user.id)
     if display_name is not None:
         user.display_name = display_name
     user.updated_at = utcnow()
@@ -186,7 +193,7 @@ async def update_me(
     return after
 
 
-async def _end_sessions(tx: Tx, user_id: uuid.UUID) -> None:
+async def end_sessions(tx: Tx, user_id: uuid.UUID) -> dict[str, int]:
     """A suspended or deleted user keeps no refresh token; access tokens die on their own,
     because every request re-reads the user's status."""
     now = utcnow()
@@ -196,6 +203,7 @@ async def _end_sessions(tx: Tx, user_id: uuid.UUID) -> None:
         audit.record(
             tx, "auth.sessions_revoked", "user", user_id, after={"refreshTokens": revoked, "soraSessions": video}
         )
+    return {"refreshTokens": revoked, "soraSessions": video}
 
 
 async def update(
@@ -230,7 +238,7 @@ async def update(
     if before["status"] != after["status"]:
         action = "user.suspend" if after["status"] == "suspended" else "user.reactivate"
     if after["status"] == "suspended":
-        await _end_sessions(tx, user.id)
+        await end_sessions(tx, user.id)
     audit.record(tx, action, "user", user.id, before=before, after=after)
     return after
 
@@ -250,7 +258,7 @@ async def delete(tx: Tx, store: Store, actor: rbac.Principal, user_id: uuid.UUID
     user.updated_at = utcnow()
     await rbac_repo.set_user_roles(tx.session, user.id, [])
     await tx.session.flush()
-    await _end_sessions(tx, user.id)
+    await end_sessions(tx, user.id)
     audit.record(tx, "user.delete", "user", user.id, before=before, after=await read(tx, user_id))
     rbac.invalidate_after_commit(tx, store)
 

@@ -1,0 +1,411 @@
+"""Payments: credit packages, checkouts, and what the provider's events do to the ledger.
+
+Money moves only through the credits service (``grant`` and ``deduct``), in the transaction
+that records the event. A paid checkout grants once, guarded twice: the provider's event id
+is recorded first (a redelivery stops there) and the payment moves pending → paid in one
+conditional UPDATE (another event for the same session stops there). What is granted is the
+snapshot taken at checkout, whatever happened to the package since.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from typing import Any
+
+import structlog
+
+from aihub.core.audit import service as audit
+from aihub.core.credits import alerts
+from aihub.core.credits import service as credits
+from aihub.core.payments import repository as repo
+from aihub.core.payments.provider import CheckoutRequest, Provider
+from aihub.core.webhooks import jobs as _webhook_jobs  # noqa: F401  (registers the delivery job)
+from aihub.core.webhooks import service as webhooks
+from aihub.kit.db import Tx, utcnow
+from aihub.kit.errors import Conflict, NotFound
+from aihub.kit.pagination import PageParams, page_of
+from aihub.kit.runtime import Runtime
+from aihub.models import CreditPackage, Payment
+
+log = structlog.get_logger("aihub.payments")
+
+
+class PackageNotFound(NotFound):
+    code, message = "PACKAGE_NOT_FOUND", "No such credit package"
+
+
+class PackageInactive(Conflict):
+    code, message = "PACKAGE_INACTIVE", "This credit package is not on sale"
+
+
+class PaymentNotFound(NotFound):
+    code, message = "PAYMENT_NOT_FOUND", "No such payment"
+
+
+# ------------------------------------------------------------------------------ packages
+
+
+def package_view(row: CreditPackage) -> dict[str, Any]:
+    return {
+        "id": row.id,
+        "name": row.name,
+        "credits": row.credits,
+        "amount": row.amount,
+        "currency": row.currency,
+        "active": row.active,
+        "created_at": row.created_at,
+        "updated_at": row.updated_at,
+    }
+
+
+async def list_packages(tx: Tx, *, active_only: bool = True) -> dict[str, Any]:
+    return {"items": [package_view(p) for p in await repo.list_packages(tx.session, active_only=active_only)]}
+
+
+async def put_package(tx: Tx, package_id: str, values: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+    """Create or replace; concurrent PUTs of one new id make one row (no unique-key error)."""
+    now = utcnow()
+    created = await repo.insert_package(tx.session, {"id": package_id, **values, "created_at": now, "updated_at": now})
+    row = await repo.get_package_for_update(tx.session, package_id)
+    assert row is not None, "inserted or already there, and never deleted while locked"
+    before = None if created else package_view(row)
+    if not created:
+        for name, value in values.items():
+            setattr(row, name, value)
+        row.updated_at = now
+        await tx.session.flush()
+    after = package_view(row)
+    audit.record(tx, "payments.package.put", "credit_package", package_id, before=before, after=after)
+    return after, created
+
+
+async def delete_package(tx: Tx, package_id: str) -> None:
+    """Payments keep their own snapshot, so a package sold before can be removed."""
+    row = await repo.get_package(tx.session, package_id)
+    if row is None:
+        raise PackageNotFound
+    before = package_view(row)
+    tx.session.expunge(row)
+    await repo.delete_package(tx.session, package_id)
+    audit.record(tx, "payments.package.delete", "credit_package", package_id, before=before)
+
+
+# ------------------------------------------------------------------------------ payments
+
+
+def payment_view(row: Payment) -> dict[str, Any]:
+    return {
+        "id": row.id,
+        "user_id": row.user_id,
+        "provider": row.provider,
+        "package_id": row.package_id,
+        "credits": row.credits,
+        "amount": row.amount,
+        "currency": row.currency,
+        "status": row.status,
+        "checkout_url": row.checkout_url if row.status == "pending" else None,
+        "transaction_id": row.transaction_id,
+        "refunded_credits": row.refunded_credits,
+        "refunded_amount": row.refunded_amount,
+        "refund_shortfall": row.refund_shortfall,
+        "created_at": row.created_at,
+        "paid_at": row.paid_at,
+    }
+
+
+async def checkout(
+    tx: Tx,
+    provider: Provider,
+    user_id: uuid.UUID,
+    email: str | None,
+    package_id: str,
+    success_url: str,
+    cancel_url: str,
+) -> dict[str, Any]:
+    """A pending payment with the package's terms as they are now, and its hosted checkout.
+
+    The provider call carries the payment's id as its idempotency key, so the library's own
+    retries never open two sessions for one payment.
+    """
+    package = await repo.get_package(tx.session, package_id)
+    if package is None:
+        raise PackageNotFound
+    if not package.active:
+        raise PackageInactive
+    now = utcnow()
+    payment = Payment(
+        id=uuid.uuid4(),
+        user_id=user_id,
+        provider=provider.name,
+        package_id=package.id,
+        credits=package.credits,
+        amount=package.amount,
+        currency=package.currency,
+        status="pending",
+        refunded_credits=0,
+        refunded_amount=0,
+        refund_shortfall=0,
+        created_at=now,
+        updated_at=now,
+    )
+    session = await provider.create_checkout(
+        CheckoutRequest(
+            payment_id=payment.id,
+            user_id=user_id,
+            email=email,
+            package_id=package.id,
+            package_name=package.name,
+            credits=package.credits,
+            amount=package.amount,
+            currency=package.currency,
+            success_url=success_url,
+            cancel_url=cancel_url,
+        )
+    )
+    payment.provider_session_id = session.id
+    payment.checkout_url = session.url
+    tx.session.add(payment)
+    await tx.session.flush()
+    view = payment_view(payment)
+    audit.record(
+        tx,
+        "payments.checkout",
+        "payment",
+        payment.id,
+        after={"packageId": package.id, "credits": package.credits, "amount": package.amount, "sessionId": session.id},
+    )
+    return {**view, "url": session.url}
+
+
+async def get_payment(tx: Tx, payment_id: uuid.UUID) -> Payment:
+    row = await repo.get_payment(tx.session, payment_id)
+    if row is None:
+        raise PaymentNotFound
+    return row
+
+
+async def list_payments(
+    tx: Tx,
+    params: PageParams,
+    *,
+    user_id: uuid.UUID | None,
+    status: str | None = None,
+    package_id: str | None = None,
+    created_from: dt.datetime | None = None,
+    created_to: dt.datetime | None = None,
+) -> dict[str, Any]:
+    stmt = repo.search(
+        params,
+        user_id=user_id,
+        status=status,
+        package_id=package_id,
+        created_from=created_from,
+        created_to=created_to,
+    )
+    rows, cursor = page_of(await repo.fetch(tx.session, stmt), params, lambda r: (r.created_at, r.id))
+    return {"items": [payment_view(r) for r in rows], "next_cursor": cursor}
+
+
+# ------------------------------------------------------------------------------ provider events
+
+
+async def handle_event(tx: Tx, runtime: Runtime, provider: str, event: dict[str, Any]) -> str:
+    """Apply one verified provider event; returns what it did (also stored with the event)."""
+    event_id, kind = str(event["id"])[:255], str(event["type"])[:100]
+    obj: dict[str, Any] = event["data"]["object"]
+    first = await repo.record_event(
+        tx.session,
+        {
+            "provider": provider,
+            "event_id": event_id,
+            "type": kind,
+            "outcome": "received",
+            "payment_id": None,
+            "payload": {"object": obj.get("object"), "id": obj.get("id")},
+            "received_at": utcnow(),
+        },
+    )
+    if not first:
+        return "duplicate"
+    payment_id: uuid.UUID | None = None
+    if kind in ("checkout.session.completed", "checkout.session.async_payment_succeeded"):
+        outcome, payment_id = await _session_paid(tx, runtime, provider, obj)
+    elif kind in ("checkout.session.expired", "checkout.session.async_payment_failed"):
+        outcome, payment_id = await _session_failed(tx, provider, obj)
+    elif kind == "charge.refunded":
+        outcome, payment_id = await _charge_refunded(tx, runtime, provider, obj)
+    else:
+        outcome = "ignored"
+    await repo.set_event_outcome(tx.session, provider, event_id, outcome, payment_id)
+    log.info("payments.event", provider=provider, event_id=event_id, type=kind, outcome=outcome)
+    return outcome
+
+
+def _text(value: Any) -> str | None:
+    return value if isinstance(value, str) and value else None
+
+
+async def _session_paid(tx: Tx, runtime: Runtime, provider: str, obj: dict[str, Any]) -> tuple[str, uuid.UUID | None]:
+    session_id = _text(obj.get("id"))
+    if session_id is None:
+        return "unmatched", None
+    if obj.get("payment_status") != "paid":
+        return "not_paid", None  # async methods: async_payment_succeeded follows
+    payment = await repo.by_session(tx.session, provider, session_id)
+    if payment is None:
+        log.warning("payments.unmatched_session", provider=provider, session_id=session_id)
+        return "unmatched", None
+    now = utcnow()
+    intent = _text(obj.get("payment_intent"))
+    if not await repo.mark_paid(tx.session, payment.id, intent, now):
+        return "already_paid", payment.id
+    txn = await credits.grant(
+        tx,
+        payment.user_id,
+        payment.credits,
+        reason="purchase",
+        metadata={"paymentId": str(payment.id), "provider": provider, "sessionId": session_id},
+    )
+    await repo.update_payment(tx.session, payment.id, transaction_id=txn["id"])
+    audit.record(
+        tx,
+        "payments.paid",
+        "payment",
+        payment.id,
+        before={"status": "pending"},
+        after={"status": "paid", "credits": payment.credits, "transactionId": str(txn["id"])},
+    )
+    await webhooks.emit(
+        tx,
+        runtime,
+        "payment.succeeded",
+        {
+            "paymentId": str(payment.id),
+            "userId": str(payment.user_id),
+            "packageId": payment.package_id,
+            "credits": payment.credits,
+            "amount": payment.amount,
+            "currency": payment.currency,
+            "transactionId": str(txn["id"]),
+        },
+    )
+    return "granted", payment.id
+
+
+async def _session_failed(tx: Tx, provider: str, obj: dict[str, Any]) -> tuple[str, uuid.UUID | None]:
+    session_id = _text(obj.get("id"))
+    payment = await repo.by_session(tx.session, provider, session_id) if session_id else None
+    if payment is None:
+        return "unmatched", None
+    if not await repo.mark_failed(tx.session, payment.id, utcnow()):
+        return "ignored", payment.id
+    audit.record(tx, "payments.failed", "payment", payment.id, before={"status": "pending"}, after={"status": "failed"})
+    return "failed", payment.id
+
+
+async def _take_back(tx: Tx, runtime: Runtime, payment: Payment, wanted: int) -> int:
+    """Debit up to ``wanted`` credits of a refunded purchase; what was already spent stays spent
+    (returned short of ``wanted``). Each try is the ledger's own conditional debit."""
+    meta = {"paymentId": str(payment.id), "kind": "purchase_refund"}
+    policy = alerts.policy(runtime)
+    try:
+        await credits.deduct(tx, payment.user_id, wanted, reason="refund", metadata=meta, policy=policy)
+        return wanted
+    except credits.InsufficientCredits as short:
+        available = int((short.details or {}).get("available", 0))
+    if available <= 0:
+        return 0
+    try:
+        await credits.deduct(tx, payment.user_id, available, reason="refund", metadata=meta, policy=policy)
+        return available
+    except credits.InsufficientCredits:
+        return 0  # spent in the meantime: all of it is a shortfall
+
+
+async def _charge_refunded(
+    tx: Tx, runtime: Runtime, provider: str, obj: dict[str, Any]
+) -> tuple[str, uuid.UUID | None]:
+    intent = _text(obj.get("payment_intent"))
+    payment = await repo.by_provider_payment(tx.session, provider, intent, for_update=True) if intent else None
+    if payment is None:
+        return "unmatched", None
+    if payment.status not in ("paid", "refunded"):
+        return "ignored", payment.id
+    refunded_amount = obj.get("amount_refunded")
+    if not isinstance(refunded_amount, int) or isinstance(refunded_amount, bool) or refunded_amount <= 0:
+        return "ignored", payment.id
+    refunded_amount = min(refunded_amount, payment.amount)
+    # The refunded share of what was sold, rounded down: a partial refund never takes back
+    # more than was paid for. Cumulative: Stripe's amount_refunded is the running total.
+    target = payment.credits * refunded_amount // payment.amount
+    wanted = target - payment.refunded_credits
+    if wanted <= 0 and refunded_amount <= payment.refunded_amount:
+        return "already_refunded", payment.id
+    taken = await _take_back(tx, runtime, payment, wanted) if wanted > 0 else 0
+    status = "refunded" if refunded_amount >= payment.amount else payment.status
+    shortfall = payment.refund_shortfall + max(wanted, 0) - taken
+    before = {"status": payment.status, "refundedCredits": payment.refunded_credits}
+    await repo.update_payment(
+        tx.session,
+        payment.id,
+        status=status,
+        refunded_credits=max(target, payment.refunded_credits),
+        refunded_amount=refunded_amount,
+        refund_shortfall=shortfall,
+        updated_at=utcnow(),
+    )
+    audit.record(
+        tx,
+        "payments.refunded",
+        "payment",
+        payment.id,
+        before=before,
+        after={"status": status, "refundedCredits": target, "takenBack": taken, "shortfall": shortfall},
+    )
+    await webhooks.emit(
+        tx,
+        runtime,
+        "payment.refunded",
+        {
+            "paymentId": str(payment.id),
+            "userId": str(payment.user_id),
+            "refundedAmount": refunded_amount,
+            "amount": payment.amount,
+            "currency": payment.currency,
+            "creditsTakenBack": taken,
+            "creditsShortfall": max(wanted, 0) - taken,
+        },
+    )
+    return "refunded", payment.id
+
+
+def _purchase_row(p: Payment) -> dict[str, Any]:
+    return {
+        "payment_id": p.id,
+        "package_id": p.package_id,
+        "credits": p.credits,
+        "amount": p.amount,
+        "currency": p.currency,
+        "status": p.status,
+        "refunded_credits": p.refunded_credits,
+        "transaction_id": p.transaction_id,
+        "paid_at": p.paid_at,
+    }
+
+
+async def purchases(
+    tx: Tx, user_id: uuid.UUID, start: dt.datetime | None, end: dt.datetime | None
+) -> list[dict[str, Any]]:
+    """The billing report's purchases block."""
+    return [_purchase_row(p) for p in await repo.purchases(tx.session, user_id, start, end)]
+
+
+async def purchases_by_user(
+    tx: Tx, start: dt.datetime | None, end: dt.datetime | None
+) -> dict[uuid.UUID, list[dict[str, Any]]]:
+    """Every user's purchases block, for the all-users export (one query)."""
+    found: dict[uuid.UUID, list[dict[str, Any]]] = {}
+    for p in await repo.purchases(tx.session, None, start, end):
+        found.setdefault(p.user_id, []).append(_purchase_row(p))
+    return found
