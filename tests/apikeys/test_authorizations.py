@@ -227,7 +227,7 @@ async def test_bad_input_and_unauthenticated_calls(client: httpx.AsyncClient, ru
     assert_error(await client.post(url, json=settle_body()), 401, "UNAUTHORIZED")
     missing = f"/api/usage/authorizations/{uuid.uuid4()}/settle"
     assert_error(await client.post(missing, headers=user.headers, json=settle_body()), 404, "AUTHORIZATION_NOT_FOUND")
-    assert_error(await client.post("/api/usage/authorizations/x/cancel", headers=user.headers), 422, "VALIDATION_ERROR")
+    assert_error(await client.post("/api/usage/authorizations/x/cancel", headers=user.headers), 404, "NOT_FOUND")
     # A requestId already used by another report is refused and the authorization stays active.
     first = await client.post(url, headers=user.headers, json=settle_body("dup"))
     assert first.status_code == 201

@@ -172,7 +172,6 @@ async def test_bad_input_and_unauthenticated_calls(client: httpx.AsyncClient, us
         {"name": "x", "requestsPerMinute": "5"},
         {"name": "x", "budget": {"maxCredits": -1, "period": "day"}},
         {"name": "x", "budget": {"maxCredits": 1, "period": "week"}},
-        {"name": "x", "expiresAt": "2030-01-01T00:00:00"},
         {"name": "x", "expiresAt": past},
         {"name": "x", "unknown": 1},
     ]
@@ -182,7 +181,7 @@ async def test_bad_input_and_unauthenticated_calls(client: httpx.AsyncClient, us
         "/api/keys", headers={**user.headers, "Content-Type": "application/json"}, content=b"{nope"
     )
     assert_error(bad_json, 400, "INVALID_JSON")
-    assert_error(await client.get("/api/keys/not-a-uuid", headers=user.headers), 422, "VALIDATION_ERROR")
+    assert_error(await client.get("/api/keys/not-a-uuid", headers=user.headers), 404, "NOT_FOUND")
     assert_error(await client.get(f"/api/keys/{uuid.uuid4()}", headers=user.headers), 404, "KEY_NOT_FOUND")
     assert_error(await client.get("/api/keys/current", headers=user.headers), 403, "FORBIDDEN")
     huge = {"name": "x", "models": [f"openai/m{i}" for i in range(101)]}

@@ -77,7 +77,7 @@ async def test_revoked_service_token_is_refused(
     assert (await auth_client.delete(f"/service-tokens/{created['id']}", headers=admin.headers)).status_code == 204
     missing = await auth_client.delete("/service-tokens/00000000-0000-0000-0000-000000000000", headers=admin.headers)
     assert_error(missing, 404, "SERVICE_TOKEN_NOT_FOUND")
-    assert_error(await auth_client.delete("/service-tokens/not-a-uuid", headers=admin.headers), 422, "VALIDATION_ERROR")
+    assert_error(await auth_client.delete("/service-tokens/not-a-uuid", headers=admin.headers), 404, "NOT_FOUND")
 
 
 async def test_list_never_shows_token_values(auth_client: httpx.AsyncClient, admin: Caller) -> None:

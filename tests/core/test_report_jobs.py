@@ -412,7 +412,7 @@ async def test_job_endpoints_refuse_bad_input_and_the_unauthorised(
     client: httpx.AsyncClient, admin: Caller, user: Caller
 ) -> None:
     for path in ("/api/billing/jobs/not-a-uuid", "/api/analytics/jobs/123/download"):
-        assert_error(await client.get(path, headers=admin.headers), 422, "VALIDATION_ERROR")
+        assert_error(await client.get(path, headers=admin.headers), 404, "NOT_FOUND")
     assert_error(
         await client.get("/api/billing/jobs", headers=admin.headers, params={"limit": 0}), 422, "VALIDATION_ERROR"
     )

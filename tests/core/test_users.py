@@ -173,7 +173,7 @@ async def test_read_update_not_found(client: httpx.AsyncClient, admin: Caller) -
     assert_error(await client.get(f"/api/users/{missing}", headers=admin.headers), 404, "USER_NOT_FOUND")
     assert_error(await client.patch(f"/api/users/{missing}", headers=admin.headers, json={}), 404, "USER_NOT_FOUND")
     assert_error(await client.delete(f"/api/users/{missing}", headers=admin.headers), 404, "USER_NOT_FOUND")
-    assert_error(await client.get("/api/users/not-a-uuid", headers=admin.headers), 422, "VALIDATION_ERROR")
+    assert_error(await client.get("/api/users/not-a-uuid", headers=admin.headers), 404, "NOT_FOUND")
 
 
 async def test_suspend_blocks_the_user_and_reactivate_restores(

@@ -10,14 +10,25 @@ from fastapi import APIRouter, Depends, Request, Response
 from aihub.auth import schemas, tokens
 from aihub.auth import service as auth
 from aihub.auth.identity import emails as identity_emails
-from aihub.core.deps import CurrentUser, RequirePermission, RuntimeDep, SessionUser, TxDep, TxRoute
+from aihub.auth.lockout import LoginLocked
+from aihub.core.deps import AccountSuspended, CurrentUser, RequirePermission, RuntimeDep, SessionUser, TxDep, TxRoute
+from aihub.core.rbac import service as rbac
 from aihub.core.rbac.service import Principal
+from aihub.core.users import service as users
+from aihub.kit.errors import StoreUnavailableError
+from aihub.kit.jwt import InvalidToken, TokenExpired, TokenRevoked
+from aihub.kit.openapi import errors
 from aihub.kit.pagination import PageParams, page_params
 
 router = APIRouter(tags=["auth"], route_class=TxRoute)
 
 
-@router.post("/register", response_model=schemas.UserEnvelope, status_code=201)
+@router.post(
+    "/register",
+    response_model=schemas.UserEnvelope,
+    status_code=201,
+    responses=errors(users.EmailTaken, users.InvalidEmail),
+)
 async def register(body: schemas.RegisterIn, tx: TxDep, runtime: RuntimeDep) -> dict[str, Any]:
     """Create an account with role `user` and an empty credit account, and mail it a
     verification link. 409 `EMAIL_TAKEN`."""
@@ -28,7 +39,11 @@ async def register(body: schemas.RegisterIn, tx: TxDep, runtime: RuntimeDep) -> 
     return {"user": user}
 
 
-@router.post("/login", response_model=schemas.TokenPair)
+@router.post(
+    "/login",
+    response_model=schemas.TokenPair,
+    responses=errors(auth.InvalidCredentials, auth.SuspendedLogin, LoginLocked),
+)
 async def login(body: schemas.LoginIn, tx: TxDep, runtime: RuntimeDep) -> dict[str, Any]:
     """Exchange email and password for an access token and a refresh token.
 
@@ -40,7 +55,13 @@ async def login(body: schemas.LoginIn, tx: TxDep, runtime: RuntimeDep) -> dict[s
     return await auth.login(tx, runtime, email=body.email, password=body.password)
 
 
-@router.post("/refresh", response_model=schemas.TokenPair)
+@router.post(
+    "/refresh",
+    response_model=schemas.TokenPair,
+    responses=errors(
+        InvalidToken, TokenExpired, TokenRevoked, auth.RefreshTokenReused, AccountSuspended, StoreUnavailableError
+    ),
+)
 async def refresh(body: schemas.RefreshIn, tx: TxDep, runtime: RuntimeDep) -> dict[str, Any]:
     """Spend a refresh token for a new pair.
 
@@ -52,7 +73,7 @@ async def refresh(body: schemas.RefreshIn, tx: TxDep, runtime: RuntimeDep) -> di
     return await auth.refresh(tx, runtime, refresh_token=body.refresh_token)
 
 
-@router.post("/logout", status_code=204)
+@router.post("/logout", status_code=204, responses=errors(StoreUnavailableError))
 async def logout(
     request: Request, tx: TxDep, runtime: RuntimeDep, me: SessionUser, body: schemas.LogoutIn | None = None
 ) -> Response:
@@ -79,7 +100,12 @@ async def read_me(tx: TxDep, runtime: RuntimeDep, me: CurrentUser) -> dict[str, 
 ServiceTokenAdmin = Annotated[Principal, RequirePermission("service-tokens:write")]
 
 
-@router.post("/service-tokens", response_model=schemas.ServiceTokenCreated, status_code=201)
+@router.post(
+    "/service-tokens",
+    response_model=schemas.ServiceTokenCreated,
+    status_code=201,
+    responses=errors(rbac.UnknownPermissions),
+)
 async def create_service_token(
     body: schemas.ServiceTokenIn, tx: TxDep, runtime: RuntimeDep, actor: ServiceTokenAdmin, _: SessionUser
 ) -> dict[str, Any]:
@@ -97,7 +123,11 @@ async def list_service_tokens(
     return await auth.list_service_tokens(tx, page)
 
 
-@router.delete("/service-tokens/{token_id}", status_code=204)
+@router.delete(
+    "/service-tokens/{token_id}",
+    status_code=204,
+    responses=errors(auth.ServiceTokenNotFound, StoreUnavailableError),
+)
 async def revoke_service_token(token_id: uuid.UUID, tx: TxDep, runtime: RuntimeDep, _: ServiceTokenAdmin) -> Response:
     """Revoke: the token's `jti` is blacklisted, so every service refuses it (`TOKEN_REVOKED`)."""
     await auth.revoke_service_token(tx, runtime, token_id)

@@ -12,7 +12,6 @@ from collections.abc import Callable, Coroutine
 from typing import Annotated, Any
 
 from fastapi import Depends, Request
-from fastapi.routing import APIRoute
 from starlette.responses import Response
 
 from aihub.auth import repository as sessions_repo
@@ -23,7 +22,17 @@ from aihub.core.credits import service as credits_service
 from aihub.core.rbac import service as rbac
 from aihub.kit.db import Tx
 from aihub.kit.errors import AppError, Forbidden, StoreUnavailableError, Unauthorized
-from aihub.kit.jwt import Claims, InvalidToken, TokenRevoked, blacklist_key, family_blacklist_key, session_id
+from aihub.kit.jwt import (
+    Claims,
+    InvalidToken,
+    TokenExpired,
+    TokenRevoked,
+    blacklist_key,
+    family_blacklist_key,
+    session_id,
+)
+from aihub.kit.openapi import raises
+from aihub.kit.routing import ApiRoute
 from aihub.kit.runtime import Runtime
 from aihub.kit.store import StoreUnavailable
 from aihub.models import User
@@ -37,7 +46,7 @@ class AccountSuspended(AppError):
 # worker thread, and that hop cost ~0.4 ms per dependency per request in measurements.
 
 
-class TxRoute(APIRoute):
+class TxRoute(ApiRoute):
     """Commits the request's unit of work once the endpoint has produced its response.
 
     Commit happens before the response leaves, so a failed commit becomes an error response
@@ -170,6 +179,7 @@ async def key_principal(request: Request, runtime: Runtime, tx: Tx, raw: str) ->
     return principal
 
 
+@raises(Unauthorized, InvalidToken, TokenExpired, TokenRevoked, AccountSuspended, StoreUnavailableError)
 async def current_principal(request: Request, runtime: RuntimeDep, tx: TxDep) -> rbac.Principal:
     raw_key = presented_key(request)
     if raw_key is not None:
@@ -218,6 +228,7 @@ async def current_principal(request: Request, runtime: RuntimeDep, tx: TxDep) ->
 CurrentPrincipal = Annotated[rbac.Principal, Depends(current_principal)]
 
 
+@raises(Forbidden)
 async def current_user(principal: CurrentPrincipal) -> rbac.Principal:
     """Endpoints about "me" need a person, not a service token."""
     if principal.kind != "user":
@@ -245,4 +256,4 @@ def RequirePermission(permission: str) -> Any:
         return principal
 
     check.__name__ = f"require_{permission.replace(':', '_').replace('-', '_')}"
-    return Depends(check)
+    return Depends(raises(Forbidden)(check))

@@ -5,14 +5,17 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 
-from fastapi import APIRouter, FastAPI, Request
+from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi.routing import APIRoute
 from starlette.responses import Response
 
 from aihub import __version__
 from aihub.kit.errors import install_error_handlers
+from aihub.kit.inputs import refuse_bad_text
 from aihub.kit.jsonutil import dumps
 from aihub.kit.metrics import metrics_endpoint
 from aihub.kit.middleware import ServiceMiddleware
+from aihub.kit.openapi import document_errors
 from aihub.kit.runtime import Runtime
 from aihub.kit.serve import drain_flag
 
@@ -71,6 +74,8 @@ def create_service_app(
         # A slash redirect's Location is built from the Host the caller sent, which behind the
         # gateway is this instance's internal address: a wrong path is a 404, never a 307.
         redirect_slashes=False,
+        # Before every other dependency of every route: no NUL or lone surrogate gets in.
+        dependencies=[Depends(refuse_bad_text)],
     )
     app.state.runtime = runtime
     app.state.settings = runtime.settings
@@ -85,9 +90,26 @@ def create_service_app(
         max_body_bytes=runtime.settings.max_body_bytes,
         drain=drain_flag(app),
     )
-    app.add_api_route("/health", health, methods=["GET"], tags=["health"])
-    app.add_api_route("/health/ready", ready, methods=["GET"], tags=["health"], response_model=None)
-    app.add_api_route("/metrics", metrics_endpoint, methods=["GET"], tags=["health"], include_in_schema=False)
-    for router in routers:
+    health_router = APIRouter(tags=["health"])
+    health_router.add_api_route("/health", health, methods=["GET"])
+    health_router.add_api_route(
+        "/health/ready",
+        ready,
+        methods=["GET"],
+        response_model=None,
+        responses={503: {"description": "Not ready: a dependency is down, or the service is draining"}},
+    )
+    health_router.add_api_route("/metrics", metrics_endpoint, methods=["GET"], include_in_schema=False)
+    every = [health_router, *routers]
+    for router in every:
+        document_errors(router.routes)
+    # The methods each path answers, for the Allow header of a 405 (see kit.errors).
+    app.state.route_methods = [
+        (route.path_regex, frozenset(route.methods or ()))
+        for router in every
+        for route in router.routes
+        if isinstance(route, APIRoute)
+    ]
+    for router in every:
         app.include_router(router)
     return app

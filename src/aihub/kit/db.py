@@ -8,7 +8,8 @@ connection for its whole transaction can never fail half-way with "database is l
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from decimal import Decimal
 from typing import Any
 
@@ -117,6 +118,7 @@ def create_engine(settings: Settings) -> AsyncEngine:
             pool_size=1,
             max_overflow=0,
             pool_timeout=60,
+            hide_parameters=True,
         )
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         event.listen(engine.sync_engine, "begin", _sqlite_begin)
@@ -127,6 +129,9 @@ def create_engine(settings: Settings) -> AsyncEngine:
         max_overflow=settings.db_pool_overflow,
         pool_pre_ping=False,
         pool_recycle=1800,
+        # Bound values (argon2 hashes, emails, tokens' hashes) never reach a log line or an
+        # exception message: a failed statement is logged by its SQL alone.
+        hide_parameters=True,
         connect_args={"server_settings": {"application_name": "aihub"}},
     )
 
@@ -164,6 +169,27 @@ class Tx:
 
     def after_commit(self, hook: AfterCommit) -> None:
         self._after.append(hook)
+
+    @asynccontextmanager
+    async def savepoint(self) -> AsyncIterator[None]:
+        """Work that can be undone alone: when it raises, its SQL (a SAVEPOINT), the hooks it
+        registered and what it queued in ``info`` (audit entries) are dropped, and the rest of
+        the unit of work may still commit. An error with ``keep_changes`` keeps its work."""
+        nested = await self.session.begin_nested()
+        before, after = list(self._before), list(self._after)
+        info = {key: list(value) if isinstance(value, list) else value for key, value in self.info.items()}
+        try:
+            yield
+        except BaseException as exc:
+            if getattr(exc, "keep_changes", False):
+                await nested.commit()
+                raise
+            await nested.rollback()
+            self._before, self._after = before, after
+            self.info.clear()
+            self.info.update(info)
+            raise
+        await nested.commit()
 
     async def commit(self) -> None:
         if self._done:

@@ -177,7 +177,9 @@ def _request_id(request: Request) -> str | None:
 
 def _field_path(loc: tuple[Any, ...]) -> str:
     # FastAPI prefixes the source ("body", "query", ...); keep it so a client knows where to look.
-    return ".".join(str(part) for part in loc)
+    # A client's key may hold a lone surrogate: escape it, or the error itself could not be sent.
+    path = ".".join(str(part) for part in loc)
+    return path.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def validation_details(errors: Any) -> list[dict[str, str]]:
@@ -213,7 +215,17 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     if isinstance(exc.detail, str) and exc.status_code not in (404, 405) and exc.detail:
         message = exc.detail
     headers = dict(exc.headers or {})
+    if exc.status_code == 405:
+        headers["Allow"] = allowed_methods(request)
     return error_response(exc.status_code, code, message, _request_id(request), headers=headers)
+
+
+def allowed_methods(request: Request) -> str:
+    """Every method some route answers on this path (Starlette names only the first route's)."""
+    path = request.scope.get("path", "")
+    table = getattr(request.app.state, "route_methods", [])
+    methods = {method for regex, route_methods in table if regex.match(path) for method in route_methods}
+    return ", ".join(sorted(methods))
 
 
 def install_error_handlers(app: FastAPI) -> None:

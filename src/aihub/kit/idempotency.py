@@ -12,8 +12,21 @@ vanish together:
   index until the first transaction ends, then replays its outcome (or takes over the key if
   the first rolled back). SQLite has a single writer, so the question never arises there.
 
-Only successful outcomes are stored: a request that fails rolls back and leaves no key, so a
-client may fix the cause (a top-up, a typo) and retry with the same key.
+What is stored follows Stripe: once the work has started executing, its outcome is final
+for the key, a refusal included. A deduct refused with 402 ``INSUFFICIENT_CREDITS`` replays
+as that 402 even after a top-up: the client retries a *new* operation with a *new* key.
+:func:`is_final` is the rule:
+
+* stored: every 2xx, and every 4xx the work itself raised (402, 404, 409, 410, a 422 the
+  service decided). The work runs in a savepoint, so a refusal rolls its own writes, hooks and
+  audit entries back, while the claim and the stored refusal commit;
+* not stored: anything refused before the work started (request validation 422, 401/403,
+  ``IDEMPOTENCY_KEY_REUSED``/``IN_USE``: the key is not even claimed), 429 (a rate limit or
+  lockout says "try later", not "this is the answer"), and 5xx (our failure: the whole
+  transaction rolls back, the key stays free and a retry runs the work).
+
+A replayed refusal has the stored status, code, message and details; its ``requestId`` is
+the replay's own (the error shape always names the request that got it).
 """
 
 from __future__ import annotations
@@ -33,6 +46,7 @@ from starlette.responses import Response
 from aihub.kit.db import Tx, UTCDateTime, utcnow
 from aihub.kit.errors import AppError
 from aihub.kit.jsonutil import canonical, dumps, loads
+from aihub.kit.openapi import raises
 
 HEADER = "Idempotency-Key"
 REPLAY_HEADER = "Idempotent-Replayed"
@@ -75,6 +89,25 @@ _EXISTING = text(
 _STORE = text(
     "UPDATE idempotency_keys SET status_code = :status, body = :body WHERE principal = :principal AND idem_key = :key"
 )
+
+
+def is_final(status_code: int) -> bool:
+    """Whether an outcome of started work is what every replay of its key returns."""
+    return status_code < 500 and status_code != 429
+
+
+def refusal_body(exc: AppError) -> bytes:
+    """The error as stored: the shape without ``requestId`` (each replay adds its own)."""
+    body: dict[str, Any] = {"code": exc.code, "message": exc.message}
+    if exc.details is not None:
+        body["details"] = exc.details
+    return dumps(body)
+
+
+def replay_body(stored: Stored, request_id: str | None) -> bytes:
+    if stored.status_code < 400:
+        return stored.body
+    return dumps({**loads(stored.body), "requestId": request_id})
 
 
 def fingerprint(principal: str, method: str, path: str, body: bytes) -> str:
@@ -124,6 +157,7 @@ class IdempotentRequest:
     method: str
     path: str
     body: bytes
+    request_id: str | None = None
 
     async def respond(
         self,
@@ -138,9 +172,18 @@ class IdempotentRequest:
         request_hash = fingerprint(principal, self.method, self.path, self.body)
         stored = await claim(tx.session, principal, self.key, request_hash)
         if stored is not None:
-            return _json(stored.status_code, stored.body, {REPLAY_HEADER: "true"})
+            return _json(stored.status_code, replay_body(stored, self.request_id), {REPLAY_HEADER: "true"})
         tx.info["idempotency_key"] = self.key
-        outcome = Stored(status_code, render(model, await work()))
+        try:
+            async with tx.savepoint():
+                result = await work()
+        except AppError as exc:
+            if not is_final(exc.status_code):
+                raise
+            await store(tx.session, principal, self.key, Stored(exc.status_code, refusal_body(exc)))
+            exc.keep_changes = True  # commit the claim and its stored refusal (the work was undone)
+            raise
+        outcome = Stored(status_code, render(model, result))
         await store(tx.session, principal, self.key, outcome)
         return _json(outcome.status_code, outcome.body)
 
@@ -149,6 +192,7 @@ def _json(status_code: int, body: bytes, headers: dict[str, str] | None = None) 
     return Response(body, status_code=status_code, media_type="application/json", headers=headers)
 
 
+@raises(IdempotencyKeyReused, IdempotencyKeyInUse)
 async def idempotent_request(
     request: Request,
     idempotency_key: Annotated[
@@ -162,7 +206,13 @@ async def idempotent_request(
     ] = None,
 ) -> IdempotentRequest:
     """FastAPI dependency: the key (validated 1–255 chars) and the raw body it is bound to."""
-    return IdempotentRequest(idempotency_key, request.method, request.url.path, await request.body())
+    return IdempotentRequest(
+        idempotency_key,
+        request.method,
+        request.url.path,
+        await request.body(),
+        getattr(request.state, "request_id", None),
+    )
 
 
 async def purge_expired(session: AsyncSession, *, now: dt.datetime | None = None) -> int:

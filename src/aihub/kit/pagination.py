@@ -79,3 +79,44 @@ def page_of(rows: Sequence[Row], params: PageParams, key: Any) -> tuple[list[Row
         created, row_id = key(items[-1])
         return items, encode_cursor(created, row_id)
     return items, None
+
+
+# ------------------------------------------------------------------ short lists held whole
+
+SortKey = tuple[str | int | float, ...]
+
+
+async def short_list_params(
+    limit: Annotated[int, Query(ge=1, le=100, description="Page size, 1–100 (default 100: a short list)")] = 100,
+    cursor: Annotated[str | None, Query(max_length=512, description="From a previous nextCursor")] = None,
+) -> PageParams:
+    """The list contract for lists that fit in memory (roles, prices): the same ``limit`` and
+    ``cursor`` as every list, with a default that returns them whole."""
+    return PageParams(limit=limit, cursor=cursor)
+
+
+def page_of_sorted(items: Sequence[Row], params: PageParams, key: Any) -> tuple[list[Row], str | None]:
+    """One page of a list read whole, ordered by ``key(item)`` (unique, JSON-able tuple): the
+    cursor is the last item's key, so a page stays right when items come or go in between."""
+    ordered = sorted(items, key=key)
+    if params.cursor:
+        after = _decode_key(params.cursor)
+        ordered = [item for item in ordered if list(key(item)) > after]
+    page = ordered[: params.limit]
+    if len(ordered) > params.limit and page:
+        raw = dumps(list(key(page[-1])))
+        return page, base64.urlsafe_b64encode(raw).decode().rstrip("=")
+    return page, None
+
+
+def _decode_key(cursor: str) -> list[Any]:
+    try:
+        padded = cursor + "=" * (-len(cursor) % 4)
+        value = loads(base64.urlsafe_b64decode(padded.encode()))
+    except (ValueError, TypeError, binascii.Error):
+        value = None
+    if not isinstance(value, list) or not all(isinstance(v, str | int | float) for v in value):
+        raise ValidationFailed(
+            "The cursor is not valid", details=[{"field": "query.cursor", "message": "invalid cursor"}]
+        )
+    return value

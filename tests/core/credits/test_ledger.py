@@ -304,13 +304,17 @@ async def test_idempotency_covers_holds_capture_release_refund(
     await assert_reconciled(runtime)
 
 
-async def test_failed_request_leaves_the_key_free(client: httpx.AsyncClient, runtime: Runtime, user: Caller) -> None:
+async def test_a_refusal_is_final_for_its_key(client: httpx.AsyncClient, runtime: Runtime, user: Caller) -> None:
+    """Stripe's rule (kit.idempotency): the 402 is what the key answers, even after a top-up;
+    the retry of a new operation takes a new key."""
     body = {"userId": user.id, "amount": 5}
     first = await client.post("/api/credits/deduct", json=body, headers=money(runtime, key="retry-me"))
     assert_error(first, 402, "INSUFFICIENT_CREDITS")
     await grant(client, runtime, user.id, 5)
     second = await client.post("/api/credits/deduct", json=body, headers=money(runtime, key="retry-me"))
-    assert second.status_code == 201
+    assert_error(second, 402, "INSUFFICIENT_CREDITS")
+    third = await client.post("/api/credits/deduct", json=body, headers=money(runtime, key="retry-me-2"))
+    assert third.status_code == 201
 
 
 async def test_keys_are_per_caller(client: httpx.AsyncClient, runtime: Runtime, user: Caller) -> None:

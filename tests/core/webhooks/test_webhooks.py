@@ -187,7 +187,7 @@ async def test_bad_input_and_unauthorised(hub: Hub) -> None:
         ("POST", f"/api/webhooks/{missing}/test"),
     ):
         assert_error(await hub.client.request(method, path, headers=hub.admin.headers), 404, "WEBHOOK_NOT_FOUND")
-    assert_error(await hub.client.get("/api/webhooks/not-a-uuid", headers=hub.admin.headers), 422, "VALIDATION_ERROR")
+    assert_error(await hub.client.get("/api/webhooks/not-a-uuid", headers=hub.admin.headers), 404, "NOT_FOUND")
 
 
 async def test_private_addresses_refused_in_production_mode(settings: Settings) -> None:

@@ -8,6 +8,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field, StringConstraints, field_validator
 
+from aihub.kit.inputs import Timestamp
 from aihub.kit.schemas import ApiModel, StrictInput
 
 # "provider/model" or "provider/*": the same characters a usage report's provider and model allow.
@@ -45,7 +46,7 @@ def _networks(value: list[str] | None) -> list[str] | None:
 
 
 class _Rules(StrictInput):
-    expires_at: dt.datetime | None = None
+    expires_at: Timestamp | None = None
     models: Annotated[list[ModelRule], Field(max_length=100)] | None = None
     allowed_ips: Annotated[list[Cidr], Field(max_length=100)] | None = None
     requests_per_minute: PerMinute | None = None

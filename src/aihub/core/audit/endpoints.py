@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime as dt
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query
@@ -12,6 +11,7 @@ from aihub.core.audit import schemas
 from aihub.core.audit import service as audit
 from aihub.core.deps import RequirePermission, TxDep, TxRoute
 from aihub.core.rbac.service import Principal
+from aihub.kit.inputs import Timestamp
 from aihub.kit.pagination import PageParams, page_of, page_params
 
 router = APIRouter(prefix="/api/audit-logs", tags=["audit"], route_class=TxRoute)
@@ -27,8 +27,8 @@ async def list_audit_logs(
     entity_type: Annotated[str | None, Query(alias="entityType", max_length=32)] = None,
     entity_id: Annotated[str | None, Query(alias="entityId", max_length=128)] = None,
     action: Annotated[str | None, Query(max_length=64)] = None,
-    from_: Annotated[dt.datetime | None, Query(alias="from")] = None,
-    to: Annotated[dt.datetime | None, Query()] = None,
+    from_: Annotated[Timestamp | None, Query(alias="from", description="Inclusive, RFC 3339")] = None,
+    to: Annotated[Timestamp | None, Query(description="Exclusive, RFC 3339")] = None,
 ) -> dict[str, Any]:
     """Audit rows, newest first; `from` is inclusive, `to` exclusive."""
     stmt = repo.search(

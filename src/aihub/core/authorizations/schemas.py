@@ -3,12 +3,12 @@ from __future__ import annotations
 import datetime as dt
 import uuid
 from decimal import Decimal
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
-from pydantic import Field, StringConstraints, field_validator
+from pydantic import Field, StringConstraints
 
-from aihub.core.usage.schemas import MAX_METADATA_BYTES, MAX_TOKENS
-from aihub.kit.jsonutil import dumps
+from aihub.core.usage.schemas import MAX_TOKENS
+from aihub.kit.inputs import Metadata
 from aihub.kit.schemas import ApiModel, StrictInput
 
 MAX_TTL_SECONDS = 86_400
@@ -30,14 +30,7 @@ class SettleIn(StrictInput):
     input_tokens: Tokens
     output_tokens: Tokens
     duration_seconds: Decimal | None = Field(default=None, ge=0, le=86_400, max_digits=12, decimal_places=3)
-    metadata: dict[str, Any] | None = None
-
-    @field_validator("metadata")
-    @classmethod
-    def _small_metadata(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
-        if value is not None and len(dumps(value)) > MAX_METADATA_BYTES:
-            raise ValueError(f"metadata must be at most {MAX_METADATA_BYTES} bytes as JSON")
-        return value
+    metadata: Metadata | None = None  # the one metadata rule (kit/inputs): bounded, int64, valid text
 
 
 class AuthorizationOut(ApiModel):

@@ -19,6 +19,8 @@ from aihub.core.deps import CurrentPrincipal, CurrentUser, RequirePermission, Ru
 from aihub.core.rbac.service import Principal
 from aihub.kit.errors import ValidationFailed
 from aihub.kit.idempotency import IdempotentRequest, idempotent_request
+from aihub.kit.inputs import Timestamp
+from aihub.kit.openapi import errors
 from aihub.kit.pagination import PageParams, page_params
 
 router = APIRouter(prefix="/api/credits", tags=["credits"], route_class=TxRoute)
@@ -27,12 +29,17 @@ Reader = Annotated[Principal, RequirePermission("credits:read")]
 Granter = Annotated[Principal, RequirePermission("credits:grant")]
 Deducter = Annotated[Principal, RequirePermission("credits:deduct")]
 Idem = Annotated[IdempotentRequest, Depends(idempotent_request)]
-_ERRORS: dict[int | str, dict[str, Any]] = {
-    402: {"description": "INSUFFICIENT_CREDITS (details: balance, available, required)"},
-    404: {"description": "ACCOUNT_NOT_FOUND / TRANSACTION_NOT_FOUND / HOLD_NOT_FOUND"},
-    409: {"description": "HOLD_NOT_ACTIVE / REFUND_EXCEEDS_DEBIT / IDEMPOTENCY_KEY_IN_USE"},
-    422: {"description": "VALIDATION_ERROR / IDEMPOTENCY_KEY_REUSED"},
-}
+_ACCOUNT = errors(credits.AccountNotFound)
+_ERRORS = errors(
+    credits.InsufficientCredits,
+    credits.AccountNotFound,
+    credits.TransactionNotFound,
+    credits.HoldNotFound,
+    credits.HoldNotActive,
+    credits.RefundExceedsDebit,
+    credits.NotADebit,
+    credits.CaptureExceedsHold,
+)
 
 
 def _me(principal: Principal) -> uuid.UUID:
@@ -52,17 +59,17 @@ async def _history(
 
 
 ReasonQ = Annotated[schemas.Reason | None, Query(description="Only transactions with this reason")]
-FromQ = Annotated[dt.datetime | None, Query(alias="from", description="Inclusive lower bound")]
-ToQ = Annotated[dt.datetime | None, Query(description="Exclusive upper bound")]
+FromQ = Annotated[Timestamp | None, Query(alias="from", description="Inclusive lower bound, RFC 3339")]
+ToQ = Annotated[Timestamp | None, Query(description="Exclusive upper bound, RFC 3339")]
 
 
-@router.get("/balance", response_model=schemas.AccountOut)
+@router.get("/balance", response_model=schemas.AccountOut, responses=_ACCOUNT)
 async def read_balance(tx: TxDep, me: CurrentUser) -> dict[str, Any]:
     """The caller's own account: `available` is `balance` minus credits on hold."""
     return await credits.account(tx, _me(me))
 
 
-@router.get("/transactions", response_model=schemas.TransactionPage)
+@router.get("/transactions", response_model=schemas.TransactionPage, responses=_ACCOUNT)
 async def read_transactions(
     tx: TxDep,
     me: CurrentUser,

@@ -8,6 +8,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, StringConstraints
 
+from aihub.kit.inputs import Metadata
 from aihub.kit.schemas import ApiModel, StrictInput
 
 # A credit count: strict (no "5", no 1.5, no true) and bounded so sums never leave BIGINT.
@@ -18,7 +19,6 @@ Reason = Literal["purchase", "usage", "refund", "promo", "adjustment", "hold_cap
 GrantReason = Literal["purchase", "promo", "adjustment"]
 DebitReason = Literal["usage", "adjustment", "purchase"]
 Note = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=500)]
-Metadata = Annotated[dict[str, Any], Field(max_length=50)]
 MAX_HOLD_TTL = 7 * 86_400
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime as dt
 import uuid
 from typing import Annotated, Any
 
@@ -15,6 +14,7 @@ from aihub.core.payments import service as payments
 from aihub.core.payments.provider import require_checkout, stripe_provider
 from aihub.core.rbac.service import Principal
 from aihub.kit.errors import Forbidden
+from aihub.kit.inputs import Timestamp
 from aihub.kit.jsonutil import dumps
 from aihub.kit.pagination import PageParams, page_params
 
@@ -107,8 +107,8 @@ async def list_payments(
     user_id: Annotated[uuid.UUID | None, Query(alias="userId", description="Only this user's")] = None,
     status: Annotated[schemas.Status | None, Query(description="Only payments in this status")] = None,
     package_id: Annotated[str | None, Query(alias="packageId", max_length=64)] = None,
-    from_: Annotated[dt.datetime | None, Query(alias="from", description="Inclusive lower bound")] = None,
-    to: Annotated[dt.datetime | None, Query(description="Exclusive upper bound")] = None,
+    from_: Annotated[Timestamp | None, Query(alias="from", description="Inclusive lower bound")] = None,
+    to: Annotated[Timestamp | None, Query(description="Exclusive upper bound")] = None,
 ) -> dict[str, Any]:
     """Payments, newest first: one's own; everyone's (or `userId`'s) with `payments:read`."""
     if caller.can("payments:read"):

@@ -4,40 +4,66 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Path, Query, Response
+from fastapi import APIRouter, Depends, Path, Query, Response
 
 from aihub.core.deps import RequirePermission, TxDep, TxRoute
 from aihub.core.pricing import schemas
 from aihub.core.pricing import service as pricing
 from aihub.core.rbac.service import Principal
+from aihub.kit.openapi import errors
+from aihub.kit.pagination import PageParams, SortKey, page_of_sorted, short_list_params
 
 router = APIRouter(prefix="/api/pricing", tags=["pricing"], route_class=TxRoute)
 
 Provider = Annotated[str, Path(pattern=r"^[a-z0-9][a-z0-9._-]{0,63}$", description="e.g. openai")]
 Model = Annotated[str, Path(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}$", description="e.g. gpt-4o")]
 Writer = Annotated[Principal, RequirePermission("pricing:write")]
+ShortPage = Annotated[PageParams, Depends(short_list_params)]
+
+
+def _by_model(price: dict[str, Any]) -> SortKey:
+    return (price["provider"], price["model"])
+
+
+def _newest_first(price: dict[str, Any]) -> SortKey:
+    return (-price["effective_from"].timestamp(), str(price["id"]))
 
 
 @router.get("", response_model=schemas.PriceList)
-async def list_prices(tx: TxDep, provider: Annotated[str | None, Query(max_length=64)] = None) -> dict[str, Any]:
-    """Current prices of every model (public). Credits: 1 credit = USD 0.001."""
-    return {"items": await pricing.list_current(tx, provider), "next_cursor": None}
+async def list_prices(
+    tx: TxDep, page: ShortPage, provider: Annotated[str | None, Query(max_length=64)] = None
+) -> dict[str, Any]:
+    """Current prices of every model (public), by provider and model. Credits: 1 credit = USD 0.001."""
+    items, cursor = page_of_sorted(await pricing.list_current(tx, provider), page, _by_model)
+    return {"items": items, "next_cursor": cursor}
 
 
-@router.get("/{provider}/{model}", response_model=schemas.PriceOut)
+@router.get(
+    "/{provider}/{model}",
+    response_model=schemas.PriceOut,
+    responses=errors(pricing.UnknownModel, pricing.PriceNotFound),
+)
 async def read_price(provider: Provider, model: Model, tx: TxDep) -> dict[str, Any]:
     """The current price of one model (public)."""
     price = await pricing.require_current(tx, provider, model)
     return pricing.view(price)
 
 
-@router.get("/{provider}/{model}/history", response_model=schemas.PriceList)
-async def price_history(provider: Provider, model: Model, tx: TxDep) -> dict[str, Any]:
+@router.get("/{provider}/{model}/history", response_model=schemas.PriceList, responses=errors(pricing.PriceNotFound))
+async def price_history(provider: Provider, model: Model, tx: TxDep, page: ShortPage) -> dict[str, Any]:
     """Every price the model has had, newest first (public)."""
-    return {"items": await pricing.history(tx, provider, model), "next_cursor": None}
+    items, cursor = page_of_sorted(await pricing.history(tx, provider, model), page, _newest_first)
+    return {"items": items, "next_cursor": cursor}
 
 
-@router.put("/{provider}/{model}", response_model=schemas.PriceOut)
+@router.put(
+    "/{provider}/{model}",
+    response_model=schemas.PriceOut,
+    responses={
+        201: {"model": schemas.PriceOut, "description": "The model had no price: created"},
+        **errors(pricing.PriceChangedConcurrently),
+    },
+)
 async def put_price(
     provider: Provider, model: Model, body: schemas.PriceBody, tx: TxDep, actor: Writer, response: Response
 ) -> dict[str, Any]:
@@ -50,7 +76,7 @@ async def put_price(
     return price
 
 
-@router.delete("/{provider}/{model}", status_code=204)
+@router.delete("/{provider}/{model}", status_code=204, responses=errors(pricing.PriceNotFound))
 async def delete_price(provider: Provider, model: Model, tx: TxDep, _: Writer) -> Response:
     """Stop pricing a model (usage reports for it then get 422 UNKNOWN_MODEL); history stays."""
     await pricing.remove_price(tx, provider, model)

@@ -11,7 +11,10 @@ from aihub.kit.schemas import ApiModel, StrictInput
 
 # Prices are exact decimals inside; on the wire they are JSON numbers (at most 6 decimals).
 Credits = Annotated[Decimal, PlainSerializer(float, return_type=float, when_used="json")]
-PriceIn = Annotated[Decimal, Field(ge=0, max_digits=18, decimal_places=6)]
+# At most 10^6 credits (USD 1,000) per unit: with at most 10^12 tokens of each kind and 86,400
+# seconds per call, no charge can come near BIGINT (see pricing.service.credits_for).
+MAX_PRICE = 10**6
+PriceIn = Annotated[Decimal, Field(ge=0, le=MAX_PRICE, max_digits=13, decimal_places=6)]
 
 
 class PriceOut(ApiModel):

@@ -14,6 +14,7 @@ from typing import Any
 from sqlalchemy.exc import IntegrityError
 
 from aihub.core.audit import service as audit
+from aihub.core.credits.schemas import MAX_AMOUNT
 from aihub.core.pricing import repository as repo
 from aihub.kit.db import Tx, utcnow
 from aihub.kit.errors import AppError, Conflict, NotFound
@@ -28,6 +29,11 @@ class PriceNotFound(NotFound):
 
 class UnknownModel(AppError):
     status_code, code, message = 422, "UNKNOWN_MODEL", "No price is set for this provider and model"
+
+
+class CostOutOfRange(AppError):
+    status_code, code = 422, "COST_OUT_OF_RANGE"
+    message = f"The priced cost exceeds the largest single charge ({MAX_AMOUNT} credits)"
 
 
 class PriceChangedConcurrently(Conflict):
@@ -52,7 +58,20 @@ def cost(
 
 def credits_for(price: ModelPrice, **usage: Any) -> int:
     """Whole credits to charge: the exact cost rounded up (a zero cost stays zero)."""
-    return math.ceil(cost(price, **usage))
+    return bounded_charge(cost(price, **usage))
+
+
+def bounded_charge(exact: Decimal) -> int:
+    """The one place a cost becomes credits: rounded up, and never more than one debit may be.
+
+    The input bounds (prices, tokens, seconds) keep the exact cost far inside BIGINT; a charge
+    above ``MAX_AMOUNT`` is refused like a deduct of that size would be, so it never reaches
+    the database (a price set before the bounds existed cannot overflow it either).
+    """
+    charge = math.ceil(exact)
+    if charge > MAX_AMOUNT:
+        raise CostOutOfRange(details={"credits": str(charge), "max": MAX_AMOUNT})
+    return charge
 
 
 def view(price: ModelPrice) -> dict[str, Any]:

@@ -13,6 +13,7 @@ from aihub.core.promos import schemas
 from aihub.core.promos import service as promos
 from aihub.core.rbac.service import Principal
 from aihub.kit.idempotency import IdempotentRequest, idempotent_request
+from aihub.kit.openapi import errors
 from aihub.kit.pagination import PageParams, page_params
 
 router = APIRouter(prefix="/api/promo-codes", tags=["promo-codes"], route_class=TxRoute)
@@ -29,14 +30,21 @@ _REDEEM_ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
-@router.post("", response_model=schemas.PromoOut, status_code=201)
+@router.post(
+    "",
+    response_model=schemas.PromoOut,
+    status_code=201,
+    responses=errors(promos.PromoCodeTaken, promos.PromoCodeCollision),
+)
 async def create_code(body: schemas.PromoIn, tx: TxDep, _: Writer) -> dict[str, Any]:
     """Create one code (`promo:write`): the given `code` (stored upper case; 409
     `PROMO_CODE_TAKEN` when it exists) or a generated one such as `K7QM-2XWP-9HTC-RD4B`."""
     return await promos.create(tx, body.model_dump())
 
 
-@router.post("/batch", response_model=schemas.PromoBatchOut, status_code=201)
+@router.post(
+    "/batch", response_model=schemas.PromoBatchOut, status_code=201, responses=errors(promos.PromoCodeCollision)
+)
 async def create_batch(body: schemas.PromoBatchIn, tx: TxDep, _: Writer) -> dict[str, Any]:
     """Generate `count` (≤ 1000) unique codes with the same terms, each `PREFIX-XXXX-XXXX-XXXX-XXXX`
     when a prefix is given (`promo:write`)."""
@@ -78,12 +86,16 @@ async def list_codes(
     return await promos.list_codes(tx, page, active=active, code=code)
 
 
-@router.get("/{promo_id}", response_model=schemas.PromoOut)
+@router.get("/{promo_id}", response_model=schemas.PromoOut, responses=errors(promos.PromoNotFound))
 async def read_code(promo_id: uuid.UUID, tx: TxDep, _: Reader) -> dict[str, Any]:
     return await promos.get(tx, promo_id)
 
 
-@router.patch("/{promo_id}", response_model=schemas.PromoOut)
+@router.patch(
+    "/{promo_id}",
+    response_model=schemas.PromoOut,
+    responses=errors(promos.PromoNotFound, promos.PromoMaxBelowRedeemed),
+)
 async def update_code(promo_id: uuid.UUID, body: schemas.PromoPatch, tx: TxDep, _: Writer) -> dict[str, Any]:
     """Deactivate or reactivate (`active`), change `startsAt`/`expiresAt`, `maxRedemptions`
     (`null`: unlimited; never below `redeemedCount`: 409 `PROMO_MAX_BELOW_REDEEMED`) or the
@@ -91,7 +103,7 @@ async def update_code(promo_id: uuid.UUID, body: schemas.PromoPatch, tx: TxDep, 
     return await promos.update(tx, promo_id, body.model_dump(exclude_unset=True))
 
 
-@router.get("/{promo_id}/redemptions", response_model=schemas.RedemptionPage)
+@router.get("/{promo_id}/redemptions", response_model=schemas.RedemptionPage, responses=errors(promos.PromoNotFound))
 async def list_redemptions(promo_id: uuid.UUID, tx: TxDep, _: Reader, page: Page) -> dict[str, Any]:
     """Who redeemed the code and when, newest first (`promo:read`)."""
     return await promos.list_redemptions(tx, promo_id, page)

@@ -4,8 +4,9 @@ import datetime as dt
 import uuid
 from typing import Annotated, Self
 
-from pydantic import AfterValidator, Field, StringConstraints, model_validator
+from pydantic import Field, StringConstraints, model_validator
 
+from aihub.kit.inputs import Timestamp
 from aihub.kit.schemas import ApiModel, StrictInput
 
 MAX_CREDITS = 10**12
@@ -22,15 +23,6 @@ PerUserLimit = Annotated[int, Field(ge=1, le=1_000)]
 Description = Annotated[str, StringConstraints(max_length=500)]
 
 
-def _as_utc(value: dt.datetime) -> dt.datetime:
-    # A timestamp without a zone is read as UTC (as the database layer does), so comparing it
-    # with a stored, zone-aware one can never fail.
-    return value.replace(tzinfo=dt.UTC) if value.tzinfo is None else value.astimezone(dt.UTC)
-
-
-Instant = Annotated[dt.datetime, AfterValidator(_as_utc)]
-
-
 def _check_window(starts_at: dt.datetime | None, expires_at: dt.datetime | None) -> None:
     if starts_at is not None and expires_at is not None and expires_at <= starts_at:
         raise ValueError("expiresAt must be after startsAt")
@@ -40,8 +32,8 @@ class PromoTerms(StrictInput):
     credits: Credits
     max_redemptions: MaxRedemptions | None = None
     per_user_limit: PerUserLimit = 1
-    starts_at: Instant | None = None
-    expires_at: Instant | None = None
+    starts_at: Timestamp | None = None
+    expires_at: Timestamp | None = None
     description: Description | None = None
 
     @model_validator(mode="after")
@@ -64,8 +56,8 @@ class PromoPatch(StrictInput):
 
     active: bool | None = None
     max_redemptions: MaxRedemptions | None = None
-    starts_at: Instant | None = None
-    expires_at: Instant | None = None
+    starts_at: Timestamp | None = None
+    expires_at: Timestamp | None = None
     description: Description | None = None
 
     @model_validator(mode="after")

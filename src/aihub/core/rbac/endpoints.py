@@ -4,25 +4,36 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Depends, Response
 
 from aihub.core.deps import CurrentPrincipal, RequirePermission, RuntimeDep, TxDep, TxRoute
 from aihub.core.rbac import schemas
 from aihub.core.rbac import service as rbac
 from aihub.core.rbac.service import Principal
 from aihub.core.users import service as users
+from aihub.kit.openapi import errors
+from aihub.kit.pagination import PageParams, page_of_sorted, short_list_params
 
 roles_router = APIRouter(prefix="/api/roles", tags=["roles"], route_class=TxRoute)
 permissions_router = APIRouter(prefix="/api/permissions", tags=["permissions"], route_class=TxRoute)
+ShortPage = Annotated[PageParams, Depends(short_list_params)]
 
 
 @roles_router.get("", response_model=schemas.RoleList)
-async def list_roles(tx: TxDep, _: Annotated[Principal, RequirePermission("roles:read")]) -> dict[str, Any]:
-    """All roles, highest level first (a short list: one page)."""
-    return {"items": await rbac.list_roles(tx), "next_cursor": None}
+async def list_roles(
+    tx: TxDep, _: Annotated[Principal, RequirePermission("roles:read")], page: ShortPage
+) -> dict[str, Any]:
+    """All roles, highest level first (a short list: one page by default)."""
+    items, cursor = page_of_sorted(await rbac.list_roles(tx), page, lambda r: (-r["level"], r["name"]))
+    return {"items": items, "next_cursor": cursor}
 
 
-@roles_router.post("", response_model=schemas.RoleOut, status_code=201)
+@roles_router.post(
+    "",
+    response_model=schemas.RoleOut,
+    status_code=201,
+    responses=errors(rbac.RoleExists, rbac.UnknownPermissions),
+)
 async def create_role(
     body: schemas.RoleCreate,
     tx: TxDep,
@@ -41,12 +52,12 @@ async def create_role(
     )
 
 
-@roles_router.get("/{name}", response_model=schemas.RoleOut)
+@roles_router.get("/{name}", response_model=schemas.RoleOut, responses=errors(rbac.RoleNotFound))
 async def read_role(name: str, tx: TxDep, _: Annotated[Principal, RequirePermission("roles:read")]) -> dict[str, Any]:
     return await rbac.read_role(tx, name)
 
 
-@roles_router.patch("/{name}", response_model=schemas.RoleOut)
+@roles_router.patch("/{name}", response_model=schemas.RoleOut, responses=errors(rbac.RoleNotFound, rbac.SystemRole))
 async def update_role(
     name: str,
     body: schemas.RoleUpdate,
@@ -57,7 +68,7 @@ async def update_role(
     return await rbac.update_role(tx, runtime.store, actor, name, level=body.level, description=body.description)
 
 
-@roles_router.delete("/{name}", status_code=204)
+@roles_router.delete("/{name}", status_code=204, responses=errors(rbac.RoleNotFound, rbac.SystemRole, rbac.RoleInUse))
 async def delete_role(
     name: str,
     tx: TxDep,
@@ -69,7 +80,11 @@ async def delete_role(
     return Response(status_code=204)
 
 
-@roles_router.put("/{name}/permissions", response_model=schemas.RoleOut)
+@roles_router.put(
+    "/{name}/permissions",
+    response_model=schemas.RoleOut,
+    responses=errors(rbac.RoleNotFound, rbac.SystemRole, rbac.UnknownPermissions),
+)
 async def replace_role_permissions(
     name: str,
     body: schemas.RolePermissionsBody,
@@ -82,11 +97,20 @@ async def replace_role_permissions(
 
 
 @permissions_router.get("", response_model=schemas.PermissionList)
-async def list_permissions(tx: TxDep, _: Annotated[Principal, RequirePermission("permissions:read")]) -> dict[str, Any]:
-    return {"items": await rbac.list_permissions(tx), "next_cursor": None}
+async def list_permissions(
+    tx: TxDep, _: Annotated[Principal, RequirePermission("permissions:read")], page: ShortPage
+) -> dict[str, Any]:
+    """All permissions by name (a short list: one page by default)."""
+    items, cursor = page_of_sorted(await rbac.list_permissions(tx), page, lambda p: (p["name"],))
+    return {"items": items, "next_cursor": cursor}
 
 
-@permissions_router.post("", response_model=schemas.PermissionOut, status_code=201)
+@permissions_router.post(
+    "",
+    response_model=schemas.PermissionOut,
+    status_code=201,
+    responses=errors(rbac.PermissionExists),
+)
 async def create_permission(
     body: schemas.PermissionCreate,
     tx: TxDep,
@@ -95,7 +119,7 @@ async def create_permission(
     return await rbac.create_permission(tx, body.name, body.description)
 
 
-@permissions_router.post("/check", response_model=schemas.PermissionCheckOut)
+@permissions_router.post("/check", response_model=schemas.PermissionCheckOut, responses=errors(users.UserNotFound))
 async def check_permission(
     body: schemas.PermissionCheck, tx: TxDep, runtime: RuntimeDep, caller: CurrentPrincipal
 ) -> dict[str, bool]:

@@ -20,14 +20,16 @@ from aihub.core.reports import service as reports
 from aihub.core.usage import rollups
 from aihub.core.users import service as users
 from aihub.kit.errors import ValidationFailed
+from aihub.kit.inputs import Timestamp
 from aihub.kit.jsonutil import dumps
+from aihub.kit.openapi import errors
 from aihub.kit.pagination import PageParams, page_params
 
 billing_router = APIRouter(prefix="/api/billing", tags=["billing"], route_class=TxRoute)
 analytics_router = APIRouter(prefix="/api/analytics", tags=["analytics"], route_class=TxRoute)
 
-From = Annotated[dt.datetime | None, Query(alias="from", description="Inclusive, RFC 3339")]
-To = Annotated[dt.datetime | None, Query(alias="to", description="Exclusive, RFC 3339")]
+From = Annotated[Timestamp | None, Query(alias="from", description="Inclusive, RFC 3339")]
+To = Annotated[Timestamp | None, Query(alias="to", description="Exclusive, RFC 3339")]
 Format = Annotated[Literal["json", "csv"], Query(description="json, or csv (as an attachment)")]
 Prefer = Annotated[
     str | None,
@@ -62,7 +64,11 @@ def _attachment(body: str | bytes, media_type: str, filename: str) -> Response:
 @billing_router.get(
     "/report",
     response_model=schemas.BillingReport,
-    responses={200: {"content": {"text/csv": {}}, "description": "JSON, or CSV with format=csv"}, **ACCEPTED},
+    responses={
+        200: {"content": {"text/csv": {}}, "description": "JSON, or CSV with format=csv"},
+        **ACCEPTED,
+        **errors(users.UserNotFound, jobs.ReportRequestContended),
+    },
 )
 async def billing_report(
     tx: TxDep,
@@ -98,7 +104,12 @@ async def billing_report(
     return report
 
 
-@billing_router.get("/export", status_code=202, response_model=schemas.ReportJobOut, responses=ACCEPTED)
+@billing_router.get(
+    "/export",
+    status_code=202,
+    response_model=schemas.ReportJobOut,
+    responses={**ACCEPTED, **errors(jobs.ReportRequestContended)},
+)
 async def billing_export(
     tx: TxDep,
     runtime: RuntimeDep,
@@ -119,7 +130,11 @@ async def billing_export(
 @analytics_router.get(
     "/overview",
     response_model=schemas.Overview,
-    responses={200: {"content": {"text/csv": {}}, "description": "JSON, or CSV with format=csv"}, **ACCEPTED},
+    responses={
+        200: {"content": {"text/csv": {}}, "description": "JSON, or CSV with format=csv"},
+        **ACCEPTED,
+        **errors(jobs.ReportRequestContended),
+    },
 )
 async def analytics_overview(
     tx: TxDep,
@@ -159,7 +174,12 @@ def _job_routes(router: APIRouter, family: str) -> None:
         """The caller's own report jobs, newest first (finished ones until they expire)."""
         return await jobs.list_own(tx, caller, family, page)
 
-    @router.get("/jobs/{job_id}", response_model=schemas.ReportJobOut, name=f"{family}_job")
+    @router.get(
+        "/jobs/{job_id}",
+        response_model=schemas.ReportJobOut,
+        name=f"{family}_job",
+        responses=errors(jobs.ReportJobNotFound),
+    )
     async def read_job(job_id: JobId, tx: TxDep, caller: CurrentPrincipal) -> dict[str, Any]:
         """A report job: `queued`, `running`, `succeeded` (with `downloadUrl`) or `failed` (with
         `error.code`). 404 `REPORT_JOB_NOT_FOUND` for someone else's job or an expired one."""
@@ -170,7 +190,8 @@ def _job_routes(router: APIRouter, family: str) -> None:
         name=f"{family}_job_download",
         response_class=Response,
         responses={
-            200: {"content": {"application/json": {}, "text/csv": {}}, "description": "The report, as an attachment"}
+            200: {"content": {"application/json": {}, "text/csv": {}}, "description": "The report, as an attachment"},
+            **errors(jobs.ReportJobNotFound, jobs.ReportNotReady, jobs.ReportFailed),
         },
     )
     async def download_job(job_id: JobId, tx: TxDep, caller: CurrentPrincipal) -> Response:

@@ -13,16 +13,21 @@ from fastapi import APIRouter, Depends, Header, Response
 from fastapi.params import Body
 
 from aihub.core.audit import service as audit
+from aihub.core.credits import service as credits
 from aihub.core.deps import CurrentUser, RuntimeDep, TxDep, TxRoute
+from aihub.core.pricing import service as pricing
 from aihub.core.sora import schemas
 from aihub.core.sora import service as sora
 from aihub.kit.idempotency import IdempotentRequest, idempotent_request
+from aihub.kit.openapi import errors, raises
+from aihub.kit.pagination import PageParams, SortKey, page_of_sorted, short_list_params
 from aihub.models import SoraSession, User
 
 router = APIRouter(prefix="/api/sora", tags=["sora"], route_class=TxRoute)
 Idem = Annotated[IdempotentRequest, Depends(idempotent_request)]
 
 
+@raises(sora.InvalidSession)
 async def video_session(
     tx: TxDep,
     x_session_token: Annotated[
@@ -45,13 +50,20 @@ async def create_session(tx: TxDep, me: CurrentUser) -> dict[str, Any]:
 
 
 @router.get("/sessions", response_model=schemas.SessionList)
-async def list_sessions(tx: TxDep, me: CurrentUser) -> dict[str, Any]:
+async def list_sessions(
+    tx: TxDep, me: CurrentUser, page: Annotated[PageParams, Depends(short_list_params)]
+) -> dict[str, Any]:
     """One's sessions, newest first (ids and dates, never the token)."""
     assert me.user_id is not None
-    return {"items": await sora.list_sessions(tx, me.user_id), "next_cursor": None}
+    items, cursor = page_of_sorted(await sora.list_sessions(tx, me.user_id), page, _newest_first)
+    return {"items": items, "next_cursor": cursor}
 
 
-@router.delete("/sessions/{session_id}", status_code=204)
+def _newest_first(session: dict[str, Any]) -> SortKey:
+    return (-session["created_at"].timestamp(), str(session["id"]))
+
+
+@router.delete("/sessions/{session_id}", status_code=204, responses=errors(sora.SessionNotFound))
 async def revoke_session(session_id: uuid.UUID, tx: TxDep, me: CurrentUser) -> Response:
     """Revoke one of one's sessions: the tool's next call gets 401 INVALID_SESSION."""
     assert me.user_id is not None
@@ -59,19 +71,30 @@ async def revoke_session(session_id: uuid.UUID, tx: TxDep, me: CurrentUser) -> R
     return Response(status_code=204)
 
 
-@router.get("/session", response_model=schemas.SessionInfo)
+@router.get("/session", response_model=schemas.SessionInfo, responses=errors(credits.AccountNotFound))
 async def read_session(tx: TxDep, session: VideoSession) -> dict[str, Any]:
     """Who the session belongs to, when it expires, and the user's balance."""
     return await sora.session_info(tx, *session)
 
 
-@router.post("/credits/check", response_model=schemas.CheckOut)
+@router.post(
+    "/credits/check",
+    response_model=schemas.CheckOut,
+    responses=errors(pricing.UnknownModel, pricing.CostOutOfRange, credits.AccountNotFound),
+)
 async def check_credits(body: schemas.CheckIn, tx: TxDep, session: VideoSession) -> dict[str, Any]:
     """Price a video (from the `openai/sora2` price; 480p ×0.5, 720p ×1, 1080p ×2) and say if it fits."""
     return await sora.check(tx, session[1], body.duration_seconds, body.resolution)
 
 
-@router.post("/generations", response_model=schemas.GenerationOut, status_code=201)
+@router.post(
+    "/generations",
+    response_model=schemas.GenerationOut,
+    status_code=201,
+    responses=errors(
+        credits.InsufficientCredits, credits.AccountNotFound, pricing.UnknownModel, pricing.CostOutOfRange
+    ),
+)
 async def start_generation(
     body: schemas.GenerationIn, tx: TxDep, runtime: RuntimeDep, session: VideoSession, idem: Idem
 ) -> Response:
@@ -91,12 +114,20 @@ async def start_generation(
     )
 
 
-@router.get("/generations/{generation_id}", response_model=schemas.GenerationOut)
+@router.get(
+    "/generations/{generation_id}",
+    response_model=schemas.GenerationOut,
+    responses=errors(sora.GenerationNotFound),
+)
 async def read_generation(generation_id: uuid.UUID, tx: TxDep, session: VideoSession) -> dict[str, Any]:
     return await sora.read_generation(tx, session[1], generation_id)
 
 
-@router.post("/generations/{generation_id}/complete", response_model=schemas.Resolved)
+@router.post(
+    "/generations/{generation_id}/complete",
+    response_model=schemas.Resolved,
+    responses=errors(sora.GenerationNotFound, sora.GenerationResolved, credits.HoldNotActive, pricing.UnknownModel),
+)
 async def complete_generation(
     generation_id: uuid.UUID,
     tx: TxDep,
@@ -111,7 +142,11 @@ async def complete_generation(
     return await sora.complete(tx, session[1], generation_id, actual)
 
 
-@router.post("/generations/{generation_id}/fail", response_model=schemas.Resolved)
+@router.post(
+    "/generations/{generation_id}/fail",
+    response_model=schemas.Resolved,
+    responses=errors(sora.GenerationNotFound, sora.GenerationResolved, credits.HoldNotActive),
+)
 async def fail_generation(
     generation_id: uuid.UUID,
     tx: TxDep,

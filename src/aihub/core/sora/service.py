@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import hashlib
-import math
 import secrets
 import uuid
 from decimal import Decimal
@@ -100,7 +99,7 @@ async def authenticate(tx: Tx, token: str | None) -> tuple[SoraSession, User]:
 async def cost_of(tx: Tx, seconds: Decimal, resolution: str) -> int:
     price = await pricing.require_current(tx, PROVIDER, MODEL)
     exact = seconds * price.per_second * RESOLUTIONS[resolution] + price.per_request
-    return math.ceil(exact)
+    return pricing.bounded_charge(exact)
 
 
 async def session_info(tx: Tx, row: SoraSession, user: User) -> dict[str, Any]:

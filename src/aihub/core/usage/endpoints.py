@@ -2,24 +2,30 @@
 
 from __future__ import annotations
 
-import datetime as dt
 import uuid
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Path, Query, Response
 
+from aihub.core.credits import service as credits
 from aihub.core.deps import CurrentPrincipal, CurrentUser, RequirePermission, RuntimeDep, TxDep, TxRoute
 from aihub.core.notifications import jobs as notification_jobs
+from aihub.core.pricing import service as pricing
+from aihub.core.rbac import service as rbac
 from aihub.core.rbac.service import MissingPermission, Principal
 from aihub.core.usage import schemas
 from aihub.core.usage import service as usage
+from aihub.core.users import service as users
+from aihub.kit.idempotency import IdempotencyKeyReused
+from aihub.kit.inputs import Timestamp
+from aihub.kit.openapi import errors
 from aihub.kit.pagination import PageParams, page_params
 
 router = APIRouter(prefix="/api/usage", tags=["usage"], route_class=TxRoute)
 quotas_router = APIRouter(prefix="/api/quotas", tags=["quotas"], route_class=TxRoute)
 
-From = Annotated[dt.datetime | None, Query(alias="from", description="Inclusive, RFC 3339")]
-To = Annotated[dt.datetime | None, Query(alias="to", description="Exclusive, RFC 3339")]
+From = Annotated[Timestamp | None, Query(alias="from", description="Inclusive, RFC 3339")]
+To = Annotated[Timestamp | None, Query(alias="to", description="Exclusive, RFC 3339")]
 Scope = Annotated[str, Path(max_length=80, description="role:<name>, user:<uuid> or key:<uuid>")]
 
 
@@ -34,7 +40,21 @@ def _subject(caller: Principal, user_id: uuid.UUID | None) -> uuid.UUID | None:
     return caller.user_id
 
 
-@router.post("/events", response_model=schemas.UsageEventResult, status_code=201)
+@router.post(
+    "/events",
+    response_model=schemas.UsageEventResult,
+    status_code=201,
+    responses=errors(
+        usage.QuotaExceeded,
+        credits.InsufficientCredits,
+        credits.AccountNotFound,
+        pricing.UnknownModel,
+        pricing.CostOutOfRange,
+        IdempotencyKeyReused,
+        usage.RequestInProgress,
+        users.UserNotFound,
+    ),
+)
 async def record_event(
     body: schemas.UsageEventIn,
     tx: TxDep,
@@ -98,14 +118,25 @@ async def my_quota(tx: TxDep, me: CurrentUser) -> dict[str, Any]:
     return await usage.my_quota(tx, me.user_id, getattr(key, "id", None))
 
 
-@quotas_router.get("/{scope}", response_model=schemas.QuotaOut)
+@quotas_router.get(
+    "/{scope}",
+    response_model=schemas.QuotaOut,
+    responses=errors(usage.QuotaNotFound, usage.InvalidScope),
+)
 async def read_quota(
     scope: Scope, tx: TxDep, _: Annotated[Principal, RequirePermission("quotas:read")]
 ) -> dict[str, Any]:
     return await usage.get_quota(tx, scope)
 
 
-@quotas_router.put("/{scope}", response_model=schemas.QuotaOut)
+@quotas_router.put(
+    "/{scope}",
+    response_model=schemas.QuotaOut,
+    responses={
+        201: {"model": schemas.QuotaOut, "description": "Created"},
+        **errors(usage.InvalidScope, rbac.RoleNotFound, users.UserNotFound),
+    },
+)
 async def put_quota(
     scope: Scope,
     body: schemas.QuotaIn,
@@ -124,7 +155,7 @@ async def put_quota(
     return quota
 
 
-@quotas_router.delete("/{scope}", status_code=204)
+@quotas_router.delete("/{scope}", status_code=204, responses=errors(usage.QuotaNotFound, usage.InvalidScope))
 async def delete_quota(scope: Scope, tx: TxDep, _: Annotated[Principal, RequirePermission("quotas:write")]) -> Response:
     await usage.delete_quota(tx, scope)
     return Response(status_code=204)

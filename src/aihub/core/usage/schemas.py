@@ -5,14 +5,13 @@ import uuid
 from decimal import Decimal
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, PlainSerializer, StringConstraints, field_validator, model_validator
+from pydantic import Field, PlainSerializer, StringConstraints, model_validator
 
-from aihub.kit.jsonutil import dumps
+from aihub.kit.inputs import Metadata
 from aihub.kit.schemas import ApiModel, StrictInput
 
 Seconds = Annotated[Decimal, PlainSerializer(float, return_type=float, when_used="json")]
 MAX_TOKENS = 10**12
-MAX_METADATA_BYTES = 8_192
 
 
 class UsageEventIn(StrictInput):
@@ -23,14 +22,7 @@ class UsageEventIn(StrictInput):
     input_tokens: int = Field(default=0, ge=0, le=MAX_TOKENS)
     output_tokens: int = Field(default=0, ge=0, le=MAX_TOKENS)
     duration_seconds: Decimal | None = Field(default=None, ge=0, le=86_400, max_digits=12, decimal_places=3)
-    metadata: dict[str, Any] | None = None
-
-    @field_validator("metadata")
-    @classmethod
-    def _small_metadata(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
-        if value is not None and len(dumps(value)) > MAX_METADATA_BYTES:
-            raise ValueError(f"metadata must be at most {MAX_METADATA_BYTES} bytes as JSON")
-        return value
+    metadata: Metadata | None = None
 
 
 class UsageEventResult(ApiModel):

@@ -7,10 +7,13 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query, Response
 
+from aihub.auth.lockout import LoginLocked
 from aihub.core.deps import CurrentUser, RequirePermission, RuntimeDep, TxDep, TxRoute
+from aihub.core.rbac import service as rbac
 from aihub.core.rbac.service import Principal
 from aihub.core.users import schemas
 from aihub.core.users import service as users
+from aihub.kit.openapi import errors
 from aihub.kit.pagination import PageParams, page_params
 
 router = APIRouter(prefix="/api/users", tags=["users"], route_class=TxRoute)
@@ -26,10 +29,7 @@ async def read_me(tx: TxDep, me: CurrentUser) -> dict[str, Any]:
 @router.patch(
     "/me",
     response_model=schemas.UserOut,
-    responses={
-        403: {"description": "INVALID_CREDENTIALS: the current password is wrong"},
-        429: {"description": "TOO_MANY_LOGIN_ATTEMPTS: the account's sign-in lockout (with Retry-After)"},
-    },
+    responses=errors(users.WrongPassword, users.UserNotFound, LoginLocked),
 )
 async def update_me(body: schemas.MeUpdate, tx: TxDep, me: CurrentUser, runtime: RuntimeDep) -> dict[str, Any]:
     """Change one's display name, or password (which needs the current password).
@@ -61,7 +61,12 @@ async def list_users(
     return await users.search(tx, page, q=q, role=role, status=status)
 
 
-@router.post("", response_model=schemas.UserOut, status_code=201)
+@router.post(
+    "",
+    response_model=schemas.UserOut,
+    status_code=201,
+    responses=errors(users.EmailTaken, users.InvalidEmail, rbac.UnknownRoles),
+)
 async def create_user(
     body: schemas.UserCreate,
     tx: TxDep,
@@ -81,14 +86,18 @@ async def create_user(
     )
 
 
-@router.get("/{user_id}", response_model=schemas.UserOut)
+@router.get("/{user_id}", response_model=schemas.UserOut, responses=errors(users.UserNotFound))
 async def read_user(
     user_id: uuid.UUID, tx: TxDep, _: Annotated[Principal, RequirePermission("users:read")]
 ) -> dict[str, Any]:
     return await users.read(tx, user_id)
 
 
-@router.patch("/{user_id}", response_model=schemas.UserOut)
+@router.patch(
+    "/{user_id}",
+    response_model=schemas.UserOut,
+    responses=errors(users.UserNotFound, users.EmailTaken, users.InvalidEmail, users.UserDeleted, users.LastAdmin),
+)
 async def update_user(
     user_id: uuid.UUID,
     body: schemas.UserUpdate,
@@ -100,7 +109,7 @@ async def update_user(
     return await users.update(tx, runtime.store, actor, user_id, body.model_dump(exclude_unset=True))
 
 
-@router.delete("/{user_id}", status_code=204)
+@router.delete("/{user_id}", status_code=204, responses=errors(users.UserNotFound, users.LastAdmin))
 async def delete_user(
     user_id: uuid.UUID,
     tx: TxDep,
@@ -112,7 +121,7 @@ async def delete_user(
     return Response(status_code=204)
 
 
-@router.get("/{user_id}/roles", response_model=schemas.RolesOut)
+@router.get("/{user_id}/roles", response_model=schemas.RolesOut, responses=errors(users.UserNotFound))
 async def read_roles(
     user_id: uuid.UUID, tx: TxDep, _: Annotated[Principal, RequirePermission("users:read")]
 ) -> dict[str, Any]:
@@ -120,7 +129,11 @@ async def read_roles(
     return {"user_id": user_id, "roles": user["roles"]}
 
 
-@router.put("/{user_id}/roles", response_model=schemas.RolesOut)
+@router.put(
+    "/{user_id}/roles",
+    response_model=schemas.RolesOut,
+    responses=errors(users.UserNotFound, users.UserDeleted, users.LastAdmin, rbac.UnknownRoles),
+)
 async def replace_roles(
     user_id: uuid.UUID,
     body: schemas.RolesBody,
@@ -133,7 +146,7 @@ async def replace_roles(
     return {"user_id": user_id, "roles": roles}
 
 
-@router.get("/{user_id}/permissions", response_model=schemas.PermissionsOut)
+@router.get("/{user_id}/permissions", response_model=schemas.PermissionsOut, responses=errors(users.UserNotFound))
 async def read_permissions(user_id: uuid.UUID, tx: TxDep, runtime: RuntimeDep, me: CurrentUser) -> dict[str, Any]:
     """Effective permissions (roles and direct grants). One's own, or anyone's with `users:read`."""
     if me.id != str(user_id):
@@ -141,7 +154,12 @@ async def read_permissions(user_id: uuid.UUID, tx: TxDep, runtime: RuntimeDep, m
     return await users.effective_permissions(tx, runtime.store, user_id)
 
 
-@router.post("/{user_id}/permissions", response_model=schemas.PermissionsOut, status_code=201)
+@router.post(
+    "/{user_id}/permissions",
+    response_model=schemas.PermissionsOut,
+    status_code=201,
+    responses=errors(users.UserNotFound, users.UserDeleted, rbac.UnknownPermissions),
+)
 async def grant_permission(
     user_id: uuid.UUID,
     body: schemas.GrantBody,
@@ -153,7 +171,11 @@ async def grant_permission(
     return await users.grant(tx, runtime.store, actor, user_id, body.permission)
 
 
-@router.delete("/{user_id}/permissions/{permission}", status_code=204)
+@router.delete(
+    "/{user_id}/permissions/{permission}",
+    status_code=204,
+    responses=errors(users.UserNotFound, users.UserDeleted, rbac.PermissionNotFound),
+)
 async def revoke_permission(
     user_id: uuid.UUID,
     permission: str,
