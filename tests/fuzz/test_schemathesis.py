@@ -52,6 +52,10 @@ CHECKS = [
 ]
 # Operations that end the caller's own session run last, so the rest are fuzzed with a live token.
 LAST = ("POST /logout",)
+# Google sign-in is not configured in the fuzzed apps: these answer their documented
+# 503 OAUTH_NOT_CONFIGURED before reading any input, so fuzzing them tests nothing but that.
+# tests/auth/identity covers them against a fake OpenID provider.
+UNCONFIGURED = ("GET /oauth/google/start", "GET /oauth/google/link/start")
 
 
 @dataclass
@@ -112,7 +116,7 @@ def served(settings: Settings) -> Iterator[Served]:
 
 
 def _operations(schema: Any) -> list[Any]:
-    ops = [result.ok() for result in schema.get_all_operations()]
+    ops = [op for op in (result.ok() for result in schema.get_all_operations()) if op.label not in UNCONFIGURED]
     return sorted(ops, key=lambda op: (op.label in LAST, op.label))
 
 
