@@ -15,6 +15,8 @@ const OAUTH_ERRORS = {
   OAUTH_ACCOUNT_CONFLICT: "This account was being created at the same moment. Try again.",
   GOOGLE_ACCOUNT_IN_USE: "This Google account is linked to another user.",
   GOOGLE_ACCOUNT_MISMATCH: "This account is linked to another Google account.",
+  EMAIL_NOT_VERIFIED: "An account with this email exists, and Google has not verified the address. Sign in with the password.",
+  ACCOUNT_SUSPENDED: "This account is suspended.",
 };
 
 /** The console's own address, as Google sign-in comes back to it (AIHUB_OAUTH_REDIRECT_URIS). */
