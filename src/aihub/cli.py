@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import secrets
 import sys
 from collections.abc import Callable, Coroutine
@@ -52,11 +53,26 @@ def serve(
     service: Annotated[
         str | None, typer.Argument(help="One service (core, auth, gateway); all of them in one process when omitted")
     ] = None,
+    workers: Annotated[
+        str,
+        typer.Option(
+            "--workers",
+            help="processes of one service sharing its port (SO_REUSEPORT); 'auto': one per CPU. "
+            "More than 1 needs Redis (limits, blacklist and blocks are shared through it).",
+        ),
+    ] = "1",
 ) -> None:
     """Start the services (all in one process by default) on the configured database and store."""
+    from aihub.kit.serve import WORKER_INDEX_ENV, supervise, this_worker, worker_count
+
     if service is not None and service not in SERVICES:
         err.print(f"[red]unknown service[/red] {service!r}; choose one of: {', '.join(SERVICES)}")
         raise typer.Exit(2)
+    try:
+        count = worker_count(workers)
+    except ValueError:
+        err.print(f"[red]invalid --workers[/red] {workers!r}: a number from 1 to 256, or auto")
+        raise typer.Exit(2) from None
     settings = _settings()
     names = [service] if service else list(SERVICES)
     if "gateway" in names:
@@ -64,7 +80,12 @@ def serve(
     from aihub.kit.logging import configure_logging
 
     configure_logging(settings.log_level)
-    _run(_serve(settings, names, bootstrap=service is None))
+    if count > 1 and WORKER_INDEX_ENV not in os.environ:
+        if service is None or not settings.redis_url:
+            err.print("[red]--workers > 1[/red] needs one service and AIHUB_REDIS_URL (state shared by the workers)")
+            raise typer.Exit(2)
+        raise typer.Exit(supervise(["serve", service, "--workers", str(count)], count))
+    _run(_serve(settings, names, bootstrap=service is None, worker=this_worker()))
 
 
 def _check_routes(settings: Settings) -> None:
@@ -78,7 +99,8 @@ def _check_routes(settings: Settings) -> None:
         raise typer.Exit(2) from None
 
 
-async def _serve(settings: Settings, names: list[str], *, bootstrap: bool) -> None:
+async def _serve(settings: Settings, names: list[str], *, bootstrap: bool, worker: tuple[int, int] = (0, 1)) -> None:
+    """``worker``: (index, count) among the supervisor's workers; (0, 1) when alone."""
     from aihub.kit.runtime import Runtime
     from aihub.kit.serve import serve_apps
 
@@ -88,31 +110,35 @@ async def _serve(settings: Settings, names: list[str], *, bootstrap: bool) -> No
             await runtime.prepare()
         if bootstrap:
             await _first_admin(runtime)
-        listeners = [_listener(name, settings, runtime) for name in names]
-        if "core" in names and settings.core_run_jobs:
+        index, count = worker
+        listeners = [_listener(name, settings, runtime, workers=count) for name in names]
+        # One worker runs core's jobs: the periodic sweeps must not tick once per worker.
+        if "core" in names and settings.core_run_jobs and index == 0:
             await _start_core_jobs(runtime)
         await serve_apps(
             listeners,
             drain_seconds=settings.shutdown_drain_seconds,
             timeout_seconds=settings.shutdown_timeout_seconds,
-            on_started=_console_hint(settings) if "gateway" in names else None,
+            on_started=_console_hint(settings) if "gateway" in names and index == 0 else None,
+            reuse_port=count > 1,
         )
     finally:
         await runtime.close()  # the jobs first (running ones finish), then the store and the engine
 
 
-def _listener(name: str, settings: Settings, runtime: Any) -> Any:
+def _listener(name: str, settings: Settings, runtime: Any, *, workers: int = 1) -> Any:
     from aihub.auth.app import create_app as create_auth
     from aihub.core.app import create_app as create_core
     from aihub.kit.serve import Listener
 
     if name == "gateway":
         from aihub.gateway.app import create_app as create_gateway
+        from aihub.gateway.server import GatewayRunner
 
         # Shares the runtime's store and codec: in the embedded mode one in-process blacklist
         # serves auth's logout and the gateway's check.
-        gateway = create_gateway(settings, store=runtime.store, codec=runtime.codec)
-        return Listener(name=name, app=gateway, host=settings.host, port=settings.gateway_port)
+        gateway = create_gateway(settings, store=runtime.store, codec=runtime.codec, workers=workers)
+        return Listener(name=name, app=gateway, host=settings.host, port=settings.gateway_port, runner=GatewayRunner)
     factories: dict[str, tuple[Callable[..., Any], int]] = {
         "core": (create_core, settings.core_port),
         "auth": (create_auth, settings.auth_port),

@@ -230,6 +230,12 @@ class Settings(BaseSettings):
     # WebSocket passthrough: largest message and how long a silent connection stays open.
     gateway_ws_max_message_bytes: int = Field(default=1_048_576, ge=1_024, description="largest WebSocket message")
     gateway_ws_idle_seconds: float = Field(default=300.0, gt=0, description="a silent WebSocket is closed after this")
+    gateway_api_key_cache_seconds: float = Field(
+        default=10.0,
+        ge=0,
+        description="how long a gateway keeps an API key it resolved through core (0: ask core every time); "
+        "revocation and a user's suspension take effect at once anyway (a marker read in the rate-limit round trip)",
+    )
     # One JSON access-log line per request; off only for benchmarks.
     gateway_access_log: bool = Field(
         default=True, description="one JSON access-log line per request (off only for benchmarks)"

@@ -146,7 +146,6 @@ def test_admin_exports_promo_codes_as_csv(page: Any, system: System, api: Api, a
     ]  # fmt: skip
 
 
-@pytest.mark.xfail(strict=True, reason="API keys land with issue 17")
 def test_user_creates_sees_once_and_revokes_an_api_key(page: Any, system: System, api: Api, customer: Customer) -> None:
     sign_in(page, system, customer.email, PASSWORD)
     page.get_by_role("link", name="API keys").click()

@@ -139,7 +139,7 @@ async def test_event_validation_and_permissions(client: httpx.AsyncClient, runti
     assert_error(await client.post("/api/usage/events", headers=user.headers, json=event(user)), 403, "FORBIDDEN")
 
 
-async def test_quota_role_then_user_override(
+async def test_quota_role_and_user_limits_stack(
     client: httpx.AsyncClient, runtime: Runtime, admin: Caller, user: Caller
 ) -> None:
     await fund(runtime, user.id, 1000)
@@ -154,12 +154,20 @@ async def test_quota_role_then_user_override(
     assert body["details"]["scope"] == "role:user"  # type: ignore[index]
     mine = (await client.get("/api/usage/quota", headers=user.headers)).json()
     assert mine["limits"]["requests"] == 2 and mine["used"]["requests"] == 2 and mine["remaining"]["requests"] == 0
-    # A user quota wins over the role's.
-    await client.put(f"/api/quotas/user:{user.id}", headers=admin.headers, json={"period": "month", "maxCredits": 30})
-    assert (await client.post("/api/usage/events", headers=headers, json=event(user))).status_code == 201  # 13
-    assert (await client.post("/api/usage/events", headers=headers, json=event(user))).status_code == 201  # 26
-    assert_error(await client.post("/api/usage/events", headers=headers, json=event(user)), 429, "QUOTA_EXCEEDED")
-    assert (await client.get(f"/api/quotas/user:{user.id}", headers=admin.headers)).json()["maxCredits"] == 30
+    # Limits stack: a user's own limit narrows the role's, never widens it.
+    await client.put(f"/api/quotas/user:{user.id}", headers=admin.headers, json={"period": "month", "maxCredits": 40})
+    still = assert_error(
+        await client.post("/api/usage/events", headers=headers, json=event(user)), 429, "QUOTA_EXCEEDED"
+    )
+    assert still["details"]["scope"] == "role:user"  # type: ignore[index]
+    assert (await client.delete("/api/quotas/role:user", headers=admin.headers)).status_code == 204
+    # The user's month already holds the 26 credits spent before its quota existed.
+    assert (await client.post("/api/usage/events", headers=headers, json=event(user))).status_code == 201  # 39
+    mine = assert_error(
+        await client.post("/api/usage/events", headers=headers, json=event(user)), 429, "QUOTA_EXCEEDED"
+    )
+    assert mine["details"]["scope"] == f"user:{user.id}"  # type: ignore[index]
+    assert (await client.get(f"/api/quotas/user:{user.id}", headers=admin.headers)).json()["maxCredits"] == 40
     assert (await client.delete(f"/api/quotas/user:{user.id}", headers=admin.headers)).status_code == 204
     assert_error(await client.get(f"/api/quotas/user:{user.id}", headers=admin.headers), 404, "QUOTA_NOT_FOUND")
     assert_error(

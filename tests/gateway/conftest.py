@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -13,6 +15,7 @@ from aiohttp import web
 
 from aihub.config import Settings
 from aihub.gateway.app import GATEWAY, Gateway, create_app
+from aihub.gateway.server import GatewayRunner
 from aihub.kit.jwt import TokenCodec
 from aihub.kit.store import MemoryStore, RedisStore, Store
 from tests.conftest import LocalServer, free_port
@@ -26,6 +29,10 @@ class Upstream(LocalServer):
     hits: int = 0
     uploaded: list[int] = field(default_factory=list)
     seen_headers: list[dict[str, str]] = field(default_factory=list)
+    # The fake core's live permissions: subjects demoted (403) or gone (401) since their token.
+    demoted: set[str] = field(default_factory=set)
+    gone: set[str] = field(default_factory=set)
+    permission_checks: int = 0
 
     def build_app(self) -> web.Application:
         return _upstream_app(self)
@@ -103,6 +110,29 @@ async def _ws(request: web.Request) -> web.WebSocketResponse:
     return ws
 
 
+async def _permission_check(request: web.Request) -> web.Response:
+    """Core's ``POST /api/permissions/check`` for the caller itself: the token's claims unless
+    the test changed the subject's standing since the token was issued."""
+    upstream = request.app[UPSTREAM]
+    upstream.permission_checks += 1
+    token = request.headers.get("Authorization", "").removeprefix("Bearer ")
+    try:
+        payload = token.split(".")[1]
+        claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    except (IndexError, ValueError):
+        return web.json_response({"code": "UNAUTHORIZED"}, status=401)
+    if claims["sub"] in upstream.gone:
+        return web.json_response({"code": "UNAUTHORIZED"}, status=401)
+    permission = (await request.json())["permission"]
+    held = claims.get("role") == "admin" or "admin" in claims.get("roles", []) or permission in claims.get("scopes", [])
+    return web.json_response({"allowed": held and claims["sub"] not in upstream.demoted})
+
+
+async def _redirect(request: web.Request) -> web.Response:
+    # As Starlette's slash redirect does: an absolute URL built from the Host it was sent.
+    return web.Response(status=307, headers={"Location": f"http://{request.host}/moved?x=1"})
+
+
 async def _health(_: web.Request) -> web.Response:
     return web.json_response({"status": "ok"})
 
@@ -118,6 +148,8 @@ def _upstream_app(upstream: Upstream) -> web.Application:
         app.router.add_post(prefix + "/upload", _upload)
         app.router.add_get(prefix + "/status/{code}", _status)
         app.router.add_get(prefix + "/slow", _slow)
+        app.router.add_get(prefix + "/redirect", _redirect)
+    app.router.add_post("/api/permissions/check", _permission_check)
     app.router.add_get("/api/ws/echo", _ws)
     app.router.add_get("/api/mcp/ws", _ws)
     app.router.add_route("*", "/{tail:.*}", _echo)
@@ -173,7 +205,7 @@ async def start_gateway() -> AsyncIterator[GatewayFactory]:
         settings: Settings, store: Store | None = None, port: int | None = None, codec: TokenCodec | None = None
     ) -> LiveGateway:
         app = create_app(settings, store=store or MemoryStore(), codec=codec)
-        runner = web.AppRunner(app, access_log=None, shutdown_timeout=1)
+        runner = GatewayRunner(app, access_log=None, shutdown_timeout=1)
         await runner.setup()
         port = port or free_port()
         await web.TCPSite(runner, "127.0.0.1", port).start()

@@ -144,6 +144,7 @@ async def test_health_is_public_and_ready_reports_upstreams(
         "checks": {
             "redis": "memory",
             "upstreams": {name: {"healthy": 1, "total": 1} for name in ("auth", "core", "mcp")},
+            "optional": ["mcp"],  # not part of aihub: reported, never the reason for "degraded"
         },
     }
     async with http.get(gw.url + "/metrics") as resp:

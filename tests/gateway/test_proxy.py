@@ -30,6 +30,7 @@ CORE_PATHS = [
     "/api/promo-codes/redeem",
     "/api/sora/sessions",
     "/api/audit-logs",
+    "/api/keys",
 ]
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -45,6 +46,12 @@ def test_serve_gateway_alone(tmp_path: Path) -> None:
                 time.sleep(0.1)
         resp = httpx.get(f"http://127.0.0.1:{port}/api/users/me")
         assert resp.status_code == 401 and resp.json()["code"] == "UNAUTHORIZED"
+        # The served gateway's own runner answers what aiohttp cannot parse (see server.py).
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+            sock.sendall(b"GET /api/pricing HTTP/1.1\nHost: x\nAuthorization: Bearer leak-me\n\n")
+            raw = sock.recv(65_536)
+        assert raw.split(b" ")[1] == b"400" and b"leak-me" not in raw and b"aiohttp" not in raw
+        assert json.loads(raw.partition(b"\r\n\r\n")[2])["code"] == "BAD_REQUEST"
     finally:
         proc.send_signal(signal.SIGTERM)
         out, err = proc.communicate(timeout=30)

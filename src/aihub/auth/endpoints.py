@@ -10,7 +10,7 @@ from fastapi import APIRouter, Depends, Request, Response
 from aihub.auth import schemas, tokens
 from aihub.auth import service as auth
 from aihub.auth.identity import emails as identity_emails
-from aihub.core.deps import CurrentUser, RequirePermission, RuntimeDep, TxDep, TxRoute
+from aihub.core.deps import CurrentUser, RequirePermission, RuntimeDep, SessionUser, TxDep, TxRoute
 from aihub.core.rbac.service import Principal
 from aihub.kit.pagination import PageParams, page_params
 
@@ -54,7 +54,7 @@ async def refresh(body: schemas.RefreshIn, tx: TxDep, runtime: RuntimeDep) -> di
 
 @router.post("/logout", status_code=204)
 async def logout(
-    request: Request, tx: TxDep, runtime: RuntimeDep, me: CurrentUser, body: schemas.LogoutIn | None = None
+    request: Request, tx: TxDep, runtime: RuntimeDep, me: SessionUser, body: schemas.LogoutIn | None = None
 ) -> Response:
     """Blacklist the access token's `jti` and revoke its refresh family (and the given token's),
     together with every other access token those families issued."""
@@ -81,7 +81,7 @@ ServiceTokenAdmin = Annotated[Principal, RequirePermission("service-tokens:write
 
 @router.post("/service-tokens", response_model=schemas.ServiceTokenCreated, status_code=201)
 async def create_service_token(
-    body: schemas.ServiceTokenIn, tx: TxDep, runtime: RuntimeDep, actor: ServiceTokenAdmin, _: CurrentUser
+    body: schemas.ServiceTokenIn, tx: TxDep, runtime: RuntimeDep, actor: ServiceTokenAdmin, _: SessionUser
 ) -> dict[str, Any]:
     """Mint a service token (`typ=service`) whose scopes are permissions; the token is shown once."""
     return await auth.create_service_token(

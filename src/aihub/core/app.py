@@ -5,7 +5,9 @@ from __future__ import annotations
 from fastapi import FastAPI
 
 from aihub.config import Settings
+from aihub.core.apikeys.endpoints import router as apikeys_router
 from aihub.core.audit.endpoints import router as audit_router
+from aihub.core.authorizations.endpoints import router as authorizations_router
 from aihub.core.credits.endpoints import router as credits_router
 from aihub.core.notifications.endpoints import router as alerts_router
 from aihub.core.payments.endpoints import router as payments_router
@@ -34,6 +36,7 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
             alerts_router,
             credits_router,
             pricing_router,
+            authorizations_router,
             usage_router,
             quotas_router,
             billing_router,
@@ -43,6 +46,7 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
             audit_router,
             payments_router,
             webhooks_router,
+            apikeys_router,
         ],
         description=(
             "Users, roles and permissions, the credit ledger, pricing, usage and billing, promo codes, "

@@ -16,6 +16,7 @@ from fastapi.routing import APIRoute
 from starlette.responses import Response
 
 from aihub.auth import repository as sessions_repo
+from aihub.core.apikeys import service as apikeys
 from aihub.core.audit import service as audit
 from aihub.core.credits import alerts as credit_alerts
 from aihub.core.credits import service as credits_service
@@ -134,7 +135,45 @@ async def load_user(tx: Tx, user_id: uuid.UUID) -> User | None:
     return await tx.session.get(User, user_id)
 
 
+def presented_key(request: Request) -> str | None:
+    """An API key from ``X-API-Key`` or ``Authorization: Bearer ahk_…``; None for a JWT caller."""
+    header = request.headers.get("x-api-key")
+    if header is not None:
+        return header.strip()
+    auth = request.headers.get("authorization")
+    if auth:
+        scheme, _, token = auth.partition(" ")
+        if scheme.lower() == "bearer" and apikeys.looks_like_key(token.strip()):
+            return token.strip()
+    return None
+
+
+async def key_principal(request: Request, runtime: Runtime, tx: Tx, raw: str) -> rbac.Principal:
+    """A key authenticates as its user, with that user's roles and permissions right now
+    (checked here as well as at the gateway: defence in depth)."""
+    key, user = await apikeys.verify(tx, raw)
+    if user.status == "suspended":
+        raise AccountSuspended
+    effective = await rbac.effective(tx, runtime.store, user.id, runtime.settings.permission_cache_ttl_seconds)
+    principal = rbac.Principal(
+        id=str(user.id),
+        kind="user",
+        email=user.email,
+        effective=effective,
+        jti=f"apikey:{key.id}",
+        token_exp=None,
+        extra={"user": user, "api_key": key},
+    )
+    request.state.user_id = principal.id
+    request.state.api_key_id = str(key.id)
+    audit.set_actor(tx, principal.actor())
+    return principal
+
+
 async def current_principal(request: Request, runtime: RuntimeDep, tx: TxDep) -> rbac.Principal:
+    raw_key = presented_key(request)
+    if raw_key is not None:
+        return await key_principal(request, runtime, tx, raw_key)
     claims = await runtime.codec.verify_fresh(bearer_token(request))
     if await _revoked(runtime, claims):
         raise TokenRevoked
@@ -187,6 +226,17 @@ async def current_user(principal: CurrentPrincipal) -> rbac.Principal:
 
 
 CurrentUser = Annotated[rbac.Principal, Depends(current_user)]
+
+
+async def session_user(principal: CurrentUser) -> rbac.Principal:
+    """A person signed in with an access token: an API key cannot log out a session (it has
+    none) or mint service tokens."""
+    if "api_key" in principal.extra:
+        raise Forbidden("This endpoint needs a user access token, not an API key")
+    return principal
+
+
+SessionUser = Annotated[rbac.Principal, Depends(session_user)]
 
 
 def RequirePermission(permission: str) -> Any:

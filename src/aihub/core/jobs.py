@@ -14,6 +14,7 @@ if TYPE_CHECKING:
 def periodic(runtime: Runtime) -> list[Periodic]:
     """The periodic jobs of every core domain (importing them also registers their queued jobs)."""
     from aihub.auth.identity import emails  # noqa: F401 - registers the identity email job
+    from aihub.core.authorizations import jobs as authorization_jobs
     from aihub.core.credits import alerts
     from aihub.core.reports import jobs as report_jobs
     from aihub.core.sora import jobs as sora_jobs
@@ -26,4 +27,5 @@ def periodic(runtime: Runtime) -> list[Periodic]:
         *usage_jobs.periodic(runtime),
         *report_jobs.periodic(runtime),
         *webhook_jobs.periodic(runtime),
+        *authorization_jobs.periodic(runtime),
     ]

@@ -6,6 +6,8 @@ the same Redis round trip as the rate-limit decision, see ratelimit.py).
 
 from __future__ import annotations
 
+import math
+import time
 from dataclasses import dataclass
 
 from aihub.kit.errors import Unauthorized
@@ -19,6 +21,11 @@ class Identity:
     jti: str
     claims: Claims
     sid: str | None = None  # the refresh family, blacklisted as a whole on refresh-token reuse
+    api_key_id: str | None = None  # set when an API key authenticated the request (apikeys.py)
+    expires: float = math.inf  # exp + leeway, epoch seconds
+
+    def expired(self) -> bool:
+        return self.expires < time.time()
 
     @property
     def is_admin(self) -> bool:
@@ -28,6 +35,30 @@ class Identity:
         raw = self.claims.raw.get("permissions")
         granted = set(self.claims.scopes) | (set(map(str, raw)) if isinstance(raw, list) else set())
         return self.is_admin or permission in granted
+
+
+class IdentityCache:
+    """Verified identities by token, for the token's remaining lifetime, bounded.
+
+    The codec already caches the signature check; this also keeps the Identity built from it,
+    so a repeat token costs one dict lookup and a clock read. Revocation is unaffected: the
+    blacklist is read on every request with the rate limit (ratelimit.py), by the jti."""
+
+    MAX = 50_000
+
+    def __init__(self) -> None:
+        self._items: dict[str, Identity] = {}
+
+    def get(self, token: str) -> Identity | None:
+        return self._items.get(token)
+
+    def put(self, token: str, identity: Identity) -> None:
+        if len(self._items) >= self.MAX:
+            now = time.time()
+            self._items = {k: v for k, v in self._items.items() if v.expires >= now}
+            if len(self._items) >= self.MAX:
+                self._items.clear()
+        self._items[token] = identity
 
 
 def bearer_token(header: str | None) -> str | None:
@@ -45,7 +76,10 @@ def authenticate(codec: TokenCodec, token: str) -> Identity:
     """Raises InvalidToken or TokenExpired (401) for a token that does not verify."""
     claims = codec.verify(token)
     role = "service" if claims.typ == "service" else (claims.role or "guest")
-    return Identity(user_id=claims.sub, role=role, jti=claims.jti, claims=claims, sid=session_id(claims))
+    expires = math.inf if claims.exp is None else claims.exp + codec.leeway
+    return Identity(
+        user_id=claims.sub, role=role, jti=claims.jti, claims=claims, sid=session_id(claims), expires=expires
+    )
 
 
 async def authenticate_after_refetch(codec: TokenCodec, token: str, unknown: UnknownSigningKey) -> Identity:

@@ -62,6 +62,9 @@ class Group:
     def pick(self, exclude: Instance | None = None) -> Instance | None:
         now = time.monotonic()
         count = len(self.instances)
+        if count == 1:  # the common deployment: no order to build, no choice to make
+            only = self.instances[0]
+            return only if only is not exclude and (only.available(now) or only.reachable(now)) else None
         self._turn = (self._turn + 1) % count
         order = [self.instances[(self._turn + offset) % count] for offset in range(count)]
         best = _least_busy(inst for inst in order if inst is not exclude and inst.available(now))

@@ -27,11 +27,13 @@ ALLOWED_METHODS = "GET, POST, PUT, PATCH, DELETE, OPTIONS, HEAD"
 DEFAULT_ALLOWED_HEADERS = "Authorization, Content-Type, Idempotency-Key, X-Request-Id, X-Session-Token"
 
 
+_SECURITY = CIMultiDict(SECURITY_HEADERS)
+_SECURITY_GENERATED = CIMultiDict([*SECURITY_HEADERS, ("Content-Security-Policy", GENERATED_CSP)])
+
+
 def add_security(headers: CIMultiDict[str], *, generated: bool) -> None:
-    for name, value in SECURITY_HEADERS:
-        headers[name] = value
-    if generated:
-        headers["Content-Security-Policy"] = GENERATED_CSP
+    # One C-level update instead of a Python loop of assignments: this runs on every response.
+    headers.update(_SECURITY_GENERATED if generated else _SECURITY)
 
 
 class Cors:

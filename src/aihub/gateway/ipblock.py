@@ -12,6 +12,7 @@ import contextlib
 import ipaddress
 import time
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import structlog
@@ -73,9 +74,16 @@ class Block:
         return {
             "ip": str(self.network),
             "reason": self.reason,
-            "expiresAt": self.expires_at,
-            "createdAt": self.created_at,
+            "expiresAt": rfc3339(self.expires_at),
+            "createdAt": rfc3339(self.created_at),
         }
+
+
+def rfc3339(epoch: float | None) -> str | None:
+    """The contract's timestamp form (RFC 3339, UTC, ``Z``); the store keeps epoch seconds."""
+    if epoch is None:
+        return None
+    return datetime.fromtimestamp(epoch, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def _encode(block: Block) -> str:

@@ -51,9 +51,9 @@ def _json(description: str, schema: dict[str, Any]) -> dict[str, Any]:
 
 _ADMIN_ERRORS = {
     "401": _error("UNAUTHORIZED, INVALID_TOKEN, TOKEN_EXPIRED or TOKEN_REVOKED"),
-    "403": _error("FORBIDDEN: the caller lacks gateway:admin, or the address is blocked"),
+    "403": _error("FORBIDDEN: the caller lacks gateway:admin (checked live with core), or the address is blocked"),
     "429": _error("RATE_LIMIT_EXCEEDED"),
-    "503": _error("SERVICE_UNAVAILABLE: the block list store is unavailable"),
+    "503": _error("SERVICE_UNAVAILABLE: the block list store, or core's permission check, is unavailable"),
 }
 _TAG = ["gateway"]
 
@@ -99,8 +99,16 @@ GATEWAY_COMPONENTS: dict[str, Any] = {
         "properties": {
             "ip": {"type": "string", "description": "a network in CIDR form (one address: /32 or /128)"},
             "reason": {"type": "string"},
-            "expiresAt": {"type": ["number", "null"], "description": "Unix seconds; null: no expiry"},
-            "createdAt": {"type": ["number", "null"], "description": "Unix seconds; null for static denies"},
+            "expiresAt": {
+                "type": ["string", "null"],
+                "format": "date-time",
+                "description": "RFC 3339, UTC; null: no expiry",
+            },
+            "createdAt": {
+                "type": ["string", "null"],
+                "format": "date-time",
+                "description": "RFC 3339, UTC; null for static denies",
+            },
         },
     },
     "BlockedIpList": {
@@ -118,8 +126,13 @@ GATEWAY_COMPONENTS: dict[str, Any] = {
         "required": ["ip"],
         "properties": {
             "ip": {"type": "string", "description": "an IP address or a CIDR"},
-            "ttlSeconds": {"type": "integer", "exclusiveMinimum": 0},
-            "reason": {"type": "string"},
+            "ttlSeconds": {"type": "integer", "exclusiveMinimum": 0, "maximum": 315_360_000},
+            "reason": {"type": "string", "maxLength": 500},
+            "force": {
+                "type": "boolean",
+                "default": False,
+                "description": "required to block every address or the caller's own",
+            },
         },
     },
 }
@@ -205,7 +218,12 @@ GATEWAY_PATHS: dict[str, Any] = {
             "responses": {
                 "201": _json("Blocked", {"$ref": "#/components/schemas/BlockedIp"}),
                 "400": _error("INVALID_JSON"),
-                "422": _error("VALIDATION_ERROR: ip missing or not an address/CIDR, ttlSeconds not positive"),
+                "413": _error("PAYLOAD_TOO_LARGE: a body over 16 KiB"),
+                "415": _error("UNSUPPORTED_MEDIA_TYPE: a body that is not application/json"),
+                "422": _error(
+                    "VALIDATION_ERROR: ip missing or not an address/CIDR, ttlSeconds out of range, reason too long, "
+                    "or a block covering every address or the caller's own without force"
+                ),
                 **_ADMIN_ERRORS,
             },
         },

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import zlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -69,12 +70,40 @@ class PayloadTooLarge(AppError):
     status_code, code, message = 413, "PAYLOAD_TOO_LARGE", "The request body is too large"
 
 
+class UnsupportedEncoding(AppError):
+    status_code, code = 415, "UNSUPPORTED_MEDIA_TYPE"
+    message = "Content-Encoding must be gzip or deflate, or the body sent uncompressed"
+
+
+class BadEncoding(AppError):
+    status_code, code = 400, "INVALID_CONTENT_ENCODING"
+    message = "The request body does not decode as its Content-Encoding says"
+
+
+# zlib's wbits per content coding: 16 + 15 reads the gzip wrapper, 15 the zlib one (RFC 9110's
+# "deflate"). Nothing else is decoded: one well-understood decompressor, bounded below.
+_CODINGS = {"gzip": 16 + zlib.MAX_WBITS, "x-gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
+
+
 @dataclass(slots=True)
 class Forwarded:
     """What the access log wants to know about the hop."""
 
     instance: str | None = None
     bytes_out: int = 0
+
+
+@functools.lru_cache(maxsize=4096)
+def _url(text: str) -> URL:
+    # yarl parses even an encoded URL; an API's paths repeat, so most requests find theirs here.
+    return URL(text, encoded=True)
+
+
+def _connection_tokens(headers: CIMultiDictProxy[str]) -> set[str] | tuple[()]:
+    value = headers.get("Connection")
+    if value is None:
+        return ()  # most requests under HTTP/1.1 keep-alive name nothing
+    return {h.strip().lower() for h in value.split(",") if h.strip()}
 
 
 def upstream_headers(
@@ -88,11 +117,11 @@ def upstream_headers(
     user_id: str | None,
     role: str | None,
 ) -> CIMultiDict[str]:
-    named = {h.strip().lower() for h in headers.get("Connection", "").split(",") if h.strip()}
+    named = _connection_tokens(headers)
     out: CIMultiDict[str] = CIMultiDict()
     for name, value in headers.items():
         lower = name.lower()
-        if lower in _REQUEST_DROP or lower in named or lower.startswith("x-user-"):
+        if lower in _REQUEST_DROP or lower in named or lower.startswith("x-user-") or lower == "x-api-key-id":
             continue
         out.add(name, value)
     # The standard chain: what a trusted proxy sent, plus the address that connected to us.
@@ -108,13 +137,22 @@ def upstream_headers(
     return out
 
 
-def response_headers(headers: CIMultiDictProxy[str]) -> CIMultiDict[str]:
-    named = {h.strip().lower() for h in headers.get("Connection", "").split(",") if h.strip()}
+def response_headers(headers: CIMultiDictProxy[str], instance_url: str = "", prefix: str = "") -> CIMultiDict[str]:
+    """``instance_url`` and ``prefix``: a ``Location`` naming the instance itself (a framework
+    builds it from the Host the gateway sent) becomes a path the client reaches through the
+    gateway, with the prefix a stripping route removed put back: the internal address never
+    leaves, and the client is never sent around the gateway."""
+    named = _connection_tokens(headers)
     out: CIMultiDict[str] = CIMultiDict()
     for name, value in headers.items():  # items() keeps repeated headers such as Set-Cookie
         lower = name.lower()
-        if lower not in _RESPONSE_DROP and lower not in named:
-            out.add(name, value)
+        if lower in _RESPONSE_DROP or lower in named:
+            continue
+        if lower == "location" and instance_url and value.startswith(instance_url):
+            rest = value[len(instance_url) :]
+            if not rest or rest[0] in "/?#":
+                value = prefix + (rest if rest.startswith("/") else "/" + rest)
+        out.add(name, value)
     return out
 
 
@@ -144,9 +182,57 @@ async def _stream_upload(request: web.Request, upload: _Upload) -> AsyncIterator
         yield chunk
 
 
-async def _request_body(request: web.Request, route: Route, upload: _Upload) -> bytes | AsyncIterator[bytes] | None:
+def is_encoded(request: web.Request) -> bool:
+    coding = request.headers.get("Content-Encoding")
+    return coding is not None and coding.strip().lower() != "identity"
+
+
+async def read_decoded(request: web.Request, limit: int) -> bytes:
+    """A compressed request body, decompressed, with ``limit`` applied to the DECOMPRESSED size.
+
+    The gateway's server does not decompress (``auto_decompress`` off): here each step asks
+    zlib for at most what is left under the limit, so a 10 KB body that expands to 10 MB
+    costs ``limit`` bytes of memory and answers 413, and the upstream receives a plain body
+    whose Content-Length is its own (the caller drops Content-Encoding and Content-Length).
+    """
+    coding = request.headers.get("Content-Encoding", "").strip().lower()
+    wbits = _CODINGS.get(coding)
+    if wbits is None:
+        raise UnsupportedEncoding
+    length = request.content_length
+    if length is not None and length > limit:
+        raise PayloadTooLarge
+    inflater = zlib.decompressobj(wbits)
+    parts: list[bytes] = []
+    size = 0
+    try:
+        async for chunk in request.content.iter_chunked(_CHUNK):
+            data = chunk
+            while data:
+                if inflater.eof:  # a chunk after the end of the stream
+                    raise BadEncoding("The request body continues after its compressed stream ends")
+                out = inflater.decompress(data, limit - size + 1)
+                size += len(out)
+                if size > limit:
+                    raise PayloadTooLarge
+                parts.append(out)
+                data = inflater.unconsumed_tail
+            if inflater.unused_data:
+                raise BadEncoding("The request body continues after its compressed stream ends")
+        if not inflater.eof:
+            raise BadEncoding("The compressed request body is cut short")
+    except zlib.error as exc:
+        raise BadEncoding from exc
+    return b"".join(parts)
+
+
+async def _request_body(
+    request: web.Request, route: Route, upload: _Upload, encoded: bool
+) -> bytes | AsyncIterator[bytes] | None:
     if not request.body_exists:
         return None
+    if encoded:
+        return await read_decoded(request, route.max_body_bytes)
     length = request.content_length
     if length is not None:
         if length > route.max_body_bytes:
@@ -175,7 +261,12 @@ async def forward(
     shut while stopping) for an idempotent one only, since that upstream may have acted on it.
     """
     upload = _Upload(route.max_body_bytes)
-    body = await _request_body(request, route, upload)
+    encoded = is_encoded(request)
+    body = await _request_body(request, route, upload, encoded)
+    if encoded:
+        # Decoded above: the upstream gets the plain body, its own length and no coding.
+        headers.popall("Content-Encoding", None)
+        headers.popall("Content-Length", None)
     timeout = _timeout(connect_timeout, route.timeout)
     replayable = not hasattr(body, "__aiter__")
     instance = group.pick()
@@ -187,7 +278,7 @@ async def forward(
         try:
             upstream = await session.request(
                 request.method,
-                URL(instance.url + target, encoded=True),
+                _url(instance.url + target),
                 headers=headers,
                 data=body,
                 allow_redirects=False,
@@ -225,15 +316,17 @@ async def forward(
             group.success(instance)
             if DRAINING_HEADER in upstream.headers:
                 group.draining(instance)
-            return await _relay(request, upstream, info)
+            return await _relay(request, upstream, info, instance.url, route.strip)
         finally:
             instance.outstanding -= 1
             upstream.release()
     raise NoUpstream  # pragma: no cover - the loop always returns or raises
 
 
-async def _relay(request: web.Request, upstream: aiohttp.ClientResponse, info: Forwarded) -> web.StreamResponse:
-    headers = response_headers(upstream.headers)
+async def _relay(
+    request: web.Request, upstream: aiohttp.ClientResponse, info: Forwarded, instance_url: str, prefix: str
+) -> web.StreamResponse:
+    headers = response_headers(upstream.headers, instance_url, prefix)
     length = upstream.content_length
     streaming = length is None or length > _SMALL_BODY or request.method == "HEAD"
     if not streaming:

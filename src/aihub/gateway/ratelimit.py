@@ -30,17 +30,40 @@ from aihub.kit.store import RedisStore, Store, StoreUnavailable
 log = structlog.get_logger("aihub.gateway.ratelimit")
 
 # KEYS[1] blacklist key ("" when the caller has no token), KEYS[2] bucket key ("" when unlimited),
-# KEYS[3] the token's refresh-family blacklist key ("" when it names no family).
+# KEYS[3] the token's refresh-family blacklist key ("" when it names no family); for an API key
+# its user's revocation marker instead.
 # ARGV[1] limit per window, ARGV[2] window in microseconds.
-# Returns {status, remaining, reset_us, retry_us}: status 1 allowed, 0 limited, -1 revoked.
+# With an API key (4 keys instead of 3): KEYS[4] the key's own bucket ("" when none), ARGV[3] its
+# requests per minute. The key's bucket only advances when the request is admitted by both.
+# Returns {status, remaining, reset_us, retry_us}: status 1 allowed, 0 limited, -1 revoked,
+# -2 limited by the API key's own requests per minute.
 GCRA_LUA = """
 if KEYS[1] ~= '' and redis.call('EXISTS', KEYS[1]) == 1 then return {-1, 0, 0, 0} end
 if KEYS[3] ~= '' and redis.call('EXISTS', KEYS[3]) == 1 then return {-1, 0, 0, 0} end
+local key_tat, now = nil, nil
+if #KEYS > 3 and KEYS[4] ~= '' then
+  local t = redis.call('TIME')
+  now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+  local kinterval = math.floor(60000000 / tonumber(ARGV[3]))
+  if kinterval < 1 then kinterval = 1 end
+  local ktat = tonumber(redis.call('GET', KEYS[4])) or now
+  if ktat < now then ktat = now end
+  key_tat = ktat + kinterval
+  local kallow = key_tat - 60000000
+  if kallow > now then return {-2, 0, ktat - now, kallow - now} end
+end
+local function take_key()
+  if key_tat then
+    redis.call('SET', KEYS[4], string.format('%d', key_tat), 'PX', math.floor((key_tat - now) / 1000) + 1)
+  end
+end
 local limit = tonumber(ARGV[1])
-if limit <= 0 or KEYS[2] == '' then return {1, 0, 0, 0} end
+if limit <= 0 or KEYS[2] == '' then take_key() return {1, 0, 0, 0} end
 local window = tonumber(ARGV[2])
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+if not now then
+  local t = redis.call('TIME')
+  now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+end
 local interval = math.floor(window / limit)
 if interval < 1 then interval = 1 end
 local tat = tonumber(redis.call('GET', KEYS[2])) or now
@@ -49,6 +72,7 @@ local new_tat = tat + interval
 local allow_at = new_tat - window
 if allow_at > now then return {0, 0, tat - now, allow_at - now} end
 redis.call('SET', KEYS[2], string.format('%d', new_tat), 'PX', math.floor((new_tat - now) / 1000) + 1)
+take_key()
 local remaining = math.floor((now - allow_at) / interval)
 if remaining > limit - 1 then remaining = limit - 1 end
 return {1, remaining, new_tat - now, 0}
@@ -64,6 +88,17 @@ class Decision:
     retry_after: int = 0
     revoked: bool = False
     unavailable: bool = False  # fail-closed and the shared store is down
+    key_limited: bool = False  # the API key's own requests per minute
+
+
+@dataclass(frozen=True, slots=True)
+class KeyCheck:
+    """What an API-key request adds to the same round trip: its user's revocation marker and
+    the key's own per-minute bucket (per_minute 0: none)."""
+
+    user_marker: str
+    bucket: str
+    per_minute: int
 
 
 ALLOW = Decision(allowed=True)
@@ -74,7 +109,9 @@ UNAVAILABLE = Decision(allowed=False, unavailable=True)
 class Limiter(Protocol):
     @property
     def degraded(self) -> bool: ...
-    async def check(self, jti: str | None, key: str | None, limit: int, *, sid: str | None = None) -> Decision: ...
+    async def check(
+        self, jti: str | None, key: str | None, limit: int, *, sid: str | None = None, api_key: KeyCheck | None = None
+    ) -> Decision: ...
     async def close(self) -> None: ...
 
 
@@ -117,13 +154,22 @@ class RedisLimiter:
     """One Lua round trip per request; a per-process fallback while Redis is away."""
 
     def __init__(
-        self, redis: RedisPipe, *, window_seconds: int, fail_closed: bool, probe_interval: float = 0.5
+        self,
+        redis: RedisPipe,
+        *,
+        window_seconds: int,
+        fail_closed: bool,
+        probe_interval: float = 0.5,
+        workers: int = 1,
     ) -> None:
         self.redis = redis
         self.window_us = window_seconds * 1_000_000
         self.fail_closed = fail_closed
         self.probe_interval = probe_interval
         self.local = LocalGcra(window_seconds)
+        self.key_local = LocalGcra(60)
+        # While Redis is away each of N workers limits on its own: N x limit/N keeps the sum.
+        self.workers = max(1, workers)
         self._sha = hashlib.sha1(GCRA_LUA.encode()).hexdigest()  # noqa: S324 - Redis names scripts by SHA-1
         self._down = False
         self._probe: asyncio.Task[None] | None = None
@@ -132,41 +178,50 @@ class RedisLimiter:
     def degraded(self) -> bool:
         return self._down
 
-    async def check(self, jti: str | None, key: str | None, limit: int, *, sid: str | None = None) -> Decision:
+    async def check(
+        self, jti: str | None, key: str | None, limit: int, *, sid: str | None = None, api_key: KeyCheck | None = None
+    ) -> Decision:
         if self._down:
-            return self._fallback(key, limit)
-        keys = (
+            return self._fallback(key, limit, api_key)
+        keys: tuple[str, ...] = (
             blacklist_key(jti) if jti else "",
             key if key and limit > 0 else "",
-            family_blacklist_key(sid) if sid else "",
+            family_blacklist_key(sid) if sid else (api_key.user_marker if api_key else ""),
         )
+        args: tuple[object, ...] = (limit, self.window_us)
+        if api_key is not None and api_key.per_minute > 0:
+            keys += (api_key.bucket,)
+            args += (api_key.per_minute,)
         try:
             try:
-                reply = await self.redis.call("EVALSHA", self._sha, 3, *keys, limit, self.window_us)
+                reply = await self.redis.call("EVALSHA", self._sha, len(keys), *keys, *args)
             except RedisReplyError as exc:
                 if not str(exc).startswith("NOSCRIPT"):
                     raise
                 # First call on this Redis (or after a restart): send the script itself once.
-                reply = await self.redis.call("EVAL", GCRA_LUA, 3, *keys, limit, self.window_us)
+                reply = await self.redis.call("EVAL", GCRA_LUA, len(keys), *keys, *args)
             status, remaining, reset_us, retry_us = reply
         except (RedisReplyError, OSError) as exc:
             self._mark_down(exc)
-            return self._fallback(key, limit)
+            return self._fallback(key, limit, api_key)
         if status == -1:
             return REVOKED
+        if status == -2:
+            assert api_key is not None
+            return Decision(
+                False, api_key.per_minute, 0, _seconds(reset_us), max(1, _seconds(retry_us)), key_limited=True
+            )
         if limit <= 0 or not key:
             return ALLOW
         if status == 0:
             return Decision(False, limit, 0, _seconds(reset_us), max(1, _seconds(retry_us)))
         return Decision(True, limit, int(remaining), _seconds(reset_us))
 
-    def _fallback(self, key: str | None, limit: int) -> Decision:
+    def _fallback(self, key: str | None, limit: int, api_key: KeyCheck | None = None) -> Decision:
         if self.fail_closed:
             return UNAVAILABLE
         # The blacklist cannot be read: fail-open accepts a verified token until Redis is back.
-        if limit <= 0 or not key:
-            return ALLOW
-        return self.local.take(key, limit)
+        return _local_decision(self.local, self.key_local, key, limit, api_key, self.workers)
 
     def _mark_down(self, exc: BaseException) -> None:
         if self._down:
@@ -204,24 +259,46 @@ class MemoryLimiter:
     def __init__(self, store: Store, *, window_seconds: int) -> None:
         self.store = store
         self.local = LocalGcra(window_seconds)
+        self.key_local = LocalGcra(60)
 
-    async def check(self, jti: str | None, key: str | None, limit: int, *, sid: str | None = None) -> Decision:
+    async def check(
+        self, jti: str | None, key: str | None, limit: int, *, sid: str | None = None, api_key: KeyCheck | None = None
+    ) -> Decision:
         if jti:
-            keys = (blacklist_key(jti), family_blacklist_key(sid)) if sid else (blacklist_key(jti),)
+            keys: tuple[str, ...] = (blacklist_key(jti), family_blacklist_key(sid)) if sid else (blacklist_key(jti),)
+            if api_key is not None:
+                keys += (api_key.user_marker,)
             with contextlib.suppress(StoreUnavailable):
                 if await self.store.exists(*keys):
                     return REVOKED
-        if limit <= 0 or not key:
-            return ALLOW
-        return self.local.take(key, limit)
+        return _local_decision(self.local, self.key_local, key, limit, api_key)
 
     async def close(self) -> None:
         return None
 
 
-def create_limiter(store: Store, *, window_seconds: int, fail_closed: bool) -> Limiter:
+def _local_decision(
+    local: LocalGcra,
+    key_local: LocalGcra,
+    key: str | None,
+    limit: int,
+    api_key: KeyCheck | None,
+    workers: int = 1,
+) -> Decision:
+    """In-process limits: the API key's own bucket first, then the caller's. While Redis is away
+    each of N workers limits on its own, so each takes limit/N and the sum stays the limit."""
+    if api_key is not None and api_key.per_minute > 0:
+        own = key_local.take(api_key.bucket, max(1, api_key.per_minute // workers))
+        if not own.allowed:
+            return Decision(False, own.limit, 0, own.reset, own.retry_after, key_limited=True)
+    if limit <= 0 or not key:
+        return ALLOW
+    return local.take(key, max(1, limit // workers))
+
+
+def create_limiter(store: Store, *, window_seconds: int, fail_closed: bool, workers: int = 1) -> Limiter:
     if isinstance(store, RedisStore):
         # Its own pipelined connection (redispipe.py): the per-request round trip is the hot path.
         pipe = RedisPipe(store.url, timeout=store.timeout)
-        return RedisLimiter(pipe, window_seconds=window_seconds, fail_closed=fail_closed)
+        return RedisLimiter(pipe, window_seconds=window_seconds, fail_closed=fail_closed, workers=workers)
     return MemoryLimiter(store, window_seconds=window_seconds)

@@ -59,8 +59,24 @@ class RouteTable:
     upstreams: dict[str, list[str]]
     # The path the active health check probes, per upstream group (missing: /health).
     health_paths: dict[str, str] = field(default_factory=lambda: dict(_READINESS))
+    # aihub's own services: readiness is degraded without them. Any other group (mcp, or one a
+    # route file adds) is an optional upstream that readiness reports but does not judge by.
+    own: frozenset[str] = frozenset(_READINESS)
+    _short: tuple[Route, ...] = field(default=(), init=False, repr=False, compare=False)
+    _by_head: dict[str, tuple[Route, ...]] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
+        # Routes by their first two segments ("/api/auth"): a path can only match routes that
+        # share its first two segments, or whose prefix is shorter than two. Built once, so a
+        # request scans a handful of candidates instead of the whole table.
+        short = tuple(r for r in self.routes if _head(r.prefix) is None)
+        heads: dict[str, list[Route]] = {}
+        for route in self.routes:
+            head = _head(route.prefix)
+            if head is not None:
+                heads.setdefault(head, []).append(route)
+        object.__setattr__(self, "_short", short)
+        object.__setattr__(self, "_by_head", {head: (*routes, *short) for head, routes in heads.items()})
         for route in self.routes:
             if route.upstream not in self.upstreams:
                 raise ValueError(f"route {route.prefix} names unknown upstream group {route.upstream!r}")
@@ -70,11 +86,23 @@ class RouteTable:
 
     def match(self, path: str) -> Route | None:
         # Routes are kept longest first, so the first hit is the longest matching prefix.
-        for route in self.routes:
+        head = _head(path)
+        candidates = self._short if head is None else self._by_head.get(head, self._short)
+        for route in candidates:
             prefix = route.prefix
             if path.startswith(prefix) and (len(path) == len(prefix) or path[len(prefix)] == "/"):
                 return route
         return None
+
+
+def _head(path: str) -> str | None:
+    """The first two segments, "/api/auth" of "/api/auth/login"; None for fewer than two."""
+    second = path.find("/", 1)
+    if second < 0:
+        return None
+    third = path.find("/", second + 1)
+    head = path if third < 0 else path[:third]
+    return head if len(head) > second + 1 else None
 
 
 def _sorted(routes: list[Route]) -> tuple[Route, ...]:
@@ -95,6 +123,7 @@ _CORE_PREFIXES = (
     "/api/audit-logs",
     "/api/payments",
     "/api/webhooks",
+    "/api/keys",
 )
 
 

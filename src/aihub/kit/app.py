@@ -68,6 +68,9 @@ def create_service_app(
         version=__version__,
         description=description,
         lifespan=lifespan,
+        # A slash redirect's Location is built from the Host the caller sent, which behind the
+        # gateway is this instance's internal address: a wrong path is a 404, never a 307.
+        redirect_slashes=False,
     )
     app.state.runtime = runtime
     app.state.settings = runtime.settings

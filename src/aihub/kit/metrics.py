@@ -3,8 +3,17 @@
 from __future__ import annotations
 
 import ipaddress
+import os
 
-from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, Histogram, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -24,6 +33,16 @@ HTTP_LATENCY = Histogram(
 )
 
 
+def scrape() -> bytes:
+    """The exposition text: this process's registry, or, under several workers (``aihub serve
+    --workers N`` sets ``PROMETHEUS_MULTIPROC_DIR``), the sum over every worker of the service."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        return generate_latest(registry)
+    return generate_latest(REGISTRY)
+
+
 def client_allowed(host: str | None, settings: Settings) -> bool:
     if not host:
         return False
@@ -39,4 +58,4 @@ async def metrics_endpoint(request: Request) -> Response:
     host = request.client.host if request.client else None
     if not client_allowed(host, settings):
         return error_response(403, "FORBIDDEN", "Metrics are not available from this address", request.state.request_id)
-    return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
+    return Response(scrape(), media_type=CONTENT_TYPE_LATEST)

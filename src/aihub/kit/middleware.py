@@ -10,9 +10,10 @@ Written as raw ASGI rather than BaseHTTPMiddleware because that one costs a task
 
 from __future__ import annotations
 
+import itertools
+import os
 import re
 import time
-import uuid
 from typing import Any
 
 import structlog
@@ -24,7 +25,7 @@ from aihub.kit.metrics import HTTP_LATENCY, HTTP_REQUESTS
 from aihub.kit.serve import DRAINING_HEADER, DrainFlag
 
 log = structlog.get_logger("aihub.access")
-_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
 _BODY_METHODS = {b"POST", b"PUT", b"PATCH"}
 _QUIET_PATHS = {"/health", "/health/ready", "/metrics"}
 _DRAINING = DRAINING_HEADER.lower().encode()
@@ -37,12 +38,28 @@ class BodyTooLarge(StarletteHTTPException):
         super().__init__(413, "The request body is too large")
 
 
-def pick_request_id(raw: bytes | None) -> str:
+def pick_request_id(raw: bytes | str | None) -> str:
+    """The client's ID when it is safe to echo in a header and a log line, else a new one.
+
+    ``fullmatch``: ``$`` would also accept a trailing newline. A str (aiohttp decodes headers
+    as UTF-8) may hold any character: only the ASCII ones of the pattern pass."""
     if raw:
-        value = raw.decode("latin-1")
-        if _REQUEST_ID.match(value):
+        value = raw.decode("latin-1") if isinstance(raw, bytes) else raw
+        if _REQUEST_ID.fullmatch(value):
             return value
-    return uuid.uuid4().hex
+    return new_request_id()
+
+
+def new_request_id() -> str:
+    """32 hex digits, unique per process start (a random half) and per request (a counter):
+    the same shape as a UUID's hex at a fraction of the cost (uuid4 reads the OS's random
+    source on every call, a syscall per request on the gateway's hot path). An ID correlates
+    log lines; it is no secret, so it need not be unpredictable."""
+    return f"{_ID_PREFIX}{next(_ID_COUNTER) & 0xFFFFFFFFFFFFFFFF:016x}"
+
+
+_ID_PREFIX = os.urandom(8).hex()
+_ID_COUNTER = itertools.count()
 
 
 def _header(scope: Scope, name: bytes) -> bytes | None:

@@ -1,5 +1,6 @@
 """SQLAlchemy models, one module per domain. Importing this package registers every table."""
 
+from aihub.models.apikeys import ApiKey, ApiKeyCounter, UsageAuthorization
 from aihub.models.audit import AuditChainHead, AuditLog
 from aihub.models.auth import EmailToken, RefreshToken, ServiceToken
 from aihub.models.credits import CreditAccount, CreditHold, CreditTransaction
@@ -14,6 +15,8 @@ from aihub.models.sora import SoraGeneration, SoraSession
 from aihub.models.usage import (
     Quota,
     QuotaCounter,
+    QuotaLimit,
+    UsageCounter,
     UsageDailyModelRollup,
     UsageDailyRollup,
     UsageEvent,
@@ -22,6 +25,8 @@ from aihub.models.usage import (
 from aihub.models.users import User
 
 __all__ = [
+    "ApiKey",
+    "ApiKeyCounter",
     "AuditChainHead",
     "AuditLog",
     "CreditAccount",
@@ -40,6 +45,7 @@ __all__ = [
     "PromoUserCount",
     "Quota",
     "QuotaCounter",
+    "QuotaLimit",
     "RefreshToken",
     "ReportJob",
     "Role",
@@ -47,6 +53,8 @@ __all__ = [
     "ServiceToken",
     "SoraGeneration",
     "SoraSession",
+    "UsageAuthorization",
+    "UsageCounter",
     "UsageDailyModelRollup",
     "UsageDailyRollup",
     "UsageEvent",

@@ -5,7 +5,7 @@ import uuid
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Date, ForeignKey, Index, String, Uuid
+from sqlalchemy import JSON, BigInteger, Date, ForeignKey, Index, Integer, String, Uuid
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -43,7 +43,8 @@ class UsageEvent(Base):
 
 
 class Quota(Base):
-    """Limits per period for a role (``role:<name>``) or one user (``user:<id>``, which wins)."""
+    """Single-limit quotas as kept before 0016_api_keys, which copied them into ``quota_limits``;
+    no longer read or written (kept so the migration can be downgraded)."""
 
     __tablename__ = "quotas"
 
@@ -56,8 +57,42 @@ class Quota(Base):
     updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
 
 
+class QuotaLimit(Base):
+    """One limit of a scope (``role:<name>``, ``user:<id>``, ``key:<id>``); every limit that
+    applies to a call is enforced at once."""
+
+    __tablename__ = "quota_limits"
+
+    scope: Mapped[str] = mapped_column(String(80), primary_key=True)
+    position: Mapped[int] = mapped_column(Integer, primary_key=True)
+    period: Mapped[str] = mapped_column(String(8))  # minute | hour | day | week | month
+    model: Mapped[str] = mapped_column(String(200), default="")  # "" = every model, else provider/model
+    max_credits: Mapped[int | None] = mapped_column(BigInteger)
+    max_tokens: Mapped[int | None] = mapped_column(BigInteger)
+    max_requests: Mapped[int | None] = mapped_column(BigInteger)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class UsageCounter(Base):
+    """Usage of one subject (``u:<user id>`` or ``k:<key id>``) in one period, over every model
+    (``model`` "") or one ``provider/model``; kept for every call, quota or not."""
+
+    __tablename__ = "usage_counters"
+    __table_args__ = (Index("ix_usage_counters_end", "period_end"),)
+
+    subject: Mapped[str] = mapped_column(String(48), primary_key=True)
+    period_key: Mapped[str] = mapped_column(String(24), primary_key=True)
+    model: Mapped[str] = mapped_column(String(200), primary_key=True)
+    credits: Mapped[int] = mapped_column(BigInteger, default=0)
+    tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    requests: Mapped[int] = mapped_column(BigInteger, default=0)
+    period_end: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+
+
 class QuotaCounter(Base):
-    """What a user consumed in one period (``d:2026-11-27`` or ``m:2026-11``)."""
+    """The counters of the single-limit quotas before 0016_api_keys (``usage_counters`` replaced
+    them); no longer read or written."""
 
     __tablename__ = "quota_counters"
 

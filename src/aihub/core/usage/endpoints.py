@@ -20,7 +20,7 @@ quotas_router = APIRouter(prefix="/api/quotas", tags=["quotas"], route_class=TxR
 
 From = Annotated[dt.datetime | None, Query(alias="from", description="Inclusive, RFC 3339")]
 To = Annotated[dt.datetime | None, Query(alias="to", description="Exclusive, RFC 3339")]
-Scope = Annotated[str, Path(max_length=80, description="role:<name> or user:<uuid>")]
+Scope = Annotated[str, Path(max_length=80, description="role:<name>, user:<uuid> or key:<uuid>")]
 
 
 def _subject(caller: Principal, user_id: uuid.UUID | None) -> uuid.UUID | None:
@@ -91,9 +91,11 @@ async def usage_summary(
 
 @router.get("/quota", response_model=schemas.MyQuotaOut)
 async def my_quota(tx: TxDep, me: CurrentUser) -> dict[str, Any]:
-    """The caller's quota (own, else their highest role's), what is used and what is left."""
+    """Every limit on the caller (own, each role's, and the calling key's), what is used and
+    left in its current window, and when it resets."""
     assert me.user_id is not None
-    return await usage.my_quota(tx, me.user_id)
+    key = me.extra.get("api_key")
+    return await usage.my_quota(tx, me.user_id, getattr(key, "id", None))
 
 
 @quotas_router.get("/{scope}", response_model=schemas.QuotaOut)
@@ -111,11 +113,13 @@ async def put_quota(
     _: Annotated[Principal, RequirePermission("quotas:write")],
     response: Response,
 ) -> dict[str, Any]:
-    """Set a quota for `role:<name>` or `user:<uuid>` (a user's own quota overrides their roles').
+    """Set the limits of `role:<name>`, `user:<uuid>` or `key:<uuid>`: `{limits: [...]}`, or one
+    limit in the single-limit form. Every limit on a call applies at once (a user's narrows,
+    never widens, their roles'), against usage since the window began.
 
-    201 when created, 200 when replaced. Omitted limits mean no limit on that measure.
+    201 when created, 200 when replaced. An omitted measure is no limit on it.
     """
-    quota, created = await usage.put_quota(tx, scope, body.model_dump())
+    quota, created = await usage.put_quota(tx, scope, body.as_limits())
     response.status_code = 201 if created else 200
     return quota
 

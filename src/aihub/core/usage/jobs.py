@@ -19,7 +19,7 @@ from typing import Any
 
 import structlog
 
-from aihub.core.usage import rollups
+from aihub.core.usage import limits, rollups
 from aihub.kit.db import utcnow
 from aihub.kit.jobs import Periodic, job
 from aihub.kit.runtime import Runtime
@@ -74,6 +74,23 @@ async def rollup_daily(runtime: Runtime, payload: dict[str, Any]) -> None:
     await rollup(runtime)
 
 
+PURGE_COUNTERS_JOB = "usage.purge_counters"
+
+
+@job(PURGE_COUNTERS_JOB)
+async def purge_counters(runtime: Runtime, payload: dict[str, Any]) -> None:
+    """Drop the usage counters of windows that ended days ago (quotas only read current ones)."""
+    tx = runtime.tx()
+    try:
+        removed = await limits.purge_finished(tx)
+        await tx.commit()
+    finally:
+        await tx.close()
+    if removed:
+        log.info("usage.counters_purged", rows=removed)
+
+
 def periodic(runtime: Runtime) -> list[Periodic]:
     interval = runtime.settings.usage_rollup_interval_seconds
-    return [Periodic(ROLLUP_JOB, interval)] if interval > 0 else []
+    jobs = [Periodic(ROLLUP_JOB, interval)] if interval > 0 else []
+    return [*jobs, Periodic(PURGE_COUNTERS_JOB, 3600.0)]

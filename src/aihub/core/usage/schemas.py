@@ -5,7 +5,7 @@ import uuid
 from decimal import Decimal
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, PlainSerializer, StringConstraints, field_validator
+from pydantic import Field, PlainSerializer, StringConstraints, field_validator, model_validator
 
 from aihub.kit.jsonutil import dumps
 from aihub.kit.schemas import ApiModel, StrictInput
@@ -73,16 +73,60 @@ class SummaryOut(ApiModel):
     items: list[SummaryItem]
 
 
+Period = Literal["minute", "hour", "day", "week", "month"]
+LimitModel = Annotated[
+    str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9._-]{0,63}/[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}$")
+]
+Cap = Annotated[int, Field(ge=0, le=10**15)]
+
+
+class LimitIn(StrictInput):
+    period: Period
+    max_credits: Cap | None = None
+    max_tokens: Cap | None = None
+    max_requests: Annotated[int, Field(ge=0, le=10**12)] | None = None
+    model: LimitModel | None = Field(default=None, description="provider/model; omitted: every model together")
+
+
 class QuotaIn(StrictInput):
-    period: Literal["day", "month"]
-    max_credits: int | None = Field(default=None, ge=0, le=10**15)
-    max_tokens: int | None = Field(default=None, ge=0, le=10**15)
-    max_requests: int | None = Field(default=None, ge=0, le=10**12)
+    """Either ``{limits: [...]}`` (1–20 limits, all enforced at once) or the single-limit form
+    ``{period, maxCredits?, maxTokens?, maxRequests?}`` (a list of one)."""
+
+    limits: Annotated[list[LimitIn], Field(min_length=1, max_length=20)] | None = None
+    period: Period | None = None
+    max_credits: Cap | None = None
+    max_tokens: Cap | None = None
+    max_requests: Annotated[int, Field(ge=0, le=10**12)] | None = None
+    model: LimitModel | None = None
+
+    @model_validator(mode="after")
+    def _one_form(self) -> QuotaIn:
+        single = [self.period, self.max_credits, self.max_tokens, self.max_requests, self.model]
+        if self.limits is None and self.period is None:
+            raise ValueError("give either limits or period")
+        if self.limits is not None and any(v is not None for v in single):
+            raise ValueError("give either limits or the single-limit fields, not both")
+        return self
+
+    def as_limits(self) -> list[dict[str, Any]]:
+        if self.limits is not None:
+            return [limit.model_dump() for limit in self.limits]
+        single = self.model_dump(exclude={"limits"})
+        return [single]
+
+
+class LimitOut(ApiModel):
+    period: Period
+    model: str | None
+    max_credits: int | None
+    max_tokens: int | None
+    max_requests: int | None
 
 
 class QuotaOut(ApiModel):
     scope: str
-    period: Literal["day", "month"]
+    limits: list[LimitOut]
+    period: Period = Field(description="The first limit's (the single-limit form)")
     max_credits: int | None
     max_tokens: int | None
     max_requests: int | None
@@ -96,11 +140,24 @@ class Amounts(ApiModel):
     requests: int | None
 
 
+class QuotaItem(ApiModel):
+    scope: str
+    period: Period
+    model: str | None
+    period_start: dt.datetime
+    resets_at: dt.datetime
+    limits: Amounts
+    used: Amounts
+    remaining: Amounts
+
+
 class MyQuotaOut(ApiModel):
-    scope: str | None
-    period: Literal["day", "month"] | None
+    scope: str | None = Field(description="The tightest limit's (least left); `items` lists every one")
+    period: Period | None
+    model: str | None = None
     period_start: dt.datetime | None
     resets_at: dt.datetime | None
     limits: Amounts
     used: Amounts
     remaining: Amounts
+    items: list[QuotaItem]

@@ -10,19 +10,21 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from aihub.core.audit import service as audit
 from aihub.core.credits import service as credits
 from aihub.core.pricing import service as pricing
+from aihub.core.usage import limits
 from aihub.core.usage import repository as repo
 from aihub.kit.db import Tx, utcnow
 from aihub.kit.errors import AppError, Conflict, NotFound
 from aihub.kit.idempotency import IdempotencyKeyReused
 from aihub.kit.jsonutil import canonical
 from aihub.kit.pagination import PageParams, page_of
-from aihub.models import Quota, UsageEvent
+from aihub.models import QuotaLimit, UsageEvent
 
 
 class QuotaExceeded(AppError):
@@ -73,85 +75,155 @@ def _result(event: UsageEvent) -> dict[str, Any]:
 # ---------------------------------------------------------------- quotas
 
 
-async def quota_for(tx: Tx, user_id: uuid.UUID) -> Quota | None:
-    """The user's own quota wins; otherwise that of their highest role that has one."""
-    return await repo.quota_of_user(tx.session, user_id)
+async def count_call(
+    tx: Tx,
+    *,
+    user_id: uuid.UUID,
+    key_id: uuid.UUID | None,
+    provider: str,
+    model: str,
+    credits: int,
+    tokens: int,
+    now: dt.datetime,
+) -> list[limits.Row]:
+    """Count one call (or reserve it) toward every counter of its user and key, and refuse it
+    (429 QUOTA_EXCEEDED) when any applicable limit is passed. Returns the rows counted."""
+    subjects = [limits.user_subject(user_id)] + ([limits.key_subject(key_id)] if key_id else [])
+    rows = limits.rows_for(subjects, f"{provider}/{model}", now)
+    totals = await limits.add(tx.session, rows, credits=credits, tokens=tokens, requests=1)
+    applying = await limits.applicable(tx.session, user_id, key_id, f"{provider}/{model}")
+    passed = limits.first_passed(applying, totals, now)
+    if passed is not None:
+        details = {
+            "scope": passed.scope,
+            "period": passed.period,
+            "model": passed.model or None,
+            "resetsAt": limits.window(passed.period, now).end.isoformat(),
+        }
+        raise QuotaExceeded(details=details)
+    return [row for row, _end in rows]
 
 
-async def _consume_quota(tx: Tx, user_id: uuid.UUID, charge: int, tokens: int, now: dt.datetime) -> None:
-    periods = {kind: period_of(kind, now) for kind in ("day", "month")}
-    outcome = await repo.consume_applicable(
-        tx.session, user_id, {kind: p.key for kind, p in periods.items()}, charge, tokens
-    )
-    if outcome is None:
-        return
-    scope, kind, consumed = outcome
-    if not consumed:
-        resets = periods[kind].end.isoformat()
-        raise QuotaExceeded(details={"scope": scope, "period": kind, "resetsAt": resets})
+SCOPE_HELP = "Scope must be role:<name>, user:<uuid> or key:<uuid>"
 
 
 def check_scope(scope: str) -> str:
     kind, _, value = scope.partition(":")
-    if kind == "user":
+    if kind in ("user", "key"):
         try:
-            return f"user:{uuid.UUID(value)}"
+            return f"{kind}:{uuid.UUID(value)}"
         except ValueError as exc:
-            raise InvalidScope from exc
+            raise InvalidScope(SCOPE_HELP) from exc
     if kind == "role" and value and len(value) <= 32:
         return scope
-    raise InvalidScope
+    raise InvalidScope(SCOPE_HELP)
 
 
-def quota_view(quota: Quota) -> dict[str, Any]:
+def _limit_view(limit: QuotaLimit) -> dict[str, Any]:
     return {
-        "scope": quota.scope,
-        "period": quota.period,
-        "max_credits": quota.max_credits,
-        "max_tokens": quota.max_tokens,
-        "max_requests": quota.max_requests,
-        "created_at": quota.created_at,
-        "updated_at": quota.updated_at,
+        "period": limit.period,
+        "model": limit.model or None,
+        "max_credits": limit.max_credits,
+        "max_tokens": limit.max_tokens,
+        "max_requests": limit.max_requests,
+    }
+
+
+def quota_view(scope: str, rows: Sequence[QuotaLimit]) -> dict[str, Any]:
+    first = rows[0]
+    return {
+        "scope": scope,
+        "limits": [_limit_view(r) for r in rows],
+        # The first limit again, as the single-limit form answered before limits stacked.
+        "period": first.period,
+        "max_credits": first.max_credits,
+        "max_tokens": first.max_tokens,
+        "max_requests": first.max_requests,
+        "created_at": min(r.created_at for r in rows),
+        "updated_at": max(r.updated_at for r in rows),
     }
 
 
 async def get_quota(tx: Tx, scope: str) -> dict[str, Any]:
-    quota = await repo.get_quota(tx.session, check_scope(scope))
-    if quota is None:
-        raise QuotaNotFound
-    return quota_view(quota)
-
-
-async def put_quota(tx: Tx, scope: str, values: dict[str, Any]) -> tuple[dict[str, Any], bool]:
     scope = check_scope(scope)
-    quota = await repo.get_quota(tx.session, scope)
-    before = quota_view(quota) if quota else None
-    if quota is None:
-        quota = Quota(scope=scope, **values)
-        tx.session.add(quota)
-    else:
-        for name, value in values.items():
-            setattr(quota, name, value)
-        quota.updated_at = utcnow()
+    rows = await repo.quota_limits(tx.session, scope)
+    if not rows:
+        raise QuotaNotFound
+    return quota_view(scope, rows)
+
+
+async def put_quota(tx: Tx, scope: str, values: list[dict[str, Any]]) -> tuple[dict[str, Any], bool]:
+    """Replace every limit of ``scope`` with ``values`` (one or more)."""
+    scope = check_scope(scope)
+    existing = await repo.quota_limits(tx.session, scope)
+    before = quota_view(scope, existing) if existing else None
+    now = utcnow()
+    created_at = min((r.created_at for r in existing), default=now)
+    await repo.delete_quota_limits(tx.session, scope)
+    rows = [
+        QuotaLimit(
+            scope=scope,
+            position=i,
+            period=v["period"],
+            model=v.get("model") or "",
+            max_credits=v.get("max_credits"),
+            max_tokens=v.get("max_tokens"),
+            max_requests=v.get("max_requests"),
+            created_at=created_at,
+            updated_at=now,
+        )
+        for i, v in enumerate(values)
+    ]
+    tx.session.add_all(rows)
     await tx.session.flush()
-    after = quota_view(quota)
+    after = quota_view(scope, rows)
     audit.record(tx, "quota.set", "quota", scope, before=before, after=after)
     return after, before is None
 
 
 async def delete_quota(tx: Tx, scope: str) -> None:
-    quota = await repo.get_quota(tx.session, check_scope(scope))
-    if quota is None:
+    scope = check_scope(scope)
+    existing = await repo.quota_limits(tx.session, scope)
+    if not existing:
         raise QuotaNotFound
-    before = quota_view(quota)
-    await tx.session.delete(quota)
-    await tx.session.flush()
-    audit.record(tx, "quota.delete", "quota", quota.scope, before=before)
+    before = quota_view(scope, existing)
+    await repo.delete_quota_limits(tx.session, scope)
+    audit.record(tx, "quota.delete", "quota", scope, before=before)
 
 
-async def my_quota(tx: Tx, user_id: uuid.UUID) -> dict[str, Any]:
-    quota = await quota_for(tx, user_id)
-    if quota is None:
+def _left(limit: int | None, used: int) -> int | None:
+    return None if limit is None else max(0, limit - used)
+
+
+async def my_quota(tx: Tx, user_id: uuid.UUID, key_id: uuid.UUID | None = None) -> dict[str, Any]:
+    """Every limit on the caller (and the calling key), with what is used and left and when its
+    window resets. The top-level fields repeat the tightest one (least left), as the
+    single-limit answer did."""
+    now = utcnow()
+    applying = await limits.applicable(tx.session, user_id, key_id, None)
+    rows = [(a.subject, limits.window(a.period, now).key, a.model) for a in applying]
+    counts = await limits.used(tx.session, rows)
+    items = []
+    for limit, row in zip(applying, rows, strict=True):
+        window = limits.window(limit.period, now)
+        credits, tokens, requests = counts[row]
+        items.append(
+            {
+                "scope": limit.scope,
+                "period": limit.period,
+                "model": limit.model or None,
+                "period_start": window.start,
+                "resets_at": window.end,
+                "limits": {"credits": limit.max_credits, "tokens": limit.max_tokens, "requests": limit.max_requests},
+                "used": {"credits": credits, "tokens": tokens, "requests": requests},
+                "remaining": {
+                    "credits": _left(limit.max_credits, credits),
+                    "tokens": _left(limit.max_tokens, tokens),
+                    "requests": _left(limit.max_requests, requests),
+                },
+            }
+        )
+    if not items:
         empty = {"credits": None, "tokens": None, "requests": None}
         return {
             "scope": None,
@@ -161,26 +233,15 @@ async def my_quota(tx: Tx, user_id: uuid.UUID) -> dict[str, Any]:
             "limits": empty,
             "used": {"credits": 0, "tokens": 0, "requests": 0},
             "remaining": empty,
+            "items": [],
         }
-    period = period_of(quota.period, utcnow())
-    used_c, used_t, used_r = await repo.counter(tx.session, user_id, period.key)
 
-    def left(limit: int | None, used: int) -> int | None:
-        return None if limit is None else max(0, limit - used)
+    def tightness(item: dict[str, Any]) -> tuple[int, int]:
+        left = [v for v in item["remaining"].values() if v is not None]
+        return (min(left) if left else 10**18, 0)
 
-    return {
-        "scope": quota.scope,
-        "period": quota.period,
-        "period_start": period.start,
-        "resets_at": period.end,
-        "limits": {"credits": quota.max_credits, "tokens": quota.max_tokens, "requests": quota.max_requests},
-        "used": {"credits": used_c, "tokens": used_t, "requests": used_r},
-        "remaining": {
-            "credits": left(quota.max_credits, used_c),
-            "tokens": left(quota.max_tokens, used_t),
-            "requests": left(quota.max_requests, used_r),
-        },
-    }
+    tightest = min(items, key=tightness)
+    return {**tightest, "items": items}
 
 
 # ---------------------------------------------------------------- events
@@ -229,7 +290,16 @@ async def record_event(tx: Tx, reporter_id: str, body: dict[str, Any]) -> tuple[
             raise IdempotencyKeyReused("This requestId was reported with different content")
         return _result(existing), True
     user_id, event_id = body["user_id"], event["id"]
-    await _consume_quota(tx, user_id, charge, body["input_tokens"] + body["output_tokens"], now)
+    await count_call(
+        tx,
+        user_id=user_id,
+        key_id=None,
+        provider=body["provider"],
+        model=body["model"],
+        credits=charge,
+        tokens=body["input_tokens"] + body["output_tokens"],
+        now=now,
+    )
     if charge > 0:
         txn = await credits.deduct(
             tx,
@@ -304,8 +374,12 @@ async def record_settled(
     transaction_id: uuid.UUID | None,
     balance: int,
     reporter_id: str,
-) -> None:
-    """Record usage that was already paid through the ledger (a captured hold): no second debit."""
+    input_tokens: int = 0,
+    output_tokens: int = 0,
+    metadata: dict[str, Any] | None = None,
+) -> uuid.UUID:
+    """Record usage that was already paid through the ledger (a captured hold): no second debit.
+    Returns the event's id."""
     price = await pricing.require_current(tx, provider, model)
     event = UsageEvent(
         id=uuid.uuid4(),
@@ -315,13 +389,14 @@ async def record_settled(
         provider=provider,
         model=model,
         price_id=price.id,
-        input_tokens=0,
-        output_tokens=0,
+        input_tokens=input_tokens,
+        output_tokens=output_tokens,
         duration_seconds=duration_seconds,
         credits=charge,
         balance_after=balance,
         transaction_id=transaction_id,
         reporter_id=reporter_id,
+        meta=metadata,
         created_at=utcnow(),
     )
     tx.session.add(event)
@@ -340,3 +415,4 @@ async def record_settled(
             "priceId": str(price.id),
         },
     )
+    return event.id

@@ -14,6 +14,7 @@ from sqlalchemy.exc import IntegrityError
 
 from aihub.auth import lockout
 from aihub.auth import repository as sessions_repo
+from aihub.core.apikeys import service as apikeys
 from aihub.core.audit import service as audit
 from aihub.core.rbac import repository as rbac_repo
 from aihub.core.rbac import service as rbac
@@ -243,6 +244,8 @@ async def update(
         action = "user.suspend" if after["status"] == "suspended" else "user.reactivate"
     if after["status"] == "suspended":
         await end_sessions(tx, user.id)
+    if before["status"] != after["status"]:
+        apikeys.user_blocked_after_commit(tx, store, user.id, blocked=after["status"] != "active")
     audit.record(tx, action, "user", user.id, before=before, after=after)
     return after
 
@@ -264,6 +267,7 @@ async def delete(tx: Tx, store: Store, actor: rbac.Principal, user_id: uuid.UUID
     await rbac_repo.set_user_roles(tx.session, user.id, [])
     await tx.session.flush()
     await end_sessions(tx, user.id)
+    apikeys.user_blocked_after_commit(tx, store, user.id, blocked=True)
     audit.record(tx, "user.delete", "user", user.id, before=before, after=await read(tx, user_id))
     rbac.invalidate_after_commit(tx, store)
 

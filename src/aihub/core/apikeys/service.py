@@ -1,0 +1,418 @@
+"""API keys: issue, list, narrow, revoke, and verify a presented key.
+
+A key is ``ahk_`` + an 8-character public prefix + 43 characters of ``token_urlsafe(32)``
+(256 random bits). It is shown once; only its SHA-256 is stored, and a presented key is found
+by its prefix and compared in constant time. A key authenticates as its user, with that
+user's roles and permissions as they are at each request; on top it may be restricted
+(models, addresses, rates, a budget). A caller authenticated by a key can only issue or widen
+keys within that key's own restrictions: a key never yields more than its holder has.
+
+Revocation is immediate in core (every request reads the key row) and at the gateway within
+one request: after commit a marker ``blacklist:apikey:<id>`` is written to the shared store,
+which the gateway reads in its one rate-limit round trip. A suspended or deleted user gets
+``blacklist:apikey-user:<id>`` the same way.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import hmac
+import ipaddress
+import secrets
+import string
+import uuid
+from typing import Any
+
+import structlog
+
+from aihub.core.apikeys import repository as repo
+from aihub.core.audit import service as audit
+from aihub.core.rbac.service import Principal
+from aihub.kit.db import Tx, as_utc, utcnow
+from aihub.kit.errors import AppError, Forbidden, NotFound, ValidationFailed
+from aihub.kit.pagination import PageParams, page_of
+from aihub.kit.store import Store, StoreUnavailable
+from aihub.models import ApiKey, User
+
+log = structlog.get_logger("aihub.apikeys")
+
+KEY_PREFIX = "ahk_"
+_PREFIX_LEN = 8
+_ALPHABET = string.ascii_lowercase + string.digits
+_MIN_LEN = len(KEY_PREFIX) + _PREFIX_LEN + 32
+_MAX_LEN = 200
+# Long enough to outlive any gateway's cached copy of the key (which it then fetches again
+# from core, which refuses it).
+MARKER_TTL_SECONDS = 86_400
+
+
+class InvalidApiKey(AppError):
+    status_code, code, message = 401, "INVALID_API_KEY", "The API key is unknown or revoked"
+
+
+class KeyExpired(AppError):
+    status_code, code, message = 401, "KEY_EXPIRED", "The API key has expired"
+
+
+class KeyIpNotAllowed(AppError):
+    status_code, code, message = 403, "KEY_IP_NOT_ALLOWED", "This API key may not be used from this address"
+
+
+class KeyNotFound(NotFound):
+    code, message = "KEY_NOT_FOUND", "No such API key"
+
+
+class KeyExceedsOwner(Forbidden):
+    code, message = "KEY_EXCEEDS_OWNER", "A key cannot have more than the key that creates it"
+
+
+def key_marker(key_id: uuid.UUID | str) -> str:
+    return f"blacklist:apikey:{key_id}"
+
+
+def user_marker(user_id: uuid.UUID | str) -> str:
+    return f"blacklist:apikey-user:{user_id}"
+
+
+def looks_like_key(value: str) -> bool:
+    return value.startswith(KEY_PREFIX)
+
+
+def digest(raw: str) -> str:
+    return hashlib.sha256(raw.encode()).hexdigest()
+
+
+def _generate() -> tuple[str, str]:
+    prefix = "".join(secrets.choice(_ALPHABET) for _ in range(_PREFIX_LEN))
+    return prefix, f"{KEY_PREFIX}{prefix}{secrets.token_urlsafe(32)}"
+
+
+# ------------------------------------------------------------------ periods of a budget
+
+
+def budget_period(kind: str, now: dt.datetime) -> tuple[str, dt.datetime | None]:
+    """(counter key, reset time) of a budget period; ``total`` never resets."""
+    if kind == "day":
+        start = now.replace(hour=0, minute=0, second=0, microsecond=0)
+        return f"d:{start:%Y-%m-%d}", start + dt.timedelta(days=1)
+    if kind == "month":
+        start = now.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+        return f"m:{start:%Y-%m}", (start + dt.timedelta(days=32)).replace(day=1)
+    return "t", None
+
+
+def minute_key(now: dt.datetime) -> str:
+    return f"tm:{now:%Y-%m-%dT%H:%M}"
+
+
+# ------------------------------------------------------------------ rules
+
+
+def model_allowed(rules: list[str] | None, provider: str, model: str) -> bool:
+    if rules is None:
+        return True
+    return f"{provider}/{model}" in rules or f"{provider}/*" in rules
+
+
+def ip_allowed(networks: list[str] | None, address: str) -> bool:
+    if networks is None:
+        return True
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return any(ip in ipaddress.ip_network(net) for net in networks)
+
+
+def status_of(key: ApiKey, now: dt.datetime) -> str:
+    if key.revoked_at is not None:
+        return "revoked"
+    expires = as_utc(key.expires_at)
+    if expires is not None and expires <= now:
+        return "expired"
+    return "active"
+
+
+def _model_covered(rule: str, parent: list[str]) -> bool:
+    provider = rule.split("/", 1)[0]
+    return rule in parent or f"{provider}/*" in parent
+
+
+def _network_covered(net: str, parent: list[str]) -> bool:
+    child = ipaddress.ip_network(net)
+    for p in parent:
+        outer = ipaddress.ip_network(p)
+        if child.version == outer.version and child.subnet_of(outer):  # type: ignore[arg-type]
+            return True
+    return False
+
+
+def _narrowing(parent: ApiKey, values: dict[str, Any]) -> list[str]:
+    """The fields in which ``values`` would give more than ``parent`` (a key issuing a key)."""
+    wider: list[str] = []
+    if parent.models is not None:
+        models = values.get("models")
+        if models is None or not all(_model_covered(m, parent.models) for m in models):
+            wider.append("models")
+    if parent.allowed_ips is not None:
+        nets = values.get("allowed_ips")
+        if nets is None or not all(_network_covered(n, parent.allowed_ips) for n in nets):
+            wider.append("allowedIps")
+    for field, name in (("requests_per_minute", "requestsPerMinute"), ("tokens_per_minute", "tokensPerMinute")):
+        limit = getattr(parent, field)
+        if limit is not None and (values.get(field) is None or values[field] > limit):
+            wider.append(name)
+    if parent.budget_max_credits is not None:
+        budget = values.get("budget")
+        if budget is None or budget["max_credits"] > parent.budget_max_credits:
+            wider.append("budget")
+    parent_expiry = as_utc(parent.expires_at)
+    if parent_expiry is not None:
+        expiry = values.get("expires_at")
+        if expiry is None or expiry > parent_expiry:
+            wider.append("expiresAt")
+    return wider
+
+
+def _caller_key(actor: Principal) -> ApiKey | None:
+    key = actor.extra.get("api_key")
+    return key if isinstance(key, ApiKey) else None
+
+
+def _owner(actor: Principal, user_id: uuid.UUID | None) -> uuid.UUID:
+    """Whose key: one's own; another user's only for an admin."""
+    assert actor.user_id is not None
+    if user_id is None or user_id == actor.user_id:
+        return actor.user_id
+    if not actor.is_admin:
+        raise Forbidden("Only an administrator may manage another user's keys")
+    return user_id
+
+
+# ------------------------------------------------------------------ views
+
+
+async def view(tx: Tx, key: ApiKey, now: dt.datetime | None = None) -> dict[str, Any]:
+    now = now or utcnow()
+    budget = None
+    if key.budget_max_credits is not None and key.budget_period is not None:
+        period_key, resets = budget_period(key.budget_period, now)
+        used, _ = await repo.counter(tx.session, key.id, period_key)
+        budget = {"max_credits": key.budget_max_credits, "period": key.budget_period, "used": used, "resets_at": resets}
+    return {
+        "id": key.id,
+        "user_id": key.user_id,
+        "name": key.name,
+        "prefix": key.prefix,
+        "models": key.models,
+        "allowed_ips": key.allowed_ips,
+        "requests_per_minute": key.requests_per_minute,
+        "tokens_per_minute": key.tokens_per_minute,
+        "budget": budget,
+        "status": status_of(key, now),
+        "expires_at": key.expires_at,
+        "revoked_at": key.revoked_at,
+        "created_by": key.created_by,
+        "created_at": key.created_at,
+        "updated_at": key.updated_at,
+    }
+
+
+def _audit_view(key: ApiKey) -> dict[str, Any]:
+    # Never the key or its hash.
+    return {
+        "name": key.name,
+        "userId": str(key.user_id),
+        "prefix": key.prefix,
+        "models": key.models,
+        "allowedIps": key.allowed_ips,
+        "requestsPerMinute": key.requests_per_minute,
+        "tokensPerMinute": key.tokens_per_minute,
+        "budget": None
+        if key.budget_max_credits is None
+        else {"maxCredits": key.budget_max_credits, "period": key.budget_period},
+        "expiresAt": key.expires_at.isoformat() if key.expires_at else None,
+        "revokedAt": key.revoked_at.isoformat() if key.revoked_at else None,
+    }
+
+
+# ------------------------------------------------------------------ CRUD
+
+
+def _check_expiry(values: dict[str, Any], now: dt.datetime) -> None:
+    expiry = values.get("expires_at")
+    if expiry is not None and expiry <= now:
+        raise ValidationFailed(details=[{"field": "body.expiresAt", "message": "must be in the future"}])
+
+
+async def create(tx: Tx, actor: Principal, values: dict[str, Any]) -> dict[str, Any]:
+    owner = _owner(actor, values.get("user_id"))
+    now = utcnow()
+    _check_expiry(values, now)
+    parent = _caller_key(actor)
+    if parent is not None:
+        wider = _narrowing(parent, values)
+        if wider:
+            raise KeyExceedsOwner(details={"fields": wider})
+    user = await tx.session.get(User, owner)
+    if user is None or user.status == "deleted":
+        raise NotFound("No such user", code="USER_NOT_FOUND")
+    prefix, raw = _generate()
+    budget = values.get("budget")
+    key = ApiKey(
+        id=uuid.uuid4(),
+        user_id=owner,
+        name=values["name"],
+        prefix=prefix,
+        secret_hash=digest(raw),
+        models=values.get("models"),
+        allowed_ips=values.get("allowed_ips"),
+        requests_per_minute=values.get("requests_per_minute"),
+        tokens_per_minute=values.get("tokens_per_minute"),
+        budget_max_credits=budget["max_credits"] if budget else None,
+        budget_period=budget["period"] if budget else None,
+        created_by=actor.id,
+        expires_at=values.get("expires_at"),
+        created_at=now,
+        updated_at=now,
+    )
+    tx.session.add(key)
+    await tx.session.flush()
+    after = {**_audit_view(key), "issuedByKey": str(parent.id) if parent is not None else None}
+    audit.record(tx, "apikey.create", "api_key", key.id, after=after)
+    return {**(await view(tx, key, now)), "key": raw}
+
+
+async def _visible(tx: Tx, actor: Principal, key_id: uuid.UUID) -> ApiKey:
+    key = await repo.get(tx.session, key_id)
+    if key is None or (key.user_id != actor.user_id and not actor.is_admin):
+        raise KeyNotFound  # another user's key is as unknown as a missing one
+    return key
+
+
+async def read(tx: Tx, actor: Principal, key_id: uuid.UUID) -> dict[str, Any]:
+    return await view(tx, await _visible(tx, actor, key_id))
+
+
+async def search(tx: Tx, actor: Principal, params: PageParams, user_id: uuid.UUID | None) -> dict[str, Any]:
+    owner = _owner(actor, user_id)
+    rows = await repo.fetch(tx.session, repo.search(params, owner))
+    items, cursor = page_of(rows, params, lambda k: (k.created_at, k.id))
+    now = utcnow()
+    return {"items": [await view(tx, k, now) for k in items], "next_cursor": cursor}
+
+
+async def update(tx: Tx, actor: Principal, key_id: uuid.UUID, values: dict[str, Any]) -> dict[str, Any]:
+    """``values`` holds only the fields the client sent (an explicit null lifts a restriction)."""
+    key = await _visible(tx, actor, key_id)
+    now = utcnow()
+    if key.revoked_at is not None:
+        raise InvalidApiKey("A revoked key cannot be changed")
+    _check_expiry(values, now)
+    parent = _caller_key(actor)
+    if parent is not None:
+        current = {
+            "models": key.models,
+            "allowed_ips": key.allowed_ips,
+            "requests_per_minute": key.requests_per_minute,
+            "tokens_per_minute": key.tokens_per_minute,
+            "budget": None
+            if key.budget_max_credits is None
+            else {"max_credits": key.budget_max_credits, "period": key.budget_period},
+            "expires_at": as_utc(key.expires_at),
+        }
+        wider = _narrowing(parent, {**current, **values})
+        if wider:
+            raise KeyExceedsOwner(details={"fields": wider})
+    before = _audit_view(key)
+    for field in ("name", "models", "allowed_ips", "requests_per_minute", "tokens_per_minute", "expires_at"):
+        if field in values:
+            if field == "name" and values[field] is None:
+                continue
+            setattr(key, field, values[field])
+    if "budget" in values:
+        budget = values["budget"]
+        key.budget_max_credits = budget["max_credits"] if budget else None
+        key.budget_period = budget["period"] if budget else None
+    key.updated_at = now
+    await tx.session.flush()
+    audit.record(tx, "apikey.update", "api_key", key.id, before=before, after=_audit_view(key))
+    return await view(tx, key, now)
+
+
+async def _mark(store: Store, keys: list[str]) -> None:
+    for marker in keys:
+        try:
+            await store.set(marker, "1", ttl=MARKER_TTL_SECONDS)
+        except StoreUnavailable:
+            # Gateways then see it when their cached copy runs out (core refuses it at once).
+            log.error("apikey_revocation_marker_failed", marker=marker)
+
+
+async def revoke(tx: Tx, store: Store, actor: Principal, key_id: uuid.UUID) -> None:
+    key = await _visible(tx, actor, key_id)
+    if key.revoked_at is None:
+        before = _audit_view(key)
+        key.revoked_at = key.updated_at = utcnow()
+        await tx.session.flush()
+        audit.record(tx, "apikey.revoke", "api_key", key.id, before=before, after=_audit_view(key))
+    markers = [key_marker(key.id)]
+
+    async def publish() -> None:
+        await _mark(store, markers)
+
+    tx.after_commit(publish)
+
+
+def user_blocked_after_commit(tx: Tx, store: Store, user_id: uuid.UUID, blocked: bool) -> None:
+    """A user was suspended or deleted (blocked) or reactivated: tell every gateway at once."""
+
+    async def publish() -> None:
+        if blocked:
+            await _mark(store, [user_marker(user_id)])
+            return
+        try:
+            await store.delete(user_marker(user_id))
+        except StoreUnavailable:
+            log.error("apikey_user_marker_clear_failed", user_id=str(user_id))
+
+    tx.after_commit(publish)
+
+
+# ------------------------------------------------------------------ verification
+
+
+async def verify(tx: Tx, raw: str) -> tuple[ApiKey, User]:
+    """The key and its user, or 401 INVALID_API_KEY / KEY_EXPIRED. The user's status is the
+    caller's to judge (suspended gets its own answer)."""
+    if not looks_like_key(raw) or not (_MIN_LEN <= len(raw) <= _MAX_LEN):
+        raise InvalidApiKey
+    key = await repo.by_prefix(tx.session, raw[len(KEY_PREFIX) : len(KEY_PREFIX) + _PREFIX_LEN])
+    # compare_digest over equal-length hex strings: the comparison leaks nothing about the hash.
+    if key is None or not hmac.compare_digest(digest(raw), key.secret_hash) or key.revoked_at is not None:
+        raise InvalidApiKey
+    if status_of(key, utcnow()) == "expired":
+        raise KeyExpired
+    user = await tx.session.get(User, key.user_id)
+    if user is None or user.status == "deleted":
+        raise InvalidApiKey
+    return key, user
+
+
+def identity(actor: Principal) -> dict[str, Any]:
+    """GET /api/keys/current: what the gateway needs to admit this key."""
+    key = _caller_key(actor)
+    if key is None:
+        raise Forbidden("This endpoint needs an API key")
+    roles = list(actor.effective.roles)
+    return {
+        "id": key.id,
+        "user_id": key.user_id,
+        "role": roles[0] if roles else "guest",
+        "roles": roles,
+        "permissions": ["*"] if actor.is_admin else sorted(actor.effective.permissions),
+        "expires_at": key.expires_at,
+        "allowed_ips": key.allowed_ips,
+        "requests_per_minute": key.requests_per_minute,
+    }

@@ -1,0 +1,66 @@
+"""The gateway's access log: one JSON line per request, written once per event-loop turn.
+
+structlog's chain (context merge, level, ISO timestamp, redaction, JSON, ``print(flush=True)``)
+cost ~25 us and one ``write`` syscall per request, measured under wrk with py-spy and
+``strace -c``. The access line has fixed fields, none of them secret (never the query or a
+header), so it skips the chain: it is rendered with orjson into a buffer, and the buffer goes
+out in one write when the loop turn ends (``call_soon``), as the Redis commands of a turn go
+out in one pipeline. The lines keep the shape of every other log line (``event``, ``level``,
+``timestamp``, then the fields); the timestamp is taken once per turn.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import sys
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+
+_FLUSH_AT = 256 * 1024  # a burst larger than this is written at once, not held for the turn
+
+
+class AccessLog:
+    def __init__(self, fd: int | None = None) -> None:
+        self._fd = fd
+        self._lines: list[bytes] = []
+        self._size = 0
+        self._stamp: str | None = None
+        self._scheduled = False
+
+    def _target(self) -> int:
+        if self._fd is None:
+            # Whatever stdout is now (tests swap it): flush what Python buffered first, so lines
+            # written by print and by structlog keep their order with ours.
+            sys.stdout.flush()
+            return sys.stdout.fileno()
+        return self._fd
+
+    def write(self, fields: dict[str, Any]) -> None:
+        if self._stamp is None:
+            self._stamp = datetime.now(UTC).isoformat().replace("+00:00", "Z")
+        line = orjson.dumps({"event": "request", "level": "info", "timestamp": self._stamp, **fields}, default=str)
+        self._lines.append(line)
+        self._size += len(line) + 1
+        if self._size >= _FLUSH_AT:
+            self.flush()
+        elif not self._scheduled:
+            self._scheduled = True
+            asyncio.get_running_loop().call_soon(self.flush)
+
+    def flush(self) -> None:
+        self._scheduled = False
+        self._stamp = None
+        if not self._lines:
+            return
+        data = b"\n".join(self._lines) + b"\n"
+        self._lines.clear()
+        self._size = 0
+        with contextlib.suppress(OSError, ValueError):  # stdout gone: the request is served anyway
+            fd = self._target()
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]

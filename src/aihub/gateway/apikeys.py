@@ -1,0 +1,188 @@
+"""API keys at the gateway: ``Authorization: Bearer ahk_…`` or ``X-API-Key: ahk_…``.
+
+The gateway has no database: it asks core (``GET /api/keys/current``, authenticated by the
+key itself) who the key is and keeps the answer in a bounded in-process cache for
+``AIHUB_GATEWAY_API_KEY_CACHE_SECONDS``, under the key's SHA-256 (never the key). Concurrent
+requests with one unknown key wait on one lookup. Revocation does not wait for the cache: the
+key's and its user's revocation markers are read in the same Redis round trip as the rate
+limit (ratelimit.py), so a revoked key or a suspended user stops on the next request at every
+gateway. Expiry and ``allowedIps`` are checked here on every request, from the cached record.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import hashlib
+import ipaddress
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import aiohttp
+import structlog
+from multidict import CIMultiDictProxy
+
+from aihub.gateway.authcheck import Identity
+from aihub.gateway.balancer import Balancer
+from aihub.kit.errors import AppError, ServiceUnavailable
+from aihub.kit.jsonutil import loads
+from aihub.kit.jwt import Claims
+
+log = structlog.get_logger("aihub.gateway.apikeys")
+
+KEY_PREFIX = "ahk_"
+_MAX_KEY_LEN = 200
+_RESOLVE_PATH = "/api/keys/current"
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+class InvalidApiKey(AppError):
+    status_code, code, message = 401, "INVALID_API_KEY", "The API key is unknown or revoked"
+
+
+class KeyExpired(AppError):
+    status_code, code, message = 401, "KEY_EXPIRED", "The API key has expired"
+
+
+class KeyIpNotAllowed(AppError):
+    status_code, code, message = 403, "KEY_IP_NOT_ALLOWED", "This API key may not be used from this address"
+
+
+@dataclass(frozen=True, slots=True)
+class KeyRecord:
+    id: str
+    user_id: str
+    role: str
+    roles: tuple[str, ...]
+    permissions: tuple[str, ...]
+    expires_at: float | None  # Unix seconds
+    networks: tuple[Network, ...] | None
+    requests_per_minute: int | None
+    fetched: float  # monotonic
+
+    def identity(self) -> Identity:
+        claims = Claims(
+            sub=self.user_id,
+            typ="apikey",
+            jti=f"apikey:{self.id}",
+            role=self.role,
+            roles=self.roles,
+            email=None,
+            scopes=(),
+            iat=0,
+            exp=int(self.expires_at) if self.expires_at is not None else None,
+            raw={"permissions": list(self.permissions), "requestsPerMinute": self.requests_per_minute},
+        )
+        return Identity(user_id=self.user_id, role=self.role, jti=claims.jti, claims=claims, api_key_id=self.id)
+
+
+def presented_key(headers: CIMultiDictProxy[str], bearer: str | None) -> str | None:
+    """The API key of a request, if it carries one (``X-API-Key`` wins over the bearer)."""
+    header = headers.get("X-API-Key")
+    if header is not None:
+        return header.strip()
+    if bearer is not None and bearer.startswith(KEY_PREFIX):
+        return bearer
+    return None
+
+
+def _record(body: dict[str, object], now: float) -> KeyRecord:
+    expires = body.get("expiresAt")
+    ips = body.get("allowedIps")
+    rpm = body.get("requestsPerMinute")
+    return KeyRecord(
+        id=str(body["id"]),
+        user_id=str(body["userId"]),
+        role=str(body.get("role") or "guest"),
+        roles=tuple(str(r) for r in body.get("roles") or ()),  # type: ignore[attr-defined]
+        permissions=tuple(str(p) for p in body.get("permissions") or ()),  # type: ignore[attr-defined]
+        expires_at=dt.datetime.fromisoformat(str(expires)).timestamp() if expires else None,
+        networks=None if ips is None else tuple(ipaddress.ip_network(str(n)) for n in ips),  # type: ignore[attr-defined]
+        requests_per_minute=int(rpm) if isinstance(rpm, int) else None,
+        fetched=now,
+    )
+
+
+class KeyResolver:
+    """Key → record, cached (LRU, bounded) and single-flight per key."""
+
+    def __init__(self, balancer: Balancer, *, ttl: float, timeout: float, max_entries: int = 10_000) -> None:
+        self.balancer = balancer
+        self.ttl = ttl
+        self.timeout = aiohttp.ClientTimeout(total=timeout)
+        self.max_entries = max_entries
+        self._cache: OrderedDict[str, KeyRecord] = OrderedDict()
+        self._inflight: dict[str, asyncio.Future[KeyRecord]] = {}
+
+    async def identify(self, session: aiohttp.ClientSession, raw: str, client_ip: str, request_id: str) -> Identity:
+        record = await self.resolve(session, raw, request_id)
+        if record.expires_at is not None and record.expires_at <= time.time():
+            raise KeyExpired
+        if record.networks is not None and not _ip_in(client_ip, record.networks):
+            raise KeyIpNotAllowed
+        return record.identity()
+
+    async def resolve(self, session: aiohttp.ClientSession, raw: str, request_id: str) -> KeyRecord:
+        if not raw.startswith(KEY_PREFIX) or len(raw) > _MAX_KEY_LEN or not raw.isascii():
+            raise InvalidApiKey
+        digest = hashlib.sha256(raw.encode()).hexdigest()
+        now = time.monotonic()
+        cached = self._cache.get(digest)
+        if cached is not None and now - cached.fetched < self.ttl:
+            self._cache.move_to_end(digest)
+            return cached
+        pending = self._inflight.get(digest)
+        if pending is not None:
+            return await asyncio.shield(pending)
+        future: asyncio.Future[KeyRecord] = asyncio.get_running_loop().create_future()
+        self._inflight[digest] = future
+        try:
+            record = await self._fetch(session, raw, request_id)
+        except BaseException as exc:
+            future.set_exception(exc)
+            future.exception()  # retrieved: no "never retrieved" warning when nobody waited
+            raise
+        finally:
+            self._inflight.pop(digest, None)
+        future.set_result(record)
+        if self.ttl > 0:
+            self._cache[digest] = record
+            self._cache.move_to_end(digest)
+            while len(self._cache) > self.max_entries:
+                self._cache.popitem(last=False)
+        return record
+
+    async def _fetch(self, session: aiohttp.ClientSession, raw: str, request_id: str) -> KeyRecord:
+        group = self.balancer.groups.get("core")
+        instance = group.pick() if group is not None else None
+        if instance is None:
+            raise ServiceUnavailable("API keys cannot be verified right now")
+        headers = {"X-API-Key": raw, "X-Request-Id": request_id}
+        try:
+            async with session.get(instance.url + _RESOLVE_PATH, headers=headers, timeout=self.timeout) as resp:
+                body = await resp.read()
+                status = resp.status
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            log.warning("apikey_resolve_failed", error=str(exc) or type(exc).__name__, request_id=request_id)
+            raise ServiceUnavailable("API keys cannot be verified right now") from exc
+        try:
+            data = loads(body)
+        except ValueError:
+            data = None
+        if status == 200 and isinstance(data, dict):
+            return _record(data, time.monotonic())
+        if status in (401, 403) and isinstance(data, dict) and isinstance(data.get("code"), str):
+            # Core's own refusal (INVALID_API_KEY, KEY_EXPIRED, ACCOUNT_SUSPENDED…), passed on.
+            raise AppError(str(data.get("message") or "Refused"), status_code=status, code=str(data["code"]))
+        log.warning("apikey_resolve_unexpected", status=status, request_id=request_id)
+        raise ServiceUnavailable("API keys cannot be verified right now")
+
+
+def _ip_in(address: str, networks: tuple[Network, ...]) -> bool:
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return any(ip in net for net in networks)

@@ -1,0 +1,186 @@
+"""API keys through the real gateway in front of the real core: resolution, refusals, the
+key's own rate, revocation across gateway processes. On PostgreSQL + Redis and on the
+embedded default (SQLite + the in-process store)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from aihub.kit.runtime import Runtime
+from aihub.models import ApiKey
+from tests.conftest import Caller, LiveServer, _core_app, _live, create_user, free_port
+from tests.gateway.conftest import GatewayFactory, LiveGateway, Upstream, bearer, gateway_settings
+from tests.ops import procs
+
+
+@pytest.fixture
+async def core(runtime: Runtime) -> AsyncIterator[LiveServer]:
+    """Core behind uvicorn on whichever backend the ``settings`` fixture picked."""
+    async for live in _live(_core_app(runtime), runtime):
+        yield live
+
+
+async def gateway_for(
+    core: LiveServer, upstreams: dict[str, Upstream], start_gateway: GatewayFactory, **overrides: Any
+) -> LiveGateway:
+    values: dict[str, Any] = {"core_url": core.url, "rate_limit_user": 0, **overrides}
+    return await start_gateway(gateway_settings(upstreams, **values), store=core.runtime.store)
+
+
+async def new_key(http: aiohttp.ClientSession, gw: LiveGateway, caller: Caller, **body: Any) -> dict[str, Any]:
+    async with http.post(gw.url + "/api/keys", headers=bearer(caller.token), json={"name": "gw", **body}) as resp:
+        assert resp.status == 201, await resp.text()
+        return dict(await resp.json())
+
+
+async def status_code(http: aiohttp.ClientSession, url: str, headers: dict[str, str]) -> tuple[int, str | None]:
+    async with http.get(url, headers=headers) as resp:
+        body = await resp.json()
+        return resp.status, body.get("code")
+
+
+async def test_a_key_authenticates_at_the_gateway_with_either_header(
+    core: LiveServer, upstreams: dict[str, Upstream], start_gateway: GatewayFactory, http: aiohttp.ClientSession
+) -> None:
+    caller = await create_user(core.runtime)
+    gw = await gateway_for(core, upstreams, start_gateway)
+    created = await new_key(http, gw, caller)
+    for headers in ({"Authorization": f"Bearer {created['key']}"}, {"X-API-Key": created["key"]}):
+        async with http.get(gw.url + "/api/users/me", headers=headers) as resp:
+            assert resp.status == 200, await resp.text()
+            assert (await resp.json())["id"] == caller.id
+    # The identity headers reach an upstream with the key's id; a client's own is dropped.
+    spoof = {"X-API-Key": created["key"], "X-Api-Key-Id": str(uuid.uuid4()), "X-User-Id": str(uuid.uuid4())}
+    async with http.get(gw.url + "/api/mcp/tools", headers=spoof) as resp:
+        assert resp.status == 200
+    seen = upstreams["mcp"].seen_headers[-1]
+    assert seen["X-Api-Key-Id"] == created["id"] and seen["X-User-Id"] == caller.id
+
+
+async def test_each_refusal_at_the_gateway(
+    core: LiveServer, upstreams: dict[str, Upstream], start_gateway: GatewayFactory, http: aiohttp.ClientSession
+) -> None:
+    rt = core.runtime
+    caller = await create_user(rt)
+    gw = await gateway_for(core, upstreams, start_gateway)
+    unknown = "ahk_" + "a" * 8 + "b" * 43
+    assert await status_code(http, gw.url + "/api/users/me", {"X-API-Key": unknown}) == (401, "INVALID_API_KEY")
+    assert await status_code(http, gw.url + "/api/users/me", {"X-API-Key": "nope"}) == (401, "INVALID_API_KEY")
+    fenced = await new_key(http, gw, caller, allowedIps=["10.0.0.0/8"])
+    assert await status_code(http, gw.url + "/api/users/me", {"X-API-Key": fenced["key"]}) == (
+        403,
+        "KEY_IP_NOT_ALLOWED",
+    )
+    expired = await new_key(http, gw, caller)
+    tx = rt.tx()
+    try:
+        row = await tx.session.get(ApiKey, uuid.UUID(expired["id"]))
+        assert row is not None
+        row.expires_at = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=1)
+        await tx.commit()
+    finally:
+        await tx.close()
+    assert await status_code(http, gw.url + "/api/users/me", {"X-API-Key": expired["key"]}) == (401, "KEY_EXPIRED")
+    # The key's own requests per minute, in the same round trip as the caller's limit.
+    slow = await new_key(http, gw, caller, requestsPerMinute=2)
+    codes = [await status_code(http, gw.url + "/api/users/me", {"X-API-Key": slow["key"]}) for _ in range(3)]
+    assert codes == [(200, None), (200, None), (429, "RATE_LIMIT_EXCEEDED")]
+    async with http.get(gw.url + "/api/users/me", headers={"X-API-Key": slow["key"]}) as resp:
+        assert resp.status == 429 and int(resp.headers["Retry-After"]) >= 1
+    # Another key of the same user has its own bucket.
+    other = await new_key(http, gw, caller)
+    assert await status_code(http, gw.url + "/api/users/me", {"X-API-Key": other["key"]}) == (200, None)
+
+
+async def test_revocation_and_suspension_stop_a_cached_key_on_the_next_request(
+    core: LiveServer, upstreams: dict[str, Upstream], start_gateway: GatewayFactory, http: aiohttp.ClientSession
+) -> None:
+    rt = core.runtime
+    admin = await create_user(rt, roles=["admin"])
+    caller = await create_user(rt)
+    gw = await gateway_for(core, upstreams, start_gateway, gateway_api_key_cache_seconds=3600)
+    created = await new_key(http, gw, caller)
+    headers = {"X-API-Key": created["key"]}
+    # Routed to the fake MCP upstream: only the gateway (and its cache) decides there.
+    assert (await status_code(http, gw.url + "/api/mcp/x", headers))[0] == 200
+    async with http.patch(
+        gw.url + f"/api/users/{caller.id}", headers=bearer(admin.token), json={"status": "suspended"}
+    ) as resp:
+        assert resp.status == 200
+    assert await status_code(http, gw.url + "/api/mcp/x", headers) == (401, "INVALID_API_KEY")
+    async with http.patch(
+        gw.url + f"/api/users/{caller.id}", headers=bearer(admin.token), json={"status": "active"}
+    ) as resp:
+        assert resp.status == 200
+    assert (await status_code(http, gw.url + "/api/mcp/x", headers))[0] == 200
+    async with http.delete(gw.url + f"/api/keys/{created['id']}", headers=bearer(caller.token)) as resp:
+        assert resp.status == 204
+    assert await status_code(http, gw.url + "/api/mcp/x", headers) == (401, "INVALID_API_KEY")
+
+
+async def test_revocation_is_seen_by_a_second_gateway_process_on_its_next_request(
+    live_core: LiveServer,
+    upstreams: dict[str, Upstream],
+    start_gateway: GatewayFactory,
+    http: aiohttp.ClientSession,
+    redis_url: str,
+    tmp_path: Path,
+) -> None:
+    rt = live_core.runtime
+    caller = await create_user(rt)
+    first = await gateway_for(live_core, upstreams, start_gateway, gateway_api_key_cache_seconds=3600)
+    port = free_port()
+    env = procs.aihub_env(
+        AIHUB_REDIS_URL=redis_url,
+        AIHUB_CORE_URL=live_core.url,
+        AIHUB_MCP_URL=upstreams["mcp"].url,
+        AIHUB_AUTH_URL=upstreams["auth"].url,
+        AIHUB_GATEWAY_PORT=str(port),
+        AIHUB_GATEWAY_API_KEY_CACHE_SECONDS="3600",
+        AIHUB_GATEWAY_ACCESS_LOG="false",
+        AIHUB_GATEWAY_HEALTH_INTERVAL_SECONDS="0.25",
+        AIHUB_RATE_LIMIT_USER="0",
+        AIHUB_LOG_LEVEL="warning",
+    )
+    second = procs.start("gateway", ["serve", "gateway"], env, tmp_path, port)
+    try:
+        await procs.wait_status(second.url + "/health", 200)
+        created = await new_key(http, first, caller)
+        headers = {"X-API-Key": created["key"]}
+        for gw_url in (first.url, second.url):  # both have the key cached for an hour now
+            assert (await status_code(http, gw_url + "/api/mcp/x", headers))[0] == 200
+        async with http.delete(first.url + f"/api/keys/{created['id']}", headers=bearer(caller.token)) as resp:
+            assert resp.status == 204
+        # The very next request at the other process is refused: the marker is in Redis
+        # before the 204 leaves, and it is read in the rate-limit round trip.
+        assert await status_code(http, second.url + "/api/mcp/x", headers) == (401, "INVALID_API_KEY")
+    finally:
+        second.terminate()
+        await second.exited()
+
+
+async def test_the_access_log_names_the_key_by_its_id_never_the_key(
+    core: LiveServer,
+    upstreams: dict[str, Upstream],
+    start_gateway: GatewayFactory,
+    http: aiohttp.ClientSession,
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    caller = await create_user(core.runtime)
+    gw = await gateway_for(core, upstreams, start_gateway, gateway_access_log=True)
+    created = await new_key(http, gw, caller)
+    capfd.readouterr()
+    assert (await status_code(http, gw.url + "/api/mcp/x", {"X-API-Key": created["key"]}))[0] == 200
+    out = capfd.readouterr().out
+    assert created["key"] not in out
+    lines = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    access = [r for r in lines if r.get("event") == "request" and r.get("service") == "gateway"]
+    assert [(r["path"], r["api_key_id"], r["user_id"]) for r in access] == [("/api/mcp/x", created["id"], caller.id)]
