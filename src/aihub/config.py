@@ -312,7 +312,8 @@ class Settings(BaseSettings):
     )
     oauth_redirect_uris: str = Field(
         default="",
-        description="comma-separated client URIs that `/api/auth/oauth/google/start` may send the browser back to",
+        description="comma-separated client URIs that `/api/auth/oauth/google/start` may send the browser back to "
+        "(the console, `<AIHUB_PUBLIC_URL>/console/`, is always allowed while it is enabled)",
     )
     oidc_timeout_seconds: float = Field(
         default=5.0, gt=0, le=60, description="timeout of one request to the OpenID provider"
@@ -593,9 +594,22 @@ class Settings(BaseSettings):
     def public_base_url(self) -> str:
         return self.public_url or f"http://127.0.0.1:{self.gateway_port}"
 
+    @property
+    def console_url(self) -> str:
+        return f"{self.public_base_url}/console/"
+
+    @property
+    def google_sign_in_configured(self) -> bool:
+        return bool(self.google_client_id and self.google_client_secret)
+
     @cached_property
     def oauth_redirect_uri_list(self) -> list[str]:
-        return _split(self.oauth_redirect_uris)
+        uris = _split(self.oauth_redirect_uris)
+        # The console (same origin, served by this gateway) spends the code itself, so it is
+        # always a safe place to come back to; other clients must be listed by the operator.
+        if self.console_enabled and self.console_url not in uris:
+            uris.append(self.console_url)
+        return uris
 
     def upstream_urls(self, service: Literal["auth", "core", "mcp"]) -> list[str]:
         explicit = {"auth": self.auth_url, "core": self.core_url, "mcp": self.mcp_url}[service]

@@ -183,5 +183,5 @@ def sign_in(page: Any, system: System, email: str, password: str) -> None:
     page.goto(system.console_url)
     page.get_by_label("Email").fill(email)
     page.get_by_label("Password").fill(password)
-    page.get_by_role("button", name="Sign in").click()
+    page.get_by_role("button", name="Sign in", exact=True).click()
     page.get_by_role("heading", name="Dashboard", level=1).wait_for()

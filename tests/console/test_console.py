@@ -266,3 +266,12 @@ def test_billing_export_shows_the_job_and_downloads_the_csv(
     expect(page.get_by_role("status").filter(has_text="Report ready")).to_be_visible()
     jobs = api.get("/api/billing/jobs", admin).json()["items"]
     assert jobs[0]["kind"] == "billing_export" and jobs[0]["status"] == "succeeded"
+
+
+def test_sign_in_offers_no_google_button_when_google_is_not_configured(page: Any, system: System) -> None:
+    with page.expect_response("**/console/config.json") as config:
+        page.goto(system.console_url)
+    assert config.value.json() == {"googleSignIn": False}
+    expect(page.get_by_role("link", name="Forgot password?")).to_be_visible()
+    expect(page.get_by_role("button", name="Sign in", exact=True)).to_be_visible()
+    expect(page.get_by_role("button", name="Sign in with Google")).to_have_count(0)

@@ -37,7 +37,7 @@ from aihub.gateway.authcheck import (
     bearer_token,
 )
 from aihub.gateway.balancer import Balancer
-from aihub.gateway.console import CONSOLE_CSP, ConsoleFiles, is_console
+from aihub.gateway.console import CONFIG_PATH, CONSOLE_CSP, ConsoleFiles, is_console
 from aihub.gateway.docs import DOCS_CSP, DOCS_PATH, asset
 from aihub.gateway.edges import normalise_path
 from aihub.gateway.headers import Cors, add_security
@@ -425,6 +425,12 @@ class Gateway:
         if path == "/console":
             ctx.generated = True
             return web.Response(status=308, headers={"Location": "/console/"})
+        if path == CONFIG_PATH:
+            # What the sign-in page offers; public, like the files (no secret, no per-user data).
+            return web.json_response(
+                {"googleSignIn": self.settings.google_sign_in_configured},
+                headers={"Content-Security-Policy": CONSOLE_CSP, "Cache-Control": "no-cache"},
+            )
         file = self.console.find(path)
         if file is None:
             raise NotFound("No such console file")

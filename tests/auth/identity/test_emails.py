@@ -15,6 +15,7 @@ import pytest
 from redis.asyncio import Redis
 from sqlalchemy import update
 
+from aihub.auth.identity.emails import RESET_PAGE, VERIFY_PAGE
 from aihub.config import Settings
 from aihub.kit.jobs import QUEUE, jobs_of
 from aihub.models import EmailToken
@@ -96,7 +97,7 @@ async def test_registration_mails_a_verification_link_that_verifies_once(menv: E
     [message] = await mails(smtp_sink, 1)
     assert message["To"] == "verify.me@example.com"
     assert message["Subject"] == "Verify your email address"
-    token = token_in(message, "/verify-email")
+    token = token_in(message, VERIFY_PAGE)
     assert len(token) >= 43  # 256 bits, base64url
     response = await menv.auth.post("/verify-email", json={"token": token})
     assert response.status_code == 200, response.text
@@ -111,7 +112,7 @@ async def test_registration_mails_a_verification_link_that_verifies_once(menv: E
 
 async def test_only_the_hash_of_the_token_is_stored(menv: Env, smtp_sink: SmtpSink) -> None:
     await register(menv.auth, "hash@example.com")
-    token = token_in((await mails(smtp_sink, 1))[0], "/verify-email")
+    token = token_in((await mails(smtp_sink, 1))[0], VERIFY_PAGE)
     tx = menv.rt.tx()
     try:
         from sqlalchemy import select
@@ -140,7 +141,7 @@ async def test_verification_on_request_and_its_limits(
         assert_error(limited, 429, "RATE_LIMIT_EXCEEDED")
         assert int(limited.headers["Retry-After"]) >= 1
         messages = await mails(smtp_sink, 3)
-        tokens = [token_in(m, "/verify-email") for m in messages]
+        tokens = [token_in(m, VERIFY_PAGE) for m in messages]
         assert len(set(tokens)) == 3  # every email its own token
         # Any of them verifies; an expired one does not.
         response = await env.auth.post("/verify-email", json={"token": tokens[2]})
@@ -155,7 +156,7 @@ async def test_a_verification_token_is_void_after_an_email_change(
     menv: Env, smtp_sink: SmtpSink, runtime_admin_headers: dict[str, str]
 ) -> None:
     user = await register(menv.auth, "before@example.com")
-    token = token_in((await mails(smtp_sink, 1))[0], "/verify-email")
+    token = token_in((await mails(smtp_sink, 1))[0], VERIFY_PAGE)
     changed = await menv.core.patch(
         f"/api/users/{user['id']}", json={"email": "after@example.com"}, headers=runtime_admin_headers
     )
@@ -195,7 +196,7 @@ async def test_required_verification_refuses_login_until_verified(
         # … but a wrong password reveals nothing and sends nothing.
         wrong = await env.auth.post("/login", json={"email": "strict@example.com", "password": "wrong-password"})
         assert_error(wrong, 401, "INVALID_CREDENTIALS")
-        response = await env.auth.post("/verify-email", json={"token": token_in(messages[1], "/verify-email")})
+        response = await env.auth.post("/verify-email", json={"token": token_in(messages[1], VERIFY_PAGE)})
         assert response.status_code == 200
         await login(env.auth, "strict@example.com")
     finally:
@@ -228,7 +229,7 @@ async def test_reset_through_the_mail_revokes_every_session(menv: Env, smtp_sink
     assert response.status_code == 202, response.text
     message = (await mails(smtp_sink, 2))[1]
     assert message["To"] == "forgot@example.com" and message["Subject"] == "Reset your password"
-    token = token_in(message, "/reset-password")
+    token = token_in(message, RESET_PAGE)
     response = await menv.auth.post("/password-reset", json={"token": token, "password": NEW_PASSWORD})
     assert response.status_code == 200, response.text
     assert response.json()["user"]["email"] == "forgot@example.com"
@@ -286,14 +287,14 @@ async def test_reset_token_expires_and_new_reset_spends_the_others(menv: Env, sm
     for _ in range(2):
         assert (await _request_reset(menv, "twice@example.com")).status_code == 202
     messages = await mails(smtp_sink, 3)
-    first, second = (token_in(m, "/reset-password") for m in messages[1:])
+    first, second = (token_in(m, RESET_PAGE) for m in messages[1:])
     response = await menv.auth.post("/password-reset", json={"token": second, "password": NEW_PASSWORD})
     assert response.status_code == 200
     # The spare link died with the reset.
     spare = await menv.auth.post("/password-reset", json={"token": first, "password": "some other password"})
     assert_error(spare, 400, "RESET_TOKEN_INVALID")
     assert (await _request_reset(menv, "twice@example.com")).status_code == 202
-    late = token_in((await mails(smtp_sink, 4))[3], "/reset-password")
+    late = token_in((await mails(smtp_sink, 4))[3], RESET_PAGE)
     await expire_tokens(menv)
     response = await menv.auth.post("/password-reset", json={"token": late, "password": "some other password"})
     assert_error(response, 400, "RESET_TOKEN_EXPIRED")
@@ -303,7 +304,7 @@ async def test_reset_token_is_spent_once_under_concurrency(menv: Env, smtp_sink:
     await register(menv.auth, "race@example.com")
     await mails(smtp_sink, 1)
     await _request_reset(menv, "race@example.com")
-    token = token_in((await mails(smtp_sink, 2))[1], "/reset-password")
+    token = token_in((await mails(smtp_sink, 2))[1], RESET_PAGE)
     answers = await asyncio.gather(
         *(
             menv.auth.post("/password-reset", json={"token": token, "password": f"parallel password {i}"})

@@ -49,9 +49,10 @@ RESET_TTL = dt.timedelta(hours=1)
 EMAIL_JOB = "identity.email_token"
 SEND_ATTEMPTS = 3
 SEND_BACKOFF_SECONDS = 1.0
-# Front-end pages the links open; they POST the token to the API.
-VERIFY_PAGE = "/verify-email"
-RESET_PAGE = "/reset-password"
+# The console's pages the links open; they POST the token to the API. The token rides in the
+# fragment, which the browser never sends: it stays out of server and proxy logs and Referer.
+VERIFY_PAGE = "/console/#/verify-email"
+RESET_PAGE = "/console/#/reset-password"
 
 Purpose = Literal["verify", "reset"]
 ACCEPTED = {"status": "accepted", "message": "If the address can receive it, an email is on its way"}

@@ -69,6 +69,20 @@ export async function signIn(email, password) {
   return session.me;
 }
 
+/** Finish Google sign-in: spend the one-time code the callback put in the console's URL. */
+export async function signInWithCode(code) {
+  const pair = await raw("POST", "/api/auth/oauth/exchange", { body: { code }, auth: false });
+  keep(pair);
+  session.me = await raw("GET", "/api/auth/me");
+  changed();
+  return session.me;
+}
+
+/** A call that needs no session (reset request, token pages, the console's config). */
+export function publicCall(method, path, body) {
+  return raw(method, path, { body, auth: false });
+}
+
 export async function signOut() {
   try {
     if (session.access) await raw("POST", "/api/auth/logout", { body: { refreshToken: session.refresh } });

@@ -4,6 +4,7 @@
 import { can, me, onSessionChange, signedIn, signIn, signOut } from "./api.js";
 import { clear, errorNotice, field, form, h, pageTitle } from "./ui.js";
 import { PAGES } from "./pages/index.js";
+import { consoleConfig, finishOAuthReturn, googleButton, PUBLIC_PAGES } from "./account.js";
 
 const main = document.getElementById("main");
 const nav = document.getElementById("nav");
@@ -44,10 +45,12 @@ function renderWho() {
   clear(who, h("span", { class: "email" }, user.user.email), h("span", { class: "badge" }, user.roles.join(", ") || "no role"), out);
 }
 
-function signInPage() {
+function signInPage(problem) {
   nav.hidden = true;
   toggle.hidden = true;
-  const box = h("div");
+  document.title = "Sign in · aihub console";
+  const box = h("div", { "aria-live": "polite" }, problem ? errorNotice(problem) : null);
+  const google = h("div", { class: "alt-signin" });
   const f = form(
     { class: "panel", "aria-label": "Sign in" },
     [
@@ -61,8 +64,12 @@ function signInPage() {
       route();
     },
   );
-  clear(main, h("div", { class: "signin" }, pageTitle("Sign in to aihub"), box, f));
+  const forgot = h("p", {}, h("a", { href: "#/forgot-password" }, "Forgot password?"));
+  clear(main, h("div", { class: "signin" }, pageTitle("Sign in to aihub"), box, f, forgot, google));
   f.querySelector("input").focus();
+  consoleConfig().then((config) => {
+    if (config.googleSignIn && google.isConnected) clear(google, h("p", { class: "muted" }, "or"), googleButton());
+  });
 }
 
 function parse() {
@@ -73,12 +80,24 @@ function parse() {
 
 let renderToken = 0;
 
-async function route() {
-  if (!signedIn()) {
-    signInPage();
+async function route(problem) {
+  const { path, params } = parse();
+  const open = PUBLIC_PAGES[path];
+  if (open) {
+    // Email links work signed in or not; without a session there is no nav to show.
+    if (!signedIn()) {
+      nav.hidden = true;
+      toggle.hidden = true;
+    }
+    document.title = `${open.title} · aihub console`;
+    ++renderToken;
+    await open.render(main, params);
     return;
   }
-  const { path, params } = parse();
+  if (!signedIn()) {
+    signInPage(problem);
+    return;
+  }
   const page = PAGES.find((p) => p.route === path) || PAGES[0];
   nav.hidden = false;
   toggle.hidden = false;
@@ -116,4 +135,4 @@ window.addEventListener("hashchange", () => {
   }
   route();
 });
-route();
+finishOAuthReturn().then((problem) => route(problem));
