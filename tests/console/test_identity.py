@@ -29,7 +29,6 @@ PASSWORD = "identity-password-1"
 NEW_PASSWORD = "a brand new password"
 
 
-
 class ThreadedOidc:
     """The fake provider served from a private event loop in a daemon thread."""
 
