@@ -226,6 +226,13 @@ def migrate() -> None:
     err.print("[green]database is up to date[/green]")
 
 
+def _read_password(prompt: str) -> str:
+    """A password from standard input (a script pipes it), or asked twice on a terminal."""
+    if not sys.stdin.isatty():
+        return sys.stdin.readline().rstrip("\n")
+    return str(typer.prompt(prompt, hide_input=True, confirmation_prompt=True))
+
+
 @admin_app.command("create")
 def admin_create(
     email: Annotated[str, typer.Option("--email", help="The administrator's email")],
@@ -234,11 +241,7 @@ def admin_create(
     """Create an administrator, or give an existing account the admin role (idempotent)."""
     settings = _settings()
     if password is None:
-        password = (
-            sys.stdin.readline().rstrip("\n")
-            if not sys.stdin.isatty()
-            else typer.prompt("Password", hide_input=True, confirmation_prompt=True)
-        )
+        password = _read_password("Password")
     if len(password) < 8:
         err.print("[red]the password must be at least 8 characters[/red]")
         raise typer.Exit(2)
@@ -270,11 +273,7 @@ def admin_set_password(
     (asked twice on a terminal), must pass the registration rules, and every session of the
     account ends (refresh tokens, their access tokens, Sora sessions). Writes an audit row."""
     settings = _settings()
-    password = (
-        sys.stdin.readline().rstrip("\n")
-        if not sys.stdin.isatty()
-        else typer.prompt("New password", hide_input=True, confirmation_prompt=True)
-    )
+    password = _read_password("New password")
     problem = _password_problem(password)
     if problem:
         err.print(f"[red]{problem}[/red]")
