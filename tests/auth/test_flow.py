@@ -11,6 +11,7 @@ from sqlalchemy import select
 
 from aihub.auth import lockout
 from aihub.auth import service as auth_service
+from aihub.kit import passwords
 from aihub.kit.runtime import Runtime
 from aihub.models import AuditLog, RefreshToken
 from tests.auth.conftest import PASSWORD, age_rotation, assert_error, login, register, signed_up
@@ -108,7 +109,7 @@ async def test_login_failure_is_the_same_for_unknown_email_and_wrong_password(
 ) -> None:
     await register(auth_client, "known@example.com")
     verified: list[bool] = []
-    real = auth_service.verify_password
+    real = passwords.verify_password
 
     async def counting(stored: str | None, password: str) -> bool:
         verified.append(stored is None)

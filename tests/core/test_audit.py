@@ -85,9 +85,8 @@ async def test_verify_detects_edit_and_delete(client: httpx.AsyncClient, admin: 
     rows = await _rows(runtime)
     victim = next(r for r in rows if r.after and r.after.get("email") == "chain2@example.com")
     tx = runtime.tx()
-    await tx.session.execute(
-        update(AuditLog).where(AuditLog.id == victim.id).values(after={**victim.after, "email": "evil@example.com"})
-    )
+    forged = {**(victim.after or {}), "email": "evil@example.com"}
+    await tx.session.execute(update(AuditLog).where(AuditLog.id == victim.id).values(after=forged))
     await tx.commit()
     await tx.close()
     bad = (await client.get("/api/audit-logs/verify", headers=admin.headers)).json()
@@ -139,7 +138,9 @@ async def test_rows_hashed_before_0008_still_verify(client: httpx.AsyncClient, a
     ordered = sorted((r for r in rows if r.chain == chain), key=lambda r: r.chain_seq)
     for row in ordered:  # rewrite this chain as the pre-0008 code wrote it
         row.hash_version, row.prev_hash = 1, prev
-        row.hash = audit.row_hash(row)
+        rehashed = audit.row_hash(row)
+        assert rehashed is not None
+        row.hash = rehashed
         await tx.session.execute(
             update(AuditLog).where(AuditLog.id == row.id).values(hash_version=1, prev_hash=prev, hash=row.hash)
         )

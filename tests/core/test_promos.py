@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest
 from sqlalchemy import func, select
+from sqlalchemy.sql.elements import ColumnElement
 
 from aihub.config import Settings
 from aihub.core.promos import service as promos
@@ -24,7 +25,7 @@ BASE = "/api/promo-codes"
 GENERATED = re.compile(r"^[2-9A-HJKMNP-Z]{4}(-[2-9A-HJKMNP-Z]{4}){3}$")
 
 
-async def count(rt: Runtime, model: type, *where: object) -> int:
+async def count(rt: Runtime, model: type, *where: ColumnElement[bool]) -> int:
     tx = rt.tx()
     try:
         return int((await tx.session.execute(select(func.count()).select_from(model).where(*where))).scalar_one())

@@ -9,7 +9,7 @@ import io
 import random
 import uuid
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, cast
 
 import httpx
 import pytest
@@ -248,7 +248,7 @@ async def test_failed_job_reports_its_code_and_keeps_no_result(runtime: Runtime,
         assert done["status"] == "failed" and done["error"]["code"] == "REPORT_TIMEOUT"
         assert done["downloadUrl"] is None and done["resultBytes"] is None
         failed = assert_error(await client.get(f"{job['url']}/download", headers=user.headers), 409, "REPORT_FAILED")
-        assert failed["details"]["code"] == "REPORT_TIMEOUT"
+        assert cast(dict[str, Any], failed["details"])["code"] == "REPORT_TIMEOUT"
     finally:
         await client.aclose()
         await slow.close()

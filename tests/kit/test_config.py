@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from typing import Any, cast
+
 import pytest
 from pydantic import ValidationError
 
@@ -38,4 +40,4 @@ def test_production_refuses_the_default_secret() -> None:
 )
 def test_bad_values_are_refused(field: str, value: object) -> None:
     with pytest.raises(ValidationError):
-        Settings(**{field: value})
+        Settings(**cast(dict[str, Any], {field: value}))

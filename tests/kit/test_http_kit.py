@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
+from typing import cast
 
 import httpx
 import pytest
@@ -66,7 +67,7 @@ async def test_validation_error_lists_fields(kit_client: httpx.AsyncClient) -> N
         }
     ]
     missing = check_shape(await kit_client.post("/items", json={}), 422, "VALIDATION_ERROR")
-    assert {d["field"] for d in missing["details"]} == {"body.name", "body.qty"}  # type: ignore[union-attr]
+    assert {d["field"] for d in cast(list[dict[str, str]], missing["details"])} == {"body.name", "body.qty"}
 
 
 async def test_malformed_json_and_media_type(kit_client: httpx.AsyncClient) -> None:

@@ -92,7 +92,7 @@ async def test_lone_surrogates_are_refused(
 
 # ------------------------------------------------------------------ 2. timestamps
 
-FILTERS = [
+FILTERS: list[tuple[str, dict[str, str]]] = [
     ("/api/credits/transactions", {}),
     ("/api/usage", {}),
     ("/api/usage/summary", {}),
@@ -122,8 +122,8 @@ async def test_timestamps_are_rfc3339_within_years_1_to_9999(client: httpx.Async
         assert (await client.get(path, headers=admin.headers, params=good)).status_code in (200, 202), path
     # Bodies: promo windows, as strings and as bare JSON numbers.
     for field in ("startsAt", "expiresAt"):
-        for value in [*BAD_TIMES, 0, 1700000000, -9286.5, True]:
-            response = await client.post("/api/promo-codes", headers=admin.headers, json={"credits": 1, field: value})
+        for raw in [*BAD_TIMES, 0, 1700000000, -9286.5, True]:
+            response = await client.post("/api/promo-codes", headers=admin.headers, json={"credits": 1, field: raw})
             _bad(response, f"body.{field}")
     created = await client.post(
         "/api/promo-codes", headers=admin.headers, json={"credits": 1, "expiresAt": "9999-12-31T09:59:59-14:00"}

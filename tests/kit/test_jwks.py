@@ -7,7 +7,7 @@ import base64
 import json
 import uuid
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, cast
 
 import jwt as pyjwt
 import pytest
@@ -187,7 +187,7 @@ async def test_keys_from_the_set_cannot_enable_hs256_or_none(fake_jwks: FakeJwks
     claims = {"sub": "x", "typ": "access", "jti": "j", "iat": 1, "exp": 2**40, "iss": "aihub-auth", "aud": "aihub"}
     refused = [
         pyjwt.encode(claims, secret, algorithm="HS256", headers={"kid": "hs"}),
-        pyjwt.encode(claims, None, algorithm="none", headers={"kid": "a"}),
+        pyjwt.encode(claims, "", algorithm="none", headers={"kid": "a"}),
         # HS/RS confusion: HMAC keyed with the published RSA key, under its kid.
         pyjwt.encode(claims, b"not-the-rsa-key-but-any-bytes-at-all", algorithm="HS256", headers={"kid": "a"}),
     ]
@@ -271,7 +271,7 @@ async def test_loaded_in_the_background_and_refreshed_by_max_age(
         if fake_jwks.hits >= 3:
             break
         await asyncio.sleep(0.05)
-    assert client.state == "ok"
+    assert cast(str, client.state) == "ok"  # mypy keeps the narrowing from before the awaits
     assert fake_jwks.hits >= 3  # loaded, then refreshed on its own by the answer's max-age
     assert codec.verify(signer(ED_KEY, "b").issue(sub="bob", role="user")).sub == "bob"
 

@@ -94,5 +94,6 @@ def test_metadata_is_accepted_only_when_it_survives_json(value: Any) -> None:
 
 def test_the_bounds_themselves() -> None:
     assert ADAPTER.validate_python(_nest(MAX_METADATA_DEPTH)) == _nest(MAX_METADATA_DEPTH)
+    bad: object
     for bad in (_nest(MAX_METADATA_DEPTH + 1), {"n": INT64_MAX + 1}, {"f": math.inf}, {"s": "\ud800"}, [], "x"):
         assert metadata_problem(bad) is not None
