@@ -13,6 +13,7 @@ from typing import Any
 
 from sqlalchemy import Select, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.sql.elements import ColumnElement
 
 from aihub.kit.db import as_utc
 from aihub.kit.pagination import PageParams, keyset
@@ -59,32 +60,26 @@ async def find_refresh(session: AsyncSession, token_hash: str) -> RefreshToken |
     return (await session.execute(stmt)).scalar_one_or_none()
 
 
-async def revoke_family(session: AsyncSession, family_id: uuid.UUID, now: dt.datetime) -> int:
+async def _revoke_where(session: AsyncSession, now: dt.datetime, *where: ColumnElement[bool]) -> int:
+    """Revoke every live refresh token matching ``where``; how many were still live."""
     stmt = (
         update(RefreshToken)
-        .where(RefreshToken.family_id == family_id, RefreshToken.revoked_at.is_(None))
+        .where(RefreshToken.revoked_at.is_(None), *where)
         .values(revoked_at=now)
         .execution_options(synchronize_session=False)
     )
     result: Any = await session.execute(stmt)
     return int(result.rowcount or 0)
+
+
+async def revoke_family(session: AsyncSession, family_id: uuid.UUID, now: dt.datetime) -> int:
+    return await _revoke_where(session, now, RefreshToken.family_id == family_id)
 
 
 async def revoke_family_of_user(
     session: AsyncSession, family_id: uuid.UUID, user_id: uuid.UUID, now: dt.datetime
 ) -> int:
-    stmt = (
-        update(RefreshToken)
-        .where(
-            RefreshToken.family_id == family_id,
-            RefreshToken.user_id == user_id,
-            RefreshToken.revoked_at.is_(None),
-        )
-        .values(revoked_at=now)
-        .execution_options(synchronize_session=False)
-    )
-    result: Any = await session.execute(stmt)
-    return int(result.rowcount or 0)
+    return await _revoke_where(session, now, RefreshToken.family_id == family_id, RefreshToken.user_id == user_id)
 
 
 async def family_started_at(session: AsyncSession, family_id: uuid.UUID) -> dt.datetime | None:
@@ -107,14 +102,7 @@ async def families_issued_since(session: AsyncSession, user_id: uuid.UUID, since
 
 async def revoke_user_refresh_tokens(session: AsyncSession, user_id: uuid.UUID, now: dt.datetime) -> int:
     """Every live refresh token of one user (suspension, deletion)."""
-    stmt = (
-        update(RefreshToken)
-        .where(RefreshToken.user_id == user_id, RefreshToken.revoked_at.is_(None))
-        .values(revoked_at=now)
-        .execution_options(synchronize_session=False)
-    )
-    result: Any = await session.execute(stmt)
-    return int(result.rowcount or 0)
+    return await _revoke_where(session, now, RefreshToken.user_id == user_id)
 
 
 async def add_service_token(session: AsyncSession, row: ServiceToken) -> ServiceToken:

@@ -13,7 +13,8 @@ from contextlib import asynccontextmanager
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import DateTime, Numeric, String, event, func
+from sqlalchemy import JSON, DateTime, Numeric, String, event, func
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.orm import DeclarativeBase
@@ -32,6 +33,10 @@ def as_utc(value: dt.datetime | None) -> dt.datetime | None:
     if value is None:
         return None
     return value.replace(tzinfo=dt.UTC) if value.tzinfo is None else value.astimezone(dt.UTC)
+
+
+# JSON columns: JSONB on PostgreSQL (indexable, compact), plain JSON text on SQLite.
+JSONType = JSON().with_variant(JSONB(), "postgresql")
 
 
 class UTCDateTime(TypeDecorator[dt.datetime]):

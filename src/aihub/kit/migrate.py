@@ -6,8 +6,6 @@ from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -30,17 +28,6 @@ def _upgrade(connection: Connection) -> None:
     command.upgrade(cfg, "heads")  # domains add branches; all heads apply
 
 
-def _pending(connection: Connection) -> bool:
-    current = MigrationContext.configure(connection).get_current_heads()
-    heads = ScriptDirectory.from_config(alembic_config()).get_heads()
-    return set(current) != set(heads)
-
-
 async def upgrade(engine: AsyncEngine) -> None:
     async with engine.begin() as conn:
         await conn.run_sync(_upgrade)
-
-
-async def is_current(engine: AsyncEngine) -> bool:
-    async with engine.connect() as conn:
-        return not await conn.run_sync(_pending)

@@ -6,13 +6,10 @@ import datetime as dt
 import uuid
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, CheckConstraint, ForeignKey, Index, String, Uuid
-from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy import BigInteger, CheckConstraint, ForeignKey, Index, String, Uuid
 from sqlalchemy.orm import Mapped, mapped_column
 
-from aihub.kit.db import Base, UTCDateTime, utcnow
-
-JSONType = JSON().with_variant(JSONB(), "postgresql")
+from aihub.kit.db import Base, JSONType, UTCDateTime, utcnow
 
 
 class ApiKey(Base):

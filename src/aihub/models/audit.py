@@ -4,13 +4,10 @@ import datetime as dt
 import uuid
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Index, Integer, SmallInteger, String, Text, Uuid
-from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy import BigInteger, Index, Integer, SmallInteger, String, Text, Uuid
 from sqlalchemy.orm import Mapped, mapped_column
 
-from aihub.kit.db import Base, UTCDateTime, utcnow
-
-JSONType = JSON().with_variant(JSONB(), "postgresql")
+from aihub.kit.db import Base, JSONType, UTCDateTime, utcnow
 
 
 class AuditLog(Base):

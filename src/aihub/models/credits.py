@@ -4,13 +4,11 @@ import datetime as dt
 import uuid
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, CheckConstraint, ForeignKey, Index, Integer, String, Uuid
-from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy import BigInteger, CheckConstraint, ForeignKey, Index, Integer, String, Uuid
 from sqlalchemy.orm import Mapped, mapped_column
 
-from aihub.kit.db import Base, UTCDateTime, utcnow
+from aihub.kit.db import Base, JSONType, UTCDateTime, utcnow
 
-JSONType = JSON().with_variant(JSONB(), "postgresql")
 # SQLite only auto-numbers an INTEGER PRIMARY KEY; PostgreSQL gets a 64-bit identity.
 SeqType = BigInteger().with_variant(Integer(), "sqlite")
 

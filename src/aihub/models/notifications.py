@@ -8,8 +8,7 @@ import uuid
 from sqlalchemy import Boolean, CheckConstraint, ForeignKey, Index, Integer, String, Text, Uuid
 from sqlalchemy.orm import Mapped, mapped_column
 
-from aihub.kit.db import Base, UTCDateTime, utcnow
-from aihub.models.credits import JSONType
+from aihub.kit.db import Base, JSONType, UTCDateTime, utcnow
 
 
 class CreditAlertSettings(Base):

@@ -9,8 +9,7 @@ from typing import Any
 from sqlalchemy import BigInteger, Boolean, CheckConstraint, ForeignKey, Index, String, Uuid
 from sqlalchemy.orm import Mapped, mapped_column
 
-from aihub.kit.db import Base, UTCDateTime, utcnow
-from aihub.models.credits import JSONType
+from aihub.kit.db import Base, JSONType, UTCDateTime, utcnow
 
 
 class CreditPackage(Base):

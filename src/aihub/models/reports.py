@@ -4,13 +4,10 @@ import datetime as dt
 import uuid
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Index, LargeBinary, String, Uuid, text
-from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy import BigInteger, Index, LargeBinary, String, Uuid, text
 from sqlalchemy.orm import Mapped, mapped_column
 
-from aihub.kit.db import Base, UTCDateTime, utcnow
-
-JSONType = JSON().with_variant(JSONB(), "postgresql")
+from aihub.kit.db import Base, JSONType, UTCDateTime, utcnow
 
 
 class ReportJob(Base):

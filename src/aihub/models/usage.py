@@ -5,13 +5,10 @@ import uuid
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Date, ForeignKey, Index, Integer, String, Uuid
-from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy import BigInteger, Date, ForeignKey, Index, Integer, String, Uuid
 from sqlalchemy.orm import Mapped, mapped_column
 
-from aihub.kit.db import Base, ExactDecimal, UTCDateTime, utcnow
-
-JSONType = JSON().with_variant(JSONB(), "postgresql")
+from aihub.kit.db import Base, ExactDecimal, JSONType, UTCDateTime, utcnow
 
 
 class UsageEvent(Base):

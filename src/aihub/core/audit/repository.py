@@ -10,10 +10,9 @@ from typing import Any
 from sqlalchemy import Select, bindparam, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from aihub.kit.db import UTCDateTime
+from aihub.kit.db import JSONType, UTCDateTime
 from aihub.kit.pagination import PageParams, keyset
 from aihub.models import AuditChainHead, AuditLog
-from aihub.models.audit import JSONType
 
 # PostgreSQL: move the chain head and insert the row it now points at, in one statement. The
 # head's row lock serialises appends to a chain; SET reads the old values, so prev_hash gets
