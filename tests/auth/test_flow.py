@@ -7,11 +7,10 @@ from typing import Any
 
 import httpx
 import pytest
+from prometheus_client import REGISTRY
 from sqlalchemy import select
 
 from aihub.auth import lockout
-from aihub.auth import service as auth_service
-from aihub.kit import passwords
 from aihub.kit.runtime import Runtime
 from aihub.models import AuditLog, RefreshToken
 from tests.auth.conftest import PASSWORD, age_rotation, assert_error, login, register, signed_up
@@ -104,25 +103,23 @@ async def test_refresh_tokens_are_stored_hashed(auth_client: httpx.AsyncClient, 
     assert len(hashes[0]) == 64
 
 
-async def test_login_failure_is_the_same_for_unknown_email_and_wrong_password(
-    auth_client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
-) -> None:
+async def test_login_failure_is_the_same_for_unknown_email_and_wrong_password(auth_client: httpx.AsyncClient) -> None:
     await register(auth_client, "known@example.com")
-    verified: list[bool] = []
-    real = passwords.verify_password
 
-    async def counting(stored: str | None, password: str) -> bool:
-        verified.append(stored is None)
-        return await real(stored, password)
+    def verified(account: str) -> float:
+        return REGISTRY.get_sample_value("aihub_password_verifications_total", {"account": account}) or 0.0
 
-    monkeypatch.setattr(auth_service, "verify_password", counting)
+    before = verified("known"), verified("unknown")
     wrong = await auth_client.post("/login", json={"email": "known@example.com", "password": "wrong-password"})
+    after_wrong = verified("known"), verified("unknown")
     unknown = await auth_client.post("/login", json={"email": "ghost@example.com", "password": "wrong-password"})
+    after_unknown = verified("known"), verified("unknown")
     a = assert_error(wrong, 401, "INVALID_CREDENTIALS")
     b = assert_error(unknown, 401, "INVALID_CREDENTIALS")
     assert {k: v for k, v in a.items() if k != "requestId"} == {k: v for k, v in b.items() if k != "requestId"}
     # Both paths pay for one argon2 verification (against a dummy hash when there is no account).
-    assert verified == [False, True]
+    assert after_wrong == (before[0] + 1, before[1])
+    assert after_unknown == (after_wrong[0], after_wrong[1] + 1)
 
 
 async def test_email_taken_and_password_rules(auth_client: httpx.AsyncClient) -> None:
