@@ -364,7 +364,7 @@ def _print_reconcile(report: Any, show: int) -> None:
         str(report.accounts),
         str(report.rows),
         str(report.total_balance),
-        str(len(report.mismatches)),
+        f"{report.mismatched:,}",
         "[green]clean[/green]" if report.ok else "[red]MISMATCH[/red]",
     )
     out.print(summary)
