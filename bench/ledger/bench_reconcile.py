@@ -9,8 +9,8 @@ ledger rows spread over them (each row's balance_after chaining on the one befor
 ledger is clean), a few active holds. Then each way runs in its OWN child process (so one
 way's heap cannot flatter or burden the other), which prints its wall time for the reconcile
 call and its peak RSS (``ru_maxrss`` of that process, interpreter and imports included).
-Both must report the same totals and zero mismatches; then one account is damaged and both
-must find exactly it.
+The shipped command, `aihub ledger reconcile`, is measured whole as well. Both ways must report
+the same totals and zero mismatches; then one account is damaged and both must find exactly it.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -39,6 +40,7 @@ from sqlalchemy import func, select, text
 
 from aihub.config import Settings
 from aihub.core.credits.reconcile import reconcile
+from aihub.kit.db import Tx, create_engine, create_sessionmaker
 from aihub.kit.runtime import Runtime
 from aihub.models import CreditAccount, CreditHold, CreditTransaction
 
@@ -83,8 +85,14 @@ async def old_reconcile(session):
 
 
 async def main(way):
-    rt = Runtime.build(Settings(env="test"))
-    tx = rt.tx()
+    # The old way as main's CLI ran it (a whole Runtime); the new one as the CLI runs it now.
+    if way == "old":
+        rt = Runtime.build(Settings(env="test"))
+        session, close = rt.sessionmaker(), rt.close
+    else:
+        engine = create_engine(Settings(env="test", db_pool_size=1, db_pool_overflow=0))
+        session, close = create_sessionmaker(engine)(), engine.dispose
+    tx = Tx(session)
     try:
         await tx.session.execute(text("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY"))
         started = time.perf_counter()
@@ -96,7 +104,7 @@ async def main(way):
         seconds = time.perf_counter() - started
     finally:
         await tx.close()
-        await rt.close()
+        await close()
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
     print(json.dumps({"way": way, "seconds": seconds, "peak_mb": peak, "accounts": accounts, "rows": rows,
                       "total": total, "bad": sorted(str(c.user_id) for c in bad),
@@ -183,11 +191,55 @@ def run_child(way: str, env: dict[str, str]) -> dict[str, object]:
     return result
 
 
+# `aihub ledger reconcile` itself, as a grandchild: this wrapper's RUSAGE_CHILDREN is its peak.
+CLI = r"""
+import json, resource, subprocess, sys, time
+started = time.perf_counter()
+done = subprocess.run([sys.argv[1], *(sys.argv[2:] or ["ledger", "reconcile"])], capture_output=True, text=True)
+seconds = time.perf_counter() - started
+peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+print(json.dumps({"way": "cli", "seconds": seconds, "peak_mb": peak, "exit": done.returncode, "out": done.stdout}))
+"""
+
+
+def run_cli(env: dict[str, str], *args: str) -> dict[str, object]:
+    done = subprocess.run(
+        [sys.executable, "-c", CLI, AIHUB, *args], env=env, capture_output=True, text=True, check=True
+    )
+    result: dict[str, object] = json.loads(done.stdout.strip().splitlines()[-1])
+    return result
+
+
+def restore(env: dict[str, str]) -> None:
+    """`aihub backup`, then `aihub restore` into an empty database: its verification reconciles
+    the whole restored ledger (the damaged account included, so it must exit 1 naming it)."""
+    target = DB + "_restored"
+    asyncio.run(admin(f"DROP DATABASE IF EXISTS {target} WITH (FORCE)"))
+    asyncio.run(admin(f"CREATE DATABASE {target}"))
+    with tempfile.TemporaryDirectory() as out:
+        try:
+            subprocess.run([AIHUB, "backup", "-o", out], env=env, check=True, capture_output=True)
+            url = dsn(target).replace("postgresql://", "postgresql+asyncpg://")
+            done = run_cli(env, "restore", out, "--target-url", url)
+        finally:
+            asyncio.run(admin(f"DROP DATABASE IF EXISTS {target} WITH (FORCE)"))
+    output = str(done["out"])
+    assert done["exit"] == 1 and "1 mismatched" in output, output
+    verification = next(line for line in output.splitlines() if "verification" in line and " s" in line)
+    print(
+        f"`aihub restore` (whole process): {float(done['seconds']):.2f} s ({verification.strip()}), "  # type: ignore[arg-type]
+        f"peak RSS {float(done['peak_mb']):.1f} MB"
+    )  # type: ignore[arg-type]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--accounts", type=int, default=10_000)
     parser.add_argument("--repeat", type=int, default=2, help="runs of each way (the best is shown)")
+    parser.add_argument(
+        "--restore", action=argparse.BooleanOptionalAction, default=True, help="also back up and restore"
+    )
     parser.add_argument("--keep", action="store_true", help="leave the database for inspection")
     args = parser.parse_args()
 
@@ -204,9 +256,12 @@ def main() -> None:
         )
         print(f"load average {os.getloadavg()[0]:.2f}")
         results: dict[str, list[dict[str, object]]] = {"old": [], "new": []}
+        cli: list[dict[str, object]] = []
         for _ in range(args.repeat):
             for way in ("new", "old"):
                 results[way].append(run_child(way, env))
+            cli.append(run_cli(env))
+        assert all(r["exit"] == 0 and "clean" in str(r["out"]) for r in cli), cli
         clean = {(r["accounts"], r["rows"], r["total"], len(r["bad"])) for rs in results.values() for r in rs}  # type: ignore[arg-type]
         assert len(clean) == 1 and next(iter(clean))[3] == 0, clean
         print(f"{'way':<5} {'seconds (best)':>15} {'peak RSS MB (max)':>18}")
@@ -217,11 +272,18 @@ def main() -> None:
         old, new = results["old"], results["new"]
         ratio_t = min(float(r["seconds"]) for r in new) / min(float(r["seconds"]) for r in old)  # type: ignore[arg-type]
         ratio_m = max(float(r["peak_mb"]) for r in new) / max(float(r["peak_mb"]) for r in old)  # type: ignore[arg-type]
+        print(
+            f"`aihub ledger reconcile` (whole process, start-up included): "
+            f"{min(float(r['seconds']) for r in cli):.2f} s, "  # type: ignore[arg-type]
+            f"peak RSS {max(float(r['peak_mb']) for r in cli):.1f} MB"  # type: ignore[arg-type]
+        )
         print(f"new/old: time {ratio_t:.2f}, peak RSS {ratio_m:.2f}; totals {next(iter(clean))[:3]}, clean")
         broken = asyncio.run(damage())
         found = {way: run_child(way, env)["bad"] for way in ("new", "old")}
         assert found["new"] == found["old"] == [broken], found
         print(f"damaged account {broken}: found by both")
+        if args.restore:
+            restore(env)
     finally:
         if not args.keep:
             asyncio.run(admin(f"DROP DATABASE IF EXISTS {DB} WITH (FORCE)"))
