@@ -41,8 +41,6 @@ from sqlalchemy import func, select, text
 from aihub.config import Settings
 from aihub.core.credits.reconcile import reconcile
 from aihub.kit.db import Tx, create_engine, create_sessionmaker
-from aihub.kit.runtime import Runtime
-from aihub.models import CreditAccount, CreditHold, CreditTransaction
 
 
 @dataclass(slots=True)
@@ -61,6 +59,8 @@ class OldCheck:
 
 
 async def old_reconcile(session):
+    from aihub.models import CreditAccount, CreditHold, CreditTransaction
+
     # main's reconcile before this change, verbatim in substance: every ledger row into Python.
     a = CreditAccount.__table__.c
     checks = {
@@ -87,6 +87,8 @@ async def old_reconcile(session):
 async def main(way):
     # The old way as main's CLI ran it (a whole Runtime); the new one as the CLI runs it now.
     if way == "old":
+        from aihub.kit.runtime import Runtime  # imported by the old way only: it weighs ~50 MB
+
         rt = Runtime.build(Settings(env="test"))
         session, close = rt.sessionmaker(), rt.close
     else:
