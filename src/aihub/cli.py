@@ -324,10 +324,11 @@ def ledger_reconcile(
 
     async def go() -> Any:
         from aihub.core.credits.reconcile import reconcile
-        from aihub.kit.runtime import Runtime
+        from aihub.kit.db import Tx, create_engine, create_sessionmaker
 
-        runtime = Runtime.build(settings)
-        tx = runtime.tx()
+        # An engine, not a Runtime: the services' imports would be half of this process's memory.
+        engine = create_engine(settings.model_copy(update={"db_pool_size": 1, "db_pool_overflow": 0}))
+        tx = Tx(create_sessionmaker(engine)())
         try:
             if not settings.is_sqlite:
                 # One consistent snapshot of accounts, ledger and holds while writes go on.
@@ -337,7 +338,7 @@ def ledger_reconcile(
             return await reconcile(tx)
         finally:
             await tx.close()
-            await runtime.close()
+            await engine.dispose()
 
     try:
         report = _run(go())
@@ -364,7 +365,7 @@ def _print_reconcile(report: Any, show: int) -> None:
         str(report.accounts),
         str(report.rows),
         str(report.total_balance),
-        str(len(report.mismatches)),
+        f"{report.mismatched:,}",
         "[green]clean[/green]" if report.ok else "[red]MISMATCH[/red]",
     )
     out.print(summary)

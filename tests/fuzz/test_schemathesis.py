@@ -23,6 +23,7 @@ import httpx
 import pytest
 import schemathesis
 import uvicorn
+from cryptography.hazmat.primitives.asymmetric import rsa
 from hypothesis import HealthCheck, Phase, given
 from hypothesis import settings as hsettings
 from hypothesis.errors import Unsatisfiable
@@ -37,6 +38,7 @@ from schemathesis.specs.openapi.checks import (
 
 from aihub.config import Settings
 from aihub.kit.runtime import Runtime
+from tests.auth.identity.fake_oidc import CLIENT_ID, CLIENT_SECRET, FakeOidc
 from tests.conftest import _auth_app, _core_app, create_user, free_port
 
 pytestmark = pytest.mark.fuzz
@@ -52,10 +54,6 @@ CHECKS = [
 ]
 # Operations that end the caller's own session run last, so the rest are fuzzed with a live token.
 LAST = ("POST /logout",)
-# Google sign-in is not configured in the fuzzed apps: these answer their documented
-# 503 OAUTH_NOT_CONFIGURED before reading any input, so fuzzing them tests nothing but that.
-# tests/auth/identity covers them against a fake OpenID provider.
-UNCONFIGURED = ("GET /oauth/google/start", "GET /oauth/google/link/start")
 
 
 @dataclass
@@ -68,12 +66,24 @@ class Served:
 
 def _serve(settings: Settings) -> Iterator[Served]:
     """Core and auth on uvicorn in a thread with its own event loop (the test itself is sync:
-    hypothesis drives it), sharing one runtime; an admin and a user with tokens."""
+    hypothesis drives it), sharing one runtime; an admin and a user with tokens. Google sign-in
+    is configured against the fake OpenID provider, so its operations answer as in production
+    (an unconfigured app would answer every input with 503 OAUTH_NOT_CONFIGURED)."""
     ready = threading.Event()
     state: dict[str, Any] = {}
 
     async def main() -> None:
-        runtime = Runtime.build(settings)
+        google = FakeOidc(free_port(), key=rsa.generate_private_key(public_exponent=65537, key_size=2048))
+        await google.start()
+        runtime = Runtime.build(
+            settings.model_copy(
+                update={
+                    "google_client_id": CLIENT_ID,
+                    "google_client_secret": CLIENT_SECRET,
+                    "oidc_google_issuer": google.issuer,
+                }
+            )
+        )
         try:
             admin = await create_user(runtime, roles=["admin"])
             user = await create_user(runtime, roles=["user"])
@@ -98,6 +108,7 @@ def _serve(settings: Settings) -> Iterator[Served]:
             await asyncio.gather(*tasks)
         finally:
             await runtime.close()
+            await google.stop()
             ready.set()
 
     thread = threading.Thread(target=lambda: asyncio.run(main()), daemon=True)
@@ -116,7 +127,7 @@ def served(settings: Settings) -> Iterator[Served]:
 
 
 def _operations(schema: Any) -> list[Any]:
-    ops = [op for op in (result.ok() for result in schema.get_all_operations()) if op.label not in UNCONFIGURED]
+    ops = [result.ok() for result in schema.get_all_operations()]
     return sorted(ops, key=lambda op: (op.label in LAST, op.label))
 
 

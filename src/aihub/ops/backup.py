@@ -401,4 +401,4 @@ async def _verify(settings: Settings, url: URL, expected: Facts, result: Restore
         await tx.close()
         await engine.dispose()
     result.reconciled_accounts = report.accounts
-    result.reconcile_mismatches = len(report.mismatches)
+    result.reconcile_mismatches = report.mismatched

@@ -3,10 +3,12 @@ as /api/auth/...; the gateway strips the prefix)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Annotated, Any
 from urllib.parse import urlsplit
 
 from fastapi import APIRouter, Query, Request
+from fastapi.types import DecoratedCallable
 from starlette.responses import RedirectResponse, Response
 
 from aihub.auth import schemas as auth_schemas
@@ -24,6 +26,17 @@ _NOT_JSON = {"description": "INVALID_JSON"}
 _TOKEN = {"description": "UNAUTHORIZED / INVALID_TOKEN / TOKEN_EXPIRED / TOKEN_REVOKED"}
 _USER_ONLY = {"description": "FORBIDDEN (a service token) / ACCOUNT_SUSPENDED"}
 _OAUTH_DOWN = {"description": "OAUTH_NOT_CONFIGURED / OAUTH_PROVIDER_UNAVAILABLE / STORE_UNAVAILABLE"}
+
+
+def _spends(
+    path: str, model: type[Any], refused: str, more: dict[int, str] | None = None
+) -> Callable[[DecoratedCallable], DecoratedCallable]:
+    """A POST that spends a one-time token or code from its JSON body (a verification or reset
+    link, the OAuth exchange code): 400 for the token's ``refused`` codes or a body that is not
+    JSON, 422 for a body of the wrong shape, and ``more`` answers by status."""
+    responses: dict[int | str, dict[str, Any]] = {400: {"description": f"{refused} / INVALID_JSON"}, 422: _BAD_INPUT}
+    responses.update({status: {"description": text} for status, text in (more or {}).items()})
+    return router.post(path, response_model=model, responses=dict(sorted(responses.items(), key=lambda i: str(i[0]))))
 
 
 @router.post(
@@ -45,15 +58,10 @@ async def request_verification(tx: TxDep, runtime: RuntimeDep, me: CurrentUser) 
     return await emails.request_verification(tx, runtime, me.user_id)
 
 
-@router.post(
+@_spends(
     "/verify-email",
-    response_model=auth_schemas.UserEnvelope,
-    responses={
-        400: {
-            "description": "VERIFICATION_TOKEN_INVALID (unknown or used) / VERIFICATION_TOKEN_EXPIRED / INVALID_JSON"
-        },
-        422: _BAD_INPUT,
-    },
+    auth_schemas.UserEnvelope,
+    "VERIFICATION_TOKEN_INVALID (unknown or used) / VERIFICATION_TOKEN_EXPIRED",
 )
 async def verify_email(body: schemas.VerifyEmailIn, tx: TxDep) -> dict[str, Any]:
     """Spend a verification token: the user who received it is now `verified: true`."""
@@ -73,14 +81,11 @@ async def request_reset(body: schemas.ResetRequestIn, runtime: RuntimeDep) -> di
     return await emails.request_reset(runtime, body.email)
 
 
-@router.post(
+@_spends(
     "/password-reset",
-    response_model=auth_schemas.UserEnvelope,
-    responses={
-        400: {"description": "RESET_TOKEN_INVALID (unknown or used) / RESET_TOKEN_EXPIRED / INVALID_JSON"},
-        403: {"description": "ACCOUNT_SUSPENDED"},
-        422: _BAD_INPUT,
-    },
+    auth_schemas.UserEnvelope,
+    "RESET_TOKEN_INVALID (unknown or used) / RESET_TOKEN_EXPIRED",
+    {403: "ACCOUNT_SUSPENDED"},
 )
 async def reset_password(body: schemas.ResetIn, tx: TxDep, runtime: RuntimeDep) -> dict[str, Any]:
     """Spend a reset token and set a new password (≥ 8 characters). Every session of the user
@@ -185,15 +190,11 @@ async def google_callback(
     return response
 
 
-@router.post(
+@_spends(
     "/oauth/exchange",
-    response_model=auth_schemas.TokenPair,
-    responses={
-        400: {"description": "OAUTH_CODE_INVALID (unknown, expired after 60 s, or used) / INVALID_JSON"},
-        403: {"description": "ACCOUNT_SUSPENDED / EMAIL_NOT_VERIFIED"},
-        422: _BAD_INPUT,
-        503: {"description": "STORE_UNAVAILABLE"},
-    },
+    auth_schemas.TokenPair,
+    "OAUTH_CODE_INVALID (unknown, expired after 60 s, or used)",
+    {403: "ACCOUNT_SUSPENDED / EMAIL_NOT_VERIFIED", 503: "STORE_UNAVAILABLE"},
 )
 async def oauth_exchange(body: schemas.ExchangeIn, tx: TxDep, runtime: RuntimeDep) -> dict[str, Any]:
     """Spend the one-time code from the callback for the same body as `POST /login`."""
