@@ -111,19 +111,61 @@ async def test_revocation_and_suspension_stop_a_cached_key_on_the_next_request(
     headers = {"X-API-Key": created["key"]}
     # Routed to the fake MCP upstream: only the gateway (and its cache) decides there.
     assert (await status_code(http, gw.url + "/api/mcp/x", headers))[0] == 200
-    async with http.patch(
-        gw.url + f"/api/users/{caller.id}", headers=bearer(admin.token), json={"status": "suspended"}
-    ) as resp:
-        assert resp.status == 200
-    assert await status_code(http, gw.url + "/api/mcp/x", headers) == (401, "INVALID_API_KEY")
-    async with http.patch(
-        gw.url + f"/api/users/{caller.id}", headers=bearer(admin.token), json={"status": "active"}
-    ) as resp:
-        assert resp.status == 200
+    uncached = await new_key(http, gw, caller)
+    await set_status(http, gw, admin, caller.id, "suspended")
+    # What a suspended user's JWT gets from core, from the gateway alone (cached key) and from
+    # core's resolution (a key the gateway has not seen).
+    suspended = (403, "ACCOUNT_SUSPENDED")
+    assert await status_code(http, gw.url + "/api/mcp/x", headers) == suspended
+    assert await status_code(http, gw.url + "/api/users/me", headers) == suspended
+    assert await status_code(http, gw.url + "/api/mcp/x", {"X-API-Key": uncached["key"]}) == suspended
+    await set_status(http, gw, admin, caller.id, "active")
     assert (await status_code(http, gw.url + "/api/mcp/x", headers))[0] == 200
     async with http.delete(gw.url + f"/api/keys/{created['id']}", headers=bearer(caller.token)) as resp:
         assert resp.status == 204
     assert await status_code(http, gw.url + "/api/mcp/x", headers) == (401, "INVALID_API_KEY")
+    # A deleted user's keys are as unknown as a revoked one, cached or not.
+    assert (await status_code(http, gw.url + "/api/mcp/x", {"X-API-Key": uncached["key"]}))[0] == 200
+    async with http.delete(gw.url + f"/api/users/{caller.id}", headers=bearer(admin.token)) as resp:
+        assert resp.status == 204
+    assert await status_code(http, gw.url + "/api/mcp/x", {"X-API-Key": uncached["key"]}) == (401, "INVALID_API_KEY")
+
+
+async def set_status(http: aiohttp.ClientSession, gw: LiveGateway, admin: Caller, user_id: str, status: str) -> None:
+    async with http.patch(gw.url + f"/api/users/{user_id}", headers=bearer(admin.token), json={"status": status}) as r:
+        assert r.status == 200, await r.text()
+
+
+async def test_core_refuses_a_caller_outside_allowed_ips_itself(
+    core: LiveServer, upstreams: dict[str, Upstream], start_gateway: GatewayFactory, http: aiohttp.ClientSession
+) -> None:
+    """Core checks ``allowedIps`` against the address the gateway saw (X-Forwarded-For from a
+    trusted peer: loopback here) or its own peer, whatever the gateway has cached."""
+    caller = await create_user(core.runtime)
+    # The gateway believes X-Forwarded-For from loopback, so a test client can stand anywhere.
+    gw = await gateway_for(
+        core, upstreams, start_gateway, gateway_trusted_proxies="127.0.0.1/32", gateway_api_key_cache_seconds=3600
+    )
+    created = await new_key(http, gw, caller, allowedIps=["10.0.0.0/8"])
+    inside, outside = {"X-API-Key": created["key"], "X-Forwarded-For": "10.1.2.3"}, {"X-API-Key": created["key"]}
+    refused = (403, "KEY_IP_NOT_ALLOWED")
+    # Directly at core: its peer (loopback) is outside; a forwarded 10.1.2.3 from it is inside.
+    assert await status_code(http, core.url + "/api/users/me", outside) == refused
+    assert await status_code(http, core.url + "/api/users/me", inside) == (200, None)
+    assert await status_code(http, core.url + "/api/keys/current", outside) == refused
+    # Through the gateway, resolved for the client at 10.1.2.3, then cached.
+    assert await status_code(http, gw.url + "/api/users/me", inside) == (200, None)
+    assert await status_code(http, gw.url + "/api/users/me", outside) == refused
+    # Narrowed while the gateway holds the old record: the gateway alone (the fake MCP
+    # upstream) still admits it until its cache runs out, core refuses it at once.
+    async with http.patch(
+        gw.url + f"/api/keys/{created['id']}", headers=bearer(caller.token), json={"allowedIps": ["10.9.0.0/16"]}
+    ) as resp:
+        assert resp.status == 200, await resp.text()
+    assert await status_code(http, gw.url + "/api/mcp/x", inside) == (200, None)
+    assert await status_code(http, gw.url + "/api/users/me", inside) == refused
+    moved = {**inside, "X-Forwarded-For": "10.9.8.7"}
+    assert await status_code(http, core.url + "/api/users/me", moved) == (200, None)
 
 
 async def test_revocation_is_seen_by_a_second_gateway_process_on_its_next_request(
@@ -135,6 +177,7 @@ async def test_revocation_is_seen_by_a_second_gateway_process_on_its_next_reques
     tmp_path: Path,
 ) -> None:
     rt = live_core.runtime
+    admin = await create_user(rt, roles=["admin"])
     caller = await create_user(rt)
     first = await gateway_for(live_core, upstreams, start_gateway, gateway_api_key_cache_seconds=3600)
     port = free_port()
@@ -157,6 +200,12 @@ async def test_revocation_is_seen_by_a_second_gateway_process_on_its_next_reques
         headers = {"X-API-Key": created["key"]}
         for gw_url in (first.url, second.url):  # both have the key cached for an hour now
             assert (await status_code(http, gw_url + "/api/mcp/x", headers))[0] == 200
+        # Suspending the user is seen by the other process on its next request, and so is
+        # lifting it again.
+        await set_status(http, first, admin, caller.id, "suspended")
+        assert await status_code(http, second.url + "/api/mcp/x", headers) == (403, "ACCOUNT_SUSPENDED")
+        await set_status(http, first, admin, caller.id, "active")
+        assert (await status_code(http, second.url + "/api/mcp/x", headers))[0] == 200
         async with http.delete(first.url + f"/api/keys/{created['id']}", headers=bearer(caller.token)) as resp:
             assert resp.status == 204
         # The very next request at the other process is refused: the marker is in Redis

@@ -28,7 +28,7 @@ from aihub.config import Settings
 from aihub.gateway import metrics
 from aihub.gateway.accesslog import AccessLog
 from aihub.gateway.admin import AdminCheck, admin_body, network_of, parse_block
-from aihub.gateway.apikeys import InvalidApiKey, KeyResolver, presented_key
+from aihub.gateway.apikeys import AccountSuspended, InvalidApiKey, KeyResolver
 from aihub.gateway.authcheck import (
     Identity,
     IdentityCache,
@@ -47,6 +47,7 @@ from aihub.gateway.proxy import Forwarded, forward, upstream_headers
 from aihub.gateway.ratelimit import Decision, KeyCheck, Limiter, create_limiter
 from aihub.gateway.routing import Route, RouteTable, load_table
 from aihub.gateway.websocket import proxy_websocket
+from aihub.kit.apikeys import presented_key
 from aihub.kit.errors import AppError, Forbidden, NotFound, ServiceUnavailable, Unauthorized, error_body
 from aihub.kit.jsonutil import dumps
 from aihub.kit.jwt import TokenCodec, TokenRevoked, UnknownSigningKey
@@ -268,7 +269,7 @@ class Gateway:
             if token is None and route.websocket:
                 token = request.query.get("access_token")  # browsers cannot set headers on an upgrade
             identity = None
-            raw_key = presented_key(request.headers, token)
+            raw_key = presented_key(request.headers.get("X-API-Key"), token)
             if raw_key is not None and mode != "public":
                 assert self.session is not None
                 identity = await self.keys.identify(self.session, raw_key, ctx.client_ip, ctx.request_id)
@@ -327,6 +328,8 @@ class Gateway:
         if decision.revoked:
             metrics.DECISIONS["revoked"].inc()
             await self.strikes.strike("auth", ctx.client_ip, self.settings.gateway_ban_after_auth_failures)
+            if decision.suspended:
+                raise AccountSuspended
             raise InvalidApiKey if api_key is not None else TokenRevoked
         if decision.unavailable:
             metrics.DECISIONS["unavailable"].inc()

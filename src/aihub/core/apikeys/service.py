@@ -10,7 +10,8 @@ keys within that key's own restrictions: a key never yields more than its holder
 Revocation is immediate in core (every request reads the key row) and at the gateway within
 one request: after commit a marker ``blacklist:apikey:<id>`` is written to the shared store,
 which the gateway reads in its one rate-limit round trip. A suspended or deleted user gets
-``blacklist:apikey-user:<id>`` the same way.
+``blacklist:apikey-user:<id>`` the same way, its value ``suspended`` or ``deleted``: the gateway
+answers 403 ACCOUNT_SUSPENDED or 401 INVALID_API_KEY, as core does.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import structlog
 from aihub.core.apikeys import repository as repo
 from aihub.core.audit import service as audit
 from aihub.core.rbac.service import Principal
+from aihub.kit.apikeys import KEY_PREFIX, looks_like_key
 from aihub.kit.db import Tx, as_utc, utcnow
 from aihub.kit.errors import AppError, Forbidden, NotFound, ValidationFailed
 from aihub.kit.pagination import PageParams, page_of
@@ -37,7 +39,6 @@ from aihub.models import ApiKey, User
 
 log = structlog.get_logger("aihub.apikeys")
 
-KEY_PREFIX = "ahk_"
 _PREFIX_LEN = 8
 _ALPHABET = string.ascii_lowercase + string.digits
 _MIN_LEN = len(KEY_PREFIX) + _PREFIX_LEN + 32
@@ -73,10 +74,6 @@ def key_marker(key_id: uuid.UUID | str) -> str:
 
 def user_marker(user_id: uuid.UUID | str) -> str:
     return f"blacklist:apikey-user:{user_id}"
-
-
-def looks_like_key(value: str) -> bool:
-    return value.startswith(KEY_PREFIX)
 
 
 def digest(raw: str) -> str:
@@ -341,10 +338,10 @@ async def update(tx: Tx, actor: Principal, key_id: uuid.UUID, values: dict[str, 
     return await view(tx, key, now)
 
 
-async def _mark(store: Store, keys: list[str]) -> None:
-    for marker in keys:
+async def _mark(store: Store, markers: dict[str, str]) -> None:
+    for marker, value in markers.items():
         try:
-            await store.set(marker, "1", ttl=MARKER_TTL_SECONDS)
+            await store.set(marker, value, ttl=MARKER_TTL_SECONDS)
         except StoreUnavailable:
             # Gateways then see it when their cached copy runs out (core refuses it at once).
             log.error("apikey_revocation_marker_failed", marker=marker)
@@ -357,7 +354,7 @@ async def revoke(tx: Tx, store: Store, actor: Principal, key_id: uuid.UUID) -> N
         key.revoked_at = key.updated_at = utcnow()
         await tx.session.flush()
         audit.record(tx, "apikey.revoke", "api_key", key.id, before=before, after=_audit_view(key))
-    markers = [key_marker(key.id)]
+    markers = {key_marker(key.id): "revoked"}
 
     async def publish() -> None:
         await _mark(store, markers)
@@ -365,12 +362,14 @@ async def revoke(tx: Tx, store: Store, actor: Principal, key_id: uuid.UUID) -> N
     tx.after_commit(publish)
 
 
-def user_blocked_after_commit(tx: Tx, store: Store, user_id: uuid.UUID, blocked: bool) -> None:
-    """A user was suspended or deleted (blocked) or reactivated: tell every gateway at once."""
+def user_status_after_commit(tx: Tx, store: Store, user_id: uuid.UUID, status: str) -> None:
+    """A user was suspended, deleted or reactivated: tell every gateway at once. The marker's
+    value is the reason, so a gateway answers a suspended user's key as core answers that
+    user's JWT (403 ACCOUNT_SUSPENDED) and a deleted user's as an unknown key."""
 
     async def publish() -> None:
-        if blocked:
-            await _mark(store, [user_marker(user_id)])
+        if status != "active":
+            await _mark(store, {user_marker(user_id): status})
             return
         try:
             await store.delete(user_marker(user_id))
