@@ -5,6 +5,7 @@ DELETE finds the endpoint gone (404, never a 500), one DELETE deletes and audits
 from __future__ import annotations
 
 import asyncio
+import itertools
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -73,7 +74,7 @@ async def test_concurrent_patches_apply_one_after_the_other(live: tuple[LiveServ
     # Each change is audited against what the one before it left: no two saw the same state.
     updates = [a for a in await _audits(server.runtime, endpoint) if a.action == "webhook.update"]
     assert len(updates) == PATCHES
-    for earlier, later in zip(updates, updates[1:], strict=False):
+    for earlier, later in itertools.pairwise(updates):
         assert later.before == earlier.after
     tx = server.runtime.tx()
     try:
