@@ -216,6 +216,22 @@ async def test_revocation_is_seen_by_a_second_gateway_process_on_its_next_reques
         await second.exited()
 
 
+async def test_the_gateway_admin_api_takes_an_admins_key_in_either_header(
+    core: LiveServer, upstreams: dict[str, Upstream], start_gateway: GatewayFactory, http: aiohttp.ClientSession
+) -> None:
+    """Core is asked for the caller's live gateway:admin with the key itself (it was a 500
+    for a key sent as X-API-Key, which left no bearer token to ask with)."""
+    rt = core.runtime
+    admin, user = await create_user(rt, roles=["admin"]), await create_user(rt)
+    gw = await gateway_for(core, upstreams, start_gateway)
+    admins = await new_key(http, gw, admin)
+    users = await new_key(http, gw, user)
+    url = gw.url + "/api/gateway/blocked-ips"
+    for headers in ({"X-API-Key": admins["key"]}, {"Authorization": f"Bearer {admins['key']}"}):
+        assert (await status_code(http, url, headers))[0] == 200
+    assert await status_code(http, url, {"X-API-Key": users["key"]}) == (403, "FORBIDDEN")
+
+
 async def test_the_access_log_names_the_key_by_its_id_never_the_key(
     core: LiveServer,
     upstreams: dict[str, Upstream],

@@ -457,9 +457,12 @@ class Gateway:
             raise Unauthorized
         if not identity.has_permission("gateway:admin"):
             raise Forbidden  # the token does not even claim it: no need to ask core
-        token = bearer_token(request.headers.get("Authorization"))
-        assert token is not None  # an identity comes from a bearer token on this route
-        await self.admins.require(identity, token, ctx.request_id)
+        # Core is asked with the caller's own credential: its bearer token, or its API key
+        # (which core also takes as a bearer) when it came as X-API-Key.
+        bearer = bearer_token(request.headers.get("Authorization"))
+        credential = presented_key(request.headers.get("X-API-Key"), bearer) or bearer
+        assert credential is not None  # an identity comes from a token or a key on this route
+        await self.admins.require(identity, credential, ctx.request_id)
         return await self._admin(request, ctx, identity, path)
 
     async def _admin(self, request: web.Request, ctx: Ctx, identity: Identity, path: str) -> web.Response:
