@@ -13,10 +13,13 @@ from typing import Any
 
 import aiohttp
 import pytest
+from sqlalchemy import update
 
 from aihub.kit.runtime import Runtime
-from aihub.models import ApiKey
+from aihub.models import ApiKey, UsageAuthorization
+from tests.apikeys.test_authorizations import HELD, WORST
 from tests.conftest import Caller, LiveServer, _core_app, _live, create_user, free_port
+from tests.core.test_usage import fund
 from tests.gateway.conftest import GatewayFactory, LiveGateway, Upstream, bearer, gateway_settings
 from tests.ops import procs
 
@@ -214,6 +217,58 @@ async def test_revocation_is_seen_by_a_second_gateway_process_on_its_next_reques
     finally:
         second.terminate()
         await second.exited()
+
+
+async def test_authorization_refusals_through_the_gateway(
+    core: LiveServer, upstreams: dict[str, Upstream], start_gateway: GatewayFactory, http: aiohttp.ClientSession
+) -> None:
+    """A model-restricted key is refused another model, an unknown model is refused, a key's
+    budget and the balance refuse before anything is held, and a late settle is refused."""
+    rt = core.runtime
+    admin, caller, broke = await create_user(rt, roles=["admin"]), await create_user(rt), await create_user(rt)
+    await fund(rt, caller.id, 1000)
+    gw = await gateway_for(core, upstreams, start_gateway)
+    url = gw.url + "/api/usage/authorizations"
+
+    async def authorize(headers: dict[str, str], **body: Any) -> tuple[int, Any]:
+        async with http.post(url, headers=headers, json={**WORST, **body}) as resp:
+            return resp.status, await resp.json()
+
+    mini = {"X-API-Key": (await new_key(http, gw, caller, models=["openai/gpt-4o-mini"]))["key"]}
+    refused = await authorize(mini)
+    assert (refused[0], refused[1]["code"], refused[1]["details"]["model"]) == (
+        403,
+        "MODEL_NOT_ALLOWED",
+        "openai/gpt-4o",
+    )
+    assert (await authorize(mini, provider="anthropic"))[1]["code"] == "MODEL_NOT_ALLOWED"
+    assert (await authorize(mini, model="gpt-4o-mini"))[0] == 201
+    # The key's restriction is checked first: it does not even learn which models exist.
+    assert (await authorize(mini, model="no-such-model"))[1]["code"] == "MODEL_NOT_ALLOWED"
+    anyone = {"X-API-Key": (await new_key(http, gw, caller, budget={"maxCredits": HELD, "period": "day"}))["key"]}
+    unknown = await authorize(anyone, model="no-such-model")
+    assert (unknown[0], unknown[1]["code"]) == (422, "UNKNOWN_MODEL")
+    status, first = await authorize(anyone)
+    assert status == 201, first
+    assert (await authorize(anyone))[1]["code"] == "KEY_BUDGET_EXCEEDED"
+    broke_key = {"X-API-Key": (await new_key(http, gw, broke))["key"]}
+    poor = await authorize(broke_key)
+    assert (poor[0], poor[1]["code"]) == (402, "INSUFFICIENT_CREDITS")
+    async with http.put(
+        gw.url + f"/api/quotas/user:{caller.id}", headers=bearer(admin.token), json={"period": "day", "maxCredits": 1}
+    ) as resp:
+        assert resp.status == 201
+    assert (await authorize({"X-API-Key": (await new_key(http, gw, caller))["key"]}))[1]["code"] == "QUOTA_EXCEEDED"
+    tx = rt.tx()
+    try:
+        stmt = update(UsageAuthorization).where(UsageAuthorization.id == uuid.UUID(first["id"]))
+        await tx.session.execute(stmt.values(expires_at=dt.datetime.now(dt.UTC) - dt.timedelta(seconds=1)))
+        await tx.commit()
+    finally:
+        await tx.close()
+    settle = {"requestId": uuid.uuid4().hex, "inputTokens": 1, "outputTokens": 1}
+    async with http.post(f"{url}/{first['id']}/settle", headers=anyone, json=settle) as resp:
+        assert (resp.status, (await resp.json())["details"]) == (409, {"status": "expired"})
 
 
 async def test_the_gateway_admin_api_takes_an_admins_key_in_either_header(
