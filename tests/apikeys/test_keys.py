@@ -10,7 +10,7 @@ from sqlalchemy import select
 
 from aihub.kit.runtime import Runtime
 from aihub.models import ApiKey, AuditLog
-from tests.conftest import Caller, create_user
+from tests.conftest import Caller, _core_app, create_user
 from tests.core.test_users import assert_error
 
 
@@ -131,7 +131,7 @@ async def test_a_key_cannot_issue_or_widen_a_key_beyond_its_own(client: httpx.As
         client,
         user.headers,
         models=["openai/*"],
-        allowedIps=["10.0.0.0/8"],
+        allowedIps=["10.0.0.0/8", "127.0.0.1"],  # the test client is at 127.0.0.1
         requestsPerMinute=10,
         budget={"maxCredits": 100, "period": "day"},
         expiresAt=soon,
@@ -186,6 +186,28 @@ async def test_bad_input_and_unauthenticated_calls(client: httpx.AsyncClient, us
     assert_error(await client.get("/api/keys/current", headers=user.headers), 403, "FORBIDDEN")
     huge = {"name": "x", "models": [f"openai/m{i}" for i in range(101)]}
     assert_error(await client.post("/api/keys", headers=user.headers, json=huge), 422, "VALIDATION_ERROR")
+
+
+async def test_core_refuses_a_key_outside_its_allowed_ips(runtime: Runtime, user: Caller) -> None:
+    """Core checks the caller's address itself, whatever a gateway decided (defence in depth)."""
+
+    def at(address: str) -> httpx.AsyncClient:
+        transport = httpx.ASGITransport(app=_core_app(runtime), client=(address, 40_000))
+        return httpx.AsyncClient(transport=transport, base_url="http://core.test")
+
+    async with at("10.1.2.3") as inside, at("192.0.2.7") as outside, at("2001:db8::1") as v6:
+        created = await make_key(inside, user.headers, allowedIps=["10.0.0.0/8", "2001:db8::/32"])
+        headers = key_headers(str(created["key"]))
+        assert (await inside.get("/api/users/me", headers=headers)).status_code == 200
+        assert (await v6.get("/api/users/me", headers=headers)).status_code == 200
+        for path in ("/api/users/me", "/api/keys/current", "/api/keys"):
+            assert_error(await outside.get(path, headers=headers), 403, "KEY_IP_NOT_ALLOWED")
+        # The user's own token is not bound to the key's addresses.
+        assert (await outside.get("/api/users/me", headers=user.headers)).status_code == 200
+        # Lifting the restriction takes effect on the next request.
+        lifted = await inside.patch(f"/api/keys/{created['id']}", headers=user.headers, json={"allowedIps": None})
+        assert lifted.status_code == 200, lifted.text
+        assert (await outside.get("/api/users/me", headers=headers)).status_code == 200
 
 
 async def test_the_gateway_resolution_endpoint_describes_the_presenting_key(

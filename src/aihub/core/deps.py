@@ -20,6 +20,7 @@ from aihub.core.audit import service as audit
 from aihub.core.credits import alerts as credit_alerts
 from aihub.core.credits import service as credits_service
 from aihub.core.rbac import service as rbac
+from aihub.kit import apikeys as kit_apikeys
 from aihub.kit.db import Tx
 from aihub.kit.errors import AppError, Forbidden, StoreUnavailableError, Unauthorized
 from aihub.kit.jwt import (
@@ -144,17 +145,21 @@ async def load_user(tx: Tx, user_id: uuid.UUID) -> User | None:
     return await tx.session.get(User, user_id)
 
 
+def client_address(request: Request) -> str:
+    """The caller's address: the peer, or, when the peer is a trusted proxy (uvicorn's
+    ``FORWARDED_ALLOW_IPS``, loopback by default; the gateway's address in a deployment), the
+    right-most address of ``X-Forwarded-For`` that it did not add itself. The gateway never
+    passes a client's own ``X-Forwarded-For`` on unless that client is one of its trusted
+    proxies, so this is the address the gateway saw."""
+    return request.client.host if request.client else ""
+
+
 def presented_key(request: Request) -> str | None:
     """An API key from ``X-API-Key`` or ``Authorization: Bearer ahk_…``; None for a JWT caller."""
-    header = request.headers.get("x-api-key")
-    if header is not None:
-        return header.strip()
-    auth = request.headers.get("authorization")
-    if auth:
-        scheme, _, token = auth.partition(" ")
-        if scheme.lower() == "bearer" and apikeys.looks_like_key(token.strip()):
-            return token.strip()
-    return None
+    headers = request.headers
+    return kit_apikeys.presented_key(
+        headers.get("x-api-key"), kit_apikeys.bearer_credential(headers.get("authorization"))
+    )
 
 
 async def key_principal(request: Request, runtime: Runtime, tx: Tx, raw: str) -> rbac.Principal:
@@ -163,6 +168,8 @@ async def key_principal(request: Request, runtime: Runtime, tx: Tx, raw: str) ->
     key, user = await apikeys.verify(tx, raw)
     if user.status == "suspended":
         raise AccountSuspended
+    if not apikeys.ip_allowed(key.allowed_ips, client_address(request)):
+        raise apikeys.KeyIpNotAllowed
     effective = await rbac.effective(tx, runtime.store, user.id, runtime.settings.permission_cache_ttl_seconds)
     principal = rbac.Principal(
         id=str(user.id),
@@ -179,7 +186,17 @@ async def key_principal(request: Request, runtime: Runtime, tx: Tx, raw: str) ->
     return principal
 
 
-@raises(Unauthorized, InvalidToken, TokenExpired, TokenRevoked, AccountSuspended, StoreUnavailableError)
+@raises(
+    Unauthorized,
+    InvalidToken,
+    TokenExpired,
+    TokenRevoked,
+    AccountSuspended,
+    StoreUnavailableError,
+    apikeys.InvalidApiKey,
+    apikeys.KeyExpired,
+    apikeys.KeyIpNotAllowed,
+)
 async def current_principal(request: Request, runtime: RuntimeDep, tx: TxDep) -> rbac.Principal:
     raw_key = presented_key(request)
     if raw_key is not None:

@@ -21,17 +21,16 @@ from dataclasses import dataclass
 
 import aiohttp
 import structlog
-from multidict import CIMultiDictProxy
 
 from aihub.gateway.authcheck import Identity
 from aihub.gateway.balancer import Balancer
+from aihub.kit.apikeys import looks_like_key
 from aihub.kit.errors import AppError, ServiceUnavailable
 from aihub.kit.jsonutil import loads
 from aihub.kit.jwt import Claims
 
 log = structlog.get_logger("aihub.gateway.apikeys")
 
-KEY_PREFIX = "ahk_"
 _MAX_KEY_LEN = 200
 _RESOLVE_PATH = "/api/keys/current"
 
@@ -48,6 +47,12 @@ class KeyExpired(AppError):
 
 class KeyIpNotAllowed(AppError):
     status_code, code, message = 403, "KEY_IP_NOT_ALLOWED", "This API key may not be used from this address"
+
+
+class AccountSuspended(AppError):
+    """A suspended user's key: the answer core gives the same user's JWT (and the key)."""
+
+    status_code, code, message = 403, "ACCOUNT_SUSPENDED", "This account is suspended"
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,16 +81,6 @@ class KeyRecord:
             raw={"permissions": list(self.permissions), "requestsPerMinute": self.requests_per_minute},
         )
         return Identity(user_id=self.user_id, role=self.role, jti=claims.jti, claims=claims, api_key_id=self.id)
-
-
-def presented_key(headers: CIMultiDictProxy[str], bearer: str | None) -> str | None:
-    """The API key of a request, if it carries one (``X-API-Key`` wins over the bearer)."""
-    header = headers.get("X-API-Key")
-    if header is not None:
-        return header.strip()
-    if bearer is not None and bearer.startswith(KEY_PREFIX):
-        return bearer
-    return None
 
 
 def _record(body: dict[str, object], now: float) -> KeyRecord:
@@ -117,15 +112,15 @@ class KeyResolver:
         self._inflight: dict[str, asyncio.Future[KeyRecord]] = {}
 
     async def identify(self, session: aiohttp.ClientSession, raw: str, client_ip: str, request_id: str) -> Identity:
-        record = await self.resolve(session, raw, request_id)
+        record = await self.resolve(session, raw, request_id, client_ip)
         if record.expires_at is not None and record.expires_at <= time.time():
             raise KeyExpired
         if record.networks is not None and not _ip_in(client_ip, record.networks):
             raise KeyIpNotAllowed
         return record.identity()
 
-    async def resolve(self, session: aiohttp.ClientSession, raw: str, request_id: str) -> KeyRecord:
-        if not raw.startswith(KEY_PREFIX) or len(raw) > _MAX_KEY_LEN or not raw.isascii():
+    async def resolve(self, session: aiohttp.ClientSession, raw: str, request_id: str, client_ip: str) -> KeyRecord:
+        if not looks_like_key(raw) or len(raw) > _MAX_KEY_LEN or not raw.isascii():
             raise InvalidApiKey
         digest = hashlib.sha256(raw.encode()).hexdigest()
         now = time.monotonic()
@@ -133,19 +128,22 @@ class KeyResolver:
         if cached is not None and now - cached.fetched < self.ttl:
             self._cache.move_to_end(digest)
             return cached
-        pending = self._inflight.get(digest)
+        # One lookup per key and client address: core checks the address too (allowedIps), so
+        # a caller refused for its address must not hand that refusal to another one.
+        flight = f"{digest} {client_ip}"
+        pending = self._inflight.get(flight)
         if pending is not None:
             return await asyncio.shield(pending)
         future: asyncio.Future[KeyRecord] = asyncio.get_running_loop().create_future()
-        self._inflight[digest] = future
+        self._inflight[flight] = future
         try:
-            record = await self._fetch(session, raw, request_id)
+            record = await self._fetch(session, raw, request_id, client_ip)
         except BaseException as exc:
             future.set_exception(exc)
             future.exception()  # retrieved: no "never retrieved" warning when nobody waited
             raise
         finally:
-            self._inflight.pop(digest, None)
+            self._inflight.pop(flight, None)
         future.set_result(record)
         if self.ttl > 0:
             self._cache[digest] = record
@@ -154,12 +152,13 @@ class KeyResolver:
                 self._cache.popitem(last=False)
         return record
 
-    async def _fetch(self, session: aiohttp.ClientSession, raw: str, request_id: str) -> KeyRecord:
+    async def _fetch(self, session: aiohttp.ClientSession, raw: str, request_id: str, client_ip: str) -> KeyRecord:
         group = self.balancer.groups.get("core")
         instance = group.pick() if group is not None else None
         if instance is None:
             raise ServiceUnavailable("API keys cannot be verified right now")
-        headers = {"X-API-Key": raw, "X-Request-Id": request_id}
+        # On the client's behalf: core believes X-Forwarded-For from the gateway's address only.
+        headers = {"X-API-Key": raw, "X-Request-Id": request_id, "X-Forwarded-For": client_ip}
         try:
             async with session.get(instance.url + _RESOLVE_PATH, headers=headers, timeout=self.timeout) as resp:
                 body = await resp.read()

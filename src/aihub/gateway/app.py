@@ -28,7 +28,7 @@ from aihub.config import Settings
 from aihub.gateway import metrics
 from aihub.gateway.accesslog import AccessLog
 from aihub.gateway.admin import AdminCheck, admin_body, network_of, parse_block
-from aihub.gateway.apikeys import InvalidApiKey, KeyResolver, presented_key
+from aihub.gateway.apikeys import AccountSuspended, InvalidApiKey, KeyResolver
 from aihub.gateway.authcheck import (
     Identity,
     IdentityCache,
@@ -47,6 +47,7 @@ from aihub.gateway.proxy import Forwarded, forward, upstream_headers
 from aihub.gateway.ratelimit import Decision, KeyCheck, Limiter, create_limiter
 from aihub.gateway.routing import Route, RouteTable, load_table
 from aihub.gateway.websocket import proxy_websocket
+from aihub.kit.apikeys import presented_key
 from aihub.kit.errors import AppError, Forbidden, NotFound, ServiceUnavailable, Unauthorized, error_body
 from aihub.kit.jsonutil import dumps
 from aihub.kit.jwt import TokenCodec, TokenRevoked, UnknownSigningKey
@@ -268,7 +269,7 @@ class Gateway:
             if token is None and route.websocket:
                 token = request.query.get("access_token")  # browsers cannot set headers on an upgrade
             identity = None
-            raw_key = presented_key(request.headers, token)
+            raw_key = presented_key(request.headers.get("X-API-Key"), token)
             if raw_key is not None and mode != "public":
                 assert self.session is not None
                 identity = await self.keys.identify(self.session, raw_key, ctx.client_ip, ctx.request_id)
@@ -327,6 +328,8 @@ class Gateway:
         if decision.revoked:
             metrics.DECISIONS["revoked"].inc()
             await self.strikes.strike("auth", ctx.client_ip, self.settings.gateway_ban_after_auth_failures)
+            if decision.suspended:
+                raise AccountSuspended
             raise InvalidApiKey if api_key is not None else TokenRevoked
         if decision.unavailable:
             metrics.DECISIONS["unavailable"].inc()
@@ -454,9 +457,12 @@ class Gateway:
             raise Unauthorized
         if not identity.has_permission("gateway:admin"):
             raise Forbidden  # the token does not even claim it: no need to ask core
-        token = bearer_token(request.headers.get("Authorization"))
-        assert token is not None  # an identity comes from a bearer token on this route
-        await self.admins.require(identity, token, ctx.request_id)
+        # Core is asked with the caller's own credential: its bearer token, or its API key
+        # (which core also takes as a bearer) when it came as X-API-Key.
+        bearer = bearer_token(request.headers.get("Authorization"))
+        credential = presented_key(request.headers.get("X-API-Key"), bearer) or bearer
+        assert credential is not None  # an identity comes from a token or a key on this route
+        await self.admins.require(identity, credential, ctx.request_id)
         return await self._admin(request, ctx, identity, path)
 
     async def _admin(self, request: web.Request, ctx: Ctx, identity: Identity, path: str) -> web.Response:

@@ -29,17 +29,25 @@ from aihub.kit.store import RedisStore, Store, StoreUnavailable
 
 log = structlog.get_logger("aihub.gateway.ratelimit")
 
+# The value of an API key's user marker (``blacklist:apikey-user:<id>``) for a suspended user;
+# any other value (``deleted``) revokes. Written by core (core/apikeys/service.py).
+USER_SUSPENDED = "suspended"
+
 # KEYS[1] blacklist key ("" when the caller has no token), KEYS[2] bucket key ("" when unlimited),
 # KEYS[3] the token's refresh-family blacklist key ("" when it names no family); for an API key
-# its user's revocation marker instead.
+# its user's revocation marker instead, whose value says why (``suspended`` or ``deleted``).
 # ARGV[1] limit per window, ARGV[2] window in microseconds.
 # With an API key (4 keys instead of 3): KEYS[4] the key's own bucket ("" when none), ARGV[3] its
 # requests per minute. The key's bucket only advances when the request is admitted by both.
 # Returns {status, remaining, reset_us, retry_us}: status 1 allowed, 0 limited, -1 revoked,
-# -2 limited by the API key's own requests per minute.
+# -2 limited by the API key's own requests per minute, -3 the API key's user is suspended.
 GCRA_LUA = """
 if KEYS[1] ~= '' and redis.call('EXISTS', KEYS[1]) == 1 then return {-1, 0, 0, 0} end
-if KEYS[3] ~= '' and redis.call('EXISTS', KEYS[3]) == 1 then return {-1, 0, 0, 0} end
+if KEYS[3] ~= '' then
+  local why = redis.call('GET', KEYS[3])
+  if why == 'suspended' then return {-3, 0, 0, 0} end
+  if why then return {-1, 0, 0, 0} end
+end
 local key_tat, now = nil, nil
 if #KEYS > 3 and KEYS[4] ~= '' then
   local t = redis.call('TIME')
@@ -89,6 +97,7 @@ class Decision:
     revoked: bool = False
     unavailable: bool = False  # fail-closed and the shared store is down
     key_limited: bool = False  # the API key's own requests per minute
+    suspended: bool = False  # the API key's user is suspended (revoked is set too)
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,6 +112,7 @@ class KeyCheck:
 
 ALLOW = Decision(allowed=True)
 REVOKED = Decision(allowed=False, revoked=True)
+SUSPENDED = Decision(allowed=False, revoked=True, suspended=True)
 UNAVAILABLE = Decision(allowed=False, unavailable=True)
 
 
@@ -206,6 +216,8 @@ class RedisLimiter:
             return self._fallback(key, limit, api_key)
         if status == -1:
             return REVOKED
+        if status == -3:
+            return SUSPENDED
         if status == -2:
             assert api_key is not None
             return Decision(
@@ -266,11 +278,13 @@ class MemoryLimiter:
     ) -> Decision:
         if jti:
             keys: tuple[str, ...] = (blacklist_key(jti), family_blacklist_key(sid)) if sid else (blacklist_key(jti),)
-            if api_key is not None:
-                keys += (api_key.user_marker,)
             with contextlib.suppress(StoreUnavailable):
                 if await self.store.exists(*keys):
                     return REVOKED
+                if api_key is not None:
+                    why = await self.store.get(api_key.user_marker)
+                    if why is not None:
+                        return SUSPENDED if why == USER_SUSPENDED else REVOKED
         return _local_decision(self.local, self.key_local, key, limit, api_key)
 
     async def close(self) -> None:

@@ -16,7 +16,7 @@ router = APIRouter(prefix="/api/keys", tags=["api-keys"], route_class=TxRoute)
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"description": "UNAUTHORIZED / INVALID_TOKEN / INVALID_API_KEY / KEY_EXPIRED"},
-    403: {"description": "FORBIDDEN (another user's keys without admin) / KEY_EXCEEDS_OWNER"},
+    403: {"description": "FORBIDDEN (another user's keys without admin) / KEY_EXCEEDS_OWNER / KEY_IP_NOT_ALLOWED"},
     404: {"description": "KEY_NOT_FOUND / USER_NOT_FOUND"},
     422: {"description": "VALIDATION_ERROR"},
 }

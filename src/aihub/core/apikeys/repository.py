@@ -19,8 +19,12 @@ async def by_prefix(session: AsyncSession, prefix: str) -> ApiKey | None:
     return (await session.execute(stmt)).scalar_one_or_none()
 
 
-async def get(session: AsyncSession, key_id: uuid.UUID) -> ApiKey | None:
-    return await session.get(ApiKey, key_id)
+async def get(session: AsyncSession, key_id: uuid.UUID, *, for_update: bool = False) -> ApiKey | None:
+    if not for_update:
+        return await session.get(ApiKey, key_id)
+    # Re-read under the lock even when the session already holds the row (the caller's own
+    # key): what decides must be the committed state, not the copy loaded at authentication.
+    return await session.get(ApiKey, key_id, with_for_update=True, populate_existing=True)
 
 
 def search(params: PageParams, user_id: uuid.UUID | None) -> Select[Any]:

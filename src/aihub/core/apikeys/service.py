@@ -10,7 +10,8 @@ keys within that key's own restrictions: a key never yields more than its holder
 Revocation is immediate in core (every request reads the key row) and at the gateway within
 one request: after commit a marker ``blacklist:apikey:<id>`` is written to the shared store,
 which the gateway reads in its one rate-limit round trip. A suspended or deleted user gets
-``blacklist:apikey-user:<id>`` the same way.
+``blacklist:apikey-user:<id>`` the same way, its value ``suspended`` or ``deleted``: the gateway
+answers 403 ACCOUNT_SUSPENDED or 401 INVALID_API_KEY, as core does.
 """
 
 from __future__ import annotations
@@ -25,10 +26,12 @@ import uuid
 from typing import Any
 
 import structlog
+from sqlalchemy.exc import IntegrityError
 
 from aihub.core.apikeys import repository as repo
 from aihub.core.audit import service as audit
 from aihub.core.rbac.service import Principal
+from aihub.kit.apikeys import KEY_PREFIX, looks_like_key
 from aihub.kit.db import Tx, as_utc, utcnow
 from aihub.kit.errors import AppError, Forbidden, NotFound, ValidationFailed
 from aihub.kit.pagination import PageParams, page_of
@@ -37,7 +40,6 @@ from aihub.models import ApiKey, User
 
 log = structlog.get_logger("aihub.apikeys")
 
-KEY_PREFIX = "ahk_"
 _PREFIX_LEN = 8
 _ALPHABET = string.ascii_lowercase + string.digits
 _MIN_LEN = len(KEY_PREFIX) + _PREFIX_LEN + 32
@@ -73,10 +75,6 @@ def key_marker(key_id: uuid.UUID | str) -> str:
 
 def user_marker(user_id: uuid.UUID | str) -> str:
     return f"blacklist:apikey-user:{user_id}"
-
-
-def looks_like_key(value: str) -> bool:
-    return value.startswith(KEY_PREFIX)
 
 
 def digest(raw: str) -> str:
@@ -180,6 +178,11 @@ def _caller_key(actor: Principal) -> ApiKey | None:
     return key if isinstance(key, ApiKey) else None
 
 
+def _caller_id(actor: Principal) -> uuid.UUID | None:
+    key = _caller_key(actor)
+    return key.id if key is not None else None
+
+
 def _owner(actor: Principal, user_id: uuid.UUID | None) -> uuid.UUID:
     """Whose key: one's own; another user's only for an admin."""
     assert actor.user_id is not None
@@ -246,11 +249,24 @@ def _check_expiry(values: dict[str, Any], now: dt.datetime) -> None:
         raise ValidationFailed(details=[{"field": "body.expiresAt", "message": "must be in the future"}])
 
 
+async def _locked_parent(tx: Tx, actor: Principal) -> ApiKey | None:
+    """The key the caller authenticated with, locked and as committed now: a key revoked or
+    narrowed while one of its requests was on the way cannot still issue or widen a key."""
+    parent = _caller_key(actor)
+    if parent is None:
+        return None
+    fresh = await repo.get(tx.session, parent.id, for_update=True)
+    if fresh is None or fresh.revoked_at is not None:
+        raise InvalidApiKey
+    if status_of(fresh, utcnow()) == "expired":
+        raise KeyExpired
+    return fresh
+
+
 async def create(tx: Tx, actor: Principal, values: dict[str, Any]) -> dict[str, Any]:
     owner = _owner(actor, values.get("user_id"))
-    now = utcnow()
-    _check_expiry(values, now)
-    parent = _caller_key(actor)
+    _check_expiry(values, utcnow())
+    parent = await _locked_parent(tx, actor)
     if parent is not None:
         wider = _narrowing(parent, values)
         if wider:
@@ -258,6 +274,36 @@ async def create(tx: Tx, actor: Principal, values: dict[str, Any]) -> dict[str, 
     user = await tx.session.get(User, owner)
     if user is None or user.status == "deleted":
         raise NotFound("No such user", code="USER_NOT_FOUND")
+    now = utcnow()
+    key, raw = await _insert(tx, actor, owner, values, now)
+    after = {**_audit_view(key), "issuedByKey": str(parent.id) if parent is not None else None}
+    audit.record(tx, "apikey.create", "api_key", key.id, after=after)
+    return {**(await view(tx, key, now)), "key": raw}
+
+
+_PREFIX_ATTEMPTS = 5
+
+
+async def _insert(
+    tx: Tx, actor: Principal, owner: uuid.UUID, values: dict[str, Any], now: dt.datetime
+) -> tuple[ApiKey, str]:
+    """A new key row under a fresh prefix. The prefix is unique (the key is found by it); 36^8
+    makes a clash very unlikely, and one is retried with another prefix, never a 500."""
+    for attempt in range(1, _PREFIX_ATTEMPTS + 1):
+        try:
+            async with tx.savepoint():  # a clash undoes this row only, not the request
+                key, raw = _new_row(actor, owner, values, now)
+                tx.session.add(key)
+                await tx.session.flush()
+                return key, raw
+        except IntegrityError:
+            if attempt == _PREFIX_ATTEMPTS:
+                raise
+            log.warning("apikey_prefix_clash", attempt=attempt)
+    raise AssertionError("unreachable")
+
+
+def _new_row(actor: Principal, owner: uuid.UUID, values: dict[str, Any], now: dt.datetime) -> tuple[ApiKey, str]:
     prefix, raw = _generate()
     budget = values.get("budget")
     key = ApiKey(
@@ -277,15 +323,11 @@ async def create(tx: Tx, actor: Principal, values: dict[str, Any]) -> dict[str, 
         created_at=now,
         updated_at=now,
     )
-    tx.session.add(key)
-    await tx.session.flush()
-    after = {**_audit_view(key), "issuedByKey": str(parent.id) if parent is not None else None}
-    audit.record(tx, "apikey.create", "api_key", key.id, after=after)
-    return {**(await view(tx, key, now)), "key": raw}
+    return key, raw
 
 
-async def _visible(tx: Tx, actor: Principal, key_id: uuid.UUID) -> ApiKey:
-    key = await repo.get(tx.session, key_id)
+async def _visible(tx: Tx, actor: Principal, key_id: uuid.UUID, *, for_update: bool = False) -> ApiKey:
+    key = await repo.get(tx.session, key_id, for_update=for_update)
     if key is None or (key.user_id != actor.user_id and not actor.is_admin):
         raise KeyNotFound  # another user's key is as unknown as a missing one
     return key
@@ -305,12 +347,20 @@ async def search(tx: Tx, actor: Principal, params: PageParams, user_id: uuid.UUI
 
 async def update(tx: Tx, actor: Principal, key_id: uuid.UUID, values: dict[str, Any]) -> dict[str, Any]:
     """``values`` holds only the fields the client sent (an explicit null lifts a restriction)."""
-    key = await _visible(tx, actor, key_id)
+    # Locked, the changed key and the caller's own: concurrent changes and a revocation apply
+    # one after the other, each judged and audited against what the one before left. Two
+    # rows are locked in id order, so two keys changing each other cannot deadlock.
+    caller_id = _caller_id(actor)
+    if caller_id is not None and caller_id < key_id:
+        parent = await _locked_parent(tx, actor)
+        key = await _visible(tx, actor, key_id, for_update=True)
+    else:
+        key = await _visible(tx, actor, key_id, for_update=True)
+        parent = await _locked_parent(tx, actor)
     now = utcnow()
     if key.revoked_at is not None:
         raise InvalidApiKey("A revoked key cannot be changed")
     _check_expiry(values, now)
-    parent = _caller_key(actor)
     if parent is not None:
         current = {
             "models": key.models,
@@ -341,23 +391,24 @@ async def update(tx: Tx, actor: Principal, key_id: uuid.UUID, values: dict[str, 
     return await view(tx, key, now)
 
 
-async def _mark(store: Store, keys: list[str]) -> None:
-    for marker in keys:
+async def _mark(store: Store, markers: dict[str, str]) -> None:
+    for marker, value in markers.items():
         try:
-            await store.set(marker, "1", ttl=MARKER_TTL_SECONDS)
+            await store.set(marker, value, ttl=MARKER_TTL_SECONDS)
         except StoreUnavailable:
             # Gateways then see it when their cached copy runs out (core refuses it at once).
             log.error("apikey_revocation_marker_failed", marker=marker)
 
 
 async def revoke(tx: Tx, store: Store, actor: Principal, key_id: uuid.UUID) -> None:
-    key = await _visible(tx, actor, key_id)
+    # Locked: of concurrent revocations one revokes and audits, the others find it revoked.
+    key = await _visible(tx, actor, key_id, for_update=True)
     if key.revoked_at is None:
         before = _audit_view(key)
         key.revoked_at = key.updated_at = utcnow()
         await tx.session.flush()
         audit.record(tx, "apikey.revoke", "api_key", key.id, before=before, after=_audit_view(key))
-    markers = [key_marker(key.id)]
+    markers = {key_marker(key.id): "revoked"}
 
     async def publish() -> None:
         await _mark(store, markers)
@@ -365,12 +416,14 @@ async def revoke(tx: Tx, store: Store, actor: Principal, key_id: uuid.UUID) -> N
     tx.after_commit(publish)
 
 
-def user_blocked_after_commit(tx: Tx, store: Store, user_id: uuid.UUID, blocked: bool) -> None:
-    """A user was suspended or deleted (blocked) or reactivated: tell every gateway at once."""
+def user_status_after_commit(tx: Tx, store: Store, user_id: uuid.UUID, status: str) -> None:
+    """A user was suspended, deleted or reactivated: tell every gateway at once. The marker's
+    value is the reason, so a gateway answers a suspended user's key as core answers that
+    user's JWT (403 ACCOUNT_SUSPENDED) and a deleted user's as an unknown key."""
 
     async def publish() -> None:
-        if blocked:
-            await _mark(store, [user_marker(user_id)])
+        if status != "active":
+            await _mark(store, {user_marker(user_id): status})
             return
         try:
             await store.delete(user_marker(user_id))

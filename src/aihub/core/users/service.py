@@ -245,7 +245,7 @@ async def update(
     if after["status"] == "suspended":
         await end_sessions(tx, user.id)
     if before["status"] != after["status"]:
-        apikeys.user_blocked_after_commit(tx, store, user.id, blocked=after["status"] != "active")
+        apikeys.user_status_after_commit(tx, store, user.id, after["status"])
     audit.record(tx, action, "user", user.id, before=before, after=after)
     return after
 
@@ -267,7 +267,7 @@ async def delete(tx: Tx, store: Store, actor: rbac.Principal, user_id: uuid.UUID
     await rbac_repo.set_user_roles(tx.session, user.id, [])
     await tx.session.flush()
     await end_sessions(tx, user.id)
-    apikeys.user_blocked_after_commit(tx, store, user.id, blocked=True)
+    apikeys.user_status_after_commit(tx, store, user.id, "deleted")
     audit.record(tx, "user.delete", "user", user.id, before=before, after=await read(tx, user_id))
     rbac.invalidate_after_commit(tx, store)
 

@@ -19,8 +19,12 @@ endpoints = cast(Table, WebhookEndpoint.__table__)
 AnyRow = Any
 
 
-async def get_endpoint(session: AsyncSession, endpoint_id: uuid.UUID) -> WebhookEndpoint | None:
-    return await session.get(WebhookEndpoint, endpoint_id)
+async def get_endpoint(
+    session: AsyncSession, endpoint_id: uuid.UUID, *, for_update: bool = False
+) -> WebhookEndpoint | None:
+    if not for_update:
+        return await session.get(WebhookEndpoint, endpoint_id)
+    return await session.get(WebhookEndpoint, endpoint_id, with_for_update=True, populate_existing=True)
 
 
 async def list_endpoints(session: AsyncSession, params: PageParams) -> Sequence[WebhookEndpoint]:

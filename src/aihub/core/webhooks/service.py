@@ -170,8 +170,8 @@ def _audited(view: dict[str, Any]) -> dict[str, Any]:
     return {"url": view["url"], "events": view["events"], "active": view["active"]}
 
 
-async def _endpoint(tx: Tx, endpoint_id: uuid.UUID) -> WebhookEndpoint:
-    row = await repo.get_endpoint(tx.session, endpoint_id)
+async def _endpoint(tx: Tx, endpoint_id: uuid.UUID, *, for_update: bool = False) -> WebhookEndpoint:
+    row = await repo.get_endpoint(tx.session, endpoint_id, for_update=for_update)
     if row is None:
         raise WebhookNotFound
     return row
@@ -189,7 +189,9 @@ async def list_endpoints(tx: Tx, params: PageParams) -> dict[str, Any]:
 async def update_endpoint(
     tx: Tx, settings: Settings, endpoint_id: uuid.UUID, changes: dict[str, Any]
 ) -> dict[str, Any]:
-    row = await _endpoint(tx, endpoint_id)
+    # Locked: concurrent changes apply one after the other (each audited against what the one
+    # before left), and one racing a deletion finds the endpoint gone (404), never a 500.
+    row = await _endpoint(tx, endpoint_id, for_update=True)
     before = _audited(endpoint_view(row))
     if changes.get("url") is not None:
         row.url = check_url(settings, changes["url"])
@@ -207,7 +209,7 @@ async def update_endpoint(
 
 
 async def delete_endpoint(tx: Tx, endpoint_id: uuid.UUID) -> None:
-    row = await _endpoint(tx, endpoint_id)
+    row = await _endpoint(tx, endpoint_id, for_update=True)  # of concurrent deletions one deletes and audits
     before = _audited(endpoint_view(row))
     tx.session.expunge(row)
     if not await repo.delete_endpoint(tx.session, endpoint_id):

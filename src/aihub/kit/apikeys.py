@@ -1,0 +1,35 @@
+"""How a request presents an API key: one parser for the gateway and core alike.
+
+A key is sent as ``X-API-Key: ahk_…`` or ``Authorization: Bearer ahk_…``; ``X-API-Key`` wins
+when both are there. Whether the key is any good is the caller's business (the gateway asks
+core; core looks it up): this only finds it, so both services agree on what a key request is.
+"""
+
+from __future__ import annotations
+
+KEY_PREFIX = "ahk_"
+
+
+def looks_like_key(value: str) -> bool:
+    return value.startswith(KEY_PREFIX)
+
+
+def bearer_credential(authorization: str | None) -> str | None:
+    """The credential of ``Authorization: Bearer <credential>`` (any case of the scheme), or None."""
+    if not authorization:
+        return None
+    scheme, _, credential = authorization.partition(" ")
+    credential = credential.strip()
+    if scheme.lower() != "bearer" or not credential:
+        return None
+    return credential
+
+
+def presented_key(x_api_key: str | None, bearer: str | None) -> str | None:
+    """The API key of a request: the ``X-API-Key`` header (even empty: then an invalid key, not
+    an anonymous call), else a bearer credential that looks like a key; None for a JWT caller."""
+    if x_api_key is not None:
+        return x_api_key.strip()
+    if bearer is not None and looks_like_key(bearer):
+        return bearer
+    return None
