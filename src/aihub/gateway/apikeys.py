@@ -1,12 +1,14 @@
 """API keys at the gateway: ``Authorization: Bearer ahk_…`` or ``X-API-Key: ahk_…``.
 
 The gateway has no database: it asks core (``GET /api/keys/current``, authenticated by the
-key itself) who the key is and keeps the answer in a bounded in-process cache for
+key itself, on behalf of the client address in ``X-Forwarded-For``: core checks
+``allowedIps`` too) who the key is and keeps the answer in a bounded in-process cache for
 ``AIHUB_GATEWAY_API_KEY_CACHE_SECONDS``, under the key's SHA-256 (never the key). Concurrent
-requests with one unknown key wait on one lookup. Revocation does not wait for the cache: the
-key's and its user's revocation markers are read in the same Redis round trip as the rate
-limit (ratelimit.py), so a revoked key or a suspended user stops on the next request at every
-gateway. Expiry and ``allowedIps`` are checked here on every request, from the cached record.
+requests with one unknown key from one address wait on one lookup. Revocation does not wait
+for the cache: the key's and its user's markers are read in the same Redis round trip as the
+rate limit (ratelimit.py), so a revoked key, a suspended user (403 ACCOUNT_SUSPENDED) or a
+deleted one stops on the next request at every gateway. Expiry and ``allowedIps`` are checked
+here on every request, from the cached record.
 """
 
 from __future__ import annotations
