@@ -78,6 +78,35 @@ async def record_event(
     return result
 
 
+@router.post(
+    "/events/batch",
+    response_model=schemas.UsageBatchOut,
+    response_model_exclude_none=True,
+    responses=errors(usage.BatchTooLarge),
+)
+async def record_events(
+    body: schemas.UsageBatchIn,
+    tx: TxDep,
+    reporter: Annotated[Principal, RequirePermission("usage:write")],
+    runtime: RuntimeDep,
+) -> dict[str, Any]:
+    """Report up to 1,000 calls at once → 200 `{results}`, one per event in the order given.
+
+    Each event is what `POST /api/usage/events` takes plus an optional `occurredAt` (RFC 3339,
+    at most 7 days ago, not in the future: it then counts toward the quota periods and report
+    days it occurred in). Events are independent: each has its own `status` (201 recorded,
+    200 a replay of its `requestId`'s first result, or the status and `code` of its refusal:
+    402 `INSUFFICIENT_CREDITS`, 429 `QUOTA_EXCEEDED`, 422 `UNKNOWN_MODEL`,
+    `OCCURRED_AT_OUT_OF_RANGE`, `IDEMPOTENCY_KEY_REUSED`, 404 `ACCOUNT_NOT_FOUND`, …).
+    413 `BATCH_TOO_LARGE` over 1,000 events (`PAYLOAD_TOO_LARGE` over the body limit).
+    """
+    events = [event.model_dump() for event in body.events]
+    results, refused = await usage.record_batch(tx, reporter.id, events)
+    for user_id, details in refused:
+        await notification_jobs.on_quota_refused(runtime, user_id, details)
+    return {"results": results}
+
+
 @router.get("", response_model=schemas.UsagePage)
 async def list_usage(
     tx: TxDep,
