@@ -27,7 +27,7 @@ import contextlib
 import datetime as dt
 import uuid
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -69,6 +69,7 @@ class Outcome:
     status_code: int
     view: dict[str, Any] | None = None
     after: credits_repo.Balance | None = None  # the account right after this move
+    debited: int = 0  # what it took (low-balance alerts look at debits only)
     body: bytes | None = None  # the stored body (a keyed move, or a replay)
     error: AppError | None = None
     replayed: bool = False
@@ -100,25 +101,49 @@ class _Account:
     threshold: int | None
 
 
-class LedgerEngine:
-    """One per process (and event loop): a queue and the writer task that drains it."""
+Apply = Callable[[asyncpg.Connection, list[Any]], Awaitable[dict[int, Outcome]]]
 
-    def __init__(self, engine: AsyncEngine, *, max_batch: int = MAX_BATCH) -> None:
+
+def _move_ident(move: Move) -> Hashable | None:
+    return move.claim.ident if move.claim is not None else None
+
+
+class LedgerEngine:
+    """One per process (and event loop) and kind of operation: a queue and the writer task that
+    drains it, applying each batch with ``apply`` (moves by default). ``ident``: operations with
+    the same identity (an idempotency key, a usage requestId) never share a batch: the later one
+    waits for the next and replays the first."""
+
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        *,
+        max_batch: int = MAX_BATCH,
+        apply: Apply | None = None,
+        ident: Callable[[Any], Hashable | None] = _move_ident,
+    ) -> None:
         self._engine = engine
         self._max_batch = max_batch
-        self._queue: deque[Move] = deque()
+        self._apply_batch: Apply = apply or _apply_moves
+        self._ident = ident
+        self._queue: deque[Any] = deque()
         self._wake: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
         self._background: set[asyncio.Future[Any]] = set()
 
-    async def submit(self, move: Move) -> Outcome:
+    async def submit(self, move: Any) -> Outcome:
+        return (await self.submit_many([move]))[0]
+
+    async def submit_many(self, ops: list[Any]) -> list[Outcome]:
+        """Queue ``ops`` together (they share a batch when they fit) and await every outcome."""
         loop = asyncio.get_running_loop()
-        move.future = loop.create_future()
-        self._queue.append(move)
+        for op in ops:
+            op.future = loop.create_future()
+        self._queue.extend(ops)
         self._start(loop)
         assert self._wake is not None
         self._wake.set()
-        return await move.future
+        return [await op.future for op in ops]
 
     def _start(self, loop: asyncio.AbstractEventLoop) -> None:
         if self._task is not None and not self._task.done() and self._task.get_loop() is loop:
@@ -153,17 +178,18 @@ class LedgerEngine:
                     if move.future is not None and not move.future.done():
                         move.future.set_exception(exc)
 
-    async def _apply(self, batch: list[Move]) -> None:
+    async def _apply(self, batch: list[Any]) -> None:
         # A key twice in one batch: the later waits for the next batch and replays the first.
-        seen: set[tuple[str, str]] = set()
-        todo: list[Move] = []
-        later: list[Move] = []
+        seen: set[Hashable] = set()
+        todo: list[Any] = []
+        later: list[Any] = []
         for move in batch:
-            if move.claim is not None:
-                if move.claim.ident in seen:
+            ident = self._ident(move)
+            if ident is not None:
+                if ident in seen:
                     later.append(move)
                     continue
-                seen.add(move.claim.ident)
+                seen.add(ident)
             todo.append(move)
         self._queue.extendleft(reversed(later))
         try:
@@ -182,33 +208,33 @@ class LedgerEngine:
             return
         self._settle(todo, outcomes)
 
-    def _settle(self, moves: list[Move], outcomes: dict[int, Outcome]) -> None:
-        """After commit: every move learns its outcome; low-balance events go out."""
+    def _settle(self, moves: list[Any], outcomes: dict[int, Outcome]) -> None:
+        """After commit: every operation learns its outcome; low-balance events go out."""
         for move in moves:
             outcome = outcomes[id(move)]
-            if outcome.after is not None and move.amount < 0:
-                self._alert(move, outcome.after)
+            if outcome.after is not None and outcome.debited > 0:
+                self._alert(move, outcome.after, outcome.debited)
             assert move.future is not None
             if not move.future.done():
                 move.future.set_result(outcome)
 
-    def _alert(self, move: Move, after: credits_repo.Balance) -> None:
+    def _alert(self, move: Any, after: credits_repo.Balance, debited: int) -> None:
         notify = move.policy.notify
         if notify is None:
             return
-        event = credits.low_balance(move.policy, after.available - move.amount, after)
+        event = credits.low_balance(move.policy, after.available + debited, after)
         if event is None:
             return
         task: asyncio.Future[None] = asyncio.ensure_future(notify(event))
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
-    async def _transaction(self, moves: list[Move]) -> dict[int, Outcome]:
+    async def _transaction(self, moves: list[Any]) -> dict[int, Outcome]:
         async with self._engine.connect() as sa_conn:
             raw = await sa_conn.get_raw_connection()
             conn: asyncpg.Connection = raw.driver_connection
             async with conn.transaction():
-                return await _apply_moves(conn, moves)
+                return await self._apply_batch(conn, moves)
 
 
 async def _apply_moves(conn: asyncpg.Connection, moves: list[Move]) -> dict[int, Outcome]:
@@ -273,7 +299,7 @@ async def _apply_moves(conn: asyncpg.Connection, moves: list[Move]) -> dict[int,
                 "created_at": now,
             }
         )
-        outcomes[id(move)] = Outcome(move.status_code, view=view, after=after)
+        outcomes[id(move)] = Outcome(move.status_code, view=view, after=after, debited=max(0, -move.amount))
         entry = audit.new_entry(
             move.actor,
             f"credits.{move.reason}" if move.amount > 0 else f"credits.debit.{move.reason}",

@@ -118,3 +118,135 @@ async def audit(conn: asyncpg.Connection, rows: Sequence[tuple[Any, ...]]) -> No
 
 async def advance_heads(conn: asyncpg.Connection, heads: Sequence[tuple[int, int, str, str]]) -> None:
     await conn.execute(ADVANCE_HEADS, *(list(column) for column in zip(*heads, strict=True)))
+
+
+# ---------------------------------------------------------------------- usage events
+
+USERS = "SELECT id FROM users WHERE id = ANY($1::uuid[])"
+CLAIM_EVENTS = """
+INSERT INTO usage_events (id, request_id, request_hash, user_id, provider, model, price_id, input_tokens,
+                          output_tokens, duration_seconds, credits, reporter_id, metadata, created_at)
+SELECT u.id, u.request_id, u.request_hash, u.user_id, u.provider, u.model, u.price_id, u.input_tokens,
+       u.output_tokens, u.duration_seconds, u.credits, u.reporter_id, u.meta::jsonb, u.created_at
+FROM unnest($1::uuid[], $2::text[], $3::text[], $4::uuid[], $5::text[], $6::text[], $7::uuid[], $8::bigint[],
+            $9::bigint[], $10::numeric[], $11::bigint[], $12::text[], $13::text[], $14::timestamptz[])
+     AS u(id, request_id, request_hash, user_id, provider, model, price_id, input_tokens, output_tokens,
+          duration_seconds, credits, reporter_id, meta, created_at)
+ORDER BY u.request_id
+ON CONFLICT (request_id) DO NOTHING
+RETURNING request_id
+"""
+EVENTS_BY_REQUEST_ID = """
+SELECT id, request_id, request_hash, credits, balance_after FROM usage_events WHERE request_id = ANY($1::text[])
+"""
+# Every limit on each user: their own scope's and each of their roles' (as limits.applicable).
+APPLICABLE = """
+SELECT u.uid, q.scope, q.period, q.model, q.max_credits, q.max_tokens, q.max_requests
+FROM unnest($1::uuid[]) AS u(uid)
+JOIN quota_limits q ON q.scope = 'user:' || u.uid::text
+    OR q.scope IN (SELECT 'role:' || r.role_name FROM user_roles r WHERE r.user_id = u.uid)
+ORDER BY u.uid, q.scope, q.position
+"""
+# Zero increments: takes the counters' row locks (sorted) and returns their committed totals.
+LOCK_COUNTERS = """
+INSERT INTO usage_counters (subject, period_key, model, credits, tokens, requests, period_end)
+SELECT s, p, m, 0, 0, 0, e FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[]) AS u(s, p, m, e)
+ORDER BY s, p, m
+ON CONFLICT (subject, period_key, model) DO UPDATE SET credits = usage_counters.credits
+RETURNING subject, period_key, model, credits, tokens, requests
+"""
+ADD_COUNTERS = """
+INSERT INTO usage_counters (subject, period_key, model, credits, tokens, requests, period_end)
+SELECT s, p, m, c, t, r, e
+FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::bigint[], $6::bigint[], $7::bigint[])
+     AS u(s, p, m, e, c, t, r)
+ORDER BY s, p, m
+ON CONFLICT (subject, period_key, model) DO UPDATE
+    SET credits = usage_counters.credits + excluded.credits, tokens = usage_counters.tokens + excluded.tokens,
+        requests = usage_counters.requests + excluded.requests
+"""
+SETTLE_EVENTS = """
+UPDATE usage_events e SET transaction_id = u.tid, balance_after = u.balance
+FROM unnest($1::uuid[], $2::uuid[], $3::bigint[]) AS u(id, tid, balance) WHERE e.id = u.id
+"""
+DROP_EVENTS = "DELETE FROM usage_events WHERE id = ANY($1::uuid[])"
+
+
+async def existing_users(conn: asyncpg.Connection, user_ids: Sequence[uuid.UUID]) -> set[uuid.UUID]:
+    return {uuid.UUID(str(r["id"])) for r in await conn.fetch(USERS, list(user_ids))}
+
+
+async def claim_events(conn: asyncpg.Connection, rows: Sequence[tuple[Any, ...]]) -> set[str]:
+    if not rows:
+        return set()
+    found = await conn.fetch(CLAIM_EVENTS, *(list(column) for column in zip(*rows, strict=True)))
+    return {r["request_id"] for r in found}
+
+
+async def events_by_request_id(conn: asyncpg.Connection, request_ids: Sequence[str]) -> dict[str, Any]:
+    return {r["request_id"]: r for r in await conn.fetch(EVENTS_BY_REQUEST_ID, list(request_ids))}
+
+
+async def applicable_limits(conn: asyncpg.Connection, user_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, list[Any]]:
+    from aihub.core.usage.limits import Applicable, user_subject
+
+    found: dict[uuid.UUID, list[Any]] = {uid: [] for uid in user_ids}
+    for r in await conn.fetch(APPLICABLE, list(user_ids)):
+        uid = uuid.UUID(str(r["uid"]))
+        found[uid].append(
+            Applicable(
+                r["scope"],
+                r["period"],
+                r["model"],
+                r["max_credits"],
+                r["max_tokens"],
+                r["max_requests"],
+                user_subject(uid),
+            )
+        )
+    return found
+
+
+async def lock_counters(
+    conn: asyncpg.Connection, rows: Sequence[tuple[tuple[str, str, str], dt.datetime]]
+) -> dict[tuple[str, str, str], tuple[int, int, int]]:
+    columns = [[r[0][0] for r in rows], [r[0][1] for r in rows], [r[0][2] for r in rows], [r[1] for r in rows]]
+    return {
+        (r["subject"], r["period_key"], r["model"]): (int(r["credits"]), int(r["tokens"]), int(r["requests"]))
+        for r in await conn.fetch(LOCK_COUNTERS, *columns)
+    }
+
+
+async def add_counters(conn: asyncpg.Connection, rows: Sequence[tuple[Any, ...]]) -> None:
+    """``rows``: ((subject, period_key, model), period_end, credits, tokens, requests)."""
+    await conn.execute(
+        ADD_COUNTERS,
+        [r[0][0] for r in rows],
+        [r[0][1] for r in rows],
+        [r[0][2] for r in rows],
+        [r[1] for r in rows],
+        [r[2] for r in rows],
+        [r[3] for r in rows],
+        [r[4] for r in rows],
+    )
+
+
+async def settle_events(conn: asyncpg.Connection, rows: Sequence[tuple[Any, ...]]) -> None:
+    await conn.execute(SETTLE_EVENTS, *(list(column) for column in zip(*rows, strict=True)))
+
+
+async def drop_events(conn: asyncpg.Connection, event_ids: Sequence[uuid.UUID]) -> None:
+    await conn.execute(DROP_EVENTS, list(event_ids))
+
+
+async def recompute_rollup_day(conn: asyncpg.Connection, day: dt.date) -> None:
+    """The rollup job's recompute of ``day`` (same lock, same statements), on this connection."""
+    from sqlalchemy.dialects import postgresql
+
+    from aihub.core.usage import rollups
+
+    await conn.execute("SELECT pg_advisory_xact_lock($1, $2)", *rollups.lock_key(day))
+    dialect = postgresql.asyncpg.dialect()  # type: ignore[no-untyped-call]
+    for stmt in rollups.recompute_statements("postgresql", day):
+        compiled = stmt.compile(dialect=dialect)
+        await conn.execute(compiled.string, *(compiled.params[name] for name in compiled.positiontup or ()))

@@ -268,7 +268,7 @@ async def record_event(
     the request ID (one INSERT … ON CONFLICT DO NOTHING), the quota's one conditional upsert,
     the ledger's one statement, and the settle. An unknown user fails the claim's foreign key.
     """
-    fingerprint = _fingerprint(body if occurred_at is None else {**body, "occurred_at": occurred_at.isoformat()})
+    fingerprint = event_fingerprint(body, occurred_at)
     price = await pricing.require_current(tx, body["provider"], body["model"])
     charge = pricing.credits_for(
         price,
@@ -347,6 +347,10 @@ async def record_event(
         },
     )
     return {"id": event_id, "request_id": body["request_id"], "credits": charge, "balance": balance}, False
+
+
+def event_fingerprint(body: dict[str, Any], occurred_at: dt.datetime | None) -> str:
+    return _fingerprint(body if occurred_at is None else {**body, "occurred_at": occurred_at.isoformat()})
 
 
 BATCH_MAX = 1000
