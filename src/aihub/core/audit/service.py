@@ -60,7 +60,47 @@ def scrub(value: dict[str, Any] | None) -> dict[str, Any] | None:
     return result
 
 
-def _content(row: AuditLog) -> dict[str, Any]:
+@dataclass(slots=True)
+class PendingRow:
+    """An audit row to append set-based (the ledger engine): the columns, without an ORM object
+    (building one costs more than everything else an event does)."""
+
+    id: Any
+    chain: int
+    actor_id: str | None
+    actor_type: str
+    action: str
+    entity_type: str
+    entity_id: str | None
+    before: dict[str, Any] | None
+    after: dict[str, Any] | None
+    request_id: str | None
+    ip: str | None
+    created_at: dt.datetime
+    content: str = ""
+
+
+def pending_row(entry: _Entry, request_id: str | None, ip: str | None, now: dt.datetime) -> PendingRow:
+    """The row of ``entry`` and the canonical text of its content (v3), as :func:`entry_row`."""
+    row = PendingRow(
+        repo.new_id(),
+        entry.chain,
+        entry.actor.id,
+        entry.actor.type,
+        entry.action,
+        entry.entity_type,
+        entry.entity_id,
+        entry.before,
+        entry.after,
+        request_id,
+        ip,
+        now,
+    )
+    row.content = canonical(_content(row)).decode()
+    return row
+
+
+def _content(row: AuditLog | PendingRow) -> dict[str, Any]:
     return {
         "id": str(row.id),
         "chain": row.chain,

@@ -308,7 +308,7 @@ async def _apply_moves(conn: asyncpg.Connection, moves: list[Move]) -> dict[int,
             before={"balance": account.balance - move.amount},
             after={"balance": account.balance, "reserved": account.reserved, "transactionId": str(row_id)},
         )
-        audit_rows.append(audit.entry_row(entry, move.request_id, move.ip, now))
+        audit_rows.append(audit.pending_row(entry, move.request_id, move.ip, now))
     if deltas:
         applied = await repo.apply(conn, deltas, now)
         if applied != len(deltas):  # the lock makes this impossible; if it happens, trust nothing

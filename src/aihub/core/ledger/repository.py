@@ -141,11 +141,13 @@ SELECT id, request_id, request_hash, credits, balance_after FROM usage_events WH
 """
 # Every limit on each user: their own scope's and each of their roles' (as limits.applicable).
 APPLICABLE = """
-SELECT u.uid, q.scope, q.period, q.model, q.max_credits, q.max_tokens, q.max_requests
-FROM unnest($1::uuid[]) AS u(uid)
-JOIN quota_limits q ON q.scope = 'user:' || u.uid::text
-    OR q.scope IN (SELECT 'role:' || r.role_name FROM user_roles r WHERE r.user_id = u.uid)
-ORDER BY u.uid, q.scope, q.position
+SELECT u.uid, q.scope, q.period, q.model, q.max_credits, q.max_tokens, q.max_requests, q.position
+FROM unnest($1::uuid[]) AS u(uid) JOIN quota_limits q ON q.scope = 'user:' || u.uid::text
+UNION ALL
+SELECT r.user_id, q.scope, q.period, q.model, q.max_credits, q.max_tokens, q.max_requests, q.position
+FROM user_roles r JOIN quota_limits q ON q.scope = 'role:' || r.role_name
+WHERE r.user_id = ANY($1::uuid[])
+ORDER BY 1, 2, 8
 """
 # Zero increments: takes the counters' row locks (sorted) and returns their committed totals.
 LOCK_COUNTERS = """

@@ -113,10 +113,19 @@ async def apply_events(conn: asyncpg.Connection, ops: list[UsageOp]) -> dict[int
     # Counters: every row each event counts toward (its own periods, from when it occurred).
     rows_of: dict[int, list[limits.Row]] = {}
     ends: dict[limits.Row, dt.datetime] = {}
+    windows: dict[dt.datetime, list[limits.Window]] = {}
     for op in live:
-        rows = limits.rows_for([limits.user_subject(op.user_id)], f"{op.provider}/{op.model}", op.occurred_at or now)
-        rows_of[id(op)] = [row for row, _ in rows]
-        ends.update(rows)
+        when = op.occurred_at or now
+        spans = windows.get(when)
+        if spans is None:
+            spans = windows[when] = [limits.window(kind, when) for kind in limits.PERIODS]
+        subject, model = limits.user_subject(op.user_id), f"{op.provider}/{op.model}"
+        mine = rows_of[id(op)] = []
+        for w in spans:
+            for m in (limits.ALL_MODELS, model):
+                row = (subject, w.key, m)
+                mine.append(row)
+                ends[row] = w.end
     applying = await repo.applicable_limits(conn, sorted({op.user_id for op in live}))
     limited = {uid for uid, found in applying.items() if found}
     # Only the counters a limit reads need their totals (and their locks) before deciding.
@@ -213,7 +222,7 @@ async def apply_events(conn: asyncpg.Connection, ops: list[UsageOp]) -> dict[int
                 before={"balance": account.balance + op.charge},
                 after={"balance": account.balance, "reserved": account.reserved, "transactionId": str(transaction_id)},
             )
-            audit_rows.append(audit.entry_row(debit, op.request, op.ip, now))
+            audit_rows.append(audit.pending_row(debit, op.request, op.ip, now))
         settled.append((event_id, transaction_id, account.balance))
         record = audit.new_entry(
             op.actor,
@@ -229,7 +238,7 @@ async def apply_events(conn: asyncpg.Connection, ops: list[UsageOp]) -> dict[int
                 "priceId": str(op.price_id),
             },
         )
-        audit_rows.append(audit.entry_row(record, op.request, op.ip, now))
+        audit_rows.append(audit.pending_row(record, op.request, op.ip, now))
         view = _result(event_id, op.request_id, op.charge, account.balance)
         outcomes[id(op)] = Outcome(201, view=view, after=after, debited=op.charge)
         if op.occurred_at is not None:
