@@ -19,7 +19,6 @@ from aihub.core.credits import service as credits
 from aihub.core.ledger.engine import Claim, LedgerEngine, Move, Outcome
 from aihub.core.ledger.usage import UsageOp
 from aihub.core.ledger.usage import writer as usage_writer
-from aihub.core.pricing import service as pricing
 from aihub.core.usage import service as usage
 from aihub.kit.db import Tx, utcnow
 from aihub.kit.errors import AppError
@@ -154,16 +153,7 @@ async def priced(
 ) -> UsageOp:
     """The event priced (422 UNKNOWN_MODEL, COST_OUT_OF_RANGE raised here), ready to queue.
     ``prices`` caches the batch's lookups: one read per model, not per event."""
-    key = (body["provider"], body["model"])
-    price = prices.get(key)
-    if price is None:
-        price = prices[key] = await pricing.require_current(tx, *key)
-    charge = pricing.credits_for(
-        price,
-        input_tokens=body["input_tokens"],
-        output_tokens=body["output_tokens"],
-        duration_seconds=body["duration_seconds"] or 0,
-    )
+    price, charge = await usage.price_call(tx, body["provider"], body["model"], body, prices)
     return UsageOp(
         request_id=body["request_id"],
         request_hash=usage.event_fingerprint(body, occurred_at),

@@ -24,7 +24,7 @@ from aihub.kit.errors import AppError, Conflict, NotFound
 from aihub.kit.idempotency import IdempotencyKeyReused
 from aihub.kit.jsonutil import canonical
 from aihub.kit.pagination import PageParams, page_of
-from aihub.models import QuotaLimit, UsageEvent
+from aihub.models import ModelPrice, QuotaLimit, UsageEvent
 
 
 class QuotaExceeded(AppError):
@@ -269,13 +269,7 @@ async def record_event(
     the ledger's one statement, and the settle. An unknown user fails the claim's foreign key.
     """
     fingerprint = event_fingerprint(body, occurred_at)
-    price = await pricing.require_current(tx, body["provider"], body["model"])
-    charge = pricing.credits_for(
-        price,
-        input_tokens=body["input_tokens"],
-        output_tokens=body["output_tokens"],
-        duration_seconds=body["duration_seconds"] or 0,
-    )
+    price, charge = await price_call(tx, body["provider"], body["model"], body)
     now = occurred_at or utcnow()
     event = {
         "id": uuid.uuid4(),
@@ -347,6 +341,31 @@ async def record_event(
         },
     )
     return {"id": event_id, "request_id": body["request_id"], "credits": charge, "balance": balance}, False
+
+
+async def price_call(
+    tx: Tx,
+    provider: str,
+    model: str,
+    body: dict[str, Any],
+    prices: dict[tuple[str, str], ModelPrice] | None = None,
+) -> tuple[ModelPrice, int]:
+    """The price in force and the credits a call costs (422 UNKNOWN_MODEL, COST_OUT_OF_RANGE):
+    the one pricing step of every usage path (events, batches, authorization settles).
+    ``prices`` caches a batch's lookups: one read per model, not per event."""
+    key = (provider, model)
+    price = prices.get(key) if prices is not None else None
+    if price is None:
+        price = await pricing.require_current(tx, provider, model)
+        if prices is not None:
+            prices[key] = price
+    charge = pricing.credits_for(
+        price,
+        input_tokens=body["input_tokens"],
+        output_tokens=body["output_tokens"],
+        duration_seconds=body["duration_seconds"] or 0,
+    )
+    return price, charge
 
 
 def event_fingerprint(body: dict[str, Any], occurred_at: dt.datetime | None) -> str:
@@ -459,10 +478,12 @@ async def record_settled(
     input_tokens: int = 0,
     output_tokens: int = 0,
     metadata: dict[str, Any] | None = None,
+    price: ModelPrice | None = None,
 ) -> uuid.UUID:
     """Record usage that was already paid through the ledger (a captured hold): no second debit.
-    Returns the event's id."""
-    price = await pricing.require_current(tx, provider, model)
+    ``price``: the one the charge was computed with (read again when not given). Returns the event's id."""
+    if price is None:
+        price = await pricing.require_current(tx, provider, model)
     event = UsageEvent(
         id=uuid.uuid4(),
         request_id=request_id,
