@@ -1,7 +1,8 @@
 """Usage metering and reports on PostgreSQL, through one real core process, next to SQL baselines.
 
-    .venv/bin/python bench/usage/bench_usage.py [--seconds 10] [--clients 32] [--rows 1000000]
-        [--users 5000] [--days 60] [--repeat 20] [--skip-ingest] [--skip-reports]
+    flock /tmp/aihub-bench.lock .venv/bin/python bench/usage/bench_usage.py [--seconds 10] [--clients 32]
+        [--rows 1000000] [--users 5000] [--days 60] [--repeat 20] [--batch-size 500] [--batch-clients 4]
+        [--skip-ingest] [--skip-reports]
 
 (a) Ingestion: `POST /api/usage/events` from a service token (scope usage:write), each event a
     new requestId for one of N funded users with role `user`, on which a daily quota is set:
@@ -10,7 +11,9 @@
     writes (usage row, quota upsert, conditional debit, ledger row, settle) as raw SQL over
     asyncpg with as many connections (no HTTP, auth, reads or audit), and the ledger's own
     `POST /api/credits/deduct` through the same core process (one debit, its ledger and audit
-    rows: the ceiling for any endpoint that debits).
+    rows: the ceiling for any endpoint that debits). Also: one client alone (latency), and
+    `POST /api/usage/events/batch` with --batch-size new events per request from --batch-clients
+    loops (events/s in the database, request latencies, every per-event status).
 (b) Reports on 1,000,000 usage rows: seeded in SQL (generate_series, one transaction) for
     fresh users over the last 60 days, each event with its ledger debit and a chained
     balanceAfter (reconcile stays clean), skewed like real traffic (a few heavy users, each
