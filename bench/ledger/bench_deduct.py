@@ -1,6 +1,7 @@
 """POST /api/credits/deduct through one real core process on PostgreSQL, next to a raw-SQL baseline.
 
-    .venv/bin/python bench/ledger/bench_deduct.py [--seconds 10] [--clients 32] [--accounts 10000]
+    flock /tmp/aihub-bench.lock .venv/bin/python bench/ledger/bench_deduct.py \
+        [--seconds 10] [--clients 32] [--accounts 10000]
 
 Steps: a fresh PostgreSQL database (migrated by `aihub migrate`), N funded accounts seeded
 with a matching ledger row each, one `aihub serve core` process (Redis for the token
@@ -8,8 +9,12 @@ blacklist), a service token with scope credits:deduct (the realistic caller), th
 
   (a) spread: 32 concurrent clients, each deduction on the next of the N accounts;
   (b) hot:    32 concurrent clients on ONE account;
-  baseline:   the same conditional UPDATE … RETURNING + ledger INSERT driven directly with
-              asyncpg over 32 connections (no HTTP, no auth, no audit).
+  floor:      core's own app with one trivial authenticated endpoint (bench/ledger/floor_app.py:
+              JWT, blacklist, permission, Pydantic body, JSON answer, no SQL): the framework floor;
+  1 client:   the latency of one deduction at a time (p50 must not regress);
+  baseline:   the same conditional UPDATE … RETURNING + ledger INSERT, one transaction per
+              debit, on lean scratch tables, driven directly with asyncpg over 32 connections
+              (no HTTP, no auth, no audit), spread and hot.
 
 Deductions/s are counted in the database (debit rows written during the run), so requests
 still in flight when the load generator stops are not lost or double counted. Afterwards:
@@ -144,6 +149,7 @@ def run_wrk(
         result = subprocess.run(
             [
                 "wrk",
+                "--latency",
                 f"-t{min(2, clients)}",
                 f"-c{clients}",
                 f"-d{seconds}s",
@@ -182,11 +188,35 @@ async def run_aiohttp(
     return f"aiohttp statuses: {statuses}"
 
 
-async def http_case(db: str, url: str, ids: list[str], token: str, clients: int, seconds: int) -> tuple[float, str]:
+def percentile(output: str, label: str) -> float | None:
+    """A latency percentile (ms) from wrk --latency's distribution ("  99%   12.34ms")."""
+    for line in output.splitlines():
+        parts = line.split()
+        if len(parts) == 2 and parts[0] == label:
+            value = parts[1]
+            for unit, scale in (("ms", 1.0), ("us", 0.001), ("s", 1000.0)):
+                if value.endswith(unit):
+                    return float(value[: -len(unit)]) * scale
+    return None
+
+
+def requests_per_second(output: str) -> float:
+    for line in output.splitlines():
+        if line.startswith("Requests/sec:"):
+            return float(line.split()[1])
+    return 0.0
+
+
+async def http_case(
+    db: str, url: str, ids: list[str], token: str, clients: int, seconds: int, path: str | None = None
+) -> tuple[float, str]:
     before = await debit_rows(db)
     started = time.monotonic()
     if shutil.which("wrk"):
-        output = await asyncio.to_thread(run_wrk, url, ids, token, clients, seconds)
+        extra = {"BENCH_PATH": path} if path else None
+        output = await asyncio.to_thread(run_wrk, url, ids, token, clients, seconds, HERE / "deduct.lua", extra)
+        if path:  # the floor writes nothing: count its answers
+            return requests_per_second(output), output
     else:
 
         def deduction(offset: int, n: int) -> dict[str, Any]:
@@ -198,18 +228,38 @@ async def http_case(db: str, url: str, ids: list[str], token: str, clients: int,
     return (await debit_rows(db) - before) / elapsed, output
 
 
+# Lean scratch tables (no triggers, no foreign keys, no audit): what PostgreSQL itself does
+# per transaction for a conditional debit and its ledger row.
+SCRATCH = """
+DROP TABLE IF EXISTS bench_ledger, bench_accounts;
+CREATE TABLE bench_accounts (user_id uuid PRIMARY KEY, balance bigint NOT NULL, reserved bigint NOT NULL,
+                             updated_at timestamptz NOT NULL);
+CREATE TABLE bench_ledger (seq bigserial PRIMARY KEY, id uuid NOT NULL, user_id uuid NOT NULL, amount bigint NOT NULL,
+                           reason text NOT NULL, balance_after bigint NOT NULL, created_at timestamptz NOT NULL);
+CREATE INDEX ON bench_ledger (user_id, seq);
+INSERT INTO bench_accounts SELECT user_id, balance, reserved, now() FROM credit_accounts;
+ANALYZE bench_accounts;
+"""
 BASELINE_UPDATE = (
-    "UPDATE credit_accounts SET balance = balance - $2, updated_at = now() "
+    "UPDATE bench_accounts SET balance = balance - $2, updated_at = now() "
     "WHERE user_id = $1 AND balance - reserved >= $2 RETURNING balance"
 )
 BASELINE_INSERT = (
-    "INSERT INTO credit_transactions (id, user_id, amount, type, reason, balance_after, created_at) "
-    "VALUES ($1, $2, $3, 'debit', 'usage', $4, now())"
+    "INSERT INTO bench_ledger (id, user_id, amount, reason, balance_after, created_at) "
+    "VALUES ($1, $2, $3, 'usage', $4, now())"
 )
 
 
+async def scratch_tables(db: str) -> None:
+    conn = await asyncpg.connect(dsn(db))
+    try:
+        await conn.execute(SCRATCH)
+    finally:
+        await conn.close()
+
+
 async def baseline(db: str, ids: list[str], clients: int, seconds: float) -> float:
-    """The ledger's two statements per deduction, in a transaction, straight over asyncpg."""
+    """One transaction per debit on the scratch tables (conditional UPDATE + ledger INSERT), asyncpg."""
     pool = await asyncpg.create_pool(dsn(db), min_size=clients, max_size=clients)
     keys = [uuid.UUID(i) for i in ids]
     done = 0
@@ -250,6 +300,10 @@ def reconcile(db_url: str) -> tuple[int, str]:
     return result.returncode, result.stdout + result.stderr
 
 
+def loadavg() -> str:
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seconds", type=int, default=10)
@@ -260,8 +314,8 @@ async def main() -> None:
 
     db = f"aihub_bench_{os.getpid()}"
     db_url = "postgresql+asyncpg://" + dsn(db).split("://", 1)[1]
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
+    port, floor_port = free_port(), free_port()
+    url, floor_url = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{floor_port}"
     await create_database(db)
     env = {
         **os.environ,
@@ -271,46 +325,81 @@ async def main() -> None:
         "AIHUB_LOG_LEVEL": args.log_level,
         "AIHUB_DB_POOL_SIZE": str(args.clients + 8),
     }
-    proc: subprocess.Popen[bytes] | None = None
+    procs: list[subprocess.Popen[bytes]] = []
+    load_before = loadavg()
     try:
         subprocess.run([AIHUB, "migrate"], env=env, check=True, capture_output=True)
         ids = await seed(db, args.accounts)
-        proc = subprocess.Popen([AIHUB, "serve", "core"], env=env)
-        await wait_healthy(url, proc)
+        await scratch_tables(db)
         codec = TokenCodec.from_settings(Settings())
         token = codec.issue(sub="bench", typ="service", role="service", scopes=["credits:deduct"], ttl=None)
 
+        # The framework floor first, alone: core's app with one trivial authenticated endpoint.
+        floor = subprocess.Popen([sys.executable, str(HERE / "floor_app.py"), str(floor_port)], env=env)
+        procs.append(floor)
+        await wait_healthy(floor_url, floor)
+        await http_case(db, floor_url, ids, token, args.clients, 2, path="/bench/floor")
+        floor_rate, floor_out = await http_case(db, floor_url, ids, token, args.clients, args.seconds, "/bench/floor")
+        floor.terminate()
+        floor.wait(timeout=30)
+        procs.remove(floor)
+
+        proc = subprocess.Popen([AIHUB, "serve", "core"], env=env)
+        procs.append(proc)
+        await wait_healthy(url, proc)
         # A short warm-up so the first case does not pay for connection set-up and imports.
         await http_case(db, url, ids, token, args.clients, 2)
+        one, one_out = await http_case(db, url, ids, token, 1, args.seconds)
         spread, spread_out = await http_case(db, url, ids, token, args.clients, args.seconds)
         hot, hot_out = await http_case(db, url, ids[:1], token, args.clients, args.seconds)
         proc.terminate()
         proc.wait(timeout=30)
-        proc = None
+        procs.remove(proc)
         base_spread = await baseline(db, ids, args.clients, args.seconds)
         base_hot = await baseline(db, ids[:1], args.clients, args.seconds)
         negative, over = await invariants(db)
         code, report = reconcile(db_url)
 
+        def pct(output: str, label: str) -> str:
+            value = percentile(output, label)
+            return "-" if value is None else f"{value:.1f}"
+
         print(
             f"\n=== ledger deduct benchmark: {args.clients} clients, {args.seconds}s per case, "
-            f"{os.cpu_count()} cores (shared; figures are noisy) ==="
+            f"{os.cpu_count()} cores (shared; figures are noisy), load average {load_before} -> {loadavg()} ==="
         )
-        print(f"{'case':<28}{'deductions/s':>14}{'baseline/s':>14}{'ratio':>8}{'target':>8}")
+        print(f"{'case':<30}{'per s':>9}{'baseline/s':>12}{'ratio':>7}{'p50 ms':>8}{'p99 ms':>8}  target")
         print(
-            f"{'(a) spread, ' + str(args.accounts) + ' accounts':<28}{spread:>14.0f}{base_spread:>14.0f}"
-            f"{spread / base_spread:>8.2f}{'1500':>8}"
+            f"{'framework floor (no SQL)':<30}{floor_rate:>9.0f}{'':>12}{'':>7}"
+            f"{pct(floor_out, '50%'):>8}{pct(floor_out, '99%'):>8}"
         )
-        print(f"{'(b) one hot account':<28}{hot:>14.0f}{base_hot:>14.0f}{hot / base_hot:>8.2f}{'1000':>8}")
+        print(f"{'raw SQL, spread (1 tx/debit)':<30}{base_spread:>9.0f}")
+        print(f"{'raw SQL, hot (1 tx/debit)':<30}{base_hot:>9.0f}")
+        print(
+            f"{'deduct, 1 client':<30}{one:>9.0f}{'':>12}{'':>7}{pct(one_out, '50%'):>8}{pct(one_out, '99%'):>8}"
+            "  p50 no worse than before"
+        )
+        print(
+            f"{'(a) spread, ' + str(args.accounts) + ' accounts':<30}{spread:>9.0f}{base_spread:>12.0f}"
+            f"{spread / base_spread:>7.2f}{pct(spread_out, '50%'):>8}{pct(spread_out, '99%'):>8}"
+            "  >=1500/s, >=0.35x, p99<=50"
+        )
+        print(
+            f"{'(b) one hot account':<30}{hot:>9.0f}{base_hot:>12.0f}{hot / base_hot:>7.2f}"
+            f"{pct(hot_out, '50%'):>8}{pct(hot_out, '99%'):>8}  >=1.0x, p99<=100"
+        )
+        print(f"deduct spread / framework floor: {spread / floor_rate:.2f}")
         print(f"overdrafts: {negative} negative balances, {over} accounts with reserved > balance")
         print(f"reconcile exit code: {code}")
         print(report.strip())
-        print("\n--- load generator output (spread) ---\n" + spread_out.strip())
+        print("\n--- load generator output (floor) ---\n" + floor_out.strip())
+        print("--- load generator output (1 client) ---\n" + one_out.strip())
+        print("--- load generator output (spread) ---\n" + spread_out.strip())
         print("--- load generator output (hot) ---\n" + hot_out.strip())
         if negative or over or code != 0:
             sys.exit(1)
     finally:
-        if proc is not None:
+        for proc in procs:
             proc.terminate()
             proc.wait(timeout=30)
         await drop_database(db)

@@ -1,7 +1,8 @@
 """Usage metering and reports on PostgreSQL, through one real core process, next to SQL baselines.
 
-    .venv/bin/python bench/usage/bench_usage.py [--seconds 10] [--clients 32] [--rows 1000000]
-        [--users 5000] [--days 60] [--repeat 20] [--skip-ingest] [--skip-reports]
+    flock /tmp/aihub-bench.lock .venv/bin/python bench/usage/bench_usage.py [--seconds 10] [--clients 32]
+        [--rows 1000000] [--users 5000] [--days 60] [--repeat 20] [--batch-size 500] [--batch-clients 4]
+        [--skip-ingest] [--skip-reports]
 
 (a) Ingestion: `POST /api/usage/events` from a service token (scope usage:write), each event a
     new requestId for one of N funded users with role `user`, on which a daily quota is set:
@@ -10,7 +11,9 @@
     writes (usage row, quota upsert, conditional debit, ledger row, settle) as raw SQL over
     asyncpg with as many connections (no HTTP, auth, reads or audit), and the ledger's own
     `POST /api/credits/deduct` through the same core process (one debit, its ledger and audit
-    rows: the ceiling for any endpoint that debits).
+    rows: the ceiling for any endpoint that debits). Also: one client alone (latency), and
+    `POST /api/usage/events/batch` with --batch-size new events per request from --batch-clients
+    loops (events/s in the database, request latencies, every per-event status).
 (b) Reports on 1,000,000 usage rows: seeded in SQL (generate_series, one transaction) for
     fresh users over the last 60 days, each event with its ledger debit and a chained
     balanceAfter (reconcile stays clean), skewed like real traffic (a few heavy users, each
@@ -33,6 +36,7 @@ import argparse
 import asyncio
 import datetime as dt
 import os
+import random
 import shutil
 import statistics
 import subprocess
@@ -61,6 +65,7 @@ from bench.ledger.bench_deduct import (
     dsn,
     free_port,
     http_case,
+    percentile,
     reconcile,
     run_aiohttp,
     run_wrk,
@@ -128,6 +133,63 @@ async def ingest_case(db: str, url: str, ids: list[str], token: str, clients: in
     elapsed = time.monotonic() - started
     await asyncio.sleep(0.5)  # let in-flight requests commit before counting
     return (await count_events(db) - before) / elapsed, output
+
+
+BATCH_MODELS = [
+    ("openai", "gpt-4o"),
+    ("openai", "gpt-4o-mini"),
+    ("anthropic", "claude-sonnet-4"),
+    ("google", "gemini-2.5-flash"),
+]
+
+
+async def batch_case(
+    db: str, url: str, ids: list[str], token: str, clients: int, seconds: int, size: int
+) -> tuple[float, list[float], dict[int, int]]:
+    """``POST /api/usage/events/batch`` with ``size`` new events per request from ``clients`` loops
+    (aiohttp: a few large requests a second). Events/s counted in the database; the request
+    latencies (s) and every per-event status."""
+    run = uuid.uuid4().hex[:8]
+    rng = random.Random(run)
+    before = await count_events(db)
+    latencies: list[float] = []
+    statuses: dict[int, int] = {}
+    deadline = time.monotonic() + seconds
+
+    async def client(offset: int) -> None:
+        n = 0
+        headers = {"Authorization": f"Bearer {token}"}
+        async with aiohttp.ClientSession(headers=headers) as http:
+            while time.monotonic() < deadline:
+                n += 1
+                events = []
+                for i in range(size):
+                    provider, model = BATCH_MODELS[rng.randrange(len(BATCH_MODELS))]
+                    events.append(
+                        {
+                            "requestId": f"{run}-{offset}-{n}-{i}",
+                            "userId": ids[rng.randrange(len(ids))],
+                            "provider": provider,
+                            "model": model,
+                            "inputTokens": rng.randint(0, 4000),
+                            "outputTokens": rng.randint(0, 1000),
+                        }
+                    )
+                started = time.monotonic()
+                async with http.post(f"{url}/api/usage/events/batch", json={"events": events}) as response:
+                    body = await response.json()
+                latencies.append(time.monotonic() - started)
+                if response.status != 200:
+                    statuses[response.status * 1000] = statuses.get(response.status * 1000, 0) + 1
+                    continue
+                for item in body["results"]:
+                    statuses[item["status"]] = statuses.get(item["status"], 0) + 1
+
+    started = time.monotonic()
+    await asyncio.gather(*(client(i) for i in range(clients)))
+    elapsed = time.monotonic() - started
+    await asyncio.sleep(0.5)
+    return (await count_events(db) - before) / elapsed, latencies, statuses
 
 
 async def ingest_baseline(db: str, ids: list[str], clients: int, seconds: float) -> float:
@@ -557,7 +619,11 @@ async def ingest_part(db: str, db_url: str, env: dict[str, str], args: argparse.
         codec = TokenCodec.from_settings(Settings())
         token = codec.issue(sub="bench-mcp", typ="service", role="service", scopes=["usage:write"], ttl=None)
         await ingest_case(db, url, ids, token, args.clients, 2)  # warm-up
+        one_rate, one_output = await ingest_case(db, url, ids, token, 1, args.seconds)
         rate, output = await ingest_case(db, url, ids, token, args.clients, args.seconds)
+        batch_rate, batch_latencies, batch_statuses = await batch_case(
+            db, url, ids, token, args.batch_clients, args.seconds, args.batch_size
+        )
         # The ledger's own endpoint in the same process: the ceiling for anything that debits.
         deduct_token = codec.issue(sub="bench", typ="service", role="service", scopes=["credits:deduct"], ttl=None)
         deduct_rate, _ = await http_case(db, url, ids, deduct_token, args.clients, args.seconds)
@@ -570,10 +636,21 @@ async def ingest_part(db: str, db_url: str, env: dict[str, str], args: argparse.
             proc.terminate()
             proc.wait(timeout=30)
     code, report = reconcile(db_url)
+    ordered = sorted(batch_latencies)
+
+    def at(q: float) -> float:
+        return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000 if ordered else float("nan")
+
     return [
         f"{'case':<52}{'events/s':>12}{'baseline/s':>14}{'ratio':>8}{'target':>8}",
+        f"{'(a) POST /api/usage/events, 1 client':<52}{one_rate:>12.0f}{'':>14}{'':>8}"
+        f"   p50 {percentile(one_output, '50%')} ms, p99 {percentile(one_output, '99%')} ms",
         f"{'(a) POST /api/usage/events, ' + str(args.clients) + ' clients':<52}{rate:>12.0f}{base:>14.0f}"
-        f"{rate / base:>8.2f}{'1000':>8}",
+        f"{rate / base:>8.2f}{'1000':>8}"
+        f"   p50 {percentile(output, '50%')} ms, p99 {percentile(output, '99%')} ms",
+        f"{f'(a) POST /api/usage/events/batch, {args.batch_size}/request, {args.batch_clients} clients':<52}"
+        f"{batch_rate:>12.0f}{base:>14.0f}{batch_rate / base:>8.2f}{'10000':>8}"
+        f"   request p50 {at(0.5):.0f} ms, p99 {at(0.99):.0f} ms; per-event statuses {batch_statuses}",
         f"{'  POST /api/credits/deduct, same process':<52}{deduct_rate:>12.0f}{base:>14.0f}{deduct_rate / base:>8.2f}",
         f"ledger reconcile exit code: {code}" + ("" if code == 0 else "\n" + report.strip()),
         "--- load generator output ---",
@@ -590,6 +667,8 @@ async def main() -> None:
     parser.add_argument("--users", type=int, default=5000)
     parser.add_argument("--days", type=int, default=60)
     parser.add_argument("--repeat", type=int, default=20)
+    parser.add_argument("--batch-size", type=int, default=500)
+    parser.add_argument("--batch-clients", type=int, default=4)
     parser.add_argument("--skip-ingest", action="store_true")
     parser.add_argument("--skip-reports", action="store_true")
     parser.add_argument(

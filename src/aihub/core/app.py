@@ -29,15 +29,17 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     return create_service_app(
         "core",
         runtime,
+        # The hot money paths first: routes are matched in order (a linear scan, a measurable
+        # share of a deduction's CPU); no path of these two overlaps a later router's.
         [
+            credits_router,
+            usage_router,
             users_router,
             roles_router,
             permissions_router,
             alerts_router,
-            credits_router,
             pricing_router,
             authorizations_router,
-            usage_router,
             quotas_router,
             billing_router,
             analytics_router,

@@ -60,7 +60,47 @@ def scrub(value: dict[str, Any] | None) -> dict[str, Any] | None:
     return result
 
 
-def _content(row: AuditLog) -> dict[str, Any]:
+@dataclass(slots=True)
+class PendingRow:
+    """An audit row to append set-based (the ledger engine): the columns, without an ORM object
+    (building one costs more than everything else an event does)."""
+
+    id: Any
+    chain: int
+    actor_id: str | None
+    actor_type: str
+    action: str
+    entity_type: str
+    entity_id: str | None
+    before: dict[str, Any] | None
+    after: dict[str, Any] | None
+    request_id: str | None
+    ip: str | None
+    created_at: dt.datetime
+    content: str = ""
+
+
+def pending_row(entry: _Entry, request_id: str | None, ip: str | None, now: dt.datetime) -> PendingRow:
+    """The row of ``entry`` and the canonical text of its content (v3), as :func:`entry_row`."""
+    row = PendingRow(
+        repo.new_id(),
+        entry.chain,
+        entry.actor.id,
+        entry.actor.type,
+        entry.action,
+        entry.entity_type,
+        entry.entity_id,
+        entry.before,
+        entry.after,
+        request_id,
+        ip,
+        now,
+    )
+    row.content = canonical(_content(row)).decode()
+    return row
+
+
+def _content(row: AuditLog | PendingRow) -> dict[str, Any]:
     return {
         "id": str(row.id),
         "chain": row.chain,
@@ -168,7 +208,7 @@ async def _append_all(tx: Tx) -> None:
     if not entries:
         return
     now = utcnow()
-    rows = sorted((_row(tx, entry, now) for entry in entries), key=lambda row: row.chain)
+    rows = sorted((entry_row(entry, tx.request_id, tx.ip, now) for entry in entries), key=lambda row: row.chain)
     if tx.session.get_bind().dialect.name == "postgresql":
         # One round trip per row: it runs while the request's row locks (a hot account) are
         # held, and on a busy event loop every extra await lengthens that window.
@@ -179,7 +219,27 @@ async def _append_all(tx: Tx) -> None:
     await _append_locked(tx, rows)
 
 
-def _row(tx: Tx, entry: _Entry, now: dt.datetime) -> AuditLog:
+def new_entry(
+    actor: Actor,
+    action: str,
+    entity_type: str,
+    entity_id: object | None,
+    *,
+    before: dict[str, Any] | None = None,
+    after: dict[str, Any] | None = None,
+) -> _Entry:
+    """An audit entry not queued on a unit of work (the ledger engine appends its own, set-based)."""
+    return _Entry(
+        actor=actor,
+        action=action,
+        entity_type=entity_type,
+        entity_id=None if entity_id is None else str(entity_id),
+        before=scrub(before),
+        after=scrub(after),
+    )
+
+
+def entry_row(entry: _Entry, request_id: str | None, ip: str | None, now: dt.datetime) -> AuditLog:
     """The row and the canonical text of its content, the exact bytes its hash covers (v3)."""
     row = AuditLog(
         id=repo.new_id(),
@@ -191,8 +251,8 @@ def _row(tx: Tx, entry: _Entry, now: dt.datetime) -> AuditLog:
         entity_id=entry.entity_id,
         before=entry.before,
         after=entry.after,
-        request_id=tx.request_id,
-        ip=tx.ip,
+        request_id=request_id,
+        ip=ip,
         created_at=now,
         hash_version=3,
     )

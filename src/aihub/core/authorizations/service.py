@@ -270,14 +270,9 @@ async def settle(tx: Tx, actor: Principal, auth_id: uuid.UUID, body: dict[str, A
         raise await _not_active(tx, auth, now)
     if await usage_repo.by_request_id(tx.session, body["request_id"]) is not None:
         raise IdempotencyKeyReused("This requestId was already reported", details={"field": "requestId"})
-    price = await pricing.require_current(tx, auth.provider, auth.model)
+    # The usage path's own pricing step: the same price and rounding as a reported event.
+    price, actual = await usage.price_call(tx, auth.provider, auth.model, body)
     tokens = body["input_tokens"] + body["output_tokens"]
-    actual = pricing.credits_for(
-        price,
-        input_tokens=body["input_tokens"],
-        output_tokens=body["output_tokens"],
-        duration_seconds=body["duration_seconds"] or 0,
-    )
     charged = min(actual, auth.held_credits)
     await _give_back(tx, auth, charged=charged, tokens=tokens, requests=0)
     transaction_id: uuid.UUID | None = None
@@ -301,6 +296,7 @@ async def settle(tx: Tx, actor: Principal, auth_id: uuid.UUID, body: dict[str, A
         input_tokens=body["input_tokens"],
         output_tokens=body["output_tokens"],
         metadata={**(body["metadata"] or {}), "authorizationId": str(auth.id)},
+        price=price,
     )
     await repo.link_event(tx.session, auth.id, event_id)
     audit.record(

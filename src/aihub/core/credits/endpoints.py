@@ -16,6 +16,7 @@ from starlette.responses import Response
 from aihub.core.credits import alerts, schemas
 from aihub.core.credits import service as credits
 from aihub.core.deps import CurrentPrincipal, CurrentUser, RequirePermission, RuntimeDep, TxDep, TxRoute
+from aihub.core.ledger import service as ledger
 from aihub.core.rbac.service import Principal
 from aihub.kit.errors import ValidationFailed
 from aihub.kit.idempotency import IdempotentRequest, idempotent_request
@@ -120,8 +121,24 @@ async def check_credits(body: schemas.CheckIn, tx: TxDep, caller: CurrentPrincip
 
 
 @router.post("/grant", status_code=201, response_model=schemas.TransactionOut, responses=_ERRORS)
-async def grant_credits(body: schemas.GrantIn, tx: TxDep, actor: Granter, idem: Idem) -> Response:
+async def grant_credits(body: schemas.GrantIn, tx: TxDep, runtime: RuntimeDep, actor: Granter, idem: Idem) -> Response:
     """Add credits to an account (`credits:grant`) → the credit transaction."""
+    engine = ledger.engine_of(runtime)
+    if engine is not None:
+        meta = dict(body.metadata or {})
+        if body.note is not None:
+            meta["note"] = body.note
+        return await ledger.move(
+            engine,
+            tx,
+            idem,
+            actor.id,
+            schemas.TransactionOut,
+            user_id=body.user_id,
+            amount=body.amount,
+            reason=body.reason,
+            metadata=meta or None,
+        )
     return await idem.respond(
         tx,
         actor.id,
@@ -140,6 +157,20 @@ async def deduct_credits(
     """Take credits if that many are available (`credits:deduct`) → the debit transaction;
     402 `INSUFFICIENT_CREDITS` otherwise. Never overdraws, whatever the concurrency."""
     policy = alerts.policy(runtime)
+    engine = ledger.engine_of(runtime)
+    if engine is not None:
+        return await ledger.move(
+            engine,
+            tx,
+            idem,
+            actor.id,
+            schemas.TransactionOut,
+            user_id=body.user_id,
+            amount=-body.amount,
+            reason=body.reason,
+            metadata=body.metadata,
+            policy=policy,
+        )
     return await idem.respond(
         tx,
         actor.id,

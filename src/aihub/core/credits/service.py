@@ -98,28 +98,34 @@ def _policy_of(tx: Tx, policy: Policy | None) -> Policy:
     return found if isinstance(found, Policy) else NO_ALERTS
 
 
-def _watch(tx: Tx, policy: Policy, available_before: int, after: repo.Balance) -> None:
-    """Queue the event when this change took ``available`` from ≥ threshold to below it.
+def low_balance(policy: Policy, available_before: int, after: repo.Balance) -> LowBalance | None:
+    """The event when this change took ``available`` from ≥ threshold to below it, else None.
 
     The conditional UPDATE returned the state right after this change, so exactly one change
     crosses a given threshold downwards: the event fires once per crossing without any
     extra state, and re-arms by itself once ``available`` is back at or above the threshold.
-    It is sent only after commit; a rollback drops it. An account's own thresholds are
-    summarised by the highest of them in ``after.threshold`` (0: none): only a change that
-    ends below it can have crossed one, and only then does the notifier look at the list.
+    An account's own thresholds are summarised by the highest of them in ``after.threshold``
+    (0: none): only a change that ends below it can have crossed one, and only then does the
+    notifier look at the list.
     """
     if policy.notify is None or after.available >= available_before:
-        return
+        return None
     if after.threshold is not None:
         if after.threshold <= 0 or after.available >= after.threshold:
-            return
-        event = LowBalance(after.user_id, after.threshold, after.available, after.balance, available_before, True)
-    else:
-        threshold = policy.low_balance_threshold
-        if threshold <= 0 or not available_before >= threshold > after.available:
-            return
-        event = LowBalance(after.user_id, threshold, after.available, after.balance, available_before)
+            return None
+        return LowBalance(after.user_id, after.threshold, after.available, after.balance, available_before, True)
+    threshold = policy.low_balance_threshold
+    if threshold <= 0 or not available_before >= threshold > after.available:
+        return None
+    return LowBalance(after.user_id, threshold, after.available, after.balance, available_before)
+
+
+def _watch(tx: Tx, policy: Policy, available_before: int, after: repo.Balance) -> None:
+    """Queue the low-balance event of this change, if any: sent only after commit (a rollback drops it)."""
+    event = low_balance(policy, available_before, after)
     notify = policy.notify
+    if event is None or notify is None:
+        return
 
     async def send() -> None:
         await notify(event)

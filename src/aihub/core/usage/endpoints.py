@@ -7,8 +7,10 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Path, Query, Response
 
+from aihub.core.credits import alerts as credit_alerts
 from aihub.core.credits import service as credits
 from aihub.core.deps import CurrentPrincipal, CurrentUser, RequirePermission, RuntimeDep, TxDep, TxRoute
+from aihub.core.ledger import service as ledger
 from aihub.core.notifications import jobs as notification_jobs
 from aihub.core.pricing import service as pricing
 from aihub.core.rbac import service as rbac
@@ -68,14 +70,53 @@ async def record_event(
     true`) without charging again; the same `requestId` with other content gets 422
     `IDEMPOTENCY_KEY_REUSED`. 402 `INSUFFICIENT_CREDITS`, 422 `UNKNOWN_MODEL`, 429 `QUOTA_EXCEEDED`.
     """
+    engine = ledger.usage_engine_of(runtime)
     try:
-        result, replayed = await usage.record_event(tx, reporter.id, body.model_dump())
+        if engine is not None:
+            policy = credit_alerts.policy(runtime)
+            result, replayed = await ledger.record_event(engine, tx, reporter.id, body.model_dump(), policy)
+        else:
+            result, replayed = await usage.record_event(tx, reporter.id, body.model_dump())
     except usage.QuotaExceeded as refused:
         await notification_jobs.on_quota_refused(runtime, body.user_id, refused.details or {})
         raise
     if replayed:
         response.headers["Idempotent-Replayed"] = "true"
     return result
+
+
+@router.post(
+    "/events/batch",
+    response_model=schemas.UsageBatchOut,
+    response_model_exclude_none=True,
+    responses=errors(usage.BatchTooLarge),
+)
+async def record_events(
+    body: schemas.UsageBatchIn,
+    tx: TxDep,
+    reporter: Annotated[Principal, RequirePermission("usage:write")],
+    runtime: RuntimeDep,
+) -> dict[str, Any]:
+    """Report up to 1,000 calls at once → 200 `{results}`, one per event in the order given.
+
+    Each event is what `POST /api/usage/events` takes plus an optional `occurredAt` (RFC 3339,
+    at most 7 days ago, not in the future: it then counts toward the quota periods and report
+    days it occurred in). Events are independent: each has its own `status` (201 recorded,
+    200 a replay of its `requestId`'s first result, or the status and `code` of its refusal:
+    402 `INSUFFICIENT_CREDITS`, 429 `QUOTA_EXCEEDED`, 422 `UNKNOWN_MODEL`,
+    `OCCURRED_AT_OUT_OF_RANGE`, `IDEMPOTENCY_KEY_REUSED`, 404 `ACCOUNT_NOT_FOUND`, …).
+    413 `BATCH_TOO_LARGE` over 1,000 events (`PAYLOAD_TOO_LARGE` over the body limit).
+    """
+    events = [event.model_dump() for event in body.events]
+    engine = ledger.usage_engine_of(runtime)
+    if engine is not None:
+        policy = credit_alerts.policy(runtime)
+        results, refused = await ledger.record_batch(engine, tx, reporter.id, events, policy)
+    else:
+        results, refused = await usage.record_batch(tx, reporter.id, events)
+    for user_id, details in refused:
+        await notification_jobs.on_quota_refused(runtime, user_id, details)
+    return {"results": results}
 
 
 @router.get("", response_model=schemas.UsagePage)

@@ -71,6 +71,17 @@ async def recompute_day(session: AsyncSession, day: dt.date) -> None:
         await session.execute(
             text("SELECT pg_advisory_xact_lock(:ns, :day)"), {"ns": _PG_LOCK_NAMESPACE, "day": day.toordinal()}
         )
+    for stmt in recompute_statements(dialect, day):
+        await session.execute(stmt)
+
+
+def lock_key(day: dt.date) -> tuple[int, int]:
+    """The advisory lock (namespace, day) that serialises recomputes of ``day`` (PostgreSQL)."""
+    return (_PG_LOCK_NAMESPACE, day.toordinal())
+
+
+def recompute_statements(dialect: str, day: dt.date) -> list[Any]:
+    """The two upserts of one day's rollups (per user, then all users), run after its lock."""
     start = _midnight(day)
     source = (
         select(
@@ -86,7 +97,6 @@ async def recompute_day(session: AsyncSession, day: dt.date) -> None:
         .where(UsageEvent.created_at >= start, UsageEvent.created_at < start + dt.timedelta(days=1))
         .group_by(UsageEvent.user_id, UsageEvent.provider, UsageEvent.model)
     )
-    await session.execute(_upsert(dialect, UsageDailyRollup, KEYS, source))
     # The all-users table, from the day's per-user rows just written (same transaction).
     per_model = (
         select(
@@ -98,7 +108,10 @@ async def recompute_day(session: AsyncSession, day: dt.date) -> None:
         .where(UsageDailyRollup.day == day)
         .group_by(UsageDailyRollup.day, UsageDailyRollup.provider, UsageDailyRollup.model)
     )
-    await session.execute(_upsert(dialect, UsageDailyModelRollup, MODEL_KEYS, per_model))
+    return [
+        _upsert(dialect, UsageDailyRollup, KEYS, source),
+        _upsert(dialect, UsageDailyModelRollup, MODEL_KEYS, per_model),
+    ]
 
 
 def _upsert(dialect: str, table: Any, keys: Sequence[str], source: Any) -> Any:

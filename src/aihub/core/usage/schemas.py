@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, PlainSerializer, StringConstraints, model_validator
 
-from aihub.kit.inputs import Metadata
+from aihub.kit.inputs import Metadata, Timestamp
 from aihub.kit.schemas import ApiModel, StrictInput
 
 Seconds = Annotated[Decimal, PlainSerializer(float, return_type=float, when_used="json")]
@@ -23,6 +23,31 @@ class UsageEventIn(StrictInput):
     output_tokens: int = Field(default=0, ge=0, le=MAX_TOKENS)
     duration_seconds: Decimal | None = Field(default=None, ge=0, le=86_400, max_digits=12, decimal_places=3)
     metadata: Metadata | None = None
+
+
+class UsageBatchEventIn(UsageEventIn):
+    occurred_at: Timestamp | None = Field(
+        default=None, description="When the call happened (RFC 3339): at most 7 days ago, not in the future"
+    )
+
+
+class UsageBatchIn(StrictInput):
+    events: list[UsageBatchEventIn] = Field(description="At most 1,000 events (413 BATCH_TOO_LARGE beyond)")
+
+
+class UsageBatchItem(ApiModel):
+    request_id: str
+    status: int = Field(description="201 recorded, 200 replayed, or the status of the event's error")
+    id: uuid.UUID | None = None
+    credits: int | None = None
+    balance: int | None = None
+    code: str | None = None
+    message: str | None = None
+    details: Any = None
+
+
+class UsageBatchOut(ApiModel):
+    results: list[UsageBatchItem]
 
 
 class UsageEventResult(ApiModel):

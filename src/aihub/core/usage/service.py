@@ -17,14 +17,14 @@ from typing import Any
 from aihub.core.audit import service as audit
 from aihub.core.credits import service as credits
 from aihub.core.pricing import service as pricing
-from aihub.core.usage import limits
+from aihub.core.usage import limits, rollups
 from aihub.core.usage import repository as repo
 from aihub.kit.db import Tx, utcnow
 from aihub.kit.errors import AppError, Conflict, NotFound
 from aihub.kit.idempotency import IdempotencyKeyReused
 from aihub.kit.jsonutil import canonical
 from aihub.kit.pagination import PageParams, page_of
-from aihub.models import QuotaLimit, UsageEvent
+from aihub.models import ModelPrice, QuotaLimit, UsageEvent
 
 
 class QuotaExceeded(AppError):
@@ -37,6 +37,15 @@ class QuotaNotFound(NotFound):
 
 class RequestInProgress(Conflict):
     code, message = "REQUEST_IN_PROGRESS", "A request with this requestId failed meanwhile; retry"
+
+
+class BatchTooLarge(AppError):
+    status_code, code, message = 413, "BATCH_TOO_LARGE", "A batch holds at most 1,000 events"
+
+
+class OccurredAtOutOfRange(AppError):
+    status_code, code = 422, "OCCURRED_AT_OUT_OF_RANGE"
+    message = "occurredAt must be at most 7 days in the past and not in the future"
 
 
 class InvalidScope(AppError):
@@ -247,22 +256,21 @@ async def my_quota(tx: Tx, user_id: uuid.UUID, key_id: uuid.UUID | None = None) 
 # ---------------------------------------------------------------- events
 
 
-async def record_event(tx: Tx, reporter_id: str, body: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+async def record_event(
+    tx: Tx, reporter_id: str, body: dict[str, Any], *, occurred_at: dt.datetime | None = None
+) -> tuple[dict[str, Any], bool]:
     """Price, quota-check and charge one event. Returns (result, replayed).
+
+    ``occurred_at`` (a batch's backdated event): the event is stored at that time, so it counts
+    toward the quota periods and the report days it occurred in; its ledger row is dated now.
 
     Round trips matter here (the MCP server reports every LLM call): the price, the claim of
     the request ID (one INSERT … ON CONFLICT DO NOTHING), the quota's one conditional upsert,
     the ledger's one statement, and the settle. An unknown user fails the claim's foreign key.
     """
-    fingerprint = _fingerprint(body)
-    price = await pricing.require_current(tx, body["provider"], body["model"])
-    charge = pricing.credits_for(
-        price,
-        input_tokens=body["input_tokens"],
-        output_tokens=body["output_tokens"],
-        duration_seconds=body["duration_seconds"] or 0,
-    )
-    now = utcnow()
+    fingerprint = event_fingerprint(body, occurred_at)
+    price, charge = await price_call(tx, body["provider"], body["model"], body)
+    now = occurred_at or utcnow()
     event = {
         "id": uuid.uuid4(),
         "request_id": body["request_id"],
@@ -335,6 +343,99 @@ async def record_event(tx: Tx, reporter_id: str, body: dict[str, Any]) -> tuple[
     return {"id": event_id, "request_id": body["request_id"], "credits": charge, "balance": balance}, False
 
 
+async def price_call(
+    tx: Tx,
+    provider: str,
+    model: str,
+    body: dict[str, Any],
+    prices: dict[tuple[str, str], ModelPrice] | None = None,
+) -> tuple[ModelPrice, int]:
+    """The price in force and the credits a call costs (422 UNKNOWN_MODEL, COST_OUT_OF_RANGE):
+    the one pricing step of every usage path (events, batches, authorization settles).
+    ``prices`` caches a batch's lookups: one read per model, not per event."""
+    key = (provider, model)
+    price = prices.get(key) if prices is not None else None
+    if price is None:
+        price = await pricing.require_current(tx, provider, model)
+        if prices is not None:
+            prices[key] = price
+    charge = pricing.credits_for(
+        price,
+        input_tokens=body["input_tokens"],
+        output_tokens=body["output_tokens"],
+        duration_seconds=body["duration_seconds"] or 0,
+    )
+    return price, charge
+
+
+def event_fingerprint(body: dict[str, Any], occurred_at: dt.datetime | None) -> str:
+    return _fingerprint(body if occurred_at is None else {**body, "occurred_at": occurred_at.isoformat()})
+
+
+BATCH_MAX = 1000
+BACKDATE_MAX = dt.timedelta(days=7)
+CLOCK_SKEW = dt.timedelta(seconds=5)  # a reporter's clock slightly ahead is not "the future"
+
+
+def check_occurred_at(occurred_at: dt.datetime | None, now: dt.datetime) -> None:
+    if occurred_at is not None and not now - BACKDATE_MAX <= occurred_at <= now + CLOCK_SKEW:
+        raise OccurredAtOutOfRange(details={"earliest": (now - BACKDATE_MAX).isoformat(), "latest": now.isoformat()})
+
+
+def batch_item(
+    request_id: str, status: int, result: dict[str, Any] | None = None, error: AppError | None = None
+) -> dict[str, Any]:
+    item: dict[str, Any] = {"request_id": request_id, "status": status}
+    if result is not None:
+        item.update(id=result["id"], credits=result["credits"], balance=result["balance"])
+    if error is not None:
+        item.update(code=error.code, message=error.message, details=error.details)
+    return item
+
+
+async def record_batch(
+    tx: Tx, reporter_id: str, events: list[dict[str, Any]]
+) -> tuple[list[dict[str, Any]], list[tuple[uuid.UUID, dict[str, Any]]]]:
+    """Each event as :func:`record_event` would, independently (a savepoint each), in the order
+    given; one transaction for the batch. Returns the per-event results (201 recorded, 200
+    replayed, or the error's status and code) and the quota refusals to notify after commit.
+
+    A backdated event landing on a day the daily rollups already cover recomputes that day's
+    rollups in the same transaction, so reports read from them count it.
+    """
+    if len(events) > BATCH_MAX:
+        raise BatchTooLarge(details={"max": BATCH_MAX, "received": len(events)})
+    now = utcnow()
+    results: list[dict[str, Any]] = []
+    refused: list[tuple[uuid.UUID, dict[str, Any]]] = []
+    days: set[dt.date] = set()
+    for raw in events:
+        body = dict(raw)
+        occurred_at = body.pop("occurred_at", None)
+        try:
+            check_occurred_at(occurred_at, now)
+            async with tx.savepoint():
+                result, replayed = await record_event(tx, reporter_id, body, occurred_at=occurred_at)
+        except AppError as exc:
+            if isinstance(exc, QuotaExceeded):
+                refused.append((body["user_id"], exc.details or {}))
+            results.append(batch_item(body["request_id"], exc.status_code, error=exc))
+            continue
+        results.append(batch_item(body["request_id"], 200 if replayed else 201, result))
+        if occurred_at is not None and not replayed:
+            days.add(occurred_at.date())
+    await _roll_backdated(tx, days)
+    return results, refused
+
+
+async def _roll_backdated(tx: Tx, days: set[dt.date]) -> None:
+    if not days:
+        return
+    mark = await rollups.complete_until(tx.session)
+    for day in sorted(d for d in days if mark is not None and d < mark):
+        await rollups.recompute_day(tx.session, day)
+
+
 def event_view(event: UsageEvent) -> dict[str, Any]:
     return {
         "id": event.id,
@@ -377,10 +478,12 @@ async def record_settled(
     input_tokens: int = 0,
     output_tokens: int = 0,
     metadata: dict[str, Any] | None = None,
+    price: ModelPrice | None = None,
 ) -> uuid.UUID:
     """Record usage that was already paid through the ledger (a captured hold): no second debit.
-    Returns the event's id."""
-    price = await pricing.require_current(tx, provider, model)
+    ``price``: the one the charge was computed with (read again when not given). Returns the event's id."""
+    if price is None:
+        price = await pricing.require_current(tx, provider, model)
     event = UsageEvent(
         id=uuid.uuid4(),
         request_id=request_id,

@@ -1,0 +1,254 @@
+"""Set-based SQL of the ledger engine (PostgreSQL, asyncpg): a few statements per batch, whatever its size.
+
+Every statement takes arrays (``unnest``), so a batch of 1 and a batch of 500 cost the same
+round trips. Lock order, the same in every process: idempotency keys (sorted), accounts
+(sorted by user id), audit chain heads (sorted by chain) — two engines never wait on each
+other in a cycle, and request transactions take account rows before chain heads too.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+import asyncpg
+
+# A new key, or one older than the TTL taken over; a live key returns no row (as kit.idempotency).
+CLAIM = """
+INSERT INTO idempotency_keys (principal, idem_key, request_hash, created_at)
+SELECT p, k, h, $4 FROM unnest($1::text[], $2::text[], $3::text[]) AS u(p, k, h)
+ON CONFLICT (principal, idem_key) DO UPDATE
+    SET request_hash = excluded.request_hash, status_code = NULL, body = NULL, created_at = excluded.created_at
+    WHERE idempotency_keys.created_at < $5
+RETURNING principal, idem_key
+"""
+EXISTING = """
+SELECT i.principal, i.idem_key, i.request_hash, i.status_code, i.body
+FROM idempotency_keys i JOIN unnest($1::text[], $2::text[]) AS u(p, k) ON i.principal = u.p AND i.idem_key = u.k
+"""
+STORE = """
+UPDATE idempotency_keys i SET status_code = u.s, body = u.b
+FROM unnest($1::text[], $2::text[], $3::int[], $4::bytea[]) AS u(p, k, s, b)
+WHERE i.principal = u.p AND i.idem_key = u.k
+"""
+# The accounts of the batch, locked in user-id order until commit: nothing else moves them
+# between this read and the UPDATE below, so the batch's decisions are made on the truth.
+LOCK_ACCOUNTS = """
+SELECT user_id, balance, reserved, low_balance_threshold FROM credit_accounts
+WHERE user_id = ANY($1::uuid[]) ORDER BY user_id FOR UPDATE
+"""
+# The conditional UPDATE stays the guard: a net debit only lands if it is still available
+# (it always is under the lock above; if not, the batch fails and is retried op by op).
+APPLY = """
+UPDATE credit_accounts a SET balance = a.balance + u.delta, updated_at = $3
+FROM unnest($1::uuid[], $2::bigint[]) AS u(user_id, delta)
+WHERE a.user_id = u.user_id AND (u.delta >= 0 OR a.balance - a.reserved >= -u.delta)
+"""
+# In the batch's order, so each account's seq follows its balance (balance_after chains).
+LEDGER = """
+INSERT INTO credit_transactions
+    (id, user_id, amount, type, reason, balance_after, related_id, idempotency_key, metadata, actor_id, created_at)
+SELECT u.id, u.user_id, u.amount, CASE WHEN u.amount > 0 THEN 'credit' ELSE 'debit' END, u.reason,
+       u.balance_after, u.related_id, u.idem, u.meta::jsonb, u.actor_id, u.created_at
+FROM unnest($1::uuid[], $2::uuid[], $3::bigint[], $4::text[], $5::bigint[], $6::uuid[], $7::text[], $8::text[],
+            $9::text[], $10::timestamptz[])
+     WITH ORDINALITY AS u(id, user_id, amount, reason, balance_after, related_id, idem, meta, actor_id, created_at, ord)
+ORDER BY u.ord
+"""
+LOCK_HEADS = """
+SELECT chain, last_seq, last_hash FROM audit_chain_heads WHERE chain = ANY($1::int[]) ORDER BY chain FOR UPDATE
+"""
+AUDIT = """
+INSERT INTO audit_logs (id, chain, chain_seq, actor_id, actor_type, action, entity_type, entity_id, before, after,
+                        request_id, ip, created_at, prev_hash, hash, hash_version, content)
+SELECT u.id, u.chain, u.seq, u.actor_id, u.actor_type, u.action, u.entity_type, u.entity_id, u.before::jsonb,
+       u.after::jsonb, u.request_id, u.ip, u.created_at, u.prev, u.hash, 3, u.content
+FROM unnest($1::uuid[], $2::int[], $3::bigint[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[],
+            $9::text[], $10::text[], $11::text[], $12::text[], $13::timestamptz[], $14::text[], $15::text[],
+            $16::text[])
+     AS u(id, chain, seq, actor_id, actor_type, action, entity_type, entity_id, before, after, request_id, ip,
+          created_at, prev, hash, content)
+"""
+ADVANCE_HEADS = """
+UPDATE audit_chain_heads h SET last_seq = u.seq, last_hash = u.hash, prev_hash = u.prev
+FROM unnest($1::int[], $2::bigint[], $3::text[], $4::text[]) AS u(chain, seq, hash, prev)
+WHERE h.chain = u.chain
+"""
+
+
+async def claim(
+    conn: asyncpg.Connection, keys: Sequence[tuple[str, str, str]], now: dt.datetime, cutoff: dt.datetime
+) -> set[tuple[str, str]]:
+    rows = await conn.fetch(CLAIM, [k[0] for k in keys], [k[1] for k in keys], [k[2] for k in keys], now, cutoff)
+    return {(r["principal"], r["idem_key"]) for r in rows}
+
+
+async def existing(conn: asyncpg.Connection, keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], Any]:
+    rows = await conn.fetch(EXISTING, [k[0] for k in keys], [k[1] for k in keys])
+    return {(r["principal"], r["idem_key"]): r for r in rows}
+
+
+async def store(conn: asyncpg.Connection, outcomes: Sequence[tuple[str, str, int, bytes]]) -> None:
+    await conn.execute(STORE, *(list(column) for column in zip(*outcomes, strict=True)))
+
+
+async def lock_accounts(conn: asyncpg.Connection, user_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, Any]:
+    return {r["user_id"]: r for r in await conn.fetch(LOCK_ACCOUNTS, list(user_ids))}
+
+
+async def apply(conn: asyncpg.Connection, deltas: dict[uuid.UUID, int], now: dt.datetime) -> int:
+    status = await conn.execute(APPLY, list(deltas), list(deltas.values()), now)
+    return int(status.rsplit(" ", 1)[-1])
+
+
+async def ledger(conn: asyncpg.Connection, rows: Sequence[tuple[Any, ...]]) -> None:
+    await conn.execute(LEDGER, *(list(column) for column in zip(*rows, strict=True)))
+
+
+async def lock_heads(conn: asyncpg.Connection, chains: Sequence[int]) -> dict[int, tuple[int, str]]:
+    rows = await conn.fetch(LOCK_HEADS, sorted(chains))
+    return {r["chain"]: (int(r["last_seq"]), r["last_hash"]) for r in rows}
+
+
+async def audit(conn: asyncpg.Connection, rows: Sequence[tuple[Any, ...]]) -> None:
+    await conn.execute(AUDIT, *(list(column) for column in zip(*rows, strict=True)))
+
+
+async def advance_heads(conn: asyncpg.Connection, heads: Sequence[tuple[int, int, str, str]]) -> None:
+    await conn.execute(ADVANCE_HEADS, *(list(column) for column in zip(*heads, strict=True)))
+
+
+# ---------------------------------------------------------------------- usage events
+
+USERS = "SELECT id FROM users WHERE id = ANY($1::uuid[])"
+CLAIM_EVENTS = """
+INSERT INTO usage_events (id, request_id, request_hash, user_id, provider, model, price_id, input_tokens,
+                          output_tokens, duration_seconds, credits, reporter_id, metadata, created_at)
+SELECT u.id, u.request_id, u.request_hash, u.user_id, u.provider, u.model, u.price_id, u.input_tokens,
+       u.output_tokens, u.duration_seconds, u.credits, u.reporter_id, u.meta::jsonb, u.created_at
+FROM unnest($1::uuid[], $2::text[], $3::text[], $4::uuid[], $5::text[], $6::text[], $7::uuid[], $8::bigint[],
+            $9::bigint[], $10::numeric[], $11::bigint[], $12::text[], $13::text[], $14::timestamptz[])
+     AS u(id, request_id, request_hash, user_id, provider, model, price_id, input_tokens, output_tokens,
+          duration_seconds, credits, reporter_id, meta, created_at)
+ORDER BY u.request_id
+ON CONFLICT (request_id) DO NOTHING
+RETURNING request_id
+"""
+EVENTS_BY_REQUEST_ID = """
+SELECT id, request_id, request_hash, credits, balance_after FROM usage_events WHERE request_id = ANY($1::text[])
+"""
+# Every limit on each user: their own scope's and each of their roles' (as limits.applicable).
+APPLICABLE = """
+SELECT u.uid, q.scope, q.period, q.model, q.max_credits, q.max_tokens, q.max_requests, q.position
+FROM unnest($1::uuid[]) AS u(uid) JOIN quota_limits q ON q.scope = 'user:' || u.uid::text
+UNION ALL
+SELECT r.user_id, q.scope, q.period, q.model, q.max_credits, q.max_tokens, q.max_requests, q.position
+FROM user_roles r JOIN quota_limits q ON q.scope = 'role:' || r.role_name
+WHERE r.user_id = ANY($1::uuid[])
+ORDER BY 1, 2, 8
+"""
+# Zero increments: takes the counters' row locks (sorted) and returns their committed totals.
+LOCK_COUNTERS = """
+INSERT INTO usage_counters (subject, period_key, model, credits, tokens, requests, period_end)
+SELECT s, p, m, 0, 0, 0, e FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[]) AS u(s, p, m, e)
+ORDER BY s, p, m
+ON CONFLICT (subject, period_key, model) DO UPDATE SET credits = usage_counters.credits
+RETURNING subject, period_key, model, credits, tokens, requests
+"""
+ADD_COUNTERS = """
+INSERT INTO usage_counters (subject, period_key, model, credits, tokens, requests, period_end)
+SELECT s, p, m, c, t, r, e
+FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::bigint[], $6::bigint[], $7::bigint[])
+     AS u(s, p, m, e, c, t, r)
+ORDER BY s, p, m
+ON CONFLICT (subject, period_key, model) DO UPDATE
+    SET credits = usage_counters.credits + excluded.credits, tokens = usage_counters.tokens + excluded.tokens,
+        requests = usage_counters.requests + excluded.requests
+"""
+SETTLE_EVENTS = """
+UPDATE usage_events e SET transaction_id = u.tid, balance_after = u.balance
+FROM unnest($1::uuid[], $2::uuid[], $3::bigint[]) AS u(id, tid, balance) WHERE e.id = u.id
+"""
+DROP_EVENTS = "DELETE FROM usage_events WHERE id = ANY($1::uuid[])"
+
+
+async def existing_users(conn: asyncpg.Connection, user_ids: Sequence[uuid.UUID]) -> set[uuid.UUID]:
+    return {uuid.UUID(str(r["id"])) for r in await conn.fetch(USERS, list(user_ids))}
+
+
+async def claim_events(conn: asyncpg.Connection, rows: Sequence[tuple[Any, ...]]) -> set[str]:
+    if not rows:
+        return set()
+    found = await conn.fetch(CLAIM_EVENTS, *(list(column) for column in zip(*rows, strict=True)))
+    return {r["request_id"] for r in found}
+
+
+async def events_by_request_id(conn: asyncpg.Connection, request_ids: Sequence[str]) -> dict[str, Any]:
+    return {r["request_id"]: r for r in await conn.fetch(EVENTS_BY_REQUEST_ID, list(request_ids))}
+
+
+async def applicable_limits(conn: asyncpg.Connection, user_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, list[Any]]:
+    from aihub.core.usage.limits import Applicable, user_subject
+
+    found: dict[uuid.UUID, list[Any]] = {uid: [] for uid in user_ids}
+    for r in await conn.fetch(APPLICABLE, list(user_ids)):
+        uid = uuid.UUID(str(r["uid"]))
+        found[uid].append(
+            Applicable(
+                r["scope"],
+                r["period"],
+                r["model"],
+                r["max_credits"],
+                r["max_tokens"],
+                r["max_requests"],
+                user_subject(uid),
+            )
+        )
+    return found
+
+
+async def lock_counters(
+    conn: asyncpg.Connection, rows: Sequence[tuple[tuple[str, str, str], dt.datetime]]
+) -> dict[tuple[str, str, str], tuple[int, int, int]]:
+    columns = [[r[0][0] for r in rows], [r[0][1] for r in rows], [r[0][2] for r in rows], [r[1] for r in rows]]
+    return {
+        (r["subject"], r["period_key"], r["model"]): (int(r["credits"]), int(r["tokens"]), int(r["requests"]))
+        for r in await conn.fetch(LOCK_COUNTERS, *columns)
+    }
+
+
+async def add_counters(conn: asyncpg.Connection, rows: Sequence[tuple[Any, ...]]) -> None:
+    """``rows``: ((subject, period_key, model), period_end, credits, tokens, requests)."""
+    await conn.execute(
+        ADD_COUNTERS,
+        [r[0][0] for r in rows],
+        [r[0][1] for r in rows],
+        [r[0][2] for r in rows],
+        [r[1] for r in rows],
+        [r[2] for r in rows],
+        [r[3] for r in rows],
+        [r[4] for r in rows],
+    )
+
+
+async def settle_events(conn: asyncpg.Connection, rows: Sequence[tuple[Any, ...]]) -> None:
+    await conn.execute(SETTLE_EVENTS, *(list(column) for column in zip(*rows, strict=True)))
+
+
+async def drop_events(conn: asyncpg.Connection, event_ids: Sequence[uuid.UUID]) -> None:
+    await conn.execute(DROP_EVENTS, list(event_ids))
+
+
+async def recompute_rollup_day(conn: asyncpg.Connection, day: dt.date) -> None:
+    """The rollup job's recompute of ``day`` (same lock, same statements), on this connection."""
+    from sqlalchemy.dialects import postgresql
+
+    from aihub.core.usage import rollups
+
+    await conn.execute("SELECT pg_advisory_xact_lock($1, $2)", *rollups.lock_key(day))
+    dialect = postgresql.asyncpg.dialect()  # type: ignore[no-untyped-call]
+    for stmt in rollups.recompute_statements("postgresql", day):
+        compiled = stmt.compile(dialect=dialect)
+        await conn.execute(compiled.string, *(compiled.params[name] for name in compiled.positiontup or ()))

@@ -1,0 +1,227 @@
+"""Money moves through the process's ledger engine (PostgreSQL), as HTTP answers.
+
+On the embedded SQLite (one writer anyway) there is no engine: the endpoints keep applying
+their move in the request's own transaction (``credits.service``), with the same outcomes.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from typing import Any
+
+from pydantic import BaseModel
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from starlette.responses import Response
+
+from aihub.core.audit import service as audit
+from aihub.core.credits import service as credits
+from aihub.core.ledger.engine import Claim, LedgerEngine, Move, Outcome
+from aihub.core.ledger.usage import UsageOp
+from aihub.core.ledger.usage import writer as usage_writer
+from aihub.core.usage import service as usage
+from aihub.kit.db import Tx, utcnow
+from aihub.kit.errors import AppError
+from aihub.kit.idempotency import REPLAY_HEADER, IdempotentRequest, Stored, fingerprint, render, replay_body
+from aihub.kit.runtime import Runtime
+
+ENGINE_KEY = "ledger.engine"
+
+
+WRITERS_POOL_KEY = "ledger.writers_pool"
+
+
+def _writers_pool(runtime: Runtime) -> AsyncEngine:
+    """The writers' own connections (one per writer), apart from the requests' pool: requests
+    waiting on a writer may hold every pooled connection, and the writer must still get one."""
+    found = runtime.extras.get(WRITERS_POOL_KEY)
+    if found is None:
+        found = create_async_engine(
+            runtime.engine.url,
+            pool_size=2,
+            max_overflow=0,
+            pool_recycle=1800,
+            hide_parameters=True,
+            connect_args={"server_settings": {"application_name": "aihub-ledger"}},
+        )
+        runtime.extras[WRITERS_POOL_KEY] = found
+        runtime.on_close(found.dispose)  # closed after the writers (closers run newest first)
+    assert isinstance(found, AsyncEngine)
+    return found
+
+
+def engine_of(runtime: Runtime) -> LedgerEngine | None:
+    """The process's engine (created on first use, stopped with the runtime); None on SQLite."""
+    if runtime.settings.is_sqlite:
+        return None
+    found = runtime.extras.get(ENGINE_KEY)
+    if found is None:
+        found = LedgerEngine(_writers_pool(runtime))
+        runtime.extras[ENGINE_KEY] = found
+        runtime.on_close(found.close)
+    assert isinstance(found, LedgerEngine)
+    return found
+
+
+def claim_of(idem: IdempotentRequest, principal: str) -> Claim | None:
+    if idem.key is None:
+        return None
+    return Claim(principal, idem.key, fingerprint(principal, idem.method, idem.path, idem.body))
+
+
+async def move(
+    engine: LedgerEngine,
+    tx: Tx,
+    idem: IdempotentRequest,
+    principal: str,
+    model: type[BaseModel],
+    *,
+    user_id: uuid.UUID,
+    amount: int,
+    reason: str,
+    metadata: dict[str, Any] | None = None,
+    related_id: uuid.UUID | None = None,
+    policy: credits.Policy = credits.NO_ALERTS,
+    status_code: int = 201,
+) -> Response:
+    """Apply one signed move through the engine and answer as the request path would have."""
+    outcome = await engine.submit(
+        Move(
+            user_id=user_id,
+            amount=amount,
+            reason=reason,
+            render=lambda view: render(model, view),
+            status_code=status_code,
+            metadata=metadata,
+            related_id=related_id,
+            actor=tx.info.get("actor", audit.SYSTEM),
+            request_id=tx.request_id,
+            ip=tx.ip,
+            claim=claim_of(idem, principal),
+            policy=policy,
+        )
+    )
+    return answer(outcome, model, idem.request_id)
+
+
+async def _release(tx: Tx) -> None:
+    """Give the request's connection back before waiting on the writer (its reads are done)."""
+    await tx.session.close()
+
+
+def answer(outcome: Outcome, model: type[BaseModel], request_id: str | None) -> Response:
+    if outcome.error is not None:
+        raise outcome.error
+    if outcome.replayed:
+        assert outcome.body is not None
+        body = replay_body(Stored(outcome.status_code, outcome.body), request_id)
+        return _json(outcome.status_code, body, {REPLAY_HEADER: "true"})
+    if outcome.body is not None:
+        return _json(outcome.status_code, outcome.body)
+    return _json(outcome.status_code, render(model, outcome.view))
+
+
+def _json(status_code: int, body: bytes, headers: dict[str, str] | None = None) -> Response:
+    return Response(body, status_code=status_code, media_type="application/json", headers=headers)
+
+
+# ---------------------------------------------------------------------- usage events
+
+USAGE_ENGINE_KEY = "ledger.usage_engine"
+
+
+def usage_engine_of(runtime: Runtime) -> LedgerEngine | None:
+    """The process's usage-event writer (PostgreSQL); None on SQLite."""
+    if runtime.settings.is_sqlite:
+        return None
+    found = runtime.extras.get(USAGE_ENGINE_KEY)
+    if found is None:
+        found = usage_writer(_writers_pool(runtime))
+        runtime.extras[USAGE_ENGINE_KEY] = found
+        runtime.on_close(found.close)
+    assert isinstance(found, LedgerEngine)
+    return found
+
+
+async def priced(
+    tx: Tx,
+    reporter_id: str,
+    body: dict[str, Any],
+    occurred_at: dt.datetime | None,
+    prices: dict[tuple[str, str], Any],
+    policy: credits.Policy,
+) -> UsageOp:
+    """The event priced (422 UNKNOWN_MODEL, COST_OUT_OF_RANGE raised here), ready to queue.
+    ``prices`` caches the batch's lookups: one read per model, not per event."""
+    price, charge = await usage.price_call(tx, body["provider"], body["model"], body, prices)
+    return UsageOp(
+        request_id=body["request_id"],
+        request_hash=usage.event_fingerprint(body, occurred_at),
+        user_id=body["user_id"],
+        provider=body["provider"],
+        model=body["model"],
+        price_id=price.id,
+        input_tokens=body["input_tokens"],
+        output_tokens=body["output_tokens"],
+        duration_seconds=body["duration_seconds"],
+        charge=charge,
+        reporter_id=reporter_id,
+        metadata=body["metadata"],
+        occurred_at=occurred_at,
+        actor=tx.info.get("actor", audit.SYSTEM),
+        request=tx.request_id,
+        ip=tx.ip,
+        policy=policy,
+    )
+
+
+async def record_event(
+    engine: LedgerEngine, tx: Tx, reporter_id: str, body: dict[str, Any], policy: credits.Policy
+) -> tuple[dict[str, Any], bool]:
+    """One event through the writer: (result, replayed), or its error raised."""
+    op = await priced(tx, reporter_id, body, None, {}, policy)
+    await _release(tx)
+    outcome = await engine.submit(op)
+    if outcome.error is not None:
+        raise outcome.error
+    assert outcome.view is not None
+    return outcome.view, outcome.replayed
+
+
+async def record_batch(
+    engine: LedgerEngine, tx: Tx, reporter_id: str, events: list[dict[str, Any]], policy: credits.Policy
+) -> tuple[list[dict[str, Any]], list[tuple[uuid.UUID, dict[str, Any]]]]:
+    """Every event priced here, then all queued together (they share the writer's batch)."""
+    if len(events) > usage.BATCH_MAX:
+        raise usage.BatchTooLarge(details={"max": usage.BATCH_MAX, "received": len(events)})
+    now = utcnow()
+    prices: dict[tuple[str, str], Any] = {}
+    slots: list[UsageOp | AppError] = []
+    bodies: list[dict[str, Any]] = []
+    for raw in events:
+        body = dict(raw)
+        occurred_at = body.pop("occurred_at", None)
+        bodies.append(body)
+        try:
+            usage.check_occurred_at(occurred_at, now)
+            slots.append(await priced(tx, reporter_id, body, occurred_at, prices, policy))
+        except AppError as exc:
+            slots.append(exc)
+    ops = [slot for slot in slots if isinstance(slot, UsageOp)]
+    await _release(tx)
+    outcomes = iter(await engine.submit_many(ops)) if ops else iter(())
+    results: list[dict[str, Any]] = []
+    refused: list[tuple[uuid.UUID, dict[str, Any]]] = []
+    for body, slot in zip(bodies, slots, strict=True):
+        if isinstance(slot, AppError):
+            results.append(usage.batch_item(body["request_id"], slot.status_code, error=slot))
+            continue
+        outcome = next(outcomes)
+        if outcome.error is not None:
+            if isinstance(outcome.error, usage.QuotaExceeded):
+                refused.append((body["user_id"], outcome.error.details or {}))
+            results.append(usage.batch_item(body["request_id"], outcome.error.status_code, error=outcome.error))
+        else:
+            assert outcome.view is not None
+            results.append(usage.batch_item(body["request_id"], 200 if outcome.replayed else 201, outcome.view))
+    return results, refused
