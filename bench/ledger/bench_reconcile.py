@@ -229,9 +229,9 @@ def restore(env: dict[str, str]) -> None:
     assert done["exit"] == 1 and "1 mismatched" in output, output
     verification = next(line for line in output.splitlines() if "verification" in line and " s" in line)
     print(
-        f"`aihub restore` (whole process): {float(done['seconds']):.2f} s ({verification.strip()}), "  # type: ignore[arg-type]
-        f"peak RSS {float(done['peak_mb']):.1f} MB"
-    )  # type: ignore[arg-type]
+        f"`aihub restore` (whole process): {float(str(done['seconds'])):.2f} s ({verification.strip()}), "
+        f"peak RSS {float(str(done['peak_mb'])):.1f} MB"
+    )
 
 
 def main() -> None:

@@ -34,7 +34,7 @@ import uvicorn
 from redis import asyncio as aioredis
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import bench_deduct as harness
+import bench_deduct as harness  # type: ignore[import-not-found]  # a sibling script, found through sys.path above
 
 from aihub.config import Settings
 from aihub.core.audit.service import AUDIT_CHAINS

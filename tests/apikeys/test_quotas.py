@@ -16,7 +16,7 @@ from tests.core.test_users import assert_error
 
 
 async def report(client: httpx.AsyncClient, runtime: Runtime, user: Caller, **extra: object) -> httpx.Response:
-    return await client.post("/api/usage/events", headers=reporter(runtime), json=event(user, **extra))
+    return await client.post("/api/usage/events", headers=reporter(runtime), json=event(user, None, **extra))
 
 
 async def test_put_accepts_a_list_of_limits_and_the_single_limit_form(
@@ -45,6 +45,7 @@ async def test_put_accepts_a_list_of_limits_and_the_single_limit_form(
     assert (await client.put(f"/api/quotas/{key_scope}", headers=admin.headers, json=body)).status_code == 201
     assert (await client.delete(f"/api/quotas/{key_scope}", headers=admin.headers)).status_code == 204
     assert_error(await client.get(f"/api/quotas/{key_scope}", headers=admin.headers), 404, "QUOTA_NOT_FOUND")
+    bad: object
     for bad in (
         {},
         {"limits": []},

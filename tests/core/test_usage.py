@@ -7,6 +7,7 @@ import uuid
 
 import httpx
 from sqlalchemy import func, select
+from sqlalchemy.sql.elements import ColumnElement
 
 from aihub.core.credits import service as credits
 from aihub.kit.runtime import Runtime
@@ -42,7 +43,7 @@ def event(user: Caller, request_id: str | None = None, **extra: object) -> dict[
     return body
 
 
-async def count(rt: Runtime, model: type, *where: object) -> int:
+async def count(rt: Runtime, model: type, *where: ColumnElement[bool]) -> int:
     tx = rt.tx()
     try:
         return int((await tx.session.execute(select(func.count()).select_from(model).where(*where))).scalar_one())

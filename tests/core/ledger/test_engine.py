@@ -80,7 +80,7 @@ async def test_a_bad_move_fails_alone_when_the_batch_fails_as_a_whole(pg_runtime
     rt = pg_runtime
     user_id = await _funded(rt, 100)
     engine = _engine(rt)
-    results: list[Outcome | BaseException] = await asyncio.gather(
+    results: tuple[Outcome | BaseException, ...] = await asyncio.gather(
         engine.submit(_move(user_id, -10)),
         engine.submit(_move(user_id, -10, reason="x" * 40)),
         engine.submit(_move(user_id, -10)),
