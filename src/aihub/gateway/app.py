@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import time
@@ -83,10 +84,16 @@ class Ctx:
 CTX = web.RequestKey("aihub_gateway_ctx", Ctx)
 
 
+@functools.lru_cache(maxsize=1024)
+def _policy(limit: int, window: int) -> tuple[str, str]:
+    return f"{limit};w={window}", str(limit)  # a route's or a role's: the same on every request
+
+
 def _limit_headers(decision: Decision, window: int) -> dict[str, str]:
+    policy, limit = _policy(decision.limit, window)
     headers = {
-        "RateLimit-Policy": f"{decision.limit};w={window}",
-        "RateLimit-Limit": str(decision.limit),
+        "RateLimit-Policy": policy,
+        "RateLimit-Limit": limit,
         "RateLimit-Remaining": str(decision.remaining),
         "RateLimit-Reset": str(decision.reset),
     }
@@ -152,6 +159,7 @@ class Gateway:
         self.session = aiohttp.ClientSession(
             connector=connector, auto_decompress=False, cookie_jar=aiohttp.DummyCookieJar()
         )
+        self.access_log.bind(asyncio.get_running_loop())
         self.balancer.start(self.session)
         self.admins.session = self.session
         self.blocks.start()
@@ -320,18 +328,18 @@ class Gateway:
         jti, sid = (identity.jti, identity.sid) if identity else (None, None)
         decision = await self.limiter.check(jti, key, limit, sid=sid, api_key=api_key)
         if decision.allowed:
-            metrics.DECISIONS["allowed"].inc()
+            metrics.decide("allowed")
             if decision.limit > 0:
                 ctx.limit_headers = _limit_headers(decision, self.window)
             return
         if decision.revoked:
-            metrics.DECISIONS["revoked"].inc()
+            metrics.decide("revoked")
             await self.strikes.strike("auth", ctx.client_ip, self.settings.gateway_ban_after_auth_failures)
             raise InvalidApiKey if api_key is not None else TokenRevoked
         if decision.unavailable:
-            metrics.DECISIONS["unavailable"].inc()
+            metrics.decide("unavailable")
             raise ServiceUnavailable("Rate limiting is unavailable; try again shortly")
-        metrics.DECISIONS["limited"].inc()
+        metrics.decide("limited")
         ctx.limit_headers = _limit_headers(decision, self.window)
         await self.strikes.strike("rate", ctx.client_ip, self.settings.gateway_ban_after_rate_limited)
         raise RateLimited
