@@ -15,6 +15,7 @@ from aiohttp import web
 
 from aihub.config import Settings
 from aihub.gateway.app import GATEWAY, Gateway, create_app
+from aihub.gateway.routing import RouteTable
 from aihub.gateway.server import GatewayRunner
 from aihub.kit.jwt import TokenCodec
 from aihub.kit.store import MemoryStore, RedisStore, Store
@@ -202,9 +203,13 @@ async def start_gateway() -> AsyncIterator[GatewayFactory]:
     live: list[LiveGateway] = []
 
     async def start(
-        settings: Settings, store: Store | None = None, port: int | None = None, codec: TokenCodec | None = None
+        settings: Settings,
+        store: Store | None = None,
+        port: int | None = None,
+        codec: TokenCodec | None = None,
+        table: RouteTable | None = None,
     ) -> LiveGateway:
-        app = create_app(settings, store=store or MemoryStore(), codec=codec)
+        app = create_app(settings, store=store or MemoryStore(), codec=codec, table=table)
         runner = GatewayRunner(app, access_log=None, shutdown_timeout=1)
         await runner.setup()
         port = port or free_port()

@@ -26,7 +26,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from aihub.config import Settings
-from aihub.gateway import metrics
+from aihub.gateway import metrics, upstream
 from aihub.gateway.accesslog import AccessLog
 from aihub.gateway.admin import AdminCheck, admin_body, network_of, parse_block
 from aihub.gateway.apikeys import InvalidApiKey, KeyResolver, presented_key
@@ -154,12 +154,9 @@ class Gateway:
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
-        connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=30, ttl_dns_cache=300)
-        # No cookie jar: cookies belong to the clients, not to the gateway's shared session.
-        self.session = aiohttp.ClientSession(
-            connector=connector, auto_decompress=False, cookie_jar=aiohttp.DummyCookieJar()
-        )
-        self.access_log.bind(asyncio.get_running_loop())
+        loop = asyncio.get_running_loop()
+        self.session = upstream.session(loop)
+        self.access_log.bind(loop)
         self.balancer.start(self.session)
         self.admins.session = self.session
         self.blocks.start()

@@ -7,6 +7,7 @@ import bisect
 
 from prometheus_client import Counter, Gauge, Histogram
 
+BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 REQUESTS = Counter(
     "aihub_gateway_requests_total",
     "Requests answered by the gateway, by route, method and status",
@@ -16,7 +17,7 @@ LATENCY = Histogram(
     "aihub_gateway_request_duration_seconds",
     "Time from request to the end of the response, by route and status",
     ["route", "status"],
-    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+    buckets=BUCKETS,
 )
 UPSTREAM_HEALTHY = Gauge(
     "aihub_gateway_upstream_healthy",
