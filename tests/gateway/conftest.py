@@ -223,6 +223,26 @@ async def start_gateway() -> AsyncIterator[GatewayFactory]:
         await gw.stop()
 
 
+OpenGateway = Callable[..., Awaitable[LiveGateway]]
+
+
+@pytest.fixture
+def open_gateway(upstreams: dict[str, Upstream], start_gateway: GatewayFactory) -> OpenGateway:
+    """A gateway over this test's fake upstreams, settings overridden by keyword:
+    ``await open_gateway(rate_limit_user=3, store=store)``."""
+
+    async def open_(
+        *,
+        store: Store | None = None,
+        codec: TokenCodec | None = None,
+        table: RouteTable | None = None,
+        **overrides: Any,
+    ) -> LiveGateway:
+        return await start_gateway(gateway_settings(upstreams, **overrides), store=store, codec=codec, table=table)
+
+    return open_
+
+
 STORES = ["memory", "redis"]
 
 

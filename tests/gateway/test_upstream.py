@@ -10,7 +10,7 @@ from aiohttp.client_proto import ResponseHandler
 
 from aihub.gateway import upstream
 from aihub.gateway.routing import Route, RouteTable
-from tests.gateway.conftest import GatewayFactory, Upstream, gateway_settings
+from tests.gateway.conftest import OpenGateway, Upstream
 
 
 async def test_the_session_builds_lazy_timer_connections_on_aiohttps_hooks() -> None:
@@ -28,22 +28,21 @@ async def test_the_session_builds_lazy_timer_connections_on_aiohttps_hooks() -> 
 
 
 async def test_a_stream_longer_than_the_timeout_lives_while_data_keeps_coming(
-    upstreams: dict[str, Upstream], start_gateway: GatewayFactory, http: aiohttp.ClientSession
+    open_gateway: OpenGateway, http: aiohttp.ClientSession
 ) -> None:
     # The fake upstream's stream sends 5 events 0.2 s apart: ~1 s in all, never 0.5 s silent.
-    gw = await start_gateway(gateway_settings(upstreams, gateway_timeout_seconds=0.5, rate_limit_guest=1000))
+    gw = await open_gateway(gateway_timeout_seconds=0.5, rate_limit_guest=1000)
     async with http.get(gw.url + "/api/sora/stream") as resp:
         assert resp.status == 200
         assert (await resp.read()).count(b"data: ") == 5
 
 
 async def test_a_shorter_timeout_on_a_kept_alive_connection_fires_at_its_own_time(
-    upstreams: dict[str, Upstream], start_gateway: GatewayFactory, http: aiohttp.ClientSession
+    upstreams: dict[str, Upstream], open_gateway: OpenGateway, http: aiohttp.ClientSession
 ) -> None:
     # Both routes reach core over the same pooled connection: the long route's request arms
     # that connection's timer far ahead; the short route's 0.3 s must still answer 504 before
     # core's slow endpoint answers (2 s) instead of waiting for the first timer.
-    settings = gateway_settings(upstreams, rate_limit_enabled=False)
     table = RouteTable(
         (
             Route("/api/quick", "core", strip="/api/quick", auth="public", timeout=0.3),
@@ -51,7 +50,7 @@ async def test_a_shorter_timeout_on_a_kept_alive_connection_fires_at_its_own_tim
         ),
         {"auth": [upstreams["auth"].url], "core": [upstreams["core"].url], "mcp": [upstreams["mcp"].url]},
     )
-    gw = await start_gateway(settings, table=table)
+    gw = await open_gateway(table=table, rate_limit_enabled=False)
     for _ in range(3):
         async with http.get(gw.url + "/api/long/anything") as resp:
             assert resp.status == 200
