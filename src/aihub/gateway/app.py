@@ -62,6 +62,8 @@ ADMIN_PREFIX = "/api/gateway/blocked-ips"
 _ADMIN_ROUTE = Route("/api/gateway", "gateway", name="gateway-admin")
 _KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 _QUIET = frozenset({"/health", "/health/ready", "/metrics"})
+# Every path the gateway answers itself lies outside /api/ or under this one.
+_GATEWAY_API = "/api/gateway"
 
 
 class RateLimited(AppError):
@@ -200,23 +202,15 @@ class Gateway:
         if self.blocks.blocked(ctx.client_ip):
             metrics.BLOCKED.inc()
             raise Forbidden("Requests from your address are blocked")
-        raw = request.raw_path.partition("?")[0]
-        if raw in _QUIET:
-            ctx.route = raw
-            return await self._local(request, ctx, raw)
-        if request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers:
+        raw, _, query = request.raw_path.partition("?")
+        if not raw.startswith("/api/") or raw.startswith(_GATEWAY_API):
+            own = await self._own(request, ctx, raw)
+            if own is not None:
+                return own
+        elif request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers:
+            # An API path (the common case) can only be a preflight among the gateway's own answers.
             ctx.route = "preflight"
             return self._preflight(request, ctx)
-        # Before normalising: the gateway answers these itself (docs are exact paths), and an
-        # unblock names a CIDR, whose "/" the last segment carries encoded.
-        if raw == "/openapi.json" or raw == DOCS_PATH or raw.startswith(DOCS_PATH + "/"):
-            ctx.route = "docs"  # public, like /health: the contract is no secret
-            return await self._docs(request, ctx, raw)
-        if self.console is not None and is_console(raw):
-            ctx.route = "console"
-            return self._console(request, ctx, raw)
-        if _is_admin(raw):
-            return await self._admin_request(request, ctx, raw)
         path = normalise_path(raw)  # what routes match and the upstream receives (edges.py)
         if _is_admin(path):
             return await self._admin_request(request, ctx, path)
@@ -232,7 +226,8 @@ class Gateway:
         group = self.balancer.groups[route.upstream]
         target = route.upstream_path(path)
         is_ws = route.websocket and request.headers.get("Upgrade", "").lower() == "websocket"
-        query = _without_token(request.query_string) if is_ws else request.raw_path.partition("?")[2]
+        if is_ws:
+            query = _without_token(request.query_string)
         if query:
             target = f"{target}?{query}"
         headers = upstream_headers(
@@ -263,6 +258,26 @@ class Gateway:
         return await forward(
             request, self.session, group, route, target, headers, ctx.hop, self.settings.gateway_connect_timeout_seconds
         )
+
+    async def _own(self, request: web.Request, ctx: Ctx, raw: str) -> web.StreamResponse | None:
+        """The gateway's own answers, in their order; None for a path they leave to the routes."""
+        if raw in _QUIET:
+            ctx.route = raw
+            return await self._local(request, ctx, raw)
+        if request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers:
+            ctx.route = "preflight"
+            return self._preflight(request, ctx)
+        # Before normalising: the gateway answers these itself (docs are exact paths), and an
+        # unblock names a CIDR, whose "/" the last segment carries encoded.
+        if raw == "/openapi.json" or raw == DOCS_PATH or raw.startswith(DOCS_PATH + "/"):
+            ctx.route = "docs"  # public, like /health: the contract is no secret
+            return await self._docs(request, ctx, raw)
+        if self.console is not None and is_console(raw):
+            ctx.route = "console"
+            return self._console(request, ctx, raw)
+        if _is_admin(raw):
+            return await self._admin_request(request, ctx, raw)
+        return None
 
     # ------------------------------------------------------------------ identity and limits
     async def _identify(self, request: web.Request, ctx: Ctx, route: Route) -> Identity | None:
