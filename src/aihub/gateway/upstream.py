@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+from typing import cast
 
 import aiohttp
 from aiohttp.client_proto import ResponseHandler
@@ -87,7 +88,7 @@ class _UpstreamProtocol(ResponseHandler):
 def connector(loop: asyncio.AbstractEventLoop) -> aiohttp.TCPConnector:
     """A pooled connector (no limit, 30 s keep-alive) whose connections time reads lazily."""
     conn = aiohttp.TCPConnector(limit=0, keepalive_timeout=30, ttl_dns_cache=300)
-    conn._factory = functools.partial(_UpstreamProtocol, loop=loop)
+    conn._factory = cast("functools.partial[ResponseHandler]", functools.partial(_UpstreamProtocol, loop=loop))
     return conn
 
 
