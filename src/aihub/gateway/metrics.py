@@ -51,7 +51,7 @@ class _Tally:
     a child's ``_buckets`` (one value per bound) and ``_sum``. These names are private: the
     versions they were verified against are listed in tests/gateway/test_metrics.py, which
     fails on any other version and checks that a flush exposes exactly what observing one
-    request at a time does (pyproject.toml keeps the dependency below the next minor)."""
+    request at a time does."""
 
     __slots__ = (
         "bounds",
