@@ -15,6 +15,7 @@ from aiohttp import web
 
 from aihub.config import Settings
 from aihub.gateway.app import GATEWAY, Gateway, create_app
+from aihub.gateway.routing import RouteTable
 from aihub.gateway.server import GatewayRunner
 from aihub.kit.jwt import TokenCodec
 from aihub.kit.store import MemoryStore, RedisStore, Store
@@ -202,9 +203,13 @@ async def start_gateway() -> AsyncIterator[GatewayFactory]:
     live: list[LiveGateway] = []
 
     async def start(
-        settings: Settings, store: Store | None = None, port: int | None = None, codec: TokenCodec | None = None
+        settings: Settings,
+        store: Store | None = None,
+        port: int | None = None,
+        codec: TokenCodec | None = None,
+        table: RouteTable | None = None,
     ) -> LiveGateway:
-        app = create_app(settings, store=store or MemoryStore(), codec=codec)
+        app = create_app(settings, store=store or MemoryStore(), codec=codec, table=table)
         runner = GatewayRunner(app, access_log=None, shutdown_timeout=1)
         await runner.setup()
         port = port or free_port()
@@ -216,6 +221,26 @@ async def start_gateway() -> AsyncIterator[GatewayFactory]:
     yield start
     for gw in live:
         await gw.stop()
+
+
+OpenGateway = Callable[..., Awaitable[LiveGateway]]
+
+
+@pytest.fixture
+def open_gateway(upstreams: dict[str, Upstream], start_gateway: GatewayFactory) -> OpenGateway:
+    """A gateway over this test's fake upstreams, settings overridden by keyword:
+    ``await open_gateway(rate_limit_user=3, store=store)``."""
+
+    async def open_(
+        *,
+        store: Store | None = None,
+        codec: TokenCodec | None = None,
+        table: RouteTable | None = None,
+        **overrides: Any,
+    ) -> LiveGateway:
+        return await start_gateway(gateway_settings(upstreams, **overrides), store=store, codec=codec, table=table)
+
+    return open_
 
 
 STORES = ["memory", "redis"]

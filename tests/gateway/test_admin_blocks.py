@@ -11,7 +11,7 @@ import aiohttp
 from aihub.kit.jwt import TokenCodec
 from aihub.kit.store import Store
 from tests.conftest import LiveServer, create_user
-from tests.gateway.conftest import GatewayFactory, Upstream, bearer, gateway_settings
+from tests.gateway.conftest import OpenGateway, Upstream, bearer
 
 API = "/api/gateway/blocked-ips"
 # The caller comes through a trusted proxy, so its address is the one X-Forwarded-For names.
@@ -20,11 +20,11 @@ CALLER = {"X-Forwarded-For": "198.51.100.7"}
 
 async def test_a_demoted_or_deleted_admin_loses_the_block_list_at_once(
     upstreams: dict[str, Upstream],
-    start_gateway: GatewayFactory,
+    open_gateway: OpenGateway,
     http: aiohttp.ClientSession,
     codec: TokenCodec,
 ) -> None:
-    gw = await start_gateway(gateway_settings(upstreams, gateway_trusted_proxies="127.0.0.1/32"))
+    gw = await open_gateway(gateway_trusted_proxies="127.0.0.1/32")
     gw.gateway.admins.ttl = 0.0  # every call asks core: what a demotion sees once the cache has run out
     demoted, gone, kept = (bearer(codec.issue(sub=sub, role="admin")) for sub in ("demoted", "gone", "kept"))
     for headers in (demoted, gone, kept):
@@ -44,9 +44,9 @@ async def test_a_demoted_or_deleted_admin_loses_the_block_list_at_once(
 
 
 async def test_the_live_answer_is_cached_briefly(
-    upstreams: dict[str, Upstream], start_gateway: GatewayFactory, http: aiohttp.ClientSession, codec: TokenCodec
+    upstreams: dict[str, Upstream], open_gateway: OpenGateway, http: aiohttp.ClientSession, codec: TokenCodec
 ) -> None:
-    gw = await start_gateway(gateway_settings(upstreams))
+    gw = await open_gateway()
     assert 0 < gw.gateway.admins.ttl <= 5
     admin = bearer(codec.issue(sub="boss", role="admin"))
     for _ in range(5):
@@ -60,26 +60,24 @@ async def test_the_live_answer_is_cached_briefly(
 
 
 async def test_core_unreachable_is_503_not_a_guess(
-    upstreams: dict[str, Upstream],
-    start_gateway: GatewayFactory,
+    open_gateway: OpenGateway,
     http: aiohttp.ClientSession,
     codec: TokenCodec,
     dead_port: int,
 ) -> None:
-    gw = await start_gateway(gateway_settings(upstreams, core_url=f"http://127.0.0.1:{dead_port}"))
+    gw = await open_gateway(core_url=f"http://127.0.0.1:{dead_port}")
     async with http.get(gw.url + API, headers=bearer(codec.issue(sub="boss", role="admin"))) as resp:
         assert resp.status in (502, 503)
         assert (await resp.json())["code"] in ("SERVICE_UNAVAILABLE", "BAD_GATEWAY")
 
 
 async def test_block_bodies_are_bounded_typed_and_answered_in_rfc3339(
-    upstreams: dict[str, Upstream],
-    start_gateway: GatewayFactory,
+    open_gateway: OpenGateway,
     store: Store,
     http: aiohttp.ClientSession,
     codec: TokenCodec,
 ) -> None:
-    gw = await start_gateway(gateway_settings(upstreams, gateway_trusted_proxies="127.0.0.1/32"), store=store)
+    gw = await open_gateway(gateway_trusted_proxies="127.0.0.1/32", store=store)
     admin = {**bearer(codec.issue(sub="boss", role="admin")), **CALLER}
     url = gw.url + API
     big = b'{"ip": "203.0.113.9", "pad": "' + b"x" * 2_000_000 + b'"}'
@@ -121,13 +119,12 @@ async def test_block_bodies_are_bounded_typed_and_answered_in_rfc3339(
 
 
 async def test_a_block_covering_the_caller_or_everyone_needs_force(
-    upstreams: dict[str, Upstream],
-    start_gateway: GatewayFactory,
+    open_gateway: OpenGateway,
     store: Store,
     http: aiohttp.ClientSession,
     codec: TokenCodec,
 ) -> None:
-    gw = await start_gateway(gateway_settings(upstreams, gateway_trusted_proxies="127.0.0.1/32"), store=store)
+    gw = await open_gateway(gateway_trusted_proxies="127.0.0.1/32", store=store)
     admin = {**bearer(codec.issue(sub="boss", role="admin")), **CALLER}
     url = gw.url + API
     for ip, kind in (
@@ -149,12 +146,11 @@ async def test_a_block_covering_the_caller_or_everyone_needs_force(
 
 async def test_real_core_decides_for_a_demoted_or_suspended_admin(
     live_core: LiveServer,
-    upstreams: dict[str, Upstream],
-    start_gateway: GatewayFactory,
+    open_gateway: OpenGateway,
     http: aiohttp.ClientSession,
 ) -> None:
     rt = live_core.runtime
-    gw = await start_gateway(gateway_settings(upstreams, core_url=live_core.url), store=rt.store)
+    gw = await open_gateway(core_url=live_core.url, store=rt.store)
     admin = await create_user(rt, roles=["admin"])
     suspended = await create_user(rt, roles=["admin"], status="suspended")
     # A token that still says admin for a user whose live role is "user" (demoted since).

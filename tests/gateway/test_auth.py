@@ -10,7 +10,7 @@ import pytest
 
 from aihub.kit.jwt import TokenCodec, blacklist_key, family_blacklist_key
 from aihub.kit.store import Store
-from tests.gateway.conftest import GatewayFactory, Upstream, bearer, gateway_settings
+from tests.gateway.conftest import OpenGateway, Upstream, bearer
 
 
 async def _code(http: aiohttp.ClientSession, url: str, headers: dict[str, str]) -> tuple[int, str | None]:
@@ -21,12 +21,12 @@ async def _code(http: aiohttp.ClientSession, url: str, headers: dict[str, str]) 
 
 async def test_broken_tokens_get_the_right_401(
     upstreams: dict[str, Upstream],
-    start_gateway: GatewayFactory,
+    open_gateway: OpenGateway,
     store: Store,
     http: aiohttp.ClientSession,
     codec: TokenCodec,
 ) -> None:
-    gw = await start_gateway(gateway_settings(upstreams), store=store)
+    gw = await open_gateway(store=store)
     url = gw.url + "/api/users/me"
     expired = codec.issue(sub="u", role="user", now=int(time.time()) - 3600)
     forged = pyjwt.encode(
@@ -56,31 +56,29 @@ async def test_broken_tokens_get_the_right_401(
 
 
 async def test_a_blacklisted_token_is_revoked(
-    upstreams: dict[str, Upstream],
-    start_gateway: GatewayFactory,
+    open_gateway: OpenGateway,
     store: Store,
     http: aiohttp.ClientSession,
     codec: TokenCodec,
 ) -> None:
-    gw = await start_gateway(gateway_settings(upstreams), store=store)
+    gw = await open_gateway(store=store)
     token = codec.issue(sub="u", role="admin", jti="jti-to-revoke")
     assert (await _code(http, gw.url + "/api/users/me", bearer(token)))[0] == 200
     # What the auth service's logout writes (kit.jwt.blacklist_key, TTL = exp - now).
     await store.set(blacklist_key("jti-to-revoke"), "1", ttl=900)
     assert await _code(http, gw.url + "/api/users/me", bearer(token)) == (401, "TOKEN_REVOKED")
     # Also with limits off (the blacklist does not depend on rate limiting).
-    gw2 = await start_gateway(gateway_settings(upstreams, rate_limit_enabled=False), store=store)
+    gw2 = await open_gateway(rate_limit_enabled=False, store=store)
     assert await _code(http, gw2.url + "/api/users/me", bearer(token)) == (401, "TOKEN_REVOKED")
 
 
 async def test_a_revoked_refresh_family_revokes_its_access_tokens(
-    upstreams: dict[str, Upstream],
-    start_gateway: GatewayFactory,
+    open_gateway: OpenGateway,
     store: Store,
     http: aiohttp.ClientSession,
     codec: TokenCodec,
 ) -> None:
-    gw = await start_gateway(gateway_settings(upstreams), store=store)
+    gw = await open_gateway(store=store)
     family, other = "7f0c5d52-5d1c-4c52-9a39-0d1f6b1c2a10", "0b9f3d1e-2c6a-4f7b-8e5d-4a3c2b1a0f9e"
     tokens = [codec.issue(sub="u", role="user", extra={"sid": family}) for _ in range(2)]
     bystander = codec.issue(sub="u", role="user", extra={"sid": other})
@@ -91,7 +89,7 @@ async def test_a_revoked_refresh_family_revokes_its_access_tokens(
     for token in tokens:
         assert await _code(http, gw.url + "/api/users/me", bearer(token)) == (401, "TOKEN_REVOKED")
     assert (await _code(http, gw.url + "/api/users/me", bearer(bystander)))[0] == 200
-    gw2 = await start_gateway(gateway_settings(upstreams, rate_limit_enabled=False), store=store)
+    gw2 = await open_gateway(rate_limit_enabled=False, store=store)
     assert await _code(http, gw2.url + "/api/users/me", bearer(tokens[0])) == (401, "TOKEN_REVOKED")
 
 
@@ -110,11 +108,10 @@ async def test_public_routes_need_no_token(
     method: str,
     path: str,
     seen: str,
-    upstreams: dict[str, Upstream],
-    start_gateway: GatewayFactory,
+    open_gateway: OpenGateway,
     http: aiohttp.ClientSession,
 ) -> None:
-    gw = await start_gateway(gateway_settings(upstreams))
+    gw = await open_gateway()
     async with http.request(method, gw.url + path, json={}, headers={"X-User-Id": "spoof"}) as resp:
         assert resp.status == 200
         body = await resp.json()
@@ -122,18 +119,16 @@ async def test_public_routes_need_no_token(
     assert "x-user-id" not in {k.lower() for k in body["headers"]}
 
 
-async def test_pricing_writes_still_need_a_token(
-    upstreams: dict[str, Upstream], start_gateway: GatewayFactory, http: aiohttp.ClientSession
-) -> None:
-    gw = await start_gateway(gateway_settings(upstreams))
+async def test_pricing_writes_still_need_a_token(open_gateway: OpenGateway, http: aiohttp.ClientSession) -> None:
+    gw = await open_gateway()
     async with http.post(gw.url + "/api/pricing", json={}) as resp:
         assert resp.status == 401
 
 
 async def test_health_is_public_and_ready_reports_upstreams(
-    upstreams: dict[str, Upstream], start_gateway: GatewayFactory, http: aiohttp.ClientSession
+    open_gateway: OpenGateway, http: aiohttp.ClientSession
 ) -> None:
-    gw = await start_gateway(gateway_settings(upstreams))
+    gw = await open_gateway()
     async with http.get(gw.url + "/health") as resp:
         assert (resp.status, await resp.json()) == (200, {"status": "ok"})
     async with http.get(gw.url + "/health/ready") as resp:
@@ -152,10 +147,8 @@ async def test_health_is_public_and_ready_reports_upstreams(
     assert "aihub_gateway_requests_total" in text and "aihub_gateway_upstream_healthy" in text
 
 
-async def test_metrics_refused_from_other_addresses(
-    upstreams: dict[str, Upstream], start_gateway: GatewayFactory, http: aiohttp.ClientSession
-) -> None:
-    gw = await start_gateway(gateway_settings(upstreams, metrics_allow="10.0.0.0/8"))
+async def test_metrics_refused_from_other_addresses(open_gateway: OpenGateway, http: aiohttp.ClientSession) -> None:
+    gw = await open_gateway(metrics_allow="10.0.0.0/8")
     async with http.get(gw.url + "/metrics") as resp:
         assert resp.status == 403
         assert (await resp.json())["code"] == "FORBIDDEN"

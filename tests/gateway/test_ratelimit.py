@@ -18,7 +18,7 @@ from redis.asyncio import Redis
 from aihub.kit.jwt import TokenCodec
 from aihub.kit.store import RedisStore, Store
 from tests.conftest import free_port
-from tests.gateway.conftest import GatewayFactory, Upstream, bearer, gateway_settings
+from tests.gateway.conftest import OpenGateway, bearer
 
 
 async def _statuses(http: aiohttp.ClientSession, urls: list[str], headers: dict[str, str]) -> list[int]:
@@ -34,13 +34,12 @@ async def _statuses(http: aiohttp.ClientSession, urls: list[str], headers: dict[
 async def test_exact_limit_per_role(
     role: str,
     limit: int,
-    upstreams: dict[str, Upstream],
-    start_gateway: GatewayFactory,
+    open_gateway: OpenGateway,
     store: Store,
     http: aiohttp.ClientSession,
     codec: TokenCodec,
 ) -> None:
-    gw = await start_gateway(gateway_settings(upstreams), store=store)
+    gw = await open_gateway(store=store)
     headers = bearer(codec.issue(sub=f"id-{role}", role=role))
     started = time.monotonic()
     statuses = await _statuses(http, [gw.url + "/api/users/me"] * (limit + 5), headers)
@@ -54,21 +53,20 @@ async def test_exact_limit_per_role(
 
 
 async def test_guests_are_limited_by_address(
-    upstreams: dict[str, Upstream], start_gateway: GatewayFactory, store: Store, http: aiohttp.ClientSession
+    open_gateway: OpenGateway, store: Store, http: aiohttp.ClientSession
 ) -> None:
-    gw = await start_gateway(gateway_settings(upstreams), store=store)
+    gw = await open_gateway(store=store)
     statuses = await _statuses(http, [gw.url + "/api/sora/x"] * 12, {})
     assert statuses.count(200) == 10
 
 
 async def test_admin_is_unlimited_without_headers(
-    upstreams: dict[str, Upstream],
-    start_gateway: GatewayFactory,
+    open_gateway: OpenGateway,
     store: Store,
     http: aiohttp.ClientSession,
     codec: TokenCodec,
 ) -> None:
-    gw = await start_gateway(gateway_settings(upstreams), store=store)
+    gw = await open_gateway(store=store)
     headers = bearer(codec.issue(sub="root", role="admin"))
     assert set(await _statuses(http, [gw.url + "/api/users/me"] * 150, headers)) == {200}
     async with http.get(gw.url + "/api/users/me", headers=headers) as resp:
@@ -76,13 +74,12 @@ async def test_admin_is_unlimited_without_headers(
 
 
 async def test_headers_and_the_exact_429_body(
-    upstreams: dict[str, Upstream],
-    start_gateway: GatewayFactory,
+    open_gateway: OpenGateway,
     store: Store,
     http: aiohttp.ClientSession,
     codec: TokenCodec,
 ) -> None:
-    gw = await start_gateway(gateway_settings(upstreams, rate_limit_user=3), store=store)
+    gw = await open_gateway(rate_limit_user=3, store=store)
     headers = bearer(codec.issue(sub="counted", role="user"))
     remaining = []
     for _ in range(3):
@@ -104,9 +101,9 @@ async def test_headers_and_the_exact_429_body(
 
 
 async def test_login_has_its_own_stricter_limit(
-    upstreams: dict[str, Upstream], start_gateway: GatewayFactory, store: Store, http: aiohttp.ClientSession
+    open_gateway: OpenGateway, store: Store, http: aiohttp.ClientSession
 ) -> None:
-    gw = await start_gateway(gateway_settings(upstreams, rate_limit_login=4, rate_limit_guest=100), store=store)
+    gw = await open_gateway(rate_limit_login=4, rate_limit_guest=100, store=store)
 
     async def login() -> int:
         async with http.post(gw.url + "/api/auth/login", json={"email": "a@b.c", "password": "x"}) as resp:
@@ -116,15 +113,14 @@ async def test_login_has_its_own_stricter_limit(
 
 
 async def test_four_gateways_share_one_exact_limit(
-    upstreams: dict[str, Upstream],
-    start_gateway: GatewayFactory,
+    open_gateway: OpenGateway,
     redis_url: str,
     http: aiohttp.ClientSession,
     codec: TokenCodec,
 ) -> None:
     stores = [RedisStore(redis_url) for _ in range(4)]
     try:
-        gateways = [await start_gateway(gateway_settings(upstreams), store=s) for s in stores]
+        gateways = [await open_gateway(store=s) for s in stores]
         headers = bearer(codec.issue(sub="shared-user", role="user"))
         urls = [gateways[i % 4].url + "/api/users/me" for i in range(100)]
         started = time.monotonic()
@@ -197,8 +193,7 @@ async def _ready(http: aiohttp.ClientSession, url: str) -> str:
 
 
 async def test_redis_down_falls_back_and_comes_back(
-    upstreams: dict[str, Upstream],
-    start_gateway: GatewayFactory,
+    open_gateway: OpenGateway,
     own_redis: tuple[str, dict[str, object]],
     http: aiohttp.ClientSession,
     codec: TokenCodec,
@@ -206,7 +201,7 @@ async def test_redis_down_falls_back_and_comes_back(
     url, server = own_redis
     store = RedisStore(url, timeout=0.5)
     try:
-        gw = await start_gateway(gateway_settings(upstreams, rate_limit_user=5), store=store)
+        gw = await open_gateway(rate_limit_user=5, store=store)
         headers = bearer(codec.issue(sub="survivor", role="user"))
         api = gw.url + "/api/users/me"
         assert await _statuses(http, [api] * 2, headers) == [200, 200]
@@ -238,8 +233,7 @@ async def test_redis_down_falls_back_and_comes_back(
 
 
 async def test_redis_down_fail_closed_refuses_with_503(
-    upstreams: dict[str, Upstream],
-    start_gateway: GatewayFactory,
+    open_gateway: OpenGateway,
     own_redis: tuple[str, dict[str, object]],
     http: aiohttp.ClientSession,
     codec: TokenCodec,
@@ -247,7 +241,7 @@ async def test_redis_down_fail_closed_refuses_with_503(
     url, server = own_redis
     store = RedisStore(url, timeout=0.5)
     try:
-        gw = await start_gateway(gateway_settings(upstreams, rate_limit_fail_closed=True), store=store)
+        gw = await open_gateway(rate_limit_fail_closed=True, store=store)
         server["stop"]()  # type: ignore[operator]
         async with http.get(gw.url + "/api/users/me", headers=bearer(codec.issue(sub="x", role="user"))) as resp:
             assert resp.status == 503

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import time
@@ -25,7 +26,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from aihub.config import Settings
-from aihub.gateway import metrics
+from aihub.gateway import metrics, upstream
 from aihub.gateway.accesslog import AccessLog
 from aihub.gateway.admin import AdminCheck, admin_body, network_of, parse_block
 from aihub.gateway.apikeys import AccountSuspended, InvalidApiKey, KeyResolver
@@ -62,6 +63,8 @@ ADMIN_PREFIX = "/api/gateway/blocked-ips"
 _ADMIN_ROUTE = Route("/api/gateway", "gateway", name="gateway-admin")
 _KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 _QUIET = frozenset({"/health", "/health/ready", "/metrics"})
+# Every path the gateway answers itself lies outside /api/ or under this one.
+_GATEWAY_API = "/api/gateway"
 
 
 class RateLimited(AppError):
@@ -84,10 +87,16 @@ class Ctx:
 CTX = web.RequestKey("aihub_gateway_ctx", Ctx)
 
 
+@functools.lru_cache(maxsize=1024)
+def _policy(limit: int, window: int) -> tuple[str, str]:
+    return f"{limit};w={window}", str(limit)  # a route's or a role's: the same on every request
+
+
 def _limit_headers(decision: Decision, window: int) -> dict[str, str]:
+    policy, limit = _policy(decision.limit, window)
     headers = {
-        "RateLimit-Policy": f"{decision.limit};w={window}",
-        "RateLimit-Limit": str(decision.limit),
+        "RateLimit-Policy": policy,
+        "RateLimit-Limit": limit,
         "RateLimit-Remaining": str(decision.remaining),
         "RateLimit-Reset": str(decision.reset),
     }
@@ -148,11 +157,9 @@ class Gateway:
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
-        connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=30, ttl_dns_cache=300)
-        # No cookie jar: cookies belong to the clients, not to the gateway's shared session.
-        self.session = aiohttp.ClientSession(
-            connector=connector, auto_decompress=False, cookie_jar=aiohttp.DummyCookieJar()
-        )
+        loop = asyncio.get_running_loop()
+        self.session = upstream.session(loop)
+        self.access_log.bind(loop)
         self.balancer.start(self.session)
         self.admins.session = self.session
         self.blocks.start()
@@ -196,23 +203,15 @@ class Gateway:
         if self.blocks.blocked(ctx.client_ip):
             metrics.BLOCKED.inc()
             raise Forbidden("Requests from your address are blocked")
-        raw = request.raw_path.partition("?")[0]
-        if raw in _QUIET:
-            ctx.route = raw
-            return await self._local(request, ctx, raw)
-        if request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers:
+        raw, _, query = request.raw_path.partition("?")
+        if not raw.startswith("/api/") or raw.startswith(_GATEWAY_API):
+            own = await self._own(request, ctx, raw)
+            if own is not None:
+                return own
+        elif request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers:
+            # An API path (the common case) can only be a preflight among the gateway's own answers.
             ctx.route = "preflight"
             return self._preflight(request, ctx)
-        # Before normalising: the gateway answers these itself (docs are exact paths), and an
-        # unblock names a CIDR, whose "/" the last segment carries encoded.
-        if raw == "/openapi.json" or raw == DOCS_PATH or raw.startswith(DOCS_PATH + "/"):
-            ctx.route = "docs"  # public, like /health: the contract is no secret
-            return await self._docs(request, ctx, raw)
-        if self.console is not None and is_console(raw):
-            ctx.route = "console"
-            return self._console(request, ctx, raw)
-        if _is_admin(raw):
-            return await self._admin_request(request, ctx, raw)
         path = normalise_path(raw)  # what routes match and the upstream receives (edges.py)
         if _is_admin(path):
             return await self._admin_request(request, ctx, path)
@@ -228,7 +227,8 @@ class Gateway:
         group = self.balancer.groups[route.upstream]
         target = route.upstream_path(path)
         is_ws = route.websocket and request.headers.get("Upgrade", "").lower() == "websocket"
-        query = _without_token(request.query_string) if is_ws else request.raw_path.partition("?")[2]
+        if is_ws:
+            query = _without_token(request.query_string)
         if query:
             target = f"{target}?{query}"
         headers = upstream_headers(
@@ -259,6 +259,26 @@ class Gateway:
         return await forward(
             request, self.session, group, route, target, headers, ctx.hop, self.settings.gateway_connect_timeout_seconds
         )
+
+    async def _own(self, request: web.Request, ctx: Ctx, raw: str) -> web.StreamResponse | None:
+        """The gateway's own answers, in their order; None for a path they leave to the routes."""
+        if raw in _QUIET:
+            ctx.route = raw
+            return await self._local(request, ctx, raw)
+        if request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers:
+            ctx.route = "preflight"
+            return self._preflight(request, ctx)
+        # Before normalising: the gateway answers these itself (docs are exact paths), and an
+        # unblock names a CIDR, whose "/" the last segment carries encoded.
+        if raw == "/openapi.json" or raw == DOCS_PATH or raw.startswith(DOCS_PATH + "/"):
+            ctx.route = "docs"  # public, like /health: the contract is no secret
+            return await self._docs(request, ctx, raw)
+        if self.console is not None and is_console(raw):
+            ctx.route = "console"
+            return self._console(request, ctx, raw)
+        if _is_admin(raw):
+            return await self._admin_request(request, ctx, raw)
+        return None
 
     # ------------------------------------------------------------------ identity and limits
     async def _identify(self, request: web.Request, ctx: Ctx, route: Route) -> Identity | None:
@@ -321,20 +341,20 @@ class Gateway:
         jti, sid = (identity.jti, identity.sid) if identity else (None, None)
         decision = await self.limiter.check(jti, key, limit, sid=sid, api_key=api_key)
         if decision.allowed:
-            metrics.DECISIONS["allowed"].inc()
+            metrics.decide("allowed")
             if decision.limit > 0:
                 ctx.limit_headers = _limit_headers(decision, self.window)
             return
         if decision.revoked:
-            metrics.DECISIONS["revoked"].inc()
+            metrics.decide("revoked")
             await self.strikes.strike("auth", ctx.client_ip, self.settings.gateway_ban_after_auth_failures)
             if decision.suspended:
                 raise AccountSuspended
             raise InvalidApiKey if api_key is not None else TokenRevoked
         if decision.unavailable:
-            metrics.DECISIONS["unavailable"].inc()
+            metrics.decide("unavailable")
             raise ServiceUnavailable("Rate limiting is unavailable; try again shortly")
-        metrics.DECISIONS["limited"].inc()
+        metrics.decide("limited")
         ctx.limit_headers = _limit_headers(decision, self.window)
         await self.strikes.strike("rate", ctx.client_ip, self.settings.gateway_ban_after_rate_limited)
         raise RateLimited

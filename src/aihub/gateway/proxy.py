@@ -99,11 +99,43 @@ def _url(text: str) -> URL:
     return URL(text, encoded=True)
 
 
-def _connection_tokens(headers: CIMultiDictProxy[str]) -> set[str] | tuple[()]:
+def _connection_tokens(headers: CIMultiDictProxy[str]) -> frozenset[str]:
     value = headers.get("Connection")
     if value is None:
-        return ()  # most requests under HTTP/1.1 keep-alive name nothing
-    return {h.strip().lower() for h in value.split(",") if h.strip()}
+        return frozenset()  # most requests under HTTP/1.1 keep-alive name nothing
+    return _tokens(value)
+
+
+@functools.lru_cache(maxsize=256)
+def _tokens(value: str) -> frozenset[str]:
+    # The few values seen ("keep-alive", "close", "Upgrade") repeat on every response. Names
+    # that are hop-by-hop anyway are dropped with or without the token: usually none is left.
+    return frozenset(h.strip().lower() for h in value.split(",") if h.strip()) - HOP_BY_HOP
+
+
+# Whether a header, by its name as received, is forwarded (before any Connection token): the
+# same few names arrive on every request, so each is decided once instead of lowered and
+# looked up on every one. Bounded: a client sending ever new names only stops the caching.
+_MAX_NAMES = 4096
+_REQUEST_NAMES: dict[str, bool] = {}
+_RESPONSE_NAMES: dict[str, int] = {}  # 0 dropped, 1 kept, 2 kept after a Location rewrite
+_DROP, _KEEP, _LOCATION = 0, 1, 2
+
+
+def _request_name(name: str) -> bool:
+    lower = name.lower()
+    keep = not (lower in _REQUEST_DROP or lower.startswith("x-user-") or lower == "x-api-key-id")
+    if len(_REQUEST_NAMES) < _MAX_NAMES:
+        _REQUEST_NAMES[name] = keep
+    return keep
+
+
+def _response_name(name: str) -> int:
+    lower = name.lower()
+    kind = _DROP if lower in _RESPONSE_DROP else _LOCATION if lower == "location" else _KEEP
+    if len(_RESPONSE_NAMES) < _MAX_NAMES:
+        _RESPONSE_NAMES[name] = kind
+    return kind
 
 
 def upstream_headers(
@@ -118,41 +150,49 @@ def upstream_headers(
     role: str | None,
 ) -> CIMultiDict[str]:
     named = _connection_tokens(headers)
-    out: CIMultiDict[str] = CIMultiDict()
+    known = _REQUEST_NAMES
+    kept: list[tuple[str, str]] = []
     for name, value in headers.items():
-        lower = name.lower()
-        if lower in _REQUEST_DROP or lower in named or lower.startswith("x-user-") or lower == "x-api-key-id":
-            continue
-        out.add(name, value)
+        keep = known.get(name)
+        if keep is None:
+            keep = _request_name(name)
+        if keep and not (named and name.lower() in named):
+            kept.append((name, value))
     # The standard chain: what a trusted proxy sent, plus the address that connected to us.
-    # An untrusted client's own X-Forwarded-For is dropped, never extended.
+    # An untrusted client's own X-Forwarded-For is dropped, never extended. The names added
+    # here were all dropped above: appending them sets them. One multidict built from the list.
     prior = headers.get("X-Forwarded-For") if peer_trusted else None
-    out["X-Forwarded-For"] = f"{prior}, {peer}" if prior else peer
-    out["X-Forwarded-Proto"] = (headers.get("X-Forwarded-Proto") if peer_trusted else None) or scheme
-    out["X-Forwarded-Host"] = (headers.get("X-Forwarded-Host") if peer_trusted else None) or host
-    out["X-Request-Id"] = request_id
+    kept.append(("X-Forwarded-For", f"{prior}, {peer}" if prior else peer))
+    kept.append(("X-Forwarded-Proto", (headers.get("X-Forwarded-Proto") if peer_trusted else None) or scheme))
+    kept.append(("X-Forwarded-Host", (headers.get("X-Forwarded-Host") if peer_trusted else None) or host))
+    kept.append(("X-Request-Id", request_id))
     if user_id is not None:
-        out["X-User-Id"] = user_id
-        out["X-User-Role"] = role or ""
-    return out
+        kept.append(("X-User-Id", user_id))
+        kept.append(("X-User-Role", role or ""))
+    return CIMultiDict(kept)
 
 
-def response_headers(headers: CIMultiDictProxy[str], instance_url: str = "", prefix: str = "") -> CIMultiDict[str]:
+def response_headers(headers: CIMultiDictProxy[str], instance_url: str = "", prefix: str = "") -> list[tuple[str, str]]:
     """``instance_url`` and ``prefix``: a ``Location`` naming the instance itself (a framework
     builds it from the Host the gateway sent) becomes a path the client reaches through the
     gateway, with the prefix a stripping route removed put back: the internal address never
-    leaves, and the client is never sent around the gateway."""
+    leaves, and the client is never sent around the gateway.
+
+    A list, which the response turns into its own multidict (one copy, not two)."""
     named = _connection_tokens(headers)
-    out: CIMultiDict[str] = CIMultiDict()
+    known = _RESPONSE_NAMES
+    out: list[tuple[str, str]] = []
     for name, value in headers.items():  # items() keeps repeated headers such as Set-Cookie
-        lower = name.lower()
-        if lower in _RESPONSE_DROP or lower in named:
+        kind = known.get(name)
+        if kind is None:
+            kind = _response_name(name)
+        if kind == _DROP or (named and name.lower() in named):
             continue
-        if lower == "location" and instance_url and value.startswith(instance_url):
+        if kind == _LOCATION and instance_url and value.startswith(instance_url):
             rest = value[len(instance_url) :]
             if not rest or rest[0] in "/?#":
                 value = prefix + (rest if rest.startswith("/") else "/" + rest)
-        out.add(name, value)
+        out.append((name, value))
     return out
 
 
