@@ -4,6 +4,7 @@ times, and no block that locks out the caller or everyone unless forced."""
 from __future__ import annotations
 
 import io
+from collections.abc import AsyncIterator
 from datetime import datetime
 
 import aiohttp
@@ -82,7 +83,7 @@ async def test_block_bodies_are_bounded_typed_and_answered_in_rfc3339(
     url = gw.url + API
     big = b'{"ip": "203.0.113.9", "pad": "' + b"x" * 2_000_000 + b'"}'
 
-    async def chunked():  # type: ignore[no-untyped-def]  # no Content-Length announced
+    async def chunked() -> AsyncIterator[bytes]:  # no Content-Length announced
         for i in range(0, len(big), 65_536):
             yield big[i : i + 65_536]
 

@@ -14,6 +14,7 @@ import json
 import re
 import uuid
 import zlib
+from collections.abc import AsyncIterator
 
 import aiohttp
 import pytest
@@ -132,7 +133,7 @@ async def test_a_gzip_bomb_is_refused_with_413_announced_or_chunked(
     assert len(bomb) < 20_000
     headers = {**bearer(codec.issue(sub="u", role="user")), "Content-Encoding": "gzip"}
 
-    async def chunked():  # type: ignore[no-untyped-def]  # no Content-Length: the length is unknown up front
+    async def chunked() -> AsyncIterator[bytes]:  # no Content-Length: the length is unknown up front
         for i in range(0, len(bomb), 1000):
             yield bomb[i : i + 1000]
 
