@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 from pydantic import BaseModel
@@ -50,17 +51,23 @@ def _writers_pool(runtime: Runtime) -> AsyncEngine:
     return found
 
 
-def engine_of(runtime: Runtime) -> LedgerEngine | None:
-    """The process's engine (created on first use, stopped with the runtime); None on SQLite."""
+def _writer(runtime: Runtime, key: str, make: Callable[[AsyncEngine], LedgerEngine]) -> LedgerEngine | None:
+    """The process's writer under ``key`` (created on first use, stopped with the runtime); None
+    on SQLite, whose single writer makes the request path already serial."""
     if runtime.settings.is_sqlite:
         return None
-    found = runtime.extras.get(ENGINE_KEY)
+    found = runtime.extras.get(key)
     if found is None:
-        found = LedgerEngine(_writers_pool(runtime))
-        runtime.extras[ENGINE_KEY] = found
+        found = make(_writers_pool(runtime))
+        runtime.extras[key] = found
         runtime.on_close(found.close)
     assert isinstance(found, LedgerEngine)
     return found
+
+
+def engine_of(runtime: Runtime) -> LedgerEngine | None:
+    """The process's balance-move engine."""
+    return _writer(runtime, ENGINE_KEY, LedgerEngine)
 
 
 def claim_of(idem: IdempotentRequest, principal: str) -> Claim | None:
@@ -131,16 +138,8 @@ USAGE_ENGINE_KEY = "ledger.usage_engine"
 
 
 def usage_engine_of(runtime: Runtime) -> LedgerEngine | None:
-    """The process's usage-event writer (PostgreSQL); None on SQLite."""
-    if runtime.settings.is_sqlite:
-        return None
-    found = runtime.extras.get(USAGE_ENGINE_KEY)
-    if found is None:
-        found = usage_writer(_writers_pool(runtime))
-        runtime.extras[USAGE_ENGINE_KEY] = found
-        runtime.on_close(found.close)
-    assert isinstance(found, LedgerEngine)
-    return found
+    """The process's usage-event writer."""
+    return _writer(runtime, USAGE_ENGINE_KEY, usage_writer)
 
 
 async def priced(
