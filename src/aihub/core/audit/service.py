@@ -191,14 +191,7 @@ def record(
     after: dict[str, Any] | None = None,
     actor: Actor | None = None,
 ) -> None:
-    entry = _Entry(
-        actor=actor or tx.info.get("actor", SYSTEM),
-        action=action,
-        entity_type=entity_type,
-        entity_id=None if entity_id is None else str(entity_id),
-        before=scrub(before),
-        after=scrub(after),
-    )
+    entry = new_entry(actor or tx.info.get("actor", SYSTEM), action, entity_type, entity_id, before=before, after=after)
     tx.info.setdefault("audit", []).append(entry)
     tx.before_commit(_append_all)
 
