@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Depends, Path, Query, Response
 
@@ -12,6 +12,7 @@ from aihub.core.pricing import service as pricing
 from aihub.core.rbac.service import Principal
 from aihub.kit.openapi import errors
 from aihub.kit.pagination import PageParams, SortKey, page_of_sorted, short_list_params
+from aihub.models import ModelPrice
 
 router = APIRouter(prefix="/api/pricing", tags=["pricing"], route_class=TxRoute)
 
@@ -21,21 +22,25 @@ Writer = Annotated[Principal, RequirePermission("pricing:write")]
 ShortPage = Annotated[PageParams, Depends(short_list_params)]
 
 
-def _by_model(price: dict[str, Any]) -> SortKey:
-    return (price["provider"], price["model"])
+def _page(items: list[ModelPrice], cursor: str | None) -> schemas.PriceList:
+    return schemas.PriceList(items=[schemas.PriceOut.model_validate(p) for p in items], next_cursor=cursor)
 
 
-def _newest_first(price: dict[str, Any]) -> SortKey:
-    return (-price["effective_from"].timestamp(), str(price["id"]))
+def _by_model(price: ModelPrice) -> SortKey:
+    return (price.provider, price.model)
+
+
+def _newest_first(price: ModelPrice) -> SortKey:
+    return (-price.effective_from.timestamp(), str(price.id))
 
 
 @router.get("", response_model=schemas.PriceList)
 async def list_prices(
     tx: TxDep, page: ShortPage, provider: Annotated[str | None, Query(max_length=64)] = None
-) -> dict[str, Any]:
+) -> schemas.PriceList:
     """Current prices of every model (public), by provider and model. Credits: 1 credit = USD 0.001."""
     items, cursor = page_of_sorted(await pricing.list_current(tx, provider), page, _by_model)
-    return {"items": items, "next_cursor": cursor}
+    return _page(items, cursor)
 
 
 @router.get(
@@ -43,17 +48,16 @@ async def list_prices(
     response_model=schemas.PriceOut,
     responses=errors(pricing.UnknownModel, pricing.PriceNotFound),
 )
-async def read_price(provider: Provider, model: Model, tx: TxDep) -> dict[str, Any]:
+async def read_price(provider: Provider, model: Model, tx: TxDep) -> ModelPrice:
     """The current price of one model (public)."""
-    price = await pricing.require_current(tx, provider, model)
-    return pricing.view(price)
+    return await pricing.require_current(tx, provider, model)
 
 
 @router.get("/{provider}/{model}/history", response_model=schemas.PriceList, responses=errors(pricing.PriceNotFound))
-async def price_history(provider: Provider, model: Model, tx: TxDep, page: ShortPage) -> dict[str, Any]:
+async def price_history(provider: Provider, model: Model, tx: TxDep, page: ShortPage) -> schemas.PriceList:
     """Every price the model has had, newest first (public)."""
     items, cursor = page_of_sorted(await pricing.history(tx, provider, model), page, _newest_first)
-    return {"items": items, "next_cursor": cursor}
+    return _page(items, cursor)
 
 
 @router.put(
@@ -66,12 +70,12 @@ async def price_history(provider: Provider, model: Model, tx: TxDep, page: Short
 )
 async def put_price(
     provider: Provider, model: Model, body: schemas.PriceBody, tx: TxDep, actor: Writer, response: Response
-) -> dict[str, Any]:
+) -> ModelPrice:
     """Set a model's price. The old price is kept as history; usage already charged is unchanged.
 
     Answers 201 when the model had no price, 200 when an existing price was replaced.
     """
-    price, created = await pricing.set_price(tx, actor.id, provider, model, body.model_dump())
+    price, created = await pricing.set_price(tx, actor.id, provider, model, body)
     response.status_code = 201 if created else 200
     return price
 

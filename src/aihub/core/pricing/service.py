@@ -16,6 +16,7 @@ from sqlalchemy.exc import IntegrityError
 from aihub.core.audit import service as audit
 from aihub.core.credits.schemas import MAX_AMOUNT
 from aihub.core.pricing import repository as repo
+from aihub.core.pricing.schemas import PriceBody, PriceOut
 from aihub.kit.db import Tx, utcnow
 from aihub.kit.errors import AppError, Conflict, NotFound
 from aihub.models import ModelPrice
@@ -74,18 +75,9 @@ def bounded_charge(exact: Decimal) -> int:
     return charge
 
 
-def view(price: ModelPrice) -> dict[str, Any]:
-    return {
-        "id": price.id,
-        "provider": price.provider,
-        "model": price.model,
-        "input_per_1k": price.input_per_1k,
-        "output_per_1k": price.output_per_1k,
-        "per_request": price.per_request,
-        "per_second": price.per_second,
-        "effective_from": price.effective_from,
-        "effective_to": price.effective_to,
-    }
+def _audited(price: ModelPrice) -> dict[str, Any]:
+    """The price as its audit entries keep it: the response's fields, snake_case."""
+    return PriceOut.model_validate(price).model_dump()
 
 
 async def require_current(tx: Tx, provider: str, model: str) -> ModelPrice:
@@ -96,44 +88,41 @@ async def require_current(tx: Tx, provider: str, model: str) -> ModelPrice:
     return price
 
 
-async def list_current(tx: Tx, provider: str | None) -> list[dict[str, Any]]:
-    return [view(p) for p in await repo.list_current(tx.session, provider)]
+async def list_current(tx: Tx, provider: str | None) -> list[ModelPrice]:
+    return list(await repo.list_current(tx.session, provider))
 
 
-async def history(tx: Tx, provider: str, model: str) -> list[dict[str, Any]]:
-    rows = await repo.history(tx.session, provider, model)
+async def history(tx: Tx, provider: str, model: str) -> list[ModelPrice]:
+    rows = list(await repo.history(tx.session, provider, model))
     if not rows:
         raise PriceNotFound
-    return [view(p) for p in rows]
+    return rows
 
 
-async def set_price(
-    tx: Tx, actor_id: str, provider: str, model: str, values: dict[str, Decimal]
-) -> tuple[dict[str, Any], bool]:
+async def set_price(tx: Tx, actor_id: str, provider: str, model: str, values: PriceBody) -> tuple[ModelPrice, bool]:
     """Close the current price (kept as history) and open the new one. Returns (price, created)."""
     before = await repo.current(tx.session, provider, model)
     now = utcnow()
     await repo.close_current(tx.session, provider, model, now)
-    price = ModelPrice(provider=provider, model=model, effective_from=now, created_by=actor_id, **values)
+    price = ModelPrice(provider=provider, model=model, effective_from=now, created_by=actor_id, **values.model_dump())
     tx.session.add(price)
     try:
         await tx.session.flush()
     except IntegrityError as exc:  # another PUT for this model committed between our two statements
         raise PriceChangedConcurrently from exc
-    after = view(price)
     audit.record(
         tx,
         "pricing.set",
         "price",
         f"{provider}/{model}",
-        before=view(before) if before else None,
-        after=after,
+        before=_audited(before) if before else None,
+        after=_audited(price),
     )
-    return after, before is None
+    return price, before is None
 
 
 async def remove_price(tx: Tx, provider: str, model: str) -> None:
     before = await repo.current(tx.session, provider, model)
     if before is None or not await repo.close_current(tx.session, provider, model, utcnow()):
         raise PriceNotFound
-    audit.record(tx, "pricing.delete", "price", f"{provider}/{model}", before=view(before))
+    audit.record(tx, "pricing.delete", "price", f"{provider}/{model}", before=_audited(before))
