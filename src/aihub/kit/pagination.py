@@ -11,6 +11,7 @@ import binascii
 import datetime as dt
 import uuid
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Annotated, Any, Generic, TypeVar
 
 from fastapi import Query
@@ -28,6 +29,15 @@ Row = TypeVar("Row")
 
 class Page(ApiModel, Generic[T]):
     items: list[T]
+    next_cursor: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Paged(Generic[Row]):
+    """One page as services return it: the rows and the next cursor. The response schema (a
+    ``Page`` of the item's schema) reads it by attribute."""
+
+    items: list[Row]
     next_cursor: str | None = None
 
 
@@ -70,6 +80,11 @@ def keyset(
         created, row_id = decode_cursor(params.cursor)
         stmt = stmt.where(tuple_(created_col, id_col) < tuple_(created, row_id))
     return stmt.order_by(created_col.desc(), id_col.desc()).limit(params.limit + 1)
+
+
+def paged(rows: Sequence[Row], params: PageParams, key: Any) -> Paged[Row]:
+    """``page_of`` as a ``Paged``."""
+    return Paged(*page_of(rows, params, key))
 
 
 def page_of(rows: Sequence[Row], params: PageParams, key: Any) -> tuple[list[Row], str | None]:

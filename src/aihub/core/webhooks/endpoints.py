@@ -12,7 +12,8 @@ from aihub.core.rbac.service import Principal
 from aihub.core.webhooks import jobs as _jobs  # noqa: F401  (registers the delivery job)
 from aihub.core.webhooks import schemas
 from aihub.core.webhooks import service as webhooks
-from aihub.kit.pagination import PageParams, page_params
+from aihub.kit.pagination import Paged, PageParams, page_params
+from aihub.models import WebhookEndpoint
 
 router = APIRouter(prefix="/api/webhooks", tags=["webhooks"], route_class=TxRoute)
 
@@ -30,7 +31,7 @@ _CREATE = {**_AUTH, 422: _WRITE[422]}
 
 
 @router.post("", status_code=201, response_model=schemas.EndpointCreated, responses=_CREATE)
-async def create_webhook(body: schemas.EndpointIn, tx: TxDep, runtime: RuntimeDep, _: Writer) -> dict[str, Any]:
+async def create_webhook(body: schemas.EndpointIn, tx: TxDep, runtime: RuntimeDep, _: Writer) -> WebhookEndpoint:
     """Register an endpoint for some events → its `secret` (`whsec_<base64>`), shown only here.
 
     Deliveries follow Standard Webhooks: headers `webhook-id`, `webhook-timestamp` and
@@ -38,17 +39,17 @@ async def create_webhook(body: schemas.EndpointIn, tx: TxDep, runtime: RuntimeDe
     base64-decoded bytes; body `{type, timestamp, data}`. Only http(s) URLs; private, loopback
     and link-local addresses only where `AIHUB_WEBHOOK_ALLOW_PRIVATE_ADDRESSES` allows them.
     """
-    return await webhooks.create_endpoint(tx, runtime.settings, body.model_dump())
+    return await webhooks.create_endpoint(tx, runtime.settings, body)
 
 
 @router.get("", response_model=schemas.EndpointPage, responses=_AUTH)
-async def list_webhooks(tx: TxDep, _: Reader, page: Page) -> dict[str, Any]:
+async def list_webhooks(tx: TxDep, _: Reader, page: Page) -> Paged[WebhookEndpoint]:
     """Every endpoint, newest first (never their secrets)."""
     return await webhooks.list_endpoints(tx, page)
 
 
 @router.get("/{webhook_id}", response_model=schemas.EndpointOut, responses=_ONE)
-async def read_webhook(webhook_id: uuid.UUID, tx: TxDep, _: Reader) -> dict[str, Any]:
+async def read_webhook(webhook_id: uuid.UUID, tx: TxDep, _: Reader) -> WebhookEndpoint:
     """One endpoint (without its secret)."""
     return await webhooks.get_endpoint(tx, webhook_id)
 
@@ -56,9 +57,9 @@ async def read_webhook(webhook_id: uuid.UUID, tx: TxDep, _: Reader) -> dict[str,
 @router.patch("/{webhook_id}", response_model=schemas.EndpointOut, responses=_WRITE)
 async def update_webhook(
     webhook_id: uuid.UUID, body: schemas.EndpointPatch, tx: TxDep, runtime: RuntimeDep, _: Writer
-) -> dict[str, Any]:
+) -> WebhookEndpoint:
     """Change the URL, the events, the description, or pause it (`active: false`)."""
-    return await webhooks.update_endpoint(tx, runtime.settings, webhook_id, body.model_dump(exclude_unset=True))
+    return await webhooks.update_endpoint(tx, runtime.settings, webhook_id, body)
 
 
 @router.delete("/{webhook_id}", status_code=204, responses=_ONE)
@@ -68,12 +69,12 @@ async def delete_webhook(webhook_id: uuid.UUID, tx: TxDep, _: Writer) -> None:
 
 
 @router.get("/{webhook_id}/deliveries", response_model=schemas.DeliveryPage, responses=_ONE)
-async def list_deliveries(webhook_id: uuid.UUID, tx: TxDep, _: Reader, page: Page) -> dict[str, Any]:
+async def list_deliveries(webhook_id: uuid.UUID, tx: TxDep, _: Reader, page: Page) -> Paged[webhooks.Delivery]:
     """The endpoint's messages, newest first, each with every attempt made (status, error, duration)."""
     return await webhooks.list_deliveries(tx, webhook_id, page)
 
 
 @router.post("/{webhook_id}/test", status_code=202, response_model=schemas.TestOut, responses=_ONE)
-async def send_test_webhook(webhook_id: uuid.UUID, tx: TxDep, runtime: RuntimeDep, _: Writer) -> dict[str, Any]:
+async def send_test_webhook(webhook_id: uuid.UUID, tx: TxDep, runtime: RuntimeDep, _: Writer) -> webhooks.QueuedTest:
     """Queue a `webhook.test` event to this endpoint (sent after commit, retried like any other)."""
     return await webhooks.send_test(tx, runtime, webhook_id)

@@ -15,6 +15,7 @@ import hmac
 import ipaddress
 import secrets
 import uuid
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -23,13 +24,14 @@ import structlog
 from aihub.config import Settings
 from aihub.core.audit import service as audit
 from aihub.core.webhooks import repository as repo
+from aihub.core.webhooks.schemas import EndpointIn, EndpointPatch
 from aihub.kit.db import Tx, utcnow
 from aihub.kit.errors import AppError, NotFound
 from aihub.kit.jobs import jobs_of
 from aihub.kit.jsonutil import dumps
-from aihub.kit.pagination import PageParams, page_of
+from aihub.kit.pagination import Paged, PageParams, page_of, paged
 from aihub.kit.runtime import Runtime
-from aihub.models import WebhookDelivery, WebhookEndpoint
+from aihub.models import WebhookAttempt, WebhookDelivery, WebhookEndpoint
 
 log = structlog.get_logger("aihub.webhooks")
 DELIVER_JOB = "webhooks.deliver"
@@ -135,82 +137,64 @@ def backoff(settings: Settings, attempts: int) -> float:
 # ------------------------------------------------------------------------------ endpoints
 
 
-def endpoint_view(row: WebhookEndpoint) -> dict[str, Any]:
-    return {
-        "id": row.id,
-        "url": row.url,
-        "events": list(row.events),
-        "description": row.description,
-        "active": row.active,
-        "created_at": row.created_at,
-        "updated_at": row.updated_at,
-    }
-
-
-async def create_endpoint(tx: Tx, settings: Settings, values: dict[str, Any]) -> dict[str, Any]:
+async def create_endpoint(tx: Tx, settings: Settings, values: EndpointIn) -> WebhookEndpoint:
+    """The new endpoint, its ``secret`` included (shown once: in this answer only)."""
     now = utcnow()
     row = WebhookEndpoint(
         id=uuid.uuid4(),
-        url=check_url(settings, values["url"]),
-        events=sorted(set(values["events"])),
-        description=values.get("description"),
+        url=check_url(settings, values.url),
+        events=sorted(set(values.events)),
+        description=values.description,
         secret=new_secret(),
-        active=values.get("active", True),
+        active=values.active,
         created_at=now,
         updated_at=now,
     )
     tx.session.add(row)
     await tx.session.flush()
-    view = endpoint_view(row)
-    audit.record(tx, "webhook.create", "webhook_endpoint", row.id, after=_audited(view))
-    return {**view, "secret": row.secret}
+    audit.record(tx, "webhook.create", "webhook_endpoint", row.id, after=_audited(row))
+    return row
 
 
-def _audited(view: dict[str, Any]) -> dict[str, Any]:
-    return {"url": view["url"], "events": view["events"], "active": view["active"]}
+def _audited(row: WebhookEndpoint) -> dict[str, Any]:
+    return {"url": row.url, "events": list(row.events), "active": row.active}
 
 
-async def _endpoint(tx: Tx, endpoint_id: uuid.UUID, *, for_update: bool = False) -> WebhookEndpoint:
+async def get_endpoint(tx: Tx, endpoint_id: uuid.UUID, *, for_update: bool = False) -> WebhookEndpoint:
     row = await repo.get_endpoint(tx.session, endpoint_id, for_update=for_update)
     if row is None:
         raise WebhookNotFound
     return row
 
 
-async def get_endpoint(tx: Tx, endpoint_id: uuid.UUID) -> dict[str, Any]:
-    return endpoint_view(await _endpoint(tx, endpoint_id))
-
-
-async def list_endpoints(tx: Tx, params: PageParams) -> dict[str, Any]:
-    rows, cursor = page_of(await repo.list_endpoints(tx.session, params), params, lambda r: (r.created_at, r.id))
-    return {"items": [endpoint_view(r) for r in rows], "next_cursor": cursor}
+async def list_endpoints(tx: Tx, params: PageParams) -> Paged[WebhookEndpoint]:
+    return paged(await repo.list_endpoints(tx.session, params), params, lambda r: (r.created_at, r.id))
 
 
 async def update_endpoint(
-    tx: Tx, settings: Settings, endpoint_id: uuid.UUID, changes: dict[str, Any]
-) -> dict[str, Any]:
+    tx: Tx, settings: Settings, endpoint_id: uuid.UUID, changes: EndpointPatch
+) -> WebhookEndpoint:
     # Locked: concurrent changes apply one after the other (each audited against what the one
     # before left), and one racing a deletion finds the endpoint gone (404), never a 500.
-    row = await _endpoint(tx, endpoint_id, for_update=True)
-    before = _audited(endpoint_view(row))
-    if changes.get("url") is not None:
-        row.url = check_url(settings, changes["url"])
-    if changes.get("events") is not None:
-        row.events = sorted(set(changes["events"]))
-    if "description" in changes:
-        row.description = changes["description"]
-    if changes.get("active") is not None:
-        row.active = changes["active"]
+    row = await get_endpoint(tx, endpoint_id, for_update=True)
+    before = _audited(row)
+    if changes.url is not None:
+        row.url = check_url(settings, changes.url)
+    if changes.events is not None:
+        row.events = sorted(set(changes.events))
+    if "description" in changes.model_fields_set:
+        row.description = changes.description
+    if changes.active is not None:
+        row.active = changes.active
     row.updated_at = utcnow()
     await tx.session.flush()
-    view = endpoint_view(row)
-    audit.record(tx, "webhook.update", "webhook_endpoint", row.id, before=before, after=_audited(view))
-    return view
+    audit.record(tx, "webhook.update", "webhook_endpoint", row.id, before=before, after=_audited(row))
+    return row
 
 
 async def delete_endpoint(tx: Tx, endpoint_id: uuid.UUID) -> None:
-    row = await _endpoint(tx, endpoint_id, for_update=True)  # of concurrent deletions one deletes and audits
-    before = _audited(endpoint_view(row))
+    row = await get_endpoint(tx, endpoint_id, for_update=True)  # of concurrent deletions one deletes and audits
+    before = _audited(row)
     tx.session.expunge(row)
     if not await repo.delete_endpoint(tx.session, endpoint_id):
         raise WebhookNotFound
@@ -276,40 +260,55 @@ async def emit(tx: Tx, runtime: Runtime | None, event_type: str, data: dict[str,
     return len(await _deliver_to(tx, runtime, targets, event_type, data))
 
 
-async def send_test(tx: Tx, runtime: Runtime, endpoint_id: uuid.UUID) -> dict[str, Any]:
-    row = await _endpoint(tx, endpoint_id)
+@dataclass(frozen=True, slots=True)
+class QueuedTest:
+    delivery_id: uuid.UUID
+    webhook_id: str
+    status: str = "pending"
+
+
+async def send_test(tx: Tx, runtime: Runtime, endpoint_id: uuid.UUID) -> QueuedTest:
+    row = await get_endpoint(tx, endpoint_id)
     [delivery_id] = await _deliver_to(tx, runtime, [row.id], TEST_EVENT, {"webhookId": str(row.id)})
-    return {"delivery_id": delivery_id, "webhook_id": webhook_id(delivery_id), "status": "pending"}
+    return QueuedTest(delivery_id, webhook_id(delivery_id))
 
 
-def delivery_view(row: WebhookDelivery, log: list[dict[str, Any]]) -> dict[str, Any]:
-    return {
-        "id": row.id,
-        "webhook_id": webhook_id(row.id),
-        "event_type": row.event_type,
-        "status": row.status,
-        "attempts": row.attempts,
-        "next_attempt_at": row.next_attempt_at if row.status == "pending" else None,
-        "created_at": row.created_at,
-        "delivered_at": row.delivered_at,
-        "payload": row.payload,
-        "attempt_log": log,
-    }
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """A delivery with every attempt made: ``next_attempt_at`` only while one is still due."""
+
+    id: uuid.UUID
+    webhook_id: str
+    event_type: str
+    status: str
+    attempts: int
+    next_attempt_at: dt.datetime | None
+    created_at: dt.datetime
+    delivered_at: dt.datetime | None
+    payload: str
+    attempt_log: list[WebhookAttempt]
+
+    @classmethod
+    def of(cls, row: WebhookDelivery, attempt_log: list[WebhookAttempt]) -> Delivery:
+        return cls(
+            id=row.id,
+            webhook_id=webhook_id(row.id),
+            event_type=row.event_type,
+            status=row.status,
+            attempts=row.attempts,
+            next_attempt_at=row.next_attempt_at if row.status == "pending" else None,
+            created_at=row.created_at,
+            delivered_at=row.delivered_at,
+            payload=row.payload,
+            attempt_log=attempt_log,
+        )
 
 
-async def list_deliveries(tx: Tx, endpoint_id: uuid.UUID, params: PageParams) -> dict[str, Any]:
-    await _endpoint(tx, endpoint_id)
+async def list_deliveries(tx: Tx, endpoint_id: uuid.UUID, params: PageParams) -> Paged[Delivery]:
+    await get_endpoint(tx, endpoint_id)
     found = await repo.list_deliveries(tx.session, endpoint_id, params)
     rows, cursor = page_of(found, params, lambda r: (r.created_at, r.id))
-    logs: dict[uuid.UUID, list[dict[str, Any]]] = {}
+    logs: dict[uuid.UUID, list[WebhookAttempt]] = {}
     for attempt in await repo.attempts_of(tx.session, [r.id for r in rows]):
-        logs.setdefault(attempt.delivery_id, []).append(
-            {
-                "attempt": attempt.attempt,
-                "status_code": attempt.status_code,
-                "error": attempt.error,
-                "duration_ms": attempt.duration_ms,
-                "created_at": attempt.created_at,
-            }
-        )
-    return {"items": [delivery_view(r, logs.get(r.id, [])) for r in rows], "next_cursor": cursor}
+        logs.setdefault(attempt.delivery_id, []).append(attempt)
+    return Paged([Delivery.of(r, logs.get(r.id, [])) for r in rows], cursor)
