@@ -10,7 +10,7 @@ from fastapi import APIRouter, Depends, Query, Response
 from aihub.core.apikeys import schemas
 from aihub.core.apikeys import service as keys
 from aihub.core.deps import CurrentUser, RuntimeDep, TxDep, TxRoute
-from aihub.kit.pagination import PageParams, page_params
+from aihub.kit.pagination import Paged, PageParams, page_params
 
 router = APIRouter(prefix="/api/keys", tags=["api-keys"], route_class=TxRoute)
 
@@ -23,12 +23,12 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 
 
 @router.post("", status_code=201, response_model=schemas.KeyCreated, responses=_ERRORS)
-async def create_key(body: schemas.KeyIn, tx: TxDep, me: CurrentUser) -> dict[str, Any]:
+async def create_key(body: schemas.KeyIn, tx: TxDep, me: CurrentUser) -> keys.KeyState:
     """Issue a key for oneself (an admin: for `userId`). The `key` is in this answer only.
 
     A caller authenticated by a key gets 403 `KEY_EXCEEDS_OWNER` for a key with more than its
     own (another model, address, higher rate, larger budget, later expiry, or none of them)."""
-    return await keys.create(tx, me, body.model_dump())
+    return await keys.create(tx, me, body)
 
 
 @router.get("", response_model=schemas.KeyPage, responses=_ERRORS)
@@ -37,30 +37,27 @@ async def list_keys(
     me: CurrentUser,
     page: Annotated[PageParams, Depends(page_params)],
     user_id: Annotated[uuid.UUID | None, Query(alias="userId", description="Admins: another user's keys")] = None,
-) -> dict[str, Any]:
+) -> Paged[keys.KeyState]:
     """One's own keys, newest first (never the key itself)."""
     return await keys.search(tx, me, page, user_id)
 
 
 @router.get("/current", response_model=schemas.KeyIdentity, responses=_ERRORS)
-async def current_key(me: CurrentUser) -> dict[str, Any]:
+async def current_key(me: CurrentUser) -> keys.Identity:
     """The presenting key's identity and restrictions (the gateway resolves keys with it);
     403 for a caller that is not authenticated by a key."""
     return keys.identity(me)
 
 
 @router.get("/{key_id}", response_model=schemas.KeyOut, responses=_ERRORS)
-async def read_key(key_id: uuid.UUID, tx: TxDep, me: CurrentUser) -> dict[str, Any]:
+async def read_key(key_id: uuid.UUID, tx: TxDep, me: CurrentUser) -> keys.KeyState:
     return await keys.read(tx, me, key_id)
 
 
 @router.patch("/{key_id}", response_model=schemas.KeyOut, responses=_ERRORS)
-async def update_key(key_id: uuid.UUID, body: schemas.KeyPatch, tx: TxDep, me: CurrentUser) -> dict[str, Any]:
+async def update_key(key_id: uuid.UUID, body: schemas.KeyPatch, tx: TxDep, me: CurrentUser) -> keys.KeyState:
     """Change a key's name or restrictions; a field sent as null lifts that restriction."""
-    values = {name: getattr(body, name) for name in body.model_fields_set}
-    if "budget" in values and values["budget"] is not None:
-        values["budget"] = body.budget.model_dump() if body.budget else None
-    return await keys.update(tx, me, key_id, values)
+    return await keys.update(tx, me, key_id, body)
 
 
 @router.delete("/{key_id}", status_code=204, responses=_ERRORS)

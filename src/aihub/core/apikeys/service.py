@@ -23,18 +23,20 @@ import ipaddress
 import secrets
 import string
 import uuid
+from dataclasses import dataclass
 from typing import Any
 
 import structlog
 from sqlalchemy.exc import IntegrityError
 
 from aihub.core.apikeys import repository as repo
+from aihub.core.apikeys.schemas import KeyIn, KeyPatch
 from aihub.core.audit import service as audit
 from aihub.core.rbac.service import Principal
 from aihub.kit.apikeys import KEY_PREFIX, looks_like_key
 from aihub.kit.db import Tx, as_utc, utcnow
 from aihub.kit.errors import AppError, Forbidden, NotFound, ValidationFailed
-from aihub.kit.pagination import PageParams, page_of
+from aihub.kit.pagination import Paged, PageParams, page_of
 from aihub.kit.store import Store, StoreUnavailable
 from aihub.models import ApiKey, User
 
@@ -196,30 +198,62 @@ def _owner(actor: Principal, user_id: uuid.UUID | None) -> uuid.UUID:
 # ------------------------------------------------------------------ views
 
 
-async def view(tx: Tx, key: ApiKey, now: dt.datetime | None = None) -> dict[str, Any]:
+@dataclass(frozen=True, slots=True)
+class Budget:
+    max_credits: int
+    period: str
+    used: int
+    resets_at: dt.datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class KeyState:
+    """A key as its owner sees it: its rules, its budget used this period, its status now (the
+    secret only in the answer that created it)."""
+
+    id: uuid.UUID
+    user_id: uuid.UUID
+    name: str
+    prefix: str
+    models: list[str] | None
+    allowed_ips: list[str] | None
+    requests_per_minute: int | None
+    tokens_per_minute: int | None
+    budget: Budget | None
+    status: str
+    expires_at: dt.datetime | None
+    revoked_at: dt.datetime | None
+    created_by: str | None
+    created_at: dt.datetime
+    updated_at: dt.datetime
+    key: str | None = None
+
+
+async def state(tx: Tx, key: ApiKey, now: dt.datetime | None = None, *, raw: str | None = None) -> KeyState:
     now = now or utcnow()
     budget = None
     if key.budget_max_credits is not None and key.budget_period is not None:
         period_key, resets = budget_period(key.budget_period, now)
         used, _ = await repo.counter(tx.session, key.id, period_key)
-        budget = {"max_credits": key.budget_max_credits, "period": key.budget_period, "used": used, "resets_at": resets}
-    return {
-        "id": key.id,
-        "user_id": key.user_id,
-        "name": key.name,
-        "prefix": key.prefix,
-        "models": key.models,
-        "allowed_ips": key.allowed_ips,
-        "requests_per_minute": key.requests_per_minute,
-        "tokens_per_minute": key.tokens_per_minute,
-        "budget": budget,
-        "status": status_of(key, now),
-        "expires_at": key.expires_at,
-        "revoked_at": key.revoked_at,
-        "created_by": key.created_by,
-        "created_at": key.created_at,
-        "updated_at": key.updated_at,
-    }
+        budget = Budget(key.budget_max_credits, key.budget_period, used, resets)
+    return KeyState(
+        id=key.id,
+        user_id=key.user_id,
+        name=key.name,
+        prefix=key.prefix,
+        models=key.models,
+        allowed_ips=key.allowed_ips,
+        requests_per_minute=key.requests_per_minute,
+        tokens_per_minute=key.tokens_per_minute,
+        budget=budget,
+        status=status_of(key, now),
+        expires_at=key.expires_at,
+        revoked_at=key.revoked_at,
+        created_by=key.created_by,
+        created_at=key.created_at,
+        updated_at=key.updated_at,
+        key=raw,
+    )
 
 
 def _audit_view(key: ApiKey) -> dict[str, Any]:
@@ -243,8 +277,7 @@ def _audit_view(key: ApiKey) -> dict[str, Any]:
 # ------------------------------------------------------------------ CRUD
 
 
-def _check_expiry(values: dict[str, Any], now: dt.datetime) -> None:
-    expiry = values.get("expires_at")
+def _check_expiry(expiry: dt.datetime | None, now: dt.datetime) -> None:
     if expiry is not None and expiry <= now:
         raise ValidationFailed(details=[{"field": "body.expiresAt", "message": "must be in the future"}])
 
@@ -263,9 +296,10 @@ async def _locked_parent(tx: Tx, actor: Principal) -> ApiKey | None:
     return fresh
 
 
-async def create(tx: Tx, actor: Principal, values: dict[str, Any]) -> dict[str, Any]:
-    owner = _owner(actor, values.get("user_id"))
-    _check_expiry(values, utcnow())
+async def create(tx: Tx, actor: Principal, body: KeyIn) -> KeyState:
+    values = body.model_dump()
+    owner = _owner(actor, body.user_id)
+    _check_expiry(body.expires_at, utcnow())
     parent = await _locked_parent(tx, actor)
     if parent is not None:
         wider = _narrowing(parent, values)
@@ -278,7 +312,7 @@ async def create(tx: Tx, actor: Principal, values: dict[str, Any]) -> dict[str, 
     key, raw = await _insert(tx, actor, owner, values, now)
     after = {**_audit_view(key), "issuedByKey": str(parent.id) if parent is not None else None}
     audit.record(tx, "apikey.create", "api_key", key.id, after=after)
-    return {**(await view(tx, key, now)), "key": raw}
+    return await state(tx, key, now, raw=raw)
 
 
 _PREFIX_ATTEMPTS = 5
@@ -333,20 +367,21 @@ async def _visible(tx: Tx, actor: Principal, key_id: uuid.UUID, *, for_update: b
     return key
 
 
-async def read(tx: Tx, actor: Principal, key_id: uuid.UUID) -> dict[str, Any]:
-    return await view(tx, await _visible(tx, actor, key_id))
+async def read(tx: Tx, actor: Principal, key_id: uuid.UUID) -> KeyState:
+    return await state(tx, await _visible(tx, actor, key_id))
 
 
-async def search(tx: Tx, actor: Principal, params: PageParams, user_id: uuid.UUID | None) -> dict[str, Any]:
+async def search(tx: Tx, actor: Principal, params: PageParams, user_id: uuid.UUID | None) -> Paged[KeyState]:
     owner = _owner(actor, user_id)
     rows = await repo.fetch(tx.session, repo.search(params, owner))
     items, cursor = page_of(rows, params, lambda k: (k.created_at, k.id))
     now = utcnow()
-    return {"items": [await view(tx, k, now) for k in items], "next_cursor": cursor}
+    return Paged([await state(tx, k, now) for k in items], cursor)
 
 
-async def update(tx: Tx, actor: Principal, key_id: uuid.UUID, values: dict[str, Any]) -> dict[str, Any]:
-    """``values`` holds only the fields the client sent (an explicit null lifts a restriction)."""
+async def update(tx: Tx, actor: Principal, key_id: uuid.UUID, body: KeyPatch) -> KeyState:
+    """Only the fields the client sent change (an explicit null lifts a restriction)."""
+    values = body.model_dump(include=body.model_fields_set)
     # Locked, the changed key and the caller's own: concurrent changes and a revocation apply
     # one after the other, each judged and audited against what the one before left. Two
     # rows are locked in id order, so two keys changing each other cannot deadlock.
@@ -360,7 +395,7 @@ async def update(tx: Tx, actor: Principal, key_id: uuid.UUID, values: dict[str, 
     now = utcnow()
     if key.revoked_at is not None:
         raise InvalidApiKey("A revoked key cannot be changed")
-    _check_expiry(values, now)
+    _check_expiry(body.expires_at, now)
     if parent is not None:
         current = {
             "models": key.models,
@@ -388,7 +423,7 @@ async def update(tx: Tx, actor: Principal, key_id: uuid.UUID, values: dict[str, 
     key.updated_at = now
     await tx.session.flush()
     audit.record(tx, "apikey.update", "api_key", key.id, before=before, after=_audit_view(key))
-    return await view(tx, key, now)
+    return await state(tx, key, now)
 
 
 async def _mark(store: Store, markers: dict[str, str]) -> None:
@@ -453,19 +488,32 @@ async def verify(tx: Tx, raw: str) -> tuple[ApiKey, User]:
     return key, user
 
 
-def identity(actor: Principal) -> dict[str, Any]:
+@dataclass(frozen=True, slots=True)
+class Identity:
     """GET /api/keys/current: what the gateway needs to admit this key."""
+
+    id: uuid.UUID
+    user_id: uuid.UUID
+    role: str
+    roles: list[str]
+    permissions: list[str]
+    expires_at: dt.datetime | None
+    allowed_ips: list[str] | None
+    requests_per_minute: int | None
+
+
+def identity(actor: Principal) -> Identity:
     key = _caller_key(actor)
     if key is None:
         raise Forbidden("This endpoint needs an API key")
     roles = list(actor.effective.roles)
-    return {
-        "id": key.id,
-        "user_id": key.user_id,
-        "role": roles[0] if roles else "guest",
-        "roles": roles,
-        "permissions": ["*"] if actor.is_admin else sorted(actor.effective.permissions),
-        "expires_at": key.expires_at,
-        "allowed_ips": key.allowed_ips,
-        "requests_per_minute": key.requests_per_minute,
-    }
+    return Identity(
+        id=key.id,
+        user_id=key.user_id,
+        role=roles[0] if roles else "guest",
+        roles=roles,
+        permissions=["*"] if actor.is_admin else sorted(actor.effective.permissions),
+        expires_at=key.expires_at,
+        allowed_ips=key.allowed_ips,
+        requests_per_minute=key.requests_per_minute,
+    )
