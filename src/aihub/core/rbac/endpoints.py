@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Depends, Response
 
@@ -12,7 +12,8 @@ from aihub.core.rbac import service as rbac
 from aihub.core.rbac.service import Principal
 from aihub.core.users import service as users
 from aihub.kit.openapi import errors
-from aihub.kit.pagination import PageParams, page_of_sorted, short_list_params
+from aihub.kit.pagination import Paged, PageParams, page_of_sorted, short_list_params
+from aihub.models import Permission
 
 roles_router = APIRouter(prefix="/api/roles", tags=["roles"], route_class=TxRoute)
 permissions_router = APIRouter(prefix="/api/permissions", tags=["permissions"], route_class=TxRoute)
@@ -22,10 +23,9 @@ ShortPage = Annotated[PageParams, Depends(short_list_params)]
 @roles_router.get("", response_model=schemas.RoleList)
 async def list_roles(
     tx: TxDep, _: Annotated[Principal, RequirePermission("roles:read")], page: ShortPage
-) -> dict[str, Any]:
+) -> Paged[rbac.RoleState]:
     """All roles, highest level first (a short list: one page by default)."""
-    items, cursor = page_of_sorted(await rbac.list_roles(tx), page, lambda r: (-r["level"], r["name"]))
-    return {"items": items, "next_cursor": cursor}
+    return Paged(*page_of_sorted(await rbac.list_roles(tx), page, lambda r: (-r.level, r.name)))
 
 
 @roles_router.post(
@@ -39,7 +39,7 @@ async def create_role(
     tx: TxDep,
     runtime: RuntimeDep,
     actor: Annotated[Principal, RequirePermission("roles:write")],
-) -> dict[str, Any]:
+) -> rbac.RoleState:
     """Create a role below one's own level, with permissions one holds."""
     return await rbac.create_role(
         tx,
@@ -53,7 +53,7 @@ async def create_role(
 
 
 @roles_router.get("/{name}", response_model=schemas.RoleOut, responses=errors(rbac.RoleNotFound))
-async def read_role(name: str, tx: TxDep, _: Annotated[Principal, RequirePermission("roles:read")]) -> dict[str, Any]:
+async def read_role(name: str, tx: TxDep, _: Annotated[Principal, RequirePermission("roles:read")]) -> rbac.RoleState:
     return await rbac.read_role(tx, name)
 
 
@@ -64,7 +64,7 @@ async def update_role(
     tx: TxDep,
     runtime: RuntimeDep,
     actor: Annotated[Principal, RequirePermission("roles:write")],
-) -> dict[str, Any]:
+) -> rbac.RoleState:
     return await rbac.update_role(tx, runtime.store, actor, name, level=body.level, description=body.description)
 
 
@@ -91,7 +91,7 @@ async def replace_role_permissions(
     tx: TxDep,
     runtime: RuntimeDep,
     actor: Annotated[Principal, RequirePermission("roles:write")],
-) -> dict[str, Any]:
+) -> rbac.RoleState:
     """Replace the role's permissions; cached permissions of its holders are invalidated."""
     return await rbac.set_role_permissions(tx, runtime.store, actor, name, body.permissions)
 
@@ -99,10 +99,9 @@ async def replace_role_permissions(
 @permissions_router.get("", response_model=schemas.PermissionList)
 async def list_permissions(
     tx: TxDep, _: Annotated[Principal, RequirePermission("permissions:read")], page: ShortPage
-) -> dict[str, Any]:
+) -> Paged[Permission]:
     """All permissions by name (a short list: one page by default)."""
-    items, cursor = page_of_sorted(await rbac.list_permissions(tx), page, lambda p: (p["name"],))
-    return {"items": items, "next_cursor": cursor}
+    return Paged(*page_of_sorted(await rbac.list_permissions(tx), page, lambda p: (p.name,)))
 
 
 @permissions_router.post(
@@ -115,7 +114,7 @@ async def create_permission(
     body: schemas.PermissionCreate,
     tx: TxDep,
     _: Annotated[Principal, RequirePermission("permissions:write")],
-) -> dict[str, Any]:
+) -> Permission:
     return await rbac.create_permission(tx, body.name, body.description)
 
 

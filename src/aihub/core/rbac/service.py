@@ -7,10 +7,11 @@ commit, so a request that read the old permissions can only ever cache them unde
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 import uuid
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import structlog
@@ -211,16 +212,22 @@ async def check_permissions_exist(tx: Tx, names: Iterable[str]) -> list[str]:
 # ---------------------------------------------------------------- roles
 
 
-def role_view(role: Role, permissions: list[str]) -> dict[str, Any]:
-    return {
-        "name": role.name,
-        "level": role.level,
-        "description": role.description,
-        "system": role.system,
-        "permissions": ["*"] if role.name == ADMIN else permissions,
-        "created_at": role.created_at,
-        "updated_at": role.updated_at,
-    }
+@dataclass(frozen=True, slots=True)
+class RoleState:
+    """A role with its permissions (the admin role: ``["*"]``, it holds every one)."""
+
+    name: str
+    level: int
+    description: str | None
+    system: bool
+    permissions: list[str]
+    created_at: dt.datetime
+    updated_at: dt.datetime
+
+    @classmethod
+    def of(cls, role: Role, permissions: list[str]) -> RoleState:
+        held = ["*"] if role.name == ADMIN else permissions
+        return cls(role.name, role.level, role.description, role.system, held, role.created_at, role.updated_at)
 
 
 async def get_role(tx: Tx, name: str, *, for_update: bool = False) -> Role:
@@ -230,16 +237,16 @@ async def get_role(tx: Tx, name: str, *, for_update: bool = False) -> Role:
     return role
 
 
-async def list_roles(tx: Tx) -> list[dict[str, Any]]:
+async def list_roles(tx: Tx) -> list[RoleState]:
     roles = await repo.list_roles(tx.session)
     perms = await repo.role_permissions(tx.session, [r.name for r in roles])
-    return [role_view(r, perms[r.name]) for r in roles]
+    return [RoleState.of(r, perms[r.name]) for r in roles]
 
 
-async def read_role(tx: Tx, name: str) -> dict[str, Any]:
+async def read_role(tx: Tx, name: str) -> RoleState:
     role = await get_role(tx, name)
     perms = await repo.role_permissions(tx.session, [name])
-    return role_view(role, perms[name])
+    return RoleState.of(role, perms[name])
 
 
 async def create_role(
@@ -251,7 +258,7 @@ async def create_role(
     level: int,
     description: str | None,
     permissions: list[str],
-) -> dict[str, Any]:
+) -> RoleState:
     require_above(actor, level, "create a role")
     if await repo.get_role(tx.session, name) is not None:
         raise RoleExists
@@ -261,15 +268,15 @@ async def create_role(
     tx.session.add(role)
     await tx.session.flush()
     await repo.set_role_permissions(tx.session, name, perms)
-    view = role_view(role, perms)
-    audit.record(tx, "role.create", "role", name, after=view)
+    created = RoleState.of(role, perms)
+    audit.record(tx, "role.create", "role", name, after=asdict(created))
     invalidate_after_commit(tx, store)
-    return view
+    return created
 
 
 async def update_role(
     tx: Tx, store: Store, actor: Principal, name: str, *, level: int | None, description: str | None
-) -> dict[str, Any]:
+) -> RoleState:
     role = await get_role(tx, name, for_update=True)
     require_above(actor, role.level, "edit a role")
     before = await read_role(tx, name)
@@ -282,7 +289,7 @@ async def update_role(
         role.description = description
     await tx.session.flush()
     after = await read_role(tx, name)
-    audit.record(tx, "role.update", "role", name, before=before, after=after)
+    audit.record(tx, "role.update", "role", name, before=asdict(before), after=asdict(after))
     invalidate_after_commit(tx, store)
     return after
 
@@ -297,13 +304,11 @@ async def delete_role(tx: Tx, store: Store, actor: Principal, name: str) -> None
     before = await read_role(tx, name)
     await tx.session.delete(role)
     await tx.session.flush()
-    audit.record(tx, "role.delete", "role", name, before=before)
+    audit.record(tx, "role.delete", "role", name, before=asdict(before))
     invalidate_after_commit(tx, store)
 
 
-async def set_role_permissions(
-    tx: Tx, store: Store, actor: Principal, name: str, permissions: list[str]
-) -> dict[str, Any]:
+async def set_role_permissions(tx: Tx, store: Store, actor: Principal, name: str, permissions: list[str]) -> RoleState:
     role = await get_role(tx, name, for_update=True)
     if role.name == ADMIN:
         raise SystemRole("The admin role holds every permission")
@@ -311,12 +316,12 @@ async def set_role_permissions(
     perms = await check_permissions_exist(tx, permissions)
     before = await read_role(tx, name)
     # Removing a permission is as sensitive as adding one: the actor must hold both sides.
-    check_grantable(actor, set(perms) ^ set(before["permissions"]))
+    check_grantable(actor, set(perms) ^ set(before.permissions))
     await repo.set_role_permissions(tx.session, name, perms)
     role.updated_at = utcnow()
     await tx.session.flush()
-    after = role_view(role, perms)
-    audit.record(tx, "role.permissions", "role", name, before=before, after=after)
+    after = RoleState.of(role, perms)
+    audit.record(tx, "role.permissions", "role", name, before=asdict(before), after=asdict(after))
     invalidate_after_commit(tx, store)
     return after
 
@@ -324,19 +329,16 @@ async def set_role_permissions(
 # ---------------------------------------------------------------- permissions
 
 
-async def list_permissions(tx: Tx) -> list[dict[str, Any]]:
-    return [
-        {"name": p.name, "description": p.description, "created_at": p.created_at}
-        for p in await repo.list_permissions(tx.session)
-    ]
+async def list_permissions(tx: Tx) -> list[Permission]:
+    return list(await repo.list_permissions(tx.session))
 
 
-async def create_permission(tx: Tx, name: str, description: str | None) -> dict[str, Any]:
+async def create_permission(tx: Tx, name: str, description: str | None) -> Permission:
     if await repo.get_permission(tx.session, name) is not None:
         raise PermissionExists
     perm = Permission(name=name, description=description)
     tx.session.add(perm)
     await tx.session.flush()
-    view = {"name": perm.name, "description": perm.description, "created_at": perm.created_at}
-    audit.record(tx, "permission.create", "permission", name, after=view)
-    return view
+    after = {"name": perm.name, "description": perm.description, "created_at": perm.created_at}
+    audit.record(tx, "permission.create", "permission", name, after=after)
+    return perm
