@@ -285,16 +285,16 @@ async def create_user(
             tx, rt.store, None, email=email, password=password, roles=roles or ["user"], verified=True
         )
         if status != "active":
-            user = await tx.session.get(User, view["id"])
+            user = await tx.session.get(User, view.id)
             assert user is not None
             user.status = status
         await tx.commit()
     finally:
         await tx.close()
-    roles = view["roles"]
+    roles = view.roles
     top = roles[0] if roles else "guest"
-    token = rt.codec.issue(sub=str(view["id"]), role=top, roles=roles, email=email)
-    return Caller(id=str(view["id"]), email=email, token=token, roles=roles)
+    token = rt.codec.issue(sub=str(view.id), role=top, roles=roles, email=email)
+    return Caller(id=str(view.id), email=email, token=token, roles=roles)
 
 
 @pytest.fixture

@@ -18,7 +18,8 @@ from aihub.core.users import service as users
 from aihub.kit.errors import StoreUnavailableError
 from aihub.kit.jwt import InvalidToken, TokenExpired, TokenRevoked
 from aihub.kit.openapi import errors
-from aihub.kit.pagination import PageParams, page_params
+from aihub.kit.pagination import Paged, PageParams, page_params
+from aihub.models import ServiceToken
 
 router = APIRouter(tags=["auth"], route_class=TxRoute)
 
@@ -29,13 +30,13 @@ router = APIRouter(tags=["auth"], route_class=TxRoute)
     status_code=201,
     responses=errors(users.EmailTaken, users.InvalidEmail),
 )
-async def register(body: schemas.RegisterIn, tx: TxDep, runtime: RuntimeDep) -> dict[str, Any]:
+async def register(body: schemas.RegisterIn, tx: TxDep, runtime: RuntimeDep) -> dict[str, users.Profile]:
     """Create an account with role `user` and an empty credit account, and mail it a
     verification link. 409 `EMAIL_TAKEN`."""
     user = await auth.register(
         tx, runtime.store, email=body.email, password=body.password, display_name=body.display_name
     )
-    identity_emails.send_verification_after_commit(tx, runtime, user["id"])  # after the commit
+    identity_emails.send_verification_after_commit(tx, runtime, user.id)  # after the commit
     return {"user": user}
 
 
@@ -44,7 +45,7 @@ async def register(body: schemas.RegisterIn, tx: TxDep, runtime: RuntimeDep) -> 
     response_model=schemas.TokenPair,
     responses=errors(auth.InvalidCredentials, auth.SuspendedLogin, LoginLocked),
 )
-async def login(body: schemas.LoginIn, tx: TxDep, runtime: RuntimeDep) -> dict[str, Any]:
+async def login(body: schemas.LoginIn, tx: TxDep, runtime: RuntimeDep) -> auth.TokenPair:
     """Exchange email and password for an access token and a refresh token.
 
     401 `INVALID_CREDENTIALS` alike for an unknown email and a wrong password; 403
@@ -62,7 +63,7 @@ async def login(body: schemas.LoginIn, tx: TxDep, runtime: RuntimeDep) -> dict[s
         InvalidToken, TokenExpired, TokenRevoked, auth.RefreshTokenReused, AccountSuspended, StoreUnavailableError
     ),
 )
-async def refresh(body: schemas.RefreshIn, tx: TxDep, runtime: RuntimeDep) -> dict[str, Any]:
+async def refresh(body: schemas.RefreshIn, tx: TxDep, runtime: RuntimeDep) -> auth.TokenPair:
     """Spend a refresh token for a new pair.
 
     Within `AIHUB_REFRESH_REUSE_GRACE_SECONDS` (default 10) of its rotation, the spent token
@@ -92,7 +93,7 @@ async def logout(
 
 
 @router.get("/me", response_model=schemas.MeOut)
-async def read_me(tx: TxDep, runtime: RuntimeDep, me: CurrentUser) -> dict[str, Any]:
+async def read_me(tx: TxDep, runtime: RuntimeDep, me: CurrentUser) -> auth.Me:
     """The caller's profile, roles and effective permissions (`*` for admin)."""
     return await auth.me(tx, runtime.store, me)
 
@@ -108,7 +109,7 @@ ServiceTokenAdmin = Annotated[Principal, RequirePermission("service-tokens:write
 )
 async def create_service_token(
     body: schemas.ServiceTokenIn, tx: TxDep, runtime: RuntimeDep, actor: ServiceTokenAdmin, _: SessionUser
-) -> dict[str, Any]:
+) -> auth.MintedServiceToken:
     """Mint a service token (`typ=service`) whose scopes are permissions; the token is shown once."""
     return await auth.create_service_token(
         tx, runtime, actor, name=body.name, scopes=body.scopes, expires_in_days=body.expires_in_days
@@ -118,7 +119,7 @@ async def create_service_token(
 @router.get("/service-tokens", response_model=schemas.ServiceTokenPage)
 async def list_service_tokens(
     tx: TxDep, _: ServiceTokenAdmin, page: Annotated[PageParams, Depends(page_params)]
-) -> dict[str, Any]:
+) -> Paged[ServiceToken]:
     """Service tokens, newest first, without their values."""
     return await auth.list_service_tokens(tx, page)
 

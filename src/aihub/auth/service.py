@@ -15,6 +15,7 @@ import secrets
 import time
 import uuid
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 import structlog
@@ -34,7 +35,7 @@ from aihub.kit.db import Tx, as_utc, utcnow
 from aihub.kit.errors import AppError, NotFound, StoreUnavailableError, ValidationFailed
 from aihub.kit.jsonutil import dumps, loads
 from aihub.kit.jwt import InvalidToken, TokenExpired, TokenRevoked, blacklist_key, family_blacklist_key
-from aihub.kit.pagination import PageParams, page_of
+from aihub.kit.pagination import Paged, PageParams, paged
 from aihub.kit.passwords import hash_password, needs_rehash, verify_password
 from aihub.kit.runtime import Runtime
 from aihub.kit.store import Store, StoreUnavailable
@@ -94,14 +95,46 @@ async def blacklist(store: Store, jti: str, exp: int | None) -> None:
 # ---------------------------------------------------------------- register, login
 
 
-async def register(tx: Tx, store: Store, *, email: str, password: str, display_name: str | None) -> dict[str, Any]:
+@dataclass(frozen=True, slots=True)
+class TokenPair:
+    """A signed-in session's tokens, and whose they are."""
+
+    access_token: str
+    refresh_token: str
+    expires_in: int
+    user: users.Profile
+    token_type: str = "Bearer"  # noqa: S105 - a scheme name, not a secret
+
+
+@dataclass(frozen=True, slots=True)
+class Me:
+    user: users.Profile
+    roles: list[str]
+    permissions: list[str]
+
+
+@dataclass(frozen=True, slots=True)
+class MintedServiceToken:
+    """A new service token: its row's fields and, this once, the token itself."""
+
+    id: uuid.UUID
+    name: str
+    scopes: list[str]
+    created_by: uuid.UUID | None
+    created_at: dt.datetime
+    expires_at: dt.datetime | None
+    revoked_at: dt.datetime | None
+    token: str
+
+
+async def register(tx: Tx, store: Store, *, email: str, password: str, display_name: str | None) -> users.Profile:
     audit.set_actor(tx, ANONYMOUS)
     return await users.create(
         tx, store, None, email=email, password=password, display_name=display_name, action="auth.register"
     )
 
 
-async def _issue_pair(tx: Tx, runtime: Runtime, user: User, family_id: uuid.UUID) -> dict[str, Any]:
+async def _issue_pair(tx: Tx, runtime: Runtime, user: User, family_id: uuid.UUID) -> TokenPair:
     roles = await rbac_repo.user_role_names(tx.session, user.id)
     refresh = tokens.new_refresh_token()
     await repo.add_refresh(
@@ -113,16 +146,10 @@ async def _issue_pair(tx: Tx, runtime: Runtime, user: User, family_id: uuid.UUID
         ttl=dt.timedelta(seconds=runtime.settings.refresh_token_ttl_seconds),
     )
     access = tokens.issue_access(runtime.codec, user_id=user.id, email=user.email, roles=roles, family_id=family_id)
-    return {
-        "access_token": access,
-        "refresh_token": refresh,
-        "token_type": "Bearer",
-        "expires_in": runtime.codec.access_ttl,
-        "user": users.view(user, roles),
-    }
+    return TokenPair(access, refresh, runtime.codec.access_ttl, users.Profile.of(user, roles))
 
 
-async def login(tx: Tx, runtime: Runtime, *, email: str, password: str) -> dict[str, Any]:
+async def login(tx: Tx, runtime: Runtime, *, email: str, password: str) -> TokenPair:
     email = email.strip().lower()
     # Failures name the account by a digest of the email: correlatable, not readable, and spread
     # over the audit chains instead of queueing every anonymous failure on one.
@@ -201,12 +228,21 @@ def _grace_cipher(refresh_token: str) -> AESGCM:
     return AESGCM(hashlib.sha256(b"aihub-refresh-grace:" + refresh_token.encode()).digest())
 
 
-async def _remember_for_grace(runtime: Runtime, digest: str, spent: str, pair: dict[str, Any]) -> None:
+@dataclass(frozen=True, slots=True)
+class _Remembered:
+    """A rotated pair as kept for the grace period (``exp``: the access token's expiry)."""
+
+    access: str
+    refresh: str
+    exp: int | None
+
+
+async def _remember_for_grace(runtime: Runtime, digest: str, spent: str, pair: TokenPair) -> None:
     grace = runtime.settings.refresh_reuse_grace_seconds
     if grace <= 0:
         return
-    exp = runtime.codec.verify(pair["access_token"]).exp
-    plain = dumps({"access": pair["access_token"], "refresh": pair["refresh_token"], "exp": exp})
+    exp = runtime.codec.verify(pair.access_token).exp
+    plain = dumps({"access": pair.access_token, "refresh": pair.refresh_token, "exp": exp})
     nonce = secrets.token_bytes(12)
     sealed = base64.b64encode(nonce + _grace_cipher(spent).encrypt(nonce, plain, None)).decode()
     try:
@@ -217,7 +253,7 @@ async def _remember_for_grace(runtime: Runtime, digest: str, spent: str, pair: d
         log.warning("refresh_grace_unavailable")  # no grace then; a racing tab signs in again
 
 
-async def _recall_from_grace(runtime: Runtime, digest: str, spent: str) -> dict[str, Any] | None:
+async def _recall_from_grace(runtime: Runtime, digest: str, spent: str) -> _Remembered | None:
     try:
         sealed = await runtime.store.get(_grace_key(digest))
     except StoreUnavailable:
@@ -229,13 +265,14 @@ async def _recall_from_grace(runtime: Runtime, digest: str, spent: str) -> dict[
         plain = _grace_cipher(spent).decrypt(raw[:12], raw[12:], None)
     except (ValueError, InvalidTag):
         return None
-    found: dict[str, Any] = loads(plain)
-    return found
+    found = loads(plain)
+    exp = found.get("exp")
+    return _Remembered(str(found["access"]), str(found["refresh"]), exp if isinstance(exp, int) else None)
 
 
 async def _replay_within_grace(
     tx: Tx, runtime: Runtime, row: RefreshToken, spent: str, now: dt.datetime
-) -> dict[str, Any] | None:
+) -> TokenPair | None:
     """The pair this token was just rotated into, when the rotation is recent enough and the
     family still stands; ``None`` means the second use is reuse."""
     grace = runtime.settings.refresh_reuse_grace_seconds
@@ -259,17 +296,12 @@ async def _replay_within_grace(
         after={"session": str(row.family_id), "graceReplay": True},
         actor=_user_actor(user.id),
     )
-    exp = pair.get("exp")
-    return {
-        "access_token": pair["access"],
-        "refresh_token": pair["refresh"],
-        "token_type": "Bearer",
-        "expires_in": max(0, int(exp - now.timestamp())) if isinstance(exp, int) else runtime.codec.access_ttl,
-        "user": users.view(user, roles),
-    }
+    exp = pair.exp
+    expires_in = max(0, int(exp - now.timestamp())) if exp is not None else runtime.codec.access_ttl
+    return TokenPair(pair.access, pair.refresh, expires_in, users.Profile.of(user, roles))
 
 
-async def _spent_token(tx: Tx, runtime: Runtime, digest: str, presented: str, now: dt.datetime) -> dict[str, Any]:
+async def _spent_token(tx: Tx, runtime: Runtime, digest: str, presented: str, now: dt.datetime) -> TokenPair:
     """The token could not be spent: a racing twin gets the same pair, else say why (and treat
     a second use after the grace as theft)."""
     row = await repo.find_refresh(tx.session, digest)
@@ -295,7 +327,7 @@ async def _spent_token(tx: Tx, runtime: Runtime, digest: str, presented: str, no
     raise TokenExpired("The refresh token has expired")
 
 
-async def refresh(tx: Tx, runtime: Runtime, *, refresh_token: str) -> dict[str, Any]:
+async def refresh(tx: Tx, runtime: Runtime, *, refresh_token: str) -> TokenPair:
     digest = tokens.hash_refresh_token(refresh_token)
     now = utcnow()
     spent = await repo.spend_refresh(tx.session, digest, now)
@@ -332,7 +364,7 @@ async def end_all_sessions(tx: Tx, runtime: Runtime, user_id: uuid.UUID) -> dict
     # The store first: if it is down nothing is recorded as revoked that still works.
     await blacklist_families(runtime, families)
     ended = await users.end_sessions(tx, user_id)
-    return {**ended, "accessFamilies": len(families)}
+    return {**ended.audited(), "accessFamilies": len(families)}
 
 
 # ---------------------------------------------------------------- logout, me
@@ -368,20 +400,16 @@ async def logout(
     )
 
 
-async def me(tx: Tx, store: Store, principal: rbac.Principal) -> dict[str, Any]:
+async def me(tx: Tx, store: Store, principal: rbac.Principal) -> Me:
     assert principal.user_id is not None
     perms = await users.effective_permissions(tx, store, principal.user_id)
-    return {
-        "user": await users.read(tx, principal.user_id),
-        "roles": perms["roles"],
-        "permissions": perms["permissions"],
-    }
+    return Me(await users.read(tx, principal.user_id), perms.roles, perms.permissions)
 
 
 # ---------------------------------------------------------------- service tokens
 
 
-def service_token_view(row: ServiceToken) -> dict[str, Any]:
+def _audited(row: ServiceToken) -> dict[str, Any]:
     return {
         "id": row.id,
         "name": row.name,
@@ -401,7 +429,7 @@ async def create_service_token(
     name: str,
     scopes: list[str],
     expires_in_days: int | None,
-) -> dict[str, Any]:
+) -> MintedServiceToken:
     """Scopes must be real permissions the creator holds: no one mints more than they have."""
     wanted = await rbac.check_permissions_exist(tx, scopes)
     rbac.check_grantable(actor, wanted)
@@ -434,15 +462,13 @@ async def create_service_token(
         jti=row.jti,
         now=issued,
     )
-    view = service_token_view(row)
-    audit.record(tx, "service_token.create", "service_token", row.id, after=view)
-    return {**view, "token": token}
+    audit.record(tx, "service_token.create", "service_token", row.id, after=_audited(row))
+    return MintedServiceToken(**_audited(row), token=token)
 
 
-async def list_service_tokens(tx: Tx, params: PageParams) -> dict[str, Any]:
+async def list_service_tokens(tx: Tx, params: PageParams) -> Paged[ServiceToken]:
     rows = await repo.fetch_service_tokens(tx.session, repo.list_service_tokens(params))
-    items, cursor = page_of(rows, params, lambda r: (r.created_at, r.id))
-    return {"items": [service_token_view(r) for r in items], "next_cursor": cursor}
+    return paged(rows, params, lambda r: (r.created_at, r.id))
 
 
 async def revoke_service_token(tx: Tx, runtime: Runtime, token_id: uuid.UUID) -> None:
@@ -453,7 +479,7 @@ async def revoke_service_token(tx: Tx, runtime: Runtime, token_id: uuid.UUID) ->
     # Blacklist before the commit: if the store fails, nothing is recorded as revoked that is not.
     await blacklist(runtime.store, row.jti, exp)
     if row.revoked_at is None:
-        before = service_token_view(row)
+        before = _audited(row)
         row.revoked_at = utcnow()
         await tx.session.flush()
-        audit.record(tx, "service_token.revoke", "service_token", row.id, before=before, after=service_token_view(row))
+        audit.record(tx, "service_token.revoke", "service_token", row.id, before=before, after=_audited(row))

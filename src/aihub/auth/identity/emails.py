@@ -55,7 +55,7 @@ VERIFY_PAGE = "/console/#/verify-email"
 RESET_PAGE = "/console/#/reset-password"
 
 Purpose = Literal["verify", "reset"]
-ACCEPTED = {"status": "accepted", "message": "If the address can receive it, an email is on its way"}
+ACCEPTED: dict[str, str] = {"status": "accepted", "message": "If the address can receive it, an email is on its way"}
 
 
 class VerificationTokenInvalid(AppError):
@@ -145,7 +145,7 @@ def send_verification_after_commit(tx: Tx, runtime: Runtime, user_id: uuid.UUID,
 # ---------------------------------------------------------------- verification
 
 
-async def request_verification(tx: Tx, runtime: Runtime, user_id: uuid.UUID) -> dict[str, Any]:
+async def request_verification(tx: Tx, runtime: Runtime, user_id: uuid.UUID) -> dict[str, str]:
     user = await users.get_user(tx, user_id)
     if user.verified:
         raise AlreadyVerified
@@ -170,7 +170,7 @@ async def _spend(tx: Tx, token: str, purpose: Purpose) -> tuple[uuid.UUID, str]:
     raise invalid
 
 
-async def verify_email(tx: Tx, token: str) -> dict[str, Any]:
+async def verify_email(tx: Tx, token: str) -> dict[str, users.Profile]:
     user_id, email = await _spend(tx, token, "verify")
     user = await users_repo.get(tx.session, user_id, for_update=True)
     # A token proves the address it was sent to, nothing else: void after an email change.
@@ -182,14 +182,16 @@ async def verify_email(tx: Tx, token: str) -> dict[str, Any]:
         user.updated_at = utcnow()
         await tx.session.flush()
     after = await users.read(tx, user.id)
-    audit.record(tx, "user.verify_email", "user", user.id, before=before, after=after, actor=_actor(user.id))
+    audit.record(
+        tx, "user.verify_email", "user", user.id, before=before.audited(), after=after.audited(), actor=_actor(user.id)
+    )
     return {"user": after}
 
 
 # ---------------------------------------------------------------- password reset
 
 
-async def request_reset(runtime: Runtime, email: str) -> dict[str, Any]:
+async def request_reset(runtime: Runtime, email: str) -> dict[str, str]:
     """The same steps for every address: normalise, count, queue. No lookup happens here."""
     email = users.normalise_email(email)
     await _count(runtime, "identity:reset:" + _digest(email))
@@ -197,7 +199,7 @@ async def request_reset(runtime: Runtime, email: str) -> dict[str, Any]:
     return ACCEPTED
 
 
-async def reset_password(tx: Tx, runtime: Runtime, token: str, password: str) -> dict[str, Any]:
+async def reset_password(tx: Tx, runtime: Runtime, token: str, password: str) -> dict[str, users.Profile]:
     user_id, email = await _spend(tx, token, "reset")
     user = await users_repo.get(tx.session, user_id, for_update=True)
     if user is None or user.status == "deleted" or user.email != email:
@@ -217,7 +219,13 @@ async def reset_password(tx: Tx, runtime: Runtime, token: str, password: str) ->
     ended = await auth.end_all_sessions(tx, runtime, user.id)
     after = await users.read(tx, user.id)
     audit.record(
-        tx, "user.password_reset", "user", user.id, before=before, after={**after, **ended}, actor=_actor(user.id)
+        tx,
+        "user.password_reset",
+        "user",
+        user.id,
+        before=before.audited(),
+        after={**after.audited(), **ended},
+        actor=_actor(user.id),
     )
 
     async def unlock() -> None:  # the new password opens the account at once, even if locked

@@ -12,8 +12,10 @@ from fastapi.types import DecoratedCallable
 from starlette.responses import RedirectResponse, Response
 
 from aihub.auth import schemas as auth_schemas
+from aihub.auth import service as auth
 from aihub.auth.identity import emails, oauth, schemas
 from aihub.core.deps import CurrentUser, RuntimeDep, TxDep, TxRoute
+from aihub.core.users import service as users
 from aihub.kit.runtime import Runtime
 
 router = APIRouter(tags=["identity"], route_class=TxRoute)
@@ -51,7 +53,7 @@ def _spends(
         503: {"description": "JOB_QUEUE_UNAVAILABLE / STORE_UNAVAILABLE"},
     },
 )
-async def request_verification(tx: TxDep, runtime: RuntimeDep, me: CurrentUser) -> dict[str, Any]:
+async def request_verification(tx: TxDep, runtime: RuntimeDep, me: CurrentUser) -> dict[str, str]:
     """Mail the signed-in user a one-time verification link (valid 24 h; the email carries the
     bare token too). At most `AIHUB_IDENTITY_EMAIL_LIMIT` per account and window."""
     assert me.user_id is not None
@@ -63,7 +65,7 @@ async def request_verification(tx: TxDep, runtime: RuntimeDep, me: CurrentUser) 
     auth_schemas.UserEnvelope,
     "VERIFICATION_TOKEN_INVALID (unknown or used) / VERIFICATION_TOKEN_EXPIRED",
 )
-async def verify_email(body: schemas.VerifyEmailIn, tx: TxDep) -> dict[str, Any]:
+async def verify_email(body: schemas.VerifyEmailIn, tx: TxDep) -> dict[str, users.Profile]:
     """Spend a verification token: the user who received it is now `verified: true`."""
     return await emails.verify_email(tx, body.token)
 
@@ -74,7 +76,7 @@ async def verify_email(body: schemas.VerifyEmailIn, tx: TxDep) -> dict[str, Any]
     response_model=schemas.AcceptedOut,
     responses={400: _NOT_JSON, 422: _BAD_INPUT, 429: _LIMITED, 503: _QUEUE},
 )
-async def request_reset(body: schemas.ResetRequestIn, runtime: RuntimeDep) -> dict[str, Any]:
+async def request_reset(body: schemas.ResetRequestIn, runtime: RuntimeDep) -> dict[str, str]:
     """Mail a password-reset link (valid 1 h) if an account has this email. The answer is the
     same 202 and body whether it has or not. Limited per email (here) and per client address
     (at the gateway)."""
@@ -87,7 +89,7 @@ async def request_reset(body: schemas.ResetRequestIn, runtime: RuntimeDep) -> di
     "RESET_TOKEN_INVALID (unknown or used) / RESET_TOKEN_EXPIRED",
     {403: "ACCOUNT_SUSPENDED"},
 )
-async def reset_password(body: schemas.ResetIn, tx: TxDep, runtime: RuntimeDep) -> dict[str, Any]:
+async def reset_password(body: schemas.ResetIn, tx: TxDep, runtime: RuntimeDep) -> dict[str, users.Profile]:
     """Spend a reset token and set a new password (≥ 8 characters). Every session of the user
     ends: refresh tokens, Sora sessions, and access tokens issued before now."""
     return await emails.reset_password(tx, runtime, body.token, body.password)
@@ -143,7 +145,7 @@ async def google_start(runtime: RuntimeDep, redirect_uri: RedirectUri) -> Respon
 )
 async def google_link_start(
     runtime: RuntimeDep, me: CurrentUser, redirect_uri: RedirectUri, response: Response
-) -> dict[str, Any]:
+) -> dict[str, str]:
     """Link a Google account to the signed-in user: open `authorizationUrl` in the browser
     (which received the flow cookie with this answer); it comes back to `redirectUri` with
     `?linked=google` or `?error=`."""
@@ -196,6 +198,6 @@ async def google_callback(
     "OAUTH_CODE_INVALID (unknown, expired after 60 s, or used)",
     {403: "ACCOUNT_SUSPENDED / EMAIL_NOT_VERIFIED", 503: "STORE_UNAVAILABLE"},
 )
-async def oauth_exchange(body: schemas.ExchangeIn, tx: TxDep, runtime: RuntimeDep) -> dict[str, Any]:
+async def oauth_exchange(body: schemas.ExchangeIn, tx: TxDep, runtime: RuntimeDep) -> auth.TokenPair:
     """Spend the one-time code from the callback for the same body as `POST /login`."""
     return await oauth.exchange(tx, runtime, body.code)

@@ -333,7 +333,15 @@ async def _link_by_email(tx: Tx, user: User, identity: GoogleIdentity) -> User:
     locked.updated_at = utcnow()
     await tx.session.flush()
     after = await users.read(tx, locked.id)
-    audit.record(tx, "auth.google_linked", "user", locked.id, before=before, after=after, actor=_actor(locked))
+    audit.record(
+        tx,
+        "auth.google_linked",
+        "user",
+        locked.id,
+        before=before.audited(),
+        after=after.audited(),
+        actor=_actor(locked),
+    )
     return locked
 
 
@@ -352,7 +360,7 @@ async def _create(tx: Tx, runtime: Runtime, email: str, identity: GoogleIdentity
         )
     except users.EmailTaken as exc:
         raise FlowFailed(OAUTH_ACCOUNT_CONFLICT) from exc
-    user = await users_repo.get(tx.session, view["id"], for_update=True)
+    user = await users_repo.get(tx.session, view.id, for_update=True)
     assert user is not None
     user.google_id = identity.sub
     await tx.session.flush()
@@ -378,13 +386,15 @@ async def _link(tx: Tx, user_id: uuid.UUID, identity: GoogleIdentity) -> None:
     user.updated_at = utcnow()
     await tx.session.flush()
     after = await users.read(tx, user.id)
-    audit.record(tx, "auth.google_linked", "user", user.id, before=before, after=after, actor=_actor(user))
+    audit.record(
+        tx, "auth.google_linked", "user", user.id, before=before.audited(), after=after.audited(), actor=_actor(user)
+    )
 
 
 # ---------------------------------------------------------------- 3. exchange
 
 
-async def exchange(tx: Tx, runtime: Runtime, code: str) -> dict[str, Any]:
+async def exchange(tx: Tx, runtime: Runtime, code: str) -> auth.TokenPair:
     user_id = await _take(runtime.store, "oauth:code:" + _digest(code))
     if user_id is None:
         raise OAuthCodeInvalid

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Query, Response
 
@@ -14,16 +14,16 @@ from aihub.core.rbac.service import Principal
 from aihub.core.users import schemas
 from aihub.core.users import service as users
 from aihub.kit.openapi import errors
-from aihub.kit.pagination import PageParams, page_params
+from aihub.kit.pagination import Paged, PageParams, page_params
 
 router = APIRouter(prefix="/api/users", tags=["users"], route_class=TxRoute)
 
 
 @router.get("/me", response_model=schemas.UserOut)
-async def read_me(tx: TxDep, me: CurrentUser) -> dict[str, Any]:
+async def read_me(tx: TxDep, me: CurrentUser) -> users.Profile:
     """The calling user's own profile."""
     # The principal already holds the user row and its roles (loaded to authenticate).
-    return users.view(me.extra["user"], list(me.effective.roles))
+    return users.Profile.of(me.extra["user"], list(me.effective.roles))
 
 
 @router.patch(
@@ -31,7 +31,7 @@ async def read_me(tx: TxDep, me: CurrentUser) -> dict[str, Any]:
     response_model=schemas.UserOut,
     responses=errors(users.WrongPassword, users.UserNotFound, LoginLocked),
 )
-async def update_me(body: schemas.MeUpdate, tx: TxDep, me: CurrentUser, runtime: RuntimeDep) -> dict[str, Any]:
+async def update_me(body: schemas.MeUpdate, tx: TxDep, me: CurrentUser, runtime: RuntimeDep) -> users.Profile:
     """Change one's display name, or password (which needs the current password).
 
     The current password is checked behind the account's login lockout (the same counter as
@@ -56,7 +56,7 @@ async def list_users(
     q: Annotated[str | None, Query(max_length=100, description="Part of the email or name")] = None,
     role: Annotated[str | None, Query(max_length=32)] = None,
     status: Literal["active", "suspended", "deleted"] | None = None,
-) -> dict[str, Any]:
+) -> Paged[users.Profile]:
     """Users, newest first, filtered by text, role and status."""
     return await users.search(tx, page, q=q, role=role, status=status)
 
@@ -72,7 +72,7 @@ async def create_user(
     tx: TxDep,
     runtime: RuntimeDep,
     actor: Annotated[Principal, RequirePermission("users:create")],
-) -> dict[str, Any]:
+) -> users.Profile:
     """Create a user (role `user` unless roles are given) with an empty credit account."""
     return await users.create(
         tx,
@@ -89,7 +89,7 @@ async def create_user(
 @router.get("/{user_id}", response_model=schemas.UserOut, responses=errors(users.UserNotFound))
 async def read_user(
     user_id: uuid.UUID, tx: TxDep, _: Annotated[Principal, RequirePermission("users:read")]
-) -> dict[str, Any]:
+) -> users.Profile:
     return await users.read(tx, user_id)
 
 
@@ -104,9 +104,9 @@ async def update_user(
     tx: TxDep,
     runtime: RuntimeDep,
     actor: Annotated[Principal, RequirePermission("users:update")],
-) -> dict[str, Any]:
+) -> users.Profile:
     """Edit a user below one's own level; `status: suspended` suspends, `active` reactivates."""
-    return await users.update(tx, runtime.store, actor, user_id, body.model_dump(exclude_unset=True))
+    return await users.update(tx, runtime.store, actor, user_id, body)
 
 
 @router.delete("/{user_id}", status_code=204, responses=errors(users.UserNotFound, users.LastAdmin))
@@ -124,9 +124,8 @@ async def delete_user(
 @router.get("/{user_id}/roles", response_model=schemas.RolesOut, responses=errors(users.UserNotFound))
 async def read_roles(
     user_id: uuid.UUID, tx: TxDep, _: Annotated[Principal, RequirePermission("users:read")]
-) -> dict[str, Any]:
-    user = await users.read(tx, user_id)
-    return {"user_id": user_id, "roles": user["roles"]}
+) -> users.Roles:
+    return await users.roles_of(tx, user_id)
 
 
 @router.put(
@@ -140,14 +139,13 @@ async def replace_roles(
     tx: TxDep,
     runtime: RuntimeDep,
     actor: Annotated[Principal, RequirePermission("roles:assign")],
-) -> dict[str, Any]:
+) -> users.Roles:
     """Replace the user's roles. Only roles below one's own level can be added or removed."""
-    roles = await users.set_roles(tx, runtime.store, actor, user_id, body.roles)
-    return {"user_id": user_id, "roles": roles}
+    return await users.set_roles(tx, runtime.store, actor, user_id, body.roles)
 
 
 @router.get("/{user_id}/permissions", response_model=schemas.PermissionsOut, responses=errors(users.UserNotFound))
-async def read_permissions(user_id: uuid.UUID, tx: TxDep, runtime: RuntimeDep, me: CurrentUser) -> dict[str, Any]:
+async def read_permissions(user_id: uuid.UUID, tx: TxDep, runtime: RuntimeDep, me: CurrentUser) -> users.Permissions:
     """Effective permissions (roles and direct grants). One's own, or anyone's with `users:read`."""
     if me.id != str(user_id):
         me.require("users:read")
@@ -166,7 +164,7 @@ async def grant_permission(
     tx: TxDep,
     runtime: RuntimeDep,
     actor: Annotated[Principal, RequirePermission("permissions:write")],
-) -> dict[str, Any]:
+) -> users.Permissions:
     """Grant one permission to one user directly (on top of their roles)."""
     return await users.grant(tx, runtime.store, actor, user_id, body.permission)
 

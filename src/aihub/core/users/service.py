@@ -6,8 +6,10 @@ above their own unless admin; the last active admin cannot be demoted, suspended
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 import uuid
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from sqlalchemy.exc import IntegrityError
@@ -20,9 +22,10 @@ from aihub.core.rbac import repository as rbac_repo
 from aihub.core.rbac import service as rbac
 from aihub.core.sora import repository as sora_repo
 from aihub.core.users import repository as repo
+from aihub.core.users.schemas import UserUpdate
 from aihub.kit.db import Tx, utcnow
 from aihub.kit.errors import AppError, Conflict, Forbidden, NotFound
-from aihub.kit.pagination import PageParams, page_of
+from aihub.kit.pagination import Paged, PageParams, page_of
 from aihub.kit.passwords import hash_password, verify_password
 from aihub.kit.runtime import Runtime
 from aihub.kit.store import Store
@@ -63,17 +66,52 @@ def normalise_email(raw: str) -> str:
     return email
 
 
-def view(user: User, roles: list[str]) -> dict[str, Any]:
-    return {
-        "id": user.id,
-        "email": user.email,
-        "display_name": user.display_name,
-        "verified": user.verified,
-        "status": user.status,
-        "roles": roles,
-        "created_at": user.created_at,
-        "updated_at": user.updated_at,
-    }
+@dataclass(frozen=True, slots=True)
+class Profile:
+    """A user as the API shows it (and as audit entries keep it: ``audited()``)."""
+
+    id: uuid.UUID
+    email: str
+    display_name: str | None
+    verified: bool
+    status: str
+    roles: list[str]
+    created_at: dt.datetime
+    updated_at: dt.datetime
+
+    @classmethod
+    def of(cls, user: User, roles: list[str]) -> Profile:
+        return cls(
+            user.id, user.email, user.display_name, user.verified, user.status, roles, user.created_at, user.updated_at
+        )
+
+    def audited(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True, slots=True)
+class Roles:
+    user_id: uuid.UUID
+    roles: list[str]
+
+
+@dataclass(frozen=True, slots=True)
+class Permissions:
+    """What a user may do: the roles' permissions and the direct grants (admin: ``["*"]``)."""
+
+    user_id: uuid.UUID
+    roles: list[str]
+    permissions: list[str]
+    grants: list[str]
+
+
+@dataclass(frozen=True, slots=True)
+class EndedSessions:
+    refresh_tokens: int
+    sora_sessions: int
+
+    def audited(self) -> dict[str, int]:
+        return {"refreshTokens": self.refresh_tokens, "soraSessions": self.sora_sessions}
 
 
 async def get_user(tx: Tx, user_id: uuid.UUID, *, for_update: bool = False) -> User:
@@ -83,16 +121,16 @@ async def get_user(tx: Tx, user_id: uuid.UUID, *, for_update: bool = False) -> U
     return user
 
 
-async def read(tx: Tx, user_id: uuid.UUID) -> dict[str, Any]:
+async def read(tx: Tx, user_id: uuid.UUID) -> Profile:
     user = await get_user(tx, user_id)
-    return view(user, await rbac_repo.user_role_names(tx.session, user.id))
+    return Profile.of(user, await rbac_repo.user_role_names(tx.session, user.id))
 
 
-async def search(tx: Tx, params: PageParams, *, q: str | None, role: str | None, status: str | None) -> dict[str, Any]:
+async def search(tx: Tx, params: PageParams, *, q: str | None, role: str | None, status: str | None) -> Paged[Profile]:
     rows = await repo.fetch(tx.session, repo.search(params, q=q, role=role, status=status))
     items, cursor = page_of(rows, params, lambda u: (u.created_at, u.id))
     roles = await rbac_repo.roles_of_users(tx.session, [u.id for u in items])
-    return {"items": [view(u, roles[u.id]) for u in items], "next_cursor": cursor}
+    return Paged([Profile.of(u, roles[u.id]) for u in items], cursor)
 
 
 async def create(
@@ -106,7 +144,7 @@ async def create(
     roles: list[str] | None = None,
     verified: bool = False,
     action: str = "user.create",
-) -> dict[str, Any]:
+) -> Profile:
     """Create a user with its credit account (balance 0). ``actor=None`` means the system."""
     email = normalise_email(email)
     wanted = [DEFAULT_ROLE] if roles is None else roles
@@ -130,8 +168,8 @@ async def create(
     except IntegrityError as exc:  # a concurrent create with the same email won the race
         raise EmailTaken from exc
     await rbac_repo.set_user_roles(tx.session, user.id, wanted)
-    result = view(user, await rbac_repo.user_role_names(tx.session, user.id))
-    audit.record(tx, action, "user", user.id, after=result)
+    result = Profile.of(user, await rbac_repo.user_role_names(tx.session, user.id))
+    audit.record(tx, action, "user", user.id, after=result.audited())
     return result
 
 
@@ -164,7 +202,7 @@ async def update_me(
     display_name: str | None,
     password: str | None,
     current_password: str | None,
-) -> dict[str, Any]:
+) -> Profile:
     user = await get_user(tx, user_id, for_update=True)
     before = await read(tx, user_id)
     if password is not None and user.password_hash is None:
@@ -192,23 +230,22 @@ async def update_me(
         "user.password_change" if password is not None else "user.update",
         "user",
         user.id,
-        before=before,
-        after=after,
+        before=before.audited(),
+        after=after.audited(),
     )
     return after
 
 
-async def end_sessions(tx: Tx, user_id: uuid.UUID) -> dict[str, int]:
+async def end_sessions(tx: Tx, user_id: uuid.UUID) -> EndedSessions:
     """A suspended or deleted user keeps no refresh token; access tokens die on their own,
     because every request re-reads the user's status."""
     now = utcnow()
     revoked = await sessions_repo.revoke_user_refresh_tokens(tx.session, user_id, now)
     video = await sora_repo.revoke_all(tx.session, user_id, now)
+    ended = EndedSessions(revoked, video)
     if revoked or video:
-        audit.record(
-            tx, "auth.sessions_revoked", "user", user_id, after={"refreshTokens": revoked, "soraSessions": video}
-        )
-    return {"refreshTokens": revoked, "soraSessions": video}
+        audit.record(tx, "auth.sessions_revoked", "user", user_id, after=ended.audited())
+    return ended
 
 
 async def update(
@@ -216,10 +253,11 @@ async def update(
     store: Store,
     actor: rbac.Principal,
     user_id: uuid.UUID,
-    changes: dict[str, Any],
-) -> dict[str, Any]:
+    body: UserUpdate,
+) -> Profile:
     user = await get_user(tx, user_id, for_update=True)
     await _guard_edit(tx, actor, user)
+    changes = body.model_dump(include=body.model_fields_set)
     before = await read(tx, user_id)
     if changes.get("status") == "suspended" and user.status == "active":
         if actor.kind == "user" and actor.id == str(user.id):
@@ -240,13 +278,13 @@ async def update(
         raise EmailTaken from exc
     after = await read(tx, user_id)
     action = "user.update"
-    if before["status"] != after["status"]:
-        action = "user.suspend" if after["status"] == "suspended" else "user.reactivate"
-    if after["status"] == "suspended":
+    if before.status != after.status:
+        action = "user.suspend" if after.status == "suspended" else "user.reactivate"
+    if after.status == "suspended":
         await end_sessions(tx, user.id)
-    if before["status"] != after["status"]:
-        apikeys.user_status_after_commit(tx, store, user.id, after["status"])
-    audit.record(tx, action, "user", user.id, before=before, after=after)
+    if before.status != after.status:
+        apikeys.user_status_after_commit(tx, store, user.id, after.status)
+    audit.record(tx, action, "user", user.id, before=before.audited(), after=after.audited())
     return after
 
 
@@ -268,11 +306,12 @@ async def delete(tx: Tx, store: Store, actor: rbac.Principal, user_id: uuid.UUID
     await tx.session.flush()
     await end_sessions(tx, user.id)
     apikeys.user_status_after_commit(tx, store, user.id, "deleted")
-    audit.record(tx, "user.delete", "user", user.id, before=before, after=await read(tx, user_id))
+    after = await read(tx, user_id)
+    audit.record(tx, "user.delete", "user", user.id, before=before.audited(), after=after.audited())
     rbac.invalidate_after_commit(tx, store)
 
 
-async def set_roles(tx: Tx, store: Store, actor: rbac.Principal, user_id: uuid.UUID, roles: list[str]) -> list[str]:
+async def set_roles(tx: Tx, store: Store, actor: rbac.Principal, user_id: uuid.UUID, roles: list[str]) -> Roles:
     user = await get_user(tx, user_id, for_update=True)
     if user.status == "deleted":
         raise UserDeleted
@@ -287,23 +326,22 @@ async def set_roles(tx: Tx, store: Store, actor: rbac.Principal, user_id: uuid.U
     after = await rbac_repo.user_role_names(tx.session, user.id)
     audit.record(tx, "user.roles", "user", user.id, before={"roles": current}, after={"roles": after})
     rbac.invalidate_after_commit(tx, store)
-    return after
+    return Roles(user.id, after)
 
 
-async def effective_permissions(tx: Tx, store: Store, user_id: uuid.UUID) -> dict[str, Any]:
+async def roles_of(tx: Tx, user_id: uuid.UUID) -> Roles:
+    return Roles(user_id, (await read(tx, user_id)).roles)
+
+
+async def effective_permissions(tx: Tx, store: Store, user_id: uuid.UUID) -> Permissions:
     await get_user(tx, user_id)
     roles, perms = await rbac_repo.effective_rows(tx.session, user_id)
     names = [name for name, _ in roles]
     grants = await rbac_repo.user_grants(tx.session, user_id)
-    return {
-        "user_id": user_id,
-        "roles": names,
-        "permissions": ["*"] if rbac.ADMIN in names else sorted(perms),
-        "grants": grants,
-    }
+    return Permissions(user_id, names, ["*"] if rbac.ADMIN in names else sorted(perms), grants)
 
 
-async def grant(tx: Tx, store: Store, actor: rbac.Principal, user_id: uuid.UUID, permission: str) -> dict[str, Any]:
+async def grant(tx: Tx, store: Store, actor: rbac.Principal, user_id: uuid.UUID, permission: str) -> Permissions:
     user = await get_user(tx, user_id, for_update=True)
     await _guard_edit(tx, actor, user)
     await rbac.check_permissions_exist(tx, [permission])
