@@ -28,9 +28,9 @@ import jwt as pyjwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 
+from aihub.keys import load_signing_key
 from aihub.kit import passwords
 from aihub.kit.jwt import TokenCodec
-from aihub.kit.keys import load_signing_key
 
 PG_ADMIN = os.environ.get("AIHUB_BENCH_PG_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS_URL = os.environ.get("AIHUB_BENCH_REDIS_URL", "redis://127.0.0.1:6379/10")

@@ -533,7 +533,7 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _keys_load(self) -> Settings:
         # Fail at start with the setting's name, not at the first token.
-        from aihub.kit.keys import load_signing_key, load_verify_keys
+        from aihub.keys import load_signing_key, load_verify_keys
 
         if self.jwt_private_key:
             load_signing_key(self.jwt_private_key, self.jwt_key_id)

@@ -10,7 +10,7 @@ import pytest
 from prometheus_client import REGISTRY
 from sqlalchemy import select
 
-from aihub.auth import lockout
+from aihub.core.sessions import lockout
 from aihub.kit.runtime import Runtime
 from aihub.models import AuditLog, RefreshToken
 from tests.auth.conftest import PASSWORD, age_rotation, assert_error, login, register, signed_up

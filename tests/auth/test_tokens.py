@@ -16,8 +16,8 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 
 from aihub.config import Settings
+from aihub.keys import KeyConfigError, thumbprint
 from aihub.kit.jwt import InvalidToken, TokenCodec
-from aihub.kit.keys import KeyConfigError, thumbprint
 from aihub.kit.runtime import Runtime
 from tests.auth.conftest import assert_error, login, private_pem, public_pem, register, signed_up
 

@@ -17,9 +17,9 @@ from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 from fastapi import FastAPI, Request, Response
 
 from aihub.config import Settings
+from aihub.keys import SigningKey, thumbprint
 from aihub.kit.jwks import JwksClient
 from aihub.kit.jwt import TokenCodec
-from aihub.kit.keys import SigningKey, thumbprint
 from aihub.kit.runtime import Runtime
 from tests.conftest import _auth_app, free_port
 from tests.gateway.conftest import GatewayFactory, Upstream, bearer, gateway_settings

@@ -14,9 +14,9 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 
 from aihub.config import Settings
+from aihub.keys import KeyConfigError, SigningKey, key_from_jwk, thumbprint
 from aihub.kit.jwks import JwksClient, max_age, next_refresh, parse_key_set
 from aihub.kit.jwt import InvalidToken, TokenCodec, UnknownSigningKey
-from aihub.kit.keys import KeyConfigError, SigningKey, key_from_jwk, thumbprint
 from tests.conftest import FakeJwks
 
 RSA_KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)

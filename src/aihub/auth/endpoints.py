@@ -10,10 +10,10 @@ from fastapi import APIRouter, Depends, Request, Response
 from aihub.auth import schemas, tokens
 from aihub.auth import service as auth
 from aihub.auth.identity import emails as identity_emails
-from aihub.auth.lockout import LoginLocked
 from aihub.core.deps import AccountSuspended, CurrentUser, RequirePermission, RuntimeDep, SessionUser, TxDep, TxRoute
 from aihub.core.rbac import service as rbac
 from aihub.core.rbac.service import Principal
+from aihub.core.sessions.lockout import LoginLocked
 from aihub.core.users import service as users
 from aihub.kit.errors import StoreUnavailableError
 from aihub.kit.jwt import InvalidToken, TokenExpired, TokenRevoked

@@ -22,13 +22,13 @@ import structlog
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from aihub.auth import repository as repo
 from aihub.auth import tokens
-from aihub.auth.lockout import LoginLocked, count_attempt, email_digest, forget_failures
 from aihub.core.audit import service as audit
 from aihub.core.deps import AccountSuspended
 from aihub.core.rbac import repository as rbac_repo
 from aihub.core.rbac import service as rbac
+from aihub.core.sessions import repository as repo
+from aihub.core.sessions.lockout import LoginLocked, count_attempt, email_digest, forget_failures
 from aihub.core.users import repository as users_repo
 from aihub.core.users import service as users
 from aihub.kit.db import Tx, as_utc, utcnow

@@ -1,7 +1,7 @@
 """Token material of the auth service: access tokens for users, opaque refresh tokens, JWKS.
 
 Signing keys, ``kid`` and the pinned verification live in :mod:`aihub.kit.jwt` and
-:mod:`aihub.kit.keys`, because every service verifies; only auth issues.
+:mod:`aihub.keys`, because every service verifies; only auth issues.
 """
 
 from __future__ import annotations

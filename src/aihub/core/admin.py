@@ -5,11 +5,11 @@ from __future__ import annotations
 
 from sqlalchemy import select
 
-from aihub.auth import lockout
 from aihub.auth import service as auth
 from aihub.core.audit import service as audit
 from aihub.core.rbac import repository as rbac_repo
 from aihub.core.rbac import service as rbac
+from aihub.core.sessions import lockout
 from aihub.core.users import repository as users_repo
 from aihub.core.users import service as users
 from aihub.kit.db import utcnow

@@ -18,6 +18,7 @@ from aihub.core.reports.endpoints import analytics_router, billing_router
 from aihub.core.sora.endpoints import router as sora_router
 from aihub.core.usage.endpoints import quotas_router
 from aihub.core.usage.endpoints import router as usage_router
+from aihub.core.users.endpoints import permission_check_router
 from aihub.core.users.endpoints import router as users_router
 from aihub.core.webhooks.endpoints import router as webhooks_router
 from aihub.kit.app import create_service_app
@@ -37,6 +38,7 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
             users_router,
             roles_router,
             permissions_router,
+            permission_check_router,
             alerts_router,
             pricing_router,
             authorizations_router,

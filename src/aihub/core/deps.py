@@ -14,12 +14,12 @@ from typing import Annotated, Any
 from fastapi import Depends, Request
 from starlette.responses import Response
 
-from aihub.auth import repository as sessions_repo
 from aihub.core.apikeys import service as apikeys
 from aihub.core.audit import service as audit
 from aihub.core.credits import alerts as credit_alerts
 from aihub.core.credits import service as credits_service
 from aihub.core.rbac import service as rbac
+from aihub.core.sessions import repository as sessions_repo
 from aihub.kit import apikeys as kit_apikeys
 from aihub.kit.db import Tx
 from aihub.kit.errors import AppError, Forbidden, StoreUnavailableError, Unauthorized

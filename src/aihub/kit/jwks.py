@@ -41,8 +41,8 @@ from prometheus_client import Counter
 from yarl import URL
 
 from aihub.config import Settings
+from aihub.keys import KeyConfigError, VerifyKey, key_from_jwk, public_jwk
 from aihub.kit.jsonutil import loads
-from aihub.kit.keys import KeyConfigError, VerifyKey, key_from_jwk, public_jwk
 
 log = structlog.get_logger("aihub.jwks")
 

@@ -16,10 +16,10 @@ from typing import Any, Literal
 import jwt as pyjwt
 
 from aihub.config import Settings
+from aihub.keys import SigningKey, VerifyKey, load_signing_key, load_verify_keys
 from aihub.kit.errors import AppError
 from aihub.kit.jsonutil import loads
 from aihub.kit.jwks import JwksClient
-from aihub.kit.keys import SigningKey, VerifyKey, load_signing_key, load_verify_keys
 
 TokenType = Literal["access", "service", "refresh"]
 

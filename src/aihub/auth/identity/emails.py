@@ -25,11 +25,11 @@ from urllib.parse import quote
 
 import structlog
 
-from aihub.auth import lockout
 from aihub.auth import service as auth
 from aihub.auth.identity import repository as repo
 from aihub.core.audit import service as audit
 from aihub.core.deps import AccountSuspended
+from aihub.core.sessions import lockout
 from aihub.core.users import repository as users_repo
 from aihub.core.users import service as users
 from aihub.kit.db import Tx, utcnow

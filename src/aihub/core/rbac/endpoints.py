@@ -6,11 +6,10 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Response
 
-from aihub.core.deps import CurrentPrincipal, RequirePermission, RuntimeDep, TxDep, TxRoute
+from aihub.core.deps import RequirePermission, RuntimeDep, TxDep, TxRoute
 from aihub.core.rbac import schemas
 from aihub.core.rbac import service as rbac
 from aihub.core.rbac.service import Principal
-from aihub.core.users import service as users
 from aihub.kit.openapi import errors
 from aihub.kit.pagination import Paged, PageParams, page_of_sorted, short_list_params
 from aihub.models import Permission
@@ -116,18 +115,3 @@ async def create_permission(
     _: Annotated[Principal, RequirePermission("permissions:write")],
 ) -> Permission:
     return await rbac.create_permission(tx, body.name, body.description)
-
-
-@permissions_router.post("/check", response_model=schemas.PermissionCheckOut, responses=errors(users.UserNotFound))
-async def check_permission(
-    body: schemas.PermissionCheck, tx: TxDep, runtime: RuntimeDep, caller: CurrentPrincipal
-) -> dict[str, bool]:
-    """Does a user hold a permission? One's own, or anyone's with `permissions:read`."""
-    if body.user_id is None or str(body.user_id) == caller.id:
-        return {"allowed": caller.can(body.permission)}
-    caller.require("permissions:read")
-    user = await users.get_user(tx, body.user_id)
-    if user.status != "active":
-        return {"allowed": False}
-    effective = await rbac.effective(tx, runtime.store, user.id, runtime.settings.permission_cache_ttl_seconds)
-    return {"allowed": effective.can(body.permission)}

@@ -33,15 +33,6 @@ async def revoke_session(session: AsyncSession, session_id: uuid.UUID, user_id: 
     return bool(getattr(result, "rowcount", 0))
 
 
-async def revoke_all(session: AsyncSession, user_id: uuid.UUID, now: dt.datetime) -> int:
-    result = await session.execute(
-        update(SoraSession)
-        .where(SoraSession.user_id == user_id, SoraSession.revoked_at.is_(None))
-        .values(revoked_at=now)
-    )
-    return int(getattr(result, "rowcount", 0) or 0)
-
-
 async def touch(session: AsyncSession, session_id: uuid.UUID, now: dt.datetime) -> None:
     await session.execute(update(SoraSession).where(SoraSession.id == session_id).values(last_used_at=now))
 

@@ -7,16 +7,19 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Query, Response
 
-from aihub.auth.lockout import LoginLocked
-from aihub.core.deps import CurrentUser, RequirePermission, RuntimeDep, TxDep, TxRoute
+from aihub.core.deps import CurrentPrincipal, CurrentUser, RequirePermission, RuntimeDep, TxDep, TxRoute
+from aihub.core.rbac import schemas as rbac_schemas
 from aihub.core.rbac import service as rbac
 from aihub.core.rbac.service import Principal
+from aihub.core.sessions.lockout import LoginLocked
 from aihub.core.users import schemas
 from aihub.core.users import service as users
 from aihub.kit.openapi import errors
 from aihub.kit.pagination import Paged, PageParams, page_params
 
 router = APIRouter(prefix="/api/users", tags=["users"], route_class=TxRoute)
+# Whether a user holds a permission: a question about that user, asked under /api/permissions.
+permission_check_router = APIRouter(prefix="/api/permissions", tags=["permissions"], route_class=TxRoute)
 
 
 @router.get("/me", response_model=schemas.UserOut)
@@ -183,3 +186,20 @@ async def revoke_permission(
 ) -> Response:
     await users.revoke(tx, runtime.store, actor, user_id, permission)
     return Response(status_code=204)
+
+
+@permission_check_router.post(
+    "/check", response_model=rbac_schemas.PermissionCheckOut, responses=errors(users.UserNotFound)
+)
+async def check_permission(
+    body: rbac_schemas.PermissionCheck, tx: TxDep, runtime: RuntimeDep, caller: CurrentPrincipal
+) -> dict[str, bool]:
+    """Does a user hold a permission? One's own, or anyone's with `permissions:read`."""
+    if body.user_id is None or str(body.user_id) == caller.id:
+        return {"allowed": caller.can(body.permission)}
+    caller.require("permissions:read")
+    user = await users.get_user(tx, body.user_id)
+    if user.status != "active":
+        return {"allowed": False}
+    effective = await rbac.effective(tx, runtime.store, user.id, runtime.settings.permission_cache_ttl_seconds)
+    return {"allowed": effective.can(body.permission)}

@@ -14,13 +14,12 @@ from typing import Any
 
 from sqlalchemy.exc import IntegrityError
 
-from aihub.auth import lockout
-from aihub.auth import repository as sessions_repo
 from aihub.core.apikeys import service as apikeys
 from aihub.core.audit import service as audit
 from aihub.core.rbac import repository as rbac_repo
 from aihub.core.rbac import service as rbac
-from aihub.core.sora import repository as sora_repo
+from aihub.core.sessions import lockout
+from aihub.core.sessions import repository as sessions_repo
 from aihub.core.users import repository as repo
 from aihub.core.users.schemas import UserUpdate
 from aihub.kit.db import Tx, utcnow
@@ -241,7 +240,7 @@ async def end_sessions(tx: Tx, user_id: uuid.UUID) -> EndedSessions:
     because every request re-reads the user's status."""
     now = utcnow()
     revoked = await sessions_repo.revoke_user_refresh_tokens(tx.session, user_id, now)
-    video = await sora_repo.revoke_all(tx.session, user_id, now)
+    video = await sessions_repo.revoke_sora_sessions(tx.session, user_id, now)
     ended = EndedSessions(revoked, video)
     if revoked or video:
         audit.record(tx, "auth.sessions_revoked", "user", user_id, after=ended.audited())

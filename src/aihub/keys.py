@@ -11,14 +11,13 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
-
-from aihub.kit.jsonutil import canonical
 
 PublicKey = rsa.RSAPublicKey | ed25519.Ed25519PublicKey
 PrivateKey = rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey
@@ -90,7 +89,8 @@ def public_jwk(key: PublicKey) -> dict[str, str]:
 
 def thumbprint(key: PublicKey) -> str:
     """RFC 7638 JWK thumbprint (SHA-256): sorted required members, no whitespace."""
-    return _b64(hashlib.sha256(canonical(public_jwk(key))).digest())
+    members = json.dumps(public_jwk(key), sort_keys=True, separators=(",", ":"))
+    return _b64(hashlib.sha256(members.encode()).digest())
 
 
 def load_signing_key(value: str, kid: str | None = None) -> SigningKey:

@@ -1,4 +1,7 @@
-"""SQL for refresh tokens and service tokens.
+"""SQL for every kind of session: refresh tokens, service tokens, and the video tool's sessions.
+
+Auth issues refresh and service tokens and Sora its sessions; ending all of a user's sessions
+(suspension, deletion, a new password) reaches every kind from here.
 
 Spending a refresh token is one conditional UPDATE (``… WHERE used_at IS NULL … RETURNING``):
 of two requests racing with the same token, the database lets exactly one match the row.
@@ -17,7 +20,7 @@ from sqlalchemy.sql.elements import ColumnElement
 
 from aihub.kit.db import as_utc
 from aihub.kit.pagination import PageParams, keyset
-from aihub.models import RefreshToken, ServiceToken
+from aihub.models import RefreshToken, ServiceToken, SoraSession
 
 
 async def add_refresh(
@@ -126,3 +129,13 @@ def list_service_tokens(params: PageParams) -> Select[Any]:
 
 async def fetch_service_tokens(session: AsyncSession, stmt: Select[Any]) -> Sequence[ServiceToken]:
     return list((await session.execute(stmt)).scalars().all())
+
+
+async def revoke_sora_sessions(session: AsyncSession, user_id: uuid.UUID, now: dt.datetime) -> int:
+    """Every live video-tool session of the user ends now."""
+    result = await session.execute(
+        update(SoraSession)
+        .where(SoraSession.user_id == user_id, SoraSession.revoked_at.is_(None))
+        .values(revoked_at=now)
+    )
+    return int(getattr(result, "rowcount", 0) or 0)
