@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query
 
@@ -12,7 +12,8 @@ from aihub.core.audit import service as audit
 from aihub.core.deps import RequirePermission, TxDep, TxRoute
 from aihub.core.rbac.service import Principal
 from aihub.kit.inputs import Timestamp
-from aihub.kit.pagination import PageParams, page_of, page_params
+from aihub.kit.pagination import Paged, PageParams, page_params, paged
+from aihub.models import AuditLog
 
 router = APIRouter(prefix="/api/audit-logs", tags=["audit"], route_class=TxRoute)
 Reader = Annotated[Principal, RequirePermission("audit:read")]
@@ -29,7 +30,7 @@ async def list_audit_logs(
     action: Annotated[str | None, Query(max_length=64)] = None,
     from_: Annotated[Timestamp | None, Query(alias="from", description="Inclusive, RFC 3339")] = None,
     to: Annotated[Timestamp | None, Query(description="Exclusive, RFC 3339")] = None,
-) -> dict[str, Any]:
+) -> Paged[AuditLog]:
     """Audit rows, newest first; `from` is inclusive, `to` exclusive."""
     stmt = repo.search(
         page,
@@ -40,8 +41,7 @@ async def list_audit_logs(
         created_from=from_,
         created_to=to,
     )
-    items, cursor = page_of(await repo.fetch(tx.session, stmt), page, lambda r: (r.created_at, r.id))
-    return {"items": items, "next_cursor": cursor}
+    return paged(await repo.fetch(tx.session, stmt), page, lambda r: (r.created_at, r.id))
 
 
 @router.get("/verify", response_model=schemas.VerifyOut)
