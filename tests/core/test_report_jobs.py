@@ -380,12 +380,12 @@ async def test_openapi_publishes_the_job_endpoints(client: httpx.AsyncClient) ->
 
 
 def test_export_csv_defuses_formula_cells() -> None:
-    from aihub.core.reports.service import export_csv
+    from aihub.core.reports.service import Billing, BillingExport, export_csv
 
-    row = {"opening_balance": 0, "credits": 0, "debits": 0, "closing_balance": 0, "usage": []}
-    export = {
-        "users": [{**row, "user_id": "u1", "email": "=HYPERLINK(1)@x.io"}, {**row, "user_id": "u2", "email": "a@x.io"}]
-    }
+    def row(email: str) -> Billing:
+        return Billing(uuid.uuid4(), email, 0, 0, 0, 0, by_reason=[], usage=[], purchases=[])
+
+    export = BillingExport(users=[row("=HYPERLINK(1)@x.io"), row("a@x.io")], generated_at=dt.datetime.now(dt.UTC))
     lines = list(csv.DictReader(io.StringIO(export_csv(export))))
     assert [r["email"] for r in lines] == ["'=HYPERLINK(1)@x.io", "a@x.io"]
 

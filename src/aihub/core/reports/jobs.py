@@ -256,7 +256,7 @@ async def download(tx: Tx, caller: Principal, job_id: uuid.UUID, family: str) ->
 # ---------------------------------------------------------------- the worker's side
 
 
-_RENDER: dict[str, tuple[type[ApiModel], Callable[[dict[str, Any]], str]]] = {
+_RENDER: dict[str, tuple[type[ApiModel], Callable[[Any], str]]] = {
     "billing": (schemas.BillingReport, reports.report_csv),
     "billing_export": (schemas.BillingExport, reports.export_csv),
     "overview": (schemas.Overview, reports.overview_csv),
@@ -273,6 +273,7 @@ async def _compute(runtime: Runtime, kind: str, fmt: str, params: dict[str, Any]
     try:
         if not runtime.settings.is_sqlite:  # SQLite's transaction is serialisable already
             await tx.session.execute(text("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY"))
+        data: reports.BillingReport | reports.BillingExport | reports.Overview
         if kind == "billing":
             data = await reports.billing_report(tx, uuid.UUID(params["userId"]), start, end)
             stem = f"billing-{params['userId']}"

@@ -12,6 +12,8 @@ import csv
 import datetime as dt
 import io
 import uuid
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from aihub.core.payments import service as payments
@@ -21,69 +23,115 @@ from aihub.core.users import service as users
 from aihub.kit.db import Tx, as_utc, utcnow
 
 
+@dataclass(slots=True)
+class Measures:
+    """The four sums every usage figure has."""
+
+    requests: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    credits: int = 0
+
+    def add(self, row: Mapping[str, Any]) -> None:
+        self.requests += int(row["requests"])
+        self.input_tokens += int(row["input_tokens"])
+        self.output_tokens += int(row["output_tokens"])
+        self.credits += int(row["credits"])
+
+    @classmethod
+    def of(cls, row: Mapping[str, Any]) -> Measures:
+        found = cls()
+        found.add(row)
+        return found
+
+    def values(self) -> tuple[int, int, int, int]:
+        return (self.requests, self.input_tokens, self.output_tokens, self.credits)
+
+
+@dataclass(frozen=True, slots=True)
+class ReasonLine:
+    reason: str
+    credits: int
+    debits: int
+    count: int
+
+    @classmethod
+    def of(cls, row: Mapping[str, Any]) -> ReasonLine:
+        return cls(row["reason"], int(row["credits"]), int(row["debits"]), int(row["count"]))
+
+
+@dataclass(slots=True)
+class UsageLine(Measures):
+    provider: str = ""
+    model: str = ""
+
+    @classmethod
+    def of(cls, row: Mapping[str, Any]) -> UsageLine:
+        sums = Measures.of(row)
+        return cls(*sums.values(), provider=row["provider"], model=row["model"])
+
+
+@dataclass(frozen=True, slots=True)
+class Billing:
+    """One account over a period: ``opening_balance + credits - debits == closing_balance``."""
+
+    user_id: uuid.UUID
+    email: str | None
+    opening_balance: int
+    credits: int
+    debits: int
+    closing_balance: int
+    by_reason: list[ReasonLine]
+    usage: list[UsageLine]
+    purchases: list[dict[str, Any]]
+
+
+@dataclass(frozen=True, slots=True)
+class BillingReport(Billing):
+    from_: dt.datetime | None = None
+    to: dt.datetime | None = None
+
+
 async def billing_report(
     tx: Tx, user_id: uuid.UUID, start: dt.datetime | None, end: dt.datetime | None
-) -> dict[str, Any]:
+) -> BillingReport:
     user = await users.get_user(tx, user_id)
     mark = await rollups.complete_until(tx.session)
     opening = await repo.ledger_sum_before(tx.session, user_id, start) if start else 0
     closing = await repo.ledger_sum_before(tx.session, user_id, end)
-    by_reason = await repo.ledger_by_reason(tx.session, user_id, start, end)
-    credits_total = sum(int(r["credits"]) for r in by_reason)
-    debits_total = sum(int(r["debits"]) for r in by_reason)
-    return {
-        "user_id": user.id,
-        "email": user.email,
-        "from": start,
-        "to": end,
-        "opening_balance": opening,
-        "credits": credits_total,
-        "debits": debits_total,
-        "closing_balance": closing,
-        "by_reason": [_reason_row(r) for r in by_reason],
-        "usage": [_usage_row(r) for r in await repo.usage_by_model(tx.session, user_id, start, end, mark=mark)],
-        "purchases": await payments.purchases(tx, user_id, start, end),
-    }
+    by_reason = [ReasonLine.of(r) for r in await repo.ledger_by_reason(tx.session, user_id, start, end)]
+    return BillingReport(
+        user_id=user.id,
+        email=user.email,
+        opening_balance=opening,
+        credits=sum(r.credits for r in by_reason),
+        debits=sum(r.debits for r in by_reason),
+        closing_balance=closing,
+        by_reason=by_reason,
+        usage=[UsageLine.of(r) for r in await repo.usage_by_model(tx.session, user_id, start, end, mark=mark)],
+        purchases=await payments.purchases(tx, user_id, start, end),
+        from_=start,
+        to=end,
+    )
 
 
-def _usage_row(row: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "provider": row["provider"],
-        "model": row["model"],
-        "requests": int(row["requests"]),
-        "input_tokens": int(row["input_tokens"]),
-        "output_tokens": int(row["output_tokens"]),
-        "credits": int(row["credits"]),
-    }
-
-
-def report_csv(report: dict[str, Any]) -> str:
+def report_csv(report: BillingReport) -> str:
     """One section per block, each with its own header row; numbers as plain integers."""
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(["section", "key", "credits", "debits", "count"])
-    writer.writerow(["summary", "opening_balance", report["opening_balance"], "", ""])
-    for row in report["by_reason"]:
-        writer.writerow(["reason", row["reason"], row["credits"], row["debits"], row["count"]])
-    writer.writerow(["summary", "closing_balance", report["closing_balance"], "", ""])
+    writer.writerow(["summary", "opening_balance", report.opening_balance, "", ""])
+    for line in report.by_reason:
+        writer.writerow(["reason", line.reason, line.credits, line.debits, line.count])
+    writer.writerow(["summary", "closing_balance", report.closing_balance, "", ""])
     writer.writerow([])
     writer.writerow(["section", "provider", "model", "requests", "input_tokens", "output_tokens", "credits"])
-    for row in report["usage"]:
-        writer.writerow(
-            [
-                "usage",
-                row["provider"],
-                row["model"],
-                row["requests"],
-                row["input_tokens"],
-                row["output_tokens"],
-                row["credits"],
-            ]
-        )
-    if report.get("purchases"):
+    for usage in report.usage:
+        writer.writerow(["usage", usage.provider, usage.model, *usage.values()])
+    if report.purchases:
         writer.writerow([])
         writer.writerow(["section", "payment_id", "package_id", "credits", "amount", "currency", "status"])
-        for row in report["purchases"]:
+        for row in report.purchases:
             writer.writerow(
                 [
                     "purchase",
@@ -101,54 +149,71 @@ def report_csv(report: dict[str, Any]) -> str:
 MEASURES = ("requests", "input_tokens", "output_tokens", "credits")
 
 
-def _totals(row: dict[str, Any]) -> dict[str, int]:
-    return {k: int(row[k]) for k in MEASURES}
+@dataclass(slots=True)
+class TopUser(Measures):
+    user_id: uuid.UUID | None = None
+    email: str | None = None
 
 
-def _add(buckets: dict[Any, dict[str, int]], key: Any, row: dict[str, Any]) -> None:
-    bucket = buckets.setdefault(key, dict.fromkeys(MEASURES, 0))
-    for name in MEASURES:
-        bucket[name] += int(row[name])
+@dataclass(slots=True)
+class ProviderLine(Measures):
+    provider: str = ""
 
 
-async def overview(tx: Tx, start: dt.datetime | None, end: dt.datetime | None, top: int = 10) -> dict[str, Any]:
+@dataclass(slots=True)
+class DayLine(Measures):
+    day: str = ""
+    active_users: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Overview:
+    totals: Measures
+    active_users: int
+    top_users: list[TopUser]
+    by_provider: list[ProviderLine]
+    by_model: list[UsageLine]
+    daily: list[DayLine]
+    from_: dt.datetime | None = None
+    to: dt.datetime | None = None
+
+
+async def overview(tx: Tx, start: dt.datetime | None, end: dt.datetime | None, top: int = 10) -> Overview:
     """Three grouped reads (day x provider x model; per user; day x user), each from rollups plus raw edges;
     totals, providers, models and days are folded from the first in Python."""
     mark = await rollups.complete_until(tx.session)
-    totals: dict[str, int] = dict.fromkeys(MEASURES, 0)
-    providers: dict[str, dict[str, int]] = {}
-    models: dict[tuple[str, str], dict[str, int]] = {}
-    days: dict[str, dict[str, int]] = {}
+    totals = Measures()
+    providers: dict[str, Measures] = {}
+    models: dict[tuple[str, str], Measures] = {}
+    days: dict[str, Measures] = {}
     for cell in await repo.usage_cells(tx.session, start, end, mark=mark):
-        for name in MEASURES:
-            totals[name] += int(cell[name])
-        _add(providers, cell["provider"], cell)
-        _add(models, (cell["provider"], cell["model"]), cell)
-        _add(days, cell["day"], cell)
+        totals.add(cell)
+        providers.setdefault(cell["provider"], Measures()).add(cell)
+        models.setdefault((cell["provider"], cell["model"]), Measures()).add(cell)
+        days.setdefault(cell["day"], Measures()).add(cell)
     leaders, active = await repo.top_users(tx.session, start, end, top, mark=mark)
     active_by_day = await repo.active_users_by_day(tx.session, start, end, mark=mark)
-    return {
-        "from": start,
-        "to": end,
-        "totals": totals,
-        "active_users": active,
-        "top_users": [{"user_id": r["user_id"], "email": r["email"], **_totals(r)} for r in leaders],
-        "by_provider": [{"provider": p, **v} for p, v in sorted(providers.items())],
-        "by_model": [{"provider": p, "model": m, **v} for (p, m), v in sorted(models.items())],
-        "daily": [{"day": d, **v, "active_users": active_by_day.get(d, 0)} for d, v in sorted(days.items())],
-    }
+    return Overview(
+        totals=totals,
+        active_users=active,
+        top_users=[TopUser(*Measures.of(r).values(), user_id=r["user_id"], email=r["email"]) for r in leaders],
+        by_provider=[ProviderLine(*v.values(), provider=p) for p, v in sorted(providers.items())],
+        by_model=[UsageLine(*v.values(), provider=p, model=m) for (p, m), v in sorted(models.items())],
+        daily=[DayLine(*v.values(), day=d, active_users=active_by_day.get(d, 0)) for d, v in sorted(days.items())],
+        from_=start,
+        to=end,
+    )
 
 
-def _reason_row(row: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "reason": row["reason"],
-        "credits": int(row["credits"]),
-        "debits": int(row["debits"]),
-        "count": int(row["count"]),
-    }
+@dataclass(frozen=True, slots=True)
+class BillingExport:
+    users: list[Billing]
+    generated_at: dt.datetime
+    from_: dt.datetime | None = None
+    to: dt.datetime | None = None
 
 
-async def billing_export(tx: Tx, start: dt.datetime | None, end: dt.datetime | None) -> dict[str, Any]:
+async def billing_export(tx: Tx, start: dt.datetime | None, end: dt.datetime | None) -> BillingExport:
     """Every user's billing for one period, in a few grouped queries (not one report per user).
 
     A user appears when they had a ledger row before ``end`` or usage in the period. Run it in
@@ -157,12 +222,12 @@ async def billing_export(tx: Tx, start: dt.datetime | None, end: dt.datetime | N
     mark = await rollups.complete_until(tx.session)
     opening = await repo.ledger_sums_by_user(tx.session, start) if start else {}
     closing = await repo.ledger_sums_by_user(tx.session, end)
-    reasons: dict[uuid.UUID, list[dict[str, Any]]] = {}
+    reasons: dict[uuid.UUID, list[ReasonLine]] = {}
     for row in await repo.ledger_by_user_reason(tx.session, start, end):
-        reasons.setdefault(row["user_id"], []).append(_reason_row(row))
-    usage: dict[uuid.UUID, list[dict[str, Any]]] = {}
+        reasons.setdefault(row["user_id"], []).append(ReasonLine.of(row))
+    usage: dict[uuid.UUID, list[UsageLine]] = {}
     for row in await rollups.aggregate(tx.session, ["user_id", "provider", "model"], mark=mark, start=start, end=end):
-        usage.setdefault(row["user_id"], []).append(_usage_row(row))
+        usage.setdefault(row["user_id"], []).append(UsageLine.of(row))
     bought = await payments.purchases_by_user(tx, start, end)
     user_ids = set(closing) | set(usage)
     emails = await repo.emails(tx.session, list(user_ids))
@@ -170,20 +235,20 @@ async def billing_export(tx: Tx, start: dt.datetime | None, end: dt.datetime | N
     for user_id in user_ids:
         by_reason = reasons.get(user_id, [])
         rows.append(
-            {
-                "user_id": user_id,
-                "email": emails.get(user_id),
-                "opening_balance": opening.get(user_id, 0),
-                "credits": sum(r["credits"] for r in by_reason),
-                "debits": sum(r["debits"] for r in by_reason),
-                "closing_balance": closing.get(user_id, 0),
-                "by_reason": by_reason,
-                "usage": usage.get(user_id, []),
-                "purchases": bought.get(user_id, []),
-            }
+            Billing(
+                user_id=user_id,
+                email=emails.get(user_id),
+                opening_balance=opening.get(user_id, 0),
+                credits=sum(r.credits for r in by_reason),
+                debits=sum(r.debits for r in by_reason),
+                closing_balance=closing.get(user_id, 0),
+                by_reason=by_reason,
+                usage=usage.get(user_id, []),
+                purchases=bought.get(user_id, []),
+            )
         )
-    rows.sort(key=lambda r: (r["email"] or "", str(r["user_id"])))
-    return {"from": start, "to": end, "generated_at": utcnow(), "users": rows}
+    rows.sort(key=lambda r: (r.email or "", str(r.user_id)))
+    return BillingExport(users=rows, generated_at=utcnow(), from_=start, to=end)
 
 
 def _text_cell(value: str) -> str:
@@ -191,7 +256,7 @@ def _text_cell(value: str) -> str:
     return "'" + value if value[:1] in ("=", "+", "-", "@", "\t", "\r") else value
 
 
-def export_csv(export: dict[str, Any]) -> str:
+def export_csv(export: BillingExport) -> str:
     """One line per user: balances, credits and debits, and their usage summed over models."""
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
@@ -209,41 +274,39 @@ def export_csv(export: dict[str, Any]) -> str:
             "usage_credits",
         ]
     )
-    for row in export["users"]:
-        usage = {m: sum(u[m] for u in row["usage"]) for m in ("requests", "input_tokens", "output_tokens", "credits")}
+    for row in export.users:
+        used = Measures()
+        for line in row.usage:
+            used.add(asdict(line))
         writer.writerow(
             [
-                row["user_id"],
-                _text_cell(row["email"] or ""),
-                row["opening_balance"],
-                row["credits"],
-                row["debits"],
-                row["closing_balance"],
-                usage["requests"],
-                usage["input_tokens"],
-                usage["output_tokens"],
-                usage["credits"],
+                row.user_id,
+                _text_cell(row.email or ""),
+                row.opening_balance,
+                row.credits,
+                row.debits,
+                row.closing_balance,
+                *used.values(),
             ]
         )
     return out.getvalue()
 
 
-def overview_csv(overview: dict[str, Any]) -> str:
+def overview_csv(overview: Overview) -> str:
     """One line per figure: section (totals, provider, model, day, top_user), its key, the sums."""
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
-    measures = ("requests", "input_tokens", "output_tokens", "credits")
-    writer.writerow(["section", "key", *measures])
-    writer.writerow(["totals", "", *(overview["totals"][m] for m in measures)])
-    writer.writerow(["active_users", "", overview["active_users"], "", "", ""])
-    for row in overview["by_provider"]:
-        writer.writerow(["provider", row["provider"], *(row[m] for m in measures)])
-    for row in overview["by_model"]:
-        writer.writerow(["model", f"{row['provider']}/{row['model']}", *(row[m] for m in measures)])
-    for row in overview["daily"]:
-        writer.writerow(["day", row["day"], *(row[m] for m in measures)])
-    for row in overview["top_users"]:
-        writer.writerow(["top_user", row["user_id"], *(row[m] for m in measures)])
+    writer.writerow(["section", "key", *MEASURES])
+    writer.writerow(["totals", "", *overview.totals.values()])
+    writer.writerow(["active_users", "", overview.active_users, "", "", ""])
+    for provider in overview.by_provider:
+        writer.writerow(["provider", provider.provider, *provider.values()])
+    for model in overview.by_model:
+        writer.writerow(["model", f"{model.provider}/{model.model}", *model.values()])
+    for day in overview.daily:
+        writer.writerow(["day", day.day, *day.values()])
+    for user in overview.top_users:
+        writer.writerow(["top_user", user.user_id, *user.values()])
     return out.getvalue()
 
 
