@@ -380,12 +380,23 @@ async def test_openapi_publishes_the_job_endpoints(client: httpx.AsyncClient) ->
 
 
 def test_export_csv_defuses_formula_cells() -> None:
-    from aihub.core.reports.service import Billing, BillingExport, export_csv
+    from aihub.core.reports.schemas import BillingExport, ExportRow
+    from aihub.core.reports.service import export_csv
 
-    def row(email: str) -> Billing:
-        return Billing(uuid.uuid4(), email, 0, 0, 0, 0, by_reason=[], usage=[], purchases=[])
+    def row(email: str) -> ExportRow:
+        return ExportRow(
+            user_id=uuid.uuid4(),
+            email=email,
+            opening_balance=0,
+            credits=0,
+            debits=0,
+            closing_balance=0,
+            by_reason=[],
+            usage=[],
+        )
 
-    export = BillingExport(users=[row("=HYPERLINK(1)@x.io"), row("a@x.io")], generated_at=dt.datetime.now(dt.UTC))
+    now = dt.datetime.now(dt.UTC)
+    export = BillingExport(from_=None, to=None, generated_at=now, users=[row("=HYPERLINK(1)@x.io"), row("a@x.io")])
     lines = list(csv.DictReader(io.StringIO(export_csv(export))))
     assert [r["email"] for r in lines] == ["'=HYPERLINK(1)@x.io", "a@x.io"]
 

@@ -15,6 +15,7 @@ from aihub.core.rbac import service as rbac
 from aihub.core.rbac.service import Principal
 from aihub.core.sessions.lockout import LoginLocked
 from aihub.core.users import service as users
+from aihub.core.users.schemas import UserOut
 from aihub.kit.errors import StoreUnavailableError
 from aihub.kit.jwt import InvalidToken, TokenExpired, TokenRevoked
 from aihub.kit.openapi import errors
@@ -30,7 +31,7 @@ router = APIRouter(tags=["auth"], route_class=TxRoute)
     status_code=201,
     responses=errors(users.EmailTaken, users.InvalidEmail),
 )
-async def register(body: schemas.RegisterIn, tx: TxDep, runtime: RuntimeDep) -> dict[str, users.Profile]:
+async def register(body: schemas.RegisterIn, tx: TxDep, runtime: RuntimeDep) -> dict[str, UserOut]:
     """Create an account with role `user` and an empty credit account, and mail it a
     verification link. 409 `EMAIL_TAKEN`."""
     user = await auth.register(
@@ -45,7 +46,7 @@ async def register(body: schemas.RegisterIn, tx: TxDep, runtime: RuntimeDep) -> 
     response_model=schemas.TokenPair,
     responses=errors(auth.InvalidCredentials, auth.SuspendedLogin, LoginLocked),
 )
-async def login(body: schemas.LoginIn, tx: TxDep, runtime: RuntimeDep) -> auth.TokenPair:
+async def login(body: schemas.LoginIn, tx: TxDep, runtime: RuntimeDep) -> schemas.TokenPair:
     """Exchange email and password for an access token and a refresh token.
 
     401 `INVALID_CREDENTIALS` alike for an unknown email and a wrong password; 403
@@ -63,7 +64,7 @@ async def login(body: schemas.LoginIn, tx: TxDep, runtime: RuntimeDep) -> auth.T
         InvalidToken, TokenExpired, TokenRevoked, auth.RefreshTokenReused, AccountSuspended, StoreUnavailableError
     ),
 )
-async def refresh(body: schemas.RefreshIn, tx: TxDep, runtime: RuntimeDep) -> auth.TokenPair:
+async def refresh(body: schemas.RefreshIn, tx: TxDep, runtime: RuntimeDep) -> schemas.TokenPair:
     """Spend a refresh token for a new pair.
 
     Within `AIHUB_REFRESH_REUSE_GRACE_SECONDS` (default 10) of its rotation, the spent token
@@ -93,7 +94,7 @@ async def logout(
 
 
 @router.get("/me", response_model=schemas.MeOut)
-async def read_me(tx: TxDep, runtime: RuntimeDep, me: CurrentUser) -> auth.Me:
+async def read_me(tx: TxDep, runtime: RuntimeDep, me: CurrentUser) -> schemas.MeOut:
     """The caller's profile, roles and effective permissions (`*` for admin)."""
     return await auth.me(tx, runtime.store, me)
 
@@ -109,7 +110,7 @@ ServiceTokenAdmin = Annotated[Principal, RequirePermission("service-tokens:write
 )
 async def create_service_token(
     body: schemas.ServiceTokenIn, tx: TxDep, runtime: RuntimeDep, actor: ServiceTokenAdmin, _: SessionUser
-) -> auth.MintedServiceToken:
+) -> schemas.ServiceTokenCreated:
     """Mint a service token (`typ=service`) whose scopes are permissions; the token is shown once."""
     return await auth.create_service_token(
         tx, runtime, actor, name=body.name, scopes=body.scopes, expires_in_days=body.expires_in_days

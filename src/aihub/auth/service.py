@@ -23,6 +23,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from aihub.auth import tokens
+from aihub.auth.schemas import MeOut, ServiceTokenCreated, TokenPair
 from aihub.core.audit import service as audit
 from aihub.core.deps import AccountSuspended
 from aihub.core.rbac import repository as rbac_repo
@@ -31,6 +32,7 @@ from aihub.core.sessions import repository as repo
 from aihub.core.sessions.lockout import LoginLocked, count_attempt, email_digest, forget_failures
 from aihub.core.users import repository as users_repo
 from aihub.core.users import service as users
+from aihub.core.users.schemas import UserOut
 from aihub.kit.db import Tx, as_utc, utcnow
 from aihub.kit.errors import AppError, NotFound, StoreUnavailableError, ValidationFailed
 from aihub.kit.jsonutil import dumps, loads
@@ -95,43 +97,15 @@ async def blacklist(store: Store, jti: str, exp: int | None) -> None:
 # ---------------------------------------------------------------- register, login
 
 
-@dataclass(frozen=True, slots=True)
-class TokenPair:
-    """A signed-in session's tokens, and whose they are."""
-
-    access_token: str
-    refresh_token: str
-    expires_in: int
-    user: users.Profile
-    token_type: str = "Bearer"  # noqa: S105 - a scheme name, not a secret
-
-
-@dataclass(frozen=True, slots=True)
-class Me:
-    user: users.Profile
-    roles: list[str]
-    permissions: list[str]
-
-
-@dataclass(frozen=True, slots=True)
-class MintedServiceToken:
-    """A new service token: its row's fields and, this once, the token itself."""
-
-    id: uuid.UUID
-    name: str
-    scopes: list[str]
-    created_by: uuid.UUID | None
-    created_at: dt.datetime
-    expires_at: dt.datetime | None
-    revoked_at: dt.datetime | None
-    token: str
-
-
-async def register(tx: Tx, store: Store, *, email: str, password: str, display_name: str | None) -> users.Profile:
+async def register(tx: Tx, store: Store, *, email: str, password: str, display_name: str | None) -> UserOut:
     audit.set_actor(tx, ANONYMOUS)
     return await users.create(
         tx, store, None, email=email, password=password, display_name=display_name, action="auth.register"
     )
+
+
+def _pair(access: str, refresh: str, expires_in: int, user: UserOut) -> TokenPair:
+    return TokenPair(access_token=access, refresh_token=refresh, expires_in=expires_in, user=user)
 
 
 async def _issue_pair(tx: Tx, runtime: Runtime, user: User, family_id: uuid.UUID) -> TokenPair:
@@ -146,7 +120,7 @@ async def _issue_pair(tx: Tx, runtime: Runtime, user: User, family_id: uuid.UUID
         ttl=dt.timedelta(seconds=runtime.settings.refresh_token_ttl_seconds),
     )
     access = tokens.issue_access(runtime.codec, user_id=user.id, email=user.email, roles=roles, family_id=family_id)
-    return TokenPair(access, refresh, runtime.codec.access_ttl, users.Profile.of(user, roles))
+    return _pair(access, refresh, runtime.codec.access_ttl, users.profile(user, roles))
 
 
 async def login(tx: Tx, runtime: Runtime, *, email: str, password: str) -> TokenPair:
@@ -298,7 +272,7 @@ async def _replay_within_grace(
     )
     exp = pair.exp
     expires_in = max(0, int(exp - now.timestamp())) if exp is not None else runtime.codec.access_ttl
-    return TokenPair(pair.access, pair.refresh, expires_in, users.Profile.of(user, roles))
+    return _pair(pair.access, pair.refresh, expires_in, users.profile(user, roles))
 
 
 async def _spent_token(tx: Tx, runtime: Runtime, digest: str, presented: str, now: dt.datetime) -> TokenPair:
@@ -400,10 +374,10 @@ async def logout(
     )
 
 
-async def me(tx: Tx, store: Store, principal: rbac.Principal) -> Me:
+async def me(tx: Tx, store: Store, principal: rbac.Principal) -> MeOut:
     assert principal.user_id is not None
     perms = await users.effective_permissions(tx, store, principal.user_id)
-    return Me(await users.read(tx, principal.user_id), perms.roles, perms.permissions)
+    return MeOut(user=await users.read(tx, principal.user_id), roles=perms.roles, permissions=perms.permissions)
 
 
 # ---------------------------------------------------------------- service tokens
@@ -429,7 +403,7 @@ async def create_service_token(
     name: str,
     scopes: list[str],
     expires_in_days: int | None,
-) -> MintedServiceToken:
+) -> ServiceTokenCreated:
     """Scopes must be real permissions the creator holds: no one mints more than they have."""
     wanted = await rbac.check_permissions_exist(tx, scopes)
     rbac.check_grantable(actor, wanted)
@@ -463,7 +437,7 @@ async def create_service_token(
         now=issued,
     )
     audit.record(tx, "service_token.create", "service_token", row.id, after=_audited(row))
-    return MintedServiceToken(**_audited(row), token=token)
+    return ServiceTokenCreated.read(row, token=token)
 
 
 async def list_service_tokens(tx: Tx, params: PageParams) -> Paged[ServiceToken]:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Any, Self
 
 from pydantic import BaseModel, ConfigDict, GetCoreSchemaHandler
 from pydantic.alias_generators import to_camel as _pydantic_camel
@@ -46,6 +46,17 @@ class ApiModel(BaseModel):
         from_attributes=True,
         serialize_by_alias=True,
     )
+
+    @classmethod
+    def read(cls, source: object, **computed: Any) -> Self:
+        """The model from ``source``'s attributes (an ORM row), the fields it lacks given as
+        ``computed``: a service returns the answer's own type, its fields declared once."""
+        values = {name: computed[name] if name in computed else getattr(source, name) for name in cls.model_fields}
+        return cls.model_validate(values)
+
+    def snapshot(self) -> dict[str, Any]:
+        """The fields by their Python names (snake_case), as audit entries keep them."""
+        return self.model_dump(by_alias=False)
 
 
 class StrictInput(ApiModel):

@@ -32,6 +32,7 @@ from aihub.core.deps import AccountSuspended
 from aihub.core.sessions import lockout
 from aihub.core.users import repository as users_repo
 from aihub.core.users import service as users
+from aihub.core.users.schemas import UserOut
 from aihub.kit.db import Tx, utcnow
 from aihub.kit.email import Email, EmailDeliveryError, build_mailer
 from aihub.kit.errors import AppError, Conflict, ServiceUnavailable
@@ -170,7 +171,7 @@ async def _spend(tx: Tx, token: str, purpose: Purpose) -> tuple[uuid.UUID, str]:
     raise invalid
 
 
-async def verify_email(tx: Tx, token: str) -> dict[str, users.Profile]:
+async def verify_email(tx: Tx, token: str) -> dict[str, UserOut]:
     user_id, email = await _spend(tx, token, "verify")
     user = await users_repo.get(tx.session, user_id, for_update=True)
     # A token proves the address it was sent to, nothing else: void after an email change.
@@ -183,7 +184,13 @@ async def verify_email(tx: Tx, token: str) -> dict[str, users.Profile]:
         await tx.session.flush()
     after = await users.read(tx, user.id)
     audit.record(
-        tx, "user.verify_email", "user", user.id, before=before.audited(), after=after.audited(), actor=_actor(user.id)
+        tx,
+        "user.verify_email",
+        "user",
+        user.id,
+        before=before.snapshot(),
+        after=after.snapshot(),
+        actor=_actor(user.id),
     )
     return {"user": after}
 
@@ -199,7 +206,7 @@ async def request_reset(runtime: Runtime, email: str) -> dict[str, str]:
     return ACCEPTED
 
 
-async def reset_password(tx: Tx, runtime: Runtime, token: str, password: str) -> dict[str, users.Profile]:
+async def reset_password(tx: Tx, runtime: Runtime, token: str, password: str) -> dict[str, UserOut]:
     user_id, email = await _spend(tx, token, "reset")
     user = await users_repo.get(tx.session, user_id, for_update=True)
     if user is None or user.status == "deleted" or user.email != email:
@@ -223,8 +230,8 @@ async def reset_password(tx: Tx, runtime: Runtime, token: str, password: str) ->
         "user.password_reset",
         "user",
         user.id,
-        before=before.audited(),
-        after={**after.audited(), **ended},
+        before=before.snapshot(),
+        after={**after.snapshot(), **ended},
         actor=_actor(user.id),
     )
 

@@ -12,10 +12,9 @@ from fastapi.types import DecoratedCallable
 from starlette.responses import RedirectResponse, Response
 
 from aihub.auth import schemas as auth_schemas
-from aihub.auth import service as auth
 from aihub.auth.identity import emails, oauth, schemas
 from aihub.core.deps import CurrentUser, RuntimeDep, TxDep, TxRoute
-from aihub.core.users import service as users
+from aihub.core.users.schemas import UserOut
 from aihub.kit.runtime import Runtime
 
 router = APIRouter(tags=["identity"], route_class=TxRoute)
@@ -65,7 +64,7 @@ async def request_verification(tx: TxDep, runtime: RuntimeDep, me: CurrentUser) 
     auth_schemas.UserEnvelope,
     "VERIFICATION_TOKEN_INVALID (unknown or used) / VERIFICATION_TOKEN_EXPIRED",
 )
-async def verify_email(body: schemas.VerifyEmailIn, tx: TxDep) -> dict[str, users.Profile]:
+async def verify_email(body: schemas.VerifyEmailIn, tx: TxDep) -> dict[str, UserOut]:
     """Spend a verification token: the user who received it is now `verified: true`."""
     return await emails.verify_email(tx, body.token)
 
@@ -89,7 +88,7 @@ async def request_reset(body: schemas.ResetRequestIn, runtime: RuntimeDep) -> di
     "RESET_TOKEN_INVALID (unknown or used) / RESET_TOKEN_EXPIRED",
     {403: "ACCOUNT_SUSPENDED"},
 )
-async def reset_password(body: schemas.ResetIn, tx: TxDep, runtime: RuntimeDep) -> dict[str, users.Profile]:
+async def reset_password(body: schemas.ResetIn, tx: TxDep, runtime: RuntimeDep) -> dict[str, UserOut]:
     """Spend a reset token and set a new password (≥ 8 characters). Every session of the user
     ends: refresh tokens, Sora sessions, and access tokens issued before now."""
     return await emails.reset_password(tx, runtime, body.token, body.password)
@@ -198,6 +197,6 @@ async def google_callback(
     "OAUTH_CODE_INVALID (unknown, expired after 60 s, or used)",
     {403: "ACCOUNT_SUSPENDED / EMAIL_NOT_VERIFIED", 503: "STORE_UNAVAILABLE"},
 )
-async def oauth_exchange(body: schemas.ExchangeIn, tx: TxDep, runtime: RuntimeDep) -> auth.TokenPair:
+async def oauth_exchange(body: schemas.ExchangeIn, tx: TxDep, runtime: RuntimeDep) -> auth_schemas.TokenPair:
     """Spend the one-time code from the callback for the same body as `POST /login`."""
     return await oauth.exchange(tx, runtime, body.code)

@@ -33,6 +33,7 @@ from sqlalchemy.exc import IntegrityError
 from aihub.auth import service as auth
 from aihub.auth.identity import repository as repo
 from aihub.auth.identity.oidc import IdTokenInvalid, OidcClient, ProviderError
+from aihub.auth.schemas import TokenPair
 from aihub.core.audit import service as audit
 from aihub.core.users import repository as users_repo
 from aihub.core.users import service as users
@@ -338,8 +339,8 @@ async def _link_by_email(tx: Tx, user: User, identity: GoogleIdentity) -> User:
         "auth.google_linked",
         "user",
         locked.id,
-        before=before.audited(),
-        after=after.audited(),
+        before=before.snapshot(),
+        after=after.snapshot(),
         actor=_actor(locked),
     )
     return locked
@@ -387,14 +388,14 @@ async def _link(tx: Tx, user_id: uuid.UUID, identity: GoogleIdentity) -> None:
     await tx.session.flush()
     after = await users.read(tx, user.id)
     audit.record(
-        tx, "auth.google_linked", "user", user.id, before=before.audited(), after=after.audited(), actor=_actor(user)
+        tx, "auth.google_linked", "user", user.id, before=before.snapshot(), after=after.snapshot(), actor=_actor(user)
     )
 
 
 # ---------------------------------------------------------------- 3. exchange
 
 
-async def exchange(tx: Tx, runtime: Runtime, code: str) -> auth.TokenPair:
+async def exchange(tx: Tx, runtime: Runtime, code: str) -> TokenPair:
     user_id = await _take(runtime.store, "oauth:code:" + _digest(code))
     if user_id is None:
         raise OAuthCodeInvalid

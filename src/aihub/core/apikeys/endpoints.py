@@ -23,7 +23,7 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 
 
 @router.post("", status_code=201, response_model=schemas.KeyCreated, responses=_ERRORS)
-async def create_key(body: schemas.KeyIn, tx: TxDep, me: CurrentUser) -> keys.KeyState:
+async def create_key(body: schemas.KeyIn, tx: TxDep, me: CurrentUser) -> schemas.KeyCreated:
     """Issue a key for oneself (an admin: for `userId`). The `key` is in this answer only.
 
     A caller authenticated by a key gets 403 `KEY_EXCEEDS_OWNER` for a key with more than its
@@ -37,25 +37,25 @@ async def list_keys(
     me: CurrentUser,
     page: Annotated[PageParams, Depends(page_params)],
     user_id: Annotated[uuid.UUID | None, Query(alias="userId", description="Admins: another user's keys")] = None,
-) -> Paged[keys.KeyState]:
+) -> Paged[schemas.KeyOut]:
     """One's own keys, newest first (never the key itself)."""
     return await keys.search(tx, me, page, user_id)
 
 
 @router.get("/current", response_model=schemas.KeyIdentity, responses=_ERRORS)
-async def current_key(me: CurrentUser) -> keys.Identity:
+async def current_key(me: CurrentUser) -> schemas.KeyIdentity:
     """The presenting key's identity and restrictions (the gateway resolves keys with it);
     403 for a caller that is not authenticated by a key."""
     return keys.identity(me)
 
 
 @router.get("/{key_id}", response_model=schemas.KeyOut, responses=_ERRORS)
-async def read_key(key_id: uuid.UUID, tx: TxDep, me: CurrentUser) -> keys.KeyState:
+async def read_key(key_id: uuid.UUID, tx: TxDep, me: CurrentUser) -> schemas.KeyOut:
     return await keys.read(tx, me, key_id)
 
 
 @router.patch("/{key_id}", response_model=schemas.KeyOut, responses=_ERRORS)
-async def update_key(key_id: uuid.UUID, body: schemas.KeyPatch, tx: TxDep, me: CurrentUser) -> keys.KeyState:
+async def update_key(key_id: uuid.UUID, body: schemas.KeyPatch, tx: TxDep, me: CurrentUser) -> schemas.KeyOut:
     """Change a key's name or restrictions; a field sent as null lifts that restriction."""
     return await keys.update(tx, me, key_id, body)
 

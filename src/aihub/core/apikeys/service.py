@@ -23,14 +23,13 @@ import ipaddress
 import secrets
 import string
 import uuid
-from dataclasses import dataclass
 from typing import Any
 
 import structlog
 from sqlalchemy.exc import IntegrityError
 
 from aihub.core.apikeys import repository as repo
-from aihub.core.apikeys.schemas import KeyIn, KeyPatch
+from aihub.core.apikeys.schemas import BudgetOut, KeyCreated, KeyIdentity, KeyIn, KeyOut, KeyPatch
 from aihub.core.audit import service as audit
 from aihub.core.rbac.service import Principal
 from aihub.kit.apikeys import KEY_PREFIX, looks_like_key
@@ -198,62 +197,15 @@ def _owner(actor: Principal, user_id: uuid.UUID | None) -> uuid.UUID:
 # ------------------------------------------------------------------ views
 
 
-@dataclass(frozen=True, slots=True)
-class Budget:
-    max_credits: int
-    period: str
-    used: int
-    resets_at: dt.datetime | None
-
-
-@dataclass(frozen=True, slots=True)
-class KeyState:
-    """A key as its owner sees it: its rules, its budget used this period, its status now (the
-    secret only in the answer that created it)."""
-
-    id: uuid.UUID
-    user_id: uuid.UUID
-    name: str
-    prefix: str
-    models: list[str] | None
-    allowed_ips: list[str] | None
-    requests_per_minute: int | None
-    tokens_per_minute: int | None
-    budget: Budget | None
-    status: str
-    expires_at: dt.datetime | None
-    revoked_at: dt.datetime | None
-    created_by: str | None
-    created_at: dt.datetime
-    updated_at: dt.datetime
-    key: str | None = None
-
-
-async def state(tx: Tx, key: ApiKey, now: dt.datetime | None = None, *, raw: str | None = None) -> KeyState:
+async def state(tx: Tx, key: ApiKey, now: dt.datetime | None = None) -> KeyOut:
+    """A key as its owner sees it: its rules, its budget used this period, its status now."""
     now = now or utcnow()
     budget = None
     if key.budget_max_credits is not None and key.budget_period is not None:
         period_key, resets = budget_period(key.budget_period, now)
         used, _ = await repo.counter(tx.session, key.id, period_key)
-        budget = Budget(key.budget_max_credits, key.budget_period, used, resets)
-    return KeyState(
-        id=key.id,
-        user_id=key.user_id,
-        name=key.name,
-        prefix=key.prefix,
-        models=key.models,
-        allowed_ips=key.allowed_ips,
-        requests_per_minute=key.requests_per_minute,
-        tokens_per_minute=key.tokens_per_minute,
-        budget=budget,
-        status=status_of(key, now),
-        expires_at=key.expires_at,
-        revoked_at=key.revoked_at,
-        created_by=key.created_by,
-        created_at=key.created_at,
-        updated_at=key.updated_at,
-        key=raw,
-    )
+        budget = BudgetOut(max_credits=key.budget_max_credits, period=key.budget_period, used=used, resets_at=resets)
+    return KeyOut.read(key, budget=budget, status=status_of(key, now))
 
 
 def _audit_view(key: ApiKey) -> dict[str, Any]:
@@ -296,7 +248,8 @@ async def _locked_parent(tx: Tx, actor: Principal) -> ApiKey | None:
     return fresh
 
 
-async def create(tx: Tx, actor: Principal, body: KeyIn) -> KeyState:
+async def create(tx: Tx, actor: Principal, body: KeyIn) -> KeyCreated:
+    """The new key, the secret itself in this answer only."""
     values = body.model_dump()
     owner = _owner(actor, body.user_id)
     _check_expiry(body.expires_at, utcnow())
@@ -312,7 +265,7 @@ async def create(tx: Tx, actor: Principal, body: KeyIn) -> KeyState:
     key, raw = await _insert(tx, actor, owner, values, now)
     after = {**_audit_view(key), "issuedByKey": str(parent.id) if parent is not None else None}
     audit.record(tx, "apikey.create", "api_key", key.id, after=after)
-    return await state(tx, key, now, raw=raw)
+    return KeyCreated.read(await state(tx, key, now), key=raw)
 
 
 _PREFIX_ATTEMPTS = 5
@@ -367,11 +320,11 @@ async def _visible(tx: Tx, actor: Principal, key_id: uuid.UUID, *, for_update: b
     return key
 
 
-async def read(tx: Tx, actor: Principal, key_id: uuid.UUID) -> KeyState:
+async def read(tx: Tx, actor: Principal, key_id: uuid.UUID) -> KeyOut:
     return await state(tx, await _visible(tx, actor, key_id))
 
 
-async def search(tx: Tx, actor: Principal, params: PageParams, user_id: uuid.UUID | None) -> Paged[KeyState]:
+async def search(tx: Tx, actor: Principal, params: PageParams, user_id: uuid.UUID | None) -> Paged[KeyOut]:
     owner = _owner(actor, user_id)
     rows = await repo.fetch(tx.session, repo.search(params, owner))
     items, cursor = page_of(rows, params, lambda k: (k.created_at, k.id))
@@ -379,7 +332,7 @@ async def search(tx: Tx, actor: Principal, params: PageParams, user_id: uuid.UUI
     return Paged([await state(tx, k, now) for k in items], cursor)
 
 
-async def update(tx: Tx, actor: Principal, key_id: uuid.UUID, body: KeyPatch) -> KeyState:
+async def update(tx: Tx, actor: Principal, key_id: uuid.UUID, body: KeyPatch) -> KeyOut:
     """Only the fields the client sent change (an explicit null lifts a restriction)."""
     values = body.model_dump(include=body.model_fields_set)
     # Locked, the changed key and the caller's own: concurrent changes and a revocation apply
@@ -488,32 +441,15 @@ async def verify(tx: Tx, raw: str) -> tuple[ApiKey, User]:
     return key, user
 
 
-@dataclass(frozen=True, slots=True)
-class Identity:
+def identity(actor: Principal) -> KeyIdentity:
     """GET /api/keys/current: what the gateway needs to admit this key."""
-
-    id: uuid.UUID
-    user_id: uuid.UUID
-    role: str
-    roles: list[str]
-    permissions: list[str]
-    expires_at: dt.datetime | None
-    allowed_ips: list[str] | None
-    requests_per_minute: int | None
-
-
-def identity(actor: Principal) -> Identity:
     key = _caller_key(actor)
     if key is None:
         raise Forbidden("This endpoint needs an API key")
     roles = list(actor.effective.roles)
-    return Identity(
-        id=key.id,
-        user_id=key.user_id,
+    return KeyIdentity.read(
+        key,
         role=roles[0] if roles else "guest",
         roles=roles,
         permissions=["*"] if actor.is_admin else sorted(actor.effective.permissions),
-        expires_at=key.expires_at,
-        allowed_ips=key.allowed_ips,
-        requests_per_minute=key.requests_per_minute,
     )

@@ -38,7 +38,7 @@ def _target(caller: Principal, user_id: uuid.UUID | None, permission: str) -> uu
 @router.get("", response_model=schemas.AlertsOut, responses=_ERRORS)
 async def read_alerts(
     tx: TxDep, runtime: RuntimeDep, caller: CurrentPrincipal, user_id: UserQ = None
-) -> notifications.Alerts:
+) -> schemas.AlertsOut:
     """One's own alert settings, or another user's with `credits:read`. Without settings of its
     own an account follows the global `AIHUB_LOW_BALANCE_THRESHOLD` (`inherited: true`)."""
     target = _target(caller, user_id, "credits:read")
@@ -48,7 +48,7 @@ async def read_alerts(
 @router.put("", response_model=schemas.AlertsOut, responses=_ERRORS)
 async def put_alerts(
     body: schemas.AlertsIn, tx: TxDep, runtime: RuntimeDep, caller: CurrentPrincipal, user_id: UserQ = None
-) -> notifications.Alerts:
+) -> schemas.AlertsOut:
     """Set one's own thresholds (or another user's with `credits:grant`): each time the available
     balance (holds count) falls from at or above a threshold to below it, one
     `credits.low_balance` event goes to the webhook endpoints (and an email when `email`); it

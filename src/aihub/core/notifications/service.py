@@ -8,11 +8,11 @@ debits racing past a threshold, exactly one goes from ≥ it to below it.
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
 
 from aihub.core.audit import service as audit
 from aihub.core.credits import service as credits
 from aihub.core.notifications import repository as repo
+from aihub.core.notifications.schemas import AlertsOut
 from aihub.kit.db import Tx, utcnow
 from aihub.kit.email import Email
 
@@ -22,25 +22,20 @@ def crossed(thresholds: list[int], before: int, after: int) -> list[int]:
     return sorted((t for t in thresholds if before >= t > after), reverse=True)
 
 
-@dataclass(frozen=True, slots=True)
-class Alerts:
-    """An account's alert settings; ``inherited`` while it follows the global threshold."""
-
-    user_id: uuid.UUID
-    thresholds: list[int]
-    email: bool
-    inherited: bool
-
-
-async def get_alerts(tx: Tx, user_id: uuid.UUID, default_threshold: int) -> Alerts:
+async def get_alerts(tx: Tx, user_id: uuid.UUID, default_threshold: int) -> AlertsOut:
     await credits.account(tx, user_id)  # 404 ACCOUNT_NOT_FOUND for a user without an account
     row = await repo.get_settings(tx.session, user_id)
     if row is None:
-        return Alerts(user_id, [default_threshold] if default_threshold > 0 else [], False, True)
-    return Alerts(user_id, list(row.thresholds), row.email, False)
+        return AlertsOut(
+            user_id=user_id,
+            thresholds=[default_threshold] if default_threshold > 0 else [],
+            email=False,
+            inherited=True,
+        )
+    return AlertsOut(user_id=user_id, thresholds=list(row.thresholds), email=row.email, inherited=False)
 
 
-async def put_alerts(tx: Tx, user_id: uuid.UUID, thresholds: list[int], email: bool) -> Alerts:
+async def put_alerts(tx: Tx, user_id: uuid.UUID, thresholds: list[int], email: bool) -> AlertsOut:
     """Replace the account's own thresholds (an empty list: no low-balance alerts at all).
 
     The account row is updated first (its highest threshold), which also serialises concurrent
@@ -52,7 +47,7 @@ async def put_alerts(tx: Tx, user_id: uuid.UUID, thresholds: list[int], email: b
     await repo.upsert_settings(tx.session, user_id, thresholds, email, utcnow())
     after = {"thresholds": thresholds, "email": email}
     audit.record(tx, "credits.alerts.put", "credit_account", user_id, before=before, after=after)
-    return Alerts(user_id, thresholds, email, False)
+    return AlertsOut(user_id=user_id, thresholds=thresholds, email=email, inherited=False)
 
 
 async def thresholds_of(tx: Tx, event: credits.LowBalance) -> tuple[list[int], bool]:

@@ -22,7 +22,7 @@ ShortPage = Annotated[PageParams, Depends(short_list_params)]
 @roles_router.get("", response_model=schemas.RoleList)
 async def list_roles(
     tx: TxDep, _: Annotated[Principal, RequirePermission("roles:read")], page: ShortPage
-) -> Paged[rbac.RoleState]:
+) -> Paged[schemas.RoleOut]:
     """All roles, highest level first (a short list: one page by default)."""
     return Paged(*page_of_sorted(await rbac.list_roles(tx), page, lambda r: (-r.level, r.name)))
 
@@ -38,7 +38,7 @@ async def create_role(
     tx: TxDep,
     runtime: RuntimeDep,
     actor: Annotated[Principal, RequirePermission("roles:write")],
-) -> rbac.RoleState:
+) -> schemas.RoleOut:
     """Create a role below one's own level, with permissions one holds."""
     return await rbac.create_role(
         tx,
@@ -52,7 +52,7 @@ async def create_role(
 
 
 @roles_router.get("/{name}", response_model=schemas.RoleOut, responses=errors(rbac.RoleNotFound))
-async def read_role(name: str, tx: TxDep, _: Annotated[Principal, RequirePermission("roles:read")]) -> rbac.RoleState:
+async def read_role(name: str, tx: TxDep, _: Annotated[Principal, RequirePermission("roles:read")]) -> schemas.RoleOut:
     return await rbac.read_role(tx, name)
 
 
@@ -63,7 +63,7 @@ async def update_role(
     tx: TxDep,
     runtime: RuntimeDep,
     actor: Annotated[Principal, RequirePermission("roles:write")],
-) -> rbac.RoleState:
+) -> schemas.RoleOut:
     return await rbac.update_role(tx, runtime.store, actor, name, level=body.level, description=body.description)
 
 
@@ -90,7 +90,7 @@ async def replace_role_permissions(
     tx: TxDep,
     runtime: RuntimeDep,
     actor: Annotated[Principal, RequirePermission("roles:write")],
-) -> rbac.RoleState:
+) -> schemas.RoleOut:
     """Replace the role's permissions; cached permissions of its holders are invalidated."""
     return await rbac.set_role_permissions(tx, runtime.store, actor, name, body.permissions)
 

@@ -7,17 +7,17 @@ commit, so a request that read the old permissions can only ever cache them unde
 
 from __future__ import annotations
 
-import datetime as dt
 import re
 import uuid
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
 
 from aihub.core.audit import service as audit
 from aihub.core.rbac import repository as repo
+from aihub.core.rbac.schemas import RoleOut
 from aihub.kit.db import Tx, utcnow
 from aihub.kit.errors import AppError, Conflict, Forbidden, NotFound
 from aihub.kit.jsonutil import dumps, loads
@@ -212,22 +212,9 @@ async def check_permissions_exist(tx: Tx, names: Iterable[str]) -> list[str]:
 # ---------------------------------------------------------------- roles
 
 
-@dataclass(frozen=True, slots=True)
-class RoleState:
+def role_state(role: Role, permissions: list[str]) -> RoleOut:
     """A role with its permissions (the admin role: ``["*"]``, it holds every one)."""
-
-    name: str
-    level: int
-    description: str | None
-    system: bool
-    permissions: list[str]
-    created_at: dt.datetime
-    updated_at: dt.datetime
-
-    @classmethod
-    def of(cls, role: Role, permissions: list[str]) -> RoleState:
-        held = ["*"] if role.name == ADMIN else permissions
-        return cls(role.name, role.level, role.description, role.system, held, role.created_at, role.updated_at)
+    return RoleOut.read(role, permissions=["*"] if role.name == ADMIN else permissions)
 
 
 async def get_role(tx: Tx, name: str, *, for_update: bool = False) -> Role:
@@ -237,16 +224,16 @@ async def get_role(tx: Tx, name: str, *, for_update: bool = False) -> Role:
     return role
 
 
-async def list_roles(tx: Tx) -> list[RoleState]:
+async def list_roles(tx: Tx) -> list[RoleOut]:
     roles = await repo.list_roles(tx.session)
     perms = await repo.role_permissions(tx.session, [r.name for r in roles])
-    return [RoleState.of(r, perms[r.name]) for r in roles]
+    return [role_state(r, perms[r.name]) for r in roles]
 
 
-async def read_role(tx: Tx, name: str) -> RoleState:
+async def read_role(tx: Tx, name: str) -> RoleOut:
     role = await get_role(tx, name)
     perms = await repo.role_permissions(tx.session, [name])
-    return RoleState.of(role, perms[name])
+    return role_state(role, perms[name])
 
 
 async def create_role(
@@ -258,7 +245,7 @@ async def create_role(
     level: int,
     description: str | None,
     permissions: list[str],
-) -> RoleState:
+) -> RoleOut:
     require_above(actor, level, "create a role")
     if await repo.get_role(tx.session, name) is not None:
         raise RoleExists
@@ -268,15 +255,15 @@ async def create_role(
     tx.session.add(role)
     await tx.session.flush()
     await repo.set_role_permissions(tx.session, name, perms)
-    created = RoleState.of(role, perms)
-    audit.record(tx, "role.create", "role", name, after=asdict(created))
+    created = role_state(role, perms)
+    audit.record(tx, "role.create", "role", name, after=created.snapshot())
     invalidate_after_commit(tx, store)
     return created
 
 
 async def update_role(
     tx: Tx, store: Store, actor: Principal, name: str, *, level: int | None, description: str | None
-) -> RoleState:
+) -> RoleOut:
     role = await get_role(tx, name, for_update=True)
     require_above(actor, role.level, "edit a role")
     before = await read_role(tx, name)
@@ -289,7 +276,7 @@ async def update_role(
         role.description = description
     await tx.session.flush()
     after = await read_role(tx, name)
-    audit.record(tx, "role.update", "role", name, before=asdict(before), after=asdict(after))
+    audit.record(tx, "role.update", "role", name, before=before.snapshot(), after=after.snapshot())
     invalidate_after_commit(tx, store)
     return after
 
@@ -304,11 +291,11 @@ async def delete_role(tx: Tx, store: Store, actor: Principal, name: str) -> None
     before = await read_role(tx, name)
     await tx.session.delete(role)
     await tx.session.flush()
-    audit.record(tx, "role.delete", "role", name, before=asdict(before))
+    audit.record(tx, "role.delete", "role", name, before=before.snapshot())
     invalidate_after_commit(tx, store)
 
 
-async def set_role_permissions(tx: Tx, store: Store, actor: Principal, name: str, permissions: list[str]) -> RoleState:
+async def set_role_permissions(tx: Tx, store: Store, actor: Principal, name: str, permissions: list[str]) -> RoleOut:
     role = await get_role(tx, name, for_update=True)
     if role.name == ADMIN:
         raise SystemRole("The admin role holds every permission")
@@ -320,8 +307,8 @@ async def set_role_permissions(tx: Tx, store: Store, actor: Principal, name: str
     await repo.set_role_permissions(tx.session, name, perms)
     role.updated_at = utcnow()
     await tx.session.flush()
-    after = RoleState.of(role, perms)
-    audit.record(tx, "role.permissions", "role", name, before=asdict(before), after=asdict(after))
+    after = role_state(role, perms)
+    audit.record(tx, "role.permissions", "role", name, before=before.snapshot(), after=after.snapshot())
     invalidate_after_commit(tx, store)
     return after
 

@@ -49,7 +49,7 @@ def _window(start: dt.datetime | None, end: dt.datetime | None) -> None:
         raise ValidationFailed("`to` must be after `from`", details=[{"field": "query.to", "message": "before from"}])
 
 
-def _accepted(job: jobs.JobState, prefer_async: bool) -> Response:
+def _accepted(job: schemas.ReportJobOut, prefer_async: bool) -> Response:
     body = schemas.ReportJobOut.model_validate(job).model_dump(mode="json")
     headers = {"Location": body["url"], "Retry-After": "2"}
     if prefer_async:
@@ -170,7 +170,7 @@ def _job_routes(router: APIRouter, family: str) -> None:
     @router.get("/jobs", response_model=schemas.ReportJobPage, name=f"{family}_jobs")
     async def list_jobs(
         tx: TxDep, caller: CurrentPrincipal, page: Annotated[PageParams, Depends(page_params)]
-    ) -> Paged[jobs.JobState]:
+    ) -> Paged[schemas.ReportJobOut]:
         """The caller's own report jobs, newest first (finished ones until they expire)."""
         return await jobs.list_own(tx, caller, family, page)
 
@@ -180,10 +180,10 @@ def _job_routes(router: APIRouter, family: str) -> None:
         name=f"{family}_job",
         responses=errors(jobs.ReportJobNotFound),
     )
-    async def read_job(job_id: JobId, tx: TxDep, caller: CurrentPrincipal) -> jobs.JobState:
+    async def read_job(job_id: JobId, tx: TxDep, caller: CurrentPrincipal) -> schemas.ReportJobOut:
         """A report job: `queued`, `running`, `succeeded` (with `downloadUrl`) or `failed` (with
         `error.code`). 404 `REPORT_JOB_NOT_FOUND` for someone else's job or an expired one."""
-        return jobs.JobState.of(await jobs.visible(tx, caller, job_id, family))
+        return jobs.job_state(await jobs.visible(tx, caller, job_id, family))
 
     @router.get(
         "/jobs/{job_id}/download",

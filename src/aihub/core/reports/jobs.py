@@ -97,50 +97,15 @@ def _params(user_id: uuid.UUID | None, start: dt.datetime | None, end: dt.dateti
     return {"userId": str(user_id) if user_id else None, "from": iso(start), "to": iso(end)}
 
 
-@dataclass(frozen=True, slots=True)
-class JobError:
-    code: str
-    message: str
-
-
-@dataclass(frozen=True, slots=True)
-class JobState:
+def job_state(job: ReportJob) -> schemas.ReportJobOut:
     """A report job as its requester polls it: where to poll, and where to download once done."""
-
-    id: uuid.UUID
-    kind: str
-    format: str
-    status: str
-    params: dict[str, str | None]
-    requested_by: str
-    created_at: dt.datetime
-    started_at: dt.datetime | None
-    finished_at: dt.datetime | None
-    expires_at: dt.datetime | None
-    error: JobError | None
-    result_bytes: int | None
-    url: str
-    download_url: str | None
-
-    @classmethod
-    def of(cls, job: ReportJob) -> JobState:
-        url = f"/api/{FAMILY[job.kind]}/jobs/{job.id}"
-        return cls(
-            id=job.id,
-            kind=job.kind,
-            format=job.format,
-            status=job.status,
-            params=job.params,
-            requested_by=job.requested_by,
-            created_at=job.created_at,
-            started_at=job.started_at,
-            finished_at=job.finished_at,
-            expires_at=job.expires_at,
-            error=JobError(job.error_code, job.error_message or "") if job.error_code else None,
-            result_bytes=job.result_bytes,
-            url=url,
-            download_url=f"{url}/download" if job.status == "succeeded" else None,
-        )
+    url = f"/api/{FAMILY[job.kind]}/jobs/{job.id}"
+    return schemas.ReportJobOut.read(
+        job,
+        error=schemas.JobError(code=job.error_code, message=job.error_message or "") if job.error_code else None,
+        url=url,
+        download_url=f"{url}/download" if job.status == "succeeded" else None,
+    )
 
 
 # ---------------------------------------------------------------- requests
@@ -173,7 +138,7 @@ async def submit(
     user_id: uuid.UUID | None = None,
     start: dt.datetime | None = None,
     end: dt.datetime | None = None,
-) -> JobState:
+) -> schemas.ReportJobOut:
     """Queue a report (the caller's permission was checked by the endpoint).
 
     The same request while an identical one of this caller is still queued or running returns
@@ -187,7 +152,7 @@ async def submit(
     for _ in range(3):
         existing = await repo.in_flight(tx.session, caller.id, params_hash)
         if existing is not None:
-            return JobState.of(existing)
+            return job_state(existing)
         report_job = _new_job(kind, fmt, params, params_hash, caller.id)
         try:
             async with tx.session.begin_nested():
@@ -203,7 +168,7 @@ async def submit(
         await _enqueue(runtime, report_job.id)
 
     tx.after_commit(send)
-    return JobState.of(report_job)
+    return job_state(report_job)
 
 
 async def _enqueue(runtime: Runtime, job_id: uuid.UUID) -> None:
@@ -228,11 +193,11 @@ async def visible(tx: Tx, caller: Principal, job_id: uuid.UUID, family: str) -> 
     return report_job
 
 
-async def list_own(tx: Tx, caller: Principal, family: str, page: PageParams) -> Paged[JobState]:
+async def list_own(tx: Tx, caller: Principal, family: str, page: PageParams) -> Paged[schemas.ReportJobOut]:
     kinds = [kind for kind, prefix in FAMILY.items() if prefix == family]
     rows = await repo.fetch_jobs(tx.session, repo.own_jobs(page, caller.id, kinds, utcnow()))
     items, cursor = page_of(rows, page, lambda j: (j.created_at, j.id))
-    return Paged([JobState.of(j) for j in items], cursor)
+    return Paged([job_state(j) for j in items], cursor)
 
 
 @dataclass(frozen=True, slots=True)
@@ -273,7 +238,7 @@ async def _compute(runtime: Runtime, kind: str, fmt: str, params: dict[str, Any]
     try:
         if not runtime.settings.is_sqlite:  # SQLite's transaction is serialisable already
             await tx.session.execute(text("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY"))
-        data: reports.BillingReport | reports.BillingExport | reports.Overview
+        data: schemas.BillingReport | schemas.BillingExport | schemas.Overview
         if kind == "billing":
             data = await reports.billing_report(tx, uuid.UUID(params["userId"]), start, end)
             stem = f"billing-{params['userId']}"

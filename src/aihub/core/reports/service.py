@@ -18,104 +18,66 @@ from typing import Any
 
 from aihub.core.payments import service as payments
 from aihub.core.reports import repository as repo
+from aihub.core.reports import schemas
 from aihub.core.usage import rollups
 from aihub.core.users import service as users
 from aihub.kit.db import Tx, as_utc, utcnow
 
 
 @dataclass(slots=True)
-class Measures:
-    """The four sums every usage figure has."""
+class _Sums:
+    """The four sums every usage figure has, added up row by row."""
 
     requests: int = 0
     input_tokens: int = 0
     output_tokens: int = 0
     credits: int = 0
 
-    def add(self, row: Mapping[str, Any]) -> None:
+    def add(self, row: Mapping[str, Any]) -> _Sums:
         self.requests += int(row["requests"])
         self.input_tokens += int(row["input_tokens"])
         self.output_tokens += int(row["output_tokens"])
         self.credits += int(row["credits"])
+        return self
 
-    @classmethod
-    def of(cls, row: Mapping[str, Any]) -> Measures:
-        found = cls()
-        found.add(row)
-        return found
-
-    def values(self) -> tuple[int, int, int, int]:
-        return (self.requests, self.input_tokens, self.output_tokens, self.credits)
+    def fields(self) -> dict[str, int]:
+        return asdict(self)
 
 
-@dataclass(frozen=True, slots=True)
-class ReasonLine:
-    reason: str
-    credits: int
-    debits: int
-    count: int
-
-    @classmethod
-    def of(cls, row: Mapping[str, Any]) -> ReasonLine:
-        return cls(row["reason"], int(row["credits"]), int(row["debits"]), int(row["count"]))
+def _usage(row: Mapping[str, Any]) -> schemas.UsageRow:
+    return schemas.UsageRow(provider=row["provider"], model=row["model"], **_Sums().add(row).fields())
 
 
-@dataclass(slots=True)
-class UsageLine(Measures):
-    provider: str = ""
-    model: str = ""
-
-    @classmethod
-    def of(cls, row: Mapping[str, Any]) -> UsageLine:
-        sums = Measures.of(row)
-        return cls(*sums.values(), provider=row["provider"], model=row["model"])
-
-
-@dataclass(frozen=True, slots=True)
-class Billing:
-    """One account over a period: ``opening_balance + credits - debits == closing_balance``."""
-
-    user_id: uuid.UUID
-    email: str | None
-    opening_balance: int
-    credits: int
-    debits: int
-    closing_balance: int
-    by_reason: list[ReasonLine]
-    usage: list[UsageLine]
-    purchases: list[dict[str, Any]]
-
-
-@dataclass(frozen=True, slots=True)
-class BillingReport(Billing):
-    from_: dt.datetime | None = None
-    to: dt.datetime | None = None
+def _reason(row: Mapping[str, Any]) -> schemas.ReasonRow:
+    return schemas.ReasonRow(
+        reason=row["reason"], credits=int(row["credits"]), debits=int(row["debits"]), count=int(row["count"])
+    )
 
 
 async def billing_report(
     tx: Tx, user_id: uuid.UUID, start: dt.datetime | None, end: dt.datetime | None
-) -> BillingReport:
+) -> schemas.BillingReport:
     user = await users.get_user(tx, user_id)
     mark = await rollups.complete_until(tx.session)
     opening = await repo.ledger_sum_before(tx.session, user_id, start) if start else 0
     closing = await repo.ledger_sum_before(tx.session, user_id, end)
-    by_reason = [ReasonLine.of(r) for r in await repo.ledger_by_reason(tx.session, user_id, start, end)]
-    return BillingReport(
+    by_reason = [_reason(r) for r in await repo.ledger_by_reason(tx.session, user_id, start, end)]
+    return schemas.BillingReport(
         user_id=user.id,
         email=user.email,
+        from_=start,
+        to=end,
         opening_balance=opening,
         credits=sum(r.credits for r in by_reason),
         debits=sum(r.debits for r in by_reason),
         closing_balance=closing,
         by_reason=by_reason,
-        usage=[UsageLine.of(r) for r in await repo.usage_by_model(tx.session, user_id, start, end, mark=mark)],
+        usage=[_usage(r) for r in await repo.usage_by_model(tx.session, user_id, start, end, mark=mark)],
         purchases=await payments.purchases(tx, user_id, start, end),
-        from_=start,
-        to=end,
     )
 
 
-def report_csv(report: BillingReport) -> str:
+def report_csv(report: schemas.BillingReport) -> str:
     """One section per block, each with its own header row; numbers as plain integers."""
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
@@ -125,22 +87,22 @@ def report_csv(report: BillingReport) -> str:
         writer.writerow(["reason", line.reason, line.credits, line.debits, line.count])
     writer.writerow(["summary", "closing_balance", report.closing_balance, "", ""])
     writer.writerow([])
-    writer.writerow(["section", "provider", "model", "requests", "input_tokens", "output_tokens", "credits"])
+    writer.writerow(["section", "provider", "model", *MEASURES])
     for usage in report.usage:
-        writer.writerow(["usage", usage.provider, usage.model, *usage.values()])
+        writer.writerow(["usage", usage.provider, usage.model, *_measures(usage)])
     if report.purchases:
         writer.writerow([])
         writer.writerow(["section", "payment_id", "package_id", "credits", "amount", "currency", "status"])
-        for row in report.purchases:
+        for bought in report.purchases:
             writer.writerow(
                 [
                     "purchase",
-                    row["payment_id"],
-                    row["package_id"],
-                    row["credits"],
-                    row["amount"],
-                    row["currency"],
-                    row["status"],
+                    bought.payment_id,
+                    bought.package_id,
+                    bought.credits,
+                    bought.amount,
+                    bought.currency,
+                    bought.status,
                 ]
             )
     return out.getvalue()
@@ -149,71 +111,40 @@ def report_csv(report: BillingReport) -> str:
 MEASURES = ("requests", "input_tokens", "output_tokens", "credits")
 
 
-@dataclass(slots=True)
-class TopUser(Measures):
-    user_id: uuid.UUID | None = None
-    email: str | None = None
+def _measures(figure: schemas.Totals | schemas.UsageRow) -> tuple[int, int, int, int]:
+    return (figure.requests, figure.input_tokens, figure.output_tokens, figure.credits)
 
 
-@dataclass(slots=True)
-class ProviderLine(Measures):
-    provider: str = ""
-
-
-@dataclass(slots=True)
-class DayLine(Measures):
-    day: str = ""
-    active_users: int = 0
-
-
-@dataclass(frozen=True, slots=True)
-class Overview:
-    totals: Measures
-    active_users: int
-    top_users: list[TopUser]
-    by_provider: list[ProviderLine]
-    by_model: list[UsageLine]
-    daily: list[DayLine]
-    from_: dt.datetime | None = None
-    to: dt.datetime | None = None
-
-
-async def overview(tx: Tx, start: dt.datetime | None, end: dt.datetime | None, top: int = 10) -> Overview:
+async def overview(tx: Tx, start: dt.datetime | None, end: dt.datetime | None, top: int = 10) -> schemas.Overview:
     """Three grouped reads (day x provider x model; per user; day x user), each from rollups plus raw edges;
     totals, providers, models and days are folded from the first in Python."""
     mark = await rollups.complete_until(tx.session)
-    totals = Measures()
-    providers: dict[str, Measures] = {}
-    models: dict[tuple[str, str], Measures] = {}
-    days: dict[str, Measures] = {}
+    totals = _Sums()
+    providers: dict[str, _Sums] = {}
+    models: dict[tuple[str, str], _Sums] = {}
+    days: dict[str, _Sums] = {}
     for cell in await repo.usage_cells(tx.session, start, end, mark=mark):
         totals.add(cell)
-        providers.setdefault(cell["provider"], Measures()).add(cell)
-        models.setdefault((cell["provider"], cell["model"]), Measures()).add(cell)
-        days.setdefault(cell["day"], Measures()).add(cell)
+        providers.setdefault(cell["provider"], _Sums()).add(cell)
+        models.setdefault((cell["provider"], cell["model"]), _Sums()).add(cell)
+        days.setdefault(cell["day"], _Sums()).add(cell)
     leaders, active = await repo.top_users(tx.session, start, end, top, mark=mark)
     active_by_day = await repo.active_users_by_day(tx.session, start, end, mark=mark)
-    return Overview(
-        totals=totals,
-        active_users=active,
-        top_users=[TopUser(*Measures.of(r).values(), user_id=r["user_id"], email=r["email"]) for r in leaders],
-        by_provider=[ProviderLine(*v.values(), provider=p) for p, v in sorted(providers.items())],
-        by_model=[UsageLine(*v.values(), provider=p, model=m) for (p, m), v in sorted(models.items())],
-        daily=[DayLine(*v.values(), day=d, active_users=active_by_day.get(d, 0)) for d, v in sorted(days.items())],
+    return schemas.Overview(
         from_=start,
         to=end,
+        totals=schemas.Totals(**totals.fields()),
+        active_users=active,
+        top_users=[schemas.TopUser(user_id=r["user_id"], email=r["email"], **_Sums().add(r).fields()) for r in leaders],
+        by_provider=[schemas.ProviderRow(provider=p, **v.fields()) for p, v in sorted(providers.items())],
+        by_model=[schemas.UsageRow(provider=p, model=m, **v.fields()) for (p, m), v in sorted(models.items())],
+        daily=[
+            schemas.DayRow(day=d, active_users=active_by_day.get(d, 0), **v.fields()) for d, v in sorted(days.items())
+        ],
     )
 
 
-@dataclass(frozen=True, slots=True)
-class BillingExport:
-    users: list[Billing]
-    generated_at: dt.datetime
-    from_: dt.datetime | None = None
-    to: dt.datetime | None = None
-
-
-async def billing_export(tx: Tx, start: dt.datetime | None, end: dt.datetime | None) -> BillingExport:
+async def billing_export(tx: Tx, start: dt.datetime | None, end: dt.datetime | None) -> schemas.BillingExport:
     """Every user's billing for one period, in a few grouped queries (not one report per user).
 
     A user appears when they had a ledger row before ``end`` or usage in the period. Run it in
@@ -222,12 +153,12 @@ async def billing_export(tx: Tx, start: dt.datetime | None, end: dt.datetime | N
     mark = await rollups.complete_until(tx.session)
     opening = await repo.ledger_sums_by_user(tx.session, start) if start else {}
     closing = await repo.ledger_sums_by_user(tx.session, end)
-    reasons: dict[uuid.UUID, list[ReasonLine]] = {}
+    reasons: dict[uuid.UUID, list[schemas.ReasonRow]] = {}
     for row in await repo.ledger_by_user_reason(tx.session, start, end):
-        reasons.setdefault(row["user_id"], []).append(ReasonLine.of(row))
-    usage: dict[uuid.UUID, list[UsageLine]] = {}
+        reasons.setdefault(row["user_id"], []).append(_reason(row))
+    usage: dict[uuid.UUID, list[schemas.UsageRow]] = {}
     for row in await rollups.aggregate(tx.session, ["user_id", "provider", "model"], mark=mark, start=start, end=end):
-        usage.setdefault(row["user_id"], []).append(UsageLine.of(row))
+        usage.setdefault(row["user_id"], []).append(_usage(row))
     bought = await payments.purchases_by_user(tx, start, end)
     user_ids = set(closing) | set(usage)
     emails = await repo.emails(tx.session, list(user_ids))
@@ -235,7 +166,7 @@ async def billing_export(tx: Tx, start: dt.datetime | None, end: dt.datetime | N
     for user_id in user_ids:
         by_reason = reasons.get(user_id, [])
         rows.append(
-            Billing(
+            schemas.ExportRow(
                 user_id=user_id,
                 email=emails.get(user_id),
                 opening_balance=opening.get(user_id, 0),
@@ -248,7 +179,7 @@ async def billing_export(tx: Tx, start: dt.datetime | None, end: dt.datetime | N
             )
         )
     rows.sort(key=lambda r: (r.email or "", str(r.user_id)))
-    return BillingExport(users=rows, generated_at=utcnow(), from_=start, to=end)
+    return schemas.BillingExport(from_=start, to=end, generated_at=utcnow(), users=rows)
 
 
 def _text_cell(value: str) -> str:
@@ -256,28 +187,16 @@ def _text_cell(value: str) -> str:
     return "'" + value if value[:1] in ("=", "+", "-", "@", "\t", "\r") else value
 
 
-def export_csv(export: BillingExport) -> str:
+def export_csv(export: schemas.BillingExport) -> str:
     """One line per user: balances, credits and debits, and their usage summed over models."""
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(
-        [
-            "user_id",
-            "email",
-            "opening_balance",
-            "credits",
-            "debits",
-            "closing_balance",
-            "requests",
-            "input_tokens",
-            "output_tokens",
-            "usage_credits",
-        ]
-    )
+    header = ["user_id", "email", "opening_balance", "credits", "debits", "closing_balance", *MEASURES[:3]]
+    writer.writerow([*header, "usage_credits"])
     for row in export.users:
-        used = Measures()
+        used = _Sums()
         for line in row.usage:
-            used.add(asdict(line))
+            used.add(line.model_dump(by_alias=False))
         writer.writerow(
             [
                 row.user_id,
@@ -286,27 +205,27 @@ def export_csv(export: BillingExport) -> str:
                 row.credits,
                 row.debits,
                 row.closing_balance,
-                *used.values(),
+                *used.fields().values(),
             ]
         )
     return out.getvalue()
 
 
-def overview_csv(overview: Overview) -> str:
+def overview_csv(overview: schemas.Overview) -> str:
     """One line per figure: section (totals, provider, model, day, top_user), its key, the sums."""
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(["section", "key", *MEASURES])
-    writer.writerow(["totals", "", *overview.totals.values()])
+    writer.writerow(["totals", "", *_measures(overview.totals)])
     writer.writerow(["active_users", "", overview.active_users, "", "", ""])
     for provider in overview.by_provider:
-        writer.writerow(["provider", provider.provider, *provider.values()])
+        writer.writerow(["provider", provider.provider, *_measures(provider)])
     for model in overview.by_model:
-        writer.writerow(["model", f"{model.provider}/{model.model}", *model.values()])
+        writer.writerow(["model", f"{model.provider}/{model.model}", *_measures(model)])
     for day in overview.daily:
-        writer.writerow(["day", day.day, *day.values()])
+        writer.writerow(["day", day.day, *_measures(day)])
     for user in overview.top_users:
-        writer.writerow(["top_user", user.user_id, *user.values()])
+        writer.writerow(["top_user", user.user_id, *_measures(user)])
     return out.getvalue()
 
 

@@ -23,10 +23,10 @@ permission_check_router = APIRouter(prefix="/api/permissions", tags=["permission
 
 
 @router.get("/me", response_model=schemas.UserOut)
-async def read_me(tx: TxDep, me: CurrentUser) -> users.Profile:
+async def read_me(tx: TxDep, me: CurrentUser) -> schemas.UserOut:
     """The calling user's own profile."""
     # The principal already holds the user row and its roles (loaded to authenticate).
-    return users.Profile.of(me.extra["user"], list(me.effective.roles))
+    return users.profile(me.extra["user"], list(me.effective.roles))
 
 
 @router.patch(
@@ -34,7 +34,7 @@ async def read_me(tx: TxDep, me: CurrentUser) -> users.Profile:
     response_model=schemas.UserOut,
     responses=errors(users.WrongPassword, users.UserNotFound, LoginLocked),
 )
-async def update_me(body: schemas.MeUpdate, tx: TxDep, me: CurrentUser, runtime: RuntimeDep) -> users.Profile:
+async def update_me(body: schemas.MeUpdate, tx: TxDep, me: CurrentUser, runtime: RuntimeDep) -> schemas.UserOut:
     """Change one's display name, or password (which needs the current password).
 
     The current password is checked behind the account's login lockout (the same counter as
@@ -59,7 +59,7 @@ async def list_users(
     q: Annotated[str | None, Query(max_length=100, description="Part of the email or name")] = None,
     role: Annotated[str | None, Query(max_length=32)] = None,
     status: Literal["active", "suspended", "deleted"] | None = None,
-) -> Paged[users.Profile]:
+) -> Paged[schemas.UserOut]:
     """Users, newest first, filtered by text, role and status."""
     return await users.search(tx, page, q=q, role=role, status=status)
 
@@ -75,7 +75,7 @@ async def create_user(
     tx: TxDep,
     runtime: RuntimeDep,
     actor: Annotated[Principal, RequirePermission("users:create")],
-) -> users.Profile:
+) -> schemas.UserOut:
     """Create a user (role `user` unless roles are given) with an empty credit account."""
     return await users.create(
         tx,
@@ -92,7 +92,7 @@ async def create_user(
 @router.get("/{user_id}", response_model=schemas.UserOut, responses=errors(users.UserNotFound))
 async def read_user(
     user_id: uuid.UUID, tx: TxDep, _: Annotated[Principal, RequirePermission("users:read")]
-) -> users.Profile:
+) -> schemas.UserOut:
     return await users.read(tx, user_id)
 
 
@@ -107,7 +107,7 @@ async def update_user(
     tx: TxDep,
     runtime: RuntimeDep,
     actor: Annotated[Principal, RequirePermission("users:update")],
-) -> users.Profile:
+) -> schemas.UserOut:
     """Edit a user below one's own level; `status: suspended` suspends, `active` reactivates."""
     return await users.update(tx, runtime.store, actor, user_id, body)
 
@@ -127,7 +127,7 @@ async def delete_user(
 @router.get("/{user_id}/roles", response_model=schemas.RolesOut, responses=errors(users.UserNotFound))
 async def read_roles(
     user_id: uuid.UUID, tx: TxDep, _: Annotated[Principal, RequirePermission("users:read")]
-) -> users.Roles:
+) -> schemas.RolesOut:
     return await users.roles_of(tx, user_id)
 
 
@@ -142,13 +142,15 @@ async def replace_roles(
     tx: TxDep,
     runtime: RuntimeDep,
     actor: Annotated[Principal, RequirePermission("roles:assign")],
-) -> users.Roles:
+) -> schemas.RolesOut:
     """Replace the user's roles. Only roles below one's own level can be added or removed."""
     return await users.set_roles(tx, runtime.store, actor, user_id, body.roles)
 
 
 @router.get("/{user_id}/permissions", response_model=schemas.PermissionsOut, responses=errors(users.UserNotFound))
-async def read_permissions(user_id: uuid.UUID, tx: TxDep, runtime: RuntimeDep, me: CurrentUser) -> users.Permissions:
+async def read_permissions(
+    user_id: uuid.UUID, tx: TxDep, runtime: RuntimeDep, me: CurrentUser
+) -> schemas.PermissionsOut:
     """Effective permissions (roles and direct grants). One's own, or anyone's with `users:read`."""
     if me.id != str(user_id):
         me.require("users:read")
@@ -167,7 +169,7 @@ async def grant_permission(
     tx: TxDep,
     runtime: RuntimeDep,
     actor: Annotated[Principal, RequirePermission("permissions:write")],
-) -> users.Permissions:
+) -> schemas.PermissionsOut:
     """Grant one permission to one user directly (on top of their roles)."""
     return await users.grant(tx, runtime.store, actor, user_id, body.permission)
 

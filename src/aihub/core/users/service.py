@@ -6,11 +6,9 @@ above their own unless admin; the last active admin cannot be demoted, suspended
 
 from __future__ import annotations
 
-import datetime as dt
 import re
 import uuid
-from dataclasses import asdict, dataclass
-from typing import Any
+from dataclasses import dataclass
 
 from sqlalchemy.exc import IntegrityError
 
@@ -21,7 +19,7 @@ from aihub.core.rbac import service as rbac
 from aihub.core.sessions import lockout
 from aihub.core.sessions import repository as sessions_repo
 from aihub.core.users import repository as repo
-from aihub.core.users.schemas import UserUpdate
+from aihub.core.users.schemas import PermissionsOut, RolesOut, UserOut, UserUpdate
 from aihub.kit.db import Tx, utcnow
 from aihub.kit.errors import AppError, Conflict, Forbidden, NotFound
 from aihub.kit.pagination import Paged, PageParams, page_of
@@ -65,43 +63,9 @@ def normalise_email(raw: str) -> str:
     return email
 
 
-@dataclass(frozen=True, slots=True)
-class Profile:
-    """A user as the API shows it (and as audit entries keep it: ``audited()``)."""
-
-    id: uuid.UUID
-    email: str
-    display_name: str | None
-    verified: bool
-    status: str
-    roles: list[str]
-    created_at: dt.datetime
-    updated_at: dt.datetime
-
-    @classmethod
-    def of(cls, user: User, roles: list[str]) -> Profile:
-        return cls(
-            user.id, user.email, user.display_name, user.verified, user.status, roles, user.created_at, user.updated_at
-        )
-
-    def audited(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-@dataclass(frozen=True, slots=True)
-class Roles:
-    user_id: uuid.UUID
-    roles: list[str]
-
-
-@dataclass(frozen=True, slots=True)
-class Permissions:
-    """What a user may do: the roles' permissions and the direct grants (admin: ``["*"]``)."""
-
-    user_id: uuid.UUID
-    roles: list[str]
-    permissions: list[str]
-    grants: list[str]
+def profile(user: User, roles: list[str]) -> UserOut:
+    """A user as the API shows it (and as audit entries keep it: ``snapshot()``)."""
+    return UserOut.read(user, roles=roles)
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,16 +84,16 @@ async def get_user(tx: Tx, user_id: uuid.UUID, *, for_update: bool = False) -> U
     return user
 
 
-async def read(tx: Tx, user_id: uuid.UUID) -> Profile:
+async def read(tx: Tx, user_id: uuid.UUID) -> UserOut:
     user = await get_user(tx, user_id)
-    return Profile.of(user, await rbac_repo.user_role_names(tx.session, user.id))
+    return profile(user, await rbac_repo.user_role_names(tx.session, user.id))
 
 
-async def search(tx: Tx, params: PageParams, *, q: str | None, role: str | None, status: str | None) -> Paged[Profile]:
+async def search(tx: Tx, params: PageParams, *, q: str | None, role: str | None, status: str | None) -> Paged[UserOut]:
     rows = await repo.fetch(tx.session, repo.search(params, q=q, role=role, status=status))
     items, cursor = page_of(rows, params, lambda u: (u.created_at, u.id))
     roles = await rbac_repo.roles_of_users(tx.session, [u.id for u in items])
-    return Paged([Profile.of(u, roles[u.id]) for u in items], cursor)
+    return Paged([profile(u, roles[u.id]) for u in items], cursor)
 
 
 async def create(
@@ -143,7 +107,7 @@ async def create(
     roles: list[str] | None = None,
     verified: bool = False,
     action: str = "user.create",
-) -> Profile:
+) -> UserOut:
     """Create a user with its credit account (balance 0). ``actor=None`` means the system."""
     email = normalise_email(email)
     wanted = [DEFAULT_ROLE] if roles is None else roles
@@ -167,8 +131,8 @@ async def create(
     except IntegrityError as exc:  # a concurrent create with the same email won the race
         raise EmailTaken from exc
     await rbac_repo.set_user_roles(tx.session, user.id, wanted)
-    result = Profile.of(user, await rbac_repo.user_role_names(tx.session, user.id))
-    audit.record(tx, action, "user", user.id, after=result.audited())
+    result = profile(user, await rbac_repo.user_role_names(tx.session, user.id))
+    audit.record(tx, action, "user", user.id, after=result.snapshot())
     return result
 
 
@@ -201,7 +165,7 @@ async def update_me(
     display_name: str | None,
     password: str | None,
     current_password: str | None,
-) -> Profile:
+) -> UserOut:
     user = await get_user(tx, user_id, for_update=True)
     before = await read(tx, user_id)
     if password is not None and user.password_hash is None:
@@ -229,8 +193,8 @@ async def update_me(
         "user.password_change" if password is not None else "user.update",
         "user",
         user.id,
-        before=before.audited(),
-        after=after.audited(),
+        before=before.snapshot(),
+        after=after.snapshot(),
     )
     return after
 
@@ -253,7 +217,7 @@ async def update(
     actor: rbac.Principal,
     user_id: uuid.UUID,
     body: UserUpdate,
-) -> Profile:
+) -> UserOut:
     user = await get_user(tx, user_id, for_update=True)
     await _guard_edit(tx, actor, user)
     changes = body.model_dump(include=body.model_fields_set)
@@ -283,7 +247,7 @@ async def update(
         await end_sessions(tx, user.id)
     if before.status != after.status:
         apikeys.user_status_after_commit(tx, store, user.id, after.status)
-    audit.record(tx, action, "user", user.id, before=before.audited(), after=after.audited())
+    audit.record(tx, action, "user", user.id, before=before.snapshot(), after=after.snapshot())
     return after
 
 
@@ -306,11 +270,11 @@ async def delete(tx: Tx, store: Store, actor: rbac.Principal, user_id: uuid.UUID
     await end_sessions(tx, user.id)
     apikeys.user_status_after_commit(tx, store, user.id, "deleted")
     after = await read(tx, user_id)
-    audit.record(tx, "user.delete", "user", user.id, before=before.audited(), after=after.audited())
+    audit.record(tx, "user.delete", "user", user.id, before=before.snapshot(), after=after.snapshot())
     rbac.invalidate_after_commit(tx, store)
 
 
-async def set_roles(tx: Tx, store: Store, actor: rbac.Principal, user_id: uuid.UUID, roles: list[str]) -> Roles:
+async def set_roles(tx: Tx, store: Store, actor: rbac.Principal, user_id: uuid.UUID, roles: list[str]) -> RolesOut:
     user = await get_user(tx, user_id, for_update=True)
     if user.status == "deleted":
         raise UserDeleted
@@ -325,22 +289,23 @@ async def set_roles(tx: Tx, store: Store, actor: rbac.Principal, user_id: uuid.U
     after = await rbac_repo.user_role_names(tx.session, user.id)
     audit.record(tx, "user.roles", "user", user.id, before={"roles": current}, after={"roles": after})
     rbac.invalidate_after_commit(tx, store)
-    return Roles(user.id, after)
+    return RolesOut(user_id=user.id, roles=after)
 
 
-async def roles_of(tx: Tx, user_id: uuid.UUID) -> Roles:
-    return Roles(user_id, (await read(tx, user_id)).roles)
+async def roles_of(tx: Tx, user_id: uuid.UUID) -> RolesOut:
+    return RolesOut(user_id=user_id, roles=(await read(tx, user_id)).roles)
 
 
-async def effective_permissions(tx: Tx, store: Store, user_id: uuid.UUID) -> Permissions:
+async def effective_permissions(tx: Tx, store: Store, user_id: uuid.UUID) -> PermissionsOut:
     await get_user(tx, user_id)
     roles, perms = await rbac_repo.effective_rows(tx.session, user_id)
     names = [name for name, _ in roles]
     grants = await rbac_repo.user_grants(tx.session, user_id)
-    return Permissions(user_id, names, ["*"] if rbac.ADMIN in names else sorted(perms), grants)
+    permissions = ["*"] if rbac.ADMIN in names else sorted(perms)
+    return PermissionsOut(user_id=user_id, roles=names, permissions=permissions, grants=grants)
 
 
-async def grant(tx: Tx, store: Store, actor: rbac.Principal, user_id: uuid.UUID, permission: str) -> Permissions:
+async def grant(tx: Tx, store: Store, actor: rbac.Principal, user_id: uuid.UUID, permission: str) -> PermissionsOut:
     user = await get_user(tx, user_id, for_update=True)
     await _guard_edit(tx, actor, user)
     await rbac.check_permissions_exist(tx, [permission])

@@ -69,12 +69,12 @@ async def delete_webhook(webhook_id: uuid.UUID, tx: TxDep, _: Writer) -> None:
 
 
 @router.get("/{webhook_id}/deliveries", response_model=schemas.DeliveryPage, responses=_ONE)
-async def list_deliveries(webhook_id: uuid.UUID, tx: TxDep, _: Reader, page: Page) -> Paged[webhooks.Delivery]:
+async def list_deliveries(webhook_id: uuid.UUID, tx: TxDep, _: Reader, page: Page) -> Paged[schemas.DeliveryOut]:
     """The endpoint's messages, newest first, each with every attempt made (status, error, duration)."""
     return await webhooks.list_deliveries(tx, webhook_id, page)
 
 
 @router.post("/{webhook_id}/test", status_code=202, response_model=schemas.TestOut, responses=_ONE)
-async def send_test_webhook(webhook_id: uuid.UUID, tx: TxDep, runtime: RuntimeDep, _: Writer) -> webhooks.QueuedTest:
+async def send_test_webhook(webhook_id: uuid.UUID, tx: TxDep, runtime: RuntimeDep, _: Writer) -> schemas.TestOut:
     """Queue a `webhook.test` event to this endpoint (sent after commit, retried like any other)."""
     return await webhooks.send_test(tx, runtime, webhook_id)

@@ -15,7 +15,6 @@ import hmac
 import ipaddress
 import secrets
 import uuid
-from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -24,7 +23,7 @@ import structlog
 from aihub.config import Settings
 from aihub.core.audit import service as audit
 from aihub.core.webhooks import repository as repo
-from aihub.core.webhooks.schemas import EndpointIn, EndpointPatch
+from aihub.core.webhooks.schemas import DeliveryOut, EndpointIn, EndpointPatch, TestOut
 from aihub.kit.db import Tx, utcnow
 from aihub.kit.errors import AppError, NotFound
 from aihub.kit.jobs import jobs_of
@@ -260,55 +259,27 @@ async def emit(tx: Tx, runtime: Runtime | None, event_type: str, data: dict[str,
     return len(await _deliver_to(tx, runtime, targets, event_type, data))
 
 
-@dataclass(frozen=True, slots=True)
-class QueuedTest:
-    delivery_id: uuid.UUID
-    webhook_id: str
-    status: str = "pending"
-
-
-async def send_test(tx: Tx, runtime: Runtime, endpoint_id: uuid.UUID) -> QueuedTest:
+async def send_test(tx: Tx, runtime: Runtime, endpoint_id: uuid.UUID) -> TestOut:
     row = await get_endpoint(tx, endpoint_id)
     [delivery_id] = await _deliver_to(tx, runtime, [row.id], TEST_EVENT, {"webhookId": str(row.id)})
-    return QueuedTest(delivery_id, webhook_id(delivery_id))
+    return TestOut(delivery_id=delivery_id, webhook_id=webhook_id(delivery_id), status="pending")
 
 
-@dataclass(frozen=True, slots=True)
-class Delivery:
+def delivery(row: WebhookDelivery, attempt_log: list[WebhookAttempt]) -> DeliveryOut:
     """A delivery with every attempt made: ``next_attempt_at`` only while one is still due."""
-
-    id: uuid.UUID
-    webhook_id: str
-    event_type: str
-    status: str
-    attempts: int
-    next_attempt_at: dt.datetime | None
-    created_at: dt.datetime
-    delivered_at: dt.datetime | None
-    payload: str
-    attempt_log: list[WebhookAttempt]
-
-    @classmethod
-    def of(cls, row: WebhookDelivery, attempt_log: list[WebhookAttempt]) -> Delivery:
-        return cls(
-            id=row.id,
-            webhook_id=webhook_id(row.id),
-            event_type=row.event_type,
-            status=row.status,
-            attempts=row.attempts,
-            next_attempt_at=row.next_attempt_at if row.status == "pending" else None,
-            created_at=row.created_at,
-            delivered_at=row.delivered_at,
-            payload=row.payload,
-            attempt_log=attempt_log,
-        )
+    return DeliveryOut.read(
+        row,
+        webhook_id=webhook_id(row.id),
+        next_attempt_at=row.next_attempt_at if row.status == "pending" else None,
+        attempt_log=attempt_log,
+    )
 
 
-async def list_deliveries(tx: Tx, endpoint_id: uuid.UUID, params: PageParams) -> Paged[Delivery]:
+async def list_deliveries(tx: Tx, endpoint_id: uuid.UUID, params: PageParams) -> Paged[DeliveryOut]:
     await get_endpoint(tx, endpoint_id)
     found = await repo.list_deliveries(tx.session, endpoint_id, params)
     rows, cursor = page_of(found, params, lambda r: (r.created_at, r.id))
     logs: dict[uuid.UUID, list[WebhookAttempt]] = {}
     for attempt in await repo.attempts_of(tx.session, [r.id for r in rows]):
         logs.setdefault(attempt.delivery_id, []).append(attempt)
-    return Paged([Delivery.of(r, logs.get(r.id, [])) for r in rows], cursor)
+    return Paged([delivery(r, logs.get(r.id, [])) for r in rows], cursor)
