@@ -26,7 +26,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import uuid
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass, field
 from typing import Any
@@ -43,7 +43,7 @@ from aihub.kit.db import utcnow
 from aihub.kit.errors import AppError
 from aihub.kit.idempotency import HEADER as IDEM_HEADER
 from aihub.kit.idempotency import TTL, IdempotencyKeyInUse, IdempotencyKeyReused, Stored, refusal_body
-from aihub.kit.jsonutil import dumps
+from aihub.kit.jsonutil import dumps, loads
 
 log = structlog.get_logger("aihub.ledger")
 MAX_BATCH = 512
@@ -75,12 +75,50 @@ class Outcome:
     replayed: bool = False
 
 
+@dataclass(frozen=True, slots=True)
+class Hold:
+    """Reserve ``amount`` for ``ttl_seconds`` (``available`` drops, ``balance`` does not): a
+    credit_holds row, no ledger row. The move's reason and metadata are the hold's."""
+
+    amount: int
+    ttl_seconds: int
+
+
+@dataclass(frozen=True, slots=True)
+class Capture:
+    """Charge ``amount`` (None: all) of an active hold and release the rest: one debit."""
+
+    hold_id: uuid.UUID
+    amount: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Release:
+    """Give an active hold back to ``available`` (``expire``: the sweep's, of an overdue one)."""
+
+    hold_id: uuid.UUID
+    expire: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Refund:
+    """Credit back ``amount`` (None: all that is left) of a debit, never more than is left."""
+
+    transaction_id: uuid.UUID
+    amount: int | None = None
+
+
+Act = Hold | Capture | Release | Refund
+
+
 @dataclass(slots=True)
 class Move:
-    """One signed change of one account's balance, with its ledger row, audit row and key."""
+    """One change of one account (a signed balance move, or an ``act`` on holds or a debit),
+    with its ledger row, audit rows, its own rows and key. An ``act`` on a hold or a debit
+    may leave ``user_id`` None: the engine finds the owner."""
 
-    user_id: uuid.UUID
-    amount: int  # > 0 credits, < 0 debits (only if that many are available)
+    user_id: uuid.UUID | None
+    amount: int  # > 0 credits, < 0 debits (only if that many are available); 0 with an act
     reason: str
     render: Callable[[dict[str, Any]], bytes]  # the 2xx body stored under the key
     status_code: int = 201
@@ -91,7 +129,17 @@ class Move:
     ip: str | None = None
     claim: Claim | None = None
     policy: credits.Policy = credits.NO_ALERTS
+    act: Act | None = None
     future: asyncio.Future[Outcome] | None = field(default=None, repr=False)
+
+    @property
+    def kind(self) -> str:
+        """What the engine counts it as: ``move`` or the act's name (``hold``, ``capture``, …)."""
+        if self.act is None:
+            return "move"
+        if isinstance(self.act, Release) and self.act.expire:
+            return "expire"
+        return type(self.act).__name__.lower()
 
 
 @dataclass(slots=True)
@@ -130,6 +178,9 @@ class LedgerEngine:
         self._wake: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
         self._background: set[asyncio.Future[Any]] = set()
+        # Operations whose outcome committed, by kind (a move's act, or the op's own ``kind``):
+        # what went through this writer, for tests and operators.
+        self.committed: Counter[str] = Counter()
 
     async def submit(self, move: Any) -> Outcome:
         return (await self.submit_many([move]))[0]
@@ -212,6 +263,7 @@ class LedgerEngine:
         """After commit: every operation learns its outcome; low-balance events go out."""
         for move in moves:
             outcome = outcomes[id(move)]
+            self.committed[getattr(move, "kind", "move")] += 1
             if outcome.after is not None and outcome.debited > 0:
                 self._alert(move, outcome.after, outcome.debited)
             assert move.future is not None
@@ -237,88 +289,340 @@ class LedgerEngine:
                 return await self._apply_batch(conn, moves)
 
 
+@dataclass(slots=True)
+class _Batch:
+    """What one batch writes, gathered while its moves are decided in order."""
+
+    now: dt.datetime
+    deltas: dict[uuid.UUID, int] = field(default_factory=dict)  # balance, per account
+    held: dict[uuid.UUID, int] = field(default_factory=dict)  # reserved, per account
+    ledger_rows: list[tuple[Any, ...]] = field(default_factory=list)
+    audit_rows: list[Any] = field(default_factory=list)
+    new_holds: list[tuple[Any, ...]] = field(default_factory=list)
+    resolved_holds: list[tuple[Any, ...]] = field(default_factory=list)
+
+    def audit(self, move: Move, action: str, entity_type: str, entity_id: object, **states: Any) -> None:
+        entry = audit.new_entry(move.actor, action, entity_type, entity_id, **states)
+        self.audit_rows.append(audit.pending_row(entry, move.request_id, move.ip, self.now))
+
+
+@dataclass(slots=True)
+class _HoldState:
+    """A locked hold as this batch has left it so far (a later move of the batch sees that)."""
+
+    id: uuid.UUID
+    user_id: uuid.UUID
+    amount: int
+    captured: int | None
+    status: str
+    reason: str
+    metadata: dict[str, Any] | None
+    expires_at: dt.datetime
+    created_at: dt.datetime
+    resolved_at: dt.datetime | None
+
+
+@dataclass(slots=True)
+class _DebitState:
+    id: uuid.UUID
+    type: str
+    amount: int
+    refunded: int
+
+
 async def _apply_moves(conn: asyncpg.Connection, moves: list[Move]) -> dict[int, Outcome]:
-    now = utcnow()
+    batch = _Batch(utcnow())
     outcomes: dict[int, Outcome] = {}
-    claimed = await _claim(conn, moves, now, outcomes)
+    claimed = await _claim(conn, moves, batch.now, outcomes)
     live = [move for move in moves if id(move) not in outcomes]
+    await _locate(conn, live, outcomes)
+    live = [move for move in live if id(move) not in outcomes]
     accounts = (
         {
             uid: _Account(int(r["balance"]), int(r["reserved"]), r["low_balance_threshold"])
-            for uid, r in (await repo.lock_accounts(conn, sorted({m.user_id for m in live}))).items()
+            for uid, r in (await repo.lock_accounts(conn, sorted({m.user_id for m in live if m.user_id}))).items()
         }
         if live
         else {}
     )
-    deltas: dict[uuid.UUID, int] = {}
-    ledger_rows: list[tuple[Any, ...]] = []
-    audit_rows: list[Any] = []
+    holds, debits = await _lock_rows(conn, live)
     for move in live:
-        account = accounts.get(move.user_id)
+        account = accounts.get(move.user_id) if move.user_id is not None else None
         if account is None:
             outcomes[id(move)] = _refused(credits.AccountNotFound())
             continue
-        if move.amount < 0 and account.balance - account.reserved < -move.amount:
-            details = {
-                "balance": account.balance,
-                "available": account.balance - account.reserved,
-                "required": -move.amount,
-            }
-            outcomes[id(move)] = _refused(credits.InsufficientCredits(details=details))
-            continue
-        account.balance += move.amount
-        deltas[move.user_id] = deltas.get(move.user_id, 0) + move.amount
-        row_id = uuid.uuid4()
-        key = move.claim.key if move.claim is not None else None
-        ledger_rows.append(
-            (
-                row_id,
-                move.user_id,
-                move.amount,
-                move.reason,
-                account.balance,
-                move.related_id,
-                key,
-                None if move.metadata is None else dumps(move.metadata).decode(),
-                move.actor.id,
-                now,
-            )
-        )
-        after = credits_repo.Balance(move.user_id, account.balance, account.reserved, account.threshold)
-        view = credits.transaction_view(
-            {
-                "id": row_id,
-                "user_id": move.user_id,
-                "amount": move.amount,
-                "type": "credit" if move.amount > 0 else "debit",
-                "reason": move.reason,
-                "balance_after": account.balance,
-                "related_id": move.related_id,
-                "idempotency_key": key,
-                "metadata": move.metadata,
-                "created_at": now,
-            }
-        )
-        outcomes[id(move)] = Outcome(move.status_code, view=view, after=after, debited=max(0, -move.amount))
-        entry = audit.new_entry(
-            move.actor,
-            f"credits.{move.reason}" if move.amount > 0 else f"credits.debit.{move.reason}",
-            "credit_account",
-            move.user_id,
-            before={"balance": account.balance - move.amount},
-            after={"balance": account.balance, "reserved": account.reserved, "transactionId": str(row_id)},
-        )
-        audit_rows.append(audit.pending_row(entry, move.request_id, move.ip, now))
-    if deltas:
-        applied = await repo.apply(conn, deltas, now)
-        if applied != len(deltas):  # the lock makes this impossible; if it happens, trust nothing
-            raise RuntimeError("a locked account did not take its batch delta")
-        await repo.ledger(conn, ledger_rows)
-    if audit_rows:
-        await _append_audit(conn, audit_rows)
+        try:
+            outcomes[id(move)] = _decide(move, account, holds, debits, batch)
+        except AppError as exc:  # refused before it changed anything: its neighbours go on
+            outcomes[id(move)] = _refused(exc)
+    await _write(conn, batch)
     if claimed:
         await repo.store(conn, [_stored(move, outcomes[id(move)]) for move in claimed])
     return outcomes
+
+
+def _hold_id(move: Move) -> uuid.UUID | None:
+    return move.act.hold_id if isinstance(move.act, Capture | Release) else None
+
+
+async def _locate(conn: asyncpg.Connection, moves: list[Move], outcomes: dict[int, Outcome]) -> None:
+    """The owner of each hold or debit an ownerless move acts on (read unlocked: an owner never
+    changes); one that does not exist is refused here."""
+    on_holds = [m for m in moves if m.user_id is None and _hold_id(m) is not None]
+    on_debits = [m for m in moves if m.user_id is None and isinstance(m.act, Refund)]
+    if on_holds:
+        found = await repo.owners(conn, repo.HOLD_OWNERS, [h for m in on_holds if (h := _hold_id(m)) is not None])
+        for move in on_holds:
+            hold_id = _hold_id(move)
+            move.user_id = None if hold_id is None else found.get(hold_id)
+            if move.user_id is None:
+                outcomes[id(move)] = _refused(credits.HoldNotFound())
+    if on_debits:
+        ids = [m.act.transaction_id for m in on_debits if isinstance(m.act, Refund)]
+        found = await repo.owners(conn, repo.DEBIT_OWNERS, ids)
+        for move in on_debits:
+            assert isinstance(move.act, Refund)
+            move.user_id = found.get(move.act.transaction_id)
+            if move.user_id is None:
+                outcomes[id(move)] = _refused(credits.TransactionNotFound())
+
+
+async def _lock_rows(
+    conn: asyncpg.Connection, moves: list[Move]
+) -> tuple[dict[uuid.UUID, _HoldState], dict[uuid.UUID, _DebitState]]:
+    """The holds and debits the batch resolves, locked after the accounts (one lock order)."""
+    hold_ids = [h for m in moves if (h := _hold_id(m)) is not None]
+    debit_ids = [m.act.transaction_id for m in moves if isinstance(m.act, Refund)]
+    holds = {
+        hid: _HoldState(
+            r["id"],
+            r["user_id"],
+            int(r["amount"]),
+            r["captured"],
+            r["status"],
+            r["reason"],
+            None if r["meta"] is None else loads(r["meta"]),
+            r["expires_at"],
+            r["created_at"],
+            r["resolved_at"],
+        )
+        for hid, r in (await repo.lock_holds(conn, hold_ids) if hold_ids else {}).items()
+    }
+    debits = {
+        tid: _DebitState(r["id"], r["type"], int(r["amount"]), int(r["refunded"]))
+        for tid, r in (await repo.lock_debits(conn, debit_ids) if debit_ids else {}).items()
+    }
+    return holds, debits
+
+
+def _decide(
+    move: Move,
+    account: _Account,
+    holds: dict[uuid.UUID, _HoldState],
+    debits: dict[uuid.UUID, _DebitState],
+    batch: _Batch,
+) -> Outcome:
+    """Apply one move to the running state, or raise its refusal having changed nothing."""
+    act = move.act
+    if act is None:
+        return _signed(move, account, batch, move.amount, move.reason, move.related_id, move.metadata)
+    if isinstance(act, Hold):
+        return _hold(move, act, account, batch)
+    if isinstance(act, Refund):
+        return _refund(move, act, account, debits, batch)
+    hold = holds.get(act.hold_id)
+    if hold is None:
+        raise credits.HoldNotFound
+    if isinstance(act, Capture):
+        return _capture(move, act, hold, account, batch)
+    return _release(move, act, hold, account, batch)
+
+
+def _signed(
+    move: Move,
+    account: _Account,
+    batch: _Batch,
+    amount: int,
+    reason: str,
+    related_id: uuid.UUID | None,
+    metadata: dict[str, Any] | None,
+) -> Outcome:
+    """A balance move with its ledger row and audit row (as ``credits.service`` writes them)."""
+    if amount < 0 and account.balance - account.reserved < -amount:
+        details = {"balance": account.balance, "available": account.balance - account.reserved, "required": -amount}
+        raise credits.InsufficientCredits(details=details)
+    assert move.user_id is not None
+    account.balance += amount
+    batch.deltas[move.user_id] = batch.deltas.get(move.user_id, 0) + amount
+    row_id = uuid.uuid4()
+    key = move.claim.key if move.claim is not None else None
+    batch.ledger_rows.append(
+        (
+            row_id,
+            move.user_id,
+            amount,
+            reason,
+            account.balance,
+            related_id,
+            key,
+            None if metadata is None else dumps(metadata).decode(),
+            move.actor.id,
+            batch.now,
+        )
+    )
+    after = credits_repo.Balance(move.user_id, account.balance, account.reserved, account.threshold)
+    view = credits.transaction_view(
+        {
+            "id": row_id,
+            "user_id": move.user_id,
+            "amount": amount,
+            "type": "credit" if amount > 0 else "debit",
+            "reason": reason,
+            "balance_after": account.balance,
+            "related_id": related_id,
+            "idempotency_key": key,
+            "metadata": metadata,
+            "created_at": batch.now,
+        }
+    )
+    batch.audit(
+        move,
+        f"credits.{reason}" if amount > 0 else f"credits.debit.{reason}",
+        "credit_account",
+        move.user_id,
+        before={"balance": account.balance - amount},
+        after={"balance": account.balance, "reserved": account.reserved, "transactionId": str(row_id)},
+    )
+    return Outcome(move.status_code, view=view, after=after, debited=max(0, -amount))
+
+
+def _reserve(move: Move, account: _Account, batch: _Batch, held: int) -> credits_repo.Balance:
+    assert move.user_id is not None
+    account.reserved += held
+    batch.held[move.user_id] = batch.held.get(move.user_id, 0) + held
+    return credits_repo.Balance(move.user_id, account.balance, account.reserved, account.threshold)
+
+
+def _hold(move: Move, act: Hold, account: _Account, batch: _Batch) -> Outcome:
+    available = account.balance - account.reserved
+    if available < act.amount:
+        details = {"balance": account.balance, "available": available, "required": act.amount}
+        raise credits.InsufficientCredits(details=details)
+    after = _reserve(move, account, batch, act.amount)
+    hold = _HoldState(
+        uuid.uuid4(),
+        after.user_id,
+        act.amount,
+        None,
+        "held",
+        move.reason,
+        move.metadata,
+        batch.now + dt.timedelta(seconds=act.ttl_seconds),
+        batch.now,
+        None,
+    )
+    batch.new_holds.append(
+        (
+            hold.id,
+            hold.user_id,
+            hold.amount,
+            hold.reason,
+            None if hold.metadata is None else dumps(hold.metadata).decode(),
+            hold.expires_at,
+            hold.created_at,
+        )
+    )
+    view = credits.hold_view(hold)
+    batch.audit(move, "credits.hold", "credit_hold", hold.id, after=view)
+    return Outcome(move.status_code, view=view, after=after, debited=act.amount)
+
+
+def _check_active(hold: _HoldState, charge: int | None, now: dt.datetime) -> None:
+    """As ``credits.service``: an active hold resolves once, a capture never beyond it."""
+    active = hold.status == "held" and hold.expires_at > now
+    if active and (charge is None or charge <= hold.amount):
+        return
+    if active and charge is not None:
+        raise credits.CaptureExceedsHold(details={"held": hold.amount, "requested": charge})
+    raise credits.HoldNotActive(details={"status": "expired" if hold.status == "held" else hold.status})
+
+
+def _resolve(hold: _HoldState, status: str, captured: int | None, batch: _Batch) -> None:
+    hold.status, hold.captured, hold.resolved_at = status, captured, batch.now
+    batch.resolved_holds.append((hold.id, status, captured, batch.now))
+
+
+def _capture(move: Move, act: Capture, hold: _HoldState, account: _Account, batch: _Batch) -> Outcome:
+    _check_active(hold, act.amount, batch.now)
+    charged = hold.amount if act.amount is None else act.amount
+    _resolve(hold, "captured", charged, batch)
+    _reserve(move, account, batch, -hold.amount)
+    batch.audit(
+        move,
+        "credits.hold.capture",
+        "credit_hold",
+        hold.id,
+        before={"status": "held"},
+        after={"status": "captured", "captured": charged},
+    )
+    # Un-reserving all of the hold made ``charged`` (≤ it) available: this debit cannot be refused.
+    outcome = _signed(move, account, batch, -charged, "hold_capture", hold.id, hold.metadata)
+    outcome.debited = 0  # ``available`` did not fall: the hold already took it
+    return outcome
+
+
+def _release(move: Move, act: Release, hold: _HoldState, account: _Account, batch: _Batch) -> Outcome:
+    if act.expire:  # the sweep: only a hold that is still held and overdue
+        if hold.status != "held" or hold.expires_at > batch.now:
+            raise credits.HoldNotActive(details={"status": hold.status})
+        _resolve(hold, "expired", hold.captured, batch)
+        batch.audit(move, "credits.hold.expire", "credit_hold", hold.id, after={"status": "expired"})
+    else:
+        _check_active(hold, None, batch.now)
+        _resolve(hold, "released", None, batch)
+        batch.audit(
+            move,
+            "credits.hold.release",
+            "credit_hold",
+            hold.id,
+            before={"status": "held"},
+            after={"status": "released"},
+        )
+    after = _reserve(move, account, batch, -hold.amount)
+    return Outcome(move.status_code, view=credits.hold_view(hold), after=after)
+
+
+def _refund(move: Move, act: Refund, account: _Account, debits: dict[uuid.UUID, _DebitState], batch: _Batch) -> Outcome:
+    original = debits.get(act.transaction_id)
+    if original is None:
+        raise credits.TransactionNotFound
+    if original.type != "debit":
+        raise credits.NotADebit
+    left = -original.amount - original.refunded
+    wanted = left if act.amount is None else act.amount
+    if wanted <= 0 or wanted > left:
+        details = {"debited": -original.amount, "refundable": left, "requested": wanted}
+        raise credits.RefundExceedsDebit(details=details)
+    outcome = _signed(move, account, batch, wanted, "refund", original.id, move.metadata)
+    original.refunded += wanted
+    return outcome
+
+
+async def _write(conn: asyncpg.Connection, batch: _Batch) -> None:
+    """The batch's writes, set-based, in the one lock order: accounts, holds, audit heads."""
+    if batch.deltas or batch.held:
+        applied = await repo.apply(conn, batch.deltas, batch.now, batch.held)
+        if applied != len(batch.deltas.keys() | batch.held.keys()):  # the lock makes this impossible
+            raise RuntimeError("a locked account did not take its batch delta")
+    if batch.ledger_rows:
+        await repo.ledger(conn, batch.ledger_rows)
+    if batch.new_holds:
+        await repo.add_holds(conn, batch.new_holds)
+    resolved = len(batch.resolved_holds)  # each locked and found held: a mismatch trusts nothing
+    if resolved and await repo.resolve_holds(conn, batch.resolved_holds) != resolved:
+        raise RuntimeError("a locked hold did not resolve")
+    if batch.audit_rows:
+        await _append_audit(conn, batch.audit_rows)
 
 
 async def _claim(
