@@ -24,22 +24,23 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import datetime as dt
 import uuid
 from collections import Counter, deque
 from collections.abc import Awaitable, Callable, Hashable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import asyncpg
 import structlog
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 
 from aihub.core.audit import service as audit
 from aihub.core.credits import repository as credits_repo
 from aihub.core.credits import service as credits
 from aihub.core.ledger import repository as repo
-from aihub.kit.db import utcnow
+from aihub.kit.db import AfterCommit, Tx, utcnow
 from aihub.kit.errors import AppError
 from aihub.kit.idempotency import HEADER as IDEM_HEADER
 from aihub.kit.idempotency import TTL, IdempotencyKeyInUse, IdempotencyKeyReused, Stored, refusal_body
@@ -73,6 +74,7 @@ class Outcome:
     body: bytes | None = None  # the stored body (a keyed move, or a replay)
     error: AppError | None = None
     replayed: bool = False
+    after_commit: list[AfterCommit] = field(default_factory=list)  # a Work move's, run once committed
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,7 +110,20 @@ class Refund:
     amount: int | None = None
 
 
-Act = Hold | Capture | Release | Refund
+@dataclass(frozen=True, slots=True)
+class Work:
+    """A domain's own move (``kind``: promo, stripe, sora, authorization, …): ``run`` does its
+    rows through an SQLAlchemy unit of work on the batch's connection, inside a savepoint of
+    the batch, and moves money through ``credits.service`` as usual, which then goes through
+    the engine's books (the batch's locked, running balances). Its result is the move's view.
+    A refusal (an AppError) rolls back its savepoint and its share of the running state: its
+    neighbours never see it. For kinds of low volume: each costs a few round trips of its own."""
+
+    kind: str
+    run: Callable[[Tx], Awaitable[dict[str, Any]]]
+
+
+Act = Hold | Capture | Release | Refund | Work
 
 
 @dataclass(slots=True)
@@ -139,6 +154,8 @@ class Move:
             return "move"
         if isinstance(self.act, Release) and self.act.expire:
             return "expire"
+        if isinstance(self.act, Work):
+            return self.act.kind
         return type(self.act).__name__.lower()
 
 
@@ -150,6 +167,8 @@ class _Account:
 
 
 Apply = Callable[[asyncpg.Connection, list[Any]], Awaitable[dict[int, Outcome]]]
+# The batch's connection as SQLAlchemy sees it, for the units of work of Work moves.
+_SA_CONNECTION: contextvars.ContextVar[AsyncConnection] = contextvars.ContextVar("ledger_sa_connection")
 
 
 def _move_ident(move: Move) -> Hashable | None:
@@ -264,6 +283,8 @@ class LedgerEngine:
         for move in moves:
             outcome = outcomes[id(move)]
             self.committed[getattr(move, "kind", "move")] += 1
+            for hook in outcome.after_commit:
+                self._spawn(hook())
             if outcome.after is not None and outcome.debited > 0:
                 self._alert(move, outcome.after, outcome.debited)
             assert move.future is not None
@@ -277,7 +298,10 @@ class LedgerEngine:
         event = credits.low_balance(move.policy, after.available + debited, after)
         if event is None:
             return
-        task: asyncio.Future[None] = asyncio.ensure_future(notify(event))
+        self._spawn(notify(event))
+
+    def _spawn(self, work: Awaitable[None]) -> None:
+        task: asyncio.Future[None] = asyncio.ensure_future(work)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
@@ -285,8 +309,12 @@ class LedgerEngine:
         async with self._engine.connect() as sa_conn:
             raw = await sa_conn.get_raw_connection()
             conn: asyncpg.Connection = raw.driver_connection
-            async with conn.transaction():
-                return await self._apply_batch(conn, moves)
+            token = _SA_CONNECTION.set(sa_conn)
+            try:
+                async with conn.transaction():
+                    return await self._apply_batch(conn, moves)
+            finally:
+                _SA_CONNECTION.reset(token)
 
 
 @dataclass(slots=True)
@@ -347,6 +375,9 @@ async def _apply_moves(conn: asyncpg.Connection, moves: list[Move]) -> dict[int,
     )
     holds, debits = await _lock_rows(conn, live)
     for move in live:
+        if isinstance(move.act, Work):  # its money, if any, finds its accounts through the books
+            outcomes[id(move)] = await _work(conn, move, move.act, _Books(conn, move, accounts, holds, batch))
+            continue
         account = accounts.get(move.user_id) if move.user_id is not None else None
         if account is None:
             outcomes[id(move)] = _refused(credits.AccountNotFound())
@@ -426,6 +457,7 @@ def _decide(
     act = move.act
     if act is None:
         return _signed(move, account, batch, move.amount, move.reason, move.related_id, move.metadata)
+    assert not isinstance(act, Work)
     if isinstance(act, Hold):
         return _hold(move, act, account, batch)
     if isinstance(act, Refund):
@@ -605,6 +637,177 @@ def _refund(move: Move, act: Refund, account: _Account, debits: dict[uuid.UUID, 
         raise credits.RefundExceedsDebit(details=details)
     outcome = _signed(move, account, batch, wanted, "refund", original.id, move.metadata)
     original.refunded += wanted
+    return outcome
+
+
+class _Books:
+    """A Work move's way to the batch's money (``credits.Books``): every call decides against
+    the running state as a move of its own would, and raises its refusal having changed nothing.
+    An account or hold not locked yet is locked on first use (accounts before holds, as ever)."""
+
+    def __init__(
+        self,
+        conn: asyncpg.Connection,
+        move: Move,
+        accounts: dict[uuid.UUID, _Account],
+        holds: dict[uuid.UUID, _HoldState],
+        batch: _Batch,
+    ) -> None:
+        self._conn, self._move, self._accounts, self._holds, self._batch = conn, move, accounts, holds, batch
+        self.after: credits_repo.Balance | None = None
+        self._available_before: int | None = None
+        self._saved = (
+            {uid: (a.balance, a.reserved) for uid, a in accounts.items()},
+            {hid: (h.status, h.captured, h.resolved_at) for hid, h in holds.items()},
+            dict(batch.deltas),
+            dict(batch.held),
+            len(batch.ledger_rows),
+            len(batch.audit_rows),
+            len(batch.new_holds),
+            len(batch.resolved_holds),
+        )
+
+    def restore(self) -> None:
+        """Undo this move's share of the running state (it was refused)."""
+        accounts, holds, deltas, held, n_ledger, n_audit, n_new, n_resolved = self._saved
+        for uid in list(self._accounts):
+            if uid not in accounts:
+                del self._accounts[uid]  # locked on first use: re-read if needed (nothing applied)
+            else:
+                self._accounts[uid].balance, self._accounts[uid].reserved = accounts[uid]
+        for hid in list(self._holds):
+            if hid not in holds:
+                del self._holds[hid]
+            else:
+                hold = self._holds[hid]
+                hold.status, hold.captured, hold.resolved_at = holds[hid]
+        b = self._batch
+        b.deltas.clear()
+        b.deltas.update(deltas)
+        b.held.clear()
+        b.held.update(held)
+        del b.ledger_rows[n_ledger:], b.audit_rows[n_audit:], b.new_holds[n_new:], b.resolved_holds[n_resolved:]
+
+    def audit(self, entries: list[Any]) -> None:
+        b = self._batch
+        b.audit_rows.extend(audit.pending_row(e, self._move.request_id, self._move.ip, b.now) for e in entries)
+
+    @property
+    def debited(self) -> int:
+        """How far this move took ``available`` down (for the low-balance alert)."""
+        if self.after is None or self._available_before is None:
+            return 0
+        return max(0, self._available_before - self.after.available)
+
+    async def _account(self, user_id: uuid.UUID) -> tuple[Move, _Account]:
+        account = self._accounts.get(user_id)
+        if account is None:
+            found = (await repo.lock_accounts(self._conn, [user_id])).get(user_id)
+            if found is None:
+                raise credits.AccountNotFound
+            account = _Account(int(found["balance"]), int(found["reserved"]), found["low_balance_threshold"])
+            self._accounts[user_id] = account
+        if self._available_before is None:
+            self._available_before = account.balance - account.reserved
+        return replace(self._move, user_id=user_id, future=None), account
+
+    async def _hold(self, hold_id: uuid.UUID) -> tuple[Move, _Account, _HoldState]:
+        hold = self._holds.get(hold_id)
+        if hold is None:
+            owner = (await repo.owners(self._conn, repo.HOLD_OWNERS, [hold_id])).get(hold_id)
+            if owner is None:
+                raise credits.HoldNotFound
+            await self._account(owner)
+            self._holds.update((await _lock_rows(self._conn, [replace(self._move, act=Release(hold_id))]))[0])
+            hold = self._holds[hold_id]
+        move, account = await self._account(hold.user_id)
+        return move, account, hold
+
+    def _seen(self, outcome: Outcome) -> dict[str, Any]:
+        self.after = outcome.after
+        assert outcome.view is not None
+        return outcome.view
+
+    async def move(
+        self,
+        user_id: uuid.UUID,
+        amount: int,
+        reason: str,
+        *,
+        related_id: uuid.UUID | None = None,
+        metadata: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        move, account = await self._account(user_id)
+        return self._seen(_signed(move, account, self._batch, amount, reason, related_id, metadata))
+
+    async def hold(
+        self, user_id: uuid.UUID, amount: int, *, reason: str, ttl_seconds: int, metadata: dict[str, Any] | None
+    ) -> dict[str, Any]:
+        move, account = await self._account(user_id)
+        move.reason, move.metadata = reason, metadata
+        return self._seen(_hold(move, Hold(amount, ttl_seconds), account, self._batch))
+
+    async def capture(self, hold_id: uuid.UUID, amount: int | None) -> dict[str, Any]:
+        move, account, hold = await self._hold(hold_id)
+        return self._seen(_capture(move, Capture(hold_id, amount), hold, account, self._batch))
+
+    async def release(self, hold_id: uuid.UUID) -> dict[str, Any]:
+        move, account, hold = await self._hold(hold_id)
+        return self._seen(_release(move, Release(hold_id), hold, account, self._batch))
+
+    async def balance(self, user_id: uuid.UUID) -> credits_repo.Balance | None:
+        try:
+            _, account = await self._account(user_id)
+        except credits.AccountNotFound:
+            return None
+        return credits_repo.Balance(user_id, account.balance, account.reserved, account.threshold)
+
+
+async def _work(conn: asyncpg.Connection, move: Move, act: Work, books: _Books) -> Outcome:
+    """Run a Work move in a savepoint of the batch: its rows, its money through the books, its
+    audit entries into the batch's chained append. A refusal undoes all three; an unexpected
+    error fails the batch (then retried move by move, so it fails alone)."""
+    session = AsyncSession(bind=_SA_CONNECTION.get(), expire_on_commit=False, autoflush=False)
+    tx = Tx(session, request_id=move.request_id, ip=move.ip)
+    tx.info.update({"actor": move.actor, credits.POLICY_INFO_KEY: move.policy, credits.BOOKS_KEY: books})
+    if move.claim is not None:
+        tx.info["idempotency_key"] = move.claim.key
+    savepoint = conn.transaction()
+    await savepoint.start()
+    refusal: AppError | None = None
+    view: dict[str, Any] | None = None
+    try:
+        try:
+            view = await act.run(tx)
+        except AppError as exc:
+            if not getattr(exc, "keep_changes", False):
+                raise
+            refusal = exc  # refused, its changes kept (an expiry it came across on the way)
+        before, after = tx.take_hooks()
+        entries = tx.info.pop("audit", [])
+        for hook in before:  # (the audit one finds its entries taken: the batch chains them)
+            await hook(tx)
+        await session.commit()  # SQLAlchemy's own savepoint, inside ours
+    except AppError as exc:
+        await session.rollback()
+        await savepoint.rollback()
+        books.restore()
+        return _refused(exc)
+    except Exception as exc:
+        await session.rollback()
+        await savepoint.rollback()
+        books.restore()
+        raise RuntimeError(f"a {act.kind} move failed") from exc
+    finally:
+        await session.close()
+    await savepoint.commit()
+    books.audit(entries)
+    if refusal is not None:
+        outcome = _refused(refusal)
+    else:
+        assert view is not None
+        outcome = Outcome(move.status_code, view=view, after=books.after, debited=books.debited)
+    outcome.after_commit = after
     return outcome
 
 

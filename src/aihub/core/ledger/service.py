@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from pydantic import BaseModel
@@ -18,7 +18,7 @@ from starlette.responses import Response
 from aihub.core.audit import service as audit
 from aihub.core.credits import repository as credits_repo
 from aihub.core.credits import service as credits
-from aihub.core.ledger.engine import Act, Claim, LedgerEngine, Move, Outcome, Release
+from aihub.core.ledger.engine import Act, Claim, LedgerEngine, Move, Outcome, Release, Work
 from aihub.core.ledger.usage import UsageOp
 from aihub.core.ledger.usage import writer as usage_writer
 from aihub.core.usage import service as usage
@@ -113,6 +113,36 @@ async def move(
         )
     )
     return answer(outcome, model, idem.request_id)
+
+
+async def work(
+    engine: LedgerEngine,
+    tx: Tx,
+    kind: str,
+    run: Callable[[Tx], Awaitable[dict[str, Any]]],
+    *,
+    user_id: uuid.UUID | None,
+    policy: credits.Policy = credits.NO_ALERTS,
+) -> dict[str, Any]:
+    """A domain's money move without an idempotency key (``Work``) through the engine: its
+    result, or its refusal raised. ``user_id``: the account it moves (locked with the batch's)."""
+    outcome = await engine.submit(
+        Move(
+            user_id=user_id,
+            amount=0,
+            reason=kind,
+            render=_no_body,
+            actor=tx.info.get("actor", audit.SYSTEM),
+            request_id=tx.request_id,
+            ip=tx.ip,
+            policy=policy,
+            act=Work(kind, run),
+        )
+    )
+    if outcome.error is not None:
+        raise outcome.error
+    assert outcome.view is not None
+    return outcome.view
 
 
 async def _release(tx: Tx) -> None:
