@@ -10,10 +10,19 @@ a handful of set-based statements (see ``repository``):
     order against the running balance → one UPDATE of the net deltas (still conditional) →
     the ledger rows → the audit rows, linked into their chains → the stored outcomes → COMMIT.
 
+A move is a signed balance change, or an act of the ledger's own (``Hold``, ``Capture``,
+``Release``, ``Refund``: a reserved delta and the hold or debit rows, locked right after the
+accounts and decided against the batch's running state), or a domain's ``Work`` (a promo
+redemption, a Stripe event, a Sora generation, an authorization: its own rows in a savepoint of
+the batch, its money through the engine's books). The lock order is one everywhere:
+idempotency keys → accounts (user-id order) → holds and debits (id order) → a Work's own rows →
+audit chain heads.
+
 Each move keeps its own outcome: one that cannot be paid is refused (402) without failing
-its neighbours; several moves of one hot account are applied in arrival order. When the
-batch fails as a whole (a deadlock, a constraint), it is rolled back and retried move by
-move, each in a transaction of its own, so a bad one cannot take the others down.
+its neighbours, and a refused one writes nothing of its own; several moves of one hot
+account are applied in arrival order. When the batch fails as a whole (a deadlock, a
+constraint), it is rolled back and retried move by move, each in a transaction of its own,
+so a bad one cannot take the others down.
 
 Correctness never depends on there being one engine: the rows are locked and the UPDATE is
 conditional, so engines of several processes (and request transactions) serialise in the
