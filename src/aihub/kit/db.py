@@ -196,6 +196,13 @@ class Tx:
             raise
         await nested.commit()
 
+    def take_hooks(self) -> tuple[list[BeforeCommit], list[AfterCommit]]:
+        """Hand over the registered hooks, for a unit of work whose SQL another transaction
+        commits (the ledger engine's batch): it runs them around its own commit."""
+        hooks = (self._before, self._after)
+        self._before, self._after = [], []
+        return hooks
+
     async def commit(self) -> None:
         if self._done:
             return

@@ -187,6 +187,20 @@ class IdempotentRequest:
         await store(tx.session, principal, self.key, outcome)
         return _json(outcome.status_code, outcome.body)
 
+    async def replay(self, tx: Tx, principal: str) -> Response | None:
+        """The stored answer to this very request, read only (None: none stored yet); 422
+        ``IDEMPOTENCY_KEY_REUSED`` for another request. For work whose key is claimed
+        elsewhere (the ledger engine) but that must not run checks of its own on a replay."""
+        if self.key is None:
+            return None
+        row = (await tx.session.execute(_EXISTING, {"principal": principal, "key": self.key})).first()
+        if row is None or row.status_code is None or row.body is None:
+            return None
+        if row.request_hash != fingerprint(principal, self.method, self.path, self.body):
+            raise IdempotencyKeyReused(details={"header": HEADER})
+        stored = Stored(int(row.status_code), bytes(row.body))
+        return _json(stored.status_code, replay_body(stored, self.request_id), {REPLAY_HEADER: "true"})
+
 
 def _json(status_code: int, body: bytes, headers: dict[str, str] | None = None) -> Response:
     return Response(body, status_code=status_code, media_type="application/json", headers=headers)

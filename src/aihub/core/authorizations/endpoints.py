@@ -10,7 +10,10 @@ from starlette.responses import Response
 
 from aihub.core.authorizations import schemas
 from aihub.core.authorizations import service as authorizations
+from aihub.core.credits import service as credits
 from aihub.core.deps import CurrentPrincipal, RuntimeDep, TxDep, TxRoute
+from aihub.core.ledger import service as ledger
+from aihub.core.ledger.engine import Work
 from aihub.kit.idempotency import IdempotentRequest, idempotent_request
 
 router = APIRouter(prefix="/api/usage/authorizations", tags=["usage"], route_class=TxRoute)
@@ -35,6 +38,21 @@ async def authorize(
     and reserve it against the key's budget and tokens per minute and the quota, before the
     provider is called. For oneself (a user, or a key for its user) or, with `usage:write`,
     for `userId`. Expires after `ttlSeconds` (default 600) and then releases itself."""
+    engine = ledger.engine_of(runtime)
+    if engine is not None:  # PostgreSQL: the hold and every reservation are one move of the engine's batch
+        values = body.model_dump()
+        return await ledger.move(
+            engine,
+            tx,
+            idem,
+            actor.id,
+            schemas.AuthorizationOut,
+            user_id=body.user_id or actor.user_id,
+            amount=0,
+            reason="authorization",
+            policy=tx.info.get(credits.POLICY_INFO_KEY, credits.NO_ALERTS),
+            act=Work("authorization", lambda work_tx: authorizations.authorize(work_tx, runtime, actor, values)),
+        )
     return await idem.respond(
         tx,
         actor.id,
@@ -51,10 +69,29 @@ async def read_authorization(authorization_id: uuid.UUID, tx: TxDep, actor: Curr
 
 @router.post("/{authorization_id}/settle", status_code=201, response_model=schemas.SettleOut, responses=_ERRORS)
 async def settle(
-    authorization_id: uuid.UUID, body: schemas.SettleIn, tx: TxDep, actor: CurrentPrincipal, idem: Idem
+    authorization_id: uuid.UUID,
+    body: schemas.SettleIn,
+    tx: TxDep,
+    runtime: RuntimeDep,
+    actor: CurrentPrincipal,
+    idem: Idem,
 ) -> Response:
     """Charge the actual cost, never more than held (`overrun: true` when it was capped),
     release the rest, and count the actual usage toward the quota and the key's budget."""
+    engine = ledger.engine_of(runtime)
+    if engine is not None:
+        values = body.model_dump()
+        return await ledger.move(
+            engine,
+            tx,
+            idem,
+            actor.id,
+            schemas.SettleOut,
+            user_id=await authorizations.owner(tx, authorization_id),
+            amount=0,
+            reason="authorization",
+            act=Work("authorization", lambda work_tx: authorizations.settle(work_tx, actor, authorization_id, values)),
+        )
     return await idem.respond(
         tx,
         actor.id,
@@ -65,8 +102,24 @@ async def settle(
 
 
 @router.post("/{authorization_id}/cancel", response_model=schemas.AuthorizationOut, responses=_ERRORS)
-async def cancel(authorization_id: uuid.UUID, tx: TxDep, actor: CurrentPrincipal, idem: Idem) -> Response:
+async def cancel(
+    authorization_id: uuid.UUID, tx: TxDep, runtime: RuntimeDep, actor: CurrentPrincipal, idem: Idem
+) -> Response:
     """The call was not made: release the hold and every reservation."""
+    engine = ledger.engine_of(runtime)
+    if engine is not None:
+        return await ledger.move(
+            engine,
+            tx,
+            idem,
+            actor.id,
+            schemas.AuthorizationOut,
+            user_id=await authorizations.owner(tx, authorization_id),
+            amount=0,
+            reason="authorization",
+            status_code=200,
+            act=Work("authorization", lambda work_tx: authorizations.cancel(work_tx, actor, authorization_id)),
+        )
     return await idem.respond(
         tx, actor.id, 200, schemas.AuthorizationOut, lambda: authorizations.cancel(tx, actor, authorization_id)
     )

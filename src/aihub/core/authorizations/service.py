@@ -16,6 +16,7 @@ resolves once: one conditional UPDATE of its status decides which of concurrent 
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import uuid
 from typing import Any
 
@@ -333,16 +334,47 @@ async def read(tx: Tx, actor: Principal, auth_id: uuid.UUID) -> dict[str, Any]:
     return view(await _visible(tx, actor, auth_id))
 
 
+async def owner(tx: Tx, auth_id: uuid.UUID) -> uuid.UUID | None:
+    """Whose account an authorization moves (read before the ledger engine locks it)."""
+    auth = await repo.get(tx.session, auth_id)
+    return auth.user_id if auth is not None else None
+
+
+async def _expire_one(tx: Tx, auth_id: uuid.UUID, now: dt.datetime) -> dict[str, Any]:
+    auth = await repo.get(tx.session, auth_id)
+    return {"expired": auth is not None and await _expire(tx, auth, now)}
+
+
 async def expire_overdue(runtime: Runtime, *, limit: int = 200, now: dt.datetime | None = None) -> int:
     """The sweep: expire overdue authorizations, one transaction each (each takes its locks
-    in the same order as a request does, so the sweep never deadlocks with one)."""
+    in the same order as a request does, so the sweep never deadlocks with one); on
+    PostgreSQL each is one move of the ledger engine (its hold's release with it)."""
+    from aihub.core.ledger import service as ledger  # the engine imports the credits service
+
     now = now or utcnow()
     tx = runtime.tx()
     try:
         due = await repo.overdue(tx.session, now, limit)
+        owners = {auth_id: await owner(tx, auth_id) for auth_id in due}
     finally:
         await tx.close()
     expired = 0
+    engine = ledger.engine_of(runtime)
+    if engine is not None:
+        for auth_id in due:
+            tx = runtime.tx()
+            try:
+                done = await ledger.work(
+                    engine,
+                    tx,
+                    "authorization",
+                    functools.partial(_expire_one, auth_id=auth_id, now=now),
+                    user_id=owners[auth_id],
+                )
+            finally:
+                await tx.close()
+            expired += bool(done["expired"])
+        return expired
     for auth_id in due:
         tx = runtime.tx()
         try:

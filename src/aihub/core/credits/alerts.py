@@ -13,6 +13,7 @@ import structlog
 from aihub.core.credits import service as credits
 from aihub.core.credits.metrics import HOLDS_EXPIRED, WEBHOOK_DELIVERIES
 from aihub.core.credits.reconcile import reconcile
+from aihub.core.ledger import service as ledger
 from aihub.core.notifications import jobs as notification_jobs
 from aihub.kit.jobs import Periodic, job, jobs_of
 from aihub.kit.runtime import Runtime
@@ -93,6 +94,14 @@ async def deliver_webhook(runtime: Runtime, payload: dict[str, Any]) -> None:
 async def sweep_expired_holds(runtime: Runtime, payload: dict[str, Any]) -> None:
     """Release overdue holds in batches, each batch its own transaction (commit at the edge)."""
     limit = int(payload.get("limit", 200))
+    engine = ledger.engine_of(runtime)
+    while engine is not None:  # PostgreSQL: through the ledger engine, like every other move of a hold
+        found, count = await ledger.expire_holds(engine, runtime, limit=limit)
+        if count:
+            HOLDS_EXPIRED.inc(count)
+            log.info("credits.holds_expired", count=count)
+        if found < limit:
+            return
     while True:
         tx = runtime.tx()
         try:

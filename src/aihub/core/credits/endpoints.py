@@ -17,6 +17,7 @@ from aihub.core.credits import alerts, schemas
 from aihub.core.credits import service as credits
 from aihub.core.deps import CurrentPrincipal, CurrentUser, RequirePermission, RuntimeDep, TxDep, TxRoute
 from aihub.core.ledger import service as ledger
+from aihub.core.ledger.engine import Capture, Hold, Refund, Release
 from aihub.core.rbac.service import Principal
 from aihub.kit.errors import ValidationFailed
 from aihub.kit.idempotency import IdempotentRequest, idempotent_request
@@ -183,9 +184,25 @@ async def deduct_credits(
 
 
 @router.post("/refund", status_code=201, response_model=schemas.TransactionOut, responses=_ERRORS)
-async def refund_credits(body: schemas.RefundIn, tx: TxDep, actor: Granter, idem: Idem) -> Response:
+async def refund_credits(
+    body: schemas.RefundIn, tx: TxDep, runtime: RuntimeDep, actor: Granter, idem: Idem
+) -> Response:
     """Credit back part (`amount`) or all of what is left of a debit (`credits:grant`);
     409 `REFUND_EXCEEDS_DEBIT` beyond the debit minus earlier refunds."""
+    engine = ledger.engine_of(runtime)
+    if engine is not None:
+        return await ledger.move(
+            engine,
+            tx,
+            idem,
+            actor.id,
+            schemas.TransactionOut,
+            user_id=None,
+            amount=0,
+            reason="refund",
+            metadata={"note": body.reason} if body.reason else None,
+            act=Refund(body.transaction_id, body.amount),
+        )
     return await idem.respond(
         tx,
         actor.id,
@@ -201,6 +218,21 @@ async def create_hold(body: schemas.HoldIn, tx: TxDep, runtime: RuntimeDep, acto
     `ttlSeconds` (default from settings) and then releases itself."""
     ttl = body.ttl_seconds or runtime.settings.hold_default_ttl_seconds
     policy = alerts.policy(runtime)
+    engine = ledger.engine_of(runtime)
+    if engine is not None:
+        return await ledger.move(
+            engine,
+            tx,
+            idem,
+            actor.id,
+            schemas.HoldOut,
+            user_id=body.user_id,
+            amount=0,
+            reason=body.reason,
+            metadata=body.metadata,
+            policy=policy,
+            act=Hold(body.amount, ttl),
+        )
     return await idem.respond(
         tx,
         actor.id,
@@ -220,15 +252,47 @@ async def create_hold(body: schemas.HoldIn, tx: TxDep, runtime: RuntimeDep, acto
 
 @router.post("/holds/{hold_id}/capture", status_code=201, response_model=schemas.TransactionOut, responses=_ERRORS)
 async def capture_hold(
-    hold_id: uuid.UUID, tx: TxDep, actor: Deducter, idem: Idem, body: schemas.CaptureIn | None = None
+    hold_id: uuid.UUID,
+    tx: TxDep,
+    runtime: RuntimeDep,
+    actor: Deducter,
+    idem: Idem,
+    body: schemas.CaptureIn | None = None,
 ) -> Response:
     """Charge `amount` (default: all) of an active hold, release the rest → the debit
     transaction (reason `hold_capture`); 409 `HOLD_NOT_ACTIVE` once resolved or expired."""
     amount = body.amount if body is not None else None
+    engine = ledger.engine_of(runtime)
+    if engine is not None:
+        return await ledger.move(
+            engine,
+            tx,
+            idem,
+            actor.id,
+            schemas.TransactionOut,
+            user_id=None,
+            amount=0,
+            reason="hold_capture",
+            act=Capture(hold_id, amount),
+        )
     return await idem.respond(tx, actor.id, 201, schemas.TransactionOut, lambda: credits.capture(tx, hold_id, amount))
 
 
 @router.post("/holds/{hold_id}/release", response_model=schemas.HoldOut, responses=_ERRORS)
-async def release_hold(hold_id: uuid.UUID, tx: TxDep, actor: Deducter, idem: Idem) -> Response:
+async def release_hold(hold_id: uuid.UUID, tx: TxDep, runtime: RuntimeDep, actor: Deducter, idem: Idem) -> Response:
     """Give an active hold's credits back to `available`; 409 `HOLD_NOT_ACTIVE` once resolved."""
+    engine = ledger.engine_of(runtime)
+    if engine is not None:
+        return await ledger.move(
+            engine,
+            tx,
+            idem,
+            actor.id,
+            schemas.HoldOut,
+            user_id=None,
+            amount=0,
+            reason="hold_release",
+            status_code=200,
+            act=Release(hold_id),
+        )
     return await idem.respond(tx, actor.id, 200, schemas.HoldOut, lambda: credits.release(tx, hold_id))

@@ -268,6 +268,18 @@ async def expire_holds(session: AsyncSession, now: dt.datetime, limit: int) -> S
     return (await session.execute(stmt)).all()
 
 
+async def overdue_holds(session: AsyncSession, now: dt.datetime, limit: int) -> Sequence[AnyRow]:
+    """Up to ``limit`` overdue holds (id, owner), unlocked: the ledger engine expires each one
+    under its own locks, re-checking that it is still held and overdue."""
+    stmt = (
+        select(holds.c.id, holds.c.user_id)
+        .where(holds.c.status == "held", holds.c.expires_at <= now)
+        .order_by(holds.c.expires_at)
+        .limit(limit)
+    )
+    return (await session.execute(stmt)).all()
+
+
 # -------------------------------------------------------------------------- reconcile
 
 

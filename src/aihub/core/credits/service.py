@@ -11,7 +11,7 @@ import datetime as dt
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol, cast
 
 from aihub.core.audit import service as audit
 from aihub.core.credits import repository as repo
@@ -139,6 +139,44 @@ async def set_alert_ceiling(tx: Tx, user_id: uuid.UUID, ceiling: int | None) -> 
         raise AccountNotFound
 
 
+# ------------------------------------------------------------------ the engine's books
+#
+# On PostgreSQL a domain's money move (a promo redemption, a Sora generation, a payment, an
+# authorization) runs inside the ledger engine's batch: its unit of work then carries the
+# engine's books under BOOKS_KEY, and the functions below move money through them (decided
+# against the batch's locked, running balances, written with the batch) instead of with SQL.
+
+
+class Books(Protocol):
+    async def move(
+        self,
+        user_id: uuid.UUID,
+        amount: int,
+        reason: str,
+        *,
+        related_id: uuid.UUID | None = None,
+        metadata: dict[str, Any] | None = None,
+    ) -> dict[str, Any]: ...
+
+    async def hold(
+        self, user_id: uuid.UUID, amount: int, *, reason: str, ttl_seconds: int, metadata: dict[str, Any] | None
+    ) -> dict[str, Any]: ...
+
+    async def capture(self, hold_id: uuid.UUID, amount: int | None) -> dict[str, Any]: ...
+
+    async def release(self, hold_id: uuid.UUID) -> dict[str, Any]: ...
+
+    async def balance(self, user_id: uuid.UUID) -> repo.Balance | None: ...
+
+
+BOOKS_KEY = "ledger.books"
+
+
+def _books(tx: Tx) -> Books | None:
+    found = tx.info.get(BOOKS_KEY)
+    return cast(Books, found) if found is not None else None
+
+
 # ------------------------------------------------------------------------------ views
 
 
@@ -188,7 +226,8 @@ def hold_view(hold: CreditHold | Any) -> dict[str, Any]:
 
 
 async def account(tx: Tx, user_id: uuid.UUID) -> dict[str, Any]:
-    found = await repo.get_account(tx.session, user_id)
+    books = _books(tx)
+    found = await books.balance(user_id) if books is not None else await repo.get_account(tx.session, user_id)
     if found is None:
         raise AccountNotFound
     return account_view(found)
@@ -295,6 +334,8 @@ async def grant(
     meta = dict(metadata or {})
     if note is not None:
         meta["note"] = note
+    if (books := _books(tx)) is not None:
+        return await books.move(user_id, amount, reason, metadata=meta or None)
     row = _row(tx, user_id, amount, reason, utcnow(), metadata=meta or None)
     after = await repo.move(tx.session, row)
     if after is None:
@@ -311,6 +352,8 @@ async def deduct(
     metadata: dict[str, Any] | None = None,
     policy: Policy | None = None,
 ) -> dict[str, Any]:
+    if (books := _books(tx)) is not None:  # its alert goes out with the engine's outcome
+        return await books.move(user_id, -amount, reason, metadata=metadata)
     row = _row(tx, user_id, -amount, reason, utcnow(), metadata=metadata)
     after = await repo.move(tx.session, row)
     if after is None:
@@ -362,6 +405,8 @@ async def hold(
     policy: Policy | None = None,
 ) -> dict[str, Any]:
     """Reserve credits: ``available`` drops, ``balance`` does not, until capture or release."""
+    if (books := _books(tx)) is not None:
+        return await books.hold(user_id, amount, reason=reason, ttl_seconds=ttl_seconds, metadata=metadata)
     now = utcnow()
     after = await repo.reserve(tx.session, user_id, amount, now)
     if after is None:
@@ -404,6 +449,8 @@ async def _not_active(tx: Tx, hold_id: uuid.UUID, capture: int | None, now: dt.d
 
 async def capture(tx: Tx, hold_id: uuid.UUID, amount: int | None) -> dict[str, Any]:
     """Charge part or all of a hold (the rest is released); a hold resolves once."""
+    if (books := _books(tx)) is not None:
+        return await books.capture(hold_id, amount)
     now = utcnow()
     resolved = await repo.resolve_hold(tx.session, hold_id, status="captured", now=now, charge=amount)
     if resolved is None:
@@ -430,6 +477,8 @@ async def capture(tx: Tx, hold_id: uuid.UUID, amount: int | None) -> dict[str, A
 
 
 async def release(tx: Tx, hold_id: uuid.UUID) -> dict[str, Any]:
+    if (books := _books(tx)) is not None:
+        return await books.release(hold_id)
     now = utcnow()
     resolved = await repo.resolve_hold(tx.session, hold_id, status="released", now=now)
     if resolved is None:

@@ -39,12 +39,43 @@ LOCK_ACCOUNTS = """
 SELECT user_id, balance, reserved, low_balance_threshold FROM credit_accounts
 WHERE user_id = ANY($1::uuid[]) ORDER BY user_id FOR UPDATE
 """
-# The conditional UPDATE stays the guard: a net debit only lands if it is still available
-# (it always is under the lock above; if not, the batch fails and is retried op by op).
+# The conditional UPDATE stays the guard: a net fall of ``available`` (balance delta minus
+# reserved delta) only lands if it is still available (it always is under the lock above; if
+# not, the batch fails and is retried op by op). The CHECKs keep 0 <= reserved <= balance.
 APPLY = """
-UPDATE credit_accounts a SET balance = a.balance + u.delta, updated_at = $3
-FROM unnest($1::uuid[], $2::bigint[]) AS u(user_id, delta)
-WHERE a.user_id = u.user_id AND (u.delta >= 0 OR a.balance - a.reserved >= -u.delta)
+UPDATE credit_accounts a SET balance = a.balance + u.delta, reserved = a.reserved + u.held, updated_at = $4
+FROM unnest($1::uuid[], $2::bigint[], $3::bigint[]) AS u(user_id, delta, held)
+WHERE a.user_id = u.user_id AND (u.delta - u.held >= 0 OR a.balance - a.reserved >= u.held - u.delta)
+"""
+# The owners of the holds and debits a batch resolves, read before the accounts are locked
+# (an owner never changes); the rows themselves are locked after the accounts.
+HOLD_OWNERS = "SELECT id, user_id FROM credit_holds WHERE id = ANY($1::uuid[])"
+DEBIT_OWNERS = "SELECT id, user_id FROM credit_transactions WHERE id = ANY($1::uuid[])"
+LOCK_HOLDS = """
+SELECT id, user_id, amount, captured, status, reason, metadata::text AS meta, expires_at, created_at, resolved_at
+FROM credit_holds WHERE id = ANY($1::uuid[]) ORDER BY id FOR UPDATE
+"""
+# The debits being refunded, locked (FOR UPDATE is no UPDATE: the append-only trigger stays
+# quiet), each with what earlier refunds already gave back: concurrent refunds of one debit
+# queue on the row and each sees the ones committed before it.
+LOCK_DEBITS = """
+SELECT t.id, t.user_id, t.type, t.amount,
+       (SELECT COALESCE(SUM(r.amount), 0) FROM credit_transactions r
+        WHERE r.related_id = t.id AND r.reason = 'refund') AS refunded
+FROM credit_transactions t WHERE t.id = ANY($1::uuid[]) ORDER BY t.id FOR UPDATE OF t
+"""
+ADD_HOLDS = """
+INSERT INTO credit_holds (id, user_id, amount, captured, status, reason, metadata, expires_at, created_at, resolved_at)
+SELECT u.id, u.user_id, u.amount, NULL, 'held', u.reason, u.meta::jsonb, u.expires_at, u.created_at, NULL
+FROM unnest($1::uuid[], $2::uuid[], $3::bigint[], $4::text[], $5::text[], $6::timestamptz[], $7::timestamptz[])
+     AS u(id, user_id, amount, reason, meta, expires_at, created_at)
+"""
+# Every resolved hold was locked and found 'held' in this transaction: the guard only
+# restates it (a mismatch fails the batch, which is then retried op by op).
+RESOLVE_HOLDS = """
+UPDATE credit_holds h SET status = u.status, captured = u.captured, resolved_at = u.resolved_at
+FROM unnest($1::uuid[], $2::text[], $3::bigint[], $4::timestamptz[]) AS u(id, status, captured, resolved_at)
+WHERE h.id = u.id AND h.status = 'held'
 """
 # In the batch's order, so each account's seq follows its balance (balance_after chains).
 LEDGER = """
@@ -98,8 +129,34 @@ async def lock_accounts(conn: asyncpg.Connection, user_ids: Sequence[uuid.UUID])
     return {r["user_id"]: r for r in await conn.fetch(LOCK_ACCOUNTS, list(user_ids))}
 
 
-async def apply(conn: asyncpg.Connection, deltas: dict[uuid.UUID, int], now: dt.datetime) -> int:
-    status = await conn.execute(APPLY, list(deltas), list(deltas.values()), now)
+async def apply(
+    conn: asyncpg.Connection, deltas: dict[uuid.UUID, int], now: dt.datetime, held: dict[uuid.UUID, int] | None = None
+) -> int:
+    """Add each account's net ``deltas`` to its balance and ``held`` to its reserved credits."""
+    held = held or {}
+    users = list(deltas.keys() | held.keys())
+    status = await conn.execute(APPLY, users, [deltas.get(u, 0) for u in users], [held.get(u, 0) for u in users], now)
+    return int(status.rsplit(" ", 1)[-1])
+
+
+async def owners(conn: asyncpg.Connection, sql: str, ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, uuid.UUID]:
+    return {r["id"]: r["user_id"] for r in await conn.fetch(sql, list(ids))}
+
+
+async def lock_holds(conn: asyncpg.Connection, hold_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, Any]:
+    return {r["id"]: r for r in await conn.fetch(LOCK_HOLDS, sorted(set(hold_ids)))}
+
+
+async def lock_debits(conn: asyncpg.Connection, transaction_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, Any]:
+    return {r["id"]: r for r in await conn.fetch(LOCK_DEBITS, sorted(set(transaction_ids)))}
+
+
+async def add_holds(conn: asyncpg.Connection, rows: Sequence[tuple[Any, ...]]) -> None:
+    await conn.execute(ADD_HOLDS, *(list(column) for column in zip(*rows, strict=True)))
+
+
+async def resolve_holds(conn: asyncpg.Connection, rows: Sequence[tuple[Any, ...]]) -> int:
+    status = await conn.execute(RESOLVE_HOLDS, *(list(column) for column in zip(*rows, strict=True)))
     return int(status.rsplit(" ", 1)[-1])
 
 

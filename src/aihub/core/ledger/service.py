@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from pydantic import BaseModel
@@ -16,8 +16,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from starlette.responses import Response
 
 from aihub.core.audit import service as audit
+from aihub.core.credits import repository as credits_repo
 from aihub.core.credits import service as credits
-from aihub.core.ledger.engine import Claim, LedgerEngine, Move, Outcome
+from aihub.core.ledger.engine import Act, Claim, LedgerEngine, Move, Outcome, Release, Work
 from aihub.core.ledger.usage import UsageOp
 from aihub.core.ledger.usage import writer as usage_writer
 from aihub.core.usage import service as usage
@@ -83,15 +84,17 @@ async def move(
     principal: str,
     model: type[BaseModel],
     *,
-    user_id: uuid.UUID,
+    user_id: uuid.UUID | None,
     amount: int,
     reason: str,
     metadata: dict[str, Any] | None = None,
     related_id: uuid.UUID | None = None,
     policy: credits.Policy = credits.NO_ALERTS,
     status_code: int = 201,
+    act: Act | None = None,
 ) -> Response:
-    """Apply one signed move through the engine and answer as the request path would have."""
+    """Apply one move (a signed one, or an ``act`` on holds or a debit) through the engine and
+    answer as the request path would have."""
     outcome = await engine.submit(
         Move(
             user_id=user_id,
@@ -106,9 +109,40 @@ async def move(
             ip=tx.ip,
             claim=claim_of(idem, principal),
             policy=policy,
+            act=act,
         )
     )
     return answer(outcome, model, idem.request_id)
+
+
+async def work(
+    engine: LedgerEngine,
+    tx: Tx,
+    kind: str,
+    run: Callable[[Tx], Awaitable[dict[str, Any]]],
+    *,
+    user_id: uuid.UUID | None,
+    policy: credits.Policy = credits.NO_ALERTS,
+) -> dict[str, Any]:
+    """A domain's money move without an idempotency key (``Work``) through the engine: its
+    result, or its refusal raised. ``user_id``: the account it moves (locked with the batch's)."""
+    outcome = await engine.submit(
+        Move(
+            user_id=user_id,
+            amount=0,
+            reason=kind,
+            render=_no_body,
+            actor=tx.info.get("actor", audit.SYSTEM),
+            request_id=tx.request_id,
+            ip=tx.ip,
+            policy=policy,
+            act=Work(kind, run),
+        )
+    )
+    if outcome.error is not None:
+        raise outcome.error
+    assert outcome.view is not None
+    return outcome.view
 
 
 async def _release(tx: Tx) -> None:
@@ -130,6 +164,28 @@ def answer(outcome: Outcome, model: type[BaseModel], request_id: str | None) -> 
 
 def _json(status_code: int, body: bytes, headers: dict[str, str] | None = None) -> Response:
     return Response(body, status_code=status_code, media_type="application/json", headers=headers)
+
+
+async def expire_holds(engine: LedgerEngine, runtime: Runtime, *, limit: int) -> tuple[int, int]:
+    """The hold sweep through the engine: (overdue holds found, holds expired). Each expiry
+    takes the account's lock before the hold's, as every other move of a hold does."""
+    tx = runtime.tx()
+    try:
+        due = await credits_repo.overdue_holds(tx.session, utcnow(), limit)
+    finally:
+        await tx.close()
+    if not due:
+        return 0, 0
+    ops = [
+        Move(user_id=row.user_id, amount=0, reason="hold_expire", render=_no_body, act=Release(row.id, expire=True))
+        for row in due
+    ]
+    outcomes = await engine.submit_many(ops)
+    return len(due), sum(1 for outcome in outcomes if outcome.error is None)
+
+
+def _no_body(view: dict[str, Any]) -> bytes:
+    return b""  # never stored: the sweep's moves carry no idempotency key
 
 
 # ---------------------------------------------------------------------- usage events

@@ -8,11 +8,14 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Path, Query, Request
 from starlette.responses import Response
 
+from aihub.core.credits import alerts
 from aihub.core.deps import CurrentPrincipal, CurrentUser, RequirePermission, RuntimeDep, TxDep, TxRoute
+from aihub.core.ledger import service as ledger
 from aihub.core.payments import schemas
 from aihub.core.payments import service as payments
 from aihub.core.payments.provider import require_checkout, stripe_provider
 from aihub.core.rbac.service import Principal
+from aihub.kit.db import Tx
 from aihub.kit.errors import Forbidden
 from aihub.kit.inputs import Timestamp
 from aihub.kit.jsonutil import dumps
@@ -95,6 +98,15 @@ async def stripe_webhook(request: Request, tx: TxDep, runtime: RuntimeDep) -> di
     event answers 200 `duplicate`; other types 200 `ignored`. A bad signature changes nothing."""
     body = await request.body()
     event = stripe_provider(runtime).verify(body, request.headers.get("stripe-signature"))
+    engine = ledger.engine_of(runtime)
+    if engine is not None:  # PostgreSQL: the event is one move of the ledger engine's batch
+
+        async def handle(work_tx: Tx) -> dict[str, Any]:
+            return {"outcome": await payments.handle_event(work_tx, runtime, "stripe", event)}
+
+        owner = await payments.owner_of(tx, "stripe", event)
+        done = await ledger.work(engine, tx, "stripe", handle, user_id=owner, policy=alerts.policy(runtime))
+        return {"received": True, "outcome": done["outcome"]}
     outcome = await payments.handle_event(tx, runtime, "stripe", event)
     return {"received": True, "outcome": outcome}
 

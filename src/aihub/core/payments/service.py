@@ -242,6 +242,20 @@ async def handle_event(tx: Tx, runtime: Runtime, provider: str, event: dict[str,
     return outcome
 
 
+async def owner_of(tx: Tx, provider: str, event: dict[str, Any]) -> uuid.UUID | None:
+    """The user whose account ``event`` may move (None: none): read before the ledger engine
+    takes its locks, which are the account's first and then the payment's (an owner never changes)."""
+    kind, obj = str(event["type"])[:100], event["data"]["object"]
+    payment: Payment | None = None
+    if kind == "charge.refunded":
+        intent = _text(obj.get("payment_intent"))
+        payment = await repo.by_provider_payment(tx.session, provider, intent) if intent else None
+    elif kind.startswith("checkout.session."):
+        session_id = _text(obj.get("id"))
+        payment = await repo.by_session(tx.session, provider, session_id) if session_id else None
+    return payment.user_id if payment is not None else None
+
+
 def _text(value: Any) -> str | None:
     return value if isinstance(value, str) and value else None
 

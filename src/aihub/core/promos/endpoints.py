@@ -9,6 +9,8 @@ from fastapi import APIRouter, Depends, Query
 from starlette.responses import Response
 
 from aihub.core.deps import CurrentUser, RequirePermission, RuntimeDep, TxDep, TxRoute
+from aihub.core.ledger import service as ledger
+from aihub.core.ledger.engine import Work
 from aihub.core.promos import schemas
 from aihub.core.promos import service as promos
 from aihub.core.rbac.service import Principal
@@ -65,6 +67,30 @@ async def redeem_code(body: schemas.RedeemIn, tx: TxDep, me: CurrentUser, runtim
     """
     assert me.user_id is not None  # CurrentUser guarantees a person
     user_id = me.user_id
+    engine = ledger.engine_of(runtime)
+    if engine is not None:  # PostgreSQL: the redemption is one move of the ledger engine's batch
+        replayed = await idem.replay(tx, me.id)  # a replay answers before the limits, as below
+        if replayed is not None:
+            return replayed
+
+        async def through_engine() -> Response:
+            return await ledger.move(
+                engine,
+                tx,
+                idem,
+                me.id,
+                schemas.RedeemOut,
+                user_id=user_id,
+                amount=0,
+                reason="promo",
+                status_code=200,
+                act=Work("promo", lambda work_tx: promos.redeem(work_tx, user_id, body.code)),
+            )
+
+        response: Response = await promos.redeem_limited(
+            tx, runtime.store, runtime.settings, user_id, body.code, run=through_engine
+        )
+        return response
     return await idem.respond(
         tx,
         me.id,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import secrets
 import uuid
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import structlog
@@ -335,9 +336,17 @@ async def _refuse_over_limit(store: Store, key: str, window: int) -> PromoRateLi
     return _retry_after(wait, window)
 
 
-async def redeem_limited(tx: Tx, store: Store, settings: Settings, user_id: uuid.UUID, typed: str) -> dict[str, Any]:
-    """:func:`redeem` behind the failed-attempt limits: per user (every refusal counts) and per
-    client address (only codes that do not exist count, with its own, higher threshold)."""
+async def redeem_limited(
+    tx: Tx,
+    store: Store,
+    settings: Settings,
+    user_id: uuid.UUID,
+    typed: str,
+    run: Callable[[], Awaitable[Any]] | None = None,
+) -> Any:
+    """:func:`redeem` (or ``run``, which redeems: through the ledger engine) behind the
+    failed-attempt limits: per user (every refusal counts) and per client address (only codes
+    that do not exist count, with its own, higher threshold)."""
     window = settings.promo_failure_window_seconds
     user_key = f"promo:fail:user:{user_id}"
     ip_key = f"promo:fail:ip:{tx.ip}" if tx.ip and settings.promo_max_failures_per_ip > 0 else None
@@ -356,7 +365,7 @@ async def redeem_limited(tx: Tx, store: Store, settings: Settings, user_id: uuid
         if taken:
             held.append(ip_key)
     try:
-        result = await redeem(tx, user_id, typed)
+        result = await (run() if run is not None else redeem(tx, user_id, typed))
     except PromoNotFound:
         raise  # a guess: it stays counted on both
     except REFUSALS:

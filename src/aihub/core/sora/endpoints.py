@@ -15,6 +15,8 @@ from fastapi.params import Body
 from aihub.core.audit import service as audit
 from aihub.core.credits import service as credits
 from aihub.core.deps import CurrentUser, RuntimeDep, TxDep, TxRoute
+from aihub.core.ledger import service as ledger
+from aihub.core.ledger.engine import Work
 from aihub.core.pricing import service as pricing
 from aihub.core.sora import schemas
 from aihub.core.sora import service as sora
@@ -105,6 +107,25 @@ async def start_generation(
     """
     row, user = session
     ttl = runtime.settings.sora_hold_ttl_seconds
+    engine = ledger.engine_of(runtime)
+    if engine is not None:  # PostgreSQL: the hold and the generation are one move of the engine's batch
+        return await ledger.move(
+            engine,
+            tx,
+            idem,
+            f"sora:{row.id}",
+            schemas.GenerationOut,
+            user_id=user.id,
+            amount=0,
+            reason="sora",
+            policy=tx.info.get(credits.POLICY_INFO_KEY, credits.NO_ALERTS),
+            act=Work(
+                "sora",
+                lambda work_tx: sora.start(
+                    work_tx, row, user, body.duration_seconds, body.resolution, body.prompt, ttl
+                ),
+            ),
+        )
     return await idem.respond(
         tx,
         f"sora:{row.id}",
@@ -131,6 +152,7 @@ async def read_generation(generation_id: uuid.UUID, tx: TxDep, session: VideoSes
 async def complete_generation(
     generation_id: uuid.UUID,
     tx: TxDep,
+    runtime: RuntimeDep,
     session: VideoSession,
     body: Annotated[schemas.CompleteIn | None, Body()] = None,
 ) -> dict[str, Any]:
@@ -139,7 +161,13 @@ async def complete_generation(
     Resolves once: a second complete or fail gets 409 `GENERATION_NOT_PENDING`.
     """
     actual = body.actual_seconds if body else None
-    return await sora.complete(tx, session[1], generation_id, actual)
+    user = session[1]
+    engine = ledger.engine_of(runtime)
+    if engine is not None:  # PostgreSQL: the capture and the generation's rows are one move of the batch
+        return await ledger.work(
+            engine, tx, "sora", lambda work_tx: sora.complete(work_tx, user, generation_id, actual), user_id=user.id
+        )
+    return await sora.complete(tx, user, generation_id, actual)
 
 
 @router.post(
@@ -150,8 +178,15 @@ async def complete_generation(
 async def fail_generation(
     generation_id: uuid.UUID,
     tx: TxDep,
+    runtime: RuntimeDep,
     session: VideoSession,
     body: Annotated[schemas.FailIn | None, Body()] = None,
 ) -> dict[str, Any]:
     """The video was not made: release the whole hold (`charged: 0`). Resolves once."""
-    return await sora.fail(tx, session[1], generation_id, body.reason if body else None)
+    reason, user = (body.reason if body else None), session[1]
+    engine = ledger.engine_of(runtime)
+    if engine is not None:  # PostgreSQL: the release and the generation's rows are one move of the batch
+        return await ledger.work(
+            engine, tx, "sora", lambda work_tx: sora.fail(work_tx, user, generation_id, reason), user_id=user.id
+        )
+    return await sora.fail(tx, user, generation_id, reason)
