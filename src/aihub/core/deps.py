@@ -95,7 +95,7 @@ async def get_tx(request: Request, runtime: RuntimeDep) -> Tx:
         ip=request.client.host if request.client else None,
     )
     # Every debit in this request (credits, usage, Sora) alerts on a low balance.
-    tx.info[credits_service.POLICY_INFO_KEY] = credit_alerts.policy(runtime)
+    tx.info.set(credits_service.POLICY, credit_alerts.policy(runtime))
     request.state.tx = tx
     return tx
 

@@ -22,6 +22,7 @@ from sqlalchemy.pool import AsyncAdaptedQueuePool
 from sqlalchemy.types import TypeDecorator
 
 from aihub.config import Settings
+from aihub.kit.slots import Slots
 
 
 def utcnow() -> dt.datetime:
@@ -163,7 +164,7 @@ class Tx:
         self.session = session
         self.request_id = request_id
         self.ip = ip
-        self.info: dict[str, Any] = {}
+        self.info = Slots()  # typed side channel: each domain declares its slots
         self._before: list[BeforeCommit] = []
         self._after: list[AfterCommit] = []
         self._done = False
@@ -182,7 +183,7 @@ class Tx:
         the unit of work may still commit. An error with ``keep_changes`` keeps its work."""
         nested = await self.session.begin_nested()
         before, after = list(self._before), list(self._after)
-        info = {key: list(value) if isinstance(value, list) else value for key, value in self.info.items()}
+        info = self.info.snapshot()
         try:
             yield
         except BaseException as exc:
@@ -191,8 +192,7 @@ class Tx:
                 raise
             await nested.rollback()
             self._before, self._after = before, after
-            self.info.clear()
-            self.info.update(info)
+            self.info.restore(info)
             raise
         await nested.commit()
 

@@ -47,10 +47,13 @@ from aihub.kit.db import Tx, UTCDateTime, utcnow
 from aihub.kit.errors import AppError
 from aihub.kit.jsonutil import canonical, dumps, loads
 from aihub.kit.openapi import raises
+from aihub.kit.slots import Slot
 
 HEADER = "Idempotency-Key"
 REPLAY_HEADER = "Idempotent-Replayed"
 TTL = dt.timedelta(hours=24)
+# The key of the request a unit of work answers (ledger rows record it).
+IDEMPOTENCY_KEY: Slot[str] = Slot("idempotency.key")
 
 
 class IdempotencyKeyReused(AppError):
@@ -173,7 +176,7 @@ class IdempotentRequest:
         stored = await claim(tx.session, principal, self.key, request_hash)
         if stored is not None:
             return _json(stored.status_code, replay_body(stored, self.request_id), {REPLAY_HEADER: "true"})
-        tx.info["idempotency_key"] = self.key
+        tx.info.set(IDEMPOTENCY_KEY, self.key)
         try:
             async with tx.savepoint():
                 result = await work()

@@ -33,13 +33,15 @@ from taskiq import AsyncBroker, InMemoryBroker
 from taskiq.receiver import Receiver
 from taskiq_redis import RedisStreamBroker
 
+from aihub.kit.slots import Slot
+
 if TYPE_CHECKING:
     from aihub.kit.runtime import Runtime
 
 log = structlog.get_logger("aihub.jobs")
 JobFunc = Callable[["Runtime", dict[str, Any]], Awaitable[None]]
 _REGISTRY: dict[str, JobFunc] = {}
-_EXTRA_KEY = "jobs"
+_JOBS: Slot[Jobs] = Slot("jobs")
 QUEUE = "aihub:jobs"
 # Delivered entries stay in a Redis stream until trimmed: keep the newest ones only (far more
 # than any backlog a healthy system has; trimming is approximate, so cheap).
@@ -172,10 +174,9 @@ class Jobs:
 
 def jobs_of(runtime: Runtime) -> Jobs:
     """The process's job queue, created on first use and closed with the runtime."""
-    existing = runtime.extras.get(_EXTRA_KEY)
+    existing = runtime.extras.get(_JOBS)
     if existing is None:
         existing = Jobs(runtime)
-        runtime.extras[_EXTRA_KEY] = existing
+        runtime.extras.set(_JOBS, existing)
         runtime.on_close(existing.close)
-    assert isinstance(existing, Jobs)
     return existing

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
@@ -16,6 +15,7 @@ from aihub.config import Settings
 from aihub.kit import migrate
 from aihub.kit.db import Tx, create_engine, create_sessionmaker
 from aihub.kit.jwt import TokenCodec
+from aihub.kit.slots import Slots
 from aihub.kit.store import Store, create_store
 
 
@@ -26,7 +26,7 @@ class Runtime:
     sessionmaker: async_sessionmaker[AsyncSession]
     store: Store
     codec: TokenCodec
-    extras: dict[str, Any] = field(default_factory=dict)
+    extras: Slots = field(default_factory=Slots)  # what the process creates once, by typed slot
     # Closed before the store and the engine, newest first (job queues, HTTP clients, …).
     closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
 

@@ -40,6 +40,7 @@ from aihub.core.users import service as users
 from aihub.kit.db import Tx, utcnow
 from aihub.kit.errors import AppError, ServiceUnavailable, StoreUnavailableError, register_code
 from aihub.kit.runtime import Runtime
+from aihub.kit.slots import Slot
 from aihub.kit.store import Store, StoreUnavailable
 from aihub.models import User
 
@@ -49,7 +50,7 @@ STATE_TTL = 600
 CODE_TTL = 60
 COOKIE = "aihub_oauth_google"
 CALLBACK_PATH = "/api/auth/oauth/google/callback"
-_CLIENT_KEY = "oidc:google"
+_CLIENT: Slot[OidcClient] = Slot("oidc.google")
 
 
 class InvalidRedirectUri(AppError):
@@ -117,12 +118,11 @@ class Started:
 
 def client_of(runtime: Runtime) -> OidcClient:
     """One client per process: it caches the discovery document and the key set."""
-    existing = runtime.extras.get(_CLIENT_KEY)
+    existing = runtime.extras.get(_CLIENT)
     if existing is None:
         existing = OidcClient.from_settings(runtime.settings)
-        runtime.extras[_CLIENT_KEY] = existing
+        runtime.extras.set(_CLIENT, existing)
         runtime.on_close(existing.close)
-    assert isinstance(existing, OidcClient)
     return existing
 
 

@@ -17,6 +17,7 @@ from typing import Any
 from aihub.core.audit import repository as repo
 from aihub.kit.db import Tx, utcnow
 from aihub.kit.jsonutil import canonical, dumps, loads
+from aihub.kit.slots import Slot
 from aihub.models import AuditLog
 
 AUDIT_CHAINS = 64  # fixed by migration 0001; changing it needs a migration of the heads
@@ -177,8 +178,13 @@ def row_hash(row: AuditLog) -> str | None:
     return None
 
 
+# Who the unit of work acts for, and the entries it has recorded so far (appended at commit).
+ACTOR: Slot[Actor] = Slot("audit.actor")
+ENTRIES: Slot[list[_Entry]] = Slot("audit.entries")
+
+
 def set_actor(tx: Tx, actor: Actor) -> None:
-    tx.info["actor"] = actor
+    tx.info.set(ACTOR, actor)
 
 
 def record(
@@ -191,13 +197,13 @@ def record(
     after: dict[str, Any] | None = None,
     actor: Actor | None = None,
 ) -> None:
-    entry = new_entry(actor or tx.info.get("actor", SYSTEM), action, entity_type, entity_id, before=before, after=after)
-    tx.info.setdefault("audit", []).append(entry)
+    entry = new_entry(actor or tx.info.get(ACTOR, SYSTEM), action, entity_type, entity_id, before=before, after=after)
+    tx.info.setdefault(ENTRIES, []).append(entry)
     tx.before_commit(_append_all)
 
 
 async def _append_all(tx: Tx) -> None:
-    entries: list[_Entry] = tx.info.pop("audit", [])
+    entries = tx.info.pop(ENTRIES, [])
     if not entries:
         return
     now = utcnow()

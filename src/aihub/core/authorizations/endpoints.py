@@ -50,7 +50,7 @@ async def authorize(
             user_id=body.user_id or actor.user_id,
             amount=0,
             reason="authorization",
-            policy=tx.info.get(credits.POLICY_INFO_KEY, credits.NO_ALERTS),
+            policy=tx.info.get(credits.POLICY, credits.NO_ALERTS),
             act=Work("authorization", lambda work_tx: authorizations.authorize(work_tx, runtime, actor, values)),
         )
     return await idem.respond(

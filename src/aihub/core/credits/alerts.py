@@ -17,26 +17,26 @@ from aihub.core.ledger import service as ledger
 from aihub.core.notifications import jobs as notification_jobs
 from aihub.kit.jobs import Periodic, job, jobs_of
 from aihub.kit.runtime import Runtime
+from aihub.kit.slots import Slot
 
 log = structlog.get_logger("aihub.credits")
 WEBHOOK_JOB = "credits.low_balance_webhook"
 SWEEP_JOB = "credits.expire_holds"
 RECONCILE_JOB = "credits.reconcile"
-_POLICY_KEY = "credits.policy"
+_POLICY: Slot[credits.Policy] = Slot("credits.policy")
 
 
 def policy(runtime: Runtime) -> credits.Policy:
     """The process's low-balance policy (built once): the global threshold as the default, and
     the notifier (see ``_notify``)."""
-    cached = runtime.extras.get(_POLICY_KEY)
+    cached = runtime.extras.get(_POLICY)
     if cached is None:
 
         async def notify(event: credits.LowBalance) -> None:
             await _notify(runtime, event)
 
         cached = credits.Policy(runtime.settings.low_balance_threshold, notify)
-        runtime.extras[_POLICY_KEY] = cached
-    assert isinstance(cached, credits.Policy)
+        runtime.extras.set(_POLICY, cached)
     return cached
 
 

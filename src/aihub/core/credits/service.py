@@ -11,13 +11,15 @@ import datetime as dt
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Protocol, cast
+from typing import Any, Protocol
 
 from aihub.core.audit import service as audit
 from aihub.core.credits import repository as repo
 from aihub.kit.db import Tx, utcnow
 from aihub.kit.errors import AppError, Conflict, NotFound
+from aihub.kit.idempotency import IDEMPOTENCY_KEY
 from aihub.kit.pagination import PageParams, page_of
+from aihub.kit.slots import Slot
 from aihub.models import CreditHold, CreditTransaction
 
 
@@ -88,14 +90,13 @@ class Policy:
 NO_ALERTS = Policy()
 # Where a request's unit of work carries the process's policy (set by core's get_tx), so that
 # every debit path (usage events, Sora holds, …) alerts without passing it along.
-POLICY_INFO_KEY = "credits.policy"
+POLICY: Slot[Policy] = Slot("credits.policy")
 
 
 def _policy_of(tx: Tx, policy: Policy | None) -> Policy:
     if policy is not None:
         return policy
-    found = tx.info.get(POLICY_INFO_KEY)
-    return found if isinstance(found, Policy) else NO_ALERTS
+    return tx.info.get(POLICY, NO_ALERTS)
 
 
 def low_balance(policy: Policy, available_before: int, after: repo.Balance) -> LowBalance | None:
@@ -143,7 +144,7 @@ async def set_alert_ceiling(tx: Tx, user_id: uuid.UUID, ceiling: int | None) -> 
 #
 # On PostgreSQL a domain's money move (a promo redemption, a Sora generation, a payment, an
 # authorization) runs inside the ledger engine's batch: its unit of work then carries the
-# engine's books under BOOKS_KEY, and the functions below move money through them (decided
+# engine's books under BOOKS, and the functions below move money through them (decided
 # against the batch's locked, running balances, written with the batch) instead of with SQL.
 
 
@@ -169,12 +170,11 @@ class Books(Protocol):
     async def balance(self, user_id: uuid.UUID) -> repo.Balance | None: ...
 
 
-BOOKS_KEY = "ledger.books"
+BOOKS: Slot[Books] = Slot("ledger.books")
 
 
 def _books(tx: Tx) -> Books | None:
-    found = tx.info.get(BOOKS_KEY)
-    return cast(Books, found) if found is not None else None
+    return tx.info.get(BOOKS)
 
 
 # ------------------------------------------------------------------------------ views
@@ -269,7 +269,7 @@ def _row(
     related_id: uuid.UUID | None = None,
     metadata: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    actor = tx.info.get("actor")
+    actor = tx.info.get(audit.ACTOR)
     return {
         "id": uuid.uuid4(),
         "user_id": user_id,
@@ -277,7 +277,7 @@ def _row(
         "type": "credit" if amount > 0 else "debit",
         "reason": reason,
         "related_id": related_id,
-        "idempotency_key": tx.info.get("idempotency_key"),
+        "idempotency_key": tx.info.get(IDEMPOTENCY_KEY),
         "metadata": metadata,
         "actor_id": actor.id if actor is not None else None,
         "created_at": now,

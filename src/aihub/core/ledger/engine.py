@@ -52,7 +52,7 @@ from aihub.core.ledger import repository as repo
 from aihub.kit.db import AfterCommit, Tx, utcnow
 from aihub.kit.errors import AppError
 from aihub.kit.idempotency import HEADER as IDEM_HEADER
-from aihub.kit.idempotency import TTL, IdempotencyKeyInUse, IdempotencyKeyReused, Stored, refusal_body
+from aihub.kit.idempotency import IDEMPOTENCY_KEY, TTL, IdempotencyKeyInUse, IdempotencyKeyReused, Stored, refusal_body
 from aihub.kit.jsonutil import dumps, loads
 
 log = structlog.get_logger("aihub.ledger")
@@ -778,9 +778,11 @@ async def _work(conn: asyncpg.Connection, move: Move, act: Work, books: _Books) 
     error fails the batch (then retried move by move, so it fails alone)."""
     session = AsyncSession(bind=_SA_CONNECTION.get(), expire_on_commit=False, autoflush=False)
     tx = Tx(session, request_id=move.request_id, ip=move.ip)
-    tx.info.update({"actor": move.actor, credits.POLICY_INFO_KEY: move.policy, credits.BOOKS_KEY: books})
+    tx.info.set(audit.ACTOR, move.actor)
+    tx.info.set(credits.POLICY, move.policy)
+    tx.info.set(credits.BOOKS, books)
     if move.claim is not None:
-        tx.info["idempotency_key"] = move.claim.key
+        tx.info.set(IDEMPOTENCY_KEY, move.claim.key)
     savepoint = conn.transaction()
     await savepoint.start()
     refusal: AppError | None = None
@@ -793,7 +795,7 @@ async def _work(conn: asyncpg.Connection, move: Move, act: Work, books: _Books) 
                 raise
             refusal = exc  # refused, its changes kept (an expiry it came across on the way)
         before, after = tx.take_hooks()
-        entries = tx.info.pop("audit", [])
+        entries = tx.info.pop(audit.ENTRIES, [])
         for hook in before:  # (the audit one finds its entries taken: the batch chains them)
             await hook(tx)
         await session.commit()  # SQLAlchemy's own savepoint, inside ours

@@ -26,17 +26,16 @@ from aihub.kit.db import Tx, utcnow
 from aihub.kit.errors import AppError
 from aihub.kit.idempotency import REPLAY_HEADER, IdempotentRequest, Stored, fingerprint, render, replay_body
 from aihub.kit.runtime import Runtime
+from aihub.kit.slots import Slot
 
-ENGINE_KEY = "ledger.engine"
-
-
-WRITERS_POOL_KEY = "ledger.writers_pool"
+_ENGINE: Slot[LedgerEngine] = Slot("ledger.engine")
+_WRITERS_POOL: Slot[AsyncEngine] = Slot("ledger.writers_pool")
 
 
 def _writers_pool(runtime: Runtime) -> AsyncEngine:
     """The writers' own connections (one per writer), apart from the requests' pool: requests
     waiting on a writer may hold every pooled connection, and the writer must still get one."""
-    found = runtime.extras.get(WRITERS_POOL_KEY)
+    found = runtime.extras.get(_WRITERS_POOL)
     if found is None:
         found = create_async_engine(
             runtime.engine.url,
@@ -46,13 +45,14 @@ def _writers_pool(runtime: Runtime) -> AsyncEngine:
             hide_parameters=True,
             connect_args={"server_settings": {"application_name": "aihub-ledger"}},
         )
-        runtime.extras[WRITERS_POOL_KEY] = found
+        runtime.extras.set(_WRITERS_POOL, found)
         runtime.on_close(found.dispose)  # closed after the writers (closers run newest first)
-    assert isinstance(found, AsyncEngine)
     return found
 
 
-def _writer(runtime: Runtime, key: str, make: Callable[[AsyncEngine], LedgerEngine]) -> LedgerEngine | None:
+def _writer(
+    runtime: Runtime, key: Slot[LedgerEngine], make: Callable[[AsyncEngine], LedgerEngine]
+) -> LedgerEngine | None:
     """The process's writer under ``key`` (created on first use, stopped with the runtime); None
     on SQLite, whose single writer makes the request path already serial."""
     if runtime.settings.is_sqlite:
@@ -60,15 +60,14 @@ def _writer(runtime: Runtime, key: str, make: Callable[[AsyncEngine], LedgerEngi
     found = runtime.extras.get(key)
     if found is None:
         found = make(_writers_pool(runtime))
-        runtime.extras[key] = found
+        runtime.extras.set(key, found)
         runtime.on_close(found.close)
-    assert isinstance(found, LedgerEngine)
     return found
 
 
 def engine_of(runtime: Runtime) -> LedgerEngine | None:
     """The process's balance-move engine."""
-    return _writer(runtime, ENGINE_KEY, LedgerEngine)
+    return _writer(runtime, _ENGINE, LedgerEngine)
 
 
 def claim_of(idem: IdempotentRequest, principal: str) -> Claim | None:
@@ -104,7 +103,7 @@ async def move(
             status_code=status_code,
             metadata=metadata,
             related_id=related_id,
-            actor=tx.info.get("actor", audit.SYSTEM),
+            actor=tx.info.get(audit.ACTOR, audit.SYSTEM),
             request_id=tx.request_id,
             ip=tx.ip,
             claim=claim_of(idem, principal),
@@ -132,7 +131,7 @@ async def work(
             amount=0,
             reason=kind,
             render=_no_body,
-            actor=tx.info.get("actor", audit.SYSTEM),
+            actor=tx.info.get(audit.ACTOR, audit.SYSTEM),
             request_id=tx.request_id,
             ip=tx.ip,
             policy=policy,
@@ -190,12 +189,12 @@ def _no_body(view: dict[str, Any]) -> bytes:
 
 # ---------------------------------------------------------------------- usage events
 
-USAGE_ENGINE_KEY = "ledger.usage_engine"
+_USAGE_ENGINE: Slot[LedgerEngine] = Slot("ledger.usage_engine")
 
 
 def usage_engine_of(runtime: Runtime) -> LedgerEngine | None:
     """The process's usage-event writer."""
-    return _writer(runtime, USAGE_ENGINE_KEY, usage_writer)
+    return _writer(runtime, _USAGE_ENGINE, usage_writer)
 
 
 async def priced(
@@ -223,7 +222,7 @@ async def priced(
         reporter_id=reporter_id,
         metadata=body["metadata"],
         occurred_at=occurred_at,
-        actor=tx.info.get("actor", audit.SYSTEM),
+        actor=tx.info.get(audit.ACTOR, audit.SYSTEM),
         request=tx.request_id,
         ip=tx.ip,
         policy=policy,

@@ -23,31 +23,34 @@ from aihub.kit.db import utcnow
 from aihub.kit.email import EmailDeliveryError, Mailer, build_mailer
 from aihub.kit.jobs import job, jobs_of
 from aihub.kit.runtime import Runtime
+from aihub.kit.slots import Slot
 
 log = structlog.get_logger("aihub.notifications")
 LOW_BALANCE_JOB = "notifications.low_balance"
 QUOTA_REACHED_JOB = "notifications.quota_reached"
-_MAILER_KEY = "notifications.mailer"
+_MAILER: Slot[Mailer] = Slot("notifications.mailer")
 _EMAIL_ATTEMPTS = 3
 
 
 def mailer(runtime: Runtime) -> Mailer:
-    existing = runtime.extras.get(_MAILER_KEY)
+    existing = runtime.extras.get(_MAILER)
     if existing is None:
         existing = build_mailer(runtime.settings)
-        runtime.extras[_MAILER_KEY] = existing
+        runtime.extras.set(_MAILER, existing)
     return existing
 
 
-_CACHE_KEY = "notifications.thresholds"
+# Each account's thresholds as read last: (expiry on the monotonic clock, thresholds, email).
+_CACHE: Slot[dict[uuid.UUID, tuple[float, list[int], bool]]] = Slot("notifications.thresholds")
 _CACHE_SECONDS = 30.0
 _CACHE_MAX = 10_000
 
 
 def forget(runtime: Runtime, user_id: uuid.UUID) -> None:
     """Drop this process's cached settings of an account (after a PUT of its alerts)."""
-    cache: dict[uuid.UUID, Any] = runtime.extras.get(_CACHE_KEY, {})
-    cache.pop(user_id, None)
+    cache = runtime.extras.get(_CACHE)
+    if cache is not None:
+        cache.pop(user_id, None)
 
 
 async def _settings_of(runtime: Runtime, event: credits.LowBalance) -> tuple[list[int], bool]:
@@ -59,7 +62,7 @@ async def _settings_of(runtime: Runtime, event: credits.LowBalance) -> tuple[lis
     of the highest threshold on another instance is seen at once; other changes within
     ``_CACHE_SECONDS``.
     """
-    cache: dict[uuid.UUID, tuple[float, list[int], bool]] = runtime.extras.setdefault(_CACHE_KEY, {})
+    cache = runtime.extras.setdefault(_CACHE, {})
     now = time.monotonic()
     hit = cache.get(event.user_id)
     if hit is not None and hit[0] > now and (not event.custom or max(hit[1], default=0) == event.threshold):

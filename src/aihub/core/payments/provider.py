@@ -19,8 +19,9 @@ import stripe
 
 from aihub.kit.errors import AppError, ServiceUnavailable
 from aihub.kit.runtime import Runtime
+from aihub.kit.slots import Slot
 
-_EXTRA_KEY = "payments.provider"
+_PROVIDER: Slot[StripeProvider] = Slot("payments.provider")
 
 
 class InvalidSignature(AppError):
@@ -176,7 +177,7 @@ class StripeProvider:
 
 def stripe_provider(runtime: Runtime) -> StripeProvider:
     """The process's Stripe client (one aiohttp session), built on first use."""
-    existing = runtime.extras.get(_EXTRA_KEY)
+    existing = runtime.extras.get(_PROVIDER)
     if existing is None:
         settings = runtime.settings
         key = settings.stripe_api_key.get_secret_value() if settings.stripe_api_key else ""
@@ -188,9 +189,8 @@ def stripe_provider(runtime: Runtime) -> StripeProvider:
             secret,
             settings.stripe_webhook_tolerance_seconds,
         )
-        runtime.extras[_EXTRA_KEY] = existing
+        runtime.extras.set(_PROVIDER, existing)
         runtime.on_close(existing.close)
-    assert isinstance(existing, StripeProvider)
     return existing
 
 

@@ -120,7 +120,7 @@ def _audit_view(view: dict[str, Any]) -> dict[str, Any]:
 
 
 def _new(tx: Tx, code: str, terms: dict[str, Any], now: dt.datetime) -> PromoCode:
-    actor = tx.info.get("actor")
+    actor = tx.info.get(audit.ACTOR)
     return PromoCode(
         id=uuid.uuid4(),
         code=code,

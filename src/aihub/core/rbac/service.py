@@ -21,6 +21,7 @@ from aihub.core.rbac.schemas import RoleOut
 from aihub.kit.db import Tx, utcnow
 from aihub.kit.errors import AppError, Conflict, Forbidden, NotFound
 from aihub.kit.jsonutil import dumps, loads
+from aihub.kit.slots import Slot
 from aihub.kit.store import Store, StoreUnavailable
 from aihub.models import Permission, Role
 
@@ -157,6 +158,9 @@ async def effective(tx: Tx, store: Store, user_id: uuid.UUID, ttl: int) -> Effec
     return result
 
 
+_PERMS_BUMP: Slot[bool] = Slot("rbac.perms_bump")
+
+
 def invalidate_after_commit(tx: Tx, store: Store) -> None:
     async def bump() -> None:
         try:
@@ -165,8 +169,8 @@ def invalidate_after_commit(tx: Tx, store: Store) -> None:
             # Stale entries then live until their TTL; say so loudly rather than fail the write.
             log.error("permission_cache_invalidation_failed")
 
-    if not tx.info.get("perms_bump"):
-        tx.info["perms_bump"] = True
+    if not tx.info.get(_PERMS_BUMP):  # once per unit of work, however many changes it makes
+        tx.info.set(_PERMS_BUMP, True)
         tx.after_commit(bump)
 
 

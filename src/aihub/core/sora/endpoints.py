@@ -118,7 +118,7 @@ async def start_generation(
             user_id=user.id,
             amount=0,
             reason="sora",
-            policy=tx.info.get(credits.POLICY_INFO_KEY, credits.NO_ALERTS),
+            policy=tx.info.get(credits.POLICY, credits.NO_ALERTS),
             act=Work(
                 "sora",
                 lambda work_tx: sora.start(

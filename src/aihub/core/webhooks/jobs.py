@@ -26,10 +26,11 @@ from aihub.core.webhooks import service as webhooks
 from aihub.kit.db import utcnow
 from aihub.kit.jobs import Periodic, job
 from aihub.kit.runtime import Runtime
+from aihub.kit.slots import Slot
 
 log = structlog.get_logger("aihub.webhooks")
 SWEEP_JOB = "webhooks.retry_due"
-_CLIENT_KEY = "webhooks.http"
+_CLIENT: Slot[aiohttp.ClientSession] = Slot("webhooks.http")
 _LEASE_SLACK = 30.0  # seconds past the timeout before another worker may retry a claimed delivery
 
 
@@ -54,7 +55,7 @@ class PublicOnlyResolver(AbstractResolver):
 
 
 def _client(runtime: Runtime) -> aiohttp.ClientSession:
-    existing = runtime.extras.get(_CLIENT_KEY)
+    existing = runtime.extras.get(_CLIENT)
     if existing is None or existing.closed:
         settings = runtime.settings
         resolver = None if webhooks.private_allowed(settings) else PublicOnlyResolver()
@@ -62,9 +63,8 @@ def _client(runtime: Runtime) -> aiohttp.ClientSession:
         existing = aiohttp.ClientSession(
             connector=connector, timeout=aiohttp.ClientTimeout(total=settings.webhook_timeout_seconds)
         )
-        runtime.extras[_CLIENT_KEY] = existing
+        runtime.extras.set(_CLIENT, existing)
         runtime.on_close(existing.close)
-    assert isinstance(existing, aiohttp.ClientSession)
     return existing
 
 
