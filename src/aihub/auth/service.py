@@ -345,10 +345,9 @@ async def end_all_sessions(tx: Tx, runtime: Runtime, user_id: uuid.UUID) -> dict
 
 
 async def logout(
-    tx: Tx, runtime: Runtime, me: rbac.Principal, *, session_id: str | None, refresh_token: str | None
+    tx: Tx, runtime: Runtime, me: rbac.Person, *, session_id: str | None, refresh_token: str | None
 ) -> None:
     """Blacklist the access token, revoke its refresh family (and the one of a given token)."""
-    assert me.user_id is not None
     now = utcnow()
     await blacklist(runtime.store, me.jti, me.token_exp)
     families: set[uuid.UUID] = set()
@@ -374,8 +373,7 @@ async def logout(
     )
 
 
-async def me(tx: Tx, store: Store, principal: rbac.Principal) -> MeOut:
-    assert principal.user_id is not None
+async def me(tx: Tx, store: Store, principal: rbac.Person) -> MeOut:
     perms = await users.effective_permissions(tx, store, principal.user_id)
     return MeOut(user=await users.read(tx, principal.user_id), roles=perms.roles, permissions=perms.permissions)
 

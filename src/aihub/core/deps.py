@@ -171,14 +171,15 @@ async def key_principal(request: Request, runtime: Runtime, tx: Tx, raw: str) ->
     if not apikeys.ip_allowed(key.allowed_ips, client_address(request)):
         raise apikeys.KeyIpNotAllowed
     effective = await rbac.effective(tx, runtime.store, user.id, runtime.settings.permission_cache_ttl_seconds)
-    principal = rbac.Principal(
+    principal = rbac.Person(
         id=str(user.id),
         kind="user",
         email=user.email,
         effective=effective,
         jti=f"apikey:{key.id}",
         token_exp=None,
-        extra={"user": user, "api_key": key},
+        user=user,
+        api_key=key,
     )
     request.state.user_id = principal.id
     request.state.api_key_id = str(key.id)
@@ -227,14 +228,14 @@ async def current_principal(request: Request, runtime: RuntimeDep, tx: TxDep) ->
         if user.sessions_revoked_at is not None and await _issued_before(tx, claims, user.sessions_revoked_at):
             raise TokenRevoked  # issued before the user's sessions were ended (password reset)
         effective = await rbac.effective(tx, runtime.store, user_id, runtime.settings.permission_cache_ttl_seconds)
-        principal = rbac.Principal(
+        principal = rbac.Person(
             id=str(user.id),
             kind="user",
             email=user.email,
             effective=effective,
             jti=claims.jti,
             token_exp=claims.exp,
-            extra={"user": user},
+            user=user,
         )
     request.state.user_id = principal.id
     request.state.token_claims = claims  # auth's logout reads the session id (``sid``) from it
@@ -246,25 +247,25 @@ CurrentPrincipal = Annotated[rbac.Principal, Depends(current_principal)]
 
 
 @raises(Forbidden)
-async def current_user(principal: CurrentPrincipal) -> rbac.Principal:
+async def current_user(principal: CurrentPrincipal) -> rbac.Person:
     """Endpoints about "me" need a person, not a service token."""
-    if principal.kind != "user":
+    if not isinstance(principal, rbac.Person):
         raise Forbidden("This endpoint needs a user token")
     return principal
 
 
-CurrentUser = Annotated[rbac.Principal, Depends(current_user)]
+CurrentUser = Annotated[rbac.Person, Depends(current_user)]
 
 
-async def session_user(principal: CurrentUser) -> rbac.Principal:
+async def session_user(principal: CurrentUser) -> rbac.Person:
     """A person signed in with an access token: an API key cannot log out a session (it has
     none) or mint service tokens."""
-    if "api_key" in principal.extra:
+    if principal.api_key is not None:
         raise Forbidden("This endpoint needs a user access token, not an API key")
     return principal
 
 
-SessionUser = Annotated[rbac.Principal, Depends(session_user)]
+SessionUser = Annotated[rbac.Person, Depends(session_user)]
 
 
 def RequirePermission(permission: str) -> Any:

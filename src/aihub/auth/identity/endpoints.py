@@ -55,7 +55,6 @@ def _spends(
 async def request_verification(tx: TxDep, runtime: RuntimeDep, me: CurrentUser) -> dict[str, str]:
     """Mail the signed-in user a one-time verification link (valid 24 h; the email carries the
     bare token too). At most `AIHUB_IDENTITY_EMAIL_LIMIT` per account and window."""
-    assert me.user_id is not None
     return await emails.request_verification(tx, runtime, me.user_id)
 
 

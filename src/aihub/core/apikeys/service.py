@@ -31,7 +31,7 @@ from sqlalchemy.exc import IntegrityError
 from aihub.core.apikeys import repository as repo
 from aihub.core.apikeys.schemas import BudgetOut, KeyCreated, KeyIdentity, KeyIn, KeyOut, KeyPatch
 from aihub.core.audit import service as audit
-from aihub.core.rbac.service import Principal
+from aihub.core.rbac.service import Person, Principal
 from aihub.kit.apikeys import KEY_PREFIX, looks_like_key
 from aihub.kit.db import Tx, as_utc, utcnow
 from aihub.kit.errors import AppError, Forbidden, NotFound, ValidationFailed
@@ -175,8 +175,7 @@ def _narrowing(parent: ApiKey, values: dict[str, Any]) -> list[str]:
 
 
 def _caller_key(actor: Principal) -> ApiKey | None:
-    key = actor.extra.get("api_key")
-    return key if isinstance(key, ApiKey) else None
+    return actor.api_key
 
 
 def _caller_id(actor: Principal) -> uuid.UUID | None:
@@ -184,9 +183,8 @@ def _caller_id(actor: Principal) -> uuid.UUID | None:
     return key.id if key is not None else None
 
 
-def _owner(actor: Principal, user_id: uuid.UUID | None) -> uuid.UUID:
+def _owner(actor: Person, user_id: uuid.UUID | None) -> uuid.UUID:
     """Whose key: one's own; another user's only for an admin."""
-    assert actor.user_id is not None
     if user_id is None or user_id == actor.user_id:
         return actor.user_id
     if not actor.is_admin:
@@ -248,7 +246,7 @@ async def _locked_parent(tx: Tx, actor: Principal) -> ApiKey | None:
     return fresh
 
 
-async def create(tx: Tx, actor: Principal, body: KeyIn) -> KeyCreated:
+async def create(tx: Tx, actor: Person, body: KeyIn) -> KeyCreated:
     """The new key, the secret itself in this answer only."""
     values = body.model_dump()
     owner = _owner(actor, body.user_id)
@@ -324,7 +322,7 @@ async def read(tx: Tx, actor: Principal, key_id: uuid.UUID) -> KeyOut:
     return await state(tx, await _visible(tx, actor, key_id))
 
 
-async def search(tx: Tx, actor: Principal, params: PageParams, user_id: uuid.UUID | None) -> Paged[KeyOut]:
+async def search(tx: Tx, actor: Person, params: PageParams, user_id: uuid.UUID | None) -> Paged[KeyOut]:
     owner = _owner(actor, user_id)
     rows = await repo.fetch(tx.session, repo.search(params, owner))
     items, cursor = page_of(rows, params, lambda k: (k.created_at, k.id))

@@ -92,8 +92,8 @@ def _subject(actor: Principal, user_id: uuid.UUID | None) -> uuid.UUID:
 
 
 def _key_of(actor: Principal, subject: uuid.UUID) -> ApiKey | None:
-    key = actor.extra.get("api_key")
-    return key if isinstance(key, ApiKey) and key.user_id == subject else None
+    key = actor.api_key
+    return key if key is not None and key.user_id == subject else None
 
 
 # ------------------------------------------------------------------ authorize
@@ -206,8 +206,8 @@ async def _visible(tx: Tx, actor: Principal, auth_id: uuid.UUID) -> UsageAuthori
         raise AuthorizationNotFound
     if auth.user_id != actor.user_id and not actor.can("usage:write") and not actor.can("usage:read"):
         raise AuthorizationNotFound
-    key = actor.extra.get("api_key")
-    if isinstance(key, ApiKey) and auth.api_key_id not in (None, key.id):
+    key = actor.api_key
+    if key is not None and auth.api_key_id not in (None, key.id):
         raise AuthorizationNotFound  # one key does not see or settle another key's calls
     return auth
 

@@ -44,11 +44,6 @@ _ERRORS = errors(
 )
 
 
-def _me(principal: Principal) -> uuid.UUID:
-    assert principal.user_id is not None  # CurrentUser guarantees a person
-    return principal.user_id
-
-
 async def _history(
     tx: TxDep,
     user_id: uuid.UUID,
@@ -68,7 +63,7 @@ ToQ = Annotated[Timestamp | None, Query(description="Exclusive upper bound, RFC 
 @router.get("/balance", response_model=schemas.AccountOut, responses=_ACCOUNT)
 async def read_balance(tx: TxDep, me: CurrentUser) -> dict[str, Any]:
     """The caller's own account: `available` is `balance` minus credits on hold."""
-    return await credits.account(tx, _me(me))
+    return await credits.account(tx, me.user_id)
 
 
 @router.get("/transactions", response_model=schemas.TransactionPage, responses=_ACCOUNT)
@@ -81,7 +76,7 @@ async def read_transactions(
     to: ToQ = None,
 ) -> dict[str, Any]:
     """The caller's own ledger, newest first."""
-    return await _history(tx, _me(me), page, reason, from_, to)
+    return await _history(tx, me.user_id, page, reason, from_, to)
 
 
 @router.get("/accounts/{user_id}", response_model=schemas.AccountOut, responses=_ERRORS)

@@ -74,7 +74,6 @@ async def delete_package(package_id: PackagePath, tx: TxDep, _: Writer) -> None:
 async def create_checkout(body: schemas.CheckoutIn, tx: TxDep, runtime: RuntimeDep, me: CurrentUser) -> dict[str, Any]:
     """Open a Stripe Checkout Session for a package → the pending payment and the `url` to send
     the customer to. Credits are granted when Stripe reports the session paid."""
-    assert me.user_id is not None
     provider = require_checkout(runtime)
     return await payments.checkout(
         tx, provider, me.user_id, me.email, body.package_id, body.success_url, body.cancel_url

@@ -65,7 +65,6 @@ async def redeem_code(body: schemas.RedeemIn, tx: TxDep, me: CurrentUser, runtim
     minutes); per client address only codes that do not exist count (default 100, room for a NAT).
     Accepts `Idempotency-Key`: a replay returns the first result without granting again.
     """
-    assert me.user_id is not None  # CurrentUser guarantees a person
     user_id = me.user_id
     engine = ledger.engine_of(runtime)
     if engine is not None:  # PostgreSQL: the redemption is one move of the ledger engine's batch

@@ -11,7 +11,7 @@ import re
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Literal
 
 import structlog
 
@@ -23,7 +23,7 @@ from aihub.kit.errors import AppError, Conflict, Forbidden, NotFound
 from aihub.kit.jsonutil import dumps, loads
 from aihub.kit.slots import Slot
 from aihub.kit.store import Store, StoreUnavailable
-from aihub.models import Permission, Role
+from aihub.models import ApiKey, Permission, Role, User
 
 log = structlog.get_logger("aihub.rbac")
 
@@ -90,17 +90,22 @@ class Effective:
 NOBODY = Effective(roles=(), level=-1, permissions=frozenset())
 
 
+PrincipalKind = Literal["user", "service"]
+
+
 @dataclass(frozen=True, slots=True)
 class Principal:
     """Who is calling: a user (with roles) or a service token (with scopes)."""
 
     id: str
-    kind: str  # "user" | "service"
+    kind: PrincipalKind
     email: str | None
     effective: Effective
     jti: str
     token_exp: int | None
-    extra: dict[str, Any] = field(default_factory=dict, compare=False)
+    # The rows authentication loaded: the user (a person), the key (a caller by API key).
+    user: User | None = field(default=None, compare=False)
+    api_key: ApiKey | None = field(default=None, compare=False)
 
     @property
     def user_id(self) -> uuid.UUID | None:
@@ -123,6 +128,15 @@ class Principal:
 
     def actor(self) -> audit.Actor:
         return audit.Actor(id=self.id, type=self.kind)
+
+
+@dataclass(frozen=True, slots=True)
+class Person(Principal):
+    """A principal that is a user (what ``CurrentUser`` yields): its ``user_id`` is never None."""
+
+    @property
+    def user_id(self) -> uuid.UUID:
+        return uuid.UUID(self.id)
 
 
 # ---------------------------------------------------------------- effective permissions

@@ -47,7 +47,6 @@ VideoSession = Annotated[tuple[SoraSession, User], Depends(video_session)]
 @router.post("/sessions", response_model=schemas.SessionCreated, status_code=201)
 async def create_session(tx: TxDep, me: CurrentUser) -> dict[str, Any]:
     """Create a session token for the video tool (valid 7 days). The token is shown only here."""
-    assert me.user_id is not None
     return await sora.create_session(tx, me.user_id)
 
 
@@ -56,7 +55,6 @@ async def list_sessions(
     tx: TxDep, me: CurrentUser, page: Annotated[PageParams, Depends(short_list_params)]
 ) -> dict[str, Any]:
     """One's sessions, newest first (ids and dates, never the token)."""
-    assert me.user_id is not None
     items, cursor = page_of_sorted(await sora.list_sessions(tx, me.user_id), page, _newest_first)
     return {"items": items, "next_cursor": cursor}
 
@@ -68,7 +66,6 @@ def _newest_first(session: dict[str, Any]) -> SortKey:
 @router.delete("/sessions/{session_id}", status_code=204, responses=errors(sora.SessionNotFound))
 async def revoke_session(session_id: uuid.UUID, tx: TxDep, me: CurrentUser) -> Response:
     """Revoke one of one's sessions: the tool's next call gets 401 INVALID_SESSION."""
-    assert me.user_id is not None
     await sora.revoke_session(tx, me.user_id, session_id)
     return Response(status_code=204)
 

@@ -154,9 +154,7 @@ async def usage_summary(
 async def my_quota(tx: TxDep, me: CurrentUser) -> dict[str, Any]:
     """Every limit on the caller (own, each role's, and the calling key's), what is used and
     left in its current window, and when it resets."""
-    assert me.user_id is not None
-    key = me.extra.get("api_key")
-    return await usage.my_quota(tx, me.user_id, getattr(key, "id", None))
+    return await usage.my_quota(tx, me.user_id, me.api_key.id if me.api_key is not None else None)
 
 
 @quotas_router.get(

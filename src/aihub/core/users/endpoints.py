@@ -26,7 +26,8 @@ permission_check_router = APIRouter(prefix="/api/permissions", tags=["permission
 async def read_me(tx: TxDep, me: CurrentUser) -> schemas.UserOut:
     """The calling user's own profile."""
     # The principal already holds the user row and its roles (loaded to authenticate).
-    return users.profile(me.extra["user"], list(me.effective.roles))
+    assert me.user is not None  # a person: the row that authenticated them
+    return users.profile(me.user, list(me.effective.roles))
 
 
 @router.patch(
@@ -40,7 +41,6 @@ async def update_me(body: schemas.MeUpdate, tx: TxDep, me: CurrentUser, runtime:
     The current password is checked behind the account's login lockout (the same counter as
     `POST /api/auth/login`): a wrong one answers 403 `INVALID_CREDENTIALS` and counts as a
     failed sign-in; once locked, 429 `TOO_MANY_LOGIN_ATTEMPTS` with `Retry-After`."""
-    assert me.user_id is not None
     return await users.update_me(
         tx,
         runtime,
