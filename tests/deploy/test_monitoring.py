@@ -25,7 +25,7 @@ from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 
 from aihub.config import Settings
-from aihub.core.credits.alerts import deliver_webhook
+from aihub.core.credits.jobs import deliver_webhook
 from aihub.core.credits.reconcile import reconcile
 from aihub.gateway.app import create_app as create_gateway
 from tests.conftest import Caller, LiveServer, create_user, free_port

@@ -16,7 +16,7 @@ from starlette.responses import Response
 
 from aihub.core.apikeys import service as apikeys
 from aihub.core.audit import service as audit
-from aihub.core.credits import alerts as credit_alerts
+from aihub.core.credits import jobs as credit_jobs
 from aihub.core.credits import service as credits_service
 from aihub.core.rbac import service as rbac
 from aihub.core.sessions import repository as sessions_repo
@@ -95,7 +95,7 @@ async def get_tx(request: Request, runtime: RuntimeDep) -> Tx:
         ip=request.client.host if request.client else None,
     )
     # Every debit in this request (credits, usage, Sora) alerts on a low balance.
-    tx.info.set(credits_service.POLICY, credit_alerts.policy(runtime))
+    tx.info.set(credits_service.POLICY, credit_jobs.policy(runtime))
     request.state.tx = tx
     return tx
 

@@ -15,14 +15,14 @@ def periodic(runtime: Runtime) -> list[Periodic]:
     """The periodic jobs of every core domain (importing them also registers their queued jobs)."""
     from aihub.auth.identity import emails  # noqa: F401 - registers the identity email job
     from aihub.core.authorizations import jobs as authorization_jobs
-    from aihub.core.credits import alerts
+    from aihub.core.credits import jobs as credit_jobs
     from aihub.core.reports import jobs as report_jobs
     from aihub.core.sora import jobs as sora_jobs
     from aihub.core.usage import jobs as usage_jobs
     from aihub.core.webhooks import jobs as webhook_jobs
 
     return [
-        *alerts.periodic(runtime),
+        *credit_jobs.periodic(runtime),
         *sora_jobs.periodic(runtime),
         *usage_jobs.periodic(runtime),
         *report_jobs.periodic(runtime),

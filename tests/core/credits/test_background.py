@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 
 from aihub.cli import app as cli
 from aihub.config import Settings
-from aihub.core.credits import alerts
+from aihub.core.credits import jobs as credit_jobs
 from aihub.core.credits import service as credits
 from aihub.kit.jobs import jobs_of
 from aihub.kit.runtime import Runtime
@@ -142,7 +142,7 @@ async def test_sweep_releases_overdue_holds_once(runtime: Runtime, client: httpx
         await tx.commit()
     finally:
         await tx.close()
-    await alerts.sweep_expired_holds(runtime, {"limit": 2})  # now-based: nothing overdue yet
+    await credit_jobs.sweep_expired_holds(runtime, {"limit": 2})  # now-based: nothing overdue yet
     assert await account(runtime, user.id) == (10, 2, 10)
     tx = runtime.tx()
     try:

@@ -13,7 +13,8 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Query
 from starlette.responses import Response
 
-from aihub.core.credits import alerts, schemas
+from aihub.core.credits import jobs as credit_jobs
+from aihub.core.credits import schemas
 from aihub.core.credits import service as credits
 from aihub.core.deps import CurrentPrincipal, CurrentUser, RequirePermission, RuntimeDep, TxDep, TxRoute
 from aihub.core.ledger import service as ledger
@@ -152,7 +153,7 @@ async def deduct_credits(
 ) -> Response:
     """Take credits if that many are available (`credits:deduct`) → the debit transaction;
     402 `INSUFFICIENT_CREDITS` otherwise. Never overdraws, whatever the concurrency."""
-    policy = alerts.policy(runtime)
+    policy = credit_jobs.policy(runtime)
     engine = ledger.engine_of(runtime)
     if engine is not None:
         return await ledger.move(
@@ -212,7 +213,7 @@ async def create_hold(body: schemas.HoldIn, tx: TxDep, runtime: RuntimeDep, acto
     """Reserve credits until captured or released (`credits:deduct`); it expires after
     `ttlSeconds` (default from settings) and then releases itself."""
     ttl = body.ttl_seconds or runtime.settings.hold_default_ttl_seconds
-    policy = alerts.policy(runtime)
+    policy = credit_jobs.policy(runtime)
     engine = ledger.engine_of(runtime)
     if engine is not None:
         return await ledger.move(

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Path, Query, Request
 from starlette.responses import Response
 
-from aihub.core.credits import alerts
+from aihub.core.credits import jobs as credit_jobs
 from aihub.core.deps import CurrentPrincipal, CurrentUser, RequirePermission, RuntimeDep, TxDep, TxRoute
 from aihub.core.ledger import service as ledger
 from aihub.core.payments import schemas
@@ -104,7 +104,7 @@ async def stripe_webhook(request: Request, tx: TxDep, runtime: RuntimeDep) -> di
             return {"outcome": await payments.handle_event(work_tx, runtime, "stripe", event)}
 
         owner = await payments.owner_of(tx, "stripe", event)
-        done = await ledger.work(engine, tx, "stripe", handle, user_id=owner, policy=alerts.policy(runtime))
+        done = await ledger.work(engine, tx, "stripe", handle, user_id=owner, policy=credit_jobs.policy(runtime))
         return {"received": True, "outcome": done["outcome"]}
     outcome = await payments.handle_event(tx, runtime, "stripe", event)
     return {"received": True, "outcome": outcome}

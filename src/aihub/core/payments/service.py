@@ -16,7 +16,7 @@ from typing import Any
 import structlog
 
 from aihub.core.audit import service as audit
-from aihub.core.credits import alerts
+from aihub.core.credits import jobs as credit_jobs
 from aihub.core.credits import service as credits
 from aihub.core.payments import repository as repo
 from aihub.core.payments.provider import CheckoutRequest, Provider
@@ -322,7 +322,7 @@ async def _take_back(tx: Tx, runtime: Runtime, payment: Payment, wanted: int) ->
     """Debit up to ``wanted`` credits of a refunded purchase; what was already spent stays spent
     (returned short of ``wanted``). Each try is the ledger's own conditional debit."""
     meta = {"paymentId": str(payment.id), "kind": "purchase_refund"}
-    policy = alerts.policy(runtime)
+    policy = credit_jobs.policy(runtime)
     try:
         await credits.deduct(tx, payment.user_id, wanted, reason="refund", metadata=meta, policy=policy)
         return wanted

@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Path, Query, Response
 
-from aihub.core.credits import alerts as credit_alerts
+from aihub.core.credits import jobs as credit_jobs
 from aihub.core.credits import service as credits
 from aihub.core.deps import CurrentPrincipal, CurrentUser, RequirePermission, RuntimeDep, TxDep, TxRoute
 from aihub.core.ledger import service as ledger
@@ -73,7 +73,7 @@ async def record_event(
     engine = ledger.usage_engine_of(runtime)
     try:
         if engine is not None:
-            policy = credit_alerts.policy(runtime)
+            policy = credit_jobs.policy(runtime)
             result, replayed = await ledger.record_event(engine, tx, reporter.id, body.model_dump(), policy)
         else:
             result, replayed = await usage.record_event(tx, reporter.id, body.model_dump())
@@ -110,7 +110,7 @@ async def record_events(
     events = [event.model_dump() for event in body.events]
     engine = ledger.usage_engine_of(runtime)
     if engine is not None:
-        policy = credit_alerts.policy(runtime)
+        policy = credit_jobs.policy(runtime)
         results, refused = await ledger.record_batch(engine, tx, reporter.id, events, policy)
     else:
         results, refused = await usage.record_batch(tx, reporter.id, events)

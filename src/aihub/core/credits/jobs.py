@@ -1,5 +1,5 @@
-"""Background work of the ledger: low-balance events (signed webhooks, email, the legacy URL) and the
-hold-expiry sweep."""
+"""The credit domain's jobs: low-balance events (signed webhooks, email, the legacy URL), the
+hold-expiry sweep and the periodic reconcile."""
 
 from __future__ import annotations
 
