@@ -19,6 +19,7 @@ import contextlib
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from types import TracebackType
 
 import aiohttp
 import structlog
@@ -41,7 +42,8 @@ class Lease:
     def __enter__(self) -> None:
         self._instance.outstanding += 1
 
-    def __exit__(self, *_: object) -> None:
+    # Three named parameters, not ``*args``: no tuple is built per request.
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
         self._instance.outstanding -= 1
 
 
