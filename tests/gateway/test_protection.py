@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import AsyncIterator
+
 import aiohttp
 
+from aihub.gateway.headers import GENERATED_CSP
 from aihub.gateway.ipblock import client_ip
 from aihub.kit.jwt import TokenCodec
 from aihub.kit.store import Store
@@ -53,6 +57,44 @@ async def test_actual_responses_carry_cors_and_security_headers(
     async with http.get(gw.url + "/api/users/me", headers={**headers, "Origin": "https://evil.example"}) as resp:
         assert "Access-Control-Allow-Origin" not in resp.headers
         assert resp.headers.get("Access-Control-Allow-Origin") != "*"
+
+
+async def test_the_gateways_own_answers_carry_its_csp_and_the_upstreams_do_not(
+    upstreams: dict[str, Upstream],
+    start_gateway: GatewayFactory,
+    http: aiohttp.ClientSession,
+    codec: TokenCodec,
+) -> None:
+    """An upstream's page keeps its own policy, streamed or not; whatever the gateway makes
+    (a preflight, a redirect, an error, even one that ends a request already on its way
+    upstream) gets the gateway's."""
+    gw = await start_gateway(gateway_settings(upstreams, cors_origins=ORIGIN, max_body_bytes=1024))
+    headers = bearer(codec.issue(sub="csp", role="user"))
+    async with http.get(gw.url + "/api/users/stream", headers=headers) as resp:
+        assert resp.status == 200 and "Content-Security-Policy" not in resp.headers
+    async with http.get(gw.url + "/api/users/status/500", headers=headers) as resp:
+        assert resp.status == 500 and "Content-Security-Policy" not in resp.headers  # the upstream's own 500
+    own = [
+        http.options(gw.url + "/api/users/me", headers={"Origin": ORIGIN, "Access-Control-Request-Method": "GET"}),
+        http.get(gw.url + "/", allow_redirects=False),
+        http.get(gw.url + "/api/users/me"),  # 401 before any hop
+        http.post(gw.url + "/api/users/upload", data=_chunks(64 * 1024), headers=headers),  # 413 mid-upload
+    ]
+    for pending in own:
+        async with pending as resp:
+            assert resp.status in (204, 308, 401, 413)
+            assert resp.headers["Content-Security-Policy"] == GENERATED_CSP, resp.status
+            assert resp.headers["X-Frame-Options"] == "DENY"
+    await upstreams["mcp"].stop()  # refused now: the gateway's 502 (or 503) replaces the answer
+    async with http.get(gw.url + "/api/mcp/anything", headers=headers) as resp:
+        assert resp.status in (502, 503)
+        assert resp.headers["Content-Security-Policy"] == GENERATED_CSP
+
+
+async def _chunks(total: int) -> AsyncIterator[bytes]:
+    for _ in range(total // 4096):
+        yield b"x" * 4096
+        await asyncio.sleep(0)
 
 
 async def test_static_deny_list(

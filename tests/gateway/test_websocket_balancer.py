@@ -8,8 +8,12 @@ from collections.abc import AsyncIterator
 
 import aiohttp
 import pytest
+from aiohttp import web
 
+from aihub.gateway.app import GATEWAY, create_app
+from aihub.gateway.server import GatewayRunner
 from aihub.kit.jwt import TokenCodec
+from aihub.kit.store import MemoryStore
 from tests.conftest import free_port
 from tests.gateway.conftest import GatewayFactory, Upstream, bearer, gateway_settings
 
@@ -207,3 +211,66 @@ async def test_no_healthy_instance_is_503(
         body = await resp.json()
     assert body["status"] == "degraded"
     assert body["checks"]["upstreams"]["core"] == {"healthy": 0, "total": 1}
+
+
+async def test_every_way_a_request_ends_counts_it_off_its_instance(
+    upstreams: dict[str, Upstream],
+    start_gateway: GatewayFactory,
+    http: aiohttp.ClientSession,
+    codec: TokenCodec,
+) -> None:
+    """Least-outstanding balancing reads each instance's count of requests in flight: a relayed
+    answer, a stream, an upload cut at the limit, a refused connection and a WebSocket session
+    each take the instance's lease and give it back."""
+    gw = await start_gateway(gateway_settings(upstreams, max_body_bytes=256 * 1024))
+    core = gw.gateway.balancer.groups["core"].instances[0]
+    mcp = gw.gateway.balancer.groups["mcp"].instances[0]
+    headers = bearer(codec.issue(sub="lease", role="user"))
+    async with http.get(gw.url + "/api/users/me", headers=headers) as resp:
+        assert resp.status == 200
+    async with http.get(gw.url + "/api/users/stream", headers=headers) as resp:
+        assert (await resp.read()).count(b"data:") == 5
+    async with http.post(gw.url + "/api/users/upload", data=_chunks(4 * 1024 * 1024), headers=headers) as resp:
+        assert resp.status == 413
+    async with http.ws_connect(gw.url + "/api/ws/echo", headers=headers) as ws:
+        await ws.send_str("hi")
+        assert (await ws.receive(timeout=5)).data == "echo:hi:lease"
+        assert mcp.outstanding == 1  # the session is in flight for as long as it lasts
+    await upstreams["mcp"].stop()  # refused now; the health check has not noticed yet
+    async with http.get(gw.url + "/api/mcp/anything", headers=headers) as resp:
+        assert resp.status in (502, 503)
+    await asyncio.sleep(0.1)  # the client may see its close before the gateway's handler ends
+    assert (core.outstanding, mcp.outstanding) == (0, 0)
+
+
+async def _chunks(total: int) -> AsyncIterator[bytes]:
+    for _ in range(total // 65_536):
+        yield b"x" * 65_536
+        await asyncio.sleep(0)
+
+
+async def test_a_request_cancelled_by_shutdown_is_counted_off_too(
+    upstreams: dict[str, Upstream], http: aiohttp.ClientSession, codec: TokenCodec
+) -> None:
+    """A handler still waiting on its upstream when the shutdown timeout ends is cancelled: the
+    lease is given back all the same (it was not, before the lease: the count stayed up)."""
+    app = create_app(gateway_settings(upstreams), store=MemoryStore())
+    runner = GatewayRunner(app, access_log=None, shutdown_timeout=0.5)  # shorter than /slow's 2 s
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    core = app[GATEWAY].balancer.groups["core"].instances[0]
+    slow = asyncio.ensure_future(
+        http.get(f"http://127.0.0.1:{port}/api/users/slow", headers=bearer(codec.issue(sub="u", role="user")))
+    )
+    try:
+        for _ in range(100):
+            if core.outstanding == 1:
+                break
+            await asyncio.sleep(0.02)
+        assert core.outstanding == 1
+        await runner.cleanup()
+        assert core.outstanding == 0
+    finally:
+        with contextlib.suppress(aiohttp.ClientError):
+            (await slow).release()

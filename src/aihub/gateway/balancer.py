@@ -19,6 +19,7 @@ import contextlib
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from types import TracebackType
 
 import aiohttp
 import structlog
@@ -28,17 +29,39 @@ from aihub.gateway import metrics
 log = structlog.get_logger("aihub.gateway.balancer")
 
 
+class Lease:
+    """``with instance.lease:`` counts one request as outstanding on the instance for as long
+    as it runs, however it ends (an answer, an error, a cancellation). Made once per instance
+    and shared by its requests (it keeps no state of theirs): taking it allocates nothing."""
+
+    __slots__ = ("_instance",)
+
+    def __init__(self, instance: Instance) -> None:
+        self._instance = instance
+
+    def __enter__(self) -> None:
+        self._instance.outstanding += 1
+
+    # Three named parameters, not ``*args``: no tuple is built per request.
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        self._instance.outstanding -= 1
+
+
 @dataclass(eq=False)
 class Instance:
     group: str
     url: str
-    outstanding: int = 0
+    outstanding: int = 0  # requests in flight to it: taken with ``lease``
     failures: int = 0
     healthy: bool = True  # the last active check; optimistic until the first one runs
     answered: bool = True  # the last check got an HTTP answer (whatever its status)
     draining: bool = False  # a response said it is shutting down; cleared by a passing check
     ejected_until: float = 0.0
     check_failures: int = 0
+    lease: Lease = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.lease = Lease(self)
 
     def available(self, now: float) -> bool:
         return self.healthy and not self.draining and self.ejected_until <= now

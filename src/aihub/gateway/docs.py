@@ -3,7 +3,8 @@
 The page, its start script and Swagger UI's own files are all served by the gateway, so the
 docs work on a machine with no network access and under a CSP that allows only ``'self'``.
 The one extra is ``img-src data:``: Swagger UI's stylesheet embeds its icons as data URIs,
-which load nothing from anywhere.
+which load nothing from anywhere. ``/openapi.json`` is the contract, merged from the upstreams
+(openapi.py). Both are public, like ``/health``: the contract is no secret.
 """
 
 from __future__ import annotations
@@ -13,8 +14,16 @@ from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
+import aiohttp
+from aiohttp import web
+
+from aihub.gateway.context import Ctx, json_response, method_not_allowed
+from aihub.gateway.openapi import SchemaCache
+from aihub.kit.errors import NotFound
+
 SWAGGER_UI_VERSION = "5.35.0"  # npm swagger-ui-dist; see swagger_ui/README.md
 DOCS_PATH = "/docs"
+OPENAPI_PATH = "/openapi.json"
 _ASSET_DIR = Path(__file__).with_name("swagger_ui")
 
 DOCS_CSP = (
@@ -86,3 +95,35 @@ def asset(path: str) -> Asset | None:
         return None
     gzipped = gzip.compress(body, 6) if _compressible(content_type) and len(body) > 1024 else None
     return Asset(body, gzipped, content_type, "public, max-age=3600")
+
+
+def is_docs(path: str) -> bool:
+    return path in (OPENAPI_PATH, DOCS_PATH) or path.startswith(DOCS_PATH + "/")
+
+
+class Docs:
+    def __init__(self, openapi: SchemaCache) -> None:
+        self.openapi = openapi
+        self.session: aiohttp.ClientSession | None = None  # set when the gateway starts
+
+    async def answer(self, request: web.Request, ctx: Ctx, path: str) -> web.Response:
+        """``path``: one ``is_docs`` accepts."""
+        if request.method not in ("GET", "HEAD"):
+            return method_not_allowed(ctx)
+        if path == OPENAPI_PATH:
+            assert self.session is not None
+            body, _complete = await self.openapi.document(self.session)
+            return json_response(body, headers={"Cache-Control": "no-cache"})
+        found = asset(path)
+        if found is None:
+            raise NotFound("No such file")
+        headers = {
+            "Content-Type": found.content_type,
+            "Cache-Control": found.cache_control,
+            "Content-Security-Policy": DOCS_CSP,  # its own: on_prepare keeps it (headers.py)
+            "Vary": "Accept-Encoding",
+        }
+        body = found.body
+        if found.gzipped is not None and "gzip" in request.headers.get("Accept-Encoding", ""):
+            body, headers["Content-Encoding"] = found.gzipped, "gzip"
+        return web.Response(body=body, headers=headers)

@@ -314,52 +314,47 @@ async def forward(
         raise NoUpstream
     for attempt in (0, 1):
         info.instance = instance.url
-        instance.outstanding += 1
-        try:
-            upstream = await session.request(
-                request.method,
-                _url(instance.url + target),
-                headers=headers,
-                data=body,
-                allow_redirects=False,
-                timeout=timeout,
-                auto_decompress=False,
-            )
-        except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
-            instance.outstanding -= 1
-            group.failure(instance)
-            other = group.pick(exclude=instance) if replayable and attempt == 0 else None
-            if other is None:
-                if isinstance(exc, aiohttp.ConnectionTimeoutError):
-                    raise GatewayTimeout from exc
-                raise BadGateway("The upstream service refused the connection") from exc
-            instance = other
-            continue
-        except (aiohttp.ServerTimeoutError, TimeoutError) as exc:
-            instance.outstanding -= 1
-            group.failure(instance)
-            raise GatewayTimeout from exc
-        except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
-            instance.outstanding -= 1
-            if upload.too_large:
-                raise PayloadTooLarge from exc
-            if not (replayable and attempt == 0 and is_idempotent(request)):
+        with instance.lease:  # released on every way out, a retry's ``continue`` included
+            try:
+                upstream = await session.request(
+                    request.method,
+                    _url(instance.url + target),
+                    headers=headers,
+                    data=body,
+                    allow_redirects=False,
+                    timeout=timeout,
+                    auto_decompress=False,
+                )
+            except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
+                group.failure(instance)
+                other = group.pick(exclude=instance) if replayable and attempt == 0 else None
+                if other is None:
+                    if isinstance(exc, aiohttp.ConnectionTimeoutError):
+                        raise GatewayTimeout from exc
+                    raise BadGateway("The upstream service refused the connection") from exc
+                instance = other
+                continue
+            except (aiohttp.ServerTimeoutError, TimeoutError) as exc:
+                group.failure(instance)
+                raise GatewayTimeout from exc
+            except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
+                if upload.too_large:
+                    raise PayloadTooLarge from exc
+                if not (replayable and attempt == 0 and is_idempotent(request)):
+                    raise BadGateway from exc
+                instance = group.pick(exclude=instance) or instance  # a fresh connection at least
+                continue
+            except (aiohttp.ClientError, OSError, PayloadTooLarge) as exc:
+                if upload.too_large:
+                    raise PayloadTooLarge from exc
                 raise BadGateway from exc
-            instance = group.pick(exclude=instance) or instance  # a fresh connection at least
-            continue
-        except (aiohttp.ClientError, OSError, PayloadTooLarge) as exc:
-            instance.outstanding -= 1
-            if upload.too_large:
-                raise PayloadTooLarge from exc
-            raise BadGateway from exc
-        try:
-            group.success(instance)
-            if DRAINING_HEADER in upstream.headers:
-                group.draining(instance)
-            return await _relay(request, upstream, info, instance.url, route.strip)
-        finally:
-            instance.outstanding -= 1
-            upstream.release()
+            try:
+                group.success(instance)
+                if DRAINING_HEADER in upstream.headers:
+                    group.draining(instance)
+                return await _relay(request, upstream, info, instance.url, route.strip)
+            finally:
+                upstream.release()
     raise NoUpstream  # pragma: no cover - the loop always returns or raises
 
 

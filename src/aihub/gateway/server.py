@@ -49,7 +49,7 @@ def parser_error_response(status: int) -> web.Response:
     headers = response.headers
     headers["X-Request-Id"] = request_id
     headers["Server"] = "aihub"
-    add_security(headers, generated=True)
+    add_security(headers, proxied=False)
     response.force_close()  # the stream is out of sync: nothing more is read from it
     return response
 

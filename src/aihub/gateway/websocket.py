@@ -120,7 +120,6 @@ async def proxy_websocket(
     instance, upstream = await _connect(
         session, group, target, forwarded, protocols, info, max_message, connect_timeout
     )
-    instance.outstanding += 1
     client = web.WebSocketResponse(
         protocols=[upstream.protocol] if upstream.protocol else (),
         max_msg_size=max_message,
@@ -128,33 +127,33 @@ async def proxy_websocket(
         autoping=True,
     )
     try:
-        await client.prepare(request)
-        activity = [time.monotonic()]
-        tasks = {
-            asyncio.ensure_future(_pump(client, upstream, activity)): "client",
-            asyncio.ensure_future(_pump(upstream, client, activity)): "upstream",
-            asyncio.ensure_future(_idle_watch(activity, idle)): "idle",
-            asyncio.ensure_future((going_away or asyncio.Event()).wait()): "shutdown",
-        }
-        done, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-        for task in pending:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
-        first = tasks[next(iter(done))]
-        if first == "client":
-            await upstream.close(code=_close_code(client.close_code))
-        elif first == "upstream":
-            await client.close(code=_close_code(upstream.close_code))
-        else:
-            reason = b"idle timeout" if first == "idle" else b"gateway shutting down"
-            await asyncio.gather(
-                upstream.close(code=1001, message=reason),
-                client.close(code=1001, message=reason),
-                return_exceptions=True,
-            )
+        with instance.lease:  # counted while the connection lasts; released before the close below
+            await client.prepare(request)
+            activity = [time.monotonic()]
+            tasks = {
+                asyncio.ensure_future(_pump(client, upstream, activity)): "client",
+                asyncio.ensure_future(_pump(upstream, client, activity)): "upstream",
+                asyncio.ensure_future(_idle_watch(activity, idle)): "idle",
+                asyncio.ensure_future((going_away or asyncio.Event()).wait()): "shutdown",
+            }
+            done, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            for task in pending:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+            first = tasks[next(iter(done))]
+            if first == "client":
+                await upstream.close(code=_close_code(client.close_code))
+            elif first == "upstream":
+                await client.close(code=_close_code(upstream.close_code))
+            else:
+                reason = b"idle timeout" if first == "idle" else b"gateway shutting down"
+                await asyncio.gather(
+                    upstream.close(code=1001, message=reason),
+                    client.close(code=1001, message=reason),
+                    return_exceptions=True,
+                )
     finally:
-        instance.outstanding -= 1
         if not upstream.closed:
             await upstream.close()
     return client

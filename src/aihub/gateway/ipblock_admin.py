@@ -1,29 +1,40 @@
-"""The gateway's own admin API (``/api/gateway/blocked-ips``): who may use it, and what it takes.
+"""The block list's admin API (``/api/gateway/blocked-ips``): who may use it, what it takes, and
+what it does to the ``BlockList`` (ipblock.py).
 
 A token's claims say what the caller could do when the token was issued. The block list can
 lock everyone out, so a demoted, suspended or deleted admin must lose it at once, not when
 the token expires: every call asks core (``POST /api/permissions/check``, which reads the
 user's status and effective permissions) and keeps the answer for at most ``ttl`` seconds.
+The caller is identified and rate-limited by the dispatch (app.py) like any route's, under
+``ROUTE``.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import time
+import urllib.parse
 from dataclasses import dataclass
 
 import aiohttp
 import structlog
 from aiohttp import web
 
-from aihub.gateway.authcheck import Identity
+from aihub.gateway.authcheck import Identity, bearer_token
 from aihub.gateway.balancer import Balancer
-from aihub.gateway.routing import RouteTable
-from aihub.kit.errors import AppError, Forbidden, ServiceUnavailable, Unauthorized
-from aihub.kit.jsonutil import loads
+from aihub.gateway.context import Ctx, json_response, method_not_allowed
+from aihub.gateway.ipblock import BlockList
+from aihub.gateway.routing import Route, RouteTable
+from aihub.kit.apikeys import presented_key
+from aihub.kit.errors import AppError, Forbidden, NotFound, ServiceUnavailable, Unauthorized
+from aihub.kit.jsonutil import dumps, loads
+from aihub.kit.store import StoreUnavailable
 
 log = structlog.get_logger("aihub.gateway.admin")
 
+PREFIX = "/api/gateway/blocked-ips"
+# The API's own route: identified and limited as any authenticated route is, by the role's limit.
+ROUTE = Route("/api/gateway", "gateway", name="gateway-admin")
 PERMISSION = "gateway:admin"
 CHECK_PATH = "/api/permissions/check"
 MAX_BODY = 16_384  # a block request is a few fields
@@ -169,3 +180,50 @@ def parse_block(raw: bytes) -> BlockRequest:
     if not isinstance(force, bool):
         raise _invalid("body.force", "true or false", "bool_type")
     return BlockRequest(str(network), None if ttl is None else float(ttl), reason or None, force)
+
+
+def is_admin_path(path: str) -> bool:
+    return path == PREFIX or path.startswith(PREFIX + "/")
+
+
+class BlockAdmin:
+    """List (``GET``), add (``POST``) and remove (``DELETE …/<ip or CIDR>``) blocks, for a caller
+    whose ``gateway:admin`` core confirms."""
+
+    def __init__(self, blocks: BlockList, check: AdminCheck) -> None:
+        self.blocks = blocks
+        self.check = check
+
+    async def answer(self, request: web.Request, ctx: Ctx, identity: Identity | None, path: str) -> web.Response:
+        """``path``: the raw path or the normalised one; an unblock names a CIDR, whose "/" the
+        last segment carries encoded."""
+        if identity is None:
+            raise Unauthorized
+        if not identity.has_permission(PERMISSION):
+            raise Forbidden  # the token does not even claim it: no need to ask core
+        # Core is asked with the caller's own credential: its bearer token, or its API key
+        # (which core also takes as a bearer) when it came as X-API-Key.
+        bearer = bearer_token(request.headers.get("Authorization"))
+        credential = presented_key(request.headers.get("X-API-Key"), bearer) or bearer
+        assert credential is not None  # an identity comes from a token or a key on this route
+        await self.check.require(identity, credential, ctx.request_id)
+        rest = urllib.parse.unquote(path[len(PREFIX) :].lstrip("/"))
+        try:
+            if not rest and request.method == "GET":
+                return json_response(dumps({"items": await self.blocks.list(), "nextCursor": None}))
+            if not rest and request.method == "POST":
+                return await self._add(request, ctx, identity)
+            if rest and request.method == "DELETE":
+                if not await self.blocks.remove(str(network_of(rest))):
+                    raise NotFound("This address is not blocked")
+                return web.Response(status=204)
+        except StoreUnavailable as exc:
+            raise ServiceUnavailable("The block list store is unavailable") from exc
+        return method_not_allowed(ctx)
+
+    async def _add(self, request: web.Request, ctx: Ctx, identity: Identity) -> web.Response:
+        block_request = parse_block(await admin_body(request))
+        block_request.check_caller(ctx.client_ip)
+        reason = block_request.reason or f"admin {identity.user_id}"
+        block = await self.blocks.add(block_request.network, ttl=block_request.ttl, reason=reason)
+        return json_response(dumps(block.view()), 201)
