@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
@@ -37,6 +38,7 @@ from aihub.core.usage import service as usage
 from aihub.kit.db import utcnow
 from aihub.kit.errors import AppError
 from aihub.kit.idempotency import IdempotencyKeyReused
+from aihub.kit.ids import uuid4s
 from aihub.kit.jsonutil import dumps
 
 MAX_EVENTS = 2000  # per transaction: a 1,000-event request and whatever single events queued
@@ -108,6 +110,7 @@ class _Decided:
     ledger_rows: list[tuple[Any, ...]] = field(default_factory=list)
     audit_rows: list[Any] = field(default_factory=list)
     days: set[dt.date] = field(default_factory=set)
+    ids: Iterator[uuid.UUID] = field(default_factory=lambda: iter(()))  # drawn for the whole pass
 
 
 async def apply_events(conn: asyncpg.Connection, ops: list[UsageOp]) -> dict[int, Outcome]:
@@ -248,7 +251,7 @@ def _decide(
     now: dt.datetime,
 ) -> _Decided:
     """Each event in order against the running totals and balances: quota, then credits."""
-    out = _Decided()
+    out = _Decided(ids=iter(uuid4s(_IDS_PER_EVENT * len(live))))
     accounts = {
         uid: _Account(int(r["balance"]), int(r["reserved"]), r["low_balance_threshold"])
         for uid, r in locked_accounts.items()
@@ -285,12 +288,15 @@ def _decide(
     return out
 
 
+_IDS_PER_EVENT = 4  # the event's, its debit's and its two audit rows'
+
+
 def _accept(out: _Decided, op: UsageOp, account: _Account, now: dt.datetime) -> None:
-    event_id = uuid.uuid4()
+    event_id = next(out.ids)
     transaction_id: uuid.UUID | None = None
     after: credits_repo.Balance | None = None
     if op.charge > 0:
-        transaction_id = uuid.uuid4()
+        transaction_id = next(out.ids)
         account.balance -= op.charge
         out.deltas[op.user_id] = out.deltas.get(op.user_id, 0) - op.charge
         meta = {"usageEventId": str(event_id), "requestId": op.request_id, "provider": op.provider, "model": op.model}
@@ -317,7 +323,7 @@ def _accept(out: _Decided, op: UsageOp, account: _Account, now: dt.datetime) -> 
             before={"balance": account.balance + op.charge},
             after={"balance": account.balance, "reserved": account.reserved, "transactionId": str(transaction_id)},
         )
-        out.audit_rows.append(audit.pending_row(debit, op.request, op.ip, now))
+        out.audit_rows.append(audit.pending_row(debit, op.request, op.ip, now, next(out.ids)))
     out.events.append(_event_row(op, event_id, now, transaction_id, account.balance))
     out.accepted.append((op, event_id))
     record = audit.new_entry(
@@ -334,7 +340,7 @@ def _accept(out: _Decided, op: UsageOp, account: _Account, now: dt.datetime) -> 
             "priceId": str(op.price_id),
         },
     )
-    out.audit_rows.append(audit.pending_row(record, op.request, op.ip, now))
+    out.audit_rows.append(audit.pending_row(record, op.request, op.ip, now, next(out.ids)))
     view = _result(event_id, op.request_id, op.charge, account.balance)
     out.outcomes[id(op)] = Outcome(201, view=view, after=after, debited=op.charge)
     if op.occurred_at is not None:
