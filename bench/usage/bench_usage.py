@@ -2,7 +2,7 @@
 
     flock /tmp/aihub-bench.lock .venv/bin/python bench/usage/bench_usage.py [--seconds 10] [--clients 32]
         [--rows 1000000] [--users 5000] [--days 60] [--repeat 20] [--batch-size 500] [--batch-clients 4]
-        [--skip-ingest] [--skip-reports]
+        [--skip-ingest] [--skip-reports] [--only-batch]
 
 (a) Ingestion: `POST /api/usage/events` from a service token (scope usage:write), each event a
     new requestId for one of N funded users with role `user`, on which a daily quota is set:
