@@ -2,7 +2,7 @@
 
     flock /tmp/aihub-bench.lock .venv/bin/python bench/usage/bench_usage.py [--seconds 10] [--clients 32]
         [--rows 1000000] [--users 5000] [--days 60] [--repeat 20] [--batch-size 500] [--batch-clients 4]
-        [--skip-ingest] [--skip-reports]
+        [--skip-ingest] [--skip-reports] [--only-batch]
 
 (a) Ingestion: `POST /api/usage/events` from a service token (scope usage:write), each event a
     new requestId for one of N funded users with role `user`, on which a daily quota is set:
@@ -88,9 +88,11 @@ async def prepare_ingest(db: str, users: int) -> list[str]:
         await conn.execute(
             "INSERT INTO user_roles (user_id, role_name, created_at) SELECT id, 'user', now() FROM users"
         )
+        # quota_limits (migration 0016): the old `quotas` table is no longer read.
         await conn.execute(
-            "INSERT INTO quotas (scope, period, max_credits, max_tokens, max_requests, created_at, updated_at) "
-            "VALUES ('role:user', 'day', 1000000000000, 1000000000000, 1000000000, now(), now())"
+            "INSERT INTO quota_limits (scope, position, period, model, max_credits, max_tokens, max_requests,"
+            " created_at, updated_at)"
+            " VALUES ('role:user', 0, 'day', '', 1000000000000, 1000000000000, 1000000000, now(), now())"
         )
         await conn.execute("ANALYZE")
     finally:
@@ -606,6 +608,30 @@ def load() -> str:
     return f"load average {one:.2f} (1 min), {five:.2f} (5 min) on {os.cpu_count()} cores"
 
 
+def latency_at(latencies: list[float], q: float) -> float:
+    ordered = sorted(latencies)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000 if ordered else float("nan")
+
+
+async def batch_only(
+    db: str, db_url: str, url: str, ids: list[str], token: str, proc: subprocess.Popen[bytes], args: argparse.Namespace
+) -> list[str]:
+    """--only-batch: a short warm-up, then the batch case alone (e.g. while py-spy samples the core)."""
+    print(f"core pid {proc.pid}", flush=True)
+    await batch_case(db, url, ids, token, args.batch_clients, 2, args.batch_size)
+    rate, latencies, statuses = await batch_case(db, url, ids, token, args.batch_clients, args.seconds, args.batch_size)
+    proc.terminate()
+    proc.wait(timeout=30)
+    code, report = reconcile(db_url)
+    return [
+        f"(a) POST /api/usage/events/batch, {args.batch_size}/request, {args.batch_clients} clients:"
+        f" {rate:.0f} events/s"
+        f"   request p50 {latency_at(latencies, 0.5):.0f} ms, p99 {latency_at(latencies, 0.99):.0f} ms;"
+        f" per-event statuses {statuses}",
+        f"ledger reconcile exit code: {code}" + ("" if code == 0 else "\n" + report.strip()),
+    ]
+
+
 async def ingest_part(db: str, db_url: str, env: dict[str, str], args: argparse.Namespace) -> list[str]:
     ids = await prepare_ingest(db, args.ingest_users)
     port = free_port()
@@ -618,6 +644,8 @@ async def ingest_part(db: str, db_url: str, env: dict[str, str], args: argparse.
         await wait_healthy(url, proc)
         codec = TokenCodec.from_settings(Settings())
         token = codec.issue(sub="bench-mcp", typ="service", role="service", scopes=["usage:write"], ttl=None)
+        if args.only_batch:
+            return await batch_only(db, db_url, url, ids, token, proc, args)
         await ingest_case(db, url, ids, token, args.clients, 2)  # warm-up
         one_rate, one_output = await ingest_case(db, url, ids, token, 1, args.seconds)
         rate, output = await ingest_case(db, url, ids, token, args.clients, args.seconds)
@@ -671,6 +699,7 @@ async def main() -> None:
     parser.add_argument("--batch-clients", type=int, default=4)
     parser.add_argument("--skip-ingest", action="store_true")
     parser.add_argument("--skip-reports", action="store_true")
+    parser.add_argument("--only-batch", action="store_true", help="the ingest part's batch case alone (no baselines)")
     parser.add_argument(
         "--db-prefix", default="aihub_bench_usage", help="databases are <prefix>_<pid>_{ingest,reports}"
     )
@@ -692,7 +721,7 @@ async def main() -> None:
     out: list[str] = []
     for part, runner, skip in (
         ("ingest", ingest_part, args.skip_ingest),
-        ("reports", reports_part, args.skip_reports),
+        ("reports", reports_part, args.skip_reports or args.only_batch),
     ):
         if skip:
             continue

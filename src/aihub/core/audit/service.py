@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import uuid
 import zlib
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -56,8 +57,8 @@ def scrub(value: dict[str, Any] | None) -> dict[str, Any] | None:
     """JSON-safe copy without secrets: what is hashed is exactly what the database returns."""
     if value is None:
         return None
-    clean = {k: v for k, v in value.items() if k not in _SECRET_FIELDS}
-    result: dict[str, Any] = loads(dumps(clean))
+    clean = value if _SECRET_FIELDS.isdisjoint(value) else {k: v for k, v in value.items() if k not in _SECRET_FIELDS}
+    result: dict[str, Any] = loads(dumps(clean))  # a copy either way
     return result
 
 
@@ -81,10 +82,13 @@ class PendingRow:
     content: str = ""
 
 
-def pending_row(entry: _Entry, request_id: str | None, ip: str | None, now: dt.datetime) -> PendingRow:
-    """The row of ``entry`` and the canonical text of its content (v3), as :func:`entry_row`."""
+def pending_row(
+    entry: _Entry, request_id: str | None, ip: str | None, now: dt.datetime, row_id: uuid.UUID | None = None
+) -> PendingRow:
+    """The row of ``entry`` and the canonical text of its content (v3), as :func:`entry_row`.
+    ``row_id``: the row's id when the caller drew it already (a batch draws its ids at once)."""
     row = PendingRow(
-        repo.new_id(),
+        row_id or repo.new_id(),
         entry.chain,
         entry.actor.id,
         entry.actor.type,

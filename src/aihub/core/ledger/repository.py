@@ -77,31 +77,44 @@ UPDATE credit_holds h SET status = u.status, captured = u.captured, resolved_at 
 FROM unnest($1::uuid[], $2::text[], $3::bigint[], $4::timestamptz[]) AS u(id, status, captured, resolved_at)
 WHERE h.id = u.id AND h.status = 'held'
 """
+# COPY (binary) for the rows a batch appends: one message for the lot, and no per-value array
+# checks on the client (what an INSERT … SELECT FROM unnest of every column spends most on).
 # In the batch's order, so each account's seq follows its balance (balance_after chains).
-LEDGER = """
-INSERT INTO credit_transactions
-    (id, user_id, amount, type, reason, balance_after, related_id, idempotency_key, metadata, actor_id, created_at)
-SELECT u.id, u.user_id, u.amount, CASE WHEN u.amount > 0 THEN 'credit' ELSE 'debit' END, u.reason,
-       u.balance_after, u.related_id, u.idem, u.meta::jsonb, u.actor_id, u.created_at
-FROM unnest($1::uuid[], $2::uuid[], $3::bigint[], $4::text[], $5::bigint[], $6::uuid[], $7::text[], $8::text[],
-            $9::text[], $10::timestamptz[])
-     WITH ORDINALITY AS u(id, user_id, amount, reason, balance_after, related_id, idem, meta, actor_id, created_at, ord)
-ORDER BY u.ord
-"""
+LEDGER_COLUMNS = (
+    "id",
+    "user_id",
+    "amount",
+    "type",
+    "reason",
+    "balance_after",
+    "related_id",
+    "idempotency_key",
+    "metadata",
+    "actor_id",
+    "created_at",
+)
 LOCK_HEADS = """
 SELECT chain, last_seq, last_hash FROM audit_chain_heads WHERE chain = ANY($1::int[]) ORDER BY chain FOR UPDATE
 """
-AUDIT = """
-INSERT INTO audit_logs (id, chain, chain_seq, actor_id, actor_type, action, entity_type, entity_id, before, after,
-                        request_id, ip, created_at, prev_hash, hash, hash_version, content)
-SELECT u.id, u.chain, u.seq, u.actor_id, u.actor_type, u.action, u.entity_type, u.entity_id, u.before::jsonb,
-       u.after::jsonb, u.request_id, u.ip, u.created_at, u.prev, u.hash, 3, u.content
-FROM unnest($1::uuid[], $2::int[], $3::bigint[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[],
-            $9::text[], $10::text[], $11::text[], $12::text[], $13::timestamptz[], $14::text[], $15::text[],
-            $16::text[])
-     AS u(id, chain, seq, actor_id, actor_type, action, entity_type, entity_id, before, after, request_id, ip,
-          created_at, prev, hash, content)
-"""
+AUDIT_COLUMNS = (
+    "id",
+    "chain",
+    "chain_seq",
+    "actor_id",
+    "actor_type",
+    "action",
+    "entity_type",
+    "entity_id",
+    "before",
+    "after",
+    "request_id",
+    "ip",
+    "created_at",
+    "prev_hash",
+    "hash",
+    "content",
+    "hash_version",
+)
 ADVANCE_HEADS = """
 UPDATE audit_chain_heads h SET last_seq = u.seq, last_hash = u.hash, prev_hash = u.prev
 FROM unnest($1::int[], $2::bigint[], $3::text[], $4::text[]) AS u(chain, seq, hash, prev)
@@ -161,7 +174,10 @@ async def resolve_holds(conn: asyncpg.Connection, rows: Sequence[tuple[Any, ...]
 
 
 async def ledger(conn: asyncpg.Connection, rows: Sequence[tuple[Any, ...]]) -> None:
-    await conn.execute(LEDGER, *(list(column) for column in zip(*rows, strict=True)))
+    """``rows``: (id, user_id, amount, reason, balance_after, related_id, idempotency_key,
+    metadata JSON text, actor_id, created_at)."""
+    records = [(r[0], r[1], r[2], "credit" if r[2] > 0 else "debit", *r[3:]) for r in rows]
+    await conn.copy_records_to_table("credit_transactions", records=records, columns=LEDGER_COLUMNS)
 
 
 async def lock_heads(conn: asyncpg.Connection, chains: Sequence[int]) -> dict[int, tuple[int, str]]:
@@ -170,7 +186,9 @@ async def lock_heads(conn: asyncpg.Connection, chains: Sequence[int]) -> dict[in
 
 
 async def audit(conn: asyncpg.Connection, rows: Sequence[tuple[Any, ...]]) -> None:
-    await conn.execute(AUDIT, *(list(column) for column in zip(*rows, strict=True)))
+    """``rows``: the AUDIT_COLUMNS but the last, each a v3 row (its hash covers ``content``)."""
+    records = [(*row, 3) for row in rows]
+    await conn.copy_records_to_table("audit_logs", records=records, columns=AUDIT_COLUMNS)
 
 
 async def advance_heads(conn: asyncpg.Connection, heads: Sequence[tuple[int, int, str, str]]) -> None:
@@ -180,15 +198,19 @@ async def advance_heads(conn: asyncpg.Connection, heads: Sequence[tuple[int, int
 # ---------------------------------------------------------------------- usage events
 
 USERS = "SELECT id FROM users WHERE id = ANY($1::uuid[])"
-CLAIM_EVENTS = """
+# The batch's accepted events, settled (their debit and the balance after it): written once.
+# A requestId recorded meanwhile by another writer is skipped, and missing from what returns.
+INSERT_EVENTS = """
 INSERT INTO usage_events (id, request_id, request_hash, user_id, provider, model, price_id, input_tokens,
-                          output_tokens, duration_seconds, credits, reporter_id, metadata, created_at)
+                          output_tokens, duration_seconds, credits, reporter_id, metadata, created_at,
+                          transaction_id, balance_after)
 SELECT u.id, u.request_id, u.request_hash, u.user_id, u.provider, u.model, u.price_id, u.input_tokens,
-       u.output_tokens, u.duration_seconds, u.credits, u.reporter_id, u.meta::jsonb, u.created_at
+       u.output_tokens, u.duration_seconds, u.credits, u.reporter_id, u.meta::jsonb, u.created_at, u.tid, u.balance
 FROM unnest($1::uuid[], $2::text[], $3::text[], $4::uuid[], $5::text[], $6::text[], $7::uuid[], $8::bigint[],
-            $9::bigint[], $10::numeric[], $11::bigint[], $12::text[], $13::text[], $14::timestamptz[])
+            $9::bigint[], $10::numeric[], $11::bigint[], $12::text[], $13::text[], $14::timestamptz[], $15::uuid[],
+            $16::bigint[])
      AS u(id, request_id, request_hash, user_id, provider, model, price_id, input_tokens, output_tokens,
-          duration_seconds, credits, reporter_id, meta, created_at)
+          duration_seconds, credits, reporter_id, meta, created_at, tid, balance)
 ORDER BY u.request_id
 ON CONFLICT (request_id) DO NOTHING
 RETURNING request_id
@@ -206,27 +228,26 @@ FROM user_roles r JOIN quota_limits q ON q.scope = 'role:' || r.role_name
 WHERE r.user_id = ANY($1::uuid[])
 ORDER BY 1, 2, 8
 """
-# Zero increments: takes the counters' row locks (sorted) and returns their committed totals.
-LOCK_COUNTERS = """
-INSERT INTO usage_counters (subject, period_key, model, credits, tokens, requests, period_end)
-SELECT s, p, m, 0, 0, 0, e FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[]) AS u(s, p, m, e)
-ORDER BY s, p, m
-ON CONFLICT (subject, period_key, model) DO UPDATE SET credits = usage_counters.credits
-RETURNING subject, period_key, model, credits, tokens, requests
-"""
+# The increments per (subject, model, moment), spread here over every counter they count toward
+# (each period of the moment; all models and the model) and summed: one upsert per counter, in
+# counter order (the lock order). The new totals of the counters asked for ($10-$12) come back.
 ADD_COUNTERS = """
+WITH up AS (
 INSERT INTO usage_counters (subject, period_key, model, credits, tokens, requests, period_end)
-SELECT s, p, m, c, t, r, e
-FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::bigint[], $6::bigint[], $7::bigint[])
-     AS u(s, p, m, e, c, t, r)
-ORDER BY s, p, m
+SELECT g.s, w.k, m.m, sum(g.c), sum(g.t), sum(g.r), min(w.e)
+FROM unnest($1::text[], $2::text[], $3::int[], $4::bigint[], $5::bigint[], $6::bigint[]) AS g(s, model, ws, c, t, r)
+     JOIN unnest($7::int[], $8::text[], $9::timestamptz[]) AS w(ws, k, e) ON w.ws = g.ws
+     CROSS JOIN LATERAL (VALUES (''), (g.model)) AS m(m)
+GROUP BY g.s, w.k, m.m
+ORDER BY g.s, w.k, m.m
 ON CONFLICT (subject, period_key, model) DO UPDATE
     SET credits = usage_counters.credits + excluded.credits, tokens = usage_counters.tokens + excluded.tokens,
         requests = usage_counters.requests + excluded.requests
-"""
-SETTLE_EVENTS = """
-UPDATE usage_events e SET transaction_id = u.tid, balance_after = u.balance
-FROM unnest($1::uuid[], $2::uuid[], $3::bigint[]) AS u(id, tid, balance) WHERE e.id = u.id
+RETURNING subject, period_key, model, credits, tokens, requests
+)
+SELECT up.subject, up.period_key, up.model, up.credits, up.tokens, up.requests
+FROM up JOIN unnest($10::text[], $11::text[], $12::text[]) AS w(s, k, m)
+     ON up.subject = w.s AND up.period_key = w.k AND up.model = w.m
 """
 DROP_EVENTS = "DELETE FROM usage_events WHERE id = ANY($1::uuid[])"
 
@@ -235,11 +256,10 @@ async def existing_users(conn: asyncpg.Connection, user_ids: Sequence[uuid.UUID]
     return {uuid.UUID(str(r["id"])) for r in await conn.fetch(USERS, list(user_ids))}
 
 
-async def claim_events(conn: asyncpg.Connection, rows: Sequence[tuple[Any, ...]]) -> set[str]:
-    if not rows:
-        return set()
-    found = await conn.fetch(CLAIM_EVENTS, *(list(column) for column in zip(*rows, strict=True)))
-    return {r["request_id"] for r in found}
+async def insert_events(conn: asyncpg.Connection, rows: Sequence[tuple[Any, ...]]) -> set[str]:
+    """The requestIds inserted (a row whose requestId is taken is not)."""
+    found = await conn.fetch(INSERT_EVENTS, *(list(column) for column in zip(*rows, strict=True)))
+    return {r[0] for r in found}
 
 
 async def events_by_request_id(conn: asyncpg.Connection, request_ids: Sequence[str]) -> dict[str, Any]:
@@ -266,32 +286,24 @@ async def applicable_limits(conn: asyncpg.Connection, user_ids: Sequence[uuid.UU
     return found
 
 
-async def lock_counters(
-    conn: asyncpg.Connection, rows: Sequence[tuple[tuple[str, str, str], dt.datetime]]
+async def add_counters(
+    conn: asyncpg.Connection,
+    increments: Sequence[tuple[str, str, int, int, int, int]],
+    spans: Sequence[tuple[int, str, dt.datetime]],
+    totals_of: Sequence[tuple[str, str, str]],
 ) -> dict[tuple[str, str, str], tuple[int, int, int]]:
-    columns = [[r[0][0] for r in rows], [r[0][1] for r in rows], [r[0][2] for r in rows], [r[1] for r in rows]]
-    return {
-        (r["subject"], r["period_key"], r["model"]): (int(r["credits"]), int(r["tokens"]), int(r["requests"]))
-        for r in await conn.fetch(LOCK_COUNTERS, *columns)
-    }
-
-
-async def add_counters(conn: asyncpg.Connection, rows: Sequence[tuple[Any, ...]]) -> None:
-    """``rows``: ((subject, period_key, model), period_end, credits, tokens, requests)."""
-    await conn.execute(
+    """``increments``: (subject, provider/model, moment, credits, tokens, requests); ``spans``:
+    (moment, period key, period end) for each period of each moment. Returns the new totals of
+    the counters in ``totals_of`` (subject, period key, model)."""
+    rows = await conn.fetch(
         ADD_COUNTERS,
-        [r[0][0] for r in rows],
-        [r[0][1] for r in rows],
-        [r[0][2] for r in rows],
-        [r[1] for r in rows],
-        [r[2] for r in rows],
-        [r[3] for r in rows],
-        [r[4] for r in rows],
+        *(list(column) for column in zip(*increments, strict=True)),
+        *(list(column) for column in zip(*spans, strict=True)),
+        [row[0] for row in totals_of],
+        [row[1] for row in totals_of],
+        [row[2] for row in totals_of],
     )
-
-
-async def settle_events(conn: asyncpg.Connection, rows: Sequence[tuple[Any, ...]]) -> None:
-    await conn.execute(SETTLE_EVENTS, *(list(column) for column in zip(*rows, strict=True)))
+    return {(r[0], r[1], r[2]): (int(r[3]), int(r[4]), int(r[5])) for r in rows}
 
 
 async def drop_events(conn: asyncpg.Connection, event_ids: Sequence[uuid.UUID]) -> None:

@@ -1,0 +1,124 @@
+"""The usage batch writer: refused events count nothing, a requestId recorded meanwhile becomes a
+replay, and the batch's rendered body is the response model's."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import asyncpg
+import httpx
+import pytest
+
+from aihub.core.ledger.engine import Outcome
+from aihub.core.ledger.usage import UsageOp, apply_events
+from aihub.core.usage import schemas
+from aihub.kit.ids import uuid4s
+from aihub.kit.runtime import Runtime
+from aihub.models import UsageEvent
+from tests.conftest import Caller, create_user
+from tests.core.credits.helpers import account, assert_reconciled
+from tests.core.test_usage import count, event, fund, reporter
+
+URL = "/api/usage/events/batch"
+
+
+def test_the_batch_body_is_what_the_response_model_renders() -> None:
+    results = [
+        {"request_id": "a", "status": 201, "id": uuid.uuid4(), "credits": 13, "balance": 0},
+        {"request_id": "b", "status": 429, "code": "QUOTA_EXCEEDED", "message": "m", "details": {"model": None}},
+        {"request_id": "c", "status": 404, "code": "ACCOUNT_NOT_FOUND", "message": "m", "details": None},
+    ]
+    model = schemas.UsageBatchOut.model_validate({"results": results})
+    assert schemas.batch_body(results) == model.model_dump_json(by_alias=True, exclude_none=True).encode()
+
+
+def test_bulk_ids_are_version_4_and_distinct() -> None:
+    ids = uuid4s(1000)
+    assert len(set(ids)) == 1000
+    assert all(i.version == 4 and i.variant == uuid.RFC_4122 and uuid.UUID(str(i)) == i for i in ids)
+
+
+async def test_refused_events_count_nothing(client: httpx.AsyncClient, runtime: Runtime, admin: Caller) -> None:
+    user = await create_user(runtime)
+    await fund(runtime, user.id, 30)
+    quota = await client.put(
+        f"/api/quotas/user:{user.id}", headers=admin.headers, json={"period": "day", "maxRequests": 3}
+    )
+    assert quota.status_code == 201
+    events = [
+        event(user, "c-1"),  # 13 → 17
+        event(user, "c-2"),  # 13 → 4
+        event(user, "c-3"),  # 13 > 4: 402, not counted
+        event(user, "c-4", inputTokens=100, outputTokens=0),  # 1 → 3; the third request
+        event(user, "c-5", inputTokens=100, outputTokens=0),  # a fourth: 429, not counted
+    ]
+    results = (await client.post(URL, headers=reporter(runtime), json={"events": events})).json()["results"]
+    assert [r["status"] for r in results] == [201, 201, 402, 201, 429]
+    mine = (await client.get("/api/usage/quota", headers=user.headers)).json()
+    assert mine["used"] == {"credits": 27, "tokens": 4100, "requests": 3}
+    assert await count(runtime, UsageEvent) == 3
+    assert (await client.get("/api/credits/balance", headers=user.headers)).json()["balance"] == 3
+
+
+def _op(user_id: str, price_id: uuid.UUID, request_id: str, charge: int) -> UsageOp:
+    return UsageOp(
+        request_id=request_id,
+        request_hash=f"hash-{request_id}",
+        user_id=uuid.UUID(user_id),
+        provider="openai",
+        model="gpt-4o",
+        price_id=price_id,
+        input_tokens=10,
+        output_tokens=0,
+        duration_seconds=None,
+        charge=charge,
+        reporter_id="svc-test",
+        metadata=None,
+    )
+
+
+@pytest.mark.postgres
+async def test_a_request_id_recorded_meanwhile_is_answered_as_its_replay(pg_runtime: Runtime, pg_url: str) -> None:
+    rt = pg_runtime
+    user = await create_user(rt)
+    await fund(rt, user.id, 100)
+    dsn = pg_url.replace("postgresql+asyncpg://", "postgresql://", 1)
+    other, writer = await asyncpg.connect(dsn), await asyncpg.connect(dsn)
+    try:
+        price_id = await other.fetchval(
+            "SELECT id FROM model_prices WHERE provider = 'openai' AND model = 'gpt-4o' AND effective_to IS NULL"
+        )
+        first = uuid.uuid4()
+        other_tx = other.transaction()
+        await other_tx.start()  # another writer records race-1, and has not committed yet
+        await other.execute(
+            "INSERT INTO usage_events (id, request_id, request_hash, user_id, provider, model, price_id, input_tokens,"
+            " output_tokens, credits, balance_after, reporter_id, created_at)"
+            " VALUES ($1, 'race-1', 'hash-race-1', $2, 'openai', 'gpt-4o', $3, 10, 0, 7, 93, 'svc-test', now())",
+            first,
+            uuid.UUID(user.id),
+            price_id,
+        )
+        ops = [_op(user.id, price_id, "race-1", 7), _op(user.id, price_id, "race-2", 5)]
+
+        async def apply() -> dict[int, Outcome]:
+            async with writer.transaction():
+                return await apply_events(writer, ops)
+
+        task = asyncio.ensure_future(apply())
+        pid = writer.get_server_pid()
+        while await other.fetchval("SELECT wait_event_type FROM pg_stat_activity WHERE pid = $1", pid) != "Lock":
+            assert not task.done(), task.result()
+            await asyncio.sleep(0.01)  # until the batch's insert waits on race-1
+        await other_tx.commit()
+        outcomes = await task
+    finally:
+        await other.close()
+        await writer.close()
+    replay, recorded = outcomes[id(ops[0])], outcomes[id(ops[1])]
+    assert replay.replayed and replay.view == {"id": first, "request_id": "race-1", "credits": 7, "balance": 93}
+    assert not recorded.replayed and recorded.view is not None and recorded.view["balance"] == 95
+    assert await account(rt, user.id) == (95, 0, 95)
+    assert await count(rt, UsageEvent) == 2
+    await assert_reconciled(rt)
