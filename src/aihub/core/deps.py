@@ -42,7 +42,7 @@ from aihub.kit.jwt import (
 from aihub.kit.openapi import raises
 from aihub.kit.routing import ApiRoute
 from aihub.kit.runtime import Runtime
-from aihub.kit.store import StoreUnavailable
+from aihub.kit.store import SharedLookups, StoreUnavailable
 from aihub.models import User
 
 
@@ -126,13 +126,24 @@ def bearer_token(request: Request) -> str:
     return token.strip()
 
 
+_LOOKUPS_KEY = "deps.blacklist_lookups"
+
+
+def _lookups(runtime: Runtime) -> SharedLookups:
+    found = runtime.extras.get(_LOOKUPS_KEY)
+    if not isinstance(found, SharedLookups) or found.store is not runtime.store:
+        found = runtime.extras[_LOOKUPS_KEY] = SharedLookups(runtime.store)
+    return found
+
+
 async def _revoked(runtime: Runtime, claims: Claims) -> bool:
     """The token itself, or its whole refresh family (reuse detected, password reset), is
-    blacklisted: both keys in one store round trip."""
+    blacklisted: both keys in one store round trip, shared with the requests that arrived
+    meanwhile (kit/store.py ``SharedLookups``: under load one MGET answers many requests)."""
     sid = session_id(claims)
     keys = (blacklist_key(claims.jti),) if sid is None else (blacklist_key(claims.jti), family_blacklist_key(sid))
     try:
-        return await runtime.store.exists(*keys)
+        return await _lookups(runtime).exists(*keys)
     except StoreUnavailable as exc:
         # Without the blacklist we cannot tell a revoked token from a good one: refuse.
         raise StoreUnavailableError from exc
