@@ -8,6 +8,7 @@ from aihub.config import Settings
 from aihub.core.apikeys.endpoints import router as apikeys_router
 from aihub.core.audit.endpoints import router as audit_router
 from aihub.core.authorizations.endpoints import router as authorizations_router
+from aihub.core.credits.endpoints import deduct_lane
 from aihub.core.credits.endpoints import router as credits_router
 from aihub.core.notifications.endpoints import router as alerts_router
 from aihub.core.payments.endpoints import router as payments_router
@@ -16,7 +17,7 @@ from aihub.core.promos.endpoints import router as promos_router
 from aihub.core.rbac.endpoints import permissions_router, roles_router
 from aihub.core.reports.endpoints import analytics_router, billing_router
 from aihub.core.sora.endpoints import router as sora_router
-from aihub.core.usage.endpoints import quotas_router
+from aihub.core.usage.endpoints import event_lane, quotas_router
 from aihub.core.usage.endpoints import router as usage_router
 from aihub.core.users.endpoints import permission_check_router
 from aihub.core.users.endpoints import router as users_router
@@ -25,8 +26,12 @@ from aihub.kit.app import create_service_app
 from aihub.kit.runtime import Runtime
 
 
-def create_app(settings: Settings | None = None, runtime: Runtime | None = None) -> FastAPI:
+def create_app(settings: Settings | None = None, runtime: Runtime | None = None, *, fast_lanes: bool = True) -> FastAPI:
+    """``fast_lanes``: the hottest money endpoints skip FastAPI's per-request machinery
+    (kit/fastlane.py). Only where the ledger engine serves them (PostgreSQL); tests compare
+    both ways of answering with ``fast_lanes=False``."""
     runtime = runtime or Runtime.build(settings or Settings())
+    lanes = [] if runtime.settings.is_sqlite or not fast_lanes else [deduct_lane(runtime), event_lane(runtime)]
     return create_service_app(
         "core",
         runtime,
@@ -56,4 +61,5 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
             "Users, roles and permissions, the credit ledger, pricing, usage and billing, promo codes, "
             "Sora2 sessions, audit log, payments (Stripe) and outgoing webhooks."
         ),
+        lanes=lanes,
     )

@@ -11,6 +11,7 @@ from starlette.responses import Response
 
 from aihub import __version__
 from aihub.kit.errors import install_error_handlers
+from aihub.kit.fastlane import Lane, bind
 from aihub.kit.inputs import refuse_bad_text
 from aihub.kit.jsonutil import dumps
 from aihub.kit.metrics import metrics_endpoint
@@ -52,9 +53,11 @@ def create_service_app(
     *,
     description: str,
     waits_for_jwks: bool = True,
+    lanes: Sequence[Lane] = (),
 ) -> FastAPI:
     """``waits_for_jwks=False`` is for auth: it publishes the key set and verifies with its own
-    keys, so its readiness must not wait on a JWKS URL that may lead back to itself."""
+    keys, so its readiness must not wait on a JWKS URL that may lead back to itself. ``lanes``
+    answer their routes' requests without FastAPI's machinery (kit/fastlane.py)."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -89,6 +92,7 @@ def create_service_app(
         service=name,
         max_body_bytes=runtime.settings.max_body_bytes,
         drain=drain_flag(app),
+        lanes=bind(lanes, routers),
     )
     health_router = APIRouter(tags=["health"])
     health_router.add_api_route("/health", health, methods=["GET"])

@@ -160,14 +160,34 @@ class Tx:
     which takes a short per-chain lock) is registered with :meth:`before_commit`.
     """
 
-    def __init__(self, session: AsyncSession, *, request_id: str | None = None, ip: str | None = None):
-        self.session = session
+    def __init__(
+        self,
+        session: AsyncSession | Callable[[], AsyncSession],
+        *,
+        request_id: str | None = None,
+        ip: str | None = None,
+    ):
+        # A session maker instead of a session: made on first use. Most units of work use
+        # theirs, but a deduction by a service token never does (the ledger engine writes),
+        # and making one costs a measurable share of such a request.
+        if isinstance(session, AsyncSession):
+            self._session: AsyncSession | None = session
+            self._make: Callable[[], AsyncSession] | None = None
+        else:
+            self._session, self._make = None, session
         self.request_id = request_id
         self.ip = ip
         self.info = Slots()  # typed side channel: each domain declares its slots
         self._before: list[BeforeCommit] = []
         self._after: list[AfterCommit] = []
         self._done = False
+
+    @property
+    def session(self) -> AsyncSession:
+        if self._session is None:
+            assert self._make is not None
+            self._session = self._make()
+        return self._session
 
     def before_commit(self, hook: BeforeCommit) -> None:
         if hook not in self._before:
@@ -208,7 +228,8 @@ class Tx:
             return
         for hook in self._before:
             await hook(self)
-        await self.session.commit()
+        if self._session is not None:  # never made: nothing to commit
+            await self._session.commit()
         self._done = True
         hooks, self._after = self._after, []
         for after in hooks:
@@ -221,4 +242,5 @@ class Tx:
         """
         self._done = True
         self._after.clear()
-        await self.session.close()
+        if self._session is not None:
+            await self._session.close()

@@ -232,3 +232,15 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(AppError, _app_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
+
+
+async def answer_error(request: Request, exc: Exception) -> Response:
+    """The answer the installed handlers give ``exc`` (for a fast lane, which runs outside
+    Starlette's exception middleware; see kit/fastlane.py)."""
+    if isinstance(exc, AppError):
+        return await _app_error(request, exc)
+    if isinstance(exc, RequestValidationError):
+        return await _validation_error(request, exc)
+    if isinstance(exc, StarletteHTTPException):
+        return await _http_error(request, exc)
+    raise exc

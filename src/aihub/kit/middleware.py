@@ -20,6 +20,7 @@ import structlog
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from aihub.kit import fastlane
 from aihub.kit.errors import error_body
 from aihub.kit.metrics import HTTP_LATENCY, HTTP_REQUESTS
 from aihub.kit.serve import DRAINING_HEADER, DrainFlag
@@ -77,11 +78,21 @@ def _is_json(content_type: bytes | None) -> bool:
 
 
 class ServiceMiddleware:
-    def __init__(self, app: ASGIApp, *, service: str, max_body_bytes: int, drain: DrainFlag | None = None) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        service: str,
+        max_body_bytes: int,
+        drain: DrainFlag | None = None,
+        lanes: dict[tuple[str, str], fastlane.BoundLane] | None = None,
+    ) -> None:
         self.app = app
         self.service = service
         self.max_body_bytes = max_body_bytes
         self.drain = drain or DrainFlag()
+        # (method, path) → the fast lane that answers it in place of the app (kit/fastlane.py).
+        self.lanes = lanes or {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -112,9 +123,12 @@ class ServiceMiddleware:
             await send(message)
 
         early = self._precheck(scope)
+        lane = self.lanes.get((method, scope["path"])) if self.lanes else None
         try:
             if early is not None:
                 await self._send_error(send_wrapper, request_id, *early)
+            elif lane is not None and fastlane.takes(scope):
+                await fastlane.serve(lane, scope, self._limited(receive), send_wrapper)
             else:
                 await self.app(scope, self._limited(receive), send_wrapper)
         except BodyTooLarge:

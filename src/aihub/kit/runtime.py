@@ -42,7 +42,7 @@ class Runtime:
         )
 
     def tx(self, *, request_id: str | None = None, ip: str | None = None) -> Tx:
-        return Tx(self.sessionmaker(), request_id=request_id, ip=ip)
+        return Tx(self.sessionmaker, request_id=request_id, ip=ip)  # its session made on first use
 
     async def prepare(self) -> None:
         """Migrations are applied at start on the embedded default (and when asked to)."""

@@ -8,6 +8,7 @@ one-round-trip rate-limit and blacklist decision).
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Protocol
 
@@ -27,6 +28,7 @@ class Store(Protocol):
     async def set_if_absent(self, key: str, value: str, ttl: float | None = None) -> bool: ...
     async def delete(self, *keys: str) -> int: ...
     async def exists(self, *keys: str) -> bool: ...  # any of them
+    async def existing(self, *keys: str) -> frozenset[str]: ...  # which of them, in one round trip
     async def incr(self, key: str, amount: int = 1, ttl: float | None = None) -> int: ...
     async def ttl(self, key: str) -> float | None: ...
     async def ping(self) -> bool: ...
@@ -87,6 +89,9 @@ class MemoryStore:
 
     async def exists(self, *keys: str) -> bool:
         return any(self._alive(key) is not None for key in keys)
+
+    async def existing(self, *keys: str) -> frozenset[str]:
+        return frozenset(key for key in keys if self._alive(key) is not None)
 
     async def incr(self, key: str, amount: int = 1, ttl: float | None = None) -> int:
         item = self._alive(key)
@@ -168,6 +173,17 @@ class RedisStore:
         except (RedisError, OSError) as exc:
             raise StoreUnavailable(str(exc)) from exc
 
+    async def existing(self, *keys: str) -> frozenset[str]:
+        """Which of ``keys`` exist, by one MGET: every key asked about this way holds a string
+        (what ``set`` writes), and a missing one reads as nil."""
+        if not keys:
+            return frozenset()
+        try:
+            values = await self.redis.mget(keys)
+        except (RedisError, OSError) as exc:
+            raise StoreUnavailable(str(exc)) from exc
+        return frozenset(key for key, value in zip(keys, values, strict=True) if value is not None)
+
     async def incr(self, key: str, amount: int = 1, ttl: float | None = None) -> int:
         try:
             async with self.redis.pipeline(transaction=True) as pipe:
@@ -196,6 +212,53 @@ class RedisStore:
     async def close(self) -> None:
         await self.redis.aclose()
         await self._pool.disconnect()
+
+
+class SharedLookups:
+    """``exists`` for many concurrent callers in one round trip: natural batching, no timer.
+
+    A caller's keys join the next lookup; when none is under way it starts at once (an idle
+    process adds no latency), otherwise it starts the moment the current one has answered,
+    with every key queued meanwhile (a busy one pays one round trip for many requests). A
+    lookup is always sent after its callers asked, so it sees every key written before
+    that: a token revoked before a request arrived is refused, as with a lookup of its own.
+    """
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self._queue: list[tuple[tuple[str, ...], asyncio.Future[bool]]] = []
+        self._busy = False
+        self._task: asyncio.Task[None] | None = None  # referenced, so it is not collected mid-run
+
+    async def exists(self, *keys: str) -> bool:
+        """True when any of ``keys`` exists; ``StoreUnavailable`` as ``Store.exists`` raises it."""
+        answer: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._queue.append((keys, answer))
+        if not self._busy:
+            self._busy = True
+            self._task = asyncio.get_running_loop().create_task(self._drain())
+        return await answer
+
+    async def _drain(self) -> None:
+        try:
+            while self._queue:
+                batch, self._queue = self._queue, []
+                try:
+                    found = await self.store.existing(*dict.fromkeys(key for keys, _ in batch for key in keys))
+                except BaseException as exc:  # every caller of the batch gets the store's error
+                    failure = exc if isinstance(exc, Exception) else StoreUnavailable("the lookup was cancelled")
+                    for _, answer in batch:
+                        if not answer.done():
+                            answer.set_exception(failure)
+                    if not isinstance(exc, Exception):
+                        raise
+                    continue
+                for keys, answer in batch:
+                    if not answer.done():
+                        answer.set_result(any(key in found for key in keys))
+        finally:
+            self._busy = False
+            self._task = None
 
 
 def create_store(redis_url: str | None) -> Store:

@@ -16,15 +16,26 @@ from starlette.responses import Response
 from aihub.core.credits import jobs as credit_jobs
 from aihub.core.credits import schemas
 from aihub.core.credits import service as credits
-from aihub.core.deps import CurrentPrincipal, CurrentUser, RequirePermission, RuntimeDep, TxDep, TxRoute
+from aihub.core.deps import (
+    CurrentPrincipal,
+    CurrentUser,
+    RequirePermission,
+    RuntimeDep,
+    Solved,
+    TxDep,
+    TxRoute,
+    lane,
+)
 from aihub.core.ledger import service as ledger
 from aihub.core.ledger.engine import Capture, Hold, Refund, Release
 from aihub.core.rbac.service import Principal
 from aihub.kit.errors import ValidationFailed
+from aihub.kit.fastlane import Lane
 from aihub.kit.idempotency import IdempotentRequest, idempotent_request
 from aihub.kit.inputs import Timestamp
 from aihub.kit.openapi import errors
 from aihub.kit.pagination import PageParams, page_params
+from aihub.kit.runtime import Runtime
 
 router = APIRouter(prefix="/api/credits", tags=["credits"], route_class=TxRoute)
 
@@ -292,3 +303,14 @@ async def release_hold(hold_id: uuid.UUID, tx: TxDep, runtime: RuntimeDep, actor
             act=Release(hold_id),
         )
     return await idem.respond(tx, actor.id, 200, schemas.HoldOut, lambda: credits.release(tx, hold_id))
+
+
+def deduct_lane(runtime: Runtime) -> Lane:
+    """``POST /deduct`` as a fast lane (core/deps.py ``lane``): the same endpoint function,
+    its dependencies solved without FastAPI's per-request machinery."""
+
+    async def call(solved: Solved) -> Response:
+        assert solved.idem is not None
+        return await deduct_credits(solved.body, solved.tx, solved.runtime, solved.principal, solved.idem)
+
+    return lane(runtime, "POST", "/api/credits/deduct", permission="credits:deduct", idempotent=True, call=call)

@@ -9,7 +9,16 @@ from fastapi import APIRouter, Depends, Path, Query, Response
 
 from aihub.core.credits import jobs as credit_jobs
 from aihub.core.credits import service as credits
-from aihub.core.deps import CurrentPrincipal, CurrentUser, RequirePermission, RuntimeDep, TxDep, TxRoute
+from aihub.core.deps import (
+    CurrentPrincipal,
+    CurrentUser,
+    RequirePermission,
+    RuntimeDep,
+    Solved,
+    TxDep,
+    TxRoute,
+    lane,
+)
 from aihub.core.ledger import service as ledger
 from aihub.core.notifications import jobs as notification_jobs
 from aihub.core.pricing import service as pricing
@@ -18,10 +27,12 @@ from aihub.core.rbac.service import MissingPermission, Principal
 from aihub.core.usage import schemas
 from aihub.core.usage import service as usage
 from aihub.core.users import service as users
+from aihub.kit.fastlane import Lane
 from aihub.kit.idempotency import IdempotencyKeyReused
 from aihub.kit.inputs import Timestamp
 from aihub.kit.openapi import errors
 from aihub.kit.pagination import PageParams, page_params
+from aihub.kit.runtime import Runtime
 
 router = APIRouter(prefix="/api/usage", tags=["usage"], route_class=TxRoute)
 quotas_router = APIRouter(prefix="/api/quotas", tags=["quotas"], route_class=TxRoute)
@@ -198,3 +209,13 @@ async def put_quota(
 async def delete_quota(scope: Scope, tx: TxDep, _: Annotated[Principal, RequirePermission("quotas:write")]) -> Response:
     await usage.delete_quota(tx, scope)
     return Response(status_code=204)
+
+
+def event_lane(runtime: Runtime) -> Lane:
+    """``POST /events`` as a fast lane (core/deps.py ``lane``): the same endpoint function,
+    its dependencies solved without FastAPI's per-request machinery."""
+
+    async def call(solved: Solved) -> dict[str, Any]:
+        return await record_event(solved.body, solved.tx, solved.principal, solved.response, solved.runtime)
+
+    return lane(runtime, "POST", "/api/usage/events", permission="usage:write", idempotent=False, call=call)
