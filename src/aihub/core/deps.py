@@ -42,6 +42,7 @@ from aihub.kit.jwt import (
 from aihub.kit.openapi import raises
 from aihub.kit.routing import ApiRoute
 from aihub.kit.runtime import Runtime
+from aihub.kit.slots import Slot
 from aihub.kit.store import SharedLookups, StoreUnavailable
 from aihub.models import User
 
@@ -126,13 +127,14 @@ def bearer_token(request: Request) -> str:
     return token.strip()
 
 
-_LOOKUPS_KEY = "deps.blacklist_lookups"
+_LOOKUPS: Slot[SharedLookups] = Slot("deps.blacklist_lookups")
 
 
 def _lookups(runtime: Runtime) -> SharedLookups:
-    found = runtime.extras.get(_LOOKUPS_KEY)
-    if not isinstance(found, SharedLookups) or found.store is not runtime.store:
-        found = runtime.extras[_LOOKUPS_KEY] = SharedLookups(runtime.store)
+    found = runtime.extras.get(_LOOKUPS)
+    if found is None or found.store is not runtime.store:
+        found = SharedLookups(runtime.store)
+        runtime.extras.set(_LOOKUPS, found)
     return found
 
 
