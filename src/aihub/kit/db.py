@@ -81,6 +81,12 @@ class ExactDecimal(TypeDecorator[Decimal]):
         return value if isinstance(value, Decimal) else Decimal(str(value))
 
 
+def dialect_of(session: AsyncSession) -> str:
+    """``postgresql`` or ``sqlite``: the engine a session's SQL goes to (for the few statements
+    the two spell differently)."""
+    return session.get_bind().dialect.name
+
+
 def utc_day(dialect: str, column: Any) -> Any:
     """SQL for a timestamp column's UTC day as 'YYYY-MM-DD', on either engine.
 

@@ -15,6 +15,7 @@ from typing import Any, cast
 from sqlalchemy import Select, Table, func, insert, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from aihub.kit.db import dialect_of
 from aihub.kit.jsonutil import dumps
 from aihub.kit.pagination import PageParams, keyset
 from aihub.models import CreditAccount, CreditHold, CreditTransaction
@@ -147,7 +148,7 @@ async def move(session: AsyncSession, row: dict[str, Any]) -> Balance | None:
     (no such account, or not enough available).
     """
     user_id, amount, now = row["user_id"], row["amount"], row["created_at"]
-    if _dialect(session) == "postgresql":
+    if dialect_of(session) == "postgresql":
         params = {**row, "metadata": None if row["metadata"] is None else dumps(row["metadata"]).decode()}
         stmt = _MOVE_CREDIT_PG if amount > 0 else _MOVE_DEBIT_PG
         return _balance(user_id, (await session.execute(stmt, params)).first())
@@ -206,10 +207,6 @@ async def fetch(session: AsyncSession, stmt: Select[Any]) -> Sequence[CreditTran
 # ------------------------------------------------------------------------------ holds
 
 
-def _dialect(session: AsyncSession) -> str:
-    return session.get_bind().dialect.name
-
-
 async def add_hold(session: AsyncSession, values: dict[str, Any]) -> None:
     await session.execute(insert(holds).values(**values))
 
@@ -257,7 +254,7 @@ async def expire_holds(session: AsyncSession, now: dt.datetime, limit: int) -> S
         .order_by(holds.c.expires_at)
         .limit(limit)
     )
-    if _dialect(session) == "postgresql":
+    if dialect_of(session) == "postgresql":
         candidates = candidates.with_for_update(skip_locked=True)
     stmt = (
         update(holds)

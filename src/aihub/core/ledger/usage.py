@@ -331,14 +331,7 @@ def _accept(out: _Decided, op: UsageOp, account: _Account, now: dt.datetime) -> 
         "usage.record",
         "usage_event",
         event_id,
-        after={
-            "requestId": op.request_id,
-            "userId": str(op.user_id),
-            "provider": op.provider,
-            "model": op.model,
-            "credits": op.charge,
-            "priceId": str(op.price_id),
-        },
+        after=usage.recorded(op.request_id, op.user_id, op.provider, op.model, op.charge, op.price_id),
     )
     out.audit_rows.append(audit.pending_row(record, op.request, op.ip, now, next(out.ids)))
     view = _result(event_id, op.request_id, op.charge, account.balance)

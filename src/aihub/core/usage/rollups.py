@@ -19,7 +19,7 @@ from sqlalchemy import Date, String, and_, cast, func, literal, or_, select, tex
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from aihub.kit.db import as_utc, utc_day, utcnow
+from aihub.kit.db import as_utc, dialect_of, utc_day, utcnow
 from aihub.models import UsageDailyModelRollup, UsageDailyRollup, UsageEvent, UsageRollupState
 
 STATE = "daily"
@@ -33,10 +33,6 @@ MODEL_KEYS = ("day", "provider", "model")
 
 def _midnight(day: dt.date) -> dt.datetime:
     return dt.datetime(day.year, day.month, day.day, tzinfo=dt.UTC)
-
-
-def _dialect(session: AsyncSession) -> str:
-    return session.get_bind().dialect.name
 
 
 # ---------------------------------------------------------------- the job's side
@@ -66,7 +62,7 @@ async def recompute_day(session: AsyncSession, day: dt.date) -> None:
     so a (day, user, provider, model) key that had events keeps having them: an upsert needs no
     delete of stale keys.
     """
-    dialect = _dialect(session)
+    dialect = dialect_of(session)
     if dialect == "postgresql":
         await session.execute(
             text("SELECT pg_advisory_xact_lock(:ns, :day)"), {"ns": _PG_LOCK_NAMESPACE, "day": day.toordinal()}
@@ -124,7 +120,7 @@ def _upsert(dialect: str, table: Any, keys: Sequence[str], source: Any) -> Any:
 
 async def advance(session: AsyncSession, until: dt.date) -> None:
     """Move the completeness mark forward to ``until`` (never back: a slower instance may finish last)."""
-    insert = (postgresql.insert if _dialect(session) == "postgresql" else sqlite.insert)(UsageRollupState)
+    insert = (postgresql.insert if dialect_of(session) == "postgresql" else sqlite.insert)(UsageRollupState)
     await session.execute(
         insert.values(name=STATE, complete_until=None, updated_at=utcnow()).on_conflict_do_nothing(
             index_elements=["name"]
@@ -254,7 +250,7 @@ async def aggregate(
     then also telling ``groups``: how many groups there were before the limit (with user_id:
     the active users). Without keys: one row of totals (zeros when nothing matched).
     """
-    dialect = _dialect(session)
+    dialect = dialect_of(session)
     parts = _parts(dialect, keys, split(start, end, mark), user_id)
     both = (parts[0].union_all(*parts[1:]) if len(parts) > 1 else parts[0]).subquery()
     columns: list[Any] = [both.c[k] for k in keys]

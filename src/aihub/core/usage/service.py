@@ -331,16 +331,23 @@ async def record_event(
         "usage.record",
         "usage_event",
         event_id,
-        after={
-            "requestId": body["request_id"],
-            "userId": str(user_id),
-            "provider": body["provider"],
-            "model": body["model"],
-            "credits": charge,
-            "priceId": str(price.id),
-        },
+        after=recorded(body["request_id"], user_id, body["provider"], body["model"], charge, price.id),
     )
     return {"id": event_id, "request_id": body["request_id"], "credits": charge, "balance": balance}, False
+
+
+def recorded(
+    request_id: str, user_id: uuid.UUID, provider: str, model: str, charge: int, price_id: uuid.UUID
+) -> dict[str, str | int]:
+    """A usage event as its ``usage.record`` audit entry keeps it (every path that records one)."""
+    return {
+        "requestId": request_id,
+        "userId": str(user_id),
+        "provider": provider,
+        "model": model,
+        "credits": charge,
+        "priceId": str(price_id),
+    }
 
 
 async def price_call(
@@ -509,13 +516,6 @@ async def record_settled(
         "usage.record",
         "usage_event",
         event.id,
-        after={
-            "requestId": request_id,
-            "userId": str(user_id),
-            "provider": provider,
-            "model": model,
-            "credits": charge,
-            "priceId": str(price.id),
-        },
+        after=recorded(request_id, user_id, provider, model, charge, price.id),
     )
     return event.id
