@@ -34,6 +34,8 @@ class Upstream(LocalServer):
     demoted: set[str] = field(default_factory=set)
     gone: set[str] = field(default_factory=set)
     permission_checks: int = 0
+    # Set by a test that must see the stream's first chunk arrive while the rest is held back.
+    stream_gate: asyncio.Event | None = None
 
     def build_app(self) -> web.Application:
         return _upstream_app(self)
@@ -60,11 +62,14 @@ async def _echo(request: web.Request) -> web.Response:
 
 
 async def _stream(request: web.Request) -> web.StreamResponse:
+    """Five events; with a ``stream_gate``, the last four wait until the test opens it."""
+    gate = request.app[UPSTREAM].stream_gate
     response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
     await response.prepare(request)
     for i in range(5):
         await response.write(f"data: {i}\n\n".encode())
-        await asyncio.sleep(0.2)
+        if i == 0 and gate is not None:
+            await gate.wait()
     await response.write_eof()
     return response
 
