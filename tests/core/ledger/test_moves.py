@@ -397,3 +397,40 @@ async def test_mixed_moves_on_a_few_hot_accounts_never_overdraw(live_core: LiveS
         assert balance == total and 0 <= reserved <= balance
     await assert_reconciled(rt)
     assert await _audit_valid(rt)
+
+
+async def test_authorizations_and_usage_events_of_one_user_never_deadlock(
+    pg_runtime: Runtime, pg_client: httpx.AsyncClient
+) -> None:
+    """Both writers lock the user's account before the user's usage counters (the engine's
+    batch, then the Work move counting the call; the usage writer likewise), so a race of
+    authorizations, settles and usage events on one user never fails a batch whole."""
+    from tests.core.test_usage import event, reporter
+
+    rt, client = pg_runtime, pg_client
+    user = await _funded(rt, 1_000_000, roles=["user"])
+    moves, events = _engine(rt), ledger.usage_engine_of(rt)
+    assert events is not None
+    worst = {"provider": "openai", "model": "gpt-4o", "maxInputTokens": 1000, "maxOutputTokens": 1000}
+
+    async def authorize_and_settle(i: int) -> int:
+        made = await client.post("/api/usage/authorizations", json=worst, headers=user.headers)
+        assert made.status_code == 201, made.text
+        settled = await client.post(
+            f"/api/usage/authorizations/{made.json()['id']}/settle",
+            json={"requestId": f"race-a-{i}", "inputTokens": 10, "outputTokens": 10},
+            headers=user.headers,
+        )
+        return settled.status_code
+
+    async def report(i: int) -> int:
+        answer = await client.post("/api/usage/events", headers=reporter(rt), json=event(user, f"race-e-{i}"))
+        return answer.status_code
+
+    answers = await asyncio.gather(*(authorize_and_settle(i) for i in range(60)), *(report(i) for i in range(60)))
+    assert set(answers) == {201}
+    assert (moves.retried_batches, events.retried_batches) == (0, 0)
+    balance, reserved, total = await account(rt, user.id)
+    assert reserved == 0 and balance == total
+    await assert_reconciled(rt)
+    assert await _audit_valid(rt)

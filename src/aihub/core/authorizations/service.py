@@ -5,8 +5,11 @@ against the key's budget and tokens per minute, every quota limit on the user an
 (usage/limits.py), and the credit balance (a
 hold, through the credits service). Each reservation is one atomic conditional statement, so
 under any concurrency a limit that pays for N admits exactly N; any refusal rolls the others
-back. Locks are always taken in the same order (key counter → quota counter → credit account),
-so concurrent authorizations and settles queue instead of deadlocking.
+back. On PostgreSQL these run as Work moves of the ledger engine, which has locked the user's
+credit account before any of them; then key counter → quota counter. The usage-event writer
+takes the same order (accounts, then counters), so a user's counters are only ever locked under
+that user's account lock and concurrent authorizations, settles and usage events queue instead
+of deadlocking. (SQLite has one writer at a time.)
 
 ``settle`` charges the actual cost capped at the hold, releases the rest, and replaces every
 reservation by the actual usage; ``cancel`` and expiry give everything back. An authorization

@@ -57,6 +57,21 @@ from aihub.kit.jsonutil import dumps, loads
 
 log = structlog.get_logger("aihub.ledger")
 MAX_BATCH = 512
+_ALONE_ATTEMPTS = 3
+_TRANSIENT = (asyncpg.DeadlockDetectedError, asyncpg.SerializationError)
+
+
+def _transient(exc: BaseException) -> bool:
+    """Whether ``exc`` (or what caused it: SQLAlchemy and a Work move wrap the driver's error)
+    is one the database resolves by a retry."""
+    seen: BaseException | None = exc
+    for _ in range(16):  # a chain is short; the bound only guards against a cycle
+        if seen is None:
+            return False
+        if isinstance(seen, _TRANSIENT):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 @dataclass(frozen=True, slots=True)
@@ -209,6 +224,9 @@ class LedgerEngine:
         # Operations whose outcome committed, by kind (a move's act, or the op's own ``kind``):
         # what went through this writer, for tests and operators.
         self.committed: Counter[str] = Counter()
+        # Batches that failed whole (a deadlock, a constraint) and were retried move by move:
+        # correct either way, but each costs latency, so operators and tests watch it.
+        self.retried_batches = 0
 
     async def submit(self, move: Any) -> Outcome:
         return (await self.submit_many([move]))[0]
@@ -275,9 +293,10 @@ class LedgerEngine:
             outcomes = await self._transaction(todo)
         except (asyncpg.PostgresError, OSError, RuntimeError):
             log.warning("ledger.batch_retried_one_by_one", size=len(todo), exc_info=True)
+            self.retried_batches += 1
             for move in todo:
                 try:
-                    outcomes = await self._transaction([move])
+                    outcomes = await self._alone(move)
                 except Exception as exc:
                     assert move.future is not None
                     if not move.future.done():
@@ -286,6 +305,18 @@ class LedgerEngine:
                 self._settle([move], outcomes)
             return
         self._settle(todo, outcomes)
+
+    async def _alone(self, move: Any) -> dict[int, Outcome]:
+        """One move in a transaction of its own. A deadlock or serialization failure is the
+        database choosing a victim, not a verdict on the move: it runs again (a few times)."""
+        for attempt in range(1, _ALONE_ATTEMPTS + 1):
+            try:
+                return await self._transaction([move])
+            except Exception as exc:
+                if attempt == _ALONE_ATTEMPTS or not _transient(exc):
+                    raise
+                log.warning("ledger.move_retried", attempt=attempt, error=type(exc).__name__)
+        raise AssertionError("unreachable")
 
     def _settle(self, moves: list[Any], outcomes: dict[int, Outcome]) -> None:
         """After commit: every operation learns its outcome; low-balance events go out."""

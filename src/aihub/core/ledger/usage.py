@@ -3,15 +3,19 @@
 What ``usage.service.record_event`` does per event, done for every event of the batch at once,
 in one transaction, with the same outcome per event:
 
-    the requestIds already recorded → their replays → every other event counted in one upsert
-    of each counter it counts toward (sorted: the counters' locks), which answers the totals the
-    limits read → the accounts locked (sorted) → each event decided in order against the running
-    totals and balances (quota, then credits) → the accepted events inserted once, settled →
+    the requestIds already recorded → their replays → the accounts locked (sorted) → every
+    other event counted in one upsert of each counter it counts toward (sorted: the counters'
+    locks), which answers the totals the limits read → each event decided in order against the
+    running totals and balances (quota, then credits) → the accepted events inserted once, settled →
     what the refused ones counted taken back → one UPDATE of the net debits (still
     conditional), the ledger rows and the audit rows (COPY), the audit chains linked → the
     rollups of any backdated day already rolled up, recomputed → COMMIT.
 
 Rows are written only for what stands: a refused event leaves no usage row and no count.
+Accounts before counters, as the ledger engine's batches take them (an authorization's Work
+move counts its call after the engine locked the account): a user's counters are only ever
+locked by a transaction that already holds that user's account, so the two writers never wait
+on each other in a cycle.
 The event's price is resolved before it is queued (the request's own read).
 """
 
@@ -129,6 +133,7 @@ async def apply_events(conn: asyncpg.Connection, ops: list[UsageOp]) -> dict[int
     applying = await repo.applicable_limits(conn, sorted({op.user_id for op in live}))
     checks = {id(op): _checks_of(op, applying.get(op.user_id), _spans(spans, op.occurred_at or now)) for op in live}
     watched = sorted({row for found in checks.values() for _limit, row, _window in found})
+    accounts = await repo.lock_accounts(conn, sorted({op.user_id for op in live}))  # first: see the docstring
     # Every live event counted at once (one upsert in counter order: the counters' locks, held
     # to commit), answering the totals the limits read; less this batch, they are the truth
     # each event is decided on. What does not stand is taken back below.
@@ -136,7 +141,6 @@ async def apply_events(conn: asyncpg.Connection, ops: list[UsageOp]) -> dict[int
     totals = await repo.add_counters(conn, _increments(counted, spans, now), _spans_rows(spans), watched)
     for op in counted:
         _count(totals, _rows(checks[id(op)]), -1, op)
-    accounts = await repo.lock_accounts(conn, sorted({op.user_id for op in live}))
     while True:
         decided = _decide(live, checks, spans, dict(totals), accounts, now)
         inserted = await repo.insert_events(conn, decided.events) if decided.events else set()
