@@ -10,46 +10,28 @@ from typing import Any
 import aiohttp
 import pytest
 
-from aihub.core.audit import service as audit
 from aihub.core.credits import service as credits
-from aihub.core.ledger import service as ledger
-from aihub.core.ledger.engine import LedgerEngine, Move, Outcome
+from aihub.core.ledger.engine import Move, Outcome
 from aihub.kit.runtime import Runtime
-from tests.conftest import LiveServer, create_user
+from tests.conftest import LiveServer
 from tests.core.credits.helpers import account, assert_reconciled, money
+from tests.core.ledger.helpers import audit_valid, engine_of, funded, move
 
 pytestmark = pytest.mark.postgres
 
 
-def _engine(rt: Runtime) -> LedgerEngine:
-    engine = ledger.engine_of(rt)
-    assert engine is not None
-    return engine
-
-
 def _move(user_id: str, amount: int, reason: str = "usage") -> Move:
-    return Move(user_id=uuid.UUID(user_id), amount=amount, reason=reason, render=lambda view: b"{}")
+    return move(user_id, amount, reason)
 
 
 async def _funded(rt: Runtime, amount: int) -> str:
-    user = await create_user(rt)
-    outcome = await _engine(rt).submit(_move(user.id, amount, "purchase"))
-    assert outcome.error is None
-    return user.id
-
-
-async def _audit_valid(rt: Runtime) -> bool:
-    tx = rt.tx()
-    try:
-        return (await audit.verify(tx)).valid
-    finally:
-        await tx.close()
+    return (await funded(rt, amount)).id
 
 
 async def test_one_hot_account_in_one_batch_is_applied_in_order(pg_runtime: Runtime) -> None:
     rt = pg_runtime
     user_id = await _funded(rt, 100)
-    engine = _engine(rt)
+    engine = engine_of(rt)
     outcomes = await asyncio.gather(*(engine.submit(_move(user_id, -n)) for n in (60, 50, 40, 1)))
     assert [o.status_code for o in outcomes] == [201, 402, 201, 402]
     assert isinstance(outcomes[1].error, credits.InsufficientCredits)
@@ -57,13 +39,13 @@ async def test_one_hot_account_in_one_batch_is_applied_in_order(pg_runtime: Runt
     assert [o.view["balance_after"] for o in outcomes if o.view is not None] == [40, 0]
     assert await account(rt, user_id) == (0, 0, 0)
     await assert_reconciled(rt)
-    assert await _audit_valid(rt)
+    assert await audit_valid(rt)
 
 
 async def test_a_missing_account_is_refused_alone(pg_runtime: Runtime) -> None:
     rt = pg_runtime
     user_id = await _funded(rt, 10)
-    engine = _engine(rt)
+    engine = engine_of(rt)
     outcomes = await asyncio.gather(
         engine.submit(_move(user_id, -3)),
         engine.submit(_move(str(uuid.uuid4()), -3)),
@@ -79,7 +61,7 @@ async def test_a_bad_move_fails_alone_when_the_batch_fails_as_a_whole(pg_runtime
     by move, the bad one gets its error and every neighbour still commits."""
     rt = pg_runtime
     user_id = await _funded(rt, 100)
-    engine = _engine(rt)
+    engine = engine_of(rt)
     results: tuple[Outcome | BaseException, ...] = await asyncio.gather(
         engine.submit(_move(user_id, -10)),
         engine.submit(_move(user_id, -10, reason="x" * 40)),
@@ -91,7 +73,7 @@ async def test_a_bad_move_fails_alone_when_the_batch_fails_as_a_whole(pg_runtime
     assert isinstance(results[1], BaseException)
     assert await account(rt, user_id) == (80, 0, 80)
     await assert_reconciled(rt)
-    assert await _audit_valid(rt)
+    assert await audit_valid(rt)
 
 
 async def _post(http: aiohttp.ClientSession, url: str, body: dict[str, Any], headers: dict[str, str]) -> int:
@@ -131,7 +113,7 @@ async def test_hot_account_with_mixed_amounts_never_overdraws(live_core: LiveSer
     assert balance >= 0
     assert reserved == 0
     await assert_reconciled(rt)
-    assert await _audit_valid(rt)
+    assert await audit_valid(rt)
 
 
 async def test_keyed_moves_in_one_batch_replay_and_refuse_reuse(live_core: LiveServer) -> None:

@@ -25,43 +25,23 @@ from aihub.core.audit import service as audit
 from aihub.core.authorizations import service as authorizations
 from aihub.core.credits import service as credits
 from aihub.core.ledger import service as ledger
-from aihub.core.ledger.engine import Capture, Hold, LedgerEngine, Move, Outcome, Refund, Release, Work
+from aihub.core.ledger.engine import Capture, Hold, Move, Outcome, Refund, Release, Work
 from aihub.core.promos import service as promos
 from aihub.core.sora import service as sora
 from aihub.kit.db import Tx
 from aihub.kit.runtime import Runtime
 from aihub.models import AuditLog, CreditHold, CreditTransaction, PromoCode
-from tests.conftest import Caller, LiveServer, _core_app, create_user, free_port
+from tests.conftest import LiveServer, _core_app, create_user, free_port
 from tests.core.credits.helpers import account, assert_error, assert_reconciled, money
+from tests.core.ledger.helpers import audit_valid, engine_of, funded
 from tests.core.payments.conftest import Shop, checkout, deliver, put_package, stripe_settings
 from tests.core.payments.fakes import FakeStripe, completed, refunded, signature
 
 pytestmark = pytest.mark.postgres
 
 
-def _engine(rt: Runtime) -> LedgerEngine:
-    engine = ledger.engine_of(rt)
-    assert engine is not None
-    return engine
-
-
 def _render(view: dict[str, Any]) -> bytes:
     return b"{}"
-
-
-async def _funded(rt: Runtime, amount: int, roles: list[str] | None = None) -> Caller:
-    user = await create_user(rt, roles=roles)
-    granted = await _engine(rt).submit(Move(uuid.UUID(user.id), amount, "purchase", _render))
-    assert granted.error is None
-    return user
-
-
-async def _audit_valid(rt: Runtime) -> bool:
-    tx = rt.tx()
-    try:
-        return (await audit.verify(tx)).valid
-    finally:
-        await tx.close()
 
 
 async def _count(rt: Runtime, model: type, *where: Any) -> int:
@@ -79,12 +59,12 @@ async def pg_client(pg_runtime: Runtime) -> AsyncIterator[httpx.AsyncClient]:
 # ------------------------------------------------------------------ the ledger's own acts
 
 
-async def test_holds_captures_releases_and_refunds_go_through_the_engine(
+async def test_holds_captures_releases_and_refunds_go_through_theengine(
     pg_runtime: Runtime, pg_client: httpx.AsyncClient
 ) -> None:
     rt, client = pg_runtime, pg_client
-    user = await _funded(rt, 100)
-    engine = _engine(rt)
+    user = await funded(rt, 100)
+    engine = engine_of(rt)
     before = Counter(engine.committed)
     headers = money(rt)
     held = await client.post("/api/credits/holds", json={"userId": user.id, "amount": 30}, headers=headers)
@@ -118,13 +98,13 @@ async def test_holds_captures_releases_and_refunds_go_through_the_engine(
     assert (done["hold"], done["capture"], done["release"], done["refund"]) == (2, 1, 2, 3)
     assert await account(rt, user.id) == (100, 0, 100)
     await assert_reconciled(rt)
-    assert await _audit_valid(rt)
+    assert await audit_valid(rt)
 
 
-async def test_the_hold_sweep_expires_through_the_engine(pg_runtime: Runtime) -> None:
+async def test_the_hold_sweep_expires_through_theengine(pg_runtime: Runtime) -> None:
     rt = pg_runtime
-    user = await _funded(rt, 50)
-    engine = _engine(rt)
+    user = await funded(rt, 50)
+    engine = engine_of(rt)
     [fresh, overdue] = await engine.submit_many(
         [
             Move(uuid.UUID(user.id), 0, "usage", _render, act=Hold(10, 600)),
@@ -137,19 +117,19 @@ async def test_the_hold_sweep_expires_through_the_engine(pg_runtime: Runtime) ->
     assert (found, expired, engine.committed["expire"] - before) == (1, 1, 1)
     assert await account(rt, user.id) == (50, 10, 50)
     assert await _count(rt, CreditHold, CreditHold.status == "expired") == 1
-    assert await _audit_valid(rt)
+    assert await audit_valid(rt)
 
 
 # ------------------------------------------------------------------ the domains' Work moves
 
 
-async def test_promo_sora_and_authorizations_go_through_the_engine(
+async def test_promo_sora_and_authorizations_go_through_theengine(
     pg_runtime: Runtime, pg_client: httpx.AsyncClient
 ) -> None:
     rt, client = pg_runtime, pg_client
     admin = await create_user(rt, roles=["admin"])
-    user = await _funded(rt, 5_000, roles=["user"])
-    engine = _engine(rt)
+    user = await funded(rt, 5_000, roles=["user"])
+    engine = engine_of(rt)
     before = Counter(engine.committed)
     promo = await client.post("/api/promo-codes", json={"credits": 40, "maxRedemptions": 1}, headers=admin.headers)
     code = promo.json()["code"]
@@ -182,18 +162,18 @@ async def test_promo_sora_and_authorizations_go_through_the_engine(
     balance, reserved, total = await account(rt, user.id)
     assert (reserved, balance) == (0, total) and balance == 5_040 - done.json()["charged"] - 7
     await assert_reconciled(rt)
-    assert await _audit_valid(rt)
+    assert await audit_valid(rt)
 
 
-async def test_the_authorization_sweep_goes_through_the_engine(
+async def test_the_authorization_sweep_goes_through_theengine(
     pg_runtime: Runtime, pg_client: httpx.AsyncClient
 ) -> None:
     rt, client = pg_runtime, pg_client
-    user = await _funded(rt, 100, roles=["user"])
+    user = await funded(rt, 100, roles=["user"])
     worst = {"provider": "openai", "model": "gpt-4o", "maxInputTokens": 1000, "maxOutputTokens": 1000, "ttlSeconds": 1}
     auth = (await client.post("/api/usage/authorizations", json=worst, headers=user.headers)).json()
     assert await account(rt, user.id) == (100, 13, 100)
-    engine = _engine(rt)
+    engine = engine_of(rt)
     before = engine.committed["authorization"]
     later = dt.datetime.now(dt.UTC) + dt.timedelta(hours=1)
     assert await authorizations.expire_overdue(rt, now=later) == 1
@@ -201,10 +181,10 @@ async def test_the_authorization_sweep_goes_through_the_engine(
     read = (await client.get(f"/api/usage/authorizations/{auth['id']}", headers=user.headers)).json()
     assert read["status"] == "expired"
     assert await account(rt, user.id) == (100, 0, 100)
-    assert await _audit_valid(rt)
+    assert await audit_valid(rt)
 
 
-async def test_a_stripe_payment_credits_through_the_engine(pg_settings: Settings) -> None:
+async def test_a_stripe_payment_credits_through_theengine(pg_settings: Settings) -> None:
     fake_stripe = FakeStripe(free_port())
     await fake_stripe.start()
     rt = Runtime.build(stripe_settings(pg_settings, fake_stripe))
@@ -215,7 +195,7 @@ async def test_a_stripe_payment_credits_through_the_engine(pg_settings: Settings
             await put_package(shop, credits=1000, amount=500)
             await checkout(shop)
             session = shop.stripe.sessions[list(shop.stripe.sessions)[-1]]
-            before = _engine(rt).committed["stripe"]
+            before = engine_of(rt).committed["stripe"]
             body = completed(session, "pi_moves")
             paid = await deliver(client, body, signature(body))
             assert (paid.status_code, paid.json()["outcome"]) == (200, "granted")
@@ -224,10 +204,10 @@ async def test_a_stripe_payment_credits_through_the_engine(pg_settings: Settings
             back = refunded("pi_moves", 500, 250)
             taken = await deliver(client, back, signature(back))
             assert taken.json()["outcome"] == "refunded"
-            assert _engine(rt).committed["stripe"] - before == 3
+            assert engine_of(rt).committed["stripe"] - before == 3
             assert await account(rt, shop.buyer.id) == (500, 0, 500)
             await assert_reconciled(rt)
-            assert await _audit_valid(rt)
+            assert await audit_valid(rt)
     finally:
         await rt.close()
         await fake_stripe.stop()
@@ -255,9 +235,9 @@ async def _crash(tx: Tx, user_id: uuid.UUID) -> dict[str, Any]:
 
 async def test_a_bad_move_of_each_kind_leaves_its_batch_neighbours_alone(pg_runtime: Runtime) -> None:
     rt = pg_runtime
-    user = await _funded(rt, 100)
+    user = await funded(rt, 100)
     uid = uuid.UUID(user.id)
-    engine = _engine(rt)
+    engine = engine_of(rt)
     [active, spent] = await engine.submit_many(
         [Move(uid, 0, "usage", _render, act=Hold(20, 600)), Move(uid, 0, "usage", _render, act=Hold(5, 600))]
     )
@@ -323,7 +303,7 @@ async def test_a_bad_move_of_each_kind_leaves_its_batch_neighbours_alone(pg_runt
     assert [o.status_code for o in crashed if isinstance(o, Outcome)] == [201, 201]
     assert await account(rt, user.id) == (78, 3, 78)
     await assert_reconciled(rt)
-    assert await _audit_valid(rt)
+    assert await audit_valid(rt)
 
 
 class _Who:
@@ -354,7 +334,7 @@ async def test_mixed_moves_on_a_few_hot_accounts_never_overdraw(live_core: LiveS
     accounts through the real HTTP stack: no overdraft, reserved never above the balance,
     balance == sum of the ledger, reconcile clean, the audit chain verifies."""
     rt = live_core.runtime
-    users = [(await _funded(rt, 2_000)).id for _ in range(3)]
+    users = [(await funded(rt, 2_000)).id for _ in range(3)]
     headers = money(rt)
     rng = random.Random(17)
     base = f"{live_core.url}/api/credits"
@@ -396,7 +376,7 @@ async def test_mixed_moves_on_a_few_hot_accounts_never_overdraw(live_core: LiveS
         balance, reserved, total = await account(rt, user_id)
         assert balance == total and 0 <= reserved <= balance
     await assert_reconciled(rt)
-    assert await _audit_valid(rt)
+    assert await audit_valid(rt)
 
 
 async def test_authorizations_and_usage_events_of_one_user_never_deadlock(
@@ -408,8 +388,8 @@ async def test_authorizations_and_usage_events_of_one_user_never_deadlock(
     from tests.core.test_usage import event, reporter
 
     rt, client = pg_runtime, pg_client
-    user = await _funded(rt, 1_000_000, roles=["user"])
-    moves, events = _engine(rt), ledger.usage_engine_of(rt)
+    user = await funded(rt, 1_000_000, roles=["user"])
+    moves, events = engine_of(rt), ledger.usage_engine_of(rt)
     assert events is not None
     worst = {"provider": "openai", "model": "gpt-4o", "maxInputTokens": 1000, "maxOutputTokens": 1000}
 
@@ -433,4 +413,4 @@ async def test_authorizations_and_usage_events_of_one_user_never_deadlock(
     balance, reserved, total = await account(rt, user.id)
     assert reserved == 0 and balance == total
     await assert_reconciled(rt)
-    assert await _audit_valid(rt)
+    assert await audit_valid(rt)

@@ -13,7 +13,6 @@ from aihub.core.authorizations import service as authorizations
 from aihub.core.credits import service as credits
 from aihub.core.deps import CurrentPrincipal, RuntimeDep, TxDep, TxRoute
 from aihub.core.ledger import service as ledger
-from aihub.core.ledger.engine import Work
 from aihub.kit.idempotency import IdempotentRequest, idempotent_request
 
 router = APIRouter(prefix="/api/usage/authorizations", tags=["usage"], route_class=TxRoute)
@@ -38,27 +37,17 @@ async def authorize(
     and reserve it against the key's budget and tokens per minute and the quota, before the
     provider is called. For oneself (a user, or a key for its user) or, with `usage:write`,
     for `userId`. Expires after `ttlSeconds` (default 600) and then releases itself."""
-    engine = ledger.engine_of(runtime)
-    if engine is not None:  # PostgreSQL: the hold and every reservation are one move of the engine's batch
-        values = body.model_dump()
-        return await ledger.move(
-            engine,
-            tx,
-            idem,
-            actor.id,
-            schemas.AuthorizationOut,
-            user_id=body.user_id or actor.user_id,
-            amount=0,
-            reason="authorization",
-            policy=tx.info.get(credits.POLICY, credits.NO_ALERTS),
-            act=Work("authorization", lambda work_tx: authorizations.authorize(work_tx, runtime, actor, values)),
-        )
-    return await idem.respond(
+    values = body.model_dump()
+    return await ledger.worked(  # PostgreSQL: the hold and every reservation are one move of a batch
+        runtime,
         tx,
+        idem,
         actor.id,
-        201,
         schemas.AuthorizationOut,
-        lambda: authorizations.authorize(tx, runtime, actor, body.model_dump()),
+        "authorization",
+        lambda on: authorizations.authorize(on, runtime, actor, values),
+        user_id=body.user_id or actor.user_id,
+        policy=tx.info.get(credits.POLICY, credits.NO_ALERTS),
     )
 
 
@@ -78,26 +67,16 @@ async def settle(
 ) -> Response:
     """Charge the actual cost, never more than held (`overrun: true` when it was capped),
     release the rest, and count the actual usage toward the quota and the key's budget."""
-    engine = ledger.engine_of(runtime)
-    if engine is not None:
-        values = body.model_dump()
-        return await ledger.move(
-            engine,
-            tx,
-            idem,
-            actor.id,
-            schemas.SettleOut,
-            user_id=await authorizations.owner(tx, authorization_id),
-            amount=0,
-            reason="authorization",
-            act=Work("authorization", lambda work_tx: authorizations.settle(work_tx, actor, authorization_id, values)),
-        )
-    return await idem.respond(
+    values = body.model_dump()
+    return await ledger.worked(
+        runtime,
         tx,
+        idem,
         actor.id,
-        201,
         schemas.SettleOut,
-        lambda: authorizations.settle(tx, actor, authorization_id, body.model_dump()),
+        "authorization",
+        lambda on: authorizations.settle(on, actor, authorization_id, values),
+        user_id=await authorizations.owner(tx, authorization_id),
     )
 
 
@@ -106,20 +85,14 @@ async def cancel(
     authorization_id: uuid.UUID, tx: TxDep, runtime: RuntimeDep, actor: CurrentPrincipal, idem: Idem
 ) -> Response:
     """The call was not made: release the hold and every reservation."""
-    engine = ledger.engine_of(runtime)
-    if engine is not None:
-        return await ledger.move(
-            engine,
-            tx,
-            idem,
-            actor.id,
-            schemas.AuthorizationOut,
-            user_id=await authorizations.owner(tx, authorization_id),
-            amount=0,
-            reason="authorization",
-            status_code=200,
-            act=Work("authorization", lambda work_tx: authorizations.cancel(work_tx, actor, authorization_id)),
-        )
-    return await idem.respond(
-        tx, actor.id, 200, schemas.AuthorizationOut, lambda: authorizations.cancel(tx, actor, authorization_id)
+    return await ledger.worked(
+        runtime,
+        tx,
+        idem,
+        actor.id,
+        schemas.AuthorizationOut,
+        "authorization",
+        lambda on: authorizations.cancel(on, actor, authorization_id),
+        user_id=await authorizations.owner(tx, authorization_id),
+        status_code=200,
     )

@@ -131,30 +131,22 @@ async def check_credits(body: schemas.CheckIn, tx: TxDep, caller: CurrentPrincip
 @router.post("/grant", status_code=201, response_model=schemas.TransactionOut, responses=_ERRORS)
 async def grant_credits(body: schemas.GrantIn, tx: TxDep, runtime: RuntimeDep, actor: Granter, idem: Idem) -> Response:
     """Add credits to an account (`credits:grant`) → the credit transaction."""
-    engine = ledger.engine_of(runtime)
-    if engine is not None:
-        meta = dict(body.metadata or {})
-        if body.note is not None:
-            meta["note"] = body.note
-        return await ledger.move(
-            engine,
-            tx,
-            idem,
-            actor.id,
-            schemas.TransactionOut,
-            user_id=body.user_id,
-            amount=body.amount,
-            reason=body.reason,
-            metadata=meta or None,
-        )
-    return await idem.respond(
+    meta = dict(body.metadata or {})
+    if body.note is not None:
+        meta["note"] = body.note
+    return await ledger.moved(
+        runtime,
         tx,
+        idem,
         actor.id,
-        201,
         schemas.TransactionOut,
-        lambda: credits.grant(
+        fallback=lambda: credits.grant(
             tx, body.user_id, body.amount, reason=body.reason, note=body.note, metadata=body.metadata
         ),
+        user_id=body.user_id,
+        amount=body.amount,
+        reason=body.reason,
+        metadata=meta or None,
     )
 
 
@@ -165,28 +157,20 @@ async def deduct_credits(
     """Take credits if that many are available (`credits:deduct`) → the debit transaction;
     402 `INSUFFICIENT_CREDITS` otherwise. Never overdraws, whatever the concurrency."""
     policy = credit_jobs.policy(runtime)
-    engine = ledger.engine_of(runtime)
-    if engine is not None:
-        return await ledger.move(
-            engine,
-            tx,
-            idem,
-            actor.id,
-            schemas.TransactionOut,
-            user_id=body.user_id,
-            amount=-body.amount,
-            reason=body.reason,
-            metadata=body.metadata,
-            policy=policy,
-        )
-    return await idem.respond(
+    return await ledger.moved(
+        runtime,
         tx,
+        idem,
         actor.id,
-        201,
         schemas.TransactionOut,
-        lambda: credits.deduct(
+        fallback=lambda: credits.deduct(
             tx, body.user_id, body.amount, reason=body.reason, metadata=body.metadata, policy=policy
         ),
+        user_id=body.user_id,
+        amount=-body.amount,
+        reason=body.reason,
+        metadata=body.metadata,
+        policy=policy,
     )
 
 
@@ -196,26 +180,17 @@ async def refund_credits(
 ) -> Response:
     """Credit back part (`amount`) or all of what is left of a debit (`credits:grant`);
     409 `REFUND_EXCEEDS_DEBIT` beyond the debit minus earlier refunds."""
-    engine = ledger.engine_of(runtime)
-    if engine is not None:
-        return await ledger.move(
-            engine,
-            tx,
-            idem,
-            actor.id,
-            schemas.TransactionOut,
-            user_id=None,
-            amount=0,
-            reason="refund",
-            metadata={"note": body.reason} if body.reason else None,
-            act=Refund(body.transaction_id, body.amount),
-        )
-    return await idem.respond(
+    return await ledger.moved(
+        runtime,
         tx,
+        idem,
         actor.id,
-        201,
         schemas.TransactionOut,
-        lambda: credits.refund(tx, body.transaction_id, body.amount, note=body.reason),
+        fallback=lambda: credits.refund(tx, body.transaction_id, body.amount, note=body.reason),
+        user_id=None,
+        reason="refund",
+        metadata={"note": body.reason} if body.reason else None,
+        act=Refund(body.transaction_id, body.amount),
     )
 
 
@@ -225,35 +200,20 @@ async def create_hold(body: schemas.HoldIn, tx: TxDep, runtime: RuntimeDep, acto
     `ttlSeconds` (default from settings) and then releases itself."""
     ttl = body.ttl_seconds or runtime.settings.hold_default_ttl_seconds
     policy = credit_jobs.policy(runtime)
-    engine = ledger.engine_of(runtime)
-    if engine is not None:
-        return await ledger.move(
-            engine,
-            tx,
-            idem,
-            actor.id,
-            schemas.HoldOut,
-            user_id=body.user_id,
-            amount=0,
-            reason=body.reason,
-            metadata=body.metadata,
-            policy=policy,
-            act=Hold(body.amount, ttl),
-        )
-    return await idem.respond(
+    return await ledger.moved(
+        runtime,
         tx,
+        idem,
         actor.id,
-        201,
         schemas.HoldOut,
-        lambda: credits.hold(
-            tx,
-            body.user_id,
-            body.amount,
-            reason=body.reason,
-            ttl_seconds=ttl,
-            metadata=body.metadata,
-            policy=policy,
+        fallback=lambda: credits.hold(
+            tx, body.user_id, body.amount, reason=body.reason, ttl_seconds=ttl, metadata=body.metadata, policy=policy
         ),
+        user_id=body.user_id,
+        reason=body.reason,
+        metadata=body.metadata,
+        policy=policy,
+        act=Hold(body.amount, ttl),
     )
 
 
@@ -269,40 +229,34 @@ async def capture_hold(
     """Charge `amount` (default: all) of an active hold, release the rest → the debit
     transaction (reason `hold_capture`); 409 `HOLD_NOT_ACTIVE` once resolved or expired."""
     amount = body.amount if body is not None else None
-    engine = ledger.engine_of(runtime)
-    if engine is not None:
-        return await ledger.move(
-            engine,
-            tx,
-            idem,
-            actor.id,
-            schemas.TransactionOut,
-            user_id=None,
-            amount=0,
-            reason="hold_capture",
-            act=Capture(hold_id, amount),
-        )
-    return await idem.respond(tx, actor.id, 201, schemas.TransactionOut, lambda: credits.capture(tx, hold_id, amount))
+    return await ledger.moved(
+        runtime,
+        tx,
+        idem,
+        actor.id,
+        schemas.TransactionOut,
+        fallback=lambda: credits.capture(tx, hold_id, amount),
+        user_id=None,
+        reason="hold_capture",
+        act=Capture(hold_id, amount),
+    )
 
 
 @router.post("/holds/{hold_id}/release", response_model=schemas.HoldOut, responses=_ERRORS)
 async def release_hold(hold_id: uuid.UUID, tx: TxDep, runtime: RuntimeDep, actor: Deducter, idem: Idem) -> Response:
     """Give an active hold's credits back to `available`; 409 `HOLD_NOT_ACTIVE` once resolved."""
-    engine = ledger.engine_of(runtime)
-    if engine is not None:
-        return await ledger.move(
-            engine,
-            tx,
-            idem,
-            actor.id,
-            schemas.HoldOut,
-            user_id=None,
-            amount=0,
-            reason="hold_release",
-            status_code=200,
-            act=Release(hold_id),
-        )
-    return await idem.respond(tx, actor.id, 200, schemas.HoldOut, lambda: credits.release(tx, hold_id))
+    return await ledger.moved(
+        runtime,
+        tx,
+        idem,
+        actor.id,
+        schemas.HoldOut,
+        fallback=lambda: credits.release(tx, hold_id),
+        status_code=200,
+        user_id=None,
+        reason="hold_release",
+        act=Release(hold_id),
+    )
 
 
 def deduct_lane(runtime: Runtime) -> Lane:

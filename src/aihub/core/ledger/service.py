@@ -114,6 +114,90 @@ async def move(
     return answer(outcome, model, idem.request_id)
 
 
+async def moved(
+    runtime: Runtime,
+    tx: Tx,
+    idem: IdempotentRequest,
+    principal: str,
+    model: type[BaseModel],
+    *,
+    fallback: Callable[[], Awaitable[Any]],
+    status_code: int = 201,
+    user_id: uuid.UUID | None,
+    amount: int = 0,
+    reason: str,
+    metadata: dict[str, Any] | None = None,
+    policy: credits.Policy = credits.NO_ALERTS,
+    act: Act | None = None,
+) -> Response:
+    """A money-moving endpoint's answer, under its ``Idempotency-Key`` either way: the move
+    through the process's engine (PostgreSQL), or ``fallback`` in the request's own
+    transaction where there is none (SQLite, one writer anyway)."""
+    engine = engine_of(runtime)
+    if engine is None:
+        return await idem.respond(tx, principal, status_code, model, fallback)
+    return await move(
+        engine,
+        tx,
+        idem,
+        principal,
+        model,
+        user_id=user_id,
+        amount=amount,
+        reason=reason,
+        metadata=metadata,
+        policy=policy,
+        status_code=status_code,
+        act=act,
+    )
+
+
+async def worked(
+    runtime: Runtime,
+    tx: Tx,
+    idem: IdempotentRequest,
+    principal: str,
+    model: type[BaseModel],
+    kind: str,
+    run: Callable[[Tx], Awaitable[dict[str, Any]]],
+    *,
+    user_id: uuid.UUID | None,
+    status_code: int = 201,
+    policy: credits.Policy = credits.NO_ALERTS,
+) -> Response:
+    """A domain's money move (``run``, its own service code) as an idempotent answer: one
+    ``Work`` move of the engine's batch, or ``run`` on the request's transaction."""
+    return await moved(
+        runtime,
+        tx,
+        idem,
+        principal,
+        model,
+        fallback=lambda: run(tx),
+        status_code=status_code,
+        user_id=user_id,
+        reason=kind,
+        policy=policy,
+        act=Work(kind, run),
+    )
+
+
+async def run_work(
+    runtime: Runtime,
+    tx: Tx,
+    kind: str,
+    run: Callable[[Tx], Awaitable[dict[str, Any]]],
+    *,
+    user_id: uuid.UUID,
+    policy: credits.Policy = credits.NO_ALERTS,
+) -> dict[str, Any]:
+    """``work`` when the process has an engine, else ``run`` on the request's transaction."""
+    engine = engine_of(runtime)
+    if engine is None:
+        return await run(tx)
+    return await work(engine, tx, kind, run, user_id=user_id, policy=policy)
+
+
 async def work(
     engine: LedgerEngine,
     tx: Tx,

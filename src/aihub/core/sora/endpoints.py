@@ -16,7 +16,6 @@ from aihub.core.audit import service as audit
 from aihub.core.credits import service as credits
 from aihub.core.deps import CurrentUser, RuntimeDep, TxDep, TxRoute
 from aihub.core.ledger import service as ledger
-from aihub.core.ledger.engine import Work
 from aihub.core.pricing import service as pricing
 from aihub.core.sora import schemas
 from aihub.core.sora import service as sora
@@ -104,31 +103,16 @@ async def start_generation(
     """
     row, user = session
     ttl = runtime.settings.sora_hold_ttl_seconds
-    engine = ledger.engine_of(runtime)
-    if engine is not None:  # PostgreSQL: the hold and the generation are one move of the engine's batch
-        return await ledger.move(
-            engine,
-            tx,
-            idem,
-            f"sora:{row.id}",
-            schemas.GenerationOut,
-            user_id=user.id,
-            amount=0,
-            reason="sora",
-            policy=tx.info.get(credits.POLICY, credits.NO_ALERTS),
-            act=Work(
-                "sora",
-                lambda work_tx: sora.start(
-                    work_tx, row, user, body.duration_seconds, body.resolution, body.prompt, ttl
-                ),
-            ),
-        )
-    return await idem.respond(
+    return await ledger.worked(  # PostgreSQL: the hold and the generation are one move of a batch
+        runtime,
         tx,
+        idem,
         f"sora:{row.id}",
-        201,
         schemas.GenerationOut,
-        lambda: sora.start(tx, row, user, body.duration_seconds, body.resolution, body.prompt, ttl),
+        "sora",
+        lambda on: sora.start(on, row, user, body.duration_seconds, body.resolution, body.prompt, ttl),
+        user_id=user.id,
+        policy=tx.info.get(credits.POLICY, credits.NO_ALERTS),
     )
 
 
@@ -159,12 +143,10 @@ async def complete_generation(
     """
     actual = body.actual_seconds if body else None
     user = session[1]
-    engine = ledger.engine_of(runtime)
-    if engine is not None:  # PostgreSQL: the capture and the generation's rows are one move of the batch
-        return await ledger.work(
-            engine, tx, "sora", lambda work_tx: sora.complete(work_tx, user, generation_id, actual), user_id=user.id
-        )
-    return await sora.complete(tx, user, generation_id, actual)
+    # PostgreSQL: the capture and the generation's rows are one move of the engine's batch.
+    return await ledger.run_work(
+        runtime, tx, "sora", lambda on: sora.complete(on, user, generation_id, actual), user_id=user.id
+    )
 
 
 @router.post(
@@ -181,9 +163,6 @@ async def fail_generation(
 ) -> dict[str, Any]:
     """The video was not made: release the whole hold (`charged: 0`). Resolves once."""
     reason, user = (body.reason if body else None), session[1]
-    engine = ledger.engine_of(runtime)
-    if engine is not None:  # PostgreSQL: the release and the generation's rows are one move of the batch
-        return await ledger.work(
-            engine, tx, "sora", lambda work_tx: sora.fail(work_tx, user, generation_id, reason), user_id=user.id
-        )
-    return await sora.fail(tx, user, generation_id, reason)
+    return await ledger.run_work(  # PostgreSQL: the release and the generation's rows in one move
+        runtime, tx, "sora", lambda on: sora.fail(on, user, generation_id, reason), user_id=user.id
+    )
