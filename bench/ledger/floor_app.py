@@ -18,8 +18,8 @@ import uvicorn
 from aihub.config import Settings
 from aihub.core.app import create_app
 from aihub.core.credits.schemas import DeductIn
-from aihub.core.deps import RequirePermission
 from aihub.core.rbac.service import Principal
+from aihub.kit.deps import RequirePermission
 from aihub.kit.logging import configure_logging
 
 settings = Settings()

@@ -13,6 +13,7 @@ from pydantic import BaseModel
 
 from aihub.config import Settings
 from aihub.kit.app import create_service_app
+from aihub.kit.deps import NO_CALLERS
 from aihub.kit.runtime import Runtime
 
 router = APIRouter()
@@ -35,7 +36,7 @@ async def boom() -> None:
 
 @pytest.fixture
 async def kit_client(runtime: Runtime) -> AsyncIterator[httpx.AsyncClient]:
-    app = create_service_app("test", runtime, [router], description="kit test")
+    app = create_service_app("test", runtime, [router], access=NO_CALLERS, description="kit test")
     transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
     async with httpx.AsyncClient(transport=transport, base_url="http://kit.test") as c:
         yield c
@@ -135,7 +136,7 @@ async def test_health_ready_and_metrics(kit_client: httpx.AsyncClient, runtime: 
 
 
 async def test_metrics_refused_from_outside(runtime: Runtime) -> None:
-    app = create_service_app("test", runtime, [router], description="kit test")
+    app = create_service_app("test", runtime, [router], access=NO_CALLERS, description="kit test")
     transport = httpx.ASGITransport(app=app, client=("203.0.113.9", 4000))
     async with httpx.AsyncClient(transport=transport, base_url="http://kit.test") as c:
         check_shape(await c.get("/metrics"), 403, "FORBIDDEN")
@@ -143,7 +144,7 @@ async def test_metrics_refused_from_outside(runtime: Runtime) -> None:
 
 async def _ready(settings: Settings) -> httpx.Response:
     rt = Runtime.build(settings)
-    app = create_service_app("test", rt, [router], description="kit test")
+    app = create_service_app("test", rt, [router], access=NO_CALLERS, description="kit test")
     try:
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://kit.test") as c:
             return await c.get("/health/ready")

@@ -7,7 +7,9 @@ from fastapi import FastAPI
 from aihub.auth.endpoints import router
 from aihub.auth.identity.endpoints import router as identity_router
 from aihub.config import Settings
+from aihub.core.users.callers import authenticate
 from aihub.kit.app import create_service_app
+from aihub.kit.deps import Access
 from aihub.kit.runtime import Runtime
 
 
@@ -19,5 +21,6 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
         [router, identity_router],
         description="Registration, login, token refresh and logout, service tokens, JWKS; email verification, "
         "password reset, Google sign-in.",
+        access=Access(authenticate=authenticate),
         waits_for_jwks=False,
     )

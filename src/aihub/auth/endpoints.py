@@ -10,13 +10,14 @@ from fastapi import APIRouter, Depends, Request, Response
 from aihub.auth import schemas, tokens
 from aihub.auth import service as auth
 from aihub.auth.identity import emails as identity_emails
-from aihub.core.deps import AccountSuspended, CurrentUser, RequirePermission, RuntimeDep, SessionUser, TxDep, TxRoute
 from aihub.core.rbac import service as rbac
+from aihub.core.rbac.deps import CurrentUser, SessionUser
 from aihub.core.rbac.service import Principal
 from aihub.core.sessions.lockout import LoginLocked
 from aihub.core.users import service as users
 from aihub.core.users.schemas import UserOut
-from aihub.kit.errors import StoreUnavailableError
+from aihub.kit.deps import RequirePermission, RuntimeDep, TxDep, TxRoute
+from aihub.kit.errors import AccountSuspended, StoreUnavailableError
 from aihub.kit.jwt import InvalidToken, TokenExpired, TokenRevoked
 from aihub.kit.openapi import errors
 from aihub.kit.pagination import Paged, PageParams, page_params

@@ -25,7 +25,6 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from aihub.auth import tokens
 from aihub.auth.schemas import MeOut, ServiceTokenCreated, TokenPair
 from aihub.core.audit import service as audit
-from aihub.core.deps import AccountSuspended
 from aihub.core.rbac import repository as rbac_repo
 from aihub.core.rbac import service as rbac
 from aihub.core.sessions import repository as repo
@@ -34,7 +33,7 @@ from aihub.core.users import repository as users_repo
 from aihub.core.users import service as users
 from aihub.core.users.schemas import UserOut
 from aihub.kit.db import Tx, as_utc, utcnow
-from aihub.kit.errors import AppError, NotFound, StoreUnavailableError, ValidationFailed
+from aihub.kit.errors import AccountSuspended, AppError, NotFound, StoreUnavailableError, ValidationFailed
 from aihub.kit.jsonutil import dumps, loads
 from aihub.kit.jwt import InvalidToken, TokenExpired, TokenRevoked, blacklist_key, family_blacklist_key
 from aihub.kit.pagination import Paged, PageParams, paged

@@ -10,6 +10,7 @@ from aihub.core.audit.endpoints import router as audit_router
 from aihub.core.authorizations.endpoints import router as authorizations_router
 from aihub.core.credits.endpoints import deduct_lane
 from aihub.core.credits.endpoints import router as credits_router
+from aihub.core.credits.jobs import carry_policy
 from aihub.core.notifications.endpoints import router as alerts_router
 from aihub.core.payments.endpoints import router as payments_router
 from aihub.core.pricing.endpoints import router as pricing_router
@@ -19,10 +20,12 @@ from aihub.core.reports.endpoints import analytics_router, billing_router
 from aihub.core.sora.endpoints import router as sora_router
 from aihub.core.usage.endpoints import event_lane, quotas_router
 from aihub.core.usage.endpoints import router as usage_router
+from aihub.core.users.callers import authenticate
 from aihub.core.users.endpoints import permission_check_router
 from aihub.core.users.endpoints import router as users_router
 from aihub.core.webhooks.endpoints import router as webhooks_router
 from aihub.kit.app import create_service_app
+from aihub.kit.deps import Access
 from aihub.kit.runtime import Runtime
 
 
@@ -61,5 +64,6 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None,
             "Users, roles and permissions, the credit ledger, pricing, usage and billing, promo codes, "
             "Sora2 sessions, audit log, payments (Stripe) and outgoing webhooks."
         ),
+        access=Access(authenticate=authenticate, on_tx=carry_policy),
         lanes=lanes,
     )

@@ -26,7 +26,7 @@ import structlog
 
 from aihub.gateway.authcheck import Identity
 from aihub.gateway.balancer import Balancer
-from aihub.kit.apikeys import looks_like_key
+from aihub.kit.apikeys import InvalidApiKey, KeyExpired, KeyIpNotAllowed, looks_like_key
 from aihub.kit.errors import AppError, ServiceUnavailable
 from aihub.kit.jsonutil import loads
 from aihub.kit.jwt import Claims
@@ -37,24 +37,6 @@ _MAX_KEY_LEN = 200
 _RESOLVE_PATH = "/api/keys/current"
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
-
-
-class InvalidApiKey(AppError):
-    status_code, code, message = 401, "INVALID_API_KEY", "The API key is unknown or revoked"
-
-
-class KeyExpired(AppError):
-    status_code, code, message = 401, "KEY_EXPIRED", "The API key has expired"
-
-
-class KeyIpNotAllowed(AppError):
-    status_code, code, message = 403, "KEY_IP_NOT_ALLOWED", "This API key may not be used from this address"
-
-
-class AccountSuspended(AppError):
-    """A suspended user's key: the answer core gives the same user's JWT (and the key)."""
-
-    status_code, code, message = 403, "ACCOUNT_SUSPENDED", "This account is suspended"
 
 
 @dataclass(frozen=True, slots=True)

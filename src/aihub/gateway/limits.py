@@ -13,13 +13,13 @@ import functools
 
 from aihub.config import Settings
 from aihub.gateway import metrics
-from aihub.gateway.apikeys import AccountSuspended, InvalidApiKey
 from aihub.gateway.authcheck import Identity
 from aihub.gateway.context import Ctx
 from aihub.gateway.ipblock import Strikes
 from aihub.gateway.ratelimit import Decision, KeyCheck, Limiter
 from aihub.gateway.routing import Route
-from aihub.kit.errors import AppError, ServiceUnavailable
+from aihub.kit.apikeys import InvalidApiKey
+from aihub.kit.errors import AccountSuspended, AppError, ServiceUnavailable
 from aihub.kit.jwt import TokenRevoked
 
 

@@ -7,7 +7,22 @@ core; core looks it up): this only finds it, so both services agree on what a ke
 
 from __future__ import annotations
 
+from aihub.kit.errors import AppError
+
 KEY_PREFIX = "ahk_"
+
+
+# A key's refusals: core answers them and the gateway repeats them, with the same codes.
+class InvalidApiKey(AppError):
+    status_code, code, message = 401, "INVALID_API_KEY", "The API key is unknown or revoked"
+
+
+class KeyExpired(AppError):
+    status_code, code, message = 401, "KEY_EXPIRED", "The API key has expired"
+
+
+class KeyIpNotAllowed(AppError):
+    status_code, code, message = 403, "KEY_IP_NOT_ALLOWED", "This API key may not be used from this address"
 
 
 def looks_like_key(value: str) -> bool:

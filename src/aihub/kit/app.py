@@ -10,6 +10,7 @@ from fastapi.routing import APIRoute
 from starlette.responses import Response
 
 from aihub import __version__
+from aihub.kit.deps import Access, commits_at_the_edge, install
 from aihub.kit.errors import install_error_handlers
 from aihub.kit.fastlane import Lane, bind
 from aihub.kit.inputs import refuse_bad_text
@@ -19,6 +20,17 @@ from aihub.kit.middleware import ServiceMiddleware
 from aihub.kit.openapi import document_errors
 from aihub.kit.runtime import Runtime
 from aihub.kit.serve import drain_flag
+
+
+def refuse_uncommitted(routers: Sequence[APIRouter]) -> None:
+    uncommitted = [
+        f"{sorted(route.methods or ())} {route.path}"
+        for router in routers
+        for route in router.routes
+        if isinstance(route, APIRoute) and not commits_at_the_edge(route)
+    ]
+    if uncommitted:
+        raise TypeError(f"routes open a unit of work without committing it (use TxRoute): {uncommitted}")
 
 
 async def health() -> dict[str, str]:
@@ -51,11 +63,15 @@ def create_service_app(
     runtime: Runtime,
     routers: Sequence[APIRouter],
     *,
+    access: Access,
     description: str,
     waits_for_jwks: bool = True,
     lanes: Sequence[Lane] = (),
 ) -> FastAPI:
-    """``waits_for_jwks=False`` is for auth: it publishes the key set and verifies with its own
+    """``access`` says how the routes' callers are authenticated (kit/deps.py). Every route
+    that opens a unit of work must commit it at the edge (a ``TxRoute``): one that does not is
+    refused here, at start-up, rather than silently rolling its writes back per request.
+    ``waits_for_jwks=False`` is for auth: it publishes the key set and verifies with its own
     keys, so its readiness must not wait on a JWKS URL that may lead back to itself. ``lanes``
     answer their routes' requests without FastAPI's machinery (kit/fastlane.py)."""
 
@@ -80,7 +96,9 @@ def create_service_app(
         # Before every other dependency of every route: no NUL or lone surrogate gets in.
         dependencies=[Depends(refuse_bad_text)],
     )
+    refuse_uncommitted(routers)
     app.state.runtime = runtime
+    install(app, access)
     app.state.settings = runtime.settings
     # The all-in-one process shares one runtime between services, prepares it and closes it once.
     app.state.prepared = False

@@ -117,6 +117,12 @@ class Forbidden(AppError):
     status_code, code, message = 403, "FORBIDDEN", "You are not allowed to do this"
 
 
+class AccountSuspended(AppError):
+    """A suspended user's token or key: core, auth and the gateway give the same answer."""
+
+    status_code, code, message = 403, "ACCOUNT_SUSPENDED", "This account is suspended"
+
+
 class NotFound(AppError):
     status_code, code, message = 404, "NOT_FOUND", "No such resource"
 

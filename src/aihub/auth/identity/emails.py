@@ -28,14 +28,13 @@ import structlog
 from aihub.auth import service as auth
 from aihub.auth.identity import repository as repo
 from aihub.core.audit import service as audit
-from aihub.core.deps import AccountSuspended
 from aihub.core.sessions import lockout
 from aihub.core.users import repository as users_repo
 from aihub.core.users import service as users
 from aihub.core.users.schemas import UserOut
 from aihub.kit.db import Tx, utcnow
 from aihub.kit.email import Email, EmailDeliveryError, build_mailer
-from aihub.kit.errors import AppError, Conflict, ServiceUnavailable
+from aihub.kit.errors import AccountSuspended, AppError, Conflict, ServiceUnavailable
 from aihub.kit.jobs import job, jobs_of
 from aihub.kit.passwords import hash_password
 from aihub.kit.runtime import Runtime

@@ -13,8 +13,9 @@ from starlette.responses import RedirectResponse, Response
 
 from aihub.auth import schemas as auth_schemas
 from aihub.auth.identity import emails, oauth, schemas
-from aihub.core.deps import CurrentUser, RuntimeDep, TxDep, TxRoute
+from aihub.core.rbac.deps import CurrentUser
 from aihub.core.users.schemas import UserOut
+from aihub.kit.deps import RuntimeDep, TxDep, TxRoute
 from aihub.kit.runtime import Runtime
 
 router = APIRouter(tags=["identity"], route_class=TxRoute)

@@ -9,7 +9,8 @@ from fastapi import APIRouter, Depends, Query, Response
 
 from aihub.core.apikeys import schemas
 from aihub.core.apikeys import service as keys
-from aihub.core.deps import CurrentUser, RuntimeDep, TxDep, TxRoute
+from aihub.core.rbac.deps import CurrentUser
+from aihub.kit.deps import RuntimeDep, TxDep, TxRoute
 from aihub.kit.pagination import Paged, PageParams, page_params
 
 router = APIRouter(prefix="/api/keys", tags=["api-keys"], route_class=TxRoute)

@@ -32,9 +32,9 @@ from aihub.core.apikeys import repository as repo
 from aihub.core.apikeys.schemas import BudgetOut, KeyCreated, KeyIdentity, KeyIn, KeyOut, KeyPatch
 from aihub.core.audit import service as audit
 from aihub.core.rbac.service import Person, Principal
-from aihub.kit.apikeys import KEY_PREFIX, looks_like_key
+from aihub.kit.apikeys import KEY_PREFIX, InvalidApiKey, KeyExpired, looks_like_key
 from aihub.kit.db import Tx, as_utc, utcnow
-from aihub.kit.errors import AppError, Forbidden, NotFound, ValidationFailed
+from aihub.kit.errors import Forbidden, NotFound, ValidationFailed
 from aihub.kit.pagination import Paged, PageParams, page_of
 from aihub.kit.store import Store, StoreUnavailable
 from aihub.models import ApiKey, User
@@ -48,18 +48,6 @@ _MAX_LEN = 200
 # Long enough to outlive any gateway's cached copy of the key (which it then fetches again
 # from core, which refuses it).
 MARKER_TTL_SECONDS = 86_400
-
-
-class InvalidApiKey(AppError):
-    status_code, code, message = 401, "INVALID_API_KEY", "The API key is unknown or revoked"
-
-
-class KeyExpired(AppError):
-    status_code, code, message = 401, "KEY_EXPIRED", "The API key has expired"
-
-
-class KeyIpNotAllowed(AppError):
-    status_code, code, message = 403, "KEY_IP_NOT_ALLOWED", "This API key may not be used from this address"
 
 
 class KeyNotFound(NotFound):

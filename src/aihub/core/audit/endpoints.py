@@ -9,14 +9,14 @@ from fastapi import APIRouter, Depends, Query
 from aihub.core.audit import repository as repo
 from aihub.core.audit import schemas
 from aihub.core.audit import service as audit
-from aihub.core.deps import RequirePermission, TxDep, TxRoute
-from aihub.core.rbac.service import Principal
+from aihub.kit.deps import Caller, RequirePermission, TxDep, TxRoute
 from aihub.kit.inputs import Timestamp
 from aihub.kit.pagination import Paged, PageParams, page_params, paged
 from aihub.models import AuditLog
 
 router = APIRouter(prefix="/api/audit-logs", tags=["audit"], route_class=TxRoute)
-Reader = Annotated[Principal, RequirePermission("audit:read")]
+# The reader is only checked (audit sits below rbac, so the principal stays the plumbing's Caller).
+Reader = Annotated[Caller, RequirePermission("audit:read")]
 
 
 @router.get("", response_model=schemas.AuditPage)

@@ -11,8 +11,9 @@ from starlette.responses import Response
 from aihub.core.authorizations import schemas
 from aihub.core.authorizations import service as authorizations
 from aihub.core.credits import service as credits
-from aihub.core.deps import CurrentPrincipal, RuntimeDep, TxDep, TxRoute
 from aihub.core.ledger import service as ledger
+from aihub.core.rbac.deps import CurrentPrincipal
+from aihub.kit.deps import RuntimeDep, TxDep, TxRoute
 from aihub.kit.idempotency import IdempotentRequest, idempotent_request
 
 router = APIRouter(prefix="/api/usage/authorizations", tags=["usage"], route_class=TxRoute)

@@ -16,19 +16,11 @@ from starlette.responses import Response
 from aihub.core.credits import jobs as credit_jobs
 from aihub.core.credits import schemas
 from aihub.core.credits import service as credits
-from aihub.core.deps import (
-    CurrentPrincipal,
-    CurrentUser,
-    RequirePermission,
-    RuntimeDep,
-    Solved,
-    TxDep,
-    TxRoute,
-    lane,
-)
 from aihub.core.ledger import service as ledger
 from aihub.core.ledger.engine import Capture, Hold, Refund, Release
+from aihub.core.rbac.deps import CurrentPrincipal, CurrentUser
 from aihub.core.rbac.service import Principal
+from aihub.kit.deps import RequirePermission, RuntimeDep, Solved, TxDep, TxRoute, lane
 from aihub.kit.errors import ValidationFailed
 from aihub.kit.fastlane import Lane
 from aihub.kit.idempotency import IdempotentRequest, idempotent_request
@@ -260,10 +252,10 @@ async def release_hold(hold_id: uuid.UUID, tx: TxDep, runtime: RuntimeDep, actor
 
 
 def deduct_lane(runtime: Runtime) -> Lane:
-    """``POST /deduct`` as a fast lane (core/deps.py ``lane``): the same endpoint function,
+    """``POST /deduct`` as a fast lane (kit/deps.py ``lane``): the same endpoint function,
     its dependencies solved without FastAPI's per-request machinery."""
 
-    async def call(solved: Solved) -> Response:
+    async def call(solved: Solved[Principal]) -> Response:
         assert solved.idem is not None
         return await deduct_credits(solved.body, solved.tx, solved.runtime, solved.principal, solved.idem)
 

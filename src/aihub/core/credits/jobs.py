@@ -15,6 +15,7 @@ from aihub.core.credits.metrics import HOLDS_EXPIRED, WEBHOOK_DELIVERIES
 from aihub.core.credits.reconcile import reconcile
 from aihub.core.ledger import service as ledger
 from aihub.core.notifications import jobs as notification_jobs
+from aihub.kit.db import Tx
 from aihub.kit.jobs import Periodic, job, jobs_of
 from aihub.kit.runtime import Runtime
 from aihub.kit.slots import Slot
@@ -133,3 +134,9 @@ def periodic(runtime: Runtime) -> list[Periodic]:
     if runtime.settings.ledger_reconcile_interval_seconds > 0:
         items.append(Periodic(RECONCILE_JOB, runtime.settings.ledger_reconcile_interval_seconds))
     return items
+
+
+def carry_policy(runtime: Runtime, tx: Tx) -> None:
+    """What every unit of work of core's requests carries (kit/deps.py ``Access.on_tx``): the
+    process's low-balance policy, so that every debit in it (credits, usage, Sora) alerts."""
+    tx.info.set(credits.POLICY, policy(runtime))

@@ -7,11 +7,12 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
 
-from aihub.core.deps import CurrentPrincipal, RuntimeDep, TxDep, TxRoute
 from aihub.core.notifications import jobs as notification_jobs
 from aihub.core.notifications import schemas
 from aihub.core.notifications import service as notifications
+from aihub.core.rbac.deps import CurrentPrincipal
 from aihub.core.rbac.service import Principal
+from aihub.kit.deps import RuntimeDep, TxDep, TxRoute
 from aihub.kit.errors import ValidationFailed
 
 router = APIRouter(prefix="/api/credits/alerts", tags=["credits"], route_class=TxRoute)

@@ -9,13 +9,14 @@ from fastapi import APIRouter, Depends, Path, Query, Request
 from starlette.responses import Response
 
 from aihub.core.credits import jobs as credit_jobs
-from aihub.core.deps import CurrentPrincipal, CurrentUser, RequirePermission, RuntimeDep, TxDep, TxRoute
 from aihub.core.ledger import service as ledger
 from aihub.core.payments import schemas
 from aihub.core.payments import service as payments
 from aihub.core.payments.provider import require_checkout, stripe_provider
+from aihub.core.rbac.deps import CurrentPrincipal, CurrentUser
 from aihub.core.rbac.service import Principal
 from aihub.kit.db import Tx
+from aihub.kit.deps import RequirePermission, RuntimeDep, TxDep, TxRoute
 from aihub.kit.errors import Forbidden
 from aihub.kit.inputs import Timestamp
 from aihub.kit.jsonutil import dumps

@@ -6,10 +6,10 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Path, Query, Response
 
-from aihub.core.deps import RequirePermission, TxDep, TxRoute
 from aihub.core.pricing import schemas
 from aihub.core.pricing import service as pricing
 from aihub.core.rbac.service import Principal
+from aihub.kit.deps import RequirePermission, TxDep, TxRoute
 from aihub.kit.openapi import errors
 from aihub.kit.pagination import PageParams, SortKey, page_of_sorted, short_list_params
 from aihub.models import ModelPrice

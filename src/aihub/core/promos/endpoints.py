@@ -8,12 +8,13 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Query
 from starlette.responses import Response
 
-from aihub.core.deps import CurrentUser, RequirePermission, RuntimeDep, TxDep, TxRoute
 from aihub.core.ledger import service as ledger
 from aihub.core.ledger.engine import Work
 from aihub.core.promos import schemas
 from aihub.core.promos import service as promos
+from aihub.core.rbac.deps import CurrentUser
 from aihub.core.rbac.service import Principal
+from aihub.kit.deps import RequirePermission, RuntimeDep, TxDep, TxRoute
 from aihub.kit.idempotency import IdempotentRequest, idempotent_request
 from aihub.kit.openapi import errors
 from aihub.kit.pagination import PageParams, page_params

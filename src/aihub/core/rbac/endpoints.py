@@ -6,10 +6,10 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Response
 
-from aihub.core.deps import RequirePermission, RuntimeDep, TxDep, TxRoute
 from aihub.core.rbac import schemas
 from aihub.core.rbac import service as rbac
 from aihub.core.rbac.service import Principal
+from aihub.kit.deps import RequirePermission, RuntimeDep, TxDep, TxRoute
 from aihub.kit.openapi import errors
 from aihub.kit.pagination import Paged, PageParams, page_of_sorted, short_list_params
 from aihub.models import Permission

@@ -13,12 +13,13 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Header, Path, Query, Response
 
-from aihub.core.deps import CurrentPrincipal, RequirePermission, RuntimeDep, TxDep, TxRoute
+from aihub.core.rbac.deps import CurrentPrincipal
 from aihub.core.rbac.service import Principal
 from aihub.core.reports import jobs, schemas
 from aihub.core.reports import service as reports
 from aihub.core.usage import rollups
 from aihub.core.users import service as users
+from aihub.kit.deps import RequirePermission, RuntimeDep, TxDep, TxRoute
 from aihub.kit.errors import ValidationFailed
 from aihub.kit.inputs import Timestamp
 from aihub.kit.jsonutil import dumps

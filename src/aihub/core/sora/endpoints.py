@@ -14,11 +14,12 @@ from fastapi.params import Body
 
 from aihub.core.audit import service as audit
 from aihub.core.credits import service as credits
-from aihub.core.deps import CurrentUser, RuntimeDep, TxDep, TxRoute
 from aihub.core.ledger import service as ledger
 from aihub.core.pricing import service as pricing
+from aihub.core.rbac.deps import CurrentUser
 from aihub.core.sora import schemas
 from aihub.core.sora import service as sora
+from aihub.kit.deps import RuntimeDep, TxDep, TxRoute
 from aihub.kit.idempotency import IdempotentRequest, idempotent_request
 from aihub.kit.openapi import errors, raises
 from aihub.kit.pagination import PageParams, SortKey, page_of_sorted, short_list_params

@@ -9,24 +9,16 @@ from fastapi import APIRouter, Depends, Path, Query, Response
 
 from aihub.core.credits import jobs as credit_jobs
 from aihub.core.credits import service as credits
-from aihub.core.deps import (
-    CurrentPrincipal,
-    CurrentUser,
-    RequirePermission,
-    RuntimeDep,
-    Solved,
-    TxDep,
-    TxRoute,
-    lane,
-)
 from aihub.core.ledger import service as ledger
 from aihub.core.notifications import jobs as notification_jobs
 from aihub.core.pricing import service as pricing
 from aihub.core.rbac import service as rbac
+from aihub.core.rbac.deps import CurrentPrincipal, CurrentUser
 from aihub.core.rbac.service import MissingPermission, Principal
 from aihub.core.usage import schemas
 from aihub.core.usage import service as usage
 from aihub.core.users import service as users
+from aihub.kit.deps import RequirePermission, RuntimeDep, Solved, TxDep, TxRoute, lane
 from aihub.kit.fastlane import Lane
 from aihub.kit.idempotency import IdempotencyKeyReused
 from aihub.kit.inputs import Timestamp
@@ -212,10 +204,10 @@ async def delete_quota(scope: Scope, tx: TxDep, _: Annotated[Principal, RequireP
 
 
 def event_lane(runtime: Runtime) -> Lane:
-    """``POST /events`` as a fast lane (core/deps.py ``lane``): the same endpoint function,
+    """``POST /events`` as a fast lane (kit/deps.py ``lane``): the same endpoint function,
     its dependencies solved without FastAPI's per-request machinery."""
 
-    async def call(solved: Solved) -> dict[str, Any]:
+    async def call(solved: Solved[Principal]) -> dict[str, Any]:
         return await record_event(solved.body, solved.tx, solved.principal, solved.response, solved.runtime)
 
     return lane(runtime, "POST", "/api/usage/events", permission="usage:write", idempotent=False, call=call)

@@ -7,13 +7,14 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Query, Response
 
-from aihub.core.deps import CurrentPrincipal, CurrentUser, RequirePermission, RuntimeDep, TxDep, TxRoute
 from aihub.core.rbac import schemas as rbac_schemas
 from aihub.core.rbac import service as rbac
+from aihub.core.rbac.deps import CurrentPrincipal, CurrentUser
 from aihub.core.rbac.service import Principal
 from aihub.core.sessions.lockout import LoginLocked
 from aihub.core.users import schemas
 from aihub.core.users import service as users
+from aihub.kit.deps import RequirePermission, RuntimeDep, TxDep, TxRoute
 from aihub.kit.openapi import errors
 from aihub.kit.pagination import Paged, PageParams, page_params
 

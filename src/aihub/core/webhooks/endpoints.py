@@ -7,11 +7,11 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends
 
-from aihub.core.deps import RequirePermission, RuntimeDep, TxDep, TxRoute
 from aihub.core.rbac.service import Principal
 from aihub.core.webhooks import jobs as _jobs  # noqa: F401  (registers the delivery job)
 from aihub.core.webhooks import schemas
 from aihub.core.webhooks import service as webhooks
+from aihub.kit.deps import RequirePermission, RuntimeDep, TxDep, TxRoute
 from aihub.kit.pagination import Paged, PageParams, page_params
 from aihub.models import WebhookEndpoint
 
