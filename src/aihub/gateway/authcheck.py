@@ -10,6 +10,7 @@ import math
 import time
 from dataclasses import dataclass
 
+from aihub.kit.apikeys import MalformedAuthorization, bearer
 from aihub.kit.errors import Unauthorized
 from aihub.kit.jwt import Claims, TokenCodec, UnknownSigningKey, session_id
 
@@ -62,14 +63,11 @@ class IdentityCache:
 
 
 def bearer_token(header: str | None) -> str | None:
-    """The token of ``Authorization: Bearer <token>``; raises when the header is malformed."""
-    if header is None:
-        return None
-    scheme, _, token = header.partition(" ")
-    token = token.strip()
-    if scheme.lower() != "bearer" or not token:
-        raise Unauthorized("The Authorization header must be 'Bearer <token>'")
-    return token
+    """The token of ``Authorization: Bearer <token>``; 401 ``UNAUTHORIZED`` when malformed."""
+    try:
+        return bearer(header)
+    except MalformedAuthorization:
+        raise Unauthorized("The Authorization header must be 'Bearer <token>'") from None
 
 
 def authenticate(codec: TokenCodec, token: str) -> Identity:

@@ -29,15 +29,29 @@ def looks_like_key(value: str) -> bool:
     return value.startswith(KEY_PREFIX)
 
 
-def bearer_credential(authorization: str | None) -> str | None:
-    """The credential of ``Authorization: Bearer <credential>`` (any case of the scheme), or None."""
-    if not authorization:
+class MalformedAuthorization(ValueError):
+    """An ``Authorization`` header that is not ``Bearer <credential>``."""
+
+
+def bearer(authorization: str | None) -> str | None:
+    """The credential of ``Authorization: Bearer <credential>`` (any case of the scheme), None
+    without the header; :class:`MalformedAuthorization` for any other header. The one parser of
+    the header: each service answers a malformed one with its own (pinned) code."""
+    if authorization is None:
         return None
     scheme, _, credential = authorization.partition(" ")
     credential = credential.strip()
     if scheme.lower() != "bearer" or not credential:
-        return None
+        raise MalformedAuthorization
     return credential
+
+
+def bearer_credential(authorization: str | None) -> str | None:
+    """The bearer credential, or None for a missing or malformed header (looking for a key)."""
+    try:
+        return bearer(authorization)
+    except MalformedAuthorization:
+        return None
 
 
 def presented_key(x_api_key: str | None, bearer: str | None) -> str | None:

@@ -21,7 +21,7 @@ from fastapi.routing import APIRoute
 from starlette.responses import Response
 
 from aihub.kit import fastlane
-from aihub.kit.apikeys import InvalidApiKey, KeyExpired, KeyIpNotAllowed
+from aihub.kit.apikeys import InvalidApiKey, KeyExpired, KeyIpNotAllowed, MalformedAuthorization, bearer
 from aihub.kit.db import Tx
 from aihub.kit.errors import AccountSuspended, AppError, Forbidden, StoreUnavailableError, Unauthorized
 from aihub.kit.fastlane import Lane, LaneHandler
@@ -159,13 +159,17 @@ TxDep = Annotated[Tx, Depends(get_tx)]
 
 
 def bearer_token(request: Request) -> str:
+    """The request's bearer token: 401 ``UNAUTHORIZED`` without one, 401 ``INVALID_TOKEN`` for
+    a malformed header (the gateway answers that one ``UNAUTHORIZED``; both are pinned)."""
     header = request.headers.get("authorization")
-    if not header:
+    if not header:  # absent or empty: no credential at all
         raise Unauthorized("A bearer token is required")
-    scheme, _, token = header.partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
-        raise InvalidToken("The Authorization header must be 'Bearer <token>'")
-    return token.strip()
+    try:
+        token = bearer(header)
+    except MalformedAuthorization:
+        raise InvalidToken("The Authorization header must be 'Bearer <token>'") from None
+    assert token is not None  # a header was there
+    return token
 
 
 @raises(*AUTHENTICATION_ERRORS)
