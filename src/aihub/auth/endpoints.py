@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request, Response
 
@@ -138,7 +138,7 @@ async def revoke_service_token(token_id: uuid.UUID, tx: TxDep, runtime: RuntimeD
 
 
 @router.get("/.well-known/jwks.json", response_model=schemas.JwksOut, response_model_exclude_none=True)
-async def jwks(runtime: RuntimeDep, response: Response) -> dict[str, Any]:
+async def jwks(runtime: RuntimeDep, response: Response) -> schemas.JwksOut:
     """Public keys that verify our tokens (empty while tokens are signed with HS256 only)."""
     response.headers["Cache-Control"] = "public, max-age=300"
     return tokens.jwks(runtime.codec)

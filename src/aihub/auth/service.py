@@ -16,7 +16,6 @@ import time
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
 
 import structlog
 from cryptography.exceptions import InvalidTag
@@ -380,7 +379,7 @@ async def me(tx: Tx, store: Store, principal: rbac.Person) -> MeOut:
 # ---------------------------------------------------------------- service tokens
 
 
-def _audited(row: ServiceToken) -> dict[str, Any]:
+def _audited(row: ServiceToken) -> audit.Fields:
     return {
         "id": row.id,
         "name": row.name,

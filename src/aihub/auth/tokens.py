@@ -9,8 +9,8 @@ from __future__ import annotations
 import hashlib
 import secrets
 import uuid
-from typing import Any
 
+from aihub.auth.schemas import Jwk, JwksOut
 from aihub.kit.jwt import TokenCodec
 
 REFRESH_BYTES = 32  # 256 bits of randomness: guessing one is not an attack worth modelling
@@ -31,5 +31,5 @@ def issue_access(codec: TokenCodec, *, user_id: uuid.UUID, email: str, roles: li
     return codec.issue(sub=str(user_id), role=top, roles=roles or [top], email=email, extra={"sid": str(family_id)})
 
 
-def jwks(codec: TokenCodec) -> dict[str, Any]:
-    return {"keys": [key.jwk() for key in codec.public_keys]}
+def jwks(codec: TokenCodec) -> JwksOut:
+    return JwksOut(keys=[Jwk.model_validate(key.jwk()) for key in codec.public_keys])

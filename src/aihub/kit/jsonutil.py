@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import uuid
 from decimal import Decimal
-from typing import Any
+from typing import Any, TypeAlias
 
 import orjson
+
+# A JSON document as :func:`loads` gives it back: what is hashed, stored or sent as it is.
+JsonValue: TypeAlias = "bool | int | float | str | list[JsonValue] | dict[str, JsonValue] | None"
+JsonObject: TypeAlias = "dict[str, JsonValue]"
 
 
 def _default(value: Any) -> Any:

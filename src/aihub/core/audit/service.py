@@ -11,17 +11,21 @@ import datetime as dt
 import hashlib
 import uuid
 import zlib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
 from aihub.core.audit import repository as repo
 from aihub.kit.db import Tx, utcnow
-from aihub.kit.jsonutil import canonical, dumps, loads
+from aihub.kit.jsonutil import JsonObject, canonical, dumps, loads
 from aihub.kit.slots import Slot
 from aihub.models import AuditLog
 
 AUDIT_CHAINS = 64  # fixed by migration 0001; changing it needs a migration of the heads
+# What an entry records of an entity before and after: its fields by name, with values the
+# JSON encoder takes (UUIDs, datetimes, Decimals too); scrubbed into a JSON object when recorded.
+Fields = Mapping[str, object]
 _SECRET_FIELDS = {"password", "password_hash", "passwordHash", "token", "refresh_token", "token_hash"}
 
 
@@ -53,12 +57,12 @@ def genesis(chain: int) -> str:
     return hashlib.sha256(f"aihub-audit-genesis:{chain}".encode()).hexdigest()
 
 
-def scrub(value: dict[str, Any] | None) -> dict[str, Any] | None:
+def scrub(value: Fields | None) -> JsonObject | None:
     """JSON-safe copy without secrets: what is hashed is exactly what the database returns."""
     if value is None:
         return None
     clean = value if _SECRET_FIELDS.isdisjoint(value) else {k: v for k, v in value.items() if k not in _SECRET_FIELDS}
-    result: dict[str, Any] = loads(dumps(clean))  # a copy either way
+    result: JsonObject = loads(dumps(clean))  # a copy either way
     return result
 
 
@@ -105,7 +109,7 @@ def pending_row(
     return row
 
 
-def _content(row: AuditLog | PendingRow) -> dict[str, Any]:
+def _content(row: AuditLog | PendingRow) -> JsonObject:
     return {
         "id": str(row.id),
         "chain": row.chain,
@@ -197,8 +201,8 @@ def record(
     entity_type: str,
     entity_id: object | None,
     *,
-    before: dict[str, Any] | None = None,
-    after: dict[str, Any] | None = None,
+    before: Fields | None = None,
+    after: Fields | None = None,
     actor: Actor | None = None,
 ) -> None:
     entry = new_entry(actor or tx.info.get(ACTOR, SYSTEM), action, entity_type, entity_id, before=before, after=after)
@@ -228,8 +232,8 @@ def new_entry(
     entity_type: str,
     entity_id: object | None,
     *,
-    before: dict[str, Any] | None = None,
-    after: dict[str, Any] | None = None,
+    before: Fields | None = None,
+    after: Fields | None = None,
 ) -> _Entry:
     """An audit entry not queued on a unit of work (the ledger engine appends its own, set-based)."""
     return _Entry(

@@ -75,7 +75,7 @@ def bounded_charge(exact: Decimal) -> int:
     return charge
 
 
-def _audited(price: ModelPrice) -> dict[str, Any]:
+def _audited(price: ModelPrice) -> audit.Fields:
     """The price as its audit entries keep it: the response's fields, snake_case."""
     return PriceOut.model_validate(price).model_dump()
 
