@@ -20,6 +20,7 @@ import datetime as dt
 import hashlib
 import secrets
 import uuid
+from dataclasses import dataclass
 from typing import Any, Literal
 from urllib.parse import quote
 
@@ -120,11 +121,34 @@ async def _count(runtime: Runtime, key: str) -> None:
     raise TooManyEmailRequests(headers={"Retry-After": str(retry)}, details={"retryAfterSeconds": retry})
 
 
-async def _enqueue(runtime: Runtime, payload: dict[str, Any]) -> None:
+@dataclass(frozen=True, slots=True)
+class EmailRequest:
+    """What the email job is asked: a verification email to a user, or a reset to an address."""
+
+    purpose: Purpose
+    user_id: str | None = None  # verify
+    email: str | None = None  # reset
+
+    def payload(self) -> dict[str, str]:
+        """The job's JSON payload (its keys as queued since the job existed)."""
+        if self.purpose == "verify":
+            assert self.user_id is not None
+            return {"purpose": "verify", "userId": self.user_id}
+        assert self.email is not None
+        return {"purpose": "reset", "email": self.email}
+
+    @classmethod
+    def of(cls, payload: dict[str, Any]) -> EmailRequest:
+        if payload.get("purpose") == "verify":
+            return cls("verify", user_id=str(payload["userId"]))
+        return cls("reset", email=str(payload["email"]))
+
+
+async def _enqueue(runtime: Runtime, request: EmailRequest) -> None:
     try:
-        await jobs_of(runtime).enqueue(EMAIL_JOB, payload)
+        await jobs_of(runtime).enqueue(EMAIL_JOB, request.payload())
     except Exception as exc:  # the broker is down: say so instead of promising an email
-        log.exception("identity_enqueue_failed", purpose=payload.get("purpose"))
+        log.exception("identity_enqueue_failed", purpose=request.purpose)
         raise QueueUnavailable from exc
 
 
@@ -136,7 +160,7 @@ def send_verification_after_commit(tx: Tx, runtime: Runtime, user_id: uuid.UUID,
         try:
             if limited:
                 await _count(runtime, f"identity:verify:{user_id}")
-            await _enqueue(runtime, {"purpose": "verify", "userId": str(user_id)})
+            await _enqueue(runtime, EmailRequest("verify", user_id=str(user_id)))
         except (QueueUnavailable, TooManyEmailRequests):
             pass  # the account stands; the user can ask for the email again
 
@@ -151,7 +175,7 @@ async def request_verification(tx: Tx, runtime: Runtime, user_id: uuid.UUID) -> 
     if user.verified:
         raise AlreadyVerified
     await _count(runtime, f"identity:verify:{user_id}")
-    await _enqueue(runtime, {"purpose": "verify", "userId": str(user_id)})
+    await _enqueue(runtime, EmailRequest("verify", user_id=str(user_id)))
     return ACCEPTED
 
 
@@ -202,7 +226,7 @@ async def request_reset(runtime: Runtime, email: str) -> dict[str, str]:
     """The same steps for every address: normalise, count, queue. No lookup happens here."""
     email = users.normalise_email(email)
     await _count(runtime, "identity:reset:" + _digest(email))
-    await _enqueue(runtime, {"purpose": "reset", "email": email})
+    await _enqueue(runtime, EmailRequest("reset", email=email))
     return ACCEPTED
 
 
@@ -276,11 +300,13 @@ def _email(runtime: Runtime, purpose: Purpose, to: str, token: str) -> Email:
     )
 
 
-async def _recipient(tx: Tx, payload: dict[str, Any]) -> User | None:
-    if payload["purpose"] == "verify":
-        user = await users_repo.get(tx.session, uuid.UUID(payload["userId"]))
+async def _recipient(tx: Tx, request: EmailRequest) -> User | None:
+    if request.user_id is not None:
+        user = await users_repo.get(tx.session, uuid.UUID(request.user_id))
         return None if user is None or user.verified or user.status == "deleted" else user
-    user = await users_repo.by_email(tx.session, payload["email"])
+    if request.email is None:
+        return None
+    user = await users_repo.by_email(tx.session, request.email)
     return None if user is None or user.status == "deleted" else user
 
 
@@ -301,10 +327,11 @@ async def _deliver(runtime: Runtime, email: Email) -> None:
 async def send_email_token(runtime: Runtime, payload: dict[str, Any]) -> None:
     """Make the token, store its hash, commit, then mail it. Nothing is sent, and nothing is
     stored, for an unknown address or an already verified account."""
-    purpose: Purpose = "verify" if payload.get("purpose") == "verify" else "reset"
+    request = EmailRequest.of(payload)
+    purpose = request.purpose
     tx = runtime.tx()
     try:
-        user = await _recipient(tx, payload)
+        user = await _recipient(tx, request)
         if user is None:
             log.info("identity_email_skipped", purpose=purpose)
             return
