@@ -28,12 +28,13 @@ import structlog
 
 from aihub.auth import service as auth
 from aihub.auth.identity import repository as repo
+from aihub.auth.identity.schemas import AcceptedOut
+from aihub.auth.schemas import UserEnvelope
 from aihub.core.audit import service as audit
 from aihub.core.deps import AccountSuspended
 from aihub.core.sessions import lockout
 from aihub.core.users import repository as users_repo
 from aihub.core.users import service as users
-from aihub.core.users.schemas import UserOut
 from aihub.kit.db import Tx, utcnow
 from aihub.kit.email import Email, EmailDeliveryError, build_mailer
 from aihub.kit.errors import AppError, Conflict, ServiceUnavailable
@@ -57,7 +58,7 @@ VERIFY_PAGE = "/console/#/verify-email"
 RESET_PAGE = "/console/#/reset-password"
 
 Purpose = Literal["verify", "reset"]
-ACCEPTED: dict[str, str] = {"status": "accepted", "message": "If the address can receive it, an email is on its way"}
+ACCEPTED = AcceptedOut(message="If the address can receive it, an email is on its way")
 
 
 class VerificationTokenInvalid(AppError):
@@ -170,7 +171,7 @@ def send_verification_after_commit(tx: Tx, runtime: Runtime, user_id: uuid.UUID,
 # ---------------------------------------------------------------- verification
 
 
-async def request_verification(tx: Tx, runtime: Runtime, user_id: uuid.UUID) -> dict[str, str]:
+async def request_verification(tx: Tx, runtime: Runtime, user_id: uuid.UUID) -> AcceptedOut:
     user = await users.get_user(tx, user_id)
     if user.verified:
         raise AlreadyVerified
@@ -195,7 +196,7 @@ async def _spend(tx: Tx, token: str, purpose: Purpose) -> tuple[uuid.UUID, str]:
     raise invalid
 
 
-async def verify_email(tx: Tx, token: str) -> dict[str, UserOut]:
+async def verify_email(tx: Tx, token: str) -> UserEnvelope:
     user_id, email = await _spend(tx, token, "verify")
     user = await users_repo.get(tx.session, user_id, for_update=True)
     # A token proves the address it was sent to, nothing else: void after an email change.
@@ -216,13 +217,13 @@ async def verify_email(tx: Tx, token: str) -> dict[str, UserOut]:
         after=after.snapshot(),
         actor=_actor(user.id),
     )
-    return {"user": after}
+    return UserEnvelope(user=after)
 
 
 # ---------------------------------------------------------------- password reset
 
 
-async def request_reset(runtime: Runtime, email: str) -> dict[str, str]:
+async def request_reset(runtime: Runtime, email: str) -> AcceptedOut:
     """The same steps for every address: normalise, count, queue. No lookup happens here."""
     email = users.normalise_email(email)
     await _count(runtime, "identity:reset:" + _digest(email))
@@ -230,7 +231,7 @@ async def request_reset(runtime: Runtime, email: str) -> dict[str, str]:
     return ACCEPTED
 
 
-async def reset_password(tx: Tx, runtime: Runtime, token: str, password: str) -> dict[str, UserOut]:
+async def reset_password(tx: Tx, runtime: Runtime, token: str, password: str) -> UserEnvelope:
     user_id, email = await _spend(tx, token, "reset")
     user = await users_repo.get(tx.session, user_id, for_update=True)
     if user is None or user.status == "deleted" or user.email != email:
@@ -263,7 +264,7 @@ async def reset_password(tx: Tx, runtime: Runtime, token: str, password: str) ->
         await lockout.forget_failures(runtime.store, email)
 
     tx.after_commit(unlock)
-    return {"user": after}
+    return UserEnvelope(user=after)
 
 
 def _actor(user_id: uuid.UUID) -> audit.Actor:

@@ -169,26 +169,10 @@ class Rules:
     expires_at: dt.datetime | None
 
     @classmethod
-    def of_body(cls, body: KeyIn) -> Rules:
-        return cls(
-            body.models,
-            body.allowed_ips,
-            body.requests_per_minute,
-            body.tokens_per_minute,
-            body.budget.max_credits if body.budget else None,
-            body.expires_at,
-        )
-
-    @classmethod
-    def of_key(cls, key: ApiKey) -> Rules:
-        return cls(
-            key.models,
-            key.allowed_ips,
-            key.requests_per_minute,
-            key.tokens_per_minute,
-            key.budget_max_credits,
-            as_utc(key.expires_at),
-        )
+    def of(cls, source: KeyIn | ApiKey, budget_max_credits: int | None, expires_at: dt.datetime | None) -> Rules:
+        """The rules of a key (or of a new key's body), its budget and expiry as given."""
+        models, ips = source.models, source.allowed_ips
+        return cls(models, ips, source.requests_per_minute, source.tokens_per_minute, budget_max_credits, expires_at)
 
     def patched(self, body: KeyPatch) -> Rules:
         """These rules with the fields the client sent (an explicit null lifts one)."""
@@ -307,7 +291,8 @@ async def create(tx: Tx, actor: Person, body: KeyIn) -> KeyCreated:
     _check_expiry(body.expires_at, utcnow())
     parent = await _locked_parent(tx, actor)
     if parent is not None:
-        wider = _narrowing(parent, Rules.of_body(body))
+        budget = body.budget.max_credits if body.budget else None
+        wider = _narrowing(parent, Rules.of(body, budget, body.expires_at))
         if wider:
             raise KeyExceedsOwner(details={"fields": wider})
     user = await tx.session.get(User, owner)
@@ -400,7 +385,8 @@ async def update(tx: Tx, actor: Principal, key_id: uuid.UUID, body: KeyPatch) ->
         raise InvalidApiKey("A revoked key cannot be changed")
     _check_expiry(body.expires_at, now)
     if parent is not None:
-        wider = _narrowing(parent, Rules.of_key(key).patched(body))
+        current = Rules.of(key, key.budget_max_credits, as_utc(key.expires_at))
+        wider = _narrowing(parent, current.patched(body))
         if wider:
             raise KeyExceedsOwner(details={"fields": wider})
     before = _audited(key).model_dump()
