@@ -305,7 +305,7 @@ async def test_sweep_fails_abandoned_jobs_and_deletes_expired_ones(runtime: Runt
     busy = await _job(runtime, "running", created_at=now, started_at=now)
     lost = await _job(runtime, "queued", created_at=now - 2 * hour)
     waiting = await _job(runtime, "queued", created_at=now)
-    assert await report_jobs.sweep(runtime, now) == {"purged": 0, "interrupted": 1, "unstarted": 1}
+    assert await report_jobs.sweep(runtime, now) == report_jobs.Swept(purged=0, interrupted=1, unstarted=1)
     assert await _status(runtime, abandoned) == ("failed", "REPORT_INTERRUPTED")
     assert await _status(runtime, lost) == ("failed", "REPORT_NOT_STARTED")
     assert await _status(runtime, busy) == ("running", None)
@@ -322,7 +322,7 @@ async def test_sweep_fails_abandoned_jobs_and_deletes_expired_ones(runtime: Runt
 
     later = now + dt.timedelta(seconds=runtime.settings.report_retention_seconds + 1)
     swept = await report_jobs.sweep(runtime, later)
-    assert swept["purged"] == 2
+    assert swept.purged == 2
     assert await _status(runtime, abandoned) is None and await _status(runtime, lost) is None
 
 

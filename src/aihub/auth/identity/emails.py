@@ -20,6 +20,7 @@ import datetime as dt
 import hashlib
 import secrets
 import uuid
+from dataclasses import dataclass
 from typing import Any, Literal
 from urllib.parse import quote
 
@@ -27,11 +28,12 @@ import structlog
 
 from aihub.auth import service as auth
 from aihub.auth.identity import repository as repo
+from aihub.auth.identity.schemas import AcceptedOut
+from aihub.auth.schemas import UserEnvelope
 from aihub.core.audit import service as audit
 from aihub.core.sessions import lockout
 from aihub.core.users import repository as users_repo
 from aihub.core.users import service as users
-from aihub.core.users.schemas import UserOut
 from aihub.kit.db import Tx, utcnow
 from aihub.kit.email import Email, EmailDeliveryError, build_mailer
 from aihub.kit.errors import AccountSuspended, AppError, Conflict, ServiceUnavailable
@@ -55,7 +57,7 @@ VERIFY_PAGE = "/console/#/verify-email"
 RESET_PAGE = "/console/#/reset-password"
 
 Purpose = Literal["verify", "reset"]
-ACCEPTED: dict[str, str] = {"status": "accepted", "message": "If the address can receive it, an email is on its way"}
+ACCEPTED = AcceptedOut(message="If the address can receive it, an email is on its way")
 
 
 class VerificationTokenInvalid(AppError):
@@ -119,11 +121,34 @@ async def _count(runtime: Runtime, key: str) -> None:
     raise TooManyEmailRequests(headers={"Retry-After": str(retry)}, details={"retryAfterSeconds": retry})
 
 
-async def _enqueue(runtime: Runtime, payload: dict[str, Any]) -> None:
+@dataclass(frozen=True, slots=True)
+class EmailRequest:
+    """What the email job is asked: a verification email to a user, or a reset to an address."""
+
+    purpose: Purpose
+    user_id: str | None = None  # verify
+    email: str | None = None  # reset
+
+    def payload(self) -> dict[str, str]:
+        """The job's JSON payload (its keys as queued since the job existed)."""
+        if self.purpose == "verify":
+            assert self.user_id is not None
+            return {"purpose": "verify", "userId": self.user_id}
+        assert self.email is not None
+        return {"purpose": "reset", "email": self.email}
+
+    @classmethod
+    def of(cls, payload: dict[str, Any]) -> EmailRequest:
+        if payload.get("purpose") == "verify":
+            return cls("verify", user_id=str(payload["userId"]))
+        return cls("reset", email=str(payload["email"]))
+
+
+async def _enqueue(runtime: Runtime, request: EmailRequest) -> None:
     try:
-        await jobs_of(runtime).enqueue(EMAIL_JOB, payload)
+        await jobs_of(runtime).enqueue(EMAIL_JOB, request.payload())
     except Exception as exc:  # the broker is down: say so instead of promising an email
-        log.exception("identity_enqueue_failed", purpose=payload.get("purpose"))
+        log.exception("identity_enqueue_failed", purpose=request.purpose)
         raise QueueUnavailable from exc
 
 
@@ -135,7 +160,7 @@ def send_verification_after_commit(tx: Tx, runtime: Runtime, user_id: uuid.UUID,
         try:
             if limited:
                 await _count(runtime, f"identity:verify:{user_id}")
-            await _enqueue(runtime, {"purpose": "verify", "userId": str(user_id)})
+            await _enqueue(runtime, EmailRequest("verify", user_id=str(user_id)))
         except (QueueUnavailable, TooManyEmailRequests):
             pass  # the account stands; the user can ask for the email again
 
@@ -145,12 +170,12 @@ def send_verification_after_commit(tx: Tx, runtime: Runtime, user_id: uuid.UUID,
 # ---------------------------------------------------------------- verification
 
 
-async def request_verification(tx: Tx, runtime: Runtime, user_id: uuid.UUID) -> dict[str, str]:
+async def request_verification(tx: Tx, runtime: Runtime, user_id: uuid.UUID) -> AcceptedOut:
     user = await users.get_user(tx, user_id)
     if user.verified:
         raise AlreadyVerified
     await _count(runtime, f"identity:verify:{user_id}")
-    await _enqueue(runtime, {"purpose": "verify", "userId": str(user_id)})
+    await _enqueue(runtime, EmailRequest("verify", user_id=str(user_id)))
     return ACCEPTED
 
 
@@ -170,7 +195,7 @@ async def _spend(tx: Tx, token: str, purpose: Purpose) -> tuple[uuid.UUID, str]:
     raise invalid
 
 
-async def verify_email(tx: Tx, token: str) -> dict[str, UserOut]:
+async def verify_email(tx: Tx, token: str) -> UserEnvelope:
     user_id, email = await _spend(tx, token, "verify")
     user = await users_repo.get(tx.session, user_id, for_update=True)
     # A token proves the address it was sent to, nothing else: void after an email change.
@@ -191,21 +216,21 @@ async def verify_email(tx: Tx, token: str) -> dict[str, UserOut]:
         after=after.snapshot(),
         actor=_actor(user.id),
     )
-    return {"user": after}
+    return UserEnvelope(user=after)
 
 
 # ---------------------------------------------------------------- password reset
 
 
-async def request_reset(runtime: Runtime, email: str) -> dict[str, str]:
+async def request_reset(runtime: Runtime, email: str) -> AcceptedOut:
     """The same steps for every address: normalise, count, queue. No lookup happens here."""
     email = users.normalise_email(email)
     await _count(runtime, "identity:reset:" + _digest(email))
-    await _enqueue(runtime, {"purpose": "reset", "email": email})
+    await _enqueue(runtime, EmailRequest("reset", email=email))
     return ACCEPTED
 
 
-async def reset_password(tx: Tx, runtime: Runtime, token: str, password: str) -> dict[str, UserOut]:
+async def reset_password(tx: Tx, runtime: Runtime, token: str, password: str) -> UserEnvelope:
     user_id, email = await _spend(tx, token, "reset")
     user = await users_repo.get(tx.session, user_id, for_update=True)
     if user is None or user.status == "deleted" or user.email != email:
@@ -238,7 +263,7 @@ async def reset_password(tx: Tx, runtime: Runtime, token: str, password: str) ->
         await lockout.forget_failures(runtime.store, email)
 
     tx.after_commit(unlock)
-    return {"user": after}
+    return UserEnvelope(user=after)
 
 
 def _actor(user_id: uuid.UUID) -> audit.Actor:
@@ -275,11 +300,13 @@ def _email(runtime: Runtime, purpose: Purpose, to: str, token: str) -> Email:
     )
 
 
-async def _recipient(tx: Tx, payload: dict[str, Any]) -> User | None:
-    if payload["purpose"] == "verify":
-        user = await users_repo.get(tx.session, uuid.UUID(payload["userId"]))
+async def _recipient(tx: Tx, request: EmailRequest) -> User | None:
+    if request.user_id is not None:
+        user = await users_repo.get(tx.session, uuid.UUID(request.user_id))
         return None if user is None or user.verified or user.status == "deleted" else user
-    user = await users_repo.by_email(tx.session, payload["email"])
+    if request.email is None:
+        return None
+    user = await users_repo.by_email(tx.session, request.email)
     return None if user is None or user.status == "deleted" else user
 
 
@@ -300,10 +327,11 @@ async def _deliver(runtime: Runtime, email: Email) -> None:
 async def send_email_token(runtime: Runtime, payload: dict[str, Any]) -> None:
     """Make the token, store its hash, commit, then mail it. Nothing is sent, and nothing is
     stored, for an unknown address or an already verified account."""
-    purpose: Purpose = "verify" if payload.get("purpose") == "verify" else "reset"
+    request = EmailRequest.of(payload)
+    purpose = request.purpose
     tx = runtime.tx()
     try:
-        user = await _recipient(tx, payload)
+        user = await _recipient(tx, request)
         if user is None:
             log.info("identity_email_skipped", purpose=purpose)
             return

@@ -14,7 +14,6 @@ from starlette.responses import RedirectResponse, Response
 from aihub.auth import schemas as auth_schemas
 from aihub.auth.identity import emails, oauth, schemas
 from aihub.core.rbac.deps import CurrentUser
-from aihub.core.users.schemas import UserOut
 from aihub.kit.deps import RuntimeDep, TxDep, TxRoute
 from aihub.kit.runtime import Runtime
 
@@ -53,7 +52,7 @@ def _spends(
         503: {"description": "JOB_QUEUE_UNAVAILABLE / STORE_UNAVAILABLE"},
     },
 )
-async def request_verification(tx: TxDep, runtime: RuntimeDep, me: CurrentUser) -> dict[str, str]:
+async def request_verification(tx: TxDep, runtime: RuntimeDep, me: CurrentUser) -> schemas.AcceptedOut:
     """Mail the signed-in user a one-time verification link (valid 24 h; the email carries the
     bare token too). At most `AIHUB_IDENTITY_EMAIL_LIMIT` per account and window."""
     return await emails.request_verification(tx, runtime, me.user_id)
@@ -64,7 +63,7 @@ async def request_verification(tx: TxDep, runtime: RuntimeDep, me: CurrentUser) 
     auth_schemas.UserEnvelope,
     "VERIFICATION_TOKEN_INVALID (unknown or used) / VERIFICATION_TOKEN_EXPIRED",
 )
-async def verify_email(body: schemas.VerifyEmailIn, tx: TxDep) -> dict[str, UserOut]:
+async def verify_email(body: schemas.VerifyEmailIn, tx: TxDep) -> auth_schemas.UserEnvelope:
     """Spend a verification token: the user who received it is now `verified: true`."""
     return await emails.verify_email(tx, body.token)
 
@@ -75,7 +74,7 @@ async def verify_email(body: schemas.VerifyEmailIn, tx: TxDep) -> dict[str, User
     response_model=schemas.AcceptedOut,
     responses={400: _NOT_JSON, 422: _BAD_INPUT, 429: _LIMITED, 503: _QUEUE},
 )
-async def request_reset(body: schemas.ResetRequestIn, runtime: RuntimeDep) -> dict[str, str]:
+async def request_reset(body: schemas.ResetRequestIn, runtime: RuntimeDep) -> schemas.AcceptedOut:
     """Mail a password-reset link (valid 1 h) if an account has this email. The answer is the
     same 202 and body whether it has or not. Limited per email (here) and per client address
     (at the gateway)."""
@@ -88,7 +87,7 @@ async def request_reset(body: schemas.ResetRequestIn, runtime: RuntimeDep) -> di
     "RESET_TOKEN_INVALID (unknown or used) / RESET_TOKEN_EXPIRED",
     {403: "ACCOUNT_SUSPENDED"},
 )
-async def reset_password(body: schemas.ResetIn, tx: TxDep, runtime: RuntimeDep) -> dict[str, UserOut]:
+async def reset_password(body: schemas.ResetIn, tx: TxDep, runtime: RuntimeDep) -> auth_schemas.UserEnvelope:
     """Spend a reset token and set a new password (≥ 8 characters). Every session of the user
     ends: refresh tokens, Sora sessions, and access tokens issued before now."""
     return await emails.reset_password(tx, runtime, body.token, body.password)
@@ -144,13 +143,13 @@ async def google_start(runtime: RuntimeDep, redirect_uri: RedirectUri) -> Respon
 )
 async def google_link_start(
     runtime: RuntimeDep, me: CurrentUser, redirect_uri: RedirectUri, response: Response
-) -> dict[str, str]:
+) -> schemas.AuthorizationUrlOut:
     """Link a Google account to the signed-in user: open `authorizationUrl` in the browser
     (which received the flow cookie with this answer); it comes back to `redirectUri` with
     `?linked=google` or `?error=`."""
     started = await oauth.start(runtime, redirect_uri=redirect_uri, link_user_id=me.user_id)
     _set_flow_cookie(response, runtime, started.browser_key)
-    return {"authorization_url": started.url}
+    return schemas.AuthorizationUrlOut(authorization_url=started.url)
 
 
 @router.get(

@@ -24,7 +24,6 @@ import json
 import secrets
 import uuid
 from dataclasses import dataclass
-from typing import Any
 
 import structlog
 from authlib.common.urls import add_params_to_uri
@@ -32,7 +31,7 @@ from sqlalchemy.exc import IntegrityError
 
 from aihub.auth import service as auth
 from aihub.auth.identity import repository as repo
-from aihub.auth.identity.oidc import IdTokenInvalid, OidcClient, ProviderError
+from aihub.auth.identity.oidc import Identity, IdTokenInvalid, OidcClient, ProviderError
 from aihub.auth.schemas import TokenPair
 from aihub.core.audit import service as audit
 from aihub.core.users import repository as users_repo
@@ -173,14 +172,8 @@ async def start(runtime: Runtime, *, redirect_uri: str, link_user_id: uuid.UUID 
         log.warning("oidc_discovery_failed", error=str(exc))
         raise ProviderUnavailable from exc
     state, nonce, verifier, browser = (secrets.token_urlsafe(32) for _ in range(4))
-    flow = {
-        "nonce": nonce,
-        "verifier": verifier,
-        "redirectUri": redirect_uri,
-        "browser": _digest(browser),
-        "linkUserId": str(link_user_id) if link_user_id else None,
-    }
-    await _put(runtime.store, "oauth:state:" + _digest(state), json.dumps(flow), STATE_TTL)
+    flow = Flow(nonce, verifier, redirect_uri, _digest(browser), str(link_user_id) if link_user_id else None)
+    await _put(runtime.store, "oauth:state:" + _digest(state), flow.dumps(), STATE_TTL)
     url = client.authorization_url(
         meta, redirect_uri=callback_url(runtime), state=state, nonce=nonce, verifier=verifier
     )
@@ -190,7 +183,34 @@ async def start(runtime: Runtime, *, redirect_uri: str, link_user_id: uuid.UUID 
 # ---------------------------------------------------------------- 2. callback
 
 
-async def _claim_state(store: Store, state: str | None, browser_key: str | None) -> dict[str, Any]:
+@dataclass(frozen=True, slots=True)
+class Flow:
+    """One sign-in in progress, kept in the store under its state (as JSON, camelCase keys)."""
+
+    nonce: str
+    verifier: str
+    redirect_uri: str
+    browser: str  # the digest of the browser key
+    link_user_id: str | None
+
+    def dumps(self) -> str:
+        return json.dumps(
+            {
+                "nonce": self.nonce,
+                "verifier": self.verifier,
+                "redirectUri": self.redirect_uri,
+                "browser": self.browser,
+                "linkUserId": self.link_user_id,
+            }
+        )
+
+    @classmethod
+    def loads(cls, raw: str) -> Flow:
+        doc = json.loads(raw)
+        return cls(doc["nonce"], doc["verifier"], doc["redirectUri"], doc["browser"], doc.get("linkUserId"))
+
+
+async def _claim_state(store: Store, state: str | None, browser_key: str | None) -> Flow:
     if not state or len(state) > 200:
         raise OAuthStateInvalid
     key = "oauth:state:" + _digest(state)
@@ -200,34 +220,13 @@ async def _claim_state(store: Store, state: str | None, browser_key: str | None)
         raise StoreUnavailableError from exc
     if raw is None:
         raise OAuthStateInvalid
-    flow: dict[str, Any] = json.loads(raw)
+    flow = Flow.loads(raw)
     # Another browser (no cookie, or its own) cannot finish this flow, nor use it up.
-    if not browser_key or not hmac.compare_digest(_digest(browser_key), flow["browser"]):
+    if not browser_key or not hmac.compare_digest(_digest(browser_key), flow.browser):
         raise OAuthStateInvalid
     if await _take(store, key) is None:  # a concurrent callback with the same state won
         raise OAuthStateInvalid
     return flow
-
-
-@dataclass(frozen=True, slots=True)
-class GoogleIdentity:
-    sub: str
-    email: str | None
-    email_verified: bool
-    name: str | None
-
-
-def _identity(claims: dict[str, Any]) -> GoogleIdentity:
-    email = claims.get("email")
-    name = claims.get("name")
-    verified = claims.get("email_verified")
-    return GoogleIdentity(
-        sub=str(claims["sub"]),
-        email=email if isinstance(email, str) else None,
-        # Google sends a boolean; some providers send the string "true".
-        email_verified=verified is True or verified == "true",
-        name=name[:100] if isinstance(name, str) and name.strip() else None,
-    )
 
 
 async def callback(
@@ -244,7 +243,7 @@ async def callback(
     ``linked=google`` (link) or ``error``. A bad state raises instead: there is no trusted
     place to send that browser back to."""
     flow = await _claim_state(runtime.store, state, browser_key)
-    target = flow["redirectUri"]
+    target = flow.redirect_uri
     try:
         if error:
             raise FlowFailed(OAUTH_DENIED)
@@ -253,8 +252,8 @@ async def callback(
         identity = await _verified_identity(runtime, code, flow)
         tx = runtime.tx(request_id=request_id, ip=ip)
         try:
-            if flow.get("linkUserId"):
-                await _link(tx, uuid.UUID(flow["linkUserId"]), identity)
+            if flow.link_user_id:
+                await _link(tx, uuid.UUID(flow.link_user_id), identity)
                 await tx.commit()
                 return str(add_params_to_uri(target, [("linked", "google")]))
             user = await _sign_in_user(tx, runtime, identity)
@@ -271,28 +270,25 @@ async def callback(
         return str(add_params_to_uri(target, [("error", failed.code)]))
 
 
-async def _verified_identity(runtime: Runtime, code: str, flow: dict[str, Any]) -> GoogleIdentity:
+async def _verified_identity(runtime: Runtime, code: str, flow: Flow) -> Identity:
     client = client_of(runtime)
     try:
-        tokens = await client.exchange(code, redirect_uri=callback_url(runtime), verifier=flow["verifier"])
-        access = tokens.get("access_token")
-        claims = await client.verify_id_token(
-            tokens["id_token"], nonce=flow["nonce"], access_token=access if isinstance(access, str) else None
-        )
+        tokens = await client.exchange(code, redirect_uri=callback_url(runtime), verifier=flow.verifier)
+        identity = await client.verify_id_token(tokens.id_token, nonce=flow.nonce, access_token=tokens.access_token)
     except ProviderError as exc:
         log.warning("oidc_provider_error", error=str(exc))
         raise FlowFailed(OAUTH_PROVIDER_ERROR) from exc
     except IdTokenInvalid as exc:
         log.warning("oidc_id_token_invalid", error=str(exc))
         raise FlowFailed(INVALID_ID_TOKEN) from exc
-    return _identity(claims)
+    return identity
 
 
 def _actor(user: User) -> audit.Actor:
     return audit.Actor(id=str(user.id), type="user")
 
 
-async def _sign_in_user(tx: Tx, runtime: Runtime, identity: GoogleIdentity) -> User:
+async def _sign_in_user(tx: Tx, runtime: Runtime, identity: Identity) -> User:
     user = await repo.by_google_id(tx.session, identity.sub, for_update=True)
     if user is not None and user.status == "deleted":
         user.google_id = None  # an erased account keeps no link; this is a new person now
@@ -317,7 +313,7 @@ async def _sign_in_user(tx: Tx, runtime: Runtime, identity: GoogleIdentity) -> U
     return user
 
 
-async def _link_by_email(tx: Tx, user: User, identity: GoogleIdentity) -> User:
+async def _link_by_email(tx: Tx, user: User, identity: Identity) -> User:
     """An account with this email exists: Google's word that the email is verified is what
     lets its owner in; an unverified claim could be anybody's."""
     if user.status == "deleted":
@@ -346,7 +342,7 @@ async def _link_by_email(tx: Tx, user: User, identity: GoogleIdentity) -> User:
     return locked
 
 
-async def _create(tx: Tx, runtime: Runtime, email: str, identity: GoogleIdentity) -> User:
+async def _create(tx: Tx, runtime: Runtime, email: str, identity: Identity) -> User:
     audit.set_actor(tx, auth.ANONYMOUS)
     try:
         view = await users.create(
@@ -369,7 +365,7 @@ async def _create(tx: Tx, runtime: Runtime, email: str, identity: GoogleIdentity
     return user
 
 
-async def _link(tx: Tx, user_id: uuid.UUID, identity: GoogleIdentity) -> None:
+async def _link(tx: Tx, user_id: uuid.UUID, identity: Identity) -> None:
     """Link while signed in: the user proved both accounts, so the emails need not match."""
     user = await users_repo.get(tx.session, user_id, for_update=True)
     if user is None or user.status != "active":

@@ -45,6 +45,63 @@ class IdTokenInvalid(Exception):
     """The ID token failed verification (signature, issuer, audience, expiry, nonce, …)."""
 
 
+@dataclass(frozen=True, slots=True)
+class ProviderMetadata:
+    """What this client reads of the provider's discovery document."""
+
+    issuer: str
+    authorization_endpoint: str
+    token_endpoint: str
+    jwks_uri: str
+    signing_algs: tuple[str, ...]  # id_token_signing_alg_values_supported (may be empty)
+
+    @classmethod
+    def of(cls, doc: dict[str, Any], issuer: str) -> ProviderMetadata:
+        """The document checked: its ``issuer`` must be ours exactly, its endpoints URLs."""
+        if doc.get("issuer") != issuer:
+            raise ProviderError("the discovery document names another issuer")
+        urls = []
+        for name in ("authorization_endpoint", "token_endpoint", "jwks_uri"):
+            value = doc.get(name)
+            if not isinstance(value, str) or not value.startswith(("https://", "http://")):
+                raise ProviderError(f"the discovery document has no usable {name}")
+            urls.append(value)
+        offered = doc.get("id_token_signing_alg_values_supported")
+        algs = tuple(a for a in offered if isinstance(a, str)) if isinstance(offered, list) else ()
+        return cls(issuer, urls[0], urls[1], urls[2], algs)
+
+
+@dataclass(frozen=True, slots=True)
+class Tokens:
+    """The token response's fields this client uses."""
+
+    id_token: str
+    access_token: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    """Who a verified ID token says the user is."""
+
+    sub: str
+    email: str | None
+    email_verified: bool
+    name: str | None
+
+    @classmethod
+    def of(cls, claims: dict[str, Any]) -> Identity:
+        email = claims.get("email")
+        name = claims.get("name")
+        verified = claims.get("email_verified")
+        return cls(
+            sub=str(claims["sub"]),
+            email=email if isinstance(email, str) else None,
+            # Google sends a boolean; some providers send the string "true".
+            email_verified=verified is True or verified == "true",
+            name=name[:100] if isinstance(name, str) and name.strip() else None,
+        )
+
+
 @dataclass
 class OidcClient:
     issuer: str
@@ -52,7 +109,7 @@ class OidcClient:
     client_secret: str
     timeout: float
     leeway: int
-    _metadata: dict[str, Any] | None = None
+    _metadata: ProviderMetadata | None = None
     _metadata_at: float = 0.0
     _keys: KeySet | None = None
     _keys_at: float = 0.0
@@ -90,19 +147,14 @@ class OidcClient:
             raise ProviderError(f"GET {url}: not a JSON object")
         return body
 
-    async def metadata(self) -> dict[str, Any]:
+    async def metadata(self) -> ProviderMetadata:
         """The discovery document, cached for an hour; its ``issuer`` must be ours exactly."""
         if self._metadata is not None and time.monotonic() - self._metadata_at < METADATA_TTL:
             return self._metadata
         async with self._lock:
             if self._metadata is None or time.monotonic() - self._metadata_at >= METADATA_TTL:
                 url = self.issuer.rstrip("/") + "/.well-known/openid-configuration"
-                doc = await self._get_json(url)
-                if doc.get("issuer") != self.issuer:
-                    raise ProviderError("the discovery document names another issuer")
-                for name in ("authorization_endpoint", "token_endpoint", "jwks_uri"):
-                    if not isinstance(doc.get(name), str) or not doc[name].startswith(("https://", "http://")):
-                        raise ProviderError(f"the discovery document has no usable {name}")
+                doc = ProviderMetadata.of(await self._get_json(url), self.issuer)
                 self._metadata, self._metadata_at = doc, time.monotonic()
         return self._metadata
 
@@ -110,7 +162,7 @@ class OidcClient:
         stale = self._keys is None or (force and time.monotonic() - self._keys_at >= JWKS_REFETCH_SECONDS)
         if stale:
             meta = await self.metadata()
-            raw = await self._get_json(meta["jwks_uri"])
+            raw = await self._get_json(meta.jwks_uri)
             try:
                 keys = KeySet.import_key_set(raw)  # type: ignore[arg-type]
             except (JoseError, ValueError, KeyError, TypeError) as exc:
@@ -120,11 +172,11 @@ class OidcClient:
         return self._keys
 
     def authorization_url(
-        self, meta: dict[str, Any], *, redirect_uri: str, state: str, nonce: str, verifier: str
+        self, meta: ProviderMetadata, *, redirect_uri: str, state: str, nonce: str, verifier: str
     ) -> str:
         return str(
             prepare_grant_uri(
-                meta["authorization_endpoint"],
+                meta.authorization_endpoint,
                 self.client_id,
                 "code",
                 redirect_uri=redirect_uri,
@@ -136,7 +188,7 @@ class OidcClient:
             )
         )
 
-    async def exchange(self, code: str, *, redirect_uri: str, verifier: str) -> dict[str, Any]:
+    async def exchange(self, code: str, *, redirect_uri: str, verifier: str) -> Tokens:
         """The token request (client_secret_post, with the PKCE verifier)."""
         meta = await self.metadata()
         body = prepare_token_request(
@@ -149,7 +201,7 @@ class OidcClient:
         )
         headers = {"Content-Type": "application/x-www-form-urlencoded", "Accept": "application/json"}
         try:
-            async with self._http().post(meta["token_endpoint"], data=body, headers=headers) as response:
+            async with self._http().post(meta.token_endpoint, data=body, headers=headers) as response:
                 payload = await response.json(content_type=None)
                 status = response.status
         except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
@@ -157,13 +209,14 @@ class OidcClient:
         if status != 200 or not isinstance(payload, dict):
             error = payload.get("error") if isinstance(payload, dict) else None
             raise ProviderError(f"token request: HTTP {status} {error or ''}".strip())
-        if not isinstance(payload.get("id_token"), str):
+        id_token, access = payload.get("id_token"), payload.get("access_token")
+        if not isinstance(id_token, str):
             raise ProviderError("token response has no id_token")
-        return payload
+        return Tokens(id_token, access if isinstance(access, str) else None)
 
-    async def verify_id_token(self, id_token: str, *, nonce: str, access_token: str | None) -> dict[str, Any]:
+    async def verify_id_token(self, id_token: str, *, nonce: str, access_token: str | None) -> Identity:
         meta = await self.metadata()
-        offered = meta.get("id_token_signing_alg_values_supported") or ["RS256"]
+        offered = meta.signing_algs or ("RS256",)
         algorithms = [alg for alg in offered if alg in ASYMMETRIC] or ["RS256"]
         try:
             keys = await self._key_set()
@@ -184,4 +237,4 @@ class OidcClient:
             claims.validate(now=int(time.time()), leeway=self.leeway)
         except (JoseError, ValueError, TypeError) as exc:
             raise IdTokenInvalid(f"{type(exc).__name__}: {exc}") from exc
-        return dict(claims)
+        return Identity.of(dict(claims))

@@ -111,6 +111,27 @@ class KeyCreated(KeyOut):
     key: str = Field(description="The key itself: shown only in this answer, stored only as a hash")
 
 
+class BudgetAudit(ApiModel):
+    max_credits: int
+    period: str | None
+
+
+class KeyAudit(ApiModel):
+    """A key as its audit entries keep it (camelCase, times as ISO 8601 text): never the key
+    or its hash."""
+
+    name: str
+    user_id: str
+    prefix: str
+    models: list[str] | None
+    allowed_ips: list[str] | None
+    requests_per_minute: int | None
+    tokens_per_minute: int | None
+    budget: BudgetAudit | None
+    expires_at: str | None
+    revoked_at: str | None
+
+
 class KeyPage(ApiModel):
     items: list[KeyOut]
     next_cursor: str | None

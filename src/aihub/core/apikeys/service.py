@@ -23,13 +23,23 @@ import ipaddress
 import secrets
 import string
 import uuid
+from dataclasses import dataclass, replace
 from typing import Any
 
 import structlog
 from sqlalchemy.exc import IntegrityError
 
 from aihub.core.apikeys import repository as repo
-from aihub.core.apikeys.schemas import BudgetOut, KeyCreated, KeyIdentity, KeyIn, KeyOut, KeyPatch
+from aihub.core.apikeys.schemas import (
+    BudgetAudit,
+    BudgetOut,
+    KeyAudit,
+    KeyCreated,
+    KeyIdentity,
+    KeyIn,
+    KeyOut,
+    KeyPatch,
+)
 from aihub.core.audit import service as audit
 from aihub.core.rbac.service import Person, Principal
 from aihub.kit.apikeys import KEY_PREFIX, InvalidApiKey, KeyExpired, looks_like_key
@@ -135,28 +145,60 @@ def _network_covered(net: str, parent: list[str]) -> bool:
     return False
 
 
-def _narrowing(parent: ApiKey, values: dict[str, Any]) -> list[str]:
-    """The fields in which ``values`` would give more than ``parent`` (a key issuing a key)."""
+@dataclass(frozen=True, slots=True)
+class Rules:
+    """A key's restrictions, as a new or changed key would have them (None: unrestricted)."""
+
+    models: list[str] | None
+    allowed_ips: list[str] | None
+    requests_per_minute: int | None
+    tokens_per_minute: int | None
+    budget_max_credits: int | None
+    expires_at: dt.datetime | None
+
+    @classmethod
+    def of(cls, source: KeyIn | ApiKey, budget_max_credits: int | None, expires_at: dt.datetime | None) -> Rules:
+        """The rules of a key (or of a new key's body), its budget and expiry as given."""
+        models, ips = source.models, source.allowed_ips
+        return cls(models, ips, source.requests_per_minute, source.tokens_per_minute, budget_max_credits, expires_at)
+
+    def patched(self, body: KeyPatch) -> Rules:
+        """These rules with the fields the client sent (an explicit null lifts one)."""
+        sent = body.model_fields_set
+        changes: dict[str, Any] = {f: getattr(body, f) for f in _RULE_FIELDS if f in sent}
+        if "budget" in sent:
+            changes["budget_max_credits"] = body.budget.max_credits if body.budget else None
+        return replace(self, **changes)
+
+
+# The rules a PATCH sets as they come (the budget's two columns come from one field).
+_RULE_FIELDS = ("models", "allowed_ips", "requests_per_minute", "tokens_per_minute", "expires_at")
+
+
+def _narrowing(parent: ApiKey, rules: Rules) -> list[str]:
+    """The fields in which ``rules`` would give more than ``parent`` (a key issuing a key)."""
     wider: list[str] = []
     if parent.models is not None:
-        models = values.get("models")
+        models = rules.models
         if models is None or not all(_model_covered(m, parent.models) for m in models):
             wider.append("models")
     if parent.allowed_ips is not None:
-        nets = values.get("allowed_ips")
+        nets = rules.allowed_ips
         if nets is None or not all(_network_covered(n, parent.allowed_ips) for n in nets):
             wider.append("allowedIps")
-    for field, name in (("requests_per_minute", "requestsPerMinute"), ("tokens_per_minute", "tokensPerMinute")):
-        limit = getattr(parent, field)
-        if limit is not None and (values.get(field) is None or values[field] > limit):
+    for limit, value, name in (
+        (parent.requests_per_minute, rules.requests_per_minute, "requestsPerMinute"),
+        (parent.tokens_per_minute, rules.tokens_per_minute, "tokensPerMinute"),
+    ):
+        if limit is not None and (value is None or value > limit):
             wider.append(name)
     if parent.budget_max_credits is not None:
-        budget = values.get("budget")
-        if budget is None or budget["max_credits"] > parent.budget_max_credits:
+        budget = rules.budget_max_credits
+        if budget is None or budget > parent.budget_max_credits:
             wider.append("budget")
     parent_expiry = as_utc(parent.expires_at)
     if parent_expiry is not None:
-        expiry = values.get("expires_at")
+        expiry = rules.expires_at
         if expiry is None or expiry > parent_expiry:
             wider.append("expiresAt")
     return wider
@@ -194,22 +236,19 @@ async def state(tx: Tx, key: ApiKey, now: dt.datetime | None = None) -> KeyOut:
     return KeyOut.read(key, budget=budget, status=status_of(key, now))
 
 
-def _audit_view(key: ApiKey) -> dict[str, Any]:
-    # Never the key or its hash.
-    return {
-        "name": key.name,
-        "userId": str(key.user_id),
-        "prefix": key.prefix,
-        "models": key.models,
-        "allowedIps": key.allowed_ips,
-        "requestsPerMinute": key.requests_per_minute,
-        "tokensPerMinute": key.tokens_per_minute,
-        "budget": None
+def _audited(key: ApiKey) -> KeyAudit:
+    budget = (
+        None
         if key.budget_max_credits is None
-        else {"maxCredits": key.budget_max_credits, "period": key.budget_period},
-        "expiresAt": key.expires_at.isoformat() if key.expires_at else None,
-        "revokedAt": key.revoked_at.isoformat() if key.revoked_at else None,
-    }
+        else BudgetAudit(max_credits=key.budget_max_credits, period=key.budget_period)
+    )
+    return KeyAudit.read(
+        key,
+        user_id=str(key.user_id),
+        budget=budget,
+        expires_at=key.expires_at.isoformat() if key.expires_at else None,
+        revoked_at=key.revoked_at.isoformat() if key.revoked_at else None,
+    )
 
 
 # ------------------------------------------------------------------ CRUD
@@ -236,20 +275,20 @@ async def _locked_parent(tx: Tx, actor: Principal) -> ApiKey | None:
 
 async def create(tx: Tx, actor: Person, body: KeyIn) -> KeyCreated:
     """The new key, the secret itself in this answer only."""
-    values = body.model_dump()
     owner = _owner(actor, body.user_id)
     _check_expiry(body.expires_at, utcnow())
     parent = await _locked_parent(tx, actor)
     if parent is not None:
-        wider = _narrowing(parent, values)
+        budget = body.budget.max_credits if body.budget else None
+        wider = _narrowing(parent, Rules.of(body, budget, body.expires_at))
         if wider:
             raise KeyExceedsOwner(details={"fields": wider})
     user = await tx.session.get(User, owner)
     if user is None or user.status == "deleted":
         raise NotFound("No such user", code="USER_NOT_FOUND")
     now = utcnow()
-    key, raw = await _insert(tx, actor, owner, values, now)
-    after = {**_audit_view(key), "issuedByKey": str(parent.id) if parent is not None else None}
+    key, raw = await _insert(tx, actor, owner, body, now)
+    after = {**_audited(key).model_dump(), "issuedByKey": str(parent.id) if parent is not None else None}
     audit.record(tx, "apikey.create", "api_key", key.id, after=after)
     return KeyCreated.read(await state(tx, key, now), key=raw)
 
@@ -257,15 +296,13 @@ async def create(tx: Tx, actor: Person, body: KeyIn) -> KeyCreated:
 _PREFIX_ATTEMPTS = 5
 
 
-async def _insert(
-    tx: Tx, actor: Principal, owner: uuid.UUID, values: dict[str, Any], now: dt.datetime
-) -> tuple[ApiKey, str]:
+async def _insert(tx: Tx, actor: Principal, owner: uuid.UUID, body: KeyIn, now: dt.datetime) -> tuple[ApiKey, str]:
     """A new key row under a fresh prefix. The prefix is unique (the key is found by it); 36^8
     makes a clash very unlikely, and one is retried with another prefix, never a 500."""
     for attempt in range(1, _PREFIX_ATTEMPTS + 1):
         try:
             async with tx.savepoint():  # a clash undoes this row only, not the request
-                key, raw = _new_row(actor, owner, values, now)
+                key, raw = _new_row(actor, owner, body, now)
                 tx.session.add(key)
                 await tx.session.flush()
                 return key, raw
@@ -276,23 +313,23 @@ async def _insert(
     raise AssertionError("unreachable")
 
 
-def _new_row(actor: Principal, owner: uuid.UUID, values: dict[str, Any], now: dt.datetime) -> tuple[ApiKey, str]:
+def _new_row(actor: Principal, owner: uuid.UUID, body: KeyIn, now: dt.datetime) -> tuple[ApiKey, str]:
     prefix, raw = _generate()
-    budget = values.get("budget")
+    budget = body.budget
     key = ApiKey(
         id=uuid.uuid4(),
         user_id=owner,
-        name=values["name"],
+        name=body.name,
         prefix=prefix,
         secret_hash=digest(raw),
-        models=values.get("models"),
-        allowed_ips=values.get("allowed_ips"),
-        requests_per_minute=values.get("requests_per_minute"),
-        tokens_per_minute=values.get("tokens_per_minute"),
-        budget_max_credits=budget["max_credits"] if budget else None,
-        budget_period=budget["period"] if budget else None,
+        models=body.models,
+        allowed_ips=body.allowed_ips,
+        requests_per_minute=body.requests_per_minute,
+        tokens_per_minute=body.tokens_per_minute,
+        budget_max_credits=budget.max_credits if budget else None,
+        budget_period=budget.period if budget else None,
         created_by=actor.id,
-        expires_at=values.get("expires_at"),
+        expires_at=body.expires_at,
         created_at=now,
         updated_at=now,
     )
@@ -320,7 +357,7 @@ async def search(tx: Tx, actor: Person, params: PageParams, user_id: uuid.UUID |
 
 async def update(tx: Tx, actor: Principal, key_id: uuid.UUID, body: KeyPatch) -> KeyOut:
     """Only the fields the client sent change (an explicit null lifts a restriction)."""
-    values = body.model_dump(include=body.model_fields_set)
+    sent = body.model_fields_set
     # Locked, the changed key and the caller's own: concurrent changes and a revocation apply
     # one after the other, each judged and audited against what the one before left. Two
     # rows are locked in id order, so two keys changing each other cannot deadlock.
@@ -336,32 +373,24 @@ async def update(tx: Tx, actor: Principal, key_id: uuid.UUID, body: KeyPatch) ->
         raise InvalidApiKey("A revoked key cannot be changed")
     _check_expiry(body.expires_at, now)
     if parent is not None:
-        current = {
-            "models": key.models,
-            "allowed_ips": key.allowed_ips,
-            "requests_per_minute": key.requests_per_minute,
-            "tokens_per_minute": key.tokens_per_minute,
-            "budget": None
-            if key.budget_max_credits is None
-            else {"max_credits": key.budget_max_credits, "period": key.budget_period},
-            "expires_at": as_utc(key.expires_at),
-        }
-        wider = _narrowing(parent, {**current, **values})
+        current = Rules.of(key, key.budget_max_credits, as_utc(key.expires_at))
+        wider = _narrowing(parent, current.patched(body))
         if wider:
             raise KeyExceedsOwner(details={"fields": wider})
-    before = _audit_view(key)
-    for field in ("name", "models", "allowed_ips", "requests_per_minute", "tokens_per_minute", "expires_at"):
-        if field in values:
-            if field == "name" and values[field] is None:
+    before = _audited(key).model_dump()
+    for field in ("name", *_RULE_FIELDS):
+        if field in sent:
+            value = getattr(body, field)
+            if field == "name" and value is None:
                 continue
-            setattr(key, field, values[field])
-    if "budget" in values:
-        budget = values["budget"]
-        key.budget_max_credits = budget["max_credits"] if budget else None
-        key.budget_period = budget["period"] if budget else None
+            setattr(key, field, value)
+    if "budget" in sent:
+        budget = body.budget
+        key.budget_max_credits = budget.max_credits if budget else None
+        key.budget_period = budget.period if budget else None
     key.updated_at = now
     await tx.session.flush()
-    audit.record(tx, "apikey.update", "api_key", key.id, before=before, after=_audit_view(key))
+    audit.record(tx, "apikey.update", "api_key", key.id, before=before, after=_audited(key).model_dump())
     return await state(tx, key, now)
 
 
@@ -378,10 +407,10 @@ async def revoke(tx: Tx, store: Store, actor: Principal, key_id: uuid.UUID) -> N
     # Locked: of concurrent revocations one revokes and audits, the others find it revoked.
     key = await _visible(tx, actor, key_id, for_update=True)
     if key.revoked_at is None:
-        before = _audit_view(key)
+        before = _audited(key).model_dump()
         key.revoked_at = key.updated_at = utcnow()
         await tx.session.flush()
-        audit.record(tx, "apikey.revoke", "api_key", key.id, before=before, after=_audit_view(key))
+        audit.record(tx, "apikey.revoke", "api_key", key.id, before=before, after=_audited(key).model_dump())
     markers = {key_marker(key.id): "revoked"}
 
     async def publish() -> None:

@@ -144,7 +144,7 @@ class Work:
     neighbours never see it. For kinds of low volume: each costs a few round trips of its own."""
 
     kind: str
-    run: Callable[[Tx], Awaitable[dict[str, Any]]]
+    run: Callable[[Tx], Awaitable[Any]]
 
 
 Act = Hold | Capture | Release | Refund | Work

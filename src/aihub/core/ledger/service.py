@@ -9,7 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import uuid
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import BaseModel
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
@@ -28,6 +28,7 @@ from aihub.kit.idempotency import REPLAY_HEADER, IdempotentRequest, Stored, fing
 from aihub.kit.runtime import Runtime
 from aihub.kit.slots import Slot
 
+R = TypeVar("R")
 _ENGINE: Slot[LedgerEngine] = Slot("ledger.engine")
 _WRITERS_POOL: Slot[AsyncEngine] = Slot("ledger.writers_pool")
 
@@ -159,7 +160,7 @@ async def worked(
     principal: str,
     model: type[BaseModel],
     kind: str,
-    run: Callable[[Tx], Awaitable[dict[str, Any]]],
+    run: Callable[[Tx], Awaitable[Any]],
     *,
     user_id: uuid.UUID | None,
     status_code: int = 201,
@@ -186,27 +187,28 @@ async def run_work(
     runtime: Runtime,
     tx: Tx,
     kind: str,
-    run: Callable[[Tx], Awaitable[dict[str, Any]]],
+    run: Callable[[Tx], Awaitable[R]],
     *,
     user_id: uuid.UUID,
     policy: credits.Policy = credits.NO_ALERTS,
-) -> dict[str, Any]:
+) -> R:
     """``work`` when the process has an engine, else ``run`` on the request's transaction."""
     engine = engine_of(runtime)
     if engine is None:
         return await run(tx)
-    return await work(engine, tx, kind, run, user_id=user_id, policy=policy)
+    result: R = await work(engine, tx, kind, run, user_id=user_id, policy=policy)
+    return result
 
 
 async def work(
     engine: LedgerEngine,
     tx: Tx,
     kind: str,
-    run: Callable[[Tx], Awaitable[dict[str, Any]]],
+    run: Callable[[Tx], Awaitable[Any]],
     *,
     user_id: uuid.UUID | None,
     policy: credits.Policy = credits.NO_ALERTS,
-) -> dict[str, Any]:
+) -> Any:  # what ``run`` returns
     """A domain's money move without an idempotency key (``Work``) through the engine: its
     result, or its refusal raised. ``user_id``: the account it moves (locked with the batch's)."""
     outcome = await engine.submit(

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
-from typing import Any, cast
+from dataclasses import dataclass
+from typing import cast
 
 from sqlalchemy import Table, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -21,9 +22,18 @@ async def get_settings(session: AsyncSession, user_id: uuid.UUID) -> CreditAlert
 alert_settings = cast(Table, CreditAlertSettings.__table__)
 
 
-async def previous_settings(session: AsyncSession, user_id: uuid.UUID) -> Any:
+@dataclass(frozen=True, slots=True)
+class Stored:
+    """An account's own alert settings as stored."""
+
+    thresholds: list[int]
+    email: bool
+
+
+async def previous_settings(session: AsyncSession, user_id: uuid.UUID) -> Stored | None:
     stmt = select(alert_settings.c.thresholds, alert_settings.c.email).where(alert_settings.c.user_id == user_id)
-    return (await session.execute(stmt)).first()
+    row = (await session.execute(stmt)).first()
+    return None if row is None else Stored(list(row.thresholds), row.email)
 
 
 async def upsert_settings(

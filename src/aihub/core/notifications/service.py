@@ -43,7 +43,7 @@ async def put_alerts(tx: Tx, user_id: uuid.UUID, thresholds: list[int], email: b
     """
     await credits.set_alert_ceiling(tx, user_id, max(thresholds, default=0))
     previous = await repo.previous_settings(tx.session, user_id)
-    before = None if previous is None else {"thresholds": list(previous.thresholds), "email": previous.email}
+    before = None if previous is None else {"thresholds": previous.thresholds, "email": previous.email}
     await repo.upsert_settings(tx.session, user_id, thresholds, email, utcnow())
     after = {"thresholds": thresholds, "email": email}
     audit.record(tx, "credits.alerts.put", "credit_account", user_id, before=before, after=after)

@@ -80,7 +80,7 @@ async def billing_report(
     to: To = None,
     format: Format = "json",
     prefer: Prefer = None,
-) -> Any:
+) -> schemas.BillingReport | Response:
     """Opening balance, credits and debits by reason, usage by provider and model, closing balance.
 
     One's own report, or any user's with `billing:read`. `openingBalance + credits - debits ==
@@ -145,7 +145,7 @@ async def analytics_overview(
     to: To = None,
     format: Format = "json",
     prefer: Prefer = None,
-) -> Any:
+) -> schemas.Overview | Response:
     """Totals, active users, top users, by provider, by model and a daily series (UTC days).
 
     A period longer than the sync limit (counted from the first usage event when `from` is

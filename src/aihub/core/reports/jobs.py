@@ -89,12 +89,12 @@ def too_long(seconds: float, runtime: Runtime) -> bool:
     return seconds > runtime.settings.report_sync_max_days * 86_400
 
 
-def _params(user_id: uuid.UUID | None, start: dt.datetime | None, end: dt.datetime | None) -> dict[str, Any]:
+def _params(user_id: uuid.UUID | None, start: dt.datetime | None, end: dt.datetime | None) -> repo.ReportParams:
     def iso(value: dt.datetime | None) -> str | None:
         moment = as_utc(value)
         return moment.isoformat() if moment else None
 
-    return {"userId": str(user_id) if user_id else None, "from": iso(start), "to": iso(end)}
+    return repo.ReportParams(str(user_id) if user_id else None, iso(start), iso(end))
 
 
 def job_state(job: ReportJob) -> schemas.ReportJobOut:
@@ -115,7 +115,7 @@ class ReportRequestContended(Conflict):
     code, message = "REPORT_REQUEST_CONTENDED", "Identical report requests keep colliding; retry shortly"
 
 
-def _new_job(kind: str, fmt: str, params: dict[str, Any], params_hash: str, requested_by: str) -> ReportJob:
+def _new_job(kind: str, fmt: str, params: dict[str, str | None], params_hash: str, requested_by: str) -> ReportJob:
     return ReportJob(
         id=uuid.uuid4(),
         kind=kind,
@@ -144,7 +144,7 @@ async def submit(
     The same request while an identical one of this caller is still queued or running returns
     that job: polling clients that repeat the request do not pile up work.
     """
-    params = _params(user_id, start, end)
+    params = _params(user_id, start, end).document()
     params_hash = hashlib.sha256(canonical({"kind": kind, "format": fmt, "params": params})).hexdigest()
     # The partial unique index allows one live job per caller and request. An identical request
     # that inserts first makes our insert wait for its commit and fail: we then answer with its
@@ -182,7 +182,7 @@ async def _enqueue(runtime: Runtime, job_id: uuid.UUID) -> None:
 def _may_read(caller: Principal, report_job: ReportJob) -> bool:
     if caller.can(PERMISSION[report_job.kind]):  # may read this data about anyone
         return True
-    own_report = report_job.kind == "billing" and report_job.params.get("userId") == caller.id
+    own_report = report_job.kind == "billing" and repo.ReportParams.of(report_job.params).user_id == caller.id
     return own_report and report_job.requested_by == caller.id
 
 
@@ -228,20 +228,21 @@ _RENDER: dict[str, tuple[type[ApiModel], Callable[[Any], str]]] = {
 }
 
 
-async def _compute(runtime: Runtime, kind: str, fmt: str, params: dict[str, Any]) -> tuple[bytes, str]:
+async def _compute(runtime: Runtime, kind: str, fmt: str, params: repo.ReportParams) -> tuple[bytes, str]:
     """Render the report in one read-only snapshot, so a balance and its movements always agree.
 
     JSON is byte for byte what the direct endpoint answers; returns (body, file name stem).
     """
-    start, end = _window(params)
+    start, end = params.window()
     tx = runtime.tx()
     try:
         if not runtime.settings.is_sqlite:  # SQLite's transaction is serialisable already
             await tx.session.execute(text("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY"))
         data: schemas.BillingReport | schemas.BillingExport | schemas.Overview
         if kind == "billing":
-            data = await reports.billing_report(tx, uuid.UUID(params["userId"]), start, end)
-            stem = f"billing-{params['userId']}"
+            assert params.user_id is not None  # a billing report is of one user
+            data = await reports.billing_report(tx, uuid.UUID(params.user_id), start, end)
+            stem = f"billing-{params.user_id}"
         elif kind == "billing_export":
             data, stem = await reports.billing_export(tx, start, end), "billing-export"
         else:
@@ -251,12 +252,6 @@ async def _compute(runtime: Runtime, kind: str, fmt: str, params: dict[str, Any]
     model, to_csv = _RENDER[kind]
     body = to_csv(data) if fmt == "csv" else model.model_validate(data).model_dump_json()
     return body.encode(), stem
-
-
-def _window(params: dict[str, Any]) -> tuple[dt.datetime | None, dt.datetime | None]:
-    start = dt.datetime.fromisoformat(params["from"]) if params.get("from") else None
-    end = dt.datetime.fromisoformat(params["to"]) if params.get("to") else None
-    return start, end
 
 
 async def _fail(runtime: Runtime, job_id: uuid.UUID, code: str, message: str) -> None:
@@ -281,7 +276,7 @@ async def run(runtime: Runtime, job_id: uuid.UUID) -> bool:
         await tx.close()
     if claimed is None:  # already taken by another delivery, swept, or gone
         return False
-    kind, fmt, params = claimed["kind"], claimed["format"], claimed["params"]
+    kind, fmt, params = claimed.kind, claimed.format, claimed.params
     try:
         async with asyncio.timeout(runtime.settings.report_job_timeout_seconds):
             body, stem = await _compute(runtime, kind, fmt, params)
@@ -296,7 +291,7 @@ async def run(runtime: Runtime, job_id: uuid.UUID) -> bool:
         await _fail(runtime, job_id, CRASHED, "The report could not be computed")
         return True
     now = utcnow()
-    start, end = _window(params)
+    start, end = params.window()
     tx = runtime.tx()
     try:
         done = await repo.finish(
@@ -316,7 +311,16 @@ async def run(runtime: Runtime, job_id: uuid.UUID) -> bool:
     return True
 
 
-async def sweep(runtime: Runtime, now: dt.datetime | None = None) -> dict[str, int]:
+@dataclass(frozen=True, slots=True)
+class Swept:
+    """What one sweep did: jobs deleted, and jobs failed as interrupted or never started."""
+
+    purged: int
+    interrupted: int
+    unstarted: int
+
+
+async def sweep(runtime: Runtime, now: dt.datetime | None = None) -> Swept:
     """Delete expired jobs; fail jobs whose worker vanished. Conditional statements only, so
     every instance may run it at once."""
     now = now or utcnow()
@@ -350,7 +354,7 @@ async def sweep(runtime: Runtime, now: dt.datetime | None = None) -> dict[str, i
         await tx.close()
     if purged or interrupted or unstarted:
         log.info("reports.swept", purged=purged, interrupted=interrupted, unstarted=unstarted)
-    return {"purged": purged, "interrupted": interrupted, "unstarted": unstarted}
+    return Swept(purged, interrupted, unstarted)
 
 
 @job(RUN_JOB)

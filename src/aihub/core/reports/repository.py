@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Select, case, delete, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from aihub.core.usage import rollups
+from aihub.core.usage.rollups import Figures
 from aihub.kit.pagination import PageParams, keyset
 from aihub.models import CreditTransaction, ReportJob, User
 
@@ -21,6 +23,66 @@ async def ledger_sum_before(session: AsyncSession, user_id: uuid.UUID, when: dt.
     if when is not None:
         stmt = stmt.where(CreditTransaction.created_at < when)
     return int((await session.execute(stmt)).scalar_one())
+
+
+@dataclass(frozen=True, slots=True)
+class ReasonSums:
+    """Ledger rows of one reason (of one user, for the export): credited, debited, how many."""
+
+    reason: str
+    credits: int
+    debits: int
+    count: int
+    user_id: uuid.UUID | None = None
+
+
+def _reason_sums(row: Any) -> ReasonSums:
+    return ReasonSums(
+        reason=row.reason,
+        credits=int(row.credits),
+        debits=int(row.debits),
+        count=int(row.count),
+        user_id=getattr(row, "user_id", None),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Spender:
+    """One of the top users: their sums and their email (None once the user is gone)."""
+
+    figures: Figures
+    email: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class ReportParams:
+    """What a report job covers, as its ``params`` column keeps it (ISO 8601 texts, UTC)."""
+
+    user_id: str | None
+    start: str | None
+    end: str | None
+
+    @classmethod
+    def of(cls, stored: Mapping[str, Any]) -> ReportParams:
+        return cls(stored.get("userId"), stored.get("from"), stored.get("to"))
+
+    def document(self) -> dict[str, str | None]:
+        """The JSON document stored, hashed and audited (its keys are the query's names)."""
+        return {"userId": self.user_id, "from": self.start, "to": self.end}
+
+    def window(self) -> tuple[dt.datetime | None, dt.datetime | None]:
+        start = dt.datetime.fromisoformat(self.start) if self.start else None
+        end = dt.datetime.fromisoformat(self.end) if self.end else None
+        return start, end
+
+
+@dataclass(frozen=True, slots=True)
+class Claimed:
+    """A report job just claimed to run: what to compute."""
+
+    kind: str
+    format: str
+    params: ReportParams
 
 
 _BY_REASON = (
@@ -44,10 +106,10 @@ def _ledger_window(stmt: Any, start: dt.datetime | None, end: dt.datetime | None
 
 async def ledger_by_reason(
     session: AsyncSession, user_id: uuid.UUID, start: dt.datetime | None, end: dt.datetime | None
-) -> list[dict[str, Any]]:
+) -> list[ReasonSums]:
     stmt = select(CreditTransaction.reason, *_BY_REASON).where(CreditTransaction.user_id == user_id)
     stmt = _ledger_window(stmt, start, end).group_by(CreditTransaction.reason).order_by(CreditTransaction.reason)
-    return [dict(r._mapping) for r in await session.execute(stmt)]
+    return [_reason_sums(r) for r in await session.execute(stmt)]
 
 
 async def ledger_sums_by_user(session: AsyncSession, when: dt.datetime | None) -> dict[uuid.UUID, int]:
@@ -60,10 +122,10 @@ async def ledger_sums_by_user(session: AsyncSession, when: dt.datetime | None) -
 
 async def ledger_by_user_reason(
     session: AsyncSession, start: dt.datetime | None, end: dt.datetime | None
-) -> list[dict[str, Any]]:
+) -> list[ReasonSums]:
     stmt = select(CreditTransaction.user_id, CreditTransaction.reason, *_BY_REASON)
     stmt = _ledger_window(stmt, start, end).group_by(CreditTransaction.user_id, CreditTransaction.reason)
-    return [dict(r._mapping) for r in await session.execute(stmt.order_by(CreditTransaction.reason))]
+    return [_reason_sums(r) for r in await session.execute(stmt.order_by(CreditTransaction.reason))]
 
 
 async def emails(session: AsyncSession, user_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, str]:
@@ -82,36 +144,35 @@ async def usage_by_model(
     end: dt.datetime | None,
     *,
     mark: dt.date | None,
-) -> list[dict[str, Any]]:
+) -> list[Figures]:
     return await rollups.aggregate(session, ["provider", "model"], mark=mark, start=start, end=end, user_id=user_id)
 
 
 async def usage_cells(
     session: AsyncSession, start: dt.datetime | None, end: dt.datetime | None, *, mark: dt.date | None
-) -> list[dict[str, Any]]:
+) -> list[Figures]:
     """Usage by day x provider x model: the overview's totals, providers, models and days in one scan."""
     return await rollups.aggregate(session, ["day", "provider", "model"], mark=mark, start=start, end=end)
 
 
 async def active_users_by_day(
     session: AsyncSession, start: dt.datetime | None, end: dt.datetime | None, *, mark: dt.date | None
-) -> dict[Any, int]:
+) -> dict[str | None, int]:
     """How many users had usage on each UTC day (the console's active-users chart)."""
-    counts: dict[Any, int] = {}
+    counts: dict[str | None, int] = {}
     for row in await rollups.aggregate(session, ["day", "user_id"], mark=mark, start=start, end=end):
-        counts[row["day"]] = counts.get(row["day"], 0) + 1
+        counts[row.day] = counts.get(row.day, 0) + 1
     return counts
 
 
 async def top_users(
     session: AsyncSession, start: dt.datetime | None, end: dt.datetime | None, limit: int, *, mark: dt.date | None
-) -> tuple[list[dict[str, Any]], int]:
+) -> tuple[list[Spender], int]:
     """The ``limit`` users who spent most, and how many users had any usage (one scan)."""
     rows = await rollups.aggregate(session, ["user_id"], mark=mark, start=start, end=end, top=limit)
-    found = await emails(session, [r["user_id"] for r in rows])
-    for row in rows:
-        row["email"] = found.get(row["user_id"])
-    return rows, int(rows[0]["groups"]) if rows else 0
+    found = await emails(session, [r.user_id for r in rows if r.user_id is not None])
+    spenders = [Spender(row, found.get(row.user_id) if row.user_id is not None else None) for row in rows]
+    return spenders, int(rows[0].groups) if rows else 0
 
 
 # ---------------------------------------------------------------- report jobs
@@ -162,7 +223,7 @@ async def result_of(session: AsyncSession, job_id: uuid.UUID) -> bytes | None:
     return (await session.execute(select(ReportJob.result).where(ReportJob.id == job_id))).scalar_one_or_none()
 
 
-async def claim(session: AsyncSession, job_id: uuid.UUID, now: dt.datetime) -> dict[str, Any] | None:
+async def claim(session: AsyncSession, job_id: uuid.UUID, now: dt.datetime) -> Claimed | None:
     """queued -> running in one conditional UPDATE: of several deliveries of a job, one runs it."""
     stmt = (
         update(ReportJob)
@@ -171,7 +232,7 @@ async def claim(session: AsyncSession, job_id: uuid.UUID, now: dt.datetime) -> d
         .returning(ReportJob.kind, ReportJob.format, ReportJob.params)
     )
     row = (await session.execute(stmt)).first()
-    return dict(row._mapping) if row else None
+    return Claimed(row.kind, row.format, ReportParams.of(row.params)) if row else None
 
 
 async def finish(

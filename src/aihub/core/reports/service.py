@@ -12,16 +12,27 @@ import csv
 import datetime as dt
 import io
 import uuid
-from collections.abc import Mapping
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Protocol
 
 from aihub.core.payments import service as payments
 from aihub.core.reports import repository as repo
 from aihub.core.reports import schemas
 from aihub.core.usage import rollups
+from aihub.core.usage.rollups import Figures
 from aihub.core.users import service as users
 from aihub.kit.db import Tx, as_utc, utcnow
+
+
+class _Measured(Protocol):
+    @property
+    def requests(self) -> int: ...
+    @property
+    def input_tokens(self) -> int: ...
+    @property
+    def output_tokens(self) -> int: ...
+    @property
+    def credits(self) -> int: ...
 
 
 @dataclass(slots=True)
@@ -33,25 +44,23 @@ class _Sums:
     output_tokens: int = 0
     credits: int = 0
 
-    def add(self, row: Mapping[str, Any]) -> _Sums:
-        self.requests += int(row["requests"])
-        self.input_tokens += int(row["input_tokens"])
-        self.output_tokens += int(row["output_tokens"])
-        self.credits += int(row["credits"])
+    def add(self, row: _Measured) -> _Sums:
+        self.requests += row.requests
+        self.input_tokens += row.input_tokens
+        self.output_tokens += row.output_tokens
+        self.credits += row.credits
         return self
 
     def fields(self) -> dict[str, int]:
         return asdict(self)
 
 
-def _usage(row: Mapping[str, Any]) -> schemas.UsageRow:
-    return schemas.UsageRow(provider=row["provider"], model=row["model"], **_Sums().add(row).fields())
+def _usage(row: Figures) -> schemas.UsageRow:
+    return schemas.UsageRow.read(row)  # grouped by provider and model: both are set
 
 
-def _reason(row: Mapping[str, Any]) -> schemas.ReasonRow:
-    return schemas.ReasonRow(
-        reason=row["reason"], credits=int(row["credits"]), debits=int(row["debits"]), count=int(row["count"])
-    )
+def _reason(row: repo.ReasonSums) -> schemas.ReasonRow:
+    return schemas.ReasonRow.read(row)
 
 
 async def billing_report(
@@ -125,9 +134,10 @@ async def overview(tx: Tx, start: dt.datetime | None, end: dt.datetime | None, t
     days: dict[str, _Sums] = {}
     for cell in await repo.usage_cells(tx.session, start, end, mark=mark):
         totals.add(cell)
-        providers.setdefault(cell["provider"], _Sums()).add(cell)
-        models.setdefault((cell["provider"], cell["model"]), _Sums()).add(cell)
-        days.setdefault(cell["day"], _Sums()).add(cell)
+        assert cell.provider is not None and cell.model is not None and cell.day is not None  # grouped by them
+        providers.setdefault(cell.provider, _Sums()).add(cell)
+        models.setdefault((cell.provider, cell.model), _Sums()).add(cell)
+        days.setdefault(cell.day, _Sums()).add(cell)
     leaders, active = await repo.top_users(tx.session, start, end, top, mark=mark)
     active_by_day = await repo.active_users_by_day(tx.session, start, end, mark=mark)
     return schemas.Overview(
@@ -135,7 +145,7 @@ async def overview(tx: Tx, start: dt.datetime | None, end: dt.datetime | None, t
         to=end,
         totals=schemas.Totals(**totals.fields()),
         active_users=active,
-        top_users=[schemas.TopUser(user_id=r["user_id"], email=r["email"], **_Sums().add(r).fields()) for r in leaders],
+        top_users=[schemas.TopUser.read(r.figures, email=r.email) for r in leaders],
         by_provider=[schemas.ProviderRow(provider=p, **v.fields()) for p, v in sorted(providers.items())],
         by_model=[schemas.UsageRow(provider=p, model=m, **v.fields()) for (p, m), v in sorted(models.items())],
         daily=[
@@ -155,10 +165,12 @@ async def billing_export(tx: Tx, start: dt.datetime | None, end: dt.datetime | N
     closing = await repo.ledger_sums_by_user(tx.session, end)
     reasons: dict[uuid.UUID, list[schemas.ReasonRow]] = {}
     for row in await repo.ledger_by_user_reason(tx.session, start, end):
-        reasons.setdefault(row["user_id"], []).append(_reason(row))
+        assert row.user_id is not None  # grouped by it
+        reasons.setdefault(row.user_id, []).append(_reason(row))
     usage: dict[uuid.UUID, list[schemas.UsageRow]] = {}
-    for row in await rollups.aggregate(tx.session, ["user_id", "provider", "model"], mark=mark, start=start, end=end):
-        usage.setdefault(row["user_id"], []).append(_usage(row))
+    for cell in await rollups.aggregate(tx.session, ["user_id", "provider", "model"], mark=mark, start=start, end=end):
+        assert cell.user_id is not None  # grouped by it
+        usage.setdefault(cell.user_id, []).append(_usage(cell))
     bought = await payments.purchases_by_user(tx, start, end)
     user_ids = set(closing) | set(usage)
     emails = await repo.emails(tx.session, list(user_ids))
@@ -196,7 +208,7 @@ def export_csv(export: schemas.BillingExport) -> str:
     for row in export.users:
         used = _Sums()
         for line in row.usage:
-            used.add(line.model_dump(by_alias=False))
+            used.add(line)
         writer.writerow(
             [
                 row.user_id,

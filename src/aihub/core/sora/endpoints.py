@@ -7,7 +7,7 @@ else authenticates with the session token alone.
 from __future__ import annotations
 
 import uuid
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Depends, Header, Response
 from fastapi.params import Body
@@ -22,8 +22,8 @@ from aihub.core.sora import service as sora
 from aihub.kit.deps import RuntimeDep, TxDep, TxRoute
 from aihub.kit.idempotency import IdempotentRequest, idempotent_request
 from aihub.kit.openapi import errors, raises
-from aihub.kit.pagination import PageParams, SortKey, page_of_sorted, short_list_params
-from aihub.models import SoraSession, User
+from aihub.kit.pagination import Paged, PageParams, SortKey, page_of_sorted, short_list_params
+from aihub.models import SoraGeneration, SoraSession, User
 
 router = APIRouter(prefix="/api/sora", tags=["sora"], route_class=TxRoute)
 Idem = Annotated[IdempotentRequest, Depends(idempotent_request)]
@@ -45,7 +45,7 @@ VideoSession = Annotated[tuple[SoraSession, User], Depends(video_session)]
 
 
 @router.post("/sessions", response_model=schemas.SessionCreated, status_code=201)
-async def create_session(tx: TxDep, me: CurrentUser) -> dict[str, Any]:
+async def create_session(tx: TxDep, me: CurrentUser) -> schemas.SessionCreated:
     """Create a session token for the video tool (valid 7 days). The token is shown only here."""
     return await sora.create_session(tx, me.user_id)
 
@@ -53,14 +53,13 @@ async def create_session(tx: TxDep, me: CurrentUser) -> dict[str, Any]:
 @router.get("/sessions", response_model=schemas.SessionList)
 async def list_sessions(
     tx: TxDep, me: CurrentUser, page: Annotated[PageParams, Depends(short_list_params)]
-) -> dict[str, Any]:
+) -> Paged[SoraSession]:
     """One's sessions, newest first (ids and dates, never the token)."""
-    items, cursor = page_of_sorted(await sora.list_sessions(tx, me.user_id), page, _newest_first)
-    return {"items": items, "next_cursor": cursor}
+    return Paged(*page_of_sorted(await sora.list_sessions(tx, me.user_id), page, _newest_first))
 
 
-def _newest_first(session: dict[str, Any]) -> SortKey:
-    return (-session["created_at"].timestamp(), str(session["id"]))
+def _newest_first(session: SoraSession) -> SortKey:
+    return (-session.created_at.timestamp(), str(session.id))
 
 
 @router.delete("/sessions/{session_id}", status_code=204, responses=errors(sora.SessionNotFound))
@@ -71,7 +70,7 @@ async def revoke_session(session_id: uuid.UUID, tx: TxDep, me: CurrentUser) -> R
 
 
 @router.get("/session", response_model=schemas.SessionInfo, responses=errors(credits.AccountNotFound))
-async def read_session(tx: TxDep, session: VideoSession) -> dict[str, Any]:
+async def read_session(tx: TxDep, session: VideoSession) -> schemas.SessionInfo:
     """Who the session belongs to, when it expires, and the user's balance."""
     return await sora.session_info(tx, *session)
 
@@ -81,7 +80,7 @@ async def read_session(tx: TxDep, session: VideoSession) -> dict[str, Any]:
     response_model=schemas.CheckOut,
     responses=errors(pricing.UnknownModel, pricing.CostOutOfRange, credits.AccountNotFound),
 )
-async def check_credits(body: schemas.CheckIn, tx: TxDep, session: VideoSession) -> dict[str, Any]:
+async def check_credits(body: schemas.CheckIn, tx: TxDep, session: VideoSession) -> schemas.CheckOut:
     """Price a video (from the `openai/sora2` price; 480p ×0.5, 720p ×1, 1080p ×2) and say if it fits."""
     return await sora.check(tx, session[1], body.duration_seconds, body.resolution)
 
@@ -122,7 +121,7 @@ async def start_generation(
     response_model=schemas.GenerationOut,
     responses=errors(sora.GenerationNotFound),
 )
-async def read_generation(generation_id: uuid.UUID, tx: TxDep, session: VideoSession) -> dict[str, Any]:
+async def read_generation(generation_id: uuid.UUID, tx: TxDep, session: VideoSession) -> SoraGeneration:
     return await sora.read_generation(tx, session[1], generation_id)
 
 
@@ -137,7 +136,7 @@ async def complete_generation(
     runtime: RuntimeDep,
     session: VideoSession,
     body: Annotated[schemas.CompleteIn | None, Body()] = None,
-) -> dict[str, Any]:
+) -> schemas.Resolved:
     """Charge for the video made: at most what was held; a shorter video costs less.
 
     Resolves once: a second complete or fail gets 409 `GENERATION_NOT_PENDING`.
@@ -161,7 +160,7 @@ async def fail_generation(
     runtime: RuntimeDep,
     session: VideoSession,
     body: Annotated[schemas.FailIn | None, Body()] = None,
-) -> dict[str, Any]:
+) -> schemas.Resolved:
     """The video was not made: release the whole hold (`charged: 0`). Resolves once."""
     reason, user = (body.reason if body else None), session[1]
     return await ledger.run_work(  # PostgreSQL: the release and the generation's rows in one move

@@ -13,12 +13,12 @@ import hashlib
 import secrets
 import uuid
 from decimal import Decimal
-from typing import Any
 
 from aihub.core.audit import service as audit
 from aihub.core.credits import service as credits
 from aihub.core.pricing import service as pricing
 from aihub.core.sora import repository as repo
+from aihub.core.sora import schemas
 from aihub.core.usage import service as usage
 from aihub.kit.db import Tx, utcnow
 from aihub.kit.errors import AppError, Conflict, NotFound
@@ -51,28 +51,18 @@ def _hash(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-def session_view(row: SoraSession) -> dict[str, Any]:
-    return {
-        "id": row.id,
-        "created_at": row.created_at,
-        "expires_at": row.expires_at,
-        "revoked_at": row.revoked_at,
-        "last_used_at": row.last_used_at,
-    }
-
-
-async def create_session(tx: Tx, user_id: uuid.UUID) -> dict[str, Any]:
+async def create_session(tx: Tx, user_id: uuid.UUID) -> schemas.SessionCreated:
     token = TOKEN_PREFIX + secrets.token_urlsafe(24)  # 192 bits
     now = utcnow()
     row = SoraSession(user_id=user_id, token_hash=_hash(token), created_at=now, expires_at=now + SESSION_TTL)
     tx.session.add(row)
     await tx.session.flush()
-    audit.record(tx, "sora.session.create", "sora_session", row.id, after=session_view(row))
-    return {**session_view(row), "session_token": token}
+    audit.record(tx, "sora.session.create", "sora_session", row.id, after=schemas.SessionOut.read(row).snapshot())
+    return schemas.SessionCreated.read(row, session_token=token)
 
 
-async def list_sessions(tx: Tx, user_id: uuid.UUID) -> list[dict[str, Any]]:
-    return [session_view(s) for s in await repo.sessions_of(tx.session, user_id)]
+async def list_sessions(tx: Tx, user_id: uuid.UUID) -> list[SoraSession]:
+    return list(await repo.sessions_of(tx.session, user_id))
 
 
 async def revoke_session(tx: Tx, user_id: uuid.UUID, session_id: uuid.UUID) -> None:
@@ -102,45 +92,30 @@ async def cost_of(tx: Tx, seconds: Decimal, resolution: str) -> int:
     return pricing.bounded_charge(exact)
 
 
-async def session_info(tx: Tx, row: SoraSession, user: User) -> dict[str, Any]:
+async def session_info(tx: Tx, row: SoraSession, user: User) -> schemas.SessionInfo:
     account = await credits.account(tx, user.id)
-    return {
-        "user": {"id": user.id, "email": user.email},
-        "expires_at": row.expires_at,
-        "balance": account["balance"],
-        "available": account["available"],
-    }
+    return schemas.SessionInfo(
+        user=schemas.SessionUser.read(user),
+        expires_at=row.expires_at,
+        balance=account["balance"],
+        available=account["available"],
+    )
 
 
-async def check(tx: Tx, user: User, seconds: Decimal, resolution: str) -> dict[str, Any]:
+async def check(tx: Tx, user: User, seconds: Decimal, resolution: str) -> schemas.CheckOut:
     cost = await cost_of(tx, seconds, resolution)
     account = await credits.account(tx, user.id)
-    return {
-        "sufficient": account["available"] >= cost,
-        "cost": cost,
-        "balance": account["balance"],
-        "available": account["available"],
-    }
-
-
-def generation_view(gen: SoraGeneration) -> dict[str, Any]:
-    return {
-        "id": gen.id,
-        "hold_id": gen.hold_id,
-        "cost": gen.cost,
-        "charged": gen.charged,
-        "status": gen.status,
-        "duration_seconds": gen.duration_seconds,
-        "resolution": gen.resolution,
-        "created_at": gen.created_at,
-        "expires_at": gen.expires_at,
-        "resolved_at": gen.resolved_at,
-    }
+    return schemas.CheckOut(
+        sufficient=account["available"] >= cost,
+        cost=cost,
+        balance=account["balance"],
+        available=account["available"],
+    )
 
 
 async def start(
     tx: Tx, row: SoraSession, user: User, seconds: Decimal, resolution: str, prompt: str | None, hold_ttl: int
-) -> dict[str, Any]:
+) -> schemas.GenerationOut:
     """Hold the price of the video; 402 INSUFFICIENT_CREDITS (and no hold) when it cannot be paid."""
     cost = await cost_of(tx, seconds, resolution)
     gen_id = uuid.uuid4()
@@ -167,8 +142,9 @@ async def start(
     )
     tx.session.add(gen)
     await tx.session.flush()
-    audit.record(tx, "sora.generation.start", "sora_generation", gen.id, after=generation_view(gen))
-    return generation_view(gen)
+    out = schemas.GenerationOut.read(gen)
+    audit.record(tx, "sora.generation.start", "sora_generation", gen.id, after=out.snapshot())
+    return out
 
 
 async def _mine(tx: Tx, user: User, generation_id: uuid.UUID) -> SoraGeneration:
@@ -178,7 +154,7 @@ async def _mine(tx: Tx, user: User, generation_id: uuid.UUID) -> SoraGeneration:
     return gen
 
 
-async def complete(tx: Tx, user: User, generation_id: uuid.UUID, actual_seconds: Decimal | None) -> dict[str, Any]:
+async def complete(tx: Tx, user: User, generation_id: uuid.UUID, actual_seconds: Decimal | None) -> schemas.Resolved:
     """Capture what the video cost, never more than was held; the rest goes back to the user."""
     gen = await _mine(tx, user, generation_id)
     seconds = gen.duration_seconds if actual_seconds is None else min(actual_seconds, gen.duration_seconds)
@@ -202,10 +178,10 @@ async def complete(tx: Tx, user: User, generation_id: uuid.UUID, actual_seconds:
         reporter_id="sora",
     )
     audit.record(tx, "sora.generation.complete", "sora_generation", gen.id, after={"charged": charge})
-    return {"id": gen.id, "status": "completed", "charged": charge, "balance": balance}
+    return schemas.Resolved(id=gen.id, status="completed", charged=charge, balance=balance)
 
 
-async def fail(tx: Tx, user: User, generation_id: uuid.UUID, reason: str | None) -> dict[str, Any]:
+async def fail(tx: Tx, user: User, generation_id: uuid.UUID, reason: str | None) -> schemas.Resolved:
     """Release the whole hold: a failed video costs nothing."""
     gen = await _mine(tx, user, generation_id)
     now = utcnow()
@@ -216,15 +192,15 @@ async def fail(tx: Tx, user: User, generation_id: uuid.UUID, reason: str | None)
         await credits.release(tx, gen.hold_id)
     audit.record(tx, "sora.generation.fail", "sora_generation", gen.id, after={"reason": reason})
     account = await credits.account(tx, user.id)
-    return {"id": gen.id, "status": "failed", "charged": 0, "balance": account["balance"]}
+    return schemas.Resolved(id=gen.id, status="failed", charged=0, balance=account["balance"])
 
 
-async def read_generation(tx: Tx, user: User, generation_id: uuid.UUID) -> dict[str, Any]:
+async def read_generation(tx: Tx, user: User, generation_id: uuid.UUID) -> SoraGeneration:
     gen = await _mine(tx, user, generation_id)
     if gen.status == "pending" and gen.expires_at <= utcnow():
         await expire(tx)
         await tx.session.refresh(gen)
-    return generation_view(gen)
+    return gen
 
 
 async def expire(tx: Tx) -> int:

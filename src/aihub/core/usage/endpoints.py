@@ -23,7 +23,7 @@ from aihub.kit.fastlane import Lane
 from aihub.kit.idempotency import IdempotencyKeyReused
 from aihub.kit.inputs import Timestamp
 from aihub.kit.openapi import errors
-from aihub.kit.pagination import PageParams, page_params
+from aihub.kit.pagination import Paged, PageParams, page_params
 from aihub.kit.runtime import Runtime
 
 router = APIRouter(prefix="/api/usage", tags=["usage"], route_class=TxRoute)
@@ -66,7 +66,7 @@ async def record_event(
     reporter: Annotated[Principal, RequirePermission("usage:write")],
     response: Response,
     runtime: RuntimeDep,
-) -> dict[str, Any]:
+) -> usage.Recorded | dict[str, Any]:  # the dict: the usage writer's view (ledger.service), as it is
     """Report one call: it is priced, checked against the quota and charged in one transaction.
 
     Idempotent on `requestId`: a replay returns the first result (header `Idempotent-Replayed:
@@ -74,12 +74,13 @@ async def record_event(
     `IDEMPOTENCY_KEY_REUSED`. 402 `INSUFFICIENT_CREDITS`, 422 `UNKNOWN_MODEL`, 429 `QUOTA_EXCEEDED`.
     """
     engine = ledger.usage_engine_of(runtime)
+    result: usage.Recorded | dict[str, Any]
     try:
         if engine is not None:
             policy = credit_jobs.policy(runtime)
             result, replayed = await ledger.record_event(engine, tx, reporter.id, body.model_dump(), policy)
         else:
-            result, replayed = await usage.record_event(tx, reporter.id, body.model_dump())
+            result, replayed = await usage.record_event(tx, reporter.id, body)
     except usage.QuotaExceeded as refused:
         await notification_jobs.on_quota_refused(runtime, body.user_id, refused.details or {})
         raise
@@ -110,13 +111,13 @@ async def record_events(
     `OCCURRED_AT_OUT_OF_RANGE`, `IDEMPOTENCY_KEY_REUSED`, 404 `ACCOUNT_NOT_FOUND`, …).
     413 `BATCH_TOO_LARGE` over 1,000 events (`PAYLOAD_TOO_LARGE` over the body limit).
     """
-    events = body.model_dump()["events"]  # one call for the lot, not one per event
     engine = ledger.usage_engine_of(runtime)
     if engine is not None:
+        events = body.model_dump()["events"]  # one call for the lot, not one per event
         policy = credit_jobs.policy(runtime)
         results, refused = await ledger.record_batch(engine, tx, reporter.id, events, policy)
     else:
-        results, refused = await usage.record_batch(tx, reporter.id, events)
+        results, refused = await usage.record_batch(tx, reporter.id, body.events)
     for user_id, details in refused:
         await notification_jobs.on_quota_refused(runtime, user_id, details)
     return Response(schemas.batch_body(results), media_type="application/json")
@@ -132,7 +133,7 @@ async def list_usage(
     from_: From = None,
     to: To = None,
     user_id: Annotated[uuid.UUID | None, Query(alias="userId")] = None,
-) -> dict[str, Any]:
+) -> Paged[schemas.UsageEventOut]:
     """Usage events, newest first: one's own, or another user's (or all) with `usage:read`."""
     subject = _subject(caller, user_id)
     return await usage.list_events(tx, page, user_id=subject, provider=provider, model=model, start=from_, end=to)
@@ -146,7 +147,7 @@ async def usage_summary(
     from_: From = None,
     to: To = None,
     user_id: Annotated[uuid.UUID | None, Query(alias="userId")] = None,
-) -> dict[str, Any]:
+) -> schemas.SummaryOut:
     """Requests, tokens and credits grouped by provider, model (`provider/model`), UTC day, or
     both (`day_model`: keys `YYYY-MM-DD/provider/model`)."""
     subject = _subject(caller, user_id)
@@ -154,7 +155,7 @@ async def usage_summary(
 
 
 @router.get("/quota", response_model=schemas.MyQuotaOut)
-async def my_quota(tx: TxDep, me: CurrentUser) -> dict[str, Any]:
+async def my_quota(tx: TxDep, me: CurrentUser) -> schemas.MyQuotaOut:
     """Every limit on the caller (own, each role's, and the calling key's), what is used and
     left in its current window, and when it resets."""
     return await usage.my_quota(tx, me.user_id, me.api_key.id if me.api_key is not None else None)
@@ -167,7 +168,7 @@ async def my_quota(tx: TxDep, me: CurrentUser) -> dict[str, Any]:
 )
 async def read_quota(
     scope: Scope, tx: TxDep, _: Annotated[Principal, RequirePermission("quotas:read")]
-) -> dict[str, Any]:
+) -> schemas.QuotaOut:
     return await usage.get_quota(tx, scope)
 
 
@@ -185,7 +186,7 @@ async def put_quota(
     tx: TxDep,
     _: Annotated[Principal, RequirePermission("quotas:write")],
     response: Response,
-) -> dict[str, Any]:
+) -> schemas.QuotaOut:
     """Set the limits of `role:<name>`, `user:<uuid>` or `key:<uuid>`: `{limits: [...]}`, or one
     limit in the single-limit form. Every limit on a call applies at once (a user's narrows,
     never widens, their roles'), against usage since the window began.
@@ -207,7 +208,7 @@ def event_lane(runtime: Runtime) -> Lane:
     """``POST /events`` as a fast lane (kit/deps.py ``lane``): the same endpoint function,
     its dependencies solved without FastAPI's per-request machinery."""
 
-    async def call(solved: Solved[Principal]) -> dict[str, Any]:
+    async def call(solved: Solved[Principal]) -> usage.Recorded | dict[str, Any]:
         return await record_event(solved.body, solved.tx, solved.principal, solved.response, solved.runtime)
 
     return lane(runtime, "POST", "/api/usage/events", permission="usage:write", idempotent=False, call=call)

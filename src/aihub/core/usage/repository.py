@@ -112,7 +112,10 @@ async def summary(
     }[group_by]
     mark = await rollups.complete_until(session)
     rows = await rollups.aggregate(session, keys, mark=mark, start=start, end=end, user_id=user_id)
-    items = [{"key": "/".join(str(row[k]) for k in keys), **{m: row[m] for m in rollups.MEASURES}} for row in rows]
+    items = [
+        {"key": "/".join(str(getattr(row, k)) for k in keys), **{m: getattr(row, m) for m in rollups.MEASURES}}
+        for row in rows
+    ]
     return sorted(items, key=lambda item: item["key"])
 
 

@@ -234,6 +234,21 @@ def _parts(dialect: str, keys: Sequence[str], window: Split, user_id: uuid.UUID 
     return parts
 
 
+@dataclass(frozen=True, slots=True)
+class Figures:
+    """One group of :func:`aggregate`: the keys it was grouped by (the others None) and its sums."""
+
+    requests: int
+    input_tokens: int
+    output_tokens: int
+    credits: int
+    day: str | None = None  # YYYY-MM-DD (UTC)
+    user_id: uuid.UUID | None = None
+    provider: str | None = None
+    model: str | None = None
+    groups: int = 0  # with ``top``: how many groups there were before the limit
+
+
 async def aggregate(
     session: AsyncSession,
     keys: Sequence[str],
@@ -243,7 +258,7 @@ async def aggregate(
     end: dt.datetime | None,
     user_id: uuid.UUID | None = None,
     top: int | None = None,
-) -> list[dict[str, Any]]:
+) -> list[Figures]:
     """Requests, tokens and credits grouped by ``keys`` (a subset of day, user_id, provider, model).
 
     Ordered by the keys, or by credits (highest first) and limited to ``top`` rows, each row
@@ -268,5 +283,5 @@ async def aggregate(
         item = dict(row._mapping)
         for m in MEASURES:
             item[m] = int(item[m])
-        rows.append(item)
+        rows.append(Figures(**item))
     return rows

@@ -135,10 +135,18 @@ class QuotaIn(StrictInput):
             raise ValueError("give either limits or the single-limit fields, not both")
         return self
 
-    def as_limits(self) -> list[dict[str, Any]]:
+    def as_limits(self) -> list[LimitIn]:
         if self.limits is not None:
-            return [limit.model_dump() for limit in self.limits]
-        single = self.model_dump(exclude={"limits"})
+            return self.limits
+        assert self.period is not None  # _one_form: the single-limit form names its period
+        # Validated already, field by field, as the single form's own fields.
+        single = LimitIn.model_construct(
+            period=self.period,
+            max_credits=self.max_credits,
+            max_tokens=self.max_tokens,
+            max_requests=self.max_requests,
+            model=self.model,
+        )
         return [single]
 
 

@@ -10,20 +10,20 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import uuid
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from aihub.core.audit import service as audit
 from aihub.core.credits import service as credits
 from aihub.core.pricing import service as pricing
-from aihub.core.usage import limits, rollups
+from aihub.core.usage import limits, rollups, schemas
 from aihub.core.usage import repository as repo
 from aihub.kit.db import Tx, utcnow
 from aihub.kit.errors import AppError, Conflict, NotFound
 from aihub.kit.idempotency import IdempotencyKeyReused
 from aihub.kit.jsonutil import canonical
-from aihub.kit.pagination import PageParams, page_of
+from aihub.kit.pagination import Paged, PageParams, page_of
 from aihub.models import ModelPrice, QuotaLimit, UsageEvent
 
 
@@ -68,17 +68,24 @@ def period_of(kind: str, now: dt.datetime) -> Period:
     return Period(f"m:{start:%Y-%m}", start, end)
 
 
-def _fingerprint(body: dict[str, Any]) -> str:
-    return hashlib.sha256(canonical(body)).hexdigest()
+def _fingerprint(document: Mapping[str, Any]) -> str:
+    """The SHA-256 of a request's content (a JSON document), canonical: key order does not count."""
+    return hashlib.sha256(canonical(document)).hexdigest()
 
 
-def _result(event: UsageEvent) -> dict[str, Any]:
-    return {
-        "id": event.id,
-        "request_id": event.request_id,
-        "credits": event.credits,
-        "balance": event.balance_after if event.balance_after is not None else 0,
-    }
+@dataclass(frozen=True, slots=True)
+class Recorded:
+    """What an event came to: the usage event, its charge and the balance after it."""
+
+    id: uuid.UUID
+    request_id: str
+    credits: int
+    balance: int
+
+
+def _result(event: UsageEvent) -> Recorded:
+    balance = event.balance_after if event.balance_after is not None else 0
+    return Recorded(event.id, event.request_id, event.credits, balance)
 
 
 # ---------------------------------------------------------------- quotas
@@ -128,44 +135,34 @@ def check_scope(scope: str) -> str:
     raise InvalidScope(SCOPE_HELP)
 
 
-def _limit_view(limit: QuotaLimit) -> dict[str, Any]:
-    return {
-        "period": limit.period,
-        "model": limit.model or None,
-        "max_credits": limit.max_credits,
-        "max_tokens": limit.max_tokens,
-        "max_requests": limit.max_requests,
-    }
-
-
-def quota_view(scope: str, rows: Sequence[QuotaLimit]) -> dict[str, Any]:
+def _quota(scope: str, rows: Sequence[QuotaLimit]) -> schemas.QuotaOut:
     first = rows[0]
-    return {
-        "scope": scope,
-        "limits": [_limit_view(r) for r in rows],
+    return schemas.QuotaOut(
+        scope=scope,
+        limits=[schemas.LimitOut.read(r, model=r.model or None) for r in rows],
         # The first limit again, as the single-limit form answered before limits stacked.
-        "period": first.period,
-        "max_credits": first.max_credits,
-        "max_tokens": first.max_tokens,
-        "max_requests": first.max_requests,
-        "created_at": min(r.created_at for r in rows),
-        "updated_at": max(r.updated_at for r in rows),
-    }
+        period=first.period,
+        max_credits=first.max_credits,
+        max_tokens=first.max_tokens,
+        max_requests=first.max_requests,
+        created_at=min(r.created_at for r in rows),
+        updated_at=max(r.updated_at for r in rows),
+    )
 
 
-async def get_quota(tx: Tx, scope: str) -> dict[str, Any]:
+async def get_quota(tx: Tx, scope: str) -> schemas.QuotaOut:
     scope = check_scope(scope)
     rows = await repo.quota_limits(tx.session, scope)
     if not rows:
         raise QuotaNotFound
-    return quota_view(scope, rows)
+    return _quota(scope, rows)
 
 
-async def put_quota(tx: Tx, scope: str, values: list[dict[str, Any]]) -> tuple[dict[str, Any], bool]:
+async def put_quota(tx: Tx, scope: str, values: Sequence[schemas.LimitIn]) -> tuple[schemas.QuotaOut, bool]:
     """Replace every limit of ``scope`` with ``values`` (one or more)."""
     scope = check_scope(scope)
     existing = await repo.quota_limits(tx.session, scope)
-    before = quota_view(scope, existing) if existing else None
+    before = _quota(scope, existing) if existing else None
     now = utcnow()
     created_at = min((r.created_at for r in existing), default=now)
     await repo.delete_quota_limits(tx.session, scope)
@@ -173,11 +170,11 @@ async def put_quota(tx: Tx, scope: str, values: list[dict[str, Any]]) -> tuple[d
         QuotaLimit(
             scope=scope,
             position=i,
-            period=v["period"],
-            model=v.get("model") or "",
-            max_credits=v.get("max_credits"),
-            max_tokens=v.get("max_tokens"),
-            max_requests=v.get("max_requests"),
+            period=v.period,
+            model=v.model or "",
+            max_credits=v.max_credits,
+            max_tokens=v.max_tokens,
+            max_requests=v.max_requests,
             created_at=created_at,
             updated_at=now,
         )
@@ -185,8 +182,8 @@ async def put_quota(tx: Tx, scope: str, values: list[dict[str, Any]]) -> tuple[d
     ]
     tx.session.add_all(rows)
     await tx.session.flush()
-    after = quota_view(scope, rows)
-    audit.record(tx, "quota.set", "quota", scope, before=before, after=after)
+    after = _quota(scope, rows)
+    audit.record(tx, "quota.set", "quota", scope, before=before.snapshot() if before else None, after=after.snapshot())
     return after, before is None
 
 
@@ -195,16 +192,21 @@ async def delete_quota(tx: Tx, scope: str) -> None:
     existing = await repo.quota_limits(tx.session, scope)
     if not existing:
         raise QuotaNotFound
-    before = quota_view(scope, existing)
+    before = _quota(scope, existing)
     await repo.delete_quota_limits(tx.session, scope)
-    audit.record(tx, "quota.delete", "quota", scope, before=before)
+    audit.record(tx, "quota.delete", "quota", scope, before=before.snapshot())
 
 
 def _left(limit: int | None, used: int) -> int | None:
     return None if limit is None else max(0, limit - used)
 
 
-async def my_quota(tx: Tx, user_id: uuid.UUID, key_id: uuid.UUID | None = None) -> dict[str, Any]:
+def _tightness(item: schemas.QuotaItem) -> int:
+    left = [v for v in (item.remaining.credits, item.remaining.tokens, item.remaining.requests) if v is not None]
+    return min(left) if left else 10**18
+
+
+async def my_quota(tx: Tx, user_id: uuid.UUID, key_id: uuid.UUID | None = None) -> schemas.MyQuotaOut:
     """Every limit on the caller (and the calling key), with what is used and left and when its
     window resets. The top-level fields repeat the tightest one (least left), as the
     single-limit answer did."""
@@ -217,48 +219,43 @@ async def my_quota(tx: Tx, user_id: uuid.UUID, key_id: uuid.UUID | None = None) 
         window = limits.window(limit.period, now)
         credits, tokens, requests = counts[row]
         items.append(
-            {
-                "scope": limit.scope,
-                "period": limit.period,
-                "model": limit.model or None,
-                "period_start": window.start,
-                "resets_at": window.end,
-                "limits": {"credits": limit.max_credits, "tokens": limit.max_tokens, "requests": limit.max_requests},
-                "used": {"credits": credits, "tokens": tokens, "requests": requests},
-                "remaining": {
-                    "credits": _left(limit.max_credits, credits),
-                    "tokens": _left(limit.max_tokens, tokens),
-                    "requests": _left(limit.max_requests, requests),
-                },
-            }
+            schemas.QuotaItem(
+                scope=limit.scope,
+                period=limit.period,
+                model=limit.model or None,
+                period_start=window.start,
+                resets_at=window.end,
+                limits=schemas.Amounts(credits=limit.max_credits, tokens=limit.max_tokens, requests=limit.max_requests),
+                used=schemas.Amounts(credits=credits, tokens=tokens, requests=requests),
+                remaining=schemas.Amounts(
+                    credits=_left(limit.max_credits, credits),
+                    tokens=_left(limit.max_tokens, tokens),
+                    requests=_left(limit.max_requests, requests),
+                ),
+            )
         )
     if not items:
-        empty = {"credits": None, "tokens": None, "requests": None}
-        return {
-            "scope": None,
-            "period": None,
-            "period_start": None,
-            "resets_at": None,
-            "limits": empty,
-            "used": {"credits": 0, "tokens": 0, "requests": 0},
-            "remaining": empty,
-            "items": [],
-        }
-
-    def tightness(item: dict[str, Any]) -> tuple[int, int]:
-        left = [v for v in item["remaining"].values() if v is not None]
-        return (min(left) if left else 10**18, 0)
-
-    tightest = min(items, key=tightness)
-    return {**tightest, "items": items}
+        empty = schemas.Amounts(credits=None, tokens=None, requests=None)
+        return schemas.MyQuotaOut(
+            scope=None,
+            period=None,
+            period_start=None,
+            resets_at=None,
+            limits=empty,
+            used=schemas.Amounts(credits=0, tokens=0, requests=0),
+            remaining=empty,
+            items=[],
+        )
+    tightest = min(items, key=_tightness)
+    return schemas.MyQuotaOut(**dict(tightest), items=items)
 
 
 # ---------------------------------------------------------------- events
 
 
 async def record_event(
-    tx: Tx, reporter_id: str, body: dict[str, Any], *, occurred_at: dt.datetime | None = None
-) -> tuple[dict[str, Any], bool]:
+    tx: Tx, reporter_id: str, body: schemas.UsageEventIn, *, occurred_at: dt.datetime | None = None
+) -> tuple[Recorded, bool]:
     """Price, quota-check and charge one event. Returns (result, replayed).
 
     ``occurred_at`` (a batch's backdated event): the event is stored at that time, so it counts
@@ -268,44 +265,49 @@ async def record_event(
     the request ID (one INSERT … ON CONFLICT DO NOTHING), the quota's one conditional upsert,
     the ledger's one statement, and the settle. An unknown user fails the claim's foreign key.
     """
-    fingerprint = event_fingerprint(body, occurred_at)
-    price, charge = await price_call(tx, body["provider"], body["model"], body)
+    # The content as it is hashed and priced (a batch's occurredAt is hashed apart).
+    document = body.model_dump(exclude={"occurred_at"})
+    fingerprint = event_fingerprint(document, occurred_at)
+    price, charge = await price_call(tx, body.provider, body.model, document)
     now = occurred_at or utcnow()
-    event = {
-        "id": uuid.uuid4(),
-        "request_id": body["request_id"],
-        "request_hash": fingerprint,
-        "user_id": body["user_id"],
-        "provider": body["provider"],
-        "model": body["model"],
-        "price_id": price.id,
-        "input_tokens": body["input_tokens"],
-        "output_tokens": body["output_tokens"],
-        "duration_seconds": body["duration_seconds"],
-        "credits": charge,
-        "reporter_id": reporter_id,
-        "metadata": body["metadata"],
-        "created_at": now,
-    }
-    claimed = await repo.claim(tx.session, event)
+    event_id = uuid.uuid4()
+    claimed = await repo.claim(
+        tx.session,
+        {  # the claim's INSERT parameters
+            "id": event_id,
+            "request_id": body.request_id,
+            "request_hash": fingerprint,
+            "user_id": body.user_id,
+            "provider": body.provider,
+            "model": body.model,
+            "price_id": price.id,
+            "input_tokens": body.input_tokens,
+            "output_tokens": body.output_tokens,
+            "duration_seconds": body.duration_seconds,
+            "credits": charge,
+            "reporter_id": reporter_id,
+            "metadata": body.metadata,
+            "created_at": now,
+        },
+    )
     if claimed == "unknown_user":
         raise credits.AccountNotFound
     if claimed == "duplicate":
-        existing = await repo.by_request_id(tx.session, body["request_id"])
+        existing = await repo.by_request_id(tx.session, body.request_id)
         if existing is None:  # the original rolled back between our insert and this read
             raise RequestInProgress
         if existing.request_hash != fingerprint:
             raise IdempotencyKeyReused("This requestId was reported with different content")
         return _result(existing), True
-    user_id, event_id = body["user_id"], event["id"]
+    user_id = body.user_id
     await count_call(
         tx,
         user_id=user_id,
         key_id=None,
-        provider=body["provider"],
-        model=body["model"],
+        provider=body.provider,
+        model=body.model,
         credits=charge,
-        tokens=body["input_tokens"] + body["output_tokens"],
+        tokens=body.input_tokens + body.output_tokens,
         now=now,
     )
     if charge > 0:
@@ -316,9 +318,9 @@ async def record_event(
             reason="usage",
             metadata={
                 "usageEventId": str(event_id),
-                "requestId": body["request_id"],
-                "provider": body["provider"],
-                "model": body["model"],
+                "requestId": body.request_id,
+                "provider": body.provider,
+                "model": body.model,
             },
         )
         transaction_id, balance = txn["id"], int(txn["balance_after"])
@@ -331,9 +333,9 @@ async def record_event(
         "usage.record",
         "usage_event",
         event_id,
-        after=recorded(body["request_id"], user_id, body["provider"], body["model"], charge, price.id),
+        after=recorded(body.request_id, user_id, body.provider, body.model, charge, price.id),
     )
-    return {"id": event_id, "request_id": body["request_id"], "credits": charge, "balance": balance}, False
+    return Recorded(event_id, body.request_id, charge, balance), False
 
 
 def recorded(
@@ -375,8 +377,12 @@ async def price_call(
     return price, charge
 
 
-def event_fingerprint(body: dict[str, Any], occurred_at: dt.datetime | None) -> str:
-    return _fingerprint(body if occurred_at is None else {**body, "occurred_at": occurred_at.isoformat()})
+def event_fingerprint(document: Mapping[str, Any], occurred_at: dt.datetime | None) -> str:
+    """An event's content hash (its ``requestId``'s idempotency): the request's content, and
+    a batch event's ``occurredAt``."""
+    if occurred_at is None:
+        return _fingerprint(document)
+    return _fingerprint({**document, "occurred_at": occurred_at.isoformat()})
 
 
 BATCH_MAX = 1000
@@ -392,6 +398,9 @@ def check_occurred_at(occurred_at: dt.datetime | None, now: dt.datetime) -> None
 def batch_item(
     request_id: str, status: int, result: dict[str, Any] | None = None, error: AppError | None = None
 ) -> dict[str, Any]:
+    """One entry of a batch's ``results`` as ``schemas.batch_body`` serialises it: built as the
+    JSON it becomes, a thousand per answer, never validated one by one. ``result``: the usage
+    writer's view of the event (``ledger.usage``), or a :class:`Recorded` as a dict."""
     item: dict[str, Any] = {"request_id": request_id, "status": status}
     if result is not None:
         item.update(id=result["id"], credits=result["credits"], balance=result["balance"])
@@ -401,7 +410,7 @@ def batch_item(
 
 
 async def record_batch(
-    tx: Tx, reporter_id: str, events: list[dict[str, Any]]
+    tx: Tx, reporter_id: str, events: Sequence[schemas.UsageBatchEventIn]
 ) -> tuple[list[dict[str, Any]], list[tuple[uuid.UUID, dict[str, Any]]]]:
     """Each event as :func:`record_event` would, independently (a savepoint each), in the order
     given; one transaction for the batch. Returns the per-event results (201 recorded, 200
@@ -416,19 +425,18 @@ async def record_batch(
     results: list[dict[str, Any]] = []
     refused: list[tuple[uuid.UUID, dict[str, Any]]] = []
     days: set[dt.date] = set()
-    for raw in events:
-        body = dict(raw)
-        occurred_at = body.pop("occurred_at", None)
+    for body in events:
+        occurred_at = body.occurred_at
         try:
             check_occurred_at(occurred_at, now)
             async with tx.savepoint():
                 result, replayed = await record_event(tx, reporter_id, body, occurred_at=occurred_at)
         except AppError as exc:
             if isinstance(exc, QuotaExceeded):
-                refused.append((body["user_id"], exc.details or {}))
-            results.append(batch_item(body["request_id"], exc.status_code, error=exc))
+                refused.append((body.user_id, exc.details or {}))
+            results.append(batch_item(body.request_id, exc.status_code, error=exc))
             continue
-        results.append(batch_item(body["request_id"], 200 if replayed else 201, result))
+        results.append(batch_item(body.request_id, 200 if replayed else 201, asdict(result)))
         if occurred_at is not None and not replayed:
             days.add(occurred_at.date())
     await _roll_backdated(tx, days)
@@ -443,31 +451,19 @@ async def _roll_backdated(tx: Tx, days: set[dt.date]) -> None:
         await rollups.recompute_day(tx.session, day)
 
 
-def event_view(event: UsageEvent) -> dict[str, Any]:
-    return {
-        "id": event.id,
-        "request_id": event.request_id,
-        "user_id": event.user_id,
-        "provider": event.provider,
-        "model": event.model,
-        "input_tokens": event.input_tokens,
-        "output_tokens": event.output_tokens,
-        "duration_seconds": event.duration_seconds,
-        "credits": event.credits,
-        "transaction_id": event.transaction_id,
-        "metadata": event.meta,
-        "created_at": event.created_at,
-    }
+def event_out(event: UsageEvent) -> schemas.UsageEventOut:
+    return schemas.UsageEventOut.read(event, metadata=event.meta)
 
 
-async def list_events(tx: Tx, params: PageParams, **filters: Any) -> dict[str, Any]:
+async def list_events(tx: Tx, params: PageParams, **filters: Any) -> Paged[schemas.UsageEventOut]:
     rows = await repo.fetch(tx.session, repo.search(params, **filters))
     items, cursor = page_of(rows, params, lambda e: (e.created_at, e.id))
-    return {"items": [event_view(e) for e in items], "next_cursor": cursor}
+    return Paged([event_out(e) for e in items], cursor)
 
 
-async def summary(tx: Tx, group_by: str, **filters: Any) -> dict[str, Any]:
-    return {"group_by": group_by, "items": await repo.summary(tx.session, group_by, **filters)}
+async def summary(tx: Tx, group_by: str, **filters: Any) -> schemas.SummaryOut:
+    items = await repo.summary(tx.session, group_by, **filters)
+    return schemas.SummaryOut(group_by=group_by, items=[schemas.SummaryItem.model_validate(i) for i in items])
 
 
 async def record_settled(

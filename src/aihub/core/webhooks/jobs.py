@@ -27,6 +27,7 @@ from aihub.kit.db import utcnow
 from aihub.kit.jobs import Periodic, job
 from aihub.kit.runtime import Runtime
 from aihub.kit.slots import Slot
+from aihub.models import WebhookAttempt
 
 log = structlog.get_logger("aihub.webhooks")
 SWEEP_JOB = "webhooks.retry_due"
@@ -101,16 +102,16 @@ async def attempt(runtime: Runtime, delivery_id: uuid.UUID) -> bool | None:
         await tx.close()
     if claimed is None:
         return None
-    body = claimed["payload"].encode()
+    body = claimed.payload.encode()
     msg_id = webhooks.webhook_id(delivery_id)
-    hdrs = webhooks.headers(claimed["secret"], msg_id, int(time.time()), body)
+    hdrs = webhooks.headers(claimed.secret, msg_id, int(time.time()), body)
     started = time.perf_counter()
-    status, problem = await _post(runtime, claimed["url"], hdrs, body)
+    status, problem = await _post(runtime, claimed.url, hdrs, body)
     elapsed = int((time.perf_counter() - started) * 1000)
     ok = status is not None and 200 <= status < 300
     finished = utcnow()
-    number = int(claimed["attempts"])
-    created = claimed["created_at"]
+    number = claimed.attempts
+    created = claimed.created_at
     if created.tzinfo is None:
         created = created.replace(tzinfo=dt.UTC)
     tx = runtime.tx()
@@ -119,15 +120,15 @@ async def attempt(runtime: Runtime, delivery_id: uuid.UUID) -> bool | None:
             return None  # the endpoint was deleted while this attempt was in flight
         await repo.record_attempt(
             tx.session,
-            {
-                "id": uuid.uuid4(),
-                "delivery_id": delivery_id,
-                "attempt": number,
-                "status_code": status,
-                "error": problem if status is None else (None if ok else f"HTTP {status}"),
-                "duration_ms": elapsed,
-                "created_at": finished,
-            },
+            WebhookAttempt(
+                id=uuid.uuid4(),
+                delivery_id=delivery_id,
+                attempt=number,
+                status_code=status,
+                error=problem if status is None else (None if ok else f"HTTP {status}"),
+                duration_ms=elapsed,
+                created_at=finished,
+            ),
         )
         if ok:
             await repo.finish(

@@ -5,9 +5,10 @@ from __future__ import annotations
 import datetime as dt
 import uuid
 from collections.abc import Sequence
-from typing import Any, cast
+from dataclasses import dataclass
+from typing import cast
 
-from sqlalchemy import Table, delete, insert, select, update
+from sqlalchemy import Table, delete, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from aihub.kit.pagination import PageParams, keyset
@@ -16,7 +17,20 @@ from aihub.models import WebhookAttempt, WebhookDelivery, WebhookEndpoint
 deliveries = cast(Table, WebhookDelivery.__table__)
 attempts = cast(Table, WebhookAttempt.__table__)
 endpoints = cast(Table, WebhookEndpoint.__table__)
-AnyRow = Any
+
+
+@dataclass(frozen=True, slots=True)
+class Claimed:
+    """A delivery taken for one attempt, with where to send it and the key to sign it with."""
+
+    id: uuid.UUID
+    endpoint_id: uuid.UUID
+    payload: str
+    attempts: int
+    created_at: dt.datetime
+    url: str
+    secret: str
+    active: bool
 
 
 async def get_endpoint(
@@ -48,9 +62,10 @@ async def delete_endpoint(session: AsyncSession, endpoint_id: uuid.UUID) -> bool
     return result.first() is not None
 
 
-async def add_deliveries(session: AsyncSession, rows: list[dict[str, Any]]) -> None:
+async def add_deliveries(session: AsyncSession, rows: Sequence[WebhookDelivery]) -> None:
     if rows:
-        await session.execute(insert(deliveries), rows)
+        session.add_all(rows)
+        await session.flush()
 
 
 async def list_deliveries(
@@ -72,7 +87,9 @@ async def attempts_of(session: AsyncSession, delivery_ids: list[uuid.UUID]) -> S
     return list((await session.execute(stmt)).scalars().all())
 
 
-async def claim(session: AsyncSession, delivery_id: uuid.UUID, now: dt.datetime, lease_until: dt.datetime) -> AnyRow:
+async def claim(
+    session: AsyncSession, delivery_id: uuid.UUID, now: dt.datetime, lease_until: dt.datetime
+) -> Claimed | None:
     """Take one due delivery for an attempt: one conditional UPDATE, so of two workers (the
     after-commit job and the retry sweep) only one sends it; the lease hides it from the rest
     until the attempt is recorded (or the worker died and the lease ran out)."""
@@ -98,7 +115,16 @@ async def claim(session: AsyncSession, delivery_id: uuid.UUID, now: dt.datetime,
     ).first()
     if endpoint is None:
         return None
-    return {**row._mapping, "url": endpoint.url, "secret": endpoint.secret, "active": endpoint.active}
+    return Claimed(
+        id=row.id,
+        endpoint_id=row.endpoint_id,
+        payload=row.payload,
+        attempts=int(row.attempts),
+        created_at=row.created_at,
+        url=endpoint.url,
+        secret=endpoint.secret,
+        active=endpoint.active,
+    )
 
 
 async def still_there(session: AsyncSession, delivery_id: uuid.UUID) -> bool:
@@ -109,8 +135,9 @@ async def still_there(session: AsyncSession, delivery_id: uuid.UUID) -> bool:
     return (await session.execute(stmt)).first() is not None
 
 
-async def record_attempt(session: AsyncSession, values: dict[str, Any]) -> None:
-    await session.execute(insert(attempts).values(**values))
+async def record_attempt(session: AsyncSession, attempt: WebhookAttempt) -> None:
+    session.add(attempt)
+    await session.flush()
 
 
 async def finish(

@@ -47,6 +47,14 @@ class EndpointOut(ApiModel):
     updated_at: dt.datetime
 
 
+class EndpointAudit(ApiModel):
+    """An endpoint as its audit entries keep it (never its secret)."""
+
+    url: str
+    events: list[str]
+    active: bool
+
+
 class EndpointCreated(EndpointOut):
     secret: str = Field(description="`whsec_<base64>`: shown once, verify signatures with it")
 

@@ -23,7 +23,7 @@ import structlog
 from aihub.config import Settings
 from aihub.core.audit import service as audit
 from aihub.core.webhooks import repository as repo
-from aihub.core.webhooks.schemas import DeliveryOut, EndpointIn, EndpointPatch, TestOut
+from aihub.core.webhooks.schemas import DeliveryOut, EndpointAudit, EndpointIn, EndpointPatch, TestOut
 from aihub.kit.db import Tx, utcnow
 from aihub.kit.errors import AppError, NotFound
 from aihub.kit.jobs import jobs_of
@@ -151,12 +151,12 @@ async def create_endpoint(tx: Tx, settings: Settings, values: EndpointIn) -> Web
     )
     tx.session.add(row)
     await tx.session.flush()
-    audit.record(tx, "webhook.create", "webhook_endpoint", row.id, after=_audited(row))
+    audit.record(tx, "webhook.create", "webhook_endpoint", row.id, after=_audited(row).snapshot())
     return row
 
 
-def _audited(row: WebhookEndpoint) -> dict[str, Any]:
-    return {"url": row.url, "events": list(row.events), "active": row.active}
+def _audited(row: WebhookEndpoint) -> EndpointAudit:
+    return EndpointAudit.read(row)
 
 
 async def get_endpoint(tx: Tx, endpoint_id: uuid.UUID, *, for_update: bool = False) -> WebhookEndpoint:
@@ -176,7 +176,7 @@ async def update_endpoint(
     # Locked: concurrent changes apply one after the other (each audited against what the one
     # before left), and one racing a deletion finds the endpoint gone (404), never a 500.
     row = await get_endpoint(tx, endpoint_id, for_update=True)
-    before = _audited(row)
+    before = _audited(row).snapshot()
     if changes.url is not None:
         row.url = check_url(settings, changes.url)
     if changes.events is not None:
@@ -187,13 +187,13 @@ async def update_endpoint(
         row.active = changes.active
     row.updated_at = utcnow()
     await tx.session.flush()
-    audit.record(tx, "webhook.update", "webhook_endpoint", row.id, before=before, after=_audited(row))
+    audit.record(tx, "webhook.update", "webhook_endpoint", row.id, before=before, after=_audited(row).snapshot())
     return row
 
 
 async def delete_endpoint(tx: Tx, endpoint_id: uuid.UUID) -> None:
     row = await get_endpoint(tx, endpoint_id, for_update=True)  # of concurrent deletions one deletes and audits
-    before = _audited(row)
+    before = _audited(row).snapshot()
     tx.session.expunge(row)
     if not await repo.delete_endpoint(tx.session, endpoint_id):
         raise WebhookNotFound
@@ -230,18 +230,18 @@ async def _deliver_to(
     now = utcnow()
     body = _payload(event_type, data, now)
     ids = [uuid.uuid4() for _ in targets]
-    rows: list[dict[str, Any]] = [
-        {
-            "id": delivery_id,
-            "endpoint_id": endpoint_id,
-            "event_type": event_type,
-            "payload": body,
-            "status": "pending",
-            "attempts": 0,
-            "next_attempt_at": now,
-            "created_at": now,
-            "delivered_at": None,
-        }
+    rows = [
+        WebhookDelivery(
+            id=delivery_id,
+            endpoint_id=endpoint_id,
+            event_type=event_type,
+            payload=body,
+            status="pending",
+            attempts=0,
+            next_attempt_at=now,
+            created_at=now,
+            delivered_at=None,
+        )
         for delivery_id, endpoint_id in zip(ids, targets, strict=True)
     ]
     await repo.add_deliveries(tx.session, rows)
