@@ -7,9 +7,8 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request, Response
 
-from aihub.auth import schemas, tokens
+from aihub.auth import outbox, schemas, tokens
 from aihub.auth import service as auth
-from aihub.auth.identity import emails as identity_emails
 from aihub.core.rbac import service as rbac
 from aihub.core.rbac.deps import CurrentUser, SessionUser
 from aihub.core.rbac.service import Principal
@@ -38,7 +37,7 @@ async def register(body: schemas.RegisterIn, tx: TxDep, runtime: RuntimeDep) -> 
     user = await auth.register(
         tx, runtime.store, email=body.email, password=body.password, display_name=body.display_name
     )
-    identity_emails.send_verification_after_commit(tx, runtime, user.id)  # after the commit
+    outbox.send_verification_after_commit(tx, runtime, user.id)  # after the commit
     return {"user": user}
 
 

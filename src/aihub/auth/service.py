@@ -21,7 +21,7 @@ import structlog
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from aihub.auth import tokens
+from aihub.auth import outbox, tokens
 from aihub.auth.schemas import MeOut, ServiceTokenCreated, TokenPair
 from aihub.core.audit import service as audit
 from aihub.core.rbac import repository as rbac_repo
@@ -147,9 +147,7 @@ async def login(tx: Tx, runtime: Runtime, *, email: str, password: str) -> Token
     if runtime.settings.require_verified_email and not user.verified:
         audit.record(tx, "auth.login_failed", "user", user.id, after={"reason": "email_not_verified"}, actor=ANONYMOUS)
         # The password was right: mail a fresh link, since this user cannot sign in to ask for one.
-        from aihub.auth.identity import emails  # identity imports this module
-
-        emails.send_verification_after_commit(tx, runtime, user.id, limited=True)
+        outbox.send_verification_after_commit(tx, runtime, user.id, limited=True)
         raise EmailNotVerified
     await forget_failures(runtime.store, email)
     if user.password_hash and needs_rehash(user.password_hash):

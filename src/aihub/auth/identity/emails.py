@@ -20,12 +20,12 @@ import datetime as dt
 import hashlib
 import secrets
 import uuid
-from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 from urllib.parse import quote
 
 import structlog
 
+from aihub.auth import outbox
 from aihub.auth import service as auth
 from aihub.auth.identity import repository as repo
 from aihub.auth.identity.schemas import AcceptedOut
@@ -36,11 +36,10 @@ from aihub.core.users import repository as users_repo
 from aihub.core.users import service as users
 from aihub.kit.db import Tx, utcnow
 from aihub.kit.email import Email, EmailDeliveryError, build_mailer
-from aihub.kit.errors import AccountSuspended, AppError, Conflict, ServiceUnavailable
-from aihub.kit.jobs import job, jobs_of
+from aihub.kit.errors import AccountSuspended, AppError, Conflict
+from aihub.kit.jobs import job
 from aihub.kit.passwords import hash_password
 from aihub.kit.runtime import Runtime
-from aihub.kit.store import StoreUnavailable
 from aihub.models import User
 
 log = structlog.get_logger("aihub.identity")
@@ -48,7 +47,6 @@ log = structlog.get_logger("aihub.identity")
 TOKEN_BYTES = 32  # 256 bits
 VERIFY_TTL = dt.timedelta(hours=24)
 RESET_TTL = dt.timedelta(hours=1)
-EMAIL_JOB = "identity.email_token"
 SEND_ATTEMPTS = 3
 SEND_BACKOFF_SECONDS = 1.0
 # The console's pages the links open; they POST the token to the API. The token rides in the
@@ -56,7 +54,6 @@ SEND_BACKOFF_SECONDS = 1.0
 VERIFY_PAGE = "/console/#/verify-email"
 RESET_PAGE = "/console/#/reset-password"
 
-Purpose = Literal["verify", "reset"]
 ACCEPTED = AcceptedOut(message="If the address can receive it, an email is on its way")
 
 
@@ -81,14 +78,6 @@ class AlreadyVerified(Conflict):
     code, message = "EMAIL_ALREADY_VERIFIED", "This email address is already verified"
 
 
-class TooManyEmailRequests(AppError):
-    status_code, code, message = 429, "RATE_LIMIT_EXCEEDED", "Too many requests, try again later"
-
-
-class QueueUnavailable(ServiceUnavailable):
-    code, message = "JOB_QUEUE_UNAVAILABLE", "Emails cannot be queued right now, try again later"
-
-
 def new_token() -> str:
     return secrets.token_urlsafe(TOKEN_BYTES)
 
@@ -102,71 +91,6 @@ def _digest(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-# ---------------------------------------------------------------- limits and queueing
-
-
-async def _count(runtime: Runtime, key: str) -> None:
-    """At most ``identity_email_limit`` requests per key and window (per account or per email;
-    the gateway limits per client address). A store outage fails open, like the login lockout."""
-    settings = runtime.settings
-    try:
-        count = await runtime.store.incr(key, ttl=settings.identity_email_window_seconds)
-        if count <= settings.identity_email_limit:
-            return
-        wait = await runtime.store.ttl(key)
-    except StoreUnavailable:
-        log.warning("identity_limit_unavailable")
-        return
-    retry = max(1, int(wait if wait is not None else settings.identity_email_window_seconds))
-    raise TooManyEmailRequests(headers={"Retry-After": str(retry)}, details={"retryAfterSeconds": retry})
-
-
-@dataclass(frozen=True, slots=True)
-class EmailRequest:
-    """What the email job is asked: a verification email to a user, or a reset to an address."""
-
-    purpose: Purpose
-    user_id: str | None = None  # verify
-    email: str | None = None  # reset
-
-    def payload(self) -> dict[str, str]:
-        """The job's JSON payload (its keys as queued since the job existed)."""
-        if self.purpose == "verify":
-            assert self.user_id is not None
-            return {"purpose": "verify", "userId": self.user_id}
-        assert self.email is not None
-        return {"purpose": "reset", "email": self.email}
-
-    @classmethod
-    def of(cls, payload: dict[str, Any]) -> EmailRequest:
-        if payload.get("purpose") == "verify":
-            return cls("verify", user_id=str(payload["userId"]))
-        return cls("reset", email=str(payload["email"]))
-
-
-async def _enqueue(runtime: Runtime, request: EmailRequest) -> None:
-    try:
-        await jobs_of(runtime).enqueue(EMAIL_JOB, request.payload())
-    except Exception as exc:  # the broker is down: say so instead of promising an email
-        log.exception("identity_enqueue_failed", purpose=request.purpose)
-        raise QueueUnavailable from exc
-
-
-def send_verification_after_commit(tx: Tx, runtime: Runtime, user_id: uuid.UUID, *, limited: bool = False) -> None:
-    """Registration (and a login refused for an unverified email, ``limited`` by the per-account
-    count): the email goes out once the transaction committed, never for a rolled-back one."""
-
-    async def send() -> None:
-        try:
-            if limited:
-                await _count(runtime, f"identity:verify:{user_id}")
-            await _enqueue(runtime, EmailRequest("verify", user_id=str(user_id)))
-        except (QueueUnavailable, TooManyEmailRequests):
-            pass  # the account stands; the user can ask for the email again
-
-    tx.after_commit(send)
-
-
 # ---------------------------------------------------------------- verification
 
 
@@ -174,12 +98,12 @@ async def request_verification(tx: Tx, runtime: Runtime, user_id: uuid.UUID) -> 
     user = await users.get_user(tx, user_id)
     if user.verified:
         raise AlreadyVerified
-    await _count(runtime, f"identity:verify:{user_id}")
-    await _enqueue(runtime, EmailRequest("verify", user_id=str(user_id)))
+    await outbox.count(runtime, f"identity:verify:{user_id}")
+    await outbox.enqueue(runtime, outbox.EmailRequest("verify", user_id=str(user_id)))
     return ACCEPTED
 
 
-async def _spend(tx: Tx, token: str, purpose: Purpose) -> tuple[uuid.UUID, str]:
+async def _spend(tx: Tx, token: str, purpose: outbox.Purpose) -> tuple[uuid.UUID, str]:
     invalid, expired = (
         (VerificationTokenInvalid, VerificationTokenExpired)
         if purpose == "verify"
@@ -225,8 +149,8 @@ async def verify_email(tx: Tx, token: str) -> UserEnvelope:
 async def request_reset(runtime: Runtime, email: str) -> AcceptedOut:
     """The same steps for every address: normalise, count, queue. No lookup happens here."""
     email = users.normalise_email(email)
-    await _count(runtime, "identity:reset:" + _digest(email))
-    await _enqueue(runtime, EmailRequest("reset", email=email))
+    await outbox.count(runtime, "identity:reset:" + _digest(email))
+    await outbox.enqueue(runtime, outbox.EmailRequest("reset", email=email))
     return ACCEPTED
 
 
@@ -273,7 +197,7 @@ def _actor(user_id: uuid.UUID) -> audit.Actor:
 # ---------------------------------------------------------------- the job that mails
 
 
-def _email(runtime: Runtime, purpose: Purpose, to: str, token: str) -> Email:
+def _email(runtime: Runtime, purpose: outbox.Purpose, to: str, token: str) -> Email:
     base = runtime.settings.public_base_url
     if purpose == "verify":
         link = f"{base}{VERIFY_PAGE}?token={quote(token)}"
@@ -300,7 +224,7 @@ def _email(runtime: Runtime, purpose: Purpose, to: str, token: str) -> Email:
     )
 
 
-async def _recipient(tx: Tx, request: EmailRequest) -> User | None:
+async def _recipient(tx: Tx, request: outbox.EmailRequest) -> User | None:
     if request.user_id is not None:
         user = await users_repo.get(tx.session, uuid.UUID(request.user_id))
         return None if user is None or user.verified or user.status == "deleted" else user
@@ -323,11 +247,11 @@ async def _deliver(runtime: Runtime, email: Email) -> None:
             await asyncio.sleep(SEND_BACKOFF_SECONDS * attempt)
 
 
-@job(EMAIL_JOB)
+@job(outbox.EMAIL_JOB)
 async def send_email_token(runtime: Runtime, payload: dict[str, Any]) -> None:
     """Make the token, store its hash, commit, then mail it. Nothing is sent, and nothing is
     stored, for an unknown address or an already verified account."""
-    request = EmailRequest.of(payload)
+    request = outbox.EmailRequest.of(payload)
     purpose = request.purpose
     tx = runtime.tx()
     try:
