@@ -13,7 +13,9 @@
     `POST /api/credits/deduct` through the same core process (one debit, its ledger and audit
     rows: the ceiling for any endpoint that debits). Also: one client alone (latency), and
     `POST /api/usage/events/batch` with --batch-size new events per request from --batch-clients
-    loops (events/s in the database, request latencies, every per-event status).
+    loops (events/s in the database, request latencies, every per-event status, and the CPU time
+    per event of the core process and of PostgreSQL's backends: a cost the machine's other load
+    does not move as it moves throughput).
 (b) Reports on 1,000,000 usage rows: seeded in SQL (generate_series, one transaction) for
     fresh users over the last 60 days, each event with its ledger debit and a chained
     balanceAfter (reconcile stays clean), skewed like real traffic (a few heavy users, each
@@ -192,6 +194,46 @@ async def batch_case(
     elapsed = time.monotonic() - started
     await asyncio.sleep(0.5)
     return (await count_events(db) - before) / elapsed, latencies, statuses
+
+
+class CpuMeter:
+    """CPU seconds (user + system) of the core process and of the PostgreSQL backends serving the
+    bench database, with the usage rows written: a cost per event that does not depend on what
+    else the machine runs meanwhile (throughput does). Needs /proc and a local PostgreSQL."""
+
+    def __init__(self, db: str, core_pid: int) -> None:
+        self.db, self.core_pid = db, core_pid
+        self.tick = os.sysconf("SC_CLK_TCK")
+
+    def _cpu(self, pid: int) -> float:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            return 0.0
+        return (int(fields[11]) + int(fields[12])) / self.tick
+
+    async def read(self) -> tuple[int, float, dict[int, float]]:
+        conn = await asyncpg.connect(dsn(self.db))
+        try:
+            events = int(await conn.fetchval("SELECT count(*) FROM usage_events"))
+            pids = [
+                int(r[0])
+                for r in await conn.fetch(
+                    "SELECT pid FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()", self.db
+                )
+            ]
+        finally:
+            await conn.close()
+        return events, self._cpu(self.core_pid), {pid: self._cpu(pid) for pid in pids}
+
+    @staticmethod
+    def per_event(before: tuple[int, float, dict[int, float]], after: tuple[int, float, dict[int, float]]) -> str:
+        events = after[0] - before[0]
+        if events <= 0:
+            return "cpu per event: n/a"
+        core = after[1] - before[1]
+        pg = sum(seconds - before[2].get(pid, 0.0) for pid, seconds in after[2].items())
+        return f"cpu per event: core {core / events * 1e6:.0f} us, PostgreSQL {pg / events * 1e6:.0f} us"
 
 
 async def ingest_baseline(db: str, ids: list[str], clients: int, seconds: float) -> float:
@@ -619,7 +661,10 @@ async def batch_only(
     """--only-batch: a short warm-up, then the batch case alone (e.g. while py-spy samples the core)."""
     print(f"core pid {proc.pid}", flush=True)
     await batch_case(db, url, ids, token, args.batch_clients, 2, args.batch_size)
+    meter = CpuMeter(db, proc.pid)
+    before = await meter.read()
     rate, latencies, statuses = await batch_case(db, url, ids, token, args.batch_clients, args.seconds, args.batch_size)
+    cost = CpuMeter.per_event(before, await meter.read())
     proc.terminate()
     proc.wait(timeout=30)
     code, report = reconcile(db_url)
@@ -628,6 +673,7 @@ async def batch_only(
         f" {rate:.0f} events/s"
         f"   request p50 {latency_at(latencies, 0.5):.0f} ms, p99 {latency_at(latencies, 0.99):.0f} ms;"
         f" per-event statuses {statuses}",
+        f"  {cost}",
         f"ledger reconcile exit code: {code}" + ("" if code == 0 else "\n" + report.strip()),
     ]
 
@@ -649,9 +695,12 @@ async def ingest_part(db: str, db_url: str, env: dict[str, str], args: argparse.
         await ingest_case(db, url, ids, token, args.clients, 2)  # warm-up
         one_rate, one_output = await ingest_case(db, url, ids, token, 1, args.seconds)
         rate, output = await ingest_case(db, url, ids, token, args.clients, args.seconds)
+        meter = CpuMeter(db, proc.pid)
+        before = await meter.read()
         batch_rate, batch_latencies, batch_statuses = await batch_case(
             db, url, ids, token, args.batch_clients, args.seconds, args.batch_size
         )
+        batch_cost = CpuMeter.per_event(before, await meter.read())
         # The ledger's own endpoint in the same process: the ceiling for anything that debits.
         deduct_token = codec.issue(sub="bench", typ="service", role="service", scopes=["credits:deduct"], ttl=None)
         deduct_rate, _ = await http_case(db, url, ids, deduct_token, args.clients, args.seconds)
@@ -679,6 +728,7 @@ async def ingest_part(db: str, db_url: str, env: dict[str, str], args: argparse.
         f"{f'(a) POST /api/usage/events/batch, {args.batch_size}/request, {args.batch_clients} clients':<52}"
         f"{batch_rate:>12.0f}{base:>14.0f}{batch_rate / base:>8.2f}{'10000':>8}"
         f"   request p50 {at(0.5):.0f} ms, p99 {at(0.99):.0f} ms; per-event statuses {batch_statuses}",
+        f"    {batch_cost}",
         f"{'  POST /api/credits/deduct, same process':<52}{deduct_rate:>12.0f}{base:>14.0f}{deduct_rate / base:>8.2f}",
         f"ledger reconcile exit code: {code}" + ("" if code == 0 else "\n" + report.strip()),
         "--- load generator output ---",

@@ -4,16 +4,19 @@ replay, and the batch's rendered body is the response model's."""
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import uuid
 
 import asyncpg
 import httpx
 import pytest
 
+from aihub.core.audit import service as audit
 from aihub.core.ledger.engine import Outcome
-from aihub.core.ledger.usage import UsageOp, apply_events
+from aihub.core.ledger.usage import UsageOp, _audit_row, _created, apply_events
 from aihub.core.usage import schemas
 from aihub.kit.ids import uuid4s
+from aihub.kit.jsonutil import dumps
 from aihub.kit.runtime import Runtime
 from aihub.models import UsageEvent
 from tests.conftest import Caller, create_user
@@ -122,3 +125,32 @@ async def test_a_request_id_recorded_meanwhile_is_answered_as_its_replay(pg_runt
     assert await account(rt, user.id) == (95, 0, 95)
     assert await count(rt, UsageEvent) == 2
     await assert_reconciled(rt)
+
+
+@pytest.mark.parametrize("before", [None, {"balance": 120}])
+def test_the_writer_builds_audit_rows_as_the_audit_service_does(before: dict[str, int] | None) -> None:
+    """The writer's own audit rows (no generic scrub and copy) are the rows, chain and hashed
+    content that ``audit.pending_row(audit.new_entry(...))`` makes of the same entry."""
+    op = _op(str(uuid.uuid4()), uuid.uuid4(), "audit-1", 7)
+    op.actor, op.request, op.ip = audit.Actor(id="svc-mcp", type="service"), "req-9", "10.0.0.7"
+    row_id, now = uuid.uuid4(), dt.datetime(2026, 5, 4, 3, 2, 1, 123456, tzinfo=dt.UTC)
+    after = {"balance": 113, "reserved": 5, "transactionId": str(uuid.uuid4())}
+    chain, content, columns = _audit_row(
+        op, row_id, "credits.debit.usage", "credit_account", str(op.user_id), before, after, now, _created(now)
+    )
+    entry = audit.new_entry(op.actor, "credits.debit.usage", "credit_account", op.user_id, before=before, after=after)
+    expected = audit.pending_row(entry, "req-9", "10.0.0.7", now, row_id)
+    assert (chain, content) == (expected.chain, expected.content)
+    assert columns == (
+        expected.id,
+        expected.actor_id,
+        expected.actor_type,
+        expected.action,
+        expected.entity_type,
+        expected.entity_id,
+        None if expected.before is None else dumps(expected.before).decode(),
+        dumps(expected.after).decode(),
+        expected.request_id,
+        expected.ip,
+        expected.created_at,
+    )

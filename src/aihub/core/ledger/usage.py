@@ -5,9 +5,10 @@ in one transaction, with the same outcome per event:
 
     the requestIds already recorded → their replays → the accounts locked (sorted) → every
     other event counted in one upsert of each counter it counts toward (sorted: the counters'
-    locks), which answers the totals the limits read → each event decided in order against the
-    running totals and balances (quota, then credits) → the accepted events inserted once, settled →
-    what the refused ones counted taken back → one UPDATE of the net debits (still
+    locks), which answers the totals the limits read (while it runs, the events are prepared
+    and decided on their credits) → each event's quota checked in order against the running
+    totals (one passed: the batch decided again, quota then credits) → the accepted events
+    inserted once, settled → what the refused ones counted taken back → one UPDATE of the net debits (still
     conditional), the ledger rows and the audit rows (COPY), the audit chains linked → the
     rollups of any backdated day already rolled up, recomputed → COMMIT.
 
@@ -24,7 +25,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import uuid
-from collections.abc import Iterator
+import zlib
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
@@ -36,14 +37,14 @@ from aihub.core.audit import service as audit
 from aihub.core.credits import repository as credits_repo
 from aihub.core.credits import service as credits
 from aihub.core.ledger import repository as repo
-from aihub.core.ledger.engine import LedgerEngine, Outcome, _append_audit, _refused
+from aihub.core.ledger.engine import LedgerEngine, Outcome, _refused
 from aihub.core.usage import limits, rollups
 from aihub.core.usage import service as usage
 from aihub.kit.db import utcnow
 from aihub.kit.errors import AppError
 from aihub.kit.idempotency import IdempotencyKeyReused
 from aihub.kit.ids import uuid4s
-from aihub.kit.jsonutil import dumps
+from aihub.kit.jsonutil import canonical, dumps
 
 MAX_EVENTS = 2000  # per transaction: a 1,000-event request and whatever single events queued
 
@@ -96,11 +97,38 @@ _Check = tuple[limits.Applicable, limits.Row, limits.Window]
 
 
 @dataclass(slots=True)
+class _Checks:
+    """The limits on one event, in the order they are checked, and the counter rows they read."""
+
+    found: list[_Check]
+    rows: list[limits.Row]
+
+
+@dataclass(slots=True)
 class _Spans:
     """The windows of one moment (every event of a batch not backdated shares one)."""
 
     index: int
     by_kind: dict[str, limits.Window]
+
+
+# An audit row before its place in a chain: (chain, content, and the COPY columns around the
+# chain's: id, actor_id, actor_type, action, entity_type, entity_id, before, after (JSON text),
+# request_id, ip, created_at).
+_AuditRow = tuple[int, str, tuple[Any, ...]]
+
+
+@dataclass(slots=True)
+class _Prepared:
+    """What an event writes that no decision changes: its ids, its ``usage.record`` audit row and
+    the JSON of its ledger and usage rows (built while the database counts the batch)."""
+
+    event_id: uuid.UUID
+    transaction_id: uuid.UUID
+    debit_audit_id: uuid.UUID
+    record: _AuditRow
+    ledger_meta: str
+    metadata: str | None
 
 
 @dataclass(slots=True)
@@ -110,15 +138,21 @@ class _Decided:
     outcomes: dict[int, Outcome] = field(default_factory=dict)
     events: list[tuple[Any, ...]] = field(default_factory=list)  # usage rows, settled
     accepted: list[tuple[UsageOp, uuid.UUID]] = field(default_factory=list)
+    refused: set[int] = field(default_factory=set)  # id(op) of the ones refused for their credits
     deltas: dict[uuid.UUID, int] = field(default_factory=dict)
     ledger_rows: list[tuple[Any, ...]] = field(default_factory=list)
-    audit_rows: list[Any] = field(default_factory=list)
+    audit_rows: list[_AuditRow] = field(default_factory=list)
     days: set[dt.date] = field(default_factory=set)
-    ids: Iterator[uuid.UUID] = field(default_factory=lambda: iter(()))  # drawn for the whole pass
 
 
 async def apply_events(conn: asyncpg.Connection, ops: list[UsageOp]) -> dict[int, Outcome]:
     """Decide every event on locked totals and balances, then write only what stands.
+
+    The counter upsert is the batch's longest statement: while the database runs it, the
+    events are prepared and decided on their credits alone (the balances are locked already).
+    When the totals come back, one pass in order checks each event's quota against them as
+    the full decision would; if none is passed (the common case) that decision stands as it
+    is, otherwise the batch is decided again with its quotas.
 
     A requestId recorded by another writer after our first read is skipped by the insert (ON
     CONFLICT DO NOTHING waits for that writer): the batch is then decided again without it,
@@ -130,19 +164,30 @@ async def apply_events(conn: asyncpg.Connection, ops: list[UsageOp]) -> dict[int
     if not live:
         return outcomes
     spans: dict[dt.datetime, _Spans] = {}
-    applying = await repo.applicable_limits(conn, sorted({op.user_id for op in live}))
+    users = sorted({op.user_id for op in live})
+    subjects = {uid: limits.user_subject(uid) for uid in users}
+    applying = await repo.applicable_limits(conn, users)
     checks = {id(op): _checks_of(op, applying.get(op.user_id), _spans(spans, op.occurred_at or now)) for op in live}
-    watched = sorted({row for found in checks.values() for _limit, row, _window in found})
-    accounts = await repo.lock_accounts(conn, sorted({op.user_id for op in live}))  # first: see the docstring
+    watched = sorted({row for found in checks.values() for row in found.rows})
+    accounts = await repo.lock_accounts(conn, users)  # first: see the docstring
     # Every live event counted at once (one upsert in counter order: the counters' locks, held
     # to commit), answering the totals the limits read; less this batch, they are the truth
     # each event is decided on. What does not stand is taken back below.
     counted = live
-    totals = await repo.add_counters(conn, _increments(counted, spans, now), _spans_rows(spans), watched)
+    counting = asyncio.ensure_future(
+        repo.add_counters(conn, _increments(counted, spans, now, subjects), _spans_rows(spans), watched)
+    )
+    try:
+        await asyncio.sleep(0)  # the upsert is sent: prepare and decide while the database counts
+        prepared = _prepare(live, now)
+        decided = _decide(live, prepared, None, accounts, now)
+    finally:
+        totals = await counting
     for op in counted:
-        _count(totals, _rows(checks[id(op)]), -1, op)
+        _count(totals, checks[id(op)].rows, -1, op)
+    if not _quotas_hold(live, checks, dict(totals), decided):
+        decided = _decide(live, prepared, _Quotas(checks, spans, dict(totals)), accounts, now)
     while True:
-        decided = _decide(live, checks, spans, dict(totals), accounts, now)
         inserted = await repo.insert_events(conn, decided.events) if decided.events else set()
         lost = [op for op, _event_id in decided.accepted if op.request_id not in inserted]
         if not lost:
@@ -153,10 +198,11 @@ async def apply_events(conn: asyncpg.Connection, ops: list[UsageOp]) -> dict[int
         await _resolve_recorded(conn, lost, outcomes)
         gone = {id(op) for op in lost}
         live = [op for op in live if id(op) not in gone]
+        decided = _decide(live, prepared, _Quotas(checks, spans, dict(totals)), accounts, now)
     outcomes.update(decided.outcomes)
     accepted = {id(op) for op, _event_id in decided.accepted}
     if len(accepted) < len(counted):
-        back = _increments([op for op in counted if id(op) not in accepted], spans, now, sign=-1)
+        back = _increments([op for op in counted if id(op) not in accepted], spans, now, subjects, sign=-1)
         await repo.add_counters(conn, back, _spans_rows(spans), [])
     if decided.deltas:
         if await repo.apply(conn, decided.deltas, now) != len(decided.deltas):
@@ -212,18 +258,21 @@ def _spans(spans: dict[dt.datetime, _Spans], when: dt.datetime) -> _Spans:
     return found
 
 
-def _checks_of(op: UsageOp, applying: list[limits.Applicable] | None, spans: _Spans) -> list[_Check]:
+def _checks_of(op: UsageOp, applying: list[limits.Applicable] | None, spans: _Spans) -> _Checks:
     """The limits on this event (its user's, for all models or its own), in the order they are
     checked, each with the counter row it reads."""
     if not applying:
-        return []
+        return _NO_CHECKS
     model = f"{op.provider}/{op.model}"
     found: list[_Check] = []
     for limit in applying:
         if limit.model == limits.ALL_MODELS or limit.model == model:
             window = spans.by_kind[limit.period]
             found.append((limit, (limit.subject, window.key, limit.model), window))
-    return found
+    return _Checks(found, list(dict.fromkeys(row for _limit, row, _window in found)))
+
+
+_NO_CHECKS = _Checks([], [])
 
 
 def _passed(found: list[_Check], running: dict[limits.Row, tuple[int, int, int]]) -> _Check | None:
@@ -246,40 +295,72 @@ def _count(running: dict[limits.Row, tuple[int, int, int]], rows: list[limits.Ro
         running[row] = (credits_used + charge, tokens_used + tokens, requests_used + sign)
 
 
+@dataclass(slots=True)
+class _Quotas:
+    """What a decision with quotas reads: each event's checks, the windows, the running totals."""
+
+    checks: dict[int, _Checks]
+    spans: dict[dt.datetime, _Spans]
+    running: dict[limits.Row, tuple[int, int, int]]
+
+
+def _quotas_hold(
+    live: list[UsageOp], checks: dict[int, _Checks], running: dict[limits.Row, tuple[int, int, int]], decided: _Decided
+) -> bool:
+    """Whether deciding with quotas would come to ``decided`` (decided on credits alone): the
+    same pass as :func:`_decide`'s, in order, in which no event passes a limit. Each event is
+    counted and checked; one refused for its credits is taken back, as there."""
+    for op in live:
+        found = checks[id(op)]
+        if not found.found:
+            continue
+        _count(running, found.rows, 1, op)
+        if _passed(found.found, running) is not None:
+            return False
+        if id(op) in decided.refused:
+            _count(running, found.rows, -1, op)
+    return True
+
+
 def _decide(
     live: list[UsageOp],
-    checks: dict[int, list[_Check]],
-    spans: dict[dt.datetime, _Spans],
-    running: dict[limits.Row, tuple[int, int, int]],
+    prepared: dict[int, _Prepared],
+    quotas: _Quotas | None,
     locked_accounts: dict[uuid.UUID, Any],
     now: dt.datetime,
 ) -> _Decided:
-    """Each event in order against the running totals and balances: quota, then credits."""
-    out = _Decided(ids=iter(uuid4s(_IDS_PER_EVENT * len(live))))
+    """Each event in order against the running totals and balances: quota (unless ``quotas`` is
+    None: credits alone), then credits."""
+    out = _Decided()
     accounts = {
         uid: _Account(int(r["balance"]), int(r["reserved"]), r["low_balance_threshold"])
         for uid, r in locked_accounts.items()
     }
+    chains: dict[uuid.UUID, int] = {}  # an account's audit chain, once per user
+    created = _created(now)
     for op in live:
-        found = checks[id(op)]
-        rows = _rows(found)
-        if found:
-            _count(running, rows, 1, op)
-            passed = _passed(found, running)
-            if passed is not None:
-                _count(running, rows, -1, op)
-                limit, _row, window = passed
-                details: dict[str, Any] = {
-                    "scope": limit.scope,
-                    "period": limit.period,
-                    "model": limit.model or None,
-                    "resetsAt": window.end.isoformat(),
-                }
-                out.outcomes[id(op)] = _refused(usage.QuotaExceeded(details=details))
-                continue
+        rows: list[limits.Row] = []
+        if quotas is not None:
+            found = quotas.checks[id(op)]
+            rows = found.rows
+            if found.found:
+                _count(quotas.running, rows, 1, op)
+                passed = _passed(found.found, quotas.running)
+                if passed is not None:
+                    _count(quotas.running, rows, -1, op)
+                    limit, _row, window = passed
+                    details: dict[str, Any] = {
+                        "scope": limit.scope,
+                        "period": limit.period,
+                        "model": limit.model or None,
+                        "resetsAt": window.end.isoformat(),
+                    }
+                    out.outcomes[id(op)] = _refused(usage.QuotaExceeded(details=details))
+                    continue
         account = accounts.get(op.user_id)
         if account is None or op.charge > account.balance - account.reserved:
-            _count(running, rows, -1, op)
+            if quotas is not None:
+                _count(quotas.running, rows, -1, op)
             if account is None:
                 error: AppError = credits.AccountNotFound()
             else:
@@ -287,23 +368,105 @@ def _decide(
                 short = {"balance": account.balance, "available": available, "required": op.charge}
                 error = credits.InsufficientCredits(details=short)
             out.outcomes[id(op)] = _refused(error)
+            out.refused.add(id(op))
             continue
-        _accept(out, op, account, now)
+        _accept(out, op, prepared[id(op)], account, now, created, chains)
     return out
+
+
+def _prepare(live: list[UsageOp], now: dt.datetime) -> dict[int, _Prepared]:
+    """Each event's ids (drawn at once) and the rows no decision changes, by ``id(op)``."""
+    ids = iter(uuid4s(_IDS_PER_EVENT * len(live)))
+    created = _created(now)
+    found: dict[int, _Prepared] = {}
+    for op in live:
+        event_id, transaction_id, debit_id, record_id = next(ids), next(ids), next(ids), next(ids)
+        event = str(event_id)
+        after = usage.recorded(op.request_id, op.user_id, op.provider, op.model, op.charge, op.price_id)
+        record = _audit_row(op, record_id, "usage.record", "usage_event", event, None, after, now, created)
+        meta = {"usageEventId": event, "requestId": op.request_id, "provider": op.provider, "model": op.model}
+        metadata = None if op.metadata is None else dumps(op.metadata).decode()
+        found[id(op)] = _Prepared(event_id, transaction_id, debit_id, record, dumps(meta).decode(), metadata)
+    return found
 
 
 _IDS_PER_EVENT = 4  # the event's, its debit's and its two audit rows'
 
 
-def _accept(out: _Decided, op: UsageOp, account: _Account, now: dt.datetime) -> None:
-    event_id = next(out.ids)
+def _created(now: dt.datetime) -> str:
+    """An audit row's ``createdAt`` as its content says it (audit.service ``_content``)."""
+    return now.astimezone(dt.UTC).isoformat()
+
+
+def _chain(entity_type: str, entity_id: str) -> int:
+    """The audit chain of an entity (as audit.service ``_Entry`` picks it)."""
+    return zlib.crc32(f"{entity_type}:{entity_id}".encode()) % audit.AUDIT_CHAINS
+
+
+def _audit_row(
+    op: UsageOp,
+    row_id: uuid.UUID,
+    action: str,
+    entity_type: str,
+    entity_id: str,
+    before: dict[str, Any] | None,
+    after: dict[str, Any],
+    now: dt.datetime,
+    created: str,
+    chain: int | None = None,
+) -> _AuditRow:
+    """The row ``audit.pending_row(audit.new_entry(...))`` makes, without its generic steps: the
+    states here are plain JSON of our own (no secret to scrub, nothing to copy)."""
+    if chain is None:
+        chain = _chain(entity_type, entity_id)
+    actor = op.actor
+    content = {
+        "id": str(row_id),
+        "chain": chain,
+        "actorId": actor.id,
+        "actorType": actor.type,
+        "action": action,
+        "entityType": entity_type,
+        "entityId": entity_id,
+        "before": before,
+        "after": after,
+        "requestId": op.request,
+        "ip": op.ip,
+        "createdAt": created,
+    }
+    columns = (
+        row_id,
+        actor.id,
+        actor.type,
+        action,
+        entity_type,
+        entity_id,
+        None if before is None else dumps(before).decode(),
+        dumps(after).decode(),
+        op.request,
+        op.ip,
+        now,
+    )
+    return (chain, canonical(content).decode(), columns)
+
+
+def _accept(
+    out: _Decided,
+    op: UsageOp,
+    ready: _Prepared,
+    account: _Account,
+    now: dt.datetime,
+    created: str,
+    chains: dict[uuid.UUID, int],
+) -> None:
+    """Charge the event: its ledger row and debit audit row (the balance it leaves), its usage row."""
+    event_id = ready.event_id
     transaction_id: uuid.UUID | None = None
     after: credits_repo.Balance | None = None
     if op.charge > 0:
-        transaction_id = next(out.ids)
+        transaction_id = ready.transaction_id
         account.balance -= op.charge
         out.deltas[op.user_id] = out.deltas.get(op.user_id, 0) - op.charge
-        meta = {"usageEventId": str(event_id), "requestId": op.request_id, "provider": op.provider, "model": op.model}
         out.ledger_rows.append(
             (
                 transaction_id,
@@ -313,48 +476,50 @@ def _accept(out: _Decided, op: UsageOp, account: _Account, now: dt.datetime) -> 
                 account.balance,
                 None,
                 None,
-                dumps(meta).decode(),
+                ready.ledger_meta,
                 op.actor.id,
                 now,
             )
         )
         after = credits_repo.Balance(op.user_id, account.balance, account.reserved, account.threshold)
-        debit = audit.new_entry(
-            op.actor,
-            "credits.debit.usage",
-            "credit_account",
-            op.user_id,
-            before={"balance": account.balance + op.charge},
-            after={"balance": account.balance, "reserved": account.reserved, "transactionId": str(transaction_id)},
+        user = str(op.user_id)
+        chain = chains.get(op.user_id)
+        if chain is None:
+            chain = chains[op.user_id] = _chain("credit_account", user)
+        out.audit_rows.append(
+            _audit_row(
+                op,
+                ready.debit_audit_id,
+                "credits.debit.usage",
+                "credit_account",
+                user,
+                {"balance": account.balance + op.charge},
+                {"balance": account.balance, "reserved": account.reserved, "transactionId": str(transaction_id)},
+                now,
+                created,
+                chain,
+            )
         )
-        out.audit_rows.append(audit.pending_row(debit, op.request, op.ip, now, next(out.ids)))
-    out.events.append(_event_row(op, event_id, now, transaction_id, account.balance))
+    out.events.append(_event_row(op, ready, now, transaction_id, account.balance))
     out.accepted.append((op, event_id))
-    record = audit.new_entry(
-        op.actor,
-        "usage.record",
-        "usage_event",
-        event_id,
-        after=usage.recorded(op.request_id, op.user_id, op.provider, op.model, op.charge, op.price_id),
-    )
-    out.audit_rows.append(audit.pending_row(record, op.request, op.ip, now, next(out.ids)))
+    out.audit_rows.append(ready.record)
     view = _result(event_id, op.request_id, op.charge, account.balance)
     out.outcomes[id(op)] = Outcome(201, view=view, after=after, debited=op.charge)
     if op.occurred_at is not None:
         out.days.add(op.occurred_at.date())
 
 
-def _rows(found: list[_Check]) -> list[limits.Row]:
-    return list(dict.fromkeys(row for _limit, row, _window in found))
-
-
 def _increments(
-    ops: list[UsageOp], spans: dict[dt.datetime, _Spans], now: dt.datetime, sign: int = 1
+    ops: list[UsageOp],
+    spans: dict[dt.datetime, _Spans],
+    now: dt.datetime,
+    subjects: dict[uuid.UUID, str],
+    sign: int = 1,
 ) -> list[tuple[str, str, int, int, int, int]]:
     """What ``ops`` add (or, ``sign`` -1, take back) per subject, model and moment."""
     found: dict[tuple[str, str, int], list[int]] = {}
     for op in ops:
-        key = (limits.user_subject(op.user_id), f"{op.provider}/{op.model}", spans[op.occurred_at or now].index)
+        key = (subjects[op.user_id], f"{op.provider}/{op.model}", spans[op.occurred_at or now].index)
         add = found.get(key)
         if add is None:
             add = found[key] = [0, 0, 0]
@@ -369,10 +534,10 @@ def _spans_rows(spans: dict[dt.datetime, _Spans]) -> list[tuple[int, str, dt.dat
 
 
 def _event_row(
-    op: UsageOp, event_id: uuid.UUID, now: dt.datetime, transaction_id: uuid.UUID | None, balance: int
+    op: UsageOp, ready: _Prepared, now: dt.datetime, transaction_id: uuid.UUID | None, balance: int
 ) -> tuple[Any, ...]:
     return (
-        event_id,
+        ready.event_id,
         op.request_id,
         op.request_hash,
         op.user_id,
@@ -384,11 +549,31 @@ def _event_row(
         op.duration_seconds,
         op.charge,
         op.reporter_id,
-        None if op.metadata is None else dumps(op.metadata).decode(),
+        ready.metadata,
         op.occurred_at or now,
         transaction_id,
         balance,
     )
+
+
+async def _append_audit(conn: asyncpg.Connection, rows: list[_AuditRow]) -> None:
+    """Link the rows into their chains set-based (as the engine's ``_append_audit``): lock the
+    heads (chain order), chain the rows with the hash the PostgreSQL append computes, insert
+    them, move the heads."""
+    heads = await repo.lock_heads(conn, list({chain for chain, _content, _columns in rows}))
+    moved: dict[int, tuple[int, str, str]] = {}
+    values: list[tuple[Any, ...]] = []
+    for chain, content, (row_id, actor_id, actor_type, action, entity_type, entity_id, *rest) in rows:
+        seq, prev = heads[chain]
+        seq += 1
+        digest = audit.link(prev, seq, audit.text_digest(content))
+        heads[chain] = (seq, digest)
+        moved[chain] = (seq, digest, prev)
+        values.append(
+            (row_id, chain, seq, actor_id, actor_type, action, entity_type, entity_id, *rest, prev, digest, content)
+        )
+    await repo.audit(conn, values)
+    await repo.advance_heads(conn, [(chain, seq, digest, prev) for chain, (seq, digest, prev) in moved.items()])
 
 
 async def _roll_backdated(conn: asyncpg.Connection, days: set[dt.date]) -> None:
