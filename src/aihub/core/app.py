@@ -11,6 +11,8 @@ from aihub.core.authorizations.endpoints import router as authorizations_router
 from aihub.core.credits.endpoints import deduct_lane
 from aihub.core.credits.endpoints import router as credits_router
 from aihub.core.credits.jobs import carry_policy
+from aihub.core.ledger.endpoints import event_lane
+from aihub.core.ledger.endpoints import usage_router as usage_events_router
 from aihub.core.notifications.endpoints import router as alerts_router
 from aihub.core.payments.endpoints import router as payments_router
 from aihub.core.pricing.endpoints import router as pricing_router
@@ -18,7 +20,7 @@ from aihub.core.promos.endpoints import router as promos_router
 from aihub.core.rbac.endpoints import permissions_router, roles_router
 from aihub.core.reports.endpoints import analytics_router, billing_router
 from aihub.core.sora.endpoints import router as sora_router
-from aihub.core.usage.endpoints import event_lane, quotas_router
+from aihub.core.usage.endpoints import quotas_router
 from aihub.core.usage.endpoints import router as usage_router
 from aihub.core.users.callers import authenticate
 from aihub.core.users.endpoints import permission_check_router
@@ -42,6 +44,7 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None,
         # share of a deduction's CPU); no path of these two overlaps a later router's.
         [
             credits_router,
+            usage_events_router,
             usage_router,
             users_router,
             roles_router,

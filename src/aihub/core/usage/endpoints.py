@@ -3,28 +3,20 @@
 from __future__ import annotations
 
 import uuid
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Path, Query, Response
 
-from aihub.core.credits import jobs as credit_jobs
-from aihub.core.credits import service as credits
-from aihub.core.ledger import service as ledger
-from aihub.core.notifications import jobs as notification_jobs
-from aihub.core.pricing import service as pricing
 from aihub.core.rbac import service as rbac
 from aihub.core.rbac.deps import CurrentPrincipal, CurrentUser
 from aihub.core.rbac.service import MissingPermission, Principal
 from aihub.core.usage import schemas
 from aihub.core.usage import service as usage
 from aihub.core.users import service as users
-from aihub.kit.deps import RequirePermission, RuntimeDep, Solved, TxDep, TxRoute, lane
-from aihub.kit.fastlane import Lane
-from aihub.kit.idempotency import IdempotencyKeyReused
+from aihub.kit.deps import RequirePermission, TxDep, TxRoute
 from aihub.kit.inputs import Timestamp
 from aihub.kit.openapi import errors
 from aihub.kit.pagination import Paged, PageParams, page_params
-from aihub.kit.runtime import Runtime
 
 router = APIRouter(prefix="/api/usage", tags=["usage"], route_class=TxRoute)
 quotas_router = APIRouter(prefix="/api/quotas", tags=["quotas"], route_class=TxRoute)
@@ -43,84 +35,6 @@ def _subject(caller: Principal, user_id: uuid.UUID | None) -> uuid.UUID | None:
     if caller.kind != "user" or user_id is not None:
         raise MissingPermission("usage:read")
     return caller.user_id
-
-
-@router.post(
-    "/events",
-    response_model=schemas.UsageEventResult,
-    status_code=201,
-    responses=errors(
-        usage.QuotaExceeded,
-        credits.InsufficientCredits,
-        credits.AccountNotFound,
-        pricing.UnknownModel,
-        pricing.CostOutOfRange,
-        IdempotencyKeyReused,
-        usage.RequestInProgress,
-        users.UserNotFound,
-    ),
-)
-async def record_event(
-    body: schemas.UsageEventIn,
-    tx: TxDep,
-    reporter: Annotated[Principal, RequirePermission("usage:write")],
-    response: Response,
-    runtime: RuntimeDep,
-) -> usage.Recorded | dict[str, Any]:  # the dict: the usage writer's view (ledger.service), as it is
-    """Report one call: it is priced, checked against the quota and charged in one transaction.
-
-    Idempotent on `requestId`: a replay returns the first result (header `Idempotent-Replayed:
-    true`) without charging again; the same `requestId` with other content gets 422
-    `IDEMPOTENCY_KEY_REUSED`. 402 `INSUFFICIENT_CREDITS`, 422 `UNKNOWN_MODEL`, 429 `QUOTA_EXCEEDED`.
-    """
-    engine = ledger.usage_engine_of(runtime)
-    result: usage.Recorded | dict[str, Any]
-    try:
-        if engine is not None:
-            policy = credit_jobs.policy(runtime)
-            result, replayed = await ledger.record_event(engine, tx, reporter.id, body.model_dump(), policy)
-        else:
-            result, replayed = await usage.record_event(tx, reporter.id, body)
-    except usage.QuotaExceeded as refused:
-        await notification_jobs.on_quota_refused(runtime, body.user_id, refused.details or {})
-        raise
-    if replayed:
-        response.headers["Idempotent-Replayed"] = "true"
-    return result
-
-
-@router.post(
-    "/events/batch",
-    response_model=schemas.UsageBatchOut,
-    response_model_exclude_none=True,
-    responses=errors(usage.BatchTooLarge),
-)
-async def record_events(
-    body: schemas.UsageBatchIn,
-    tx: TxDep,
-    reporter: Annotated[Principal, RequirePermission("usage:write")],
-    runtime: RuntimeDep,
-) -> Response:
-    """Report up to 1,000 calls at once → 200 `{results}`, one per event in the order given.
-
-    Each event is what `POST /api/usage/events` takes plus an optional `occurredAt` (RFC 3339,
-    at most 7 days ago, not in the future: it then counts toward the quota periods and report
-    days it occurred in). Events are independent: each has its own `status` (201 recorded,
-    200 a replay of its `requestId`'s first result, or the status and `code` of its refusal:
-    402 `INSUFFICIENT_CREDITS`, 429 `QUOTA_EXCEEDED`, 422 `UNKNOWN_MODEL`,
-    `OCCURRED_AT_OUT_OF_RANGE`, `IDEMPOTENCY_KEY_REUSED`, 404 `ACCOUNT_NOT_FOUND`, …).
-    413 `BATCH_TOO_LARGE` over 1,000 events (`PAYLOAD_TOO_LARGE` over the body limit).
-    """
-    engine = ledger.usage_engine_of(runtime)
-    if engine is not None:
-        events = body.model_dump()["events"]  # one call for the lot, not one per event
-        policy = credit_jobs.policy(runtime)
-        results, refused = await ledger.record_batch(engine, tx, reporter.id, events, policy)
-    else:
-        results, refused = await usage.record_batch(tx, reporter.id, body.events)
-    for user_id, details in refused:
-        await notification_jobs.on_quota_refused(runtime, user_id, details)
-    return Response(schemas.batch_body(results), media_type="application/json")
 
 
 @router.get("", response_model=schemas.UsagePage)
@@ -202,13 +116,3 @@ async def put_quota(
 async def delete_quota(scope: Scope, tx: TxDep, _: Annotated[Principal, RequirePermission("quotas:write")]) -> Response:
     await usage.delete_quota(tx, scope)
     return Response(status_code=204)
-
-
-def event_lane(runtime: Runtime) -> Lane:
-    """``POST /events`` as a fast lane (kit/deps.py ``lane``): the same endpoint function,
-    its dependencies solved without FastAPI's per-request machinery."""
-
-    async def call(solved: Solved[Principal]) -> usage.Recorded | dict[str, Any]:
-        return await record_event(solved.body, solved.tx, solved.principal, solved.response, solved.runtime)
-
-    return lane(runtime, "POST", "/api/usage/events", permission="usage:write", idempotent=False, call=call)
