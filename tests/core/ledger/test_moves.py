@@ -23,7 +23,9 @@ from sqlalchemy import func, select
 from aihub.config import Settings
 from aihub.core.audit import service as audit
 from aihub.core.authorizations import service as authorizations
+from aihub.core.authorizations.schemas import AuthorizationOut
 from aihub.core.credits import service as credits
+from aihub.core.credits.repository import Entry, HoldState
 from aihub.core.ledger import service as ledger
 from aihub.core.ledger.engine import Capture, Hold, Move, Outcome, Refund, Release, Work
 from aihub.core.promos import service as promos
@@ -40,8 +42,14 @@ from tests.core.payments.fakes import FakeStripe, completed, refunded, signature
 pytestmark = pytest.mark.postgres
 
 
-def _render(view: dict[str, Any]) -> bytes:
+def _render(view: object) -> bytes:
     return b"{}"
+
+
+def _made_id(outcome: Outcome) -> uuid.UUID:
+    """The id of the ledger row or hold a move made."""
+    assert isinstance(outcome.view, Entry | HoldState), outcome
+    return outcome.view.id
 
 
 async def _count(rt: Runtime, model: type, *where: Any) -> int:
@@ -242,17 +250,17 @@ async def test_a_bad_move_of_each_kind_leaves_its_batch_neighbours_alone(pg_runt
         [Move(uid, 0, "usage", _render, act=Hold(20, 600)), Move(uid, 0, "usage", _render, act=Hold(5, 600))]
     )
     assert active.view is not None and spent.view is not None
-    assert (await engine.submit(Move(None, 0, "usage", _render, act=Release(spent.view["id"])))).error is None
+    assert (await engine.submit(Move(None, 0, "usage", _render, act=Release(_made_id(spent))))).error is None
     debit = await engine.submit(Move(uid, -10, "usage", _render))
     assert debit.view is not None
     promo_codes, audits = await _count(rt, PromoCode), await _count(rt, AuditLog)
     moves = [
         Move(uid, -1, "usage", _render),  # good
         Move(None, 0, "hold_capture", _render, act=Capture(uuid.uuid4())),  # no such hold
-        Move(None, 0, "hold_capture", _render, act=Capture(active.view["id"], 21)),  # beyond the hold
-        Move(None, 0, "hold_release", _render, act=Release(spent.view["id"])),  # already released
+        Move(None, 0, "hold_capture", _render, act=Capture(_made_id(active), 21)),  # beyond the hold
+        Move(None, 0, "hold_release", _render, act=Release(_made_id(spent))),  # already released
         Move(uid, 0, "usage", _render, act=Hold(1_000, 600)),  # more than available
-        Move(None, 0, "refund", _render, act=Refund(debit.view["id"], 11)),  # more than the debit
+        Move(None, 0, "refund", _render, act=Refund(_made_id(debit), 11)),  # more than the debit
         Move(None, 0, "refund", _render, act=Refund(uuid.uuid4())),  # no such debit
         Move(uid, 0, "promo", _render, act=Work("promo", lambda tx: promos.redeem(tx, uid, "NO-SUCH-CODE"))),
         Move(uid, 0, "promo", _render, act=Work("promo", lambda tx: _grant_then_refuse(tx, uid))),
@@ -264,8 +272,8 @@ async def test_a_bad_move_of_each_kind_leaves_its_batch_neighbours_alone(pg_runt
             act=Work("sora", lambda tx: sora.fail(tx, cast(Any, _Who(uid)), uuid.uuid4(), None)),
         ),
         Move(uid, 0, "a", _render, act=Work("authorization", lambda tx: _cancel_unknown(tx, uid))),
-        Move(None, 0, "hold_capture", _render, act=Capture(active.view["id"], 15)),  # good
-        Move(None, 0, "refund", _render, act=Refund(debit.view["id"], 4)),  # good
+        Move(None, 0, "hold_capture", _render, act=Capture(_made_id(active), 15)),  # good
+        Move(None, 0, "refund", _render, act=Refund(_made_id(debit), 4)),  # good
         Move(uid, 0, "usage", _render, act=Hold(3, 600)),  # good
         Move(uid, 2, "promo", _render),  # good
     ]
@@ -313,7 +321,7 @@ class _Who:
         self.id = user_id
 
 
-async def _cancel_unknown(tx: Tx, user_id: uuid.UUID) -> dict[str, Any]:
+async def _cancel_unknown(tx: Tx, user_id: uuid.UUID) -> AuthorizationOut:
     """Cancel an authorization that does not exist (refused before the caller is looked at)."""
     caller: Any = _Who(user_id)
     return await authorizations.cancel(tx, caller, uuid.uuid4())

@@ -39,7 +39,7 @@ import uuid
 from collections import Counter, deque
 from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, TypeVar
 
 import asyncpg
 import structlog
@@ -48,6 +48,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 from aihub.core.audit import service as audit
 from aihub.core.credits import repository as credits_repo
 from aihub.core.credits import service as credits
+from aihub.core.credits.repository import Entry, HoldState
+from aihub.core.credits.schemas import HoldOut
 from aihub.core.ledger import repository as repo
 from aihub.kit.db import AfterCommit, Tx, utcnow
 from aihub.kit.errors import AppError
@@ -58,6 +60,7 @@ from aihub.kit.jsonutil import dumps, loads
 log = structlog.get_logger("aihub.ledger")
 MAX_BATCH = 512
 _ALONE_ATTEMPTS = 3
+V = TypeVar("V")
 _TRANSIENT = (asyncpg.DeadlockDetectedError, asyncpg.SerializationError)
 
 
@@ -92,7 +95,7 @@ class Outcome:
     """What a move came to: its view and status (applied), an error (refused) or a stored replay."""
 
     status_code: int
-    view: dict[str, Any] | None = None
+    view: object | None = None  # what the move made: an Entry, a HoldState, a Work's result
     after: credits_repo.Balance | None = None  # the account right after this move
     debited: int = 0  # what it took (low-balance alerts look at debits only)
     body: bytes | None = None  # the stored body (a keyed move, or a replay)
@@ -144,7 +147,7 @@ class Work:
     neighbours never see it. For kinds of low volume: each costs a few round trips of its own."""
 
     kind: str
-    run: Callable[[Tx], Awaitable[dict[str, Any]]]
+    run: Callable[[Tx], Awaitable[object]]
 
 
 Act = Hold | Capture | Release | Refund | Work
@@ -159,7 +162,7 @@ class Move:
     user_id: uuid.UUID | None
     amount: int  # > 0 credits, < 0 debits (only if that many are available); 0 with an act
     reason: str
-    render: Callable[[dict[str, Any]], bytes]  # the 2xx body stored under the key
+    render: Callable[[object], bytes]  # the 2xx body stored under the key (from the view)
     status_code: int = 201
     metadata: dict[str, Any] | None = None
     related_id: uuid.UUID | None = None
@@ -389,6 +392,21 @@ class _HoldState:
     created_at: dt.datetime
     resolved_at: dt.datetime | None
 
+    def state(self) -> HoldState:
+        """The hold as it is now, frozen (a later move of the batch may resolve it)."""
+        return HoldState(
+            self.id,
+            self.user_id,
+            self.amount,
+            self.captured,
+            self.status,
+            self.reason,
+            self.metadata,
+            self.expires_at,
+            self.created_at,
+            self.resolved_at,
+        )
+
 
 @dataclass(slots=True)
 class _DebitState:
@@ -543,19 +561,17 @@ def _signed(
         )
     )
     after = credits_repo.Balance(move.user_id, account.balance, account.reserved, account.threshold)
-    view = credits.transaction_view(
-        {
-            "id": row_id,
-            "user_id": move.user_id,
-            "amount": amount,
-            "type": "credit" if amount > 0 else "debit",
-            "reason": reason,
-            "balance_after": account.balance,
-            "related_id": related_id,
-            "idempotency_key": key,
-            "metadata": metadata,
-            "created_at": batch.now,
-        }
+    entry = Entry(
+        row_id,
+        move.user_id,
+        amount,
+        "credit" if amount > 0 else "debit",
+        reason,
+        account.balance,
+        related_id,
+        key,
+        metadata,
+        batch.now,
     )
     batch.audit(
         move,
@@ -565,7 +581,7 @@ def _signed(
         before={"balance": account.balance - amount},
         after={"balance": account.balance, "reserved": account.reserved, "transactionId": str(row_id)},
     )
-    return Outcome(move.status_code, view=view, after=after, debited=max(0, -amount))
+    return Outcome(move.status_code, view=entry, after=after, debited=max(0, -amount))
 
 
 def _reserve(move: Move, account: _Account, batch: _Batch, held: int) -> credits_repo.Balance:
@@ -604,9 +620,9 @@ def _hold(move: Move, act: Hold, account: _Account, batch: _Batch) -> Outcome:
             hold.created_at,
         )
     )
-    view = credits.hold_view(hold)
-    batch.audit(move, "credits.hold", "credit_hold", hold.id, after=view)
-    return Outcome(move.status_code, view=view, after=after, debited=act.amount)
+    made = hold.state()
+    batch.audit(move, "credits.hold", "credit_hold", hold.id, after=HoldOut.attributes(made))
+    return Outcome(move.status_code, view=made, after=after, debited=act.amount)
 
 
 def _check_active(hold: _HoldState, charge: int | None, now: dt.datetime) -> None:
@@ -661,7 +677,7 @@ def _release(move: Move, act: Release, hold: _HoldState, account: _Account, batc
             after={"status": "released"},
         )
     after = _reserve(move, account, batch, -hold.amount)
-    return Outcome(move.status_code, view=credits.hold_view(hold), after=after)
+    return Outcome(move.status_code, view=hold.state(), after=after)
 
 
 def _refund(move: Move, act: Refund, account: _Account, debits: dict[uuid.UUID, _DebitState], batch: _Batch) -> Outcome:
@@ -763,9 +779,9 @@ class _Books:
         move, account = await self._account(hold.user_id)
         return move, account, hold
 
-    def _seen(self, outcome: Outcome) -> dict[str, Any]:
+    def _seen(self, outcome: Outcome, made: type[V]) -> V:
         self.after = outcome.after
-        assert outcome.view is not None
+        assert isinstance(outcome.view, made)
         return outcome.view
 
     async def move(
@@ -776,24 +792,24 @@ class _Books:
         *,
         related_id: uuid.UUID | None = None,
         metadata: dict[str, Any] | None = None,
-    ) -> dict[str, Any]:
+    ) -> Entry:
         move, account = await self._account(user_id)
-        return self._seen(_signed(move, account, self._batch, amount, reason, related_id, metadata))
+        return self._seen(_signed(move, account, self._batch, amount, reason, related_id, metadata), Entry)
 
     async def hold(
         self, user_id: uuid.UUID, amount: int, *, reason: str, ttl_seconds: int, metadata: dict[str, Any] | None
-    ) -> dict[str, Any]:
+    ) -> HoldState:
         move, account = await self._account(user_id)
         move.reason, move.metadata = reason, metadata
-        return self._seen(_hold(move, Hold(amount, ttl_seconds), account, self._batch))
+        return self._seen(_hold(move, Hold(amount, ttl_seconds), account, self._batch), HoldState)
 
-    async def capture(self, hold_id: uuid.UUID, amount: int | None) -> dict[str, Any]:
+    async def capture(self, hold_id: uuid.UUID, amount: int | None) -> Entry:
         move, account, hold = await self._hold(hold_id)
-        return self._seen(_capture(move, Capture(hold_id, amount), hold, account, self._batch))
+        return self._seen(_capture(move, Capture(hold_id, amount), hold, account, self._batch), Entry)
 
-    async def release(self, hold_id: uuid.UUID) -> dict[str, Any]:
+    async def release(self, hold_id: uuid.UUID) -> HoldState:
         move, account, hold = await self._hold(hold_id)
-        return self._seen(_release(move, Release(hold_id), hold, account, self._batch))
+        return self._seen(_release(move, Release(hold_id), hold, account, self._batch), HoldState)
 
     async def balance(self, user_id: uuid.UUID) -> credits_repo.Balance | None:
         try:
@@ -817,7 +833,7 @@ async def _work(conn: asyncpg.Connection, move: Move, act: Work, books: _Books) 
     savepoint = conn.transaction()
     await savepoint.start()
     refusal: AppError | None = None
-    view: dict[str, Any] | None = None
+    view: object | None = None
     try:
         try:
             view = await act.run(tx)

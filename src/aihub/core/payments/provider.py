@@ -60,12 +60,22 @@ class CheckoutSession:
     url: str
 
 
+@dataclass(frozen=True, slots=True)
+class Event:
+    """A verified provider event: its id and type, and the object it is about (the provider's
+    own JSON, read field by field where it is used)."""
+
+    id: str
+    type: str
+    object: dict[str, Any]
+
+
 class Provider(Protocol):
     name: str
 
     async def create_checkout(self, request: CheckoutRequest) -> CheckoutSession: ...
 
-    def verify(self, body: bytes, signature: str | None, now: float | None = None) -> dict[str, Any]: ...
+    def verify(self, body: bytes, signature: str | None, now: float | None = None) -> Event: ...
 
 
 def verify_stripe_signature(body: bytes, header: str | None, secret: str, tolerance: int, now: float) -> None:
@@ -155,7 +165,7 @@ class StripeProvider:
             raise ProviderError(details={"provider": "stripe", "error": "no checkout URL"})
         return CheckoutSession(id=session.id, url=session.url)
 
-    def verify(self, body: bytes, signature: str | None, now: float | None = None) -> dict[str, Any]:
+    def verify(self, body: bytes, signature: str | None, now: float | None = None) -> Event:
         verify_stripe_signature(body, signature, self._secret, self._tolerance, time.time() if now is None else now)
         try:
             event = orjson.loads(body)
@@ -169,7 +179,7 @@ class StripeProvider:
             or not isinstance(event["data"].get("object"), dict)
         ):
             raise InvalidEvent
-        return event
+        return Event(event["id"], event["type"], event["data"]["object"])
 
     async def close(self) -> None:
         await self._http.close_async()  # type: ignore[no-untyped-call]
