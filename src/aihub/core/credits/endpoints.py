@@ -64,7 +64,7 @@ async def _history(
     reason: schemas.Reason | None,
     from_: dt.datetime | None,
     to: dt.datetime | None,
-) -> Paged[Entry]:
+) -> Paged[schemas.TransactionOut]:
     return await credits.transactions(tx, user_id, page, reason=reason, created_from=from_, created_to=to)
 
 
@@ -87,7 +87,7 @@ async def read_transactions(
     reason: ReasonQ = None,
     from_: FromQ = None,
     to: ToQ = None,
-) -> Paged[Entry]:
+) -> Paged[schemas.TransactionOut]:
     """The caller's own ledger, newest first."""
     return await _history(tx, me.user_id, page, reason, from_, to)
 
@@ -107,7 +107,7 @@ async def read_account_transactions(
     reason: ReasonQ = None,
     from_: FromQ = None,
     to: ToQ = None,
-) -> Paged[Entry]:
+) -> Paged[schemas.TransactionOut]:
     """Any user's ledger, newest first (`credits:read`)."""
     return await _history(tx, user_id, page, reason, from_, to)
 

@@ -108,21 +108,6 @@ class Entry:
     def account_id(self) -> uuid.UUID:
         return self.user_id
 
-    @classmethod
-    def of(cls, row: CreditTransaction) -> Entry:
-        return cls(
-            row.id,
-            row.user_id,
-            row.amount,
-            row.type,
-            row.reason,
-            row.balance_after,
-            row.related_id,
-            row.idempotency_key,
-            row.meta,
-            row.created_at,
-        )
-
 
 @dataclass(frozen=True, slots=True)
 class HoldState:

@@ -16,7 +16,7 @@ from typing import Any, Protocol
 from aihub.core.audit import service as audit
 from aihub.core.credits import repository as repo
 from aihub.core.credits.repository import Balance, Change, Entry, HoldState
-from aihub.core.credits.schemas import CheckOut, HoldOut
+from aihub.core.credits.schemas import CheckOut, HoldOut, TransactionOut
 from aihub.kit.db import Tx, utcnow
 from aihub.kit.errors import AppError, Conflict, NotFound
 from aihub.kit.idempotency import IDEMPOTENCY_KEY
@@ -205,12 +205,13 @@ async def transactions(
     reason: str | None = None,
     created_from: dt.datetime | None = None,
     created_to: dt.datetime | None = None,
-) -> Paged[Entry]:
+) -> Paged[TransactionOut]:
     if await repo.get_account(tx.session, user_id) is None:
         raise AccountNotFound
     stmt = repo.search(user_id, params, reason=reason, created_from=created_from, created_to=created_to)
     page = paged(await repo.fetch(tx.session, stmt), params, lambda r: (r.created_at, r.id))
-    return Paged([Entry.of(row) for row in page.items], page.next_cursor)
+    items = [TransactionOut.read(row, account_id=row.user_id, metadata=row.meta) for row in page.items]
+    return Paged(items, page.next_cursor)
 
 
 # ----------------------------------------------------------------------------- writes

@@ -378,37 +378,6 @@ class _Batch:
 
 
 @dataclass(slots=True)
-class _HoldState:
-    """A locked hold as this batch has left it so far (a later move of the batch sees that)."""
-
-    id: uuid.UUID
-    user_id: uuid.UUID
-    amount: int
-    captured: int | None
-    status: str
-    reason: str
-    metadata: dict[str, Any] | None
-    expires_at: dt.datetime
-    created_at: dt.datetime
-    resolved_at: dt.datetime | None
-
-    def state(self) -> HoldState:
-        """The hold as it is now, frozen (a later move of the batch may resolve it)."""
-        return HoldState(
-            self.id,
-            self.user_id,
-            self.amount,
-            self.captured,
-            self.status,
-            self.reason,
-            self.metadata,
-            self.expires_at,
-            self.created_at,
-            self.resolved_at,
-        )
-
-
-@dataclass(slots=True)
 class _DebitState:
     id: uuid.UUID
     type: str
@@ -478,12 +447,12 @@ async def _locate(conn: asyncpg.Connection, moves: list[Move], outcomes: dict[in
 
 async def _lock_rows(
     conn: asyncpg.Connection, moves: list[Move]
-) -> tuple[dict[uuid.UUID, _HoldState], dict[uuid.UUID, _DebitState]]:
+) -> tuple[dict[uuid.UUID, HoldState], dict[uuid.UUID, _DebitState]]:
     """The holds and debits the batch resolves, locked after the accounts (one lock order)."""
     hold_ids = [h for m in moves if (h := _hold_id(m)) is not None]
     debit_ids = [m.act.transaction_id for m in moves if isinstance(m.act, Refund)]
     holds = {
-        hid: _HoldState(
+        hid: HoldState(
             r["id"],
             r["user_id"],
             int(r["amount"]),
@@ -507,7 +476,7 @@ async def _lock_rows(
 def _decide(
     move: Move,
     account: _Account,
-    holds: dict[uuid.UUID, _HoldState],
+    holds: dict[uuid.UUID, HoldState],
     debits: dict[uuid.UUID, _DebitState],
     batch: _Batch,
 ) -> Outcome:
@@ -524,8 +493,8 @@ def _decide(
     if hold is None:
         raise credits.HoldNotFound
     if isinstance(act, Capture):
-        return _capture(move, act, hold, account, batch)
-    return _release(move, act, hold, account, batch)
+        return _capture(move, act, hold, holds, account, batch)
+    return _release(move, act, hold, holds, account, batch)
 
 
 def _signed(
@@ -597,7 +566,7 @@ def _hold(move: Move, act: Hold, account: _Account, batch: _Batch) -> Outcome:
         details = {"balance": account.balance, "available": available, "required": act.amount}
         raise credits.InsufficientCredits(details=details)
     after = _reserve(move, account, batch, act.amount)
-    hold = _HoldState(
+    hold = HoldState(
         uuid.uuid4(),
         after.user_id,
         act.amount,
@@ -620,12 +589,11 @@ def _hold(move: Move, act: Hold, account: _Account, batch: _Batch) -> Outcome:
             hold.created_at,
         )
     )
-    made = hold.state()
-    batch.audit(move, "credits.hold", "credit_hold", hold.id, after=HoldOut.attributes(made))
-    return Outcome(move.status_code, view=made, after=after, debited=act.amount)
+    batch.audit(move, "credits.hold", "credit_hold", hold.id, after=HoldOut.attributes(hold))
+    return Outcome(move.status_code, view=hold, after=after, debited=act.amount)
 
 
-def _check_active(hold: _HoldState, charge: int | None, now: dt.datetime) -> None:
+def _check_active(hold: HoldState, charge: int | None, now: dt.datetime) -> None:
     """As ``credits.service``: an active hold resolves once, a capture never beyond it."""
     active = hold.status == "held" and hold.expires_at > now
     if active and (charge is None or charge <= hold.amount):
@@ -635,15 +603,21 @@ def _check_active(hold: _HoldState, charge: int | None, now: dt.datetime) -> Non
     raise credits.HoldNotActive(details={"status": "expired" if hold.status == "held" else hold.status})
 
 
-def _resolve(hold: _HoldState, status: str, captured: int | None, batch: _Batch) -> None:
-    hold.status, hold.captured, hold.resolved_at = status, captured, batch.now
+def _resolve(
+    hold: HoldState, holds: dict[uuid.UUID, HoldState], status: str, captured: int | None, batch: _Batch
+) -> HoldState:
+    """The hold resolved, as the batch's later moves will see it."""
+    holds[hold.id] = resolved = replace(hold, status=status, captured=captured, resolved_at=batch.now)
     batch.resolved_holds.append((hold.id, status, captured, batch.now))
+    return resolved
 
 
-def _capture(move: Move, act: Capture, hold: _HoldState, account: _Account, batch: _Batch) -> Outcome:
+def _capture(
+    move: Move, act: Capture, hold: HoldState, holds: dict[uuid.UUID, HoldState], account: _Account, batch: _Batch
+) -> Outcome:
     _check_active(hold, act.amount, batch.now)
     charged = hold.amount if act.amount is None else act.amount
-    _resolve(hold, "captured", charged, batch)
+    _resolve(hold, holds, "captured", charged, batch)
     _reserve(move, account, batch, -hold.amount)
     batch.audit(
         move,
@@ -659,15 +633,17 @@ def _capture(move: Move, act: Capture, hold: _HoldState, account: _Account, batc
     return outcome
 
 
-def _release(move: Move, act: Release, hold: _HoldState, account: _Account, batch: _Batch) -> Outcome:
+def _release(
+    move: Move, act: Release, hold: HoldState, holds: dict[uuid.UUID, HoldState], account: _Account, batch: _Batch
+) -> Outcome:
     if act.expire:  # the sweep: only a hold that is still held and overdue
         if hold.status != "held" or hold.expires_at > batch.now:
             raise credits.HoldNotActive(details={"status": hold.status})
-        _resolve(hold, "expired", hold.captured, batch)
+        resolved = _resolve(hold, holds, "expired", hold.captured, batch)
         batch.audit(move, "credits.hold.expire", "credit_hold", hold.id, after={"status": "expired"})
     else:
         _check_active(hold, None, batch.now)
-        _resolve(hold, "released", None, batch)
+        resolved = _resolve(hold, holds, "released", None, batch)
         batch.audit(
             move,
             "credits.hold.release",
@@ -677,7 +653,7 @@ def _release(move: Move, act: Release, hold: _HoldState, account: _Account, batc
             after={"status": "released"},
         )
     after = _reserve(move, account, batch, -hold.amount)
-    return Outcome(move.status_code, view=hold.state(), after=after)
+    return Outcome(move.status_code, view=resolved, after=after)
 
 
 def _refund(move: Move, act: Refund, account: _Account, debits: dict[uuid.UUID, _DebitState], batch: _Batch) -> Outcome:
@@ -706,7 +682,7 @@ class _Books:
         conn: asyncpg.Connection,
         move: Move,
         accounts: dict[uuid.UUID, _Account],
-        holds: dict[uuid.UUID, _HoldState],
+        holds: dict[uuid.UUID, HoldState],
         batch: _Batch,
     ) -> None:
         self._conn, self._move, self._accounts, self._holds, self._batch = conn, move, accounts, holds, batch
@@ -714,7 +690,7 @@ class _Books:
         self._available_before: int | None = None
         self._saved = (
             {uid: (a.balance, a.reserved) for uid, a in accounts.items()},
-            {hid: (h.status, h.captured, h.resolved_at) for hid, h in holds.items()},
+            dict(holds),  # frozen states: a copy of the map is a copy of them
             dict(batch.deltas),
             dict(batch.held),
             len(batch.ledger_rows),
@@ -731,12 +707,8 @@ class _Books:
                 del self._accounts[uid]  # locked on first use: re-read if needed (nothing applied)
             else:
                 self._accounts[uid].balance, self._accounts[uid].reserved = accounts[uid]
-        for hid in list(self._holds):
-            if hid not in holds:
-                del self._holds[hid]
-            else:
-                hold = self._holds[hid]
-                hold.status, hold.captured, hold.resolved_at = holds[hid]
+        self._holds.clear()  # one locked on first use is re-read if needed (nothing applied)
+        self._holds.update(holds)
         b = self._batch
         b.deltas.clear()
         b.deltas.update(deltas)
@@ -767,7 +739,7 @@ class _Books:
             self._available_before = account.balance - account.reserved
         return replace(self._move, user_id=user_id, future=None), account
 
-    async def _hold(self, hold_id: uuid.UUID) -> tuple[Move, _Account, _HoldState]:
+    async def _hold(self, hold_id: uuid.UUID) -> tuple[Move, _Account, HoldState]:
         hold = self._holds.get(hold_id)
         if hold is None:
             owner = (await repo.owners(self._conn, repo.HOLD_OWNERS, [hold_id])).get(hold_id)
@@ -805,11 +777,11 @@ class _Books:
 
     async def capture(self, hold_id: uuid.UUID, amount: int | None) -> Entry:
         move, account, hold = await self._hold(hold_id)
-        return self._seen(_capture(move, Capture(hold_id, amount), hold, account, self._batch), Entry)
+        return self._seen(_capture(move, Capture(hold_id, amount), hold, self._holds, account, self._batch), Entry)
 
     async def release(self, hold_id: uuid.UUID) -> HoldState:
         move, account, hold = await self._hold(hold_id)
-        return self._seen(_release(move, Release(hold_id), hold, account, self._batch), HoldState)
+        return self._seen(_release(move, Release(hold_id), hold, self._holds, account, self._batch), HoldState)
 
     async def balance(self, user_id: uuid.UUID) -> credits_repo.Balance | None:
         try:

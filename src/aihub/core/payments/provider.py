@@ -62,12 +62,44 @@ class CheckoutSession:
 
 @dataclass(frozen=True, slots=True)
 class Event:
-    """A verified provider event: its id and type, and the object it is about (the provider's
-    own JSON, read field by field where it is used)."""
+    """A verified provider event: its id and type, and the object it is about. The object stays
+    the provider's JSON; the few fields the service acts on are read here, each checked."""
 
     id: str
     type: str
-    object: dict[str, Any]
+    data: dict[str, Any]  # Stripe's data.object
+
+    @property
+    def object_id(self) -> str | None:
+        """The object's id (a checkout session's)."""
+        return _text(self.data.get("id"))
+
+    @property
+    def payment_intent(self) -> str | None:
+        """The charge's PaymentIntent (how a payment is found again)."""
+        return _text(self.data.get("payment_intent"))
+
+    @property
+    def paid(self) -> bool:
+        """A checkout session whose payment went through (async methods report it later)."""
+        return bool(self.data.get("payment_status") == "paid")
+
+    @property
+    def amount_refunded(self) -> int | None:
+        """A charge's refunded total so far (minor units), when it is a positive integer."""
+        value = self.data.get("amount_refunded")
+        if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+            return None
+        return value
+
+    @property
+    def recorded(self) -> dict[str, object]:
+        """What is kept of the object with the event: its kind and id, as sent."""
+        return {"object": self.data.get("object"), "id": self.data.get("id")}
+
+
+def _text(value: object) -> str | None:
+    return value if isinstance(value, str) and value else None
 
 
 class Provider(Protocol):

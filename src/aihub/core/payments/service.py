@@ -12,7 +12,6 @@ from __future__ import annotations
 import datetime as dt
 import uuid
 from collections.abc import Sequence
-from typing import Any
 
 import structlog
 
@@ -189,17 +188,16 @@ async def list_payments(
 
 async def handle_event(tx: Tx, runtime: Runtime, provider: str, event: Event) -> str:
     """Apply one verified provider event; returns what it did (also stored with the event)."""
-    event_id, kind, obj = event.id[:255], event.type[:100], event.object
-    payload = {"object": obj.get("object"), "id": obj.get("id")}
-    if not await repo.record_event(tx.session, provider, event_id, kind, payload, utcnow()):
+    event_id, kind = event.id[:255], event.type[:100]
+    if not await repo.record_event(tx.session, provider, event_id, kind, event.recorded, utcnow()):
         return "duplicate"
     payment_id: uuid.UUID | None = None
     if kind in ("checkout.session.completed", "checkout.session.async_payment_succeeded"):
-        outcome, payment_id = await _session_paid(tx, runtime, provider, obj)
+        outcome, payment_id = await _session_paid(tx, runtime, provider, event)
     elif kind in ("checkout.session.expired", "checkout.session.async_payment_failed"):
-        outcome, payment_id = await _session_failed(tx, provider, obj)
+        outcome, payment_id = await _session_failed(tx, provider, event)
     elif kind == "charge.refunded":
-        outcome, payment_id = await _charge_refunded(tx, runtime, provider, obj)
+        outcome, payment_id = await _charge_refunded(tx, runtime, provider, event)
     else:
         outcome = "ignored"
     await repo.set_event_outcome(tx.session, provider, event_id, outcome, payment_id)
@@ -210,34 +208,29 @@ async def handle_event(tx: Tx, runtime: Runtime, provider: str, event: Event) ->
 async def owner_of(tx: Tx, provider: str, event: Event) -> uuid.UUID | None:
     """The user whose account ``event`` may move (None: none): read before the ledger engine
     takes its locks, which are the account's first and then the payment's (an owner never changes)."""
-    kind, obj = event.type[:100], event.object
+    kind = event.type[:100]
     payment: Payment | None = None
     if kind == "charge.refunded":
-        intent = _text(obj.get("payment_intent"))
+        intent = event.payment_intent
         payment = await repo.by_provider_payment(tx.session, provider, intent) if intent else None
     elif kind.startswith("checkout.session."):
-        session_id = _text(obj.get("id"))
+        session_id = event.object_id
         payment = await repo.by_session(tx.session, provider, session_id) if session_id else None
     return payment.user_id if payment is not None else None
 
 
-def _text(value: Any) -> str | None:
-    return value if isinstance(value, str) and value else None
-
-
-async def _session_paid(tx: Tx, runtime: Runtime, provider: str, obj: dict[str, Any]) -> tuple[str, uuid.UUID | None]:
-    session_id = _text(obj.get("id"))
+async def _session_paid(tx: Tx, runtime: Runtime, provider: str, event: Event) -> tuple[str, uuid.UUID | None]:
+    session_id = event.object_id
     if session_id is None:
         return "unmatched", None
-    if obj.get("payment_status") != "paid":
+    if not event.paid:
         return "not_paid", None  # async methods: async_payment_succeeded follows
     payment = await repo.by_session(tx.session, provider, session_id)
     if payment is None:
         log.warning("payments.unmatched_session", provider=provider, session_id=session_id)
         return "unmatched", None
     now = utcnow()
-    intent = _text(obj.get("payment_intent"))
-    if not await repo.mark_paid(tx.session, payment.id, intent, now):
+    if not await repo.mark_paid(tx.session, payment.id, event.payment_intent, now):
         return "already_paid", payment.id
     txn = await credits.grant(
         tx,
@@ -272,8 +265,8 @@ async def _session_paid(tx: Tx, runtime: Runtime, provider: str, obj: dict[str, 
     return "granted", payment.id
 
 
-async def _session_failed(tx: Tx, provider: str, obj: dict[str, Any]) -> tuple[str, uuid.UUID | None]:
-    session_id = _text(obj.get("id"))
+async def _session_failed(tx: Tx, provider: str, event: Event) -> tuple[str, uuid.UUID | None]:
+    session_id = event.object_id
     payment = await repo.by_session(tx.session, provider, session_id) if session_id else None
     if payment is None:
         return "unmatched", None
@@ -302,19 +295,17 @@ async def _take_back(tx: Tx, runtime: Runtime, payment: Payment, wanted: int) ->
         return 0  # spent in the meantime: all of it is a shortfall
 
 
-async def _charge_refunded(
-    tx: Tx, runtime: Runtime, provider: str, obj: dict[str, Any]
-) -> tuple[str, uuid.UUID | None]:
-    intent = _text(obj.get("payment_intent"))
+async def _charge_refunded(tx: Tx, runtime: Runtime, provider: str, event: Event) -> tuple[str, uuid.UUID | None]:
+    intent = event.payment_intent
     payment = await repo.by_provider_payment(tx.session, provider, intent, for_update=True) if intent else None
     if payment is None:
         return "unmatched", None
     if payment.status not in ("paid", "refunded"):
         return "ignored", payment.id
-    refunded_amount = obj.get("amount_refunded")
-    if not isinstance(refunded_amount, int) or isinstance(refunded_amount, bool) or refunded_amount <= 0:
+    sent = event.amount_refunded
+    if sent is None:
         return "ignored", payment.id
-    refunded_amount = min(refunded_amount, payment.amount)
+    refunded_amount = min(sent, payment.amount)
     # The refunded share of what was sold, rounded down: a partial refund never takes back
     # more than was paid for. Cumulative: Stripe's amount_refunded is the running total.
     target = payment.credits * refunded_amount // payment.amount
