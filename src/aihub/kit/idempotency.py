@@ -175,8 +175,8 @@ class IdempotentRequest:
         work: Callable[[], Awaitable[T]],
     ) -> T | Response:
         """``work``'s result, which the endpoint returns for FastAPI to serialise through its
-        ``response_model`` (its rendering stored under the key first); a replay is the stored
-        answer itself, with the replay header."""
+        ``response_model`` (``model``; that rendering and ``status_code``, the route's, are
+        stored under the key first); a replay is the stored answer itself, with the replay header."""
         if self.key is None:
             return await work()
         request_hash = fingerprint(principal, self.method, self.path, self.body)

@@ -34,7 +34,13 @@ from aihub.kit.db import Tx
 from aihub.kit.runtime import Runtime
 from aihub.models import AuditLog, CreditHold, CreditTransaction, PromoCode
 from tests.conftest import LiveServer, _core_app, create_user, free_port
-from tests.core.credits.helpers import account, assert_error, assert_reconciled, money
+from tests.core.credits.helpers import (
+    account,
+    assert_error,
+    assert_reconciled,
+    assert_replays_byte_for_byte,
+    money,
+)
 from tests.core.ledger.helpers import audit_valid, engine_of, funded
 from tests.core.payments.conftest import Shop, checkout, deliver, put_package, stripe_settings
 from tests.core.payments.fakes import FakeStripe, completed, refunded, signature
@@ -107,6 +113,18 @@ async def test_holds_captures_releases_and_refunds_go_through_theengine(
     assert await account(rt, user.id) == (100, 0, 100)
     await assert_reconciled(rt)
     assert await audit_valid(rt)
+
+
+async def test_a_replay_through_the_engine_answers_the_first_answers_bytes(
+    pg_runtime: Runtime, pg_client: httpx.AsyncClient
+) -> None:
+    """The engine's moves: what a move made goes out through the endpoint's response model,
+    and the body the batch stored under the key is that serialisation, byte for byte."""
+    user = await create_user(pg_runtime)
+    before = engine_of(pg_runtime).committed.copy()
+    await assert_replays_byte_for_byte(pg_client, pg_runtime, user.id)
+    # each first answer and its replay (the batch finds the key stored) went through the engine
+    assert engine_of(pg_runtime).committed - before == Counter({"move": 2, "hold": 2, "release": 2})
 
 
 async def test_the_hold_sweep_expires_through_theengine(pg_runtime: Runtime) -> None:
