@@ -8,7 +8,7 @@ from sqlalchemy import text
 
 from aihub.kit.runtime import Runtime
 from tests.conftest import Caller
-from tests.core.credits.helpers import account, assert_error, grant, money
+from tests.core.credits.helpers import account, assert_error, assert_replays_byte_for_byte, grant, money
 
 
 async def _audit_actions(rt: Runtime) -> list[str]:
@@ -39,6 +39,14 @@ async def test_a_refused_deduct_replays_as_refused_after_a_top_up(
     fresh = await client.post("/api/credits/deduct", json=body, headers=money(runtime, key="k-new"))
     assert fresh.status_code == 201, fresh.text
     assert await account(runtime, user.id) == (50, 0, 50)
+
+
+async def test_a_replay_answers_the_first_answers_bytes(
+    client: httpx.AsyncClient, runtime: Runtime, user: Caller
+) -> None:
+    """The request path (SQLite): the endpoint returns what it made for its response model, and
+    the body stored under the key is that serialisation, byte for byte."""
+    await assert_replays_byte_for_byte(client, runtime, user.id)
 
 
 async def test_other_refusals_of_started_work_are_stored_too(

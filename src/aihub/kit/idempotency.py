@@ -35,7 +35,7 @@ import datetime as dt
 import hashlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 from fastapi import Header, Request
 from pydantic import BaseModel
@@ -49,6 +49,7 @@ from aihub.kit.jsonutil import canonical, dumps, loads
 from aihub.kit.openapi import raises
 from aihub.kit.slots import Slot
 
+T = TypeVar("T")
 HEADER = "Idempotency-Key"
 REPLAY_HEADER = "Idempotent-Replayed"
 TTL = dt.timedelta(hours=24)
@@ -148,8 +149,11 @@ async def store(session: AsyncSession, principal: str, key: str, outcome: Stored
     )
 
 
-def render(model: type[BaseModel], result: Any) -> bytes:
-    return dumps(model.model_validate(result).model_dump(mode="json", by_alias=True))
+def render(model: type[BaseModel], result: object) -> bytes:
+    """``result`` as its endpoint's ``response_model`` serialises it: read by attribute (as
+    FastAPI validates a return value) and dumped by Pydantic, so a stored body is the very
+    bytes the first answer had."""
+    return model.model_validate(result, from_attributes=True).model_dump_json(by_alias=True).encode()
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,14 +172,17 @@ class IdempotentRequest:
         principal: str,
         status_code: int,
         model: type[BaseModel],
-        work: Callable[[], Awaitable[Any]],
-    ) -> Response:
+        work: Callable[[], Awaitable[T]],
+    ) -> T | Response:
+        """``work``'s result, which the endpoint returns for FastAPI to serialise through its
+        ``response_model`` (``model``; that rendering and ``status_code``, the route's, are
+        stored under the key first); a replay is the stored answer itself, with the replay header."""
         if self.key is None:
-            return _json(status_code, render(model, await work()))
+            return await work()
         request_hash = fingerprint(principal, self.method, self.path, self.body)
         stored = await claim(tx.session, principal, self.key, request_hash)
         if stored is not None:
-            return _json(stored.status_code, replay_body(stored, self.request_id), {REPLAY_HEADER: "true"})
+            return self.replayed(stored)
         tx.info.set(IDEMPOTENCY_KEY, self.key)
         try:
             async with tx.savepoint():
@@ -186,9 +193,13 @@ class IdempotentRequest:
             await store(tx.session, principal, self.key, Stored(exc.status_code, refusal_body(exc)))
             exc.keep_changes = True  # commit the claim and its stored refusal (the work was undone)
             raise
-        outcome = Stored(status_code, render(model, result))
-        await store(tx.session, principal, self.key, outcome)
-        return _json(outcome.status_code, outcome.body)
+        await store(tx.session, principal, self.key, Stored(status_code, render(model, result)))
+        return result
+
+    def replayed(self, stored: Stored) -> Response:
+        """A stored outcome as the answer to a replay of this request."""
+        body = replay_body(stored, self.request_id)
+        return Response(body, status_code=stored.status_code, media_type="application/json", headers=_REPLAYED)
 
     async def replay(self, tx: Tx, principal: str) -> Response | None:
         """The stored answer to this very request, read only (None: none stored yet); 422
@@ -201,12 +212,10 @@ class IdempotentRequest:
             return None
         if row.request_hash != fingerprint(principal, self.method, self.path, self.body):
             raise IdempotencyKeyReused(details={"header": HEADER})
-        stored = Stored(int(row.status_code), bytes(row.body))
-        return _json(stored.status_code, replay_body(stored, self.request_id), {REPLAY_HEADER: "true"})
+        return self.replayed(Stored(int(row.status_code), bytes(row.body)))
 
 
-def _json(status_code: int, body: bytes, headers: dict[str, str] | None = None) -> Response:
-    return Response(body, status_code=status_code, media_type="application/json", headers=headers)
+_REPLAYED = {REPLAY_HEADER: "true"}
 
 
 @raises(IdempotencyKeyReused, IdempotencyKeyInUse)

@@ -51,8 +51,13 @@ class ApiModel(BaseModel):
     def read(cls, source: object, **computed: Any) -> Self:
         """The model from ``source``'s attributes (an ORM row), the fields it lacks given as
         ``computed``: a service returns the answer's own type, its fields declared once."""
-        values = {name: computed[name] if name in computed else getattr(source, name) for name in cls.model_fields}
-        return cls.model_validate(values)
+        return cls.model_validate(cls.attributes(source, **computed))
+
+    @classmethod
+    def attributes(cls, source: object, **computed: Any) -> dict[str, Any]:
+        """The model's fields as ``read`` takes them from ``source``, unvalidated, by their Python
+        names: an audit entry's content where even validating would cost (the ledger engine)."""
+        return {name: computed[name] if name in computed else getattr(source, name) for name in cls.model_fields}
 
     def snapshot(self) -> dict[str, Any]:
         """The fields by their Python names (snake_case), as audit entries keep them."""

@@ -66,3 +66,43 @@ async def assert_reconciled(rt: Runtime) -> None:
     finally:
         await tx.close()
     assert report.ok, report.mismatches
+
+
+async def assert_replays_byte_for_byte(client: httpx.AsyncClient, rt: Runtime, user_id: str) -> None:
+    """A keyed grant, hold and release: each first answer went through its response model
+    (exactly its fields, camelCase) and each replay answers those very bytes, marked replayed."""
+    meta = {"note é ☃": "x", "n": 1.5e-7, "deep": {"list": [1, None, True]}}
+    calls = [
+        ("/api/credits/grant", {"userId": user_id, "amount": 40, "reason": "purchase", "note": "n", "metadata": meta}),
+        ("/api/credits/holds", {"userId": user_id, "amount": 15, "ttlSeconds": 600, "metadata": meta}),
+    ]
+    answers = []
+    for n, (path, body) in enumerate(calls):
+        first = await client.post(path, json=body, headers=money(rt, key=f"bytes-{n}"))
+        assert first.status_code == 201, first.text
+        answers.append(first)
+    hold_id = answers[1].json()["id"]
+    calls.append((f"/api/credits/holds/{hold_id}/release", {}))
+    release = await client.post(calls[2][0], headers=money(rt, key="bytes-2"))
+    assert release.status_code == 200, release.text
+    answers.append(release)
+    assert list(answers[0].json()) == [
+        "id",
+        "userId",
+        "accountId",
+        "amount",
+        "type",
+        "reason",
+        "balanceAfter",
+        "relatedId",
+        "idempotencyKey",
+        "metadata",
+        "createdAt",
+    ]
+    assert answers[0].json()["metadata"] == {**meta, "note": "n"}
+    assert answers[2].json()["status"] == "released"
+    for n, ((path, body), first) in enumerate(zip(calls, answers, strict=True)):
+        assert "idempotent-replayed" not in first.headers
+        replay = await client.post(path, json=body or None, headers=money(rt, key=f"bytes-{n}"))
+        assert replay.headers["idempotent-replayed"] == "true"
+        assert (replay.status_code, replay.content) == (first.status_code, first.content)

@@ -11,6 +11,7 @@ import aiohttp
 import pytest
 
 from aihub.core.credits import service as credits
+from aihub.core.credits.repository import Entry
 from aihub.core.ledger.engine import Move, Outcome
 from aihub.kit.runtime import Runtime
 from tests.conftest import LiveServer
@@ -36,7 +37,7 @@ async def test_one_hot_account_in_one_batch_is_applied_in_order(pg_runtime: Runt
     assert [o.status_code for o in outcomes] == [201, 402, 201, 402]
     assert isinstance(outcomes[1].error, credits.InsufficientCredits)
     assert outcomes[1].error.details == {"balance": 40, "available": 40, "required": 50}
-    assert [o.view["balance_after"] for o in outcomes if o.view is not None] == [40, 0]
+    assert [o.view.balance_after for o in outcomes if isinstance(o.view, Entry)] == [40, 0]
     assert await account(rt, user_id) == (0, 0, 0)
     await assert_reconciled(rt)
     assert await audit_valid(rt)

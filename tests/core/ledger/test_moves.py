@@ -23,7 +23,9 @@ from sqlalchemy import func, select
 from aihub.config import Settings
 from aihub.core.audit import service as audit
 from aihub.core.authorizations import service as authorizations
+from aihub.core.authorizations.schemas import AuthorizationOut
 from aihub.core.credits import service as credits
+from aihub.core.credits.repository import Entry, HoldState
 from aihub.core.ledger import service as ledger
 from aihub.core.ledger.engine import Capture, Hold, Move, Outcome, Refund, Release, Work
 from aihub.core.promos import service as promos
@@ -32,7 +34,13 @@ from aihub.kit.db import Tx
 from aihub.kit.runtime import Runtime
 from aihub.models import AuditLog, CreditHold, CreditTransaction, PromoCode
 from tests.conftest import LiveServer, _core_app, create_user, free_port
-from tests.core.credits.helpers import account, assert_error, assert_reconciled, money
+from tests.core.credits.helpers import (
+    account,
+    assert_error,
+    assert_reconciled,
+    assert_replays_byte_for_byte,
+    money,
+)
 from tests.core.ledger.helpers import audit_valid, engine_of, funded
 from tests.core.payments.conftest import Shop, checkout, deliver, put_package, stripe_settings
 from tests.core.payments.fakes import FakeStripe, completed, refunded, signature
@@ -40,8 +48,14 @@ from tests.core.payments.fakes import FakeStripe, completed, refunded, signature
 pytestmark = pytest.mark.postgres
 
 
-def _render(view: dict[str, Any]) -> bytes:
+def _render(view: object) -> bytes:
     return b"{}"
+
+
+def _made_id(outcome: Outcome) -> uuid.UUID:
+    """The id of the ledger row or hold a move made."""
+    assert isinstance(outcome.view, Entry | HoldState), outcome
+    return outcome.view.id
 
 
 async def _count(rt: Runtime, model: type, *where: Any) -> int:
@@ -99,6 +113,18 @@ async def test_holds_captures_releases_and_refunds_go_through_theengine(
     assert await account(rt, user.id) == (100, 0, 100)
     await assert_reconciled(rt)
     assert await audit_valid(rt)
+
+
+async def test_a_replay_through_the_engine_answers_the_first_answers_bytes(
+    pg_runtime: Runtime, pg_client: httpx.AsyncClient
+) -> None:
+    """The engine's moves: what a move made goes out through the endpoint's response model,
+    and the body the batch stored under the key is that serialisation, byte for byte."""
+    user = await create_user(pg_runtime)
+    before = engine_of(pg_runtime).committed.copy()
+    await assert_replays_byte_for_byte(pg_client, pg_runtime, user.id)
+    # each first answer and its replay (the batch finds the key stored) went through the engine
+    assert engine_of(pg_runtime).committed - before == Counter({"move": 2, "hold": 2, "release": 2})
 
 
 async def test_the_hold_sweep_expires_through_theengine(pg_runtime: Runtime) -> None:
@@ -242,17 +268,17 @@ async def test_a_bad_move_of_each_kind_leaves_its_batch_neighbours_alone(pg_runt
         [Move(uid, 0, "usage", _render, act=Hold(20, 600)), Move(uid, 0, "usage", _render, act=Hold(5, 600))]
     )
     assert active.view is not None and spent.view is not None
-    assert (await engine.submit(Move(None, 0, "usage", _render, act=Release(spent.view["id"])))).error is None
+    assert (await engine.submit(Move(None, 0, "usage", _render, act=Release(_made_id(spent))))).error is None
     debit = await engine.submit(Move(uid, -10, "usage", _render))
     assert debit.view is not None
     promo_codes, audits = await _count(rt, PromoCode), await _count(rt, AuditLog)
     moves = [
         Move(uid, -1, "usage", _render),  # good
         Move(None, 0, "hold_capture", _render, act=Capture(uuid.uuid4())),  # no such hold
-        Move(None, 0, "hold_capture", _render, act=Capture(active.view["id"], 21)),  # beyond the hold
-        Move(None, 0, "hold_release", _render, act=Release(spent.view["id"])),  # already released
+        Move(None, 0, "hold_capture", _render, act=Capture(_made_id(active), 21)),  # beyond the hold
+        Move(None, 0, "hold_release", _render, act=Release(_made_id(spent))),  # already released
         Move(uid, 0, "usage", _render, act=Hold(1_000, 600)),  # more than available
-        Move(None, 0, "refund", _render, act=Refund(debit.view["id"], 11)),  # more than the debit
+        Move(None, 0, "refund", _render, act=Refund(_made_id(debit), 11)),  # more than the debit
         Move(None, 0, "refund", _render, act=Refund(uuid.uuid4())),  # no such debit
         Move(uid, 0, "promo", _render, act=Work("promo", lambda tx: promos.redeem(tx, uid, "NO-SUCH-CODE"))),
         Move(uid, 0, "promo", _render, act=Work("promo", lambda tx: _grant_then_refuse(tx, uid))),
@@ -264,8 +290,8 @@ async def test_a_bad_move_of_each_kind_leaves_its_batch_neighbours_alone(pg_runt
             act=Work("sora", lambda tx: sora.fail(tx, cast(Any, _Who(uid)), uuid.uuid4(), None)),
         ),
         Move(uid, 0, "a", _render, act=Work("authorization", lambda tx: _cancel_unknown(tx, uid))),
-        Move(None, 0, "hold_capture", _render, act=Capture(active.view["id"], 15)),  # good
-        Move(None, 0, "refund", _render, act=Refund(debit.view["id"], 4)),  # good
+        Move(None, 0, "hold_capture", _render, act=Capture(_made_id(active), 15)),  # good
+        Move(None, 0, "refund", _render, act=Refund(_made_id(debit), 4)),  # good
         Move(uid, 0, "usage", _render, act=Hold(3, 600)),  # good
         Move(uid, 2, "promo", _render),  # good
     ]
@@ -313,7 +339,7 @@ class _Who:
         self.id = user_id
 
 
-async def _cancel_unknown(tx: Tx, user_id: uuid.UUID) -> dict[str, Any]:
+async def _cancel_unknown(tx: Tx, user_id: uuid.UUID) -> AuthorizationOut:
     """Cancel an authorization that does not exist (refused before the caller is looked at)."""
     caller: Any = _Who(user_id)
     return await authorizations.cancel(tx, caller, uuid.uuid4())

@@ -33,12 +33,11 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 @router.post("", status_code=201, response_model=schemas.AuthorizationOut, responses=_ERRORS)
 async def authorize(
     body: schemas.AuthorizationIn, tx: TxDep, runtime: RuntimeDep, actor: CurrentPrincipal, idem: Idem
-) -> Response:
+) -> schemas.AuthorizationOut | Response:
     """Hold the worst-case cost (`maxInputTokens` + `maxOutputTokens` at the current price)
     and reserve it against the key's budget and tokens per minute and the quota, before the
     provider is called. For oneself (a user, or a key for its user) or, with `usage:write`,
     for `userId`. Expires after `ttlSeconds` (default 600) and then releases itself."""
-    values = body.model_dump()
     return await ledger.worked(  # PostgreSQL: the hold and every reservation are one move of a batch
         runtime,
         tx,
@@ -46,14 +45,16 @@ async def authorize(
         actor.id,
         schemas.AuthorizationOut,
         "authorization",
-        lambda on: authorizations.authorize(on, runtime, actor, values),
+        lambda on: authorizations.authorize(on, runtime, actor, body),
         user_id=body.user_id or actor.user_id,
         policy=tx.info.get(credits.POLICY, credits.NO_ALERTS),
     )
 
 
 @router.get("/{authorization_id}", response_model=schemas.AuthorizationOut, responses=_ERRORS)
-async def read_authorization(authorization_id: uuid.UUID, tx: TxDep, actor: CurrentPrincipal) -> dict[str, Any]:
+async def read_authorization(
+    authorization_id: uuid.UUID, tx: TxDep, actor: CurrentPrincipal
+) -> schemas.AuthorizationOut:
     return await authorizations.read(tx, actor, authorization_id)
 
 
@@ -65,10 +66,9 @@ async def settle(
     runtime: RuntimeDep,
     actor: CurrentPrincipal,
     idem: Idem,
-) -> Response:
+) -> schemas.SettleOut | Response:
     """Charge the actual cost, never more than held (`overrun: true` when it was capped),
     release the rest, and count the actual usage toward the quota and the key's budget."""
-    values = body.model_dump()
     return await ledger.worked(
         runtime,
         tx,
@@ -76,7 +76,7 @@ async def settle(
         actor.id,
         schemas.SettleOut,
         "authorization",
-        lambda on: authorizations.settle(on, actor, authorization_id, values),
+        lambda on: authorizations.settle(on, actor, authorization_id, body),
         user_id=await authorizations.owner(tx, authorization_id),
     )
 
@@ -84,7 +84,7 @@ async def settle(
 @router.post("/{authorization_id}/cancel", response_model=schemas.AuthorizationOut, responses=_ERRORS)
 async def cancel(
     authorization_id: uuid.UUID, tx: TxDep, runtime: RuntimeDep, actor: CurrentPrincipal, idem: Idem
-) -> Response:
+) -> schemas.AuthorizationOut | Response:
     """The call was not made: release the hold and every reservation."""
     return await ledger.worked(
         runtime,

@@ -21,7 +21,6 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import uuid
-from typing import Any
 
 import structlog
 
@@ -29,7 +28,13 @@ from aihub.core.apikeys import repository as keys_repo
 from aihub.core.apikeys import service as apikeys
 from aihub.core.audit import service as audit
 from aihub.core.authorizations import repository as repo
-from aihub.core.authorizations.schemas import DEFAULT_TTL_SECONDS
+from aihub.core.authorizations.schemas import (
+    DEFAULT_TTL_SECONDS,
+    AuthorizationIn,
+    AuthorizationOut,
+    SettleIn,
+    SettleOut,
+)
 from aihub.core.credits import service as credits
 from aihub.core.pricing import service as pricing
 from aihub.core.rbac.service import MissingPermission, Principal
@@ -65,24 +70,6 @@ class AuthorizationNotActive(Conflict):
     code, message = "AUTHORIZATION_NOT_ACTIVE", "The authorization was already settled, cancelled or has expired"
 
 
-def view(auth: UsageAuthorization) -> dict[str, Any]:
-    return {
-        "id": auth.id,
-        "user_id": auth.user_id,
-        "api_key_id": auth.api_key_id,
-        "provider": auth.provider,
-        "model": auth.model,
-        "max_input_tokens": auth.max_input_tokens,
-        "max_output_tokens": auth.max_output_tokens,
-        "held_credits": auth.held_credits,
-        "status": auth.status,
-        "usage_event_id": auth.usage_event_id,
-        "expires_at": auth.expires_at,
-        "created_at": auth.created_at,
-        "resolved_at": auth.resolved_at,
-    }
-
-
 def _subject(actor: Principal, user_id: uuid.UUID | None) -> uuid.UUID:
     """For oneself (a user, or a key for its user), or for anyone with ``usage:write``."""
     if user_id is None or user_id == actor.user_id:
@@ -102,8 +89,10 @@ def _key_of(actor: Principal, subject: uuid.UUID) -> ApiKey | None:
 # ------------------------------------------------------------------ authorize
 
 
-async def _reserve_key(tx: Tx, key: ApiKey, held: int, tokens: int, now: dt.datetime) -> dict[str, Any]:
-    reserved: dict[str, Any] = {}
+async def _reserve_key(tx: Tx, key: ApiKey, held: int, tokens: int, now: dt.datetime) -> dict[str, object]:
+    """What was reserved on the key (its budget, its tokens per minute), as the authorization's
+    ``reservations`` column keeps it (JSON: ``[period key, amount]`` each)."""
+    reserved: dict[str, object] = {}
     if key.budget_max_credits is not None and key.budget_period is not None:
         period_key, resets = apikeys.budget_period(key.budget_period, now)
         ok = await keys_repo.reserve(
@@ -132,20 +121,20 @@ async def _reserve_key(tx: Tx, key: ApiKey, held: int, tokens: int, now: dt.date
     return reserved
 
 
-async def authorize(tx: Tx, runtime: Runtime, actor: Principal, body: dict[str, Any]) -> dict[str, Any]:
-    subject = _subject(actor, body["user_id"])
+async def authorize(tx: Tx, runtime: Runtime, actor: Principal, body: AuthorizationIn) -> AuthorizationOut:
+    subject = _subject(actor, body.user_id)
     key = _key_of(actor, subject)
-    provider, model = body["provider"], body["model"]
+    provider, model = body.provider, body.model
     if key is not None and not apikeys.model_allowed(key.models, provider, model):
         raise ModelNotAllowed(details={"model": f"{provider}/{model}", "allowed": key.models})
     price = await pricing.require_current(tx, provider, model)
-    max_in, max_out = body["max_input_tokens"], body["max_output_tokens"]
+    max_in, max_out = body.max_input_tokens, body.max_output_tokens
     held = pricing.credits_for(price, input_tokens=max_in, output_tokens=max_out)
     tokens = max_in + max_out
-    ttl = body["ttl_seconds"] or DEFAULT_TTL_SECONDS
+    ttl = body.ttl_seconds or DEFAULT_TTL_SECONDS
     now = utcnow()
     auth_id = uuid.uuid4()
-    reservations: dict[str, Any] = {}
+    reservations: dict[str, object] = {}
     if key is not None:
         reservations.update(await _reserve_key(tx, key, held, tokens, now))
     counted = await usage.count_call(
@@ -169,7 +158,7 @@ async def authorize(tx: Tx, runtime: Runtime, actor: Principal, body: dict[str, 
             ttl_seconds=ttl + HOLD_MARGIN_SECONDS,
             metadata={"authorizationId": str(auth_id), "provider": provider, "model": model},
         )
-        hold_id = hold["id"]
+        hold_id = hold.id
     else:
         await credits.account(tx, subject)  # 404 ACCOUNT_NOT_FOUND for a user without an account
     auth = UsageAuthorization(
@@ -197,7 +186,7 @@ async def authorize(tx: Tx, runtime: Runtime, actor: Principal, body: dict[str, 
         auth_id,
         after={"userId": str(subject), "model": f"{provider}/{model}", "heldCredits": held, "holdId": str(hold_id)},
     )
-    return view(auth)
+    return AuthorizationOut.read(auth)
 
 
 # ------------------------------------------------------------------ resolve
@@ -267,39 +256,39 @@ async def _not_active(tx: Tx, auth: UsageAuthorization, now: dt.datetime) -> App
     return AuthorizationNotActive(details={"status": status})
 
 
-async def settle(tx: Tx, actor: Principal, auth_id: uuid.UUID, body: dict[str, Any]) -> dict[str, Any]:
+async def settle(tx: Tx, actor: Principal, auth_id: uuid.UUID, body: SettleIn) -> SettleOut:
     auth = await _visible(tx, actor, auth_id)
     now = utcnow()
     if not await repo.resolve(tx.session, auth.id, "settled", now):
         raise await _not_active(tx, auth, now)
-    if await usage_repo.by_request_id(tx.session, body["request_id"]) is not None:
+    if await usage_repo.by_request_id(tx.session, body.request_id) is not None:
         raise IdempotencyKeyReused("This requestId was already reported", details={"field": "requestId"})
     # The usage path's own pricing step: the same price and rounding as a reported event.
-    price, actual = await usage.price_call(tx, auth.provider, auth.model, body)
-    tokens = body["input_tokens"] + body["output_tokens"]
+    price, actual = await usage.price_call(tx, auth.provider, auth.model, body.model_dump())
+    tokens = body.input_tokens + body.output_tokens
     charged = min(actual, auth.held_credits)
     await _give_back(tx, auth, charged=charged, tokens=tokens, requests=0)
     transaction_id: uuid.UUID | None = None
     if auth.hold_id is not None and charged > 0:
         txn = await credits.capture(tx, auth.hold_id, charged)
-        transaction_id, balance = txn["id"], int(txn["balance_after"])
+        transaction_id, balance = txn.id, txn.balance_after
     else:
         await _release_hold(tx, auth)
-        balance = int((await credits.account(tx, auth.user_id))["balance"])
+        balance = (await credits.account(tx, auth.user_id)).balance
     event_id = await usage.record_settled(
         tx,
-        request_id=body["request_id"],
+        request_id=body.request_id,
         user_id=auth.user_id,
         provider=auth.provider,
         model=auth.model,
-        duration_seconds=body["duration_seconds"],
+        duration_seconds=body.duration_seconds,
         charge=charged,
         transaction_id=transaction_id,
         balance=balance,
         reporter_id=actor.id,
-        input_tokens=body["input_tokens"],
-        output_tokens=body["output_tokens"],
-        metadata={**(body["metadata"] or {}), "authorizationId": str(auth.id)},
+        input_tokens=body.input_tokens,
+        output_tokens=body.output_tokens,
+        metadata={**(body.metadata or {}), "authorizationId": str(auth.id)},
         price=price,
     )
     await repo.link_event(tx.session, auth.id, event_id)
@@ -311,17 +300,17 @@ async def settle(tx: Tx, actor: Principal, auth_id: uuid.UUID, body: dict[str, A
         before={"status": "active", "heldCredits": auth.held_credits},
         after={"status": "settled", "credits": charged, "actualCost": actual, "usageEventId": str(event_id)},
     )
-    return {
-        "id": event_id,
-        "authorization_id": auth.id,
-        "request_id": body["request_id"],
-        "credits": charged,
-        "balance": balance,
-        "overrun": actual > auth.held_credits,
-    }
+    return SettleOut(
+        id=event_id,
+        authorization_id=auth.id,
+        request_id=body.request_id,
+        credits=charged,
+        balance=balance,
+        overrun=actual > auth.held_credits,
+    )
 
 
-async def cancel(tx: Tx, actor: Principal, auth_id: uuid.UUID) -> dict[str, Any]:
+async def cancel(tx: Tx, actor: Principal, auth_id: uuid.UUID) -> AuthorizationOut:
     auth = await _visible(tx, actor, auth_id)
     now = utcnow()
     if not await repo.resolve(tx.session, auth.id, "cancelled", now):
@@ -330,11 +319,11 @@ async def cancel(tx: Tx, actor: Principal, auth_id: uuid.UUID) -> dict[str, Any]
     await _release_hold(tx, auth)
     audit.record(tx, "usage.authorization.cancel", "usage_authorization", auth.id, after={"status": "cancelled"})
     await tx.session.refresh(auth)
-    return view(auth)
+    return AuthorizationOut.read(auth)
 
 
-async def read(tx: Tx, actor: Principal, auth_id: uuid.UUID) -> dict[str, Any]:
-    return view(await _visible(tx, actor, auth_id))
+async def read(tx: Tx, actor: Principal, auth_id: uuid.UUID) -> AuthorizationOut:
+    return AuthorizationOut.read(await _visible(tx, actor, auth_id))
 
 
 async def owner(tx: Tx, auth_id: uuid.UUID) -> uuid.UUID | None:
@@ -343,9 +332,9 @@ async def owner(tx: Tx, auth_id: uuid.UUID) -> uuid.UUID | None:
     return auth.user_id if auth is not None else None
 
 
-async def _expire_one(tx: Tx, auth_id: uuid.UUID, now: dt.datetime) -> dict[str, Any]:
+async def _expire_one(tx: Tx, auth_id: uuid.UUID, now: dt.datetime) -> bool:
     auth = await repo.get(tx.session, auth_id)
-    return {"expired": auth is not None and await _expire(tx, auth, now)}
+    return auth is not None and await _expire(tx, auth, now)
 
 
 async def expire_overdue(runtime: Runtime, *, limit: int = 200, now: dt.datetime | None = None) -> int:
@@ -376,7 +365,7 @@ async def expire_overdue(runtime: Runtime, *, limit: int = 200, now: dt.datetime
                 )
             finally:
                 await tx.close()
-            expired += bool(done["expired"])
+            expired += done
         return expired
     for auth_id in due:
         tx = runtime.tx()

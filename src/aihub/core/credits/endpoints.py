@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query
 from starlette.responses import Response
@@ -16,6 +16,7 @@ from starlette.responses import Response
 from aihub.core.credits import jobs as credit_jobs
 from aihub.core.credits import schemas
 from aihub.core.credits import service as credits
+from aihub.core.credits.repository import Balance, Entry, HoldState
 from aihub.core.ledger import service as ledger
 from aihub.core.ledger.engine import Capture, Hold, Refund, Release
 from aihub.core.rbac.deps import CurrentPrincipal, CurrentUser
@@ -26,7 +27,7 @@ from aihub.kit.fastlane import Lane
 from aihub.kit.idempotency import IdempotentRequest, idempotent_request
 from aihub.kit.inputs import Timestamp
 from aihub.kit.openapi import errors
-from aihub.kit.pagination import PageParams, page_params
+from aihub.kit.pagination import Paged, PageParams, page_params
 from aihub.kit.runtime import Runtime
 
 router = APIRouter(prefix="/api/credits", tags=["credits"], route_class=TxRoute)
@@ -55,7 +56,7 @@ async def _history(
     reason: schemas.Reason | None,
     from_: dt.datetime | None,
     to: dt.datetime | None,
-) -> dict[str, Any]:
+) -> Paged[schemas.TransactionOut]:
     return await credits.transactions(tx, user_id, page, reason=reason, created_from=from_, created_to=to)
 
 
@@ -65,7 +66,7 @@ ToQ = Annotated[Timestamp | None, Query(description="Exclusive upper bound, RFC 
 
 
 @router.get("/balance", response_model=schemas.AccountOut, responses=_ACCOUNT)
-async def read_balance(tx: TxDep, me: CurrentUser) -> dict[str, Any]:
+async def read_balance(tx: TxDep, me: CurrentUser) -> Balance:
     """The caller's own account: `available` is `balance` minus credits on hold."""
     return await credits.account(tx, me.user_id)
 
@@ -78,13 +79,13 @@ async def read_transactions(
     reason: ReasonQ = None,
     from_: FromQ = None,
     to: ToQ = None,
-) -> dict[str, Any]:
+) -> Paged[schemas.TransactionOut]:
     """The caller's own ledger, newest first."""
     return await _history(tx, me.user_id, page, reason, from_, to)
 
 
 @router.get("/accounts/{user_id}", response_model=schemas.AccountOut, responses=_ERRORS)
-async def read_account(user_id: uuid.UUID, tx: TxDep, _: Reader) -> dict[str, Any]:
+async def read_account(user_id: uuid.UUID, tx: TxDep, _: Reader) -> Balance:
     """Any user's account (`credits:read`)."""
     return await credits.account(tx, user_id)
 
@@ -98,13 +99,13 @@ async def read_account_transactions(
     reason: ReasonQ = None,
     from_: FromQ = None,
     to: ToQ = None,
-) -> dict[str, Any]:
+) -> Paged[schemas.TransactionOut]:
     """Any user's ledger, newest first (`credits:read`)."""
     return await _history(tx, user_id, page, reason, from_, to)
 
 
 @router.post("/check", response_model=schemas.CheckOut, responses=_ERRORS)
-async def check_credits(body: schemas.CheckIn, tx: TxDep, caller: CurrentPrincipal) -> dict[str, Any]:
+async def check_credits(body: schemas.CheckIn, tx: TxDep, caller: CurrentPrincipal) -> schemas.CheckOut:
     """Whether `amount` credits are available now (advisory: a deduct decides atomically).
 
     One's own account, or anyone's with `credits:read`.
@@ -121,7 +122,9 @@ async def check_credits(body: schemas.CheckIn, tx: TxDep, caller: CurrentPrincip
 
 
 @router.post("/grant", status_code=201, response_model=schemas.TransactionOut, responses=_ERRORS)
-async def grant_credits(body: schemas.GrantIn, tx: TxDep, runtime: RuntimeDep, actor: Granter, idem: Idem) -> Response:
+async def grant_credits(
+    body: schemas.GrantIn, tx: TxDep, runtime: RuntimeDep, actor: Granter, idem: Idem
+) -> Entry | Response:
     """Add credits to an account (`credits:grant`) → the credit transaction."""
     meta = dict(body.metadata or {})
     if body.note is not None:
@@ -145,7 +148,7 @@ async def grant_credits(body: schemas.GrantIn, tx: TxDep, runtime: RuntimeDep, a
 @router.post("/deduct", status_code=201, response_model=schemas.TransactionOut, responses=_ERRORS)
 async def deduct_credits(
     body: schemas.DeductIn, tx: TxDep, runtime: RuntimeDep, actor: Deducter, idem: Idem
-) -> Response:
+) -> Entry | Response:
     """Take credits if that many are available (`credits:deduct`) → the debit transaction;
     402 `INSUFFICIENT_CREDITS` otherwise. Never overdraws, whatever the concurrency."""
     policy = credit_jobs.policy(runtime)
@@ -169,7 +172,7 @@ async def deduct_credits(
 @router.post("/refund", status_code=201, response_model=schemas.TransactionOut, responses=_ERRORS)
 async def refund_credits(
     body: schemas.RefundIn, tx: TxDep, runtime: RuntimeDep, actor: Granter, idem: Idem
-) -> Response:
+) -> Entry | Response:
     """Credit back part (`amount`) or all of what is left of a debit (`credits:grant`);
     409 `REFUND_EXCEEDS_DEBIT` beyond the debit minus earlier refunds."""
     return await ledger.moved(
@@ -187,7 +190,9 @@ async def refund_credits(
 
 
 @router.post("/holds", status_code=201, response_model=schemas.HoldOut, responses=_ERRORS)
-async def create_hold(body: schemas.HoldIn, tx: TxDep, runtime: RuntimeDep, actor: Deducter, idem: Idem) -> Response:
+async def create_hold(
+    body: schemas.HoldIn, tx: TxDep, runtime: RuntimeDep, actor: Deducter, idem: Idem
+) -> HoldState | Response:
     """Reserve credits until captured or released (`credits:deduct`); it expires after
     `ttlSeconds` (default from settings) and then releases itself."""
     ttl = body.ttl_seconds or runtime.settings.hold_default_ttl_seconds
@@ -217,7 +222,7 @@ async def capture_hold(
     actor: Deducter,
     idem: Idem,
     body: schemas.CaptureIn | None = None,
-) -> Response:
+) -> Entry | Response:
     """Charge `amount` (default: all) of an active hold, release the rest → the debit
     transaction (reason `hold_capture`); 409 `HOLD_NOT_ACTIVE` once resolved or expired."""
     amount = body.amount if body is not None else None
@@ -235,7 +240,9 @@ async def capture_hold(
 
 
 @router.post("/holds/{hold_id}/release", response_model=schemas.HoldOut, responses=_ERRORS)
-async def release_hold(hold_id: uuid.UUID, tx: TxDep, runtime: RuntimeDep, actor: Deducter, idem: Idem) -> Response:
+async def release_hold(
+    hold_id: uuid.UUID, tx: TxDep, runtime: RuntimeDep, actor: Deducter, idem: Idem
+) -> HoldState | Response:
     """Give an active hold's credits back to `available`; 409 `HOLD_NOT_ACTIVE` once resolved."""
     return await ledger.moved(
         runtime,
@@ -255,7 +262,7 @@ def deduct_lane(runtime: Runtime) -> Lane:
     """``POST /deduct`` as a fast lane (kit/deps.py ``lane``): the same endpoint function,
     its dependencies solved without FastAPI's per-request machinery."""
 
-    async def call(solved: Solved[Principal]) -> Response:
+    async def call(solved: Solved[Principal]) -> Entry | Response:
         assert solved.idem is not None
         return await deduct_credits(solved.body, solved.tx, solved.runtime, solved.principal, solved.idem)
 

@@ -41,6 +41,90 @@ class Balance:
         return self.balance - self.reserved
 
 
+@dataclass(frozen=True, slots=True)
+class Change:
+    """A balance change asked for (``amount`` signed), as its ledger row will record it."""
+
+    id: uuid.UUID
+    user_id: uuid.UUID
+    amount: int
+    reason: str
+    created_at: dt.datetime
+    related_id: uuid.UUID | None = None
+    idempotency_key: str | None = None
+    metadata: dict[str, Any] | None = None
+    actor_id: str | None = None
+
+    @property
+    def type(self) -> str:
+        return "credit" if self.amount > 0 else "debit"
+
+    def entry(self, balance_after: int) -> Entry:
+        return Entry(
+            self.id,
+            self.user_id,
+            self.amount,
+            self.type,
+            self.reason,
+            balance_after,
+            self.related_id,
+            self.idempotency_key,
+            self.metadata,
+            self.created_at,
+        )
+
+    def values(self) -> dict[str, object]:
+        """The ledger row's columns but ``balance_after`` (what the move leaves)."""
+        return {
+            "id": self.id,
+            "user_id": self.user_id,
+            "amount": self.amount,
+            "type": self.type,
+            "reason": self.reason,
+            "related_id": self.related_id,
+            "idempotency_key": self.idempotency_key,
+            "metadata": self.metadata,
+            "actor_id": self.actor_id,
+            "created_at": self.created_at,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """A ledger row as the transaction schema reads it (the ORM row calls ``metadata`` ``meta``)."""
+
+    id: uuid.UUID
+    user_id: uuid.UUID
+    amount: int
+    type: str
+    reason: str
+    balance_after: int
+    related_id: uuid.UUID | None
+    idempotency_key: str | None
+    metadata: dict[str, Any] | None
+    created_at: dt.datetime
+
+    @property
+    def account_id(self) -> uuid.UUID:
+        return self.user_id
+
+
+@dataclass(frozen=True, slots=True)
+class HoldState:
+    """A hold as one change left it (the hold schema reads it)."""
+
+    id: uuid.UUID
+    user_id: uuid.UUID
+    amount: int
+    captured: int | None
+    status: str
+    reason: str
+    metadata: dict[str, Any] | None
+    expires_at: dt.datetime
+    created_at: dt.datetime
+    resolved_at: dt.datetime | None
+
+
 def _balance(user_id: uuid.UUID, row: AnyRow | None) -> Balance | None:
     if row is None:
         return None
@@ -141,27 +225,28 @@ _MOVE_CREDIT_PG = text(_MOVE_PG.format(guard=""))
 _MOVE_DEBIT_PG = text(_MOVE_PG.format(guard="AND balance - reserved >= -CAST(:amount AS bigint)"))
 
 
-async def move(session: AsyncSession, row: dict[str, Any]) -> Balance | None:
-    """Apply ``row["amount"]`` (signed) to the account and append ``row`` to the ledger.
+async def move(session: AsyncSession, change: Change) -> Balance | None:
+    """Apply ``change.amount`` (signed) to the account and append its ledger row.
 
     A debit only happens if that many credits are available. None when nothing moved
     (no such account, or not enough available).
     """
-    user_id, amount, now = row["user_id"], row["amount"], row["created_at"]
     if dialect_of(session) == "postgresql":
-        params = {**row, "metadata": None if row["metadata"] is None else dumps(row["metadata"]).decode()}
-        stmt = _MOVE_CREDIT_PG if amount > 0 else _MOVE_DEBIT_PG
-        return _balance(user_id, (await session.execute(stmt, params)).first())
+        params = change.values()
+        params["metadata"] = None if change.metadata is None else dumps(change.metadata).decode()
+        stmt = _MOVE_CREDIT_PG if change.amount > 0 else _MOVE_DEBIT_PG
+        return _balance(change.user_id, (await session.execute(stmt, params)).first())
     # SQLite has no data-modifying CTEs; one writer at a time makes two statements as safe.
+    user_id, amount, now = change.user_id, change.amount, change.created_at
     after = await credit(session, user_id, amount, now) if amount > 0 else await debit(session, user_id, -amount, now)
     if after is not None:
-        await append(session, {**row, "balance_after": after.balance})
+        await append(session, change, after.balance)
     return after
 
 
-async def append(session: AsyncSession, values: dict[str, Any]) -> None:
+async def append(session: AsyncSession, change: Change, balance_after: int) -> None:
     """Insert one ledger row (after its balance change, so ``seq`` follows the balance)."""
-    await session.execute(insert(ledger).values(**values))
+    await session.execute(insert(ledger).values(**change.values(), balance_after=balance_after))
 
 
 async def get_transaction(
@@ -207,7 +292,8 @@ async def fetch(session: AsyncSession, stmt: Select[Any]) -> Sequence[CreditTran
 # ------------------------------------------------------------------------------ holds
 
 
-async def add_hold(session: AsyncSession, values: dict[str, Any]) -> None:
+async def add_hold(session: AsyncSession, hold: HoldState) -> None:
+    values = {column.name: getattr(hold, column.name) for column in holds.c}
     await session.execute(insert(holds).values(**values))
 
 
@@ -222,7 +308,7 @@ async def resolve_hold(
     status: str,
     now: dt.datetime,
     charge: int | None = None,
-) -> AnyRow | None:
+) -> HoldState | None:
     """Move an active, unexpired hold to its final status, once: None if it is not active.
 
     The ``status = 'held'`` condition makes this the single point where a hold resolves:
@@ -238,7 +324,8 @@ async def resolve_hold(
     stmt = (
         update(holds).where(*conditions).values(status=status, resolved_at=now, captured=captured).returning(*holds.c)
     )
-    return (await session.execute(stmt)).first()
+    row = (await session.execute(stmt)).first()
+    return None if row is None else HoldState(**row._mapping)
 
 
 async def expire_holds(session: AsyncSession, now: dt.datetime, limit: int) -> Sequence[AnyRow]:

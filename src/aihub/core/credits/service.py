@@ -15,12 +15,13 @@ from typing import Any, Protocol
 
 from aihub.core.audit import service as audit
 from aihub.core.credits import repository as repo
+from aihub.core.credits.repository import Balance, Change, Entry, HoldState
+from aihub.core.credits.schemas import CheckOut, HoldOut, TransactionOut
 from aihub.kit.db import Tx, utcnow
 from aihub.kit.errors import AppError, Conflict, NotFound
 from aihub.kit.idempotency import IDEMPOTENCY_KEY
-from aihub.kit.pagination import PageParams, page_of
+from aihub.kit.pagination import Paged, PageParams, paged
 from aihub.kit.slots import Slot
-from aihub.models import CreditHold, CreditTransaction
 
 
 class AccountNotFound(NotFound):
@@ -99,7 +100,7 @@ def _policy_of(tx: Tx, policy: Policy | None) -> Policy:
     return tx.info.get(POLICY, NO_ALERTS)
 
 
-def low_balance(policy: Policy, available_before: int, after: repo.Balance) -> LowBalance | None:
+def low_balance(policy: Policy, available_before: int, after: Balance) -> LowBalance | None:
     """The event when this change took ``available`` from ≥ threshold to below it, else None.
 
     The conditional UPDATE returned the state right after this change, so exactly one change
@@ -121,7 +122,7 @@ def low_balance(policy: Policy, available_before: int, after: repo.Balance) -> L
     return LowBalance(after.user_id, threshold, after.available, after.balance, available_before)
 
 
-def _watch(tx: Tx, policy: Policy, available_before: int, after: repo.Balance) -> None:
+def _watch(tx: Tx, policy: Policy, available_before: int, after: Balance) -> None:
     """Queue the low-balance event of this change, if any: sent only after commit (a rollback drops it)."""
     event = low_balance(policy, available_before, after)
     notify = policy.notify
@@ -157,17 +158,17 @@ class Books(Protocol):
         *,
         related_id: uuid.UUID | None = None,
         metadata: dict[str, Any] | None = None,
-    ) -> dict[str, Any]: ...
+    ) -> Entry: ...
 
     async def hold(
         self, user_id: uuid.UUID, amount: int, *, reason: str, ttl_seconds: int, metadata: dict[str, Any] | None
-    ) -> dict[str, Any]: ...
+    ) -> HoldState: ...
 
-    async def capture(self, hold_id: uuid.UUID, amount: int | None) -> dict[str, Any]: ...
+    async def capture(self, hold_id: uuid.UUID, amount: int | None) -> Entry: ...
 
-    async def release(self, hold_id: uuid.UUID) -> dict[str, Any]: ...
+    async def release(self, hold_id: uuid.UUID) -> HoldState: ...
 
-    async def balance(self, user_id: uuid.UUID) -> repo.Balance | None: ...
+    async def balance(self, user_id: uuid.UUID) -> Balance | None: ...
 
 
 BOOKS: Slot[Books] = Slot("ledger.books")
@@ -177,68 +178,23 @@ def _books(tx: Tx) -> Books | None:
     return tx.info.get(BOOKS)
 
 
-# ------------------------------------------------------------------------------ views
-
-
-def account_view(balance: repo.Balance) -> dict[str, Any]:
-    return {
-        "user_id": balance.user_id,
-        "balance": balance.balance,
-        "reserved": balance.reserved,
-        "available": balance.available,
-    }
-
-
-def transaction_view(row: CreditTransaction | dict[str, Any]) -> dict[str, Any]:
-    get = row.get if isinstance(row, dict) else lambda name: getattr(row, name)
-    meta = get("metadata") if isinstance(row, dict) else row.meta
-    return {
-        "id": get("id"),
-        "user_id": get("user_id"),
-        "account_id": get("user_id"),
-        "amount": get("amount"),
-        "type": get("type"),
-        "reason": get("reason"),
-        "balance_after": get("balance_after"),
-        "related_id": get("related_id"),
-        "idempotency_key": get("idempotency_key"),
-        "metadata": meta,
-        "created_at": get("created_at"),
-    }
-
-
-def hold_view(hold: CreditHold | Any) -> dict[str, Any]:
-    return {
-        "id": hold.id,
-        "user_id": hold.user_id,
-        "amount": hold.amount,
-        "captured": hold.captured,
-        "status": hold.status,
-        "reason": hold.reason,
-        "metadata": hold.metadata if not isinstance(hold, CreditHold) else hold.meta,
-        "expires_at": hold.expires_at,
-        "created_at": hold.created_at,
-        "resolved_at": hold.resolved_at,
-    }
-
-
 # ------------------------------------------------------------------------------ reads
 
 
-async def account(tx: Tx, user_id: uuid.UUID) -> dict[str, Any]:
+async def account(tx: Tx, user_id: uuid.UUID) -> Balance:
     books = _books(tx)
     found = await books.balance(user_id) if books is not None else await repo.get_account(tx.session, user_id)
     if found is None:
         raise AccountNotFound
-    return account_view(found)
+    return found
 
 
-async def check(tx: Tx, user_id: uuid.UUID, amount: int) -> dict[str, Any]:
+async def check(tx: Tx, user_id: uuid.UUID, amount: int) -> CheckOut:
     """Advisory only: a later deduct decides atomically, whatever this said."""
     found = await repo.get_account(tx.session, user_id)
     if found is None:
         raise AccountNotFound
-    return {"sufficient": found.available >= amount, "balance": found.balance, "available": found.available}
+    return CheckOut(sufficient=found.available >= amount, balance=found.balance, available=found.available)
 
 
 async def transactions(
@@ -249,18 +205,19 @@ async def transactions(
     reason: str | None = None,
     created_from: dt.datetime | None = None,
     created_to: dt.datetime | None = None,
-) -> dict[str, Any]:
+) -> Paged[TransactionOut]:
     if await repo.get_account(tx.session, user_id) is None:
         raise AccountNotFound
     stmt = repo.search(user_id, params, reason=reason, created_from=created_from, created_to=created_to)
-    rows, cursor = page_of(await repo.fetch(tx.session, stmt), params, lambda r: (r.created_at, r.id))
-    return {"items": [transaction_view(r) for r in rows], "next_cursor": cursor}
+    page = paged(await repo.fetch(tx.session, stmt), params, lambda r: (r.created_at, r.id))
+    items = [TransactionOut.read(row, account_id=row.user_id, metadata=row.meta) for row in page.items]
+    return Paged(items, page.next_cursor)
 
 
 # ----------------------------------------------------------------------------- writes
 
 
-def _row(
+def _change(
     tx: Tx,
     user_id: uuid.UUID,
     amount: int,
@@ -268,50 +225,49 @@ def _row(
     now: dt.datetime,
     related_id: uuid.UUID | None = None,
     metadata: dict[str, Any] | None = None,
-) -> dict[str, Any]:
+) -> Change:
     actor = tx.info.get(audit.ACTOR)
-    return {
-        "id": uuid.uuid4(),
-        "user_id": user_id,
-        "amount": amount,
-        "type": "credit" if amount > 0 else "debit",
-        "reason": reason,
-        "related_id": related_id,
-        "idempotency_key": tx.info.get(IDEMPOTENCY_KEY),
-        "metadata": metadata,
-        "actor_id": actor.id if actor is not None else None,
-        "created_at": now,
-    }
+    return Change(
+        uuid.uuid4(),
+        user_id,
+        amount,
+        reason,
+        now,
+        related_id=related_id,
+        idempotency_key=tx.info.get(IDEMPOTENCY_KEY),
+        metadata=metadata,
+        actor_id=actor.id if actor is not None else None,
+    )
 
 
-def _recorded(tx: Tx, row: dict[str, Any], after: repo.Balance) -> dict[str, Any]:
-    """The audit row of one balance change (already applied with its ledger row); its view."""
-    amount = row["amount"]
+def _recorded(tx: Tx, change: Change, after: Balance) -> Entry:
+    """The audit row of one balance change (already applied with its ledger row); the row."""
+    amount = change.amount
     audit.record(
         tx,
-        f"credits.{row['reason']}" if amount > 0 else f"credits.debit.{row['reason']}",
+        f"credits.{change.reason}" if amount > 0 else f"credits.debit.{change.reason}",
         "credit_account",
         after.user_id,
         before={"balance": after.balance - amount},
-        after={"balance": after.balance, "reserved": after.reserved, "transactionId": str(row["id"])},
+        after={"balance": after.balance, "reserved": after.reserved, "transactionId": str(change.id)},
     )
-    return transaction_view({**row, "balance_after": after.balance})
+    return change.entry(after.balance)
 
 
 async def _append(
     tx: Tx,
-    after: repo.Balance,
+    after: Balance,
     *,
     amount: int,
     reason: str,
     now: dt.datetime,
     related_id: uuid.UUID | None = None,
     metadata: dict[str, Any] | None = None,
-) -> dict[str, Any]:
+) -> Entry:
     """Ledger row and audit row of a balance change that was applied on its own (hold capture)."""
-    row = _row(tx, after.user_id, amount, reason, now, related_id, metadata)
-    await repo.append(tx.session, {**row, "balance_after": after.balance})
-    return _recorded(tx, row, after)
+    change = _change(tx, after.user_id, amount, reason, now, related_id, metadata)
+    await repo.append(tx.session, change, after.balance)
+    return _recorded(tx, change, after)
 
 
 async def _why_not(tx: Tx, user_id: uuid.UUID, required: int) -> AppError:
@@ -330,17 +286,17 @@ async def grant(
     reason: str,
     note: str | None = None,
     metadata: dict[str, Any] | None = None,
-) -> dict[str, Any]:
+) -> Entry:
     meta = dict(metadata or {})
     if note is not None:
         meta["note"] = note
     if (books := _books(tx)) is not None:
         return await books.move(user_id, amount, reason, metadata=meta or None)
-    row = _row(tx, user_id, amount, reason, utcnow(), metadata=meta or None)
-    after = await repo.move(tx.session, row)
+    change = _change(tx, user_id, amount, reason, utcnow(), metadata=meta or None)
+    after = await repo.move(tx.session, change)
     if after is None:
         raise AccountNotFound
-    return _recorded(tx, row, after)
+    return _recorded(tx, change, after)
 
 
 async def deduct(
@@ -351,15 +307,15 @@ async def deduct(
     reason: str,
     metadata: dict[str, Any] | None = None,
     policy: Policy | None = None,
-) -> dict[str, Any]:
+) -> Entry:
     if (books := _books(tx)) is not None:  # its alert goes out with the engine's outcome
         return await books.move(user_id, -amount, reason, metadata=metadata)
-    row = _row(tx, user_id, -amount, reason, utcnow(), metadata=metadata)
-    after = await repo.move(tx.session, row)
+    change = _change(tx, user_id, -amount, reason, utcnow(), metadata=metadata)
+    after = await repo.move(tx.session, change)
     if after is None:
         raise await _why_not(tx, user_id, amount)
     _watch(tx, _policy_of(tx, policy), after.available + amount, after)
-    return _recorded(tx, row, after)
+    return _recorded(tx, change, after)
 
 
 async def refund(
@@ -368,7 +324,7 @@ async def refund(
     amount: int | None,
     *,
     note: str | None = None,
-) -> dict[str, Any]:
+) -> Entry:
     """Credit back part or all of a debit; never more than the debit minus earlier refunds.
 
     The debit's row is locked first (PostgreSQL), so concurrent refunds of one debit queue
@@ -384,11 +340,11 @@ async def refund(
     if wanted <= 0 or wanted > left:
         raise RefundExceedsDebit(details={"debited": -original.amount, "refundable": left, "requested": wanted})
     meta = {"note": note} if note else None
-    row = _row(tx, original.user_id, wanted, "refund", utcnow(), related_id=original.id, metadata=meta)
-    after = await repo.move(tx.session, row)
+    change = _change(tx, original.user_id, wanted, "refund", utcnow(), related_id=original.id, metadata=meta)
+    after = await repo.move(tx.session, change)
     if after is None:
         raise AccountNotFound
-    return _recorded(tx, row, after)
+    return _recorded(tx, change, after)
 
 
 # ------------------------------------------------------------------------------ holds
@@ -403,7 +359,7 @@ async def hold(
     ttl_seconds: int,
     metadata: dict[str, Any] | None = None,
     policy: Policy | None = None,
-) -> dict[str, Any]:
+) -> HoldState:
     """Reserve credits: ``available`` drops, ``balance`` does not, until capture or release."""
     if (books := _books(tx)) is not None:
         return await books.hold(user_id, amount, reason=reason, ttl_seconds=ttl_seconds, metadata=metadata)
@@ -412,29 +368,21 @@ async def hold(
     if after is None:
         raise await _why_not(tx, user_id, amount)
     _watch(tx, _policy_of(tx, policy), after.available + amount, after)
-    values = {
-        "id": uuid.uuid4(),
-        "user_id": user_id,
-        "amount": amount,
-        "captured": None,
-        "status": "held",
-        "reason": reason,
-        "metadata": metadata,
-        "expires_at": now + dt.timedelta(seconds=ttl_seconds),
-        "created_at": now,
-        "resolved_at": None,
-    }
-    await repo.add_hold(tx.session, values)
-    view = hold_view(_Obj(values))
-    audit.record(tx, "credits.hold", "credit_hold", values["id"], after=view)
-    return view
-
-
-class _Obj:
-    """Attribute access over a dict, so one view function serves rows and fresh values."""
-
-    def __init__(self, values: dict[str, Any]) -> None:
-        self.__dict__.update(values)
+    hold = HoldState(
+        uuid.uuid4(),
+        user_id,
+        amount,
+        None,
+        "held",
+        reason,
+        metadata,
+        now + dt.timedelta(seconds=ttl_seconds),
+        now,
+        None,
+    )
+    await repo.add_hold(tx.session, hold)
+    audit.record(tx, "credits.hold", "credit_hold", hold.id, after=HoldOut.attributes(hold))
+    return hold
 
 
 async def _not_active(tx: Tx, hold_id: uuid.UUID, capture: int | None, now: dt.datetime) -> AppError:
@@ -447,7 +395,7 @@ async def _not_active(tx: Tx, hold_id: uuid.UUID, capture: int | None, now: dt.d
     return HoldNotActive(details={"status": status})
 
 
-async def capture(tx: Tx, hold_id: uuid.UUID, amount: int | None) -> dict[str, Any]:
+async def capture(tx: Tx, hold_id: uuid.UUID, amount: int | None) -> Entry:
     """Charge part or all of a hold (the rest is released); a hold resolves once."""
     if (books := _books(tx)) is not None:
         return await books.capture(hold_id, amount)
@@ -455,7 +403,8 @@ async def capture(tx: Tx, hold_id: uuid.UUID, amount: int | None) -> dict[str, A
     resolved = await repo.resolve_hold(tx.session, hold_id, status="captured", now=now, charge=amount)
     if resolved is None:
         raise await _not_active(tx, hold_id, amount, now)
-    charged = int(resolved.captured)
+    assert resolved.captured is not None, "a captured hold records what it charged"
+    charged = resolved.captured
     after = await repo.settle(tx.session, resolved.user_id, held=resolved.amount, charged=charged, now=now)
     audit.record(
         tx,
@@ -476,7 +425,7 @@ async def capture(tx: Tx, hold_id: uuid.UUID, amount: int | None) -> dict[str, A
     )
 
 
-async def release(tx: Tx, hold_id: uuid.UUID) -> dict[str, Any]:
+async def release(tx: Tx, hold_id: uuid.UUID) -> HoldState:
     if (books := _books(tx)) is not None:
         return await books.release(hold_id)
     now = utcnow()
@@ -492,7 +441,7 @@ async def release(tx: Tx, hold_id: uuid.UUID) -> dict[str, Any]:
         before={"status": "held"},
         after={"status": "released"},
     )
-    return hold_view(resolved)
+    return resolved
 
 
 async def expire_holds(tx: Tx, *, limit: int = 200, now: dt.datetime | None = None) -> int:

@@ -39,7 +39,7 @@ import uuid
 from collections import Counter, deque
 from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, TypeVar
 
 import asyncpg
 import structlog
@@ -48,6 +48,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 from aihub.core.audit import service as audit
 from aihub.core.credits import repository as credits_repo
 from aihub.core.credits import service as credits
+from aihub.core.credits.repository import Entry, HoldState
+from aihub.core.credits.schemas import HoldOut
 from aihub.core.ledger import repository as repo
 from aihub.kit.db import AfterCommit, Tx, utcnow
 from aihub.kit.errors import AppError
@@ -58,6 +60,7 @@ from aihub.kit.jsonutil import dumps, loads
 log = structlog.get_logger("aihub.ledger")
 MAX_BATCH = 512
 _ALONE_ATTEMPTS = 3
+V = TypeVar("V")
 _TRANSIENT = (asyncpg.DeadlockDetectedError, asyncpg.SerializationError)
 
 
@@ -92,7 +95,7 @@ class Outcome:
     """What a move came to: its view and status (applied), an error (refused) or a stored replay."""
 
     status_code: int
-    view: dict[str, Any] | None = None
+    view: object | None = None  # what the move made: an Entry, a HoldState, a Work's result
     after: credits_repo.Balance | None = None  # the account right after this move
     debited: int = 0  # what it took (low-balance alerts look at debits only)
     body: bytes | None = None  # the stored body (a keyed move, or a replay)
@@ -144,7 +147,7 @@ class Work:
     neighbours never see it. For kinds of low volume: each costs a few round trips of its own."""
 
     kind: str
-    run: Callable[[Tx], Awaitable[Any]]
+    run: Callable[[Tx], Awaitable[object]]
 
 
 Act = Hold | Capture | Release | Refund | Work
@@ -159,7 +162,7 @@ class Move:
     user_id: uuid.UUID | None
     amount: int  # > 0 credits, < 0 debits (only if that many are available); 0 with an act
     reason: str
-    render: Callable[[dict[str, Any]], bytes]  # the 2xx body stored under the key
+    render: Callable[[object], bytes]  # the 2xx body stored under the key (from the view)
     status_code: int = 201
     metadata: dict[str, Any] | None = None
     related_id: uuid.UUID | None = None
@@ -375,22 +378,6 @@ class _Batch:
 
 
 @dataclass(slots=True)
-class _HoldState:
-    """A locked hold as this batch has left it so far (a later move of the batch sees that)."""
-
-    id: uuid.UUID
-    user_id: uuid.UUID
-    amount: int
-    captured: int | None
-    status: str
-    reason: str
-    metadata: dict[str, Any] | None
-    expires_at: dt.datetime
-    created_at: dt.datetime
-    resolved_at: dt.datetime | None
-
-
-@dataclass(slots=True)
 class _DebitState:
     id: uuid.UUID
     type: str
@@ -460,12 +447,12 @@ async def _locate(conn: asyncpg.Connection, moves: list[Move], outcomes: dict[in
 
 async def _lock_rows(
     conn: asyncpg.Connection, moves: list[Move]
-) -> tuple[dict[uuid.UUID, _HoldState], dict[uuid.UUID, _DebitState]]:
+) -> tuple[dict[uuid.UUID, HoldState], dict[uuid.UUID, _DebitState]]:
     """The holds and debits the batch resolves, locked after the accounts (one lock order)."""
     hold_ids = [h for m in moves if (h := _hold_id(m)) is not None]
     debit_ids = [m.act.transaction_id for m in moves if isinstance(m.act, Refund)]
     holds = {
-        hid: _HoldState(
+        hid: HoldState(
             r["id"],
             r["user_id"],
             int(r["amount"]),
@@ -489,7 +476,7 @@ async def _lock_rows(
 def _decide(
     move: Move,
     account: _Account,
-    holds: dict[uuid.UUID, _HoldState],
+    holds: dict[uuid.UUID, HoldState],
     debits: dict[uuid.UUID, _DebitState],
     batch: _Batch,
 ) -> Outcome:
@@ -506,8 +493,8 @@ def _decide(
     if hold is None:
         raise credits.HoldNotFound
     if isinstance(act, Capture):
-        return _capture(move, act, hold, account, batch)
-    return _release(move, act, hold, account, batch)
+        return _capture(move, act, hold, holds, account, batch)
+    return _release(move, act, hold, holds, account, batch)
 
 
 def _signed(
@@ -543,19 +530,17 @@ def _signed(
         )
     )
     after = credits_repo.Balance(move.user_id, account.balance, account.reserved, account.threshold)
-    view = credits.transaction_view(
-        {
-            "id": row_id,
-            "user_id": move.user_id,
-            "amount": amount,
-            "type": "credit" if amount > 0 else "debit",
-            "reason": reason,
-            "balance_after": account.balance,
-            "related_id": related_id,
-            "idempotency_key": key,
-            "metadata": metadata,
-            "created_at": batch.now,
-        }
+    entry = Entry(
+        row_id,
+        move.user_id,
+        amount,
+        "credit" if amount > 0 else "debit",
+        reason,
+        account.balance,
+        related_id,
+        key,
+        metadata,
+        batch.now,
     )
     batch.audit(
         move,
@@ -565,7 +550,7 @@ def _signed(
         before={"balance": account.balance - amount},
         after={"balance": account.balance, "reserved": account.reserved, "transactionId": str(row_id)},
     )
-    return Outcome(move.status_code, view=view, after=after, debited=max(0, -amount))
+    return Outcome(move.status_code, view=entry, after=after, debited=max(0, -amount))
 
 
 def _reserve(move: Move, account: _Account, batch: _Batch, held: int) -> credits_repo.Balance:
@@ -581,7 +566,7 @@ def _hold(move: Move, act: Hold, account: _Account, batch: _Batch) -> Outcome:
         details = {"balance": account.balance, "available": available, "required": act.amount}
         raise credits.InsufficientCredits(details=details)
     after = _reserve(move, account, batch, act.amount)
-    hold = _HoldState(
+    hold = HoldState(
         uuid.uuid4(),
         after.user_id,
         act.amount,
@@ -604,12 +589,11 @@ def _hold(move: Move, act: Hold, account: _Account, batch: _Batch) -> Outcome:
             hold.created_at,
         )
     )
-    view = credits.hold_view(hold)
-    batch.audit(move, "credits.hold", "credit_hold", hold.id, after=view)
-    return Outcome(move.status_code, view=view, after=after, debited=act.amount)
+    batch.audit(move, "credits.hold", "credit_hold", hold.id, after=HoldOut.attributes(hold))
+    return Outcome(move.status_code, view=hold, after=after, debited=act.amount)
 
 
-def _check_active(hold: _HoldState, charge: int | None, now: dt.datetime) -> None:
+def _check_active(hold: HoldState, charge: int | None, now: dt.datetime) -> None:
     """As ``credits.service``: an active hold resolves once, a capture never beyond it."""
     active = hold.status == "held" and hold.expires_at > now
     if active and (charge is None or charge <= hold.amount):
@@ -619,15 +603,21 @@ def _check_active(hold: _HoldState, charge: int | None, now: dt.datetime) -> Non
     raise credits.HoldNotActive(details={"status": "expired" if hold.status == "held" else hold.status})
 
 
-def _resolve(hold: _HoldState, status: str, captured: int | None, batch: _Batch) -> None:
-    hold.status, hold.captured, hold.resolved_at = status, captured, batch.now
+def _resolve(
+    hold: HoldState, holds: dict[uuid.UUID, HoldState], status: str, captured: int | None, batch: _Batch
+) -> HoldState:
+    """The hold resolved, as the batch's later moves will see it."""
+    holds[hold.id] = resolved = replace(hold, status=status, captured=captured, resolved_at=batch.now)
     batch.resolved_holds.append((hold.id, status, captured, batch.now))
+    return resolved
 
 
-def _capture(move: Move, act: Capture, hold: _HoldState, account: _Account, batch: _Batch) -> Outcome:
+def _capture(
+    move: Move, act: Capture, hold: HoldState, holds: dict[uuid.UUID, HoldState], account: _Account, batch: _Batch
+) -> Outcome:
     _check_active(hold, act.amount, batch.now)
     charged = hold.amount if act.amount is None else act.amount
-    _resolve(hold, "captured", charged, batch)
+    _resolve(hold, holds, "captured", charged, batch)
     _reserve(move, account, batch, -hold.amount)
     batch.audit(
         move,
@@ -643,15 +633,17 @@ def _capture(move: Move, act: Capture, hold: _HoldState, account: _Account, batc
     return outcome
 
 
-def _release(move: Move, act: Release, hold: _HoldState, account: _Account, batch: _Batch) -> Outcome:
+def _release(
+    move: Move, act: Release, hold: HoldState, holds: dict[uuid.UUID, HoldState], account: _Account, batch: _Batch
+) -> Outcome:
     if act.expire:  # the sweep: only a hold that is still held and overdue
         if hold.status != "held" or hold.expires_at > batch.now:
             raise credits.HoldNotActive(details={"status": hold.status})
-        _resolve(hold, "expired", hold.captured, batch)
+        resolved = _resolve(hold, holds, "expired", hold.captured, batch)
         batch.audit(move, "credits.hold.expire", "credit_hold", hold.id, after={"status": "expired"})
     else:
         _check_active(hold, None, batch.now)
-        _resolve(hold, "released", None, batch)
+        resolved = _resolve(hold, holds, "released", None, batch)
         batch.audit(
             move,
             "credits.hold.release",
@@ -661,7 +653,7 @@ def _release(move: Move, act: Release, hold: _HoldState, account: _Account, batc
             after={"status": "released"},
         )
     after = _reserve(move, account, batch, -hold.amount)
-    return Outcome(move.status_code, view=credits.hold_view(hold), after=after)
+    return Outcome(move.status_code, view=resolved, after=after)
 
 
 def _refund(move: Move, act: Refund, account: _Account, debits: dict[uuid.UUID, _DebitState], batch: _Batch) -> Outcome:
@@ -690,7 +682,7 @@ class _Books:
         conn: asyncpg.Connection,
         move: Move,
         accounts: dict[uuid.UUID, _Account],
-        holds: dict[uuid.UUID, _HoldState],
+        holds: dict[uuid.UUID, HoldState],
         batch: _Batch,
     ) -> None:
         self._conn, self._move, self._accounts, self._holds, self._batch = conn, move, accounts, holds, batch
@@ -698,7 +690,7 @@ class _Books:
         self._available_before: int | None = None
         self._saved = (
             {uid: (a.balance, a.reserved) for uid, a in accounts.items()},
-            {hid: (h.status, h.captured, h.resolved_at) for hid, h in holds.items()},
+            dict(holds),  # frozen states: a copy of the map is a copy of them
             dict(batch.deltas),
             dict(batch.held),
             len(batch.ledger_rows),
@@ -715,12 +707,8 @@ class _Books:
                 del self._accounts[uid]  # locked on first use: re-read if needed (nothing applied)
             else:
                 self._accounts[uid].balance, self._accounts[uid].reserved = accounts[uid]
-        for hid in list(self._holds):
-            if hid not in holds:
-                del self._holds[hid]
-            else:
-                hold = self._holds[hid]
-                hold.status, hold.captured, hold.resolved_at = holds[hid]
+        self._holds.clear()  # one locked on first use is re-read if needed (nothing applied)
+        self._holds.update(holds)
         b = self._batch
         b.deltas.clear()
         b.deltas.update(deltas)
@@ -751,7 +739,7 @@ class _Books:
             self._available_before = account.balance - account.reserved
         return replace(self._move, user_id=user_id, future=None), account
 
-    async def _hold(self, hold_id: uuid.UUID) -> tuple[Move, _Account, _HoldState]:
+    async def _hold(self, hold_id: uuid.UUID) -> tuple[Move, _Account, HoldState]:
         hold = self._holds.get(hold_id)
         if hold is None:
             owner = (await repo.owners(self._conn, repo.HOLD_OWNERS, [hold_id])).get(hold_id)
@@ -763,9 +751,9 @@ class _Books:
         move, account = await self._account(hold.user_id)
         return move, account, hold
 
-    def _seen(self, outcome: Outcome) -> dict[str, Any]:
+    def _seen(self, outcome: Outcome, made: type[V]) -> V:
         self.after = outcome.after
-        assert outcome.view is not None
+        assert isinstance(outcome.view, made)
         return outcome.view
 
     async def move(
@@ -776,24 +764,24 @@ class _Books:
         *,
         related_id: uuid.UUID | None = None,
         metadata: dict[str, Any] | None = None,
-    ) -> dict[str, Any]:
+    ) -> Entry:
         move, account = await self._account(user_id)
-        return self._seen(_signed(move, account, self._batch, amount, reason, related_id, metadata))
+        return self._seen(_signed(move, account, self._batch, amount, reason, related_id, metadata), Entry)
 
     async def hold(
         self, user_id: uuid.UUID, amount: int, *, reason: str, ttl_seconds: int, metadata: dict[str, Any] | None
-    ) -> dict[str, Any]:
+    ) -> HoldState:
         move, account = await self._account(user_id)
         move.reason, move.metadata = reason, metadata
-        return self._seen(_hold(move, Hold(amount, ttl_seconds), account, self._batch))
+        return self._seen(_hold(move, Hold(amount, ttl_seconds), account, self._batch), HoldState)
 
-    async def capture(self, hold_id: uuid.UUID, amount: int | None) -> dict[str, Any]:
+    async def capture(self, hold_id: uuid.UUID, amount: int | None) -> Entry:
         move, account, hold = await self._hold(hold_id)
-        return self._seen(_capture(move, Capture(hold_id, amount), hold, account, self._batch))
+        return self._seen(_capture(move, Capture(hold_id, amount), hold, self._holds, account, self._batch), Entry)
 
-    async def release(self, hold_id: uuid.UUID) -> dict[str, Any]:
+    async def release(self, hold_id: uuid.UUID) -> HoldState:
         move, account, hold = await self._hold(hold_id)
-        return self._seen(_release(move, Release(hold_id), hold, account, self._batch))
+        return self._seen(_release(move, Release(hold_id), hold, self._holds, account, self._batch), HoldState)
 
     async def balance(self, user_id: uuid.UUID) -> credits_repo.Balance | None:
         try:
@@ -817,7 +805,7 @@ async def _work(conn: asyncpg.Connection, move: Move, act: Work, books: _Books) 
     savepoint = conn.transaction()
     await savepoint.start()
     refusal: AppError | None = None
-    view: dict[str, Any] | None = None
+    view: object | None = None
     try:
         try:
             view = await act.run(tx)

@@ -130,7 +130,7 @@ async def claim(
     return {(r["principal"], r["idem_key"]) for r in rows}
 
 
-async def existing(conn: asyncpg.Connection, keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], Any]:
+async def existing(conn: asyncpg.Connection, keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], asyncpg.Record]:
     rows = await conn.fetch(EXISTING, [k[0] for k in keys], [k[1] for k in keys])
     return {(r["principal"], r["idem_key"]): r for r in rows}
 
@@ -139,7 +139,7 @@ async def store(conn: asyncpg.Connection, outcomes: Sequence[tuple[str, str, int
     await conn.execute(STORE, *(list(column) for column in zip(*outcomes, strict=True)))
 
 
-async def lock_accounts(conn: asyncpg.Connection, user_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, Any]:
+async def lock_accounts(conn: asyncpg.Connection, user_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, asyncpg.Record]:
     return {r["user_id"]: r for r in await conn.fetch(LOCK_ACCOUNTS, list(user_ids))}
 
 
@@ -157,11 +157,13 @@ async def owners(conn: asyncpg.Connection, sql: str, ids: Sequence[uuid.UUID]) -
     return {r["id"]: r["user_id"] for r in await conn.fetch(sql, list(ids))}
 
 
-async def lock_holds(conn: asyncpg.Connection, hold_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, Any]:
+async def lock_holds(conn: asyncpg.Connection, hold_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, asyncpg.Record]:
     return {r["id"]: r for r in await conn.fetch(LOCK_HOLDS, sorted(set(hold_ids)))}
 
 
-async def lock_debits(conn: asyncpg.Connection, transaction_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, Any]:
+async def lock_debits(
+    conn: asyncpg.Connection, transaction_ids: Sequence[uuid.UUID]
+) -> dict[uuid.UUID, asyncpg.Record]:
     return {r["id"]: r for r in await conn.fetch(LOCK_DEBITS, sorted(set(transaction_ids)))}
 
 
@@ -263,7 +265,7 @@ async def insert_events(conn: asyncpg.Connection, rows: Sequence[tuple[Any, ...]
     return {r[0] for r in found}
 
 
-async def events_by_request_id(conn: asyncpg.Connection, request_ids: Sequence[str]) -> dict[str, Any]:
+async def events_by_request_id(conn: asyncpg.Connection, request_ids: Sequence[str]) -> dict[str, asyncpg.Record]:
     return {r["request_id"]: r for r in await conn.fetch(EVENTS_BY_REQUEST_ID, list(request_ids))}
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import uuid
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from pydantic import BaseModel
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
@@ -18,17 +18,18 @@ from starlette.responses import Response
 from aihub.core.audit import service as audit
 from aihub.core.credits import repository as credits_repo
 from aihub.core.credits import service as credits
-from aihub.core.ledger.engine import Act, Claim, LedgerEngine, Move, Outcome, Release, Work
+from aihub.core.ledger.engine import Act, Claim, LedgerEngine, Move, Outcome, Release, Work, stored_of
 from aihub.core.ledger.usage import UsageOp
 from aihub.core.ledger.usage import writer as usage_writer
 from aihub.core.usage import service as usage
 from aihub.kit.db import Tx, utcnow
 from aihub.kit.errors import AppError
-from aihub.kit.idempotency import REPLAY_HEADER, IdempotentRequest, Stored, fingerprint, render, replay_body
+from aihub.kit.idempotency import IdempotentRequest, fingerprint, render
 from aihub.kit.runtime import Runtime
 from aihub.kit.slots import Slot
 
-R = TypeVar("R")
+T = TypeVar("T")
+
 _ENGINE: Slot[LedgerEngine] = Slot("ledger.engine")
 _WRITERS_POOL: Slot[AsyncEngine] = Slot("ledger.writers_pool")
 
@@ -92,9 +93,10 @@ async def move(
     policy: credits.Policy = credits.NO_ALERTS,
     status_code: int = 201,
     act: Act | None = None,
-) -> Response:
-    """Apply one move (a signed one, or an ``act`` on holds or a debit) through the engine and
-    answer as the request path would have."""
+) -> object:
+    """Apply one move (a signed one, or an ``act`` on holds or a debit) through the engine:
+    what it made (an ``Entry``, a ``HoldState``, a Work's result) for the endpoint to return
+    through its response model, a replay's stored answer, or its refusal raised."""
     outcome = await engine.submit(
         Move(
             user_id=user_id,
@@ -112,7 +114,7 @@ async def move(
             act=act,
         )
     )
-    return answer(outcome, model, idem.request_id)
+    return answer(outcome, idem)
 
 
 async def moved(
@@ -122,7 +124,7 @@ async def moved(
     principal: str,
     model: type[BaseModel],
     *,
-    fallback: Callable[[], Awaitable[Any]],
+    fallback: Callable[[], Awaitable[T]],
     status_code: int = 201,
     user_id: uuid.UUID | None,
     amount: int = 0,
@@ -130,14 +132,15 @@ async def moved(
     metadata: dict[str, Any] | None = None,
     policy: credits.Policy = credits.NO_ALERTS,
     act: Act | None = None,
-) -> Response:
+) -> T | Response:
     """A money-moving endpoint's answer, under its ``Idempotency-Key`` either way: the move
     through the process's engine (PostgreSQL), or ``fallback`` in the request's own
-    transaction where there is none (SQLite, one writer anyway)."""
+    transaction where there is none (SQLite, one writer anyway). The engine's move makes what
+    ``fallback`` would have (the same service code, or its set-based twin)."""
     engine = engine_of(runtime)
     if engine is None:
         return await idem.respond(tx, principal, status_code, model, fallback)
-    return await move(
+    made = await move(
         engine,
         tx,
         idem,
@@ -151,6 +154,7 @@ async def moved(
         status_code=status_code,
         act=act,
     )
+    return made if isinstance(made, Response) else cast(T, made)
 
 
 async def worked(
@@ -160,12 +164,12 @@ async def worked(
     principal: str,
     model: type[BaseModel],
     kind: str,
-    run: Callable[[Tx], Awaitable[Any]],
+    run: Callable[[Tx], Awaitable[T]],
     *,
     user_id: uuid.UUID | None,
     status_code: int = 201,
     policy: credits.Policy = credits.NO_ALERTS,
-) -> Response:
+) -> T | Response:
     """A domain's money move (``run``, its own service code) as an idempotent answer: one
     ``Work`` move of the engine's batch, or ``run`` on the request's transaction."""
     return await moved(
@@ -187,16 +191,16 @@ async def run_work(
     runtime: Runtime,
     tx: Tx,
     kind: str,
-    run: Callable[[Tx], Awaitable[R]],
+    run: Callable[[Tx], Awaitable[T]],
     *,
     user_id: uuid.UUID,
     policy: credits.Policy = credits.NO_ALERTS,
-) -> R:
+) -> T:
     """``work`` when the process has an engine, else ``run`` on the request's transaction."""
     engine = engine_of(runtime)
     if engine is None:
         return await run(tx)
-    result: R = await work(engine, tx, kind, run, user_id=user_id, policy=policy)
+    result: T = await work(engine, tx, kind, run, user_id=user_id, policy=policy)
     return result
 
 
@@ -204,11 +208,11 @@ async def work(
     engine: LedgerEngine,
     tx: Tx,
     kind: str,
-    run: Callable[[Tx], Awaitable[Any]],
+    run: Callable[[Tx], Awaitable[T]],
     *,
     user_id: uuid.UUID | None,
     policy: credits.Policy = credits.NO_ALERTS,
-) -> Any:  # what ``run`` returns
+) -> T:
     """A domain's money move without an idempotency key (``Work``) through the engine: its
     result, or its refusal raised. ``user_id``: the account it moves (locked with the batch's)."""
     outcome = await engine.submit(
@@ -227,7 +231,7 @@ async def work(
     if outcome.error is not None:
         raise outcome.error
     assert outcome.view is not None
-    return outcome.view
+    return cast(T, outcome.view)  # what ``run`` returned
 
 
 async def _release(tx: Tx) -> None:
@@ -235,20 +239,15 @@ async def _release(tx: Tx) -> None:
     await tx.session.close()
 
 
-def answer(outcome: Outcome, model: type[BaseModel], request_id: str | None) -> Response:
+def answer(outcome: Outcome, idem: IdempotentRequest) -> object:
+    """What a move came to, as its endpoint returns it: the stored answer of a replay, else
+    what the move made (the endpoint's response model serialises it, as the stored body)."""
     if outcome.error is not None:
         raise outcome.error
     if outcome.replayed:
-        assert outcome.body is not None
-        body = replay_body(Stored(outcome.status_code, outcome.body), request_id)
-        return _json(outcome.status_code, body, {REPLAY_HEADER: "true"})
-    if outcome.body is not None:
-        return _json(outcome.status_code, outcome.body)
-    return _json(outcome.status_code, render(model, outcome.view))
-
-
-def _json(status_code: int, body: bytes, headers: dict[str, str] | None = None) -> Response:
-    return Response(body, status_code=status_code, media_type="application/json", headers=headers)
+        return idem.replayed(stored_of(outcome))
+    assert outcome.view is not None
+    return outcome.view
 
 
 async def expire_holds(engine: LedgerEngine, runtime: Runtime, *, limit: int) -> tuple[int, int]:
@@ -269,7 +268,7 @@ async def expire_holds(engine: LedgerEngine, runtime: Runtime, *, limit: int) ->
     return len(due), sum(1 for outcome in outcomes if outcome.error is None)
 
 
-def _no_body(view: dict[str, Any]) -> bytes:
+def _no_body(view: object) -> bytes:
     return b""  # never stored: the sweep's moves carry no idempotency key
 
 
@@ -324,8 +323,7 @@ async def record_event(
     outcome = await engine.submit(op)
     if outcome.error is not None:
         raise outcome.error
-    assert outcome.view is not None
-    return outcome.view, outcome.replayed
+    return _usage_result(outcome), outcome.replayed
 
 
 async def record_batch(
@@ -362,6 +360,13 @@ async def record_batch(
                 refused.append((body["user_id"], outcome.error.details or {}))
             results.append(usage.batch_item(body["request_id"], outcome.error.status_code, error=outcome.error))
         else:
-            assert outcome.view is not None
-            results.append(usage.batch_item(body["request_id"], 200 if outcome.replayed else 201, outcome.view))
+            results.append(
+                usage.batch_item(body["request_id"], 200 if outcome.replayed else 201, _usage_result(outcome))
+            )
     return results, refused
+
+
+def _usage_result(outcome: Outcome) -> dict[str, Any]:
+    """What the usage writer made of one event (``ledger.usage``: still the usage service's dict)."""
+    assert isinstance(outcome.view, dict)
+    return outcome.view

@@ -19,8 +19,7 @@ from aihub.kit.db import Tx
 from aihub.kit.deps import RequirePermission, RuntimeDep, TxDep, TxRoute
 from aihub.kit.errors import Forbidden
 from aihub.kit.inputs import Timestamp
-from aihub.kit.jsonutil import dumps
-from aihub.kit.pagination import PageParams, page_params
+from aihub.kit.pagination import Paged, PageParams, page_params
 
 router = APIRouter(prefix="/api/payments", tags=["payments"], route_class=TxRoute)
 
@@ -34,9 +33,9 @@ _AUTH: dict[int | str, dict[str, Any]] = {
 
 
 @router.get("/packages", response_model=schemas.PackageList)
-async def list_packages(tx: TxDep) -> dict[str, Any]:
+async def list_packages(tx: TxDep) -> schemas.PackageList:
     """The credit packages on sale (public)."""
-    return await payments.list_packages(tx)
+    return schemas.PackageList(items=list(await payments.list_packages(tx)))
 
 
 @router.put(
@@ -44,12 +43,14 @@ async def list_packages(tx: TxDep) -> dict[str, Any]:
     response_model=schemas.PackageOut,
     responses={**_AUTH, 201: {"description": "created", "model": schemas.PackageOut}},
 )
-async def put_package(package_id: PackagePath, body: schemas.PackageIn, tx: TxDep, _: Writer) -> Response:
+async def put_package(
+    package_id: PackagePath, body: schemas.PackageIn, tx: TxDep, _: Writer, response: Response
+) -> schemas.PackageOut:
     """Create (201) or replace (200) a package (`payments:write`). Checkouts already opened keep
     the terms they were sold with."""
-    view, created = await payments.put_package(tx, package_id, body.model_dump())
-    content = schemas.PackageOut.model_validate(view).model_dump(mode="json")
-    return Response(dumps(content), status_code=201 if created else 200, media_type="application/json")
+    package, created = await payments.put_package(tx, package_id, body)
+    response.status_code = 201 if created else 200
+    return package
 
 
 @router.delete(
@@ -72,7 +73,9 @@ async def delete_package(package_id: PackagePath, tx: TxDep, _: Writer) -> None:
         503: {"description": "PAYMENTS_NOT_CONFIGURED"},
     },
 )
-async def create_checkout(body: schemas.CheckoutIn, tx: TxDep, runtime: RuntimeDep, me: CurrentUser) -> dict[str, Any]:
+async def create_checkout(
+    body: schemas.CheckoutIn, tx: TxDep, runtime: RuntimeDep, me: CurrentUser
+) -> schemas.CheckoutOut:
     """Open a Stripe Checkout Session for a package → the pending payment and the `url` to send
     the customer to. Credits are granted when Stripe reports the session paid."""
     provider = require_checkout(runtime)
@@ -91,7 +94,7 @@ async def create_checkout(body: schemas.CheckoutIn, tx: TxDep, runtime: RuntimeD
     },
     openapi_extra={"requestBody": {"content": {"application/json": {"schema": {"type": "object"}}}}},
 )
-async def stripe_webhook(request: Request, tx: TxDep, runtime: RuntimeDep) -> dict[str, Any]:
+async def stripe_webhook(request: Request, tx: TxDep, runtime: RuntimeDep) -> schemas.EventReceived:
     """Stripe's events (public: authenticated by `Stripe-Signature`, HMAC-SHA256 over
     `timestamp.body`, 5-minute tolerance). `checkout.session.completed` (paid) grants the
     package's credits once; `charge.refunded` takes back the refunded share once; a redelivered
@@ -101,14 +104,14 @@ async def stripe_webhook(request: Request, tx: TxDep, runtime: RuntimeDep) -> di
     engine = ledger.engine_of(runtime)
     if engine is not None:  # PostgreSQL: the event is one move of the ledger engine's batch
 
-        async def handle(work_tx: Tx) -> dict[str, Any]:
-            return {"outcome": await payments.handle_event(work_tx, runtime, "stripe", event)}
+        async def handle(work_tx: Tx) -> str:
+            return await payments.handle_event(work_tx, runtime, "stripe", event)
 
         owner = await payments.owner_of(tx, "stripe", event)
-        done = await ledger.work(engine, tx, "stripe", handle, user_id=owner, policy=credit_jobs.policy(runtime))
-        return {"received": True, "outcome": done["outcome"]}
-    outcome = await payments.handle_event(tx, runtime, "stripe", event)
-    return {"received": True, "outcome": outcome}
+        outcome = await ledger.work(engine, tx, "stripe", handle, user_id=owner, policy=credit_jobs.policy(runtime))
+    else:
+        outcome = await payments.handle_event(tx, runtime, "stripe", event)
+    return schemas.EventReceived(received=True, outcome=outcome)
 
 
 @router.get("", response_model=schemas.PaymentPage, responses=_AUTH)
@@ -121,7 +124,7 @@ async def list_payments(
     package_id: Annotated[str | None, Query(alias="packageId", max_length=64)] = None,
     from_: Annotated[Timestamp | None, Query(alias="from", description="Inclusive lower bound")] = None,
     to: Annotated[Timestamp | None, Query(description="Exclusive upper bound")] = None,
-) -> dict[str, Any]:
+) -> Paged[schemas.PaymentOut]:
     """Payments, newest first: one's own; everyone's (or `userId`'s) with `payments:read`."""
     if caller.can("payments:read"):
         target = user_id
@@ -139,9 +142,9 @@ async def list_payments(
     response_model=schemas.PaymentOut,
     responses={**_AUTH, 404: {"description": "PAYMENT_NOT_FOUND"}},
 )
-async def read_payment(payment_id: uuid.UUID, tx: TxDep, caller: CurrentPrincipal) -> dict[str, Any]:
+async def read_payment(payment_id: uuid.UUID, tx: TxDep, caller: CurrentPrincipal) -> schemas.PaymentOut:
     """One payment: one's own, or anyone's with `payments:read` (others' answer 404 otherwise)."""
     row = await payments.get_payment(tx, payment_id)
     if row.user_id != caller.user_id and not caller.can("payments:read"):
         raise payments.PaymentNotFound
-    return payments.payment_view(row)
+    return payments.payment_out(row)

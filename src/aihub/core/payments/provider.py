@@ -60,12 +60,54 @@ class CheckoutSession:
     url: str
 
 
+@dataclass(frozen=True, slots=True)
+class Event:
+    """A verified provider event: its id and type, and the object it is about. The object stays
+    the provider's JSON; the few fields the service acts on are read here, each checked."""
+
+    id: str
+    type: str
+    data: dict[str, Any]  # Stripe's data.object
+
+    @property
+    def object_id(self) -> str | None:
+        """The object's id (a checkout session's)."""
+        return _text(self.data.get("id"))
+
+    @property
+    def payment_intent(self) -> str | None:
+        """The charge's PaymentIntent (how a payment is found again)."""
+        return _text(self.data.get("payment_intent"))
+
+    @property
+    def paid(self) -> bool:
+        """A checkout session whose payment went through (async methods report it later)."""
+        return bool(self.data.get("payment_status") == "paid")
+
+    @property
+    def amount_refunded(self) -> int | None:
+        """A charge's refunded total so far (minor units), when it is a positive integer."""
+        value = self.data.get("amount_refunded")
+        if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+            return None
+        return value
+
+    @property
+    def recorded(self) -> dict[str, object]:
+        """What is kept of the object with the event: its kind and id, as sent."""
+        return {"object": self.data.get("object"), "id": self.data.get("id")}
+
+
+def _text(value: object) -> str | None:
+    return value if isinstance(value, str) and value else None
+
+
 class Provider(Protocol):
     name: str
 
     async def create_checkout(self, request: CheckoutRequest) -> CheckoutSession: ...
 
-    def verify(self, body: bytes, signature: str | None, now: float | None = None) -> dict[str, Any]: ...
+    def verify(self, body: bytes, signature: str | None, now: float | None = None) -> Event: ...
 
 
 def verify_stripe_signature(body: bytes, header: str | None, secret: str, tolerance: int, now: float) -> None:
@@ -155,7 +197,7 @@ class StripeProvider:
             raise ProviderError(details={"provider": "stripe", "error": "no checkout URL"})
         return CheckoutSession(id=session.id, url=session.url)
 
-    def verify(self, body: bytes, signature: str | None, now: float | None = None) -> dict[str, Any]:
+    def verify(self, body: bytes, signature: str | None, now: float | None = None) -> Event:
         verify_stripe_signature(body, signature, self._secret, self._tolerance, time.time() if now is None else now)
         try:
             event = orjson.loads(body)
@@ -169,7 +211,7 @@ class StripeProvider:
             or not isinstance(event["data"].get("object"), dict)
         ):
             raise InvalidEvent
-        return event
+        return Event(event["id"], event["type"], event["data"]["object"])
 
     async def close(self) -> None:
         await self._http.close_async()  # type: ignore[no-untyped-call]

@@ -12,6 +12,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from aihub.core.payments.schemas import PackageIn
 from aihub.kit.pagination import PageParams, keyset
 from aihub.models import CreditPackage, Payment, PaymentEvent
 
@@ -35,9 +36,10 @@ def _insert(session: AsyncSession) -> Any:
     return pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
 
 
-async def insert_package(session: AsyncSession, values: dict[str, Any]) -> bool:
+async def insert_package(session: AsyncSession, package_id: str, terms: PackageIn, now: dt.datetime) -> bool:
     """Create the package unless it exists (False then). Of two concurrent creators one inserts;
     the other waits on the key, inserts nothing and goes on to update the committed row."""
+    values = {"id": package_id, **terms.model_dump(), "created_at": now, "updated_at": now}
     stmt = _insert(session)(packages).values(**values).on_conflict_do_nothing(index_elements=["id"])
     return (await session.execute(stmt.returning(packages.c.id))).first() is not None
 
@@ -76,12 +78,24 @@ async def by_provider_payment(
     return (await session.execute(stmt)).scalar_one_or_none()
 
 
-async def record_event(session: AsyncSession, values: dict[str, Any]) -> bool:
-    """Insert the event once; False when it was already recorded (a redelivery).
+async def record_event(
+    session: AsyncSession, provider: str, event_id: str, kind: str, payload: dict[str, object], now: dt.datetime
+) -> bool:
+    """Insert the event once (outcome ``received``); False when it was already recorded (a
+    redelivery).
 
     On PostgreSQL a concurrent delivery of the same event waits on the key until the first
     transaction ends, then finds the row and inserts nothing.
     """
+    values = {
+        "provider": provider,
+        "event_id": event_id,
+        "type": kind,
+        "outcome": "received",
+        "payment_id": None,
+        "payload": payload,
+        "received_at": now,
+    }
     stmt = _insert(session)(events).values(**values).on_conflict_do_nothing(index_elements=["provider", "event_id"])
     result = await session.execute(stmt.returning(events.c.event_id))
     return result.first() is not None

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
-from typing import Any
+from collections.abc import Sequence
 
 import structlog
 
@@ -19,12 +19,13 @@ from aihub.core.audit import service as audit
 from aihub.core.credits import jobs as credit_jobs
 from aihub.core.credits import service as credits
 from aihub.core.payments import repository as repo
-from aihub.core.payments.provider import CheckoutRequest, Provider
+from aihub.core.payments.provider import CheckoutRequest, Event, Provider
+from aihub.core.payments.schemas import CheckoutOut, PackageIn, PackageOut, PaymentOut
 from aihub.core.webhooks import jobs as _webhook_jobs  # noqa: F401  (registers the delivery job)
 from aihub.core.webhooks import service as webhooks
 from aihub.kit.db import Tx, utcnow
 from aihub.kit.errors import Conflict, NotFound
-from aihub.kit.pagination import PageParams, page_of
+from aihub.kit.pagination import Paged, PageParams, paged
 from aihub.kit.runtime import Runtime
 from aihub.models import CreditPackage, Payment
 
@@ -46,37 +47,24 @@ class PaymentNotFound(NotFound):
 # ------------------------------------------------------------------------------ packages
 
 
-def package_view(row: CreditPackage) -> dict[str, Any]:
-    return {
-        "id": row.id,
-        "name": row.name,
-        "credits": row.credits,
-        "amount": row.amount,
-        "currency": row.currency,
-        "active": row.active,
-        "created_at": row.created_at,
-        "updated_at": row.updated_at,
-    }
+async def list_packages(tx: Tx, *, active_only: bool = True) -> Sequence[CreditPackage]:
+    return await repo.list_packages(tx.session, active_only=active_only)
 
 
-async def list_packages(tx: Tx, *, active_only: bool = True) -> dict[str, Any]:
-    return {"items": [package_view(p) for p in await repo.list_packages(tx.session, active_only=active_only)]}
-
-
-async def put_package(tx: Tx, package_id: str, values: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+async def put_package(tx: Tx, package_id: str, terms: PackageIn) -> tuple[PackageOut, bool]:
     """Create or replace; concurrent PUTs of one new id make one row (no unique-key error)."""
     now = utcnow()
-    created = await repo.insert_package(tx.session, {"id": package_id, **values, "created_at": now, "updated_at": now})
+    created = await repo.insert_package(tx.session, package_id, terms, now)
     row = await repo.get_package_for_update(tx.session, package_id)
     assert row is not None, "inserted or already there, and never deleted while locked"
-    before = None if created else package_view(row)
+    before = None if created else PackageOut.read(row).snapshot()
     if not created:
-        for name, value in values.items():
+        for name, value in terms.model_dump().items():
             setattr(row, name, value)
         row.updated_at = now
         await tx.session.flush()
-    after = package_view(row)
-    audit.record(tx, "payments.package.put", "credit_package", package_id, before=before, after=after)
+    after = PackageOut.read(row)
+    audit.record(tx, "payments.package.put", "credit_package", package_id, before=before, after=after.snapshot())
     return after, created
 
 
@@ -85,7 +73,7 @@ async def delete_package(tx: Tx, package_id: str) -> None:
     row = await repo.get_package(tx.session, package_id)
     if row is None:
         raise PackageNotFound
-    before = package_view(row)
+    before = PackageOut.read(row).snapshot()
     tx.session.expunge(row)
     await repo.delete_package(tx.session, package_id)
     audit.record(tx, "payments.package.delete", "credit_package", package_id, before=before)
@@ -94,24 +82,13 @@ async def delete_package(tx: Tx, package_id: str) -> None:
 # ------------------------------------------------------------------------------ payments
 
 
-def payment_view(row: Payment) -> dict[str, Any]:
-    return {
-        "id": row.id,
-        "user_id": row.user_id,
-        "provider": row.provider,
-        "package_id": row.package_id,
-        "credits": row.credits,
-        "amount": row.amount,
-        "currency": row.currency,
-        "status": row.status,
-        "checkout_url": row.checkout_url if row.status == "pending" else None,
-        "transaction_id": row.transaction_id,
-        "refunded_credits": row.refunded_credits,
-        "refunded_amount": row.refunded_amount,
-        "refund_shortfall": row.refund_shortfall,
-        "created_at": row.created_at,
-        "paid_at": row.paid_at,
-    }
+def payment_out(row: Payment) -> PaymentOut:
+    """A payment as the API shows it: the checkout URL only while it can still be paid."""
+    return PaymentOut.read(row, checkout_url=_checkout_url(row))
+
+
+def _checkout_url(row: Payment) -> str | None:
+    return row.checkout_url if row.status == "pending" else None
 
 
 async def checkout(
@@ -122,7 +99,7 @@ async def checkout(
     package_id: str,
     success_url: str,
     cancel_url: str,
-) -> dict[str, Any]:
+) -> CheckoutOut:
     """A pending payment with the package's terms as they are now, and its hosted checkout.
 
     The provider call carries the payment's id as its idempotency key, so the library's own
@@ -167,7 +144,6 @@ async def checkout(
     payment.checkout_url = session.url
     tx.session.add(payment)
     await tx.session.flush()
-    view = payment_view(payment)
     audit.record(
         tx,
         "payments.checkout",
@@ -175,7 +151,7 @@ async def checkout(
         payment.id,
         after={"packageId": package.id, "credits": package.credits, "amount": package.amount, "sessionId": session.id},
     )
-    return {**view, "url": session.url}
+    return CheckoutOut.read(payment, checkout_url=_checkout_url(payment), url=session.url)
 
 
 async def get_payment(tx: Tx, payment_id: uuid.UUID) -> Payment:
@@ -194,7 +170,7 @@ async def list_payments(
     package_id: str | None = None,
     created_from: dt.datetime | None = None,
     created_to: dt.datetime | None = None,
-) -> dict[str, Any]:
+) -> Paged[PaymentOut]:
     stmt = repo.search(
         params,
         user_id=user_id,
@@ -203,38 +179,25 @@ async def list_payments(
         created_from=created_from,
         created_to=created_to,
     )
-    rows, cursor = page_of(await repo.fetch(tx.session, stmt), params, lambda r: (r.created_at, r.id))
-    return {"items": [payment_view(r) for r in rows], "next_cursor": cursor}
+    page = paged(await repo.fetch(tx.session, stmt), params, lambda r: (r.created_at, r.id))
+    return Paged([payment_out(row) for row in page.items], page.next_cursor)
 
 
 # ------------------------------------------------------------------------------ provider events
 
 
-async def handle_event(tx: Tx, runtime: Runtime, provider: str, event: dict[str, Any]) -> str:
+async def handle_event(tx: Tx, runtime: Runtime, provider: str, event: Event) -> str:
     """Apply one verified provider event; returns what it did (also stored with the event)."""
-    event_id, kind = str(event["id"])[:255], str(event["type"])[:100]
-    obj: dict[str, Any] = event["data"]["object"]
-    first = await repo.record_event(
-        tx.session,
-        {
-            "provider": provider,
-            "event_id": event_id,
-            "type": kind,
-            "outcome": "received",
-            "payment_id": None,
-            "payload": {"object": obj.get("object"), "id": obj.get("id")},
-            "received_at": utcnow(),
-        },
-    )
-    if not first:
+    event_id, kind = event.id[:255], event.type[:100]
+    if not await repo.record_event(tx.session, provider, event_id, kind, event.recorded, utcnow()):
         return "duplicate"
     payment_id: uuid.UUID | None = None
     if kind in ("checkout.session.completed", "checkout.session.async_payment_succeeded"):
-        outcome, payment_id = await _session_paid(tx, runtime, provider, obj)
+        outcome, payment_id = await _session_paid(tx, runtime, provider, event)
     elif kind in ("checkout.session.expired", "checkout.session.async_payment_failed"):
-        outcome, payment_id = await _session_failed(tx, provider, obj)
+        outcome, payment_id = await _session_failed(tx, provider, event)
     elif kind == "charge.refunded":
-        outcome, payment_id = await _charge_refunded(tx, runtime, provider, obj)
+        outcome, payment_id = await _charge_refunded(tx, runtime, provider, event)
     else:
         outcome = "ignored"
     await repo.set_event_outcome(tx.session, provider, event_id, outcome, payment_id)
@@ -242,37 +205,32 @@ async def handle_event(tx: Tx, runtime: Runtime, provider: str, event: dict[str,
     return outcome
 
 
-async def owner_of(tx: Tx, provider: str, event: dict[str, Any]) -> uuid.UUID | None:
+async def owner_of(tx: Tx, provider: str, event: Event) -> uuid.UUID | None:
     """The user whose account ``event`` may move (None: none): read before the ledger engine
     takes its locks, which are the account's first and then the payment's (an owner never changes)."""
-    kind, obj = str(event["type"])[:100], event["data"]["object"]
+    kind = event.type[:100]
     payment: Payment | None = None
     if kind == "charge.refunded":
-        intent = _text(obj.get("payment_intent"))
+        intent = event.payment_intent
         payment = await repo.by_provider_payment(tx.session, provider, intent) if intent else None
     elif kind.startswith("checkout.session."):
-        session_id = _text(obj.get("id"))
+        session_id = event.object_id
         payment = await repo.by_session(tx.session, provider, session_id) if session_id else None
     return payment.user_id if payment is not None else None
 
 
-def _text(value: Any) -> str | None:
-    return value if isinstance(value, str) and value else None
-
-
-async def _session_paid(tx: Tx, runtime: Runtime, provider: str, obj: dict[str, Any]) -> tuple[str, uuid.UUID | None]:
-    session_id = _text(obj.get("id"))
+async def _session_paid(tx: Tx, runtime: Runtime, provider: str, event: Event) -> tuple[str, uuid.UUID | None]:
+    session_id = event.object_id
     if session_id is None:
         return "unmatched", None
-    if obj.get("payment_status") != "paid":
+    if not event.paid:
         return "not_paid", None  # async methods: async_payment_succeeded follows
     payment = await repo.by_session(tx.session, provider, session_id)
     if payment is None:
         log.warning("payments.unmatched_session", provider=provider, session_id=session_id)
         return "unmatched", None
     now = utcnow()
-    intent = _text(obj.get("payment_intent"))
-    if not await repo.mark_paid(tx.session, payment.id, intent, now):
+    if not await repo.mark_paid(tx.session, payment.id, event.payment_intent, now):
         return "already_paid", payment.id
     txn = await credits.grant(
         tx,
@@ -281,14 +239,14 @@ async def _session_paid(tx: Tx, runtime: Runtime, provider: str, obj: dict[str, 
         reason="purchase",
         metadata={"paymentId": str(payment.id), "provider": provider, "sessionId": session_id},
     )
-    await repo.update_payment(tx.session, payment.id, transaction_id=txn["id"])
+    await repo.update_payment(tx.session, payment.id, transaction_id=txn.id)
     audit.record(
         tx,
         "payments.paid",
         "payment",
         payment.id,
         before={"status": "pending"},
-        after={"status": "paid", "credits": payment.credits, "transactionId": str(txn["id"])},
+        after={"status": "paid", "credits": payment.credits, "transactionId": str(txn.id)},
     )
     await webhooks.emit(
         tx,
@@ -301,14 +259,14 @@ async def _session_paid(tx: Tx, runtime: Runtime, provider: str, obj: dict[str, 
             "credits": payment.credits,
             "amount": payment.amount,
             "currency": payment.currency,
-            "transactionId": str(txn["id"]),
+            "transactionId": str(txn.id),
         },
     )
     return "granted", payment.id
 
 
-async def _session_failed(tx: Tx, provider: str, obj: dict[str, Any]) -> tuple[str, uuid.UUID | None]:
-    session_id = _text(obj.get("id"))
+async def _session_failed(tx: Tx, provider: str, event: Event) -> tuple[str, uuid.UUID | None]:
+    session_id = event.object_id
     payment = await repo.by_session(tx.session, provider, session_id) if session_id else None
     if payment is None:
         return "unmatched", None
@@ -337,19 +295,17 @@ async def _take_back(tx: Tx, runtime: Runtime, payment: Payment, wanted: int) ->
         return 0  # spent in the meantime: all of it is a shortfall
 
 
-async def _charge_refunded(
-    tx: Tx, runtime: Runtime, provider: str, obj: dict[str, Any]
-) -> tuple[str, uuid.UUID | None]:
-    intent = _text(obj.get("payment_intent"))
+async def _charge_refunded(tx: Tx, runtime: Runtime, provider: str, event: Event) -> tuple[str, uuid.UUID | None]:
+    intent = event.payment_intent
     payment = await repo.by_provider_payment(tx.session, provider, intent, for_update=True) if intent else None
     if payment is None:
         return "unmatched", None
     if payment.status not in ("paid", "refunded"):
         return "ignored", payment.id
-    refunded_amount = obj.get("amount_refunded")
-    if not isinstance(refunded_amount, int) or isinstance(refunded_amount, bool) or refunded_amount <= 0:
+    sent = event.amount_refunded
+    if sent is None:
         return "ignored", payment.id
-    refunded_amount = min(refunded_amount, payment.amount)
+    refunded_amount = min(sent, payment.amount)
     # The refunded share of what was sold, rounded down: a partial refund never takes back
     # more than was paid for. Cumulative: Stripe's amount_refunded is the running total.
     target = payment.credits * refunded_amount // payment.amount
@@ -394,32 +350,16 @@ async def _charge_refunded(
     return "refunded", payment.id
 
 
-def _purchase_row(p: Payment) -> dict[str, Any]:
-    return {
-        "payment_id": p.id,
-        "package_id": p.package_id,
-        "credits": p.credits,
-        "amount": p.amount,
-        "currency": p.currency,
-        "status": p.status,
-        "refunded_credits": p.refunded_credits,
-        "transaction_id": p.transaction_id,
-        "paid_at": p.paid_at,
-    }
-
-
-async def purchases(
-    tx: Tx, user_id: uuid.UUID, start: dt.datetime | None, end: dt.datetime | None
-) -> list[dict[str, Any]]:
-    """The billing report's purchases block."""
-    return [_purchase_row(p) for p in await repo.purchases(tx.session, user_id, start, end)]
+async def purchases(tx: Tx, user_id: uuid.UUID, start: dt.datetime | None, end: dt.datetime | None) -> list[Payment]:
+    """The billing report's purchases block (its rows read by the report's schema)."""
+    return list(await repo.purchases(tx.session, user_id, start, end))
 
 
 async def purchases_by_user(
     tx: Tx, start: dt.datetime | None, end: dt.datetime | None
-) -> dict[uuid.UUID, list[dict[str, Any]]]:
+) -> dict[uuid.UUID, list[Payment]]:
     """Every user's purchases block, for the all-users export (one query)."""
-    found: dict[uuid.UUID, list[dict[str, Any]]] = {}
+    found: dict[uuid.UUID, list[Payment]] = {}
     for p in await repo.purchases(tx.session, None, start, end):
-        found.setdefault(p.user_id, []).append(_purchase_row(p))
+        found.setdefault(p.user_id, []).append(p)
     return found

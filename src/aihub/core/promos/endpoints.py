@@ -17,7 +17,8 @@ from aihub.core.rbac.service import Principal
 from aihub.kit.deps import RequirePermission, RuntimeDep, TxDep, TxRoute
 from aihub.kit.idempotency import IdempotentRequest, idempotent_request
 from aihub.kit.openapi import errors
-from aihub.kit.pagination import PageParams, page_params
+from aihub.kit.pagination import Paged, PageParams, page_params
+from aihub.models import PromoCode
 
 router = APIRouter(prefix="/api/promo-codes", tags=["promo-codes"], route_class=TxRoute)
 
@@ -39,23 +40,25 @@ _REDEEM_ERRORS: dict[int | str, dict[str, Any]] = {
     status_code=201,
     responses=errors(promos.PromoCodeTaken, promos.PromoCodeCollision),
 )
-async def create_code(body: schemas.PromoIn, tx: TxDep, _: Writer) -> dict[str, Any]:
+async def create_code(body: schemas.PromoIn, tx: TxDep, _: Writer) -> schemas.PromoOut:
     """Create one code (`promo:write`): the given `code` (stored upper case; 409
     `PROMO_CODE_TAKEN` when it exists) or a generated one such as `K7QM-2XWP-9HTC-RD4B`."""
-    return await promos.create(tx, body.model_dump())
+    return await promos.create(tx, body)
 
 
 @router.post(
     "/batch", response_model=schemas.PromoBatchOut, status_code=201, responses=errors(promos.PromoCodeCollision)
 )
-async def create_batch(body: schemas.PromoBatchIn, tx: TxDep, _: Writer) -> dict[str, Any]:
+async def create_batch(body: schemas.PromoBatchIn, tx: TxDep, _: Writer) -> schemas.PromoBatchOut:
     """Generate `count` (≤ 1000) unique codes with the same terms, each `PREFIX-XXXX-XXXX-XXXX-XXXX`
     when a prefix is given (`promo:write`)."""
-    return await promos.create_batch(tx, body.model_dump())
+    return await promos.create_batch(tx, body)
 
 
 @router.post("/redeem", response_model=schemas.RedeemOut, responses=_REDEEM_ERRORS)
-async def redeem_code(body: schemas.RedeemIn, tx: TxDep, me: CurrentUser, runtime: RuntimeDep, idem: Idem) -> Response:
+async def redeem_code(
+    body: schemas.RedeemIn, tx: TxDep, me: CurrentUser, runtime: RuntimeDep, idem: Idem
+) -> schemas.RedeemOut | Response:
     """Redeem a code for oneself (user token): its credits are granted at once → 200
     `{code, credits, balance, transactionId}`. Case and surrounding whitespace do not matter.
 
@@ -73,8 +76,8 @@ async def redeem_code(body: schemas.RedeemIn, tx: TxDep, me: CurrentUser, runtim
         if replayed is not None:
             return replayed
 
-        async def through_engine() -> Response:
-            return await ledger.move(
+        async def through_engine() -> schemas.RedeemOut | Response:
+            made = await ledger.move(
                 engine,
                 tx,
                 idem,
@@ -86,17 +89,18 @@ async def redeem_code(body: schemas.RedeemIn, tx: TxDep, me: CurrentUser, runtim
                 status_code=200,
                 act=Work("promo", lambda work_tx: promos.redeem(work_tx, user_id, body.code)),
             )
+            assert isinstance(made, schemas.RedeemOut | Response)  # the redemption, or a replay
+            return made
 
-        response: Response = await promos.redeem_limited(
-            tx, runtime.store, runtime.settings, user_id, body.code, run=through_engine
-        )
-        return response
+        return await promos.redeem_limited(tx, runtime.store, runtime.settings, user_id, through_engine)
     return await idem.respond(
         tx,
         me.id,
         200,
         schemas.RedeemOut,
-        lambda: promos.redeem_limited(tx, runtime.store, runtime.settings, user_id, body.code),
+        lambda: promos.redeem_limited(
+            tx, runtime.store, runtime.settings, user_id, lambda: promos.redeem(tx, user_id, body.code)
+        ),
     )
 
 
@@ -107,13 +111,13 @@ async def list_codes(
     page: Page,
     active: Annotated[bool | None, Query(description="Only active (true) or inactive (false) codes")] = None,
     code: Annotated[str | None, Query(max_length=100, description="Exact code, case-insensitive")] = None,
-) -> dict[str, Any]:
+) -> Paged[PromoCode]:
     """Promo codes, newest first (`promo:read`), with `redeemedCount` and `creditsGranted`."""
     return await promos.list_codes(tx, page, active=active, code=code)
 
 
 @router.get("/{promo_id}", response_model=schemas.PromoOut, responses=errors(promos.PromoNotFound))
-async def read_code(promo_id: uuid.UUID, tx: TxDep, _: Reader) -> dict[str, Any]:
+async def read_code(promo_id: uuid.UUID, tx: TxDep, _: Reader) -> PromoCode:
     return await promos.get(tx, promo_id)
 
 
@@ -122,14 +126,14 @@ async def read_code(promo_id: uuid.UUID, tx: TxDep, _: Reader) -> dict[str, Any]
     response_model=schemas.PromoOut,
     responses=errors(promos.PromoNotFound, promos.PromoMaxBelowRedeemed),
 )
-async def update_code(promo_id: uuid.UUID, body: schemas.PromoPatch, tx: TxDep, _: Writer) -> dict[str, Any]:
+async def update_code(promo_id: uuid.UUID, body: schemas.PromoPatch, tx: TxDep, _: Writer) -> schemas.PromoOut:
     """Deactivate or reactivate (`active`), change `startsAt`/`expiresAt`, `maxRedemptions`
     (`null`: unlimited; never below `redeemedCount`: 409 `PROMO_MAX_BELOW_REDEEMED`) or the
     description (`promo:write`). Only the fields sent change."""
-    return await promos.update(tx, promo_id, body.model_dump(exclude_unset=True))
+    return await promos.update(tx, promo_id, body)
 
 
 @router.get("/{promo_id}/redemptions", response_model=schemas.RedemptionPage, responses=errors(promos.PromoNotFound))
-async def list_redemptions(promo_id: uuid.UUID, tx: TxDep, _: Reader, page: Page) -> dict[str, Any]:
+async def list_redemptions(promo_id: uuid.UUID, tx: TxDep, _: Reader, page: Page) -> Paged[schemas.RedemptionOut]:
     """Who redeemed the code and when, newest first (`promo:read`)."""
     return await promos.list_redemptions(tx, promo_id, page)

@@ -104,8 +104,27 @@ async def user_count(session: AsyncSession, promo_id: uuid.UUID, user_id: uuid.U
     return int((await session.execute(stmt)).scalar_one_or_none() or 0)
 
 
-async def add_redemption(session: AsyncSession, values: dict[str, Any]) -> None:
-    await session.execute(insert(PromoRedemption).values(**values))
+async def add_redemption(
+    session: AsyncSession,
+    *,
+    id: uuid.UUID,
+    promo_id: uuid.UUID,
+    user_id: uuid.UUID,
+    seq: int,
+    credits: int,
+    transaction_id: uuid.UUID,
+    created_at: dt.datetime,
+) -> None:
+    stmt = insert(PromoRedemption).values(
+        id=id,
+        promo_id=promo_id,
+        user_id=user_id,
+        seq=seq,
+        credits=credits,
+        transaction_id=transaction_id,
+        created_at=created_at,
+    )
+    await session.execute(stmt)
 
 
 def search(params: PageParams, *, active: bool | None, code: str | None) -> Select[Any]:

@@ -11,7 +11,7 @@ import datetime as dt
 import secrets
 import uuid
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TypeVar
 
 import structlog
 
@@ -19,14 +19,25 @@ from aihub.config import Settings
 from aihub.core.audit import service as audit
 from aihub.core.credits import service as credits
 from aihub.core.promos import repository as repo
+from aihub.core.promos.schemas import (
+    PromoBatchIn,
+    PromoBatchOut,
+    PromoIn,
+    PromoOut,
+    PromoPatch,
+    PromoTerms,
+    RedeemOut,
+    RedemptionOut,
+)
 from aihub.core.webhooks import service as webhooks
 from aihub.kit.db import Tx, utcnow
 from aihub.kit.errors import AppError, Conflict, NotFound, ValidationFailed
-from aihub.kit.pagination import PageParams, page_of
+from aihub.kit.pagination import Paged, PageParams, paged
 from aihub.kit.store import Store, StoreUnavailable
 from aihub.models import PromoCode
 
 log = structlog.get_logger("aihub.promos")
+T = TypeVar("T")
 
 # No 0/O, 1/I/L: a code read aloud or copied from paper types back unambiguously.
 ALPHABET = "23456789ABCDEFGHJKMNPQRSTUVWXYZ"
@@ -93,44 +104,18 @@ def generate_code(prefix: str | None = None) -> str:
     return f"{normalise(prefix)}-{body}" if prefix else body
 
 
-def promo_view(promo: PromoCode) -> dict[str, Any]:
-    return {
-        "id": promo.id,
-        "code": promo.code,
-        "credits": promo.credits,
-        "max_redemptions": promo.max_redemptions,
-        "per_user_limit": promo.per_user_limit,
-        "starts_at": promo.starts_at,
-        "expires_at": promo.expires_at,
-        "active": promo.active,
-        "description": promo.description,
-        "created_by": promo.created_by,
-        "redeemed_count": promo.redeemed_count,
-        "credits_granted": promo.credits_granted,
-        "created_at": promo.created_at,
-        "updated_at": promo.updated_at,
-    }
-
-
-def _audit_view(view: dict[str, Any]) -> dict[str, Any]:
-    return {
-        k: (v.isoformat() if isinstance(v, dt.datetime) else str(v) if isinstance(v, uuid.UUID) else v)
-        for k, v in view.items()
-    }
-
-
-def _new(tx: Tx, code: str, terms: dict[str, Any], now: dt.datetime) -> PromoCode:
+def _new(tx: Tx, code: str, terms: PromoTerms, now: dt.datetime) -> PromoCode:
     actor = tx.info.get(audit.ACTOR)
     return PromoCode(
         id=uuid.uuid4(),
         code=code,
-        credits=terms["credits"],
-        max_redemptions=terms.get("max_redemptions"),
-        per_user_limit=terms.get("per_user_limit", 1),
-        starts_at=terms.get("starts_at"),
-        expires_at=terms.get("expires_at"),
+        credits=terms.credits,
+        max_redemptions=terms.max_redemptions,
+        per_user_limit=terms.per_user_limit,
+        starts_at=terms.starts_at,
+        expires_at=terms.expires_at,
         active=True,
-        description=terms.get("description"),
+        description=terms.description,
         created_by=actor.id if actor is not None else None,
         redeemed_count=0,
         credits_granted=0,
@@ -139,90 +124,78 @@ def _new(tx: Tx, code: str, terms: dict[str, Any], now: dt.datetime) -> PromoCod
     )
 
 
-async def _insert(tx: Tx, make_codes: Any, terms: dict[str, Any], *, given: bool) -> list[PromoCode]:
+async def _insert(tx: Tx, make_codes: Callable[[], list[str]], terms: PromoTerms, *, given: bool) -> list[PromoOut]:
     """Insert a set of codes; generated ones are drawn again on a (vanishingly rare) collision."""
     for _ in range(_ATTEMPTS):
         now = utcnow()
-        wanted: list[str] = make_codes()
+        wanted = make_codes()
         if len(set(wanted)) == len(wanted):
             promos = [_new(tx, code, terms, now) for code in wanted]
             if await repo.add(tx.session, promos):
-                for promo in promos:
-                    audit.record(tx, "promo.create", "promo_code", promo.id, after=_audit_view(promo_view(promo)))
-                return promos
+                made = [PromoOut.read(promo) for promo in promos]
+                for promo in made:
+                    audit.record(tx, "promo.create", "promo_code", promo.id, after=promo.snapshot())
+                return made
         if given:
             raise PromoCodeTaken(details={"code": wanted[0]})
     raise PromoCodeCollision
 
 
-async def create(tx: Tx, values: dict[str, Any]) -> dict[str, Any]:
-    given = values.pop("code", None)
-    code = normalise(given) if given else None
-    promos = await _insert(tx, lambda: [code or generate_code()], values, given=code is not None)
-    return promo_view(promos[0])
+async def create(tx: Tx, body: PromoIn) -> PromoOut:
+    code = normalise(body.code) if body.code else None
+    promos = await _insert(tx, lambda: [code or generate_code()], body, given=code is not None)
+    return promos[0]
 
 
-async def create_batch(tx: Tx, values: dict[str, Any]) -> dict[str, Any]:
-    count, prefix = values.pop("count"), values.pop("prefix", None)
-    promos = await _insert(tx, lambda: [generate_code(prefix) for _ in range(count)], values, given=False)
-    return {"items": [promo_view(p) for p in promos]}
+async def create_batch(tx: Tx, body: PromoBatchIn) -> PromoBatchOut:
+    make = lambda: [generate_code(body.prefix) for _ in range(body.count)]  # noqa: E731
+    return PromoBatchOut(items=await _insert(tx, make, body, given=False))
 
 
 # ------------------------------------------------------------------------------ admin reads and changes
 
 
-async def get(tx: Tx, promo_id: uuid.UUID) -> dict[str, Any]:
+async def get(tx: Tx, promo_id: uuid.UUID) -> PromoCode:
     promo = await repo.get(tx.session, promo_id)
     if promo is None:
         raise PromoNotFound
-    return promo_view(promo)
+    return promo
 
 
-async def update(tx: Tx, promo_id: uuid.UUID, changes: dict[str, Any]) -> dict[str, Any]:
+async def update(tx: Tx, promo_id: uuid.UUID, patch: PromoPatch) -> PromoOut:
     """Apply the sent fields. The row is locked (PostgreSQL) so a concurrent redemption cannot
     slip between the maxRedemptions check and the write; the CHECK constraint is the backstop."""
     promo = await repo.get(tx.session, promo_id, for_update=True)
     if promo is None:
         raise PromoNotFound
-    before = promo_view(promo)
-    merged = {**before, **changes}
-    if merged["max_redemptions"] is not None and merged["max_redemptions"] < promo.redeemed_count:
+    before = PromoOut.read(promo)
+    changes = patch.model_dump(exclude_unset=True)  # only the fields sent change
+    merged = before.model_copy(update=changes)
+    if merged.max_redemptions is not None and merged.max_redemptions < promo.redeemed_count:
         raise PromoMaxBelowRedeemed(details={"redeemedCount": promo.redeemed_count})
-    starts, expires = merged["starts_at"], merged["expires_at"]
+    starts, expires = merged.starts_at, merged.expires_at
     if starts is not None and expires is not None and expires <= starts:
         raise ValidationFailed(details=[{"field": "body.expiresAt", "message": "expiresAt must be after startsAt"}])
     for name, value in changes.items():
         setattr(promo, name, value)
     promo.updated_at = utcnow()
     await tx.session.flush()
-    after = promo_view(promo)
-    audit.record(tx, "promo.update", "promo_code", promo.id, before=_audit_view(before), after=_audit_view(after))
+    after = PromoOut.read(promo)
+    audit.record(tx, "promo.update", "promo_code", promo.id, before=before.snapshot(), after=after.snapshot())
     return after
 
 
-async def list_codes(tx: Tx, params: PageParams, *, active: bool | None, code: str | None) -> dict[str, Any]:
+async def list_codes(tx: Tx, params: PageParams, *, active: bool | None, code: str | None) -> Paged[PromoCode]:
     stmt = repo.search(params, active=active, code=normalise(code) if code else None)
-    rows, cursor = page_of(await repo.fetch(tx.session, stmt), params, lambda p: (p.created_at, p.id))
-    return {"items": [promo_view(p) for p in rows], "next_cursor": cursor}
+    return paged(await repo.fetch(tx.session, stmt), params, lambda p: (p.created_at, p.id))
 
 
-async def list_redemptions(tx: Tx, promo_id: uuid.UUID, params: PageParams) -> dict[str, Any]:
+async def list_redemptions(tx: Tx, promo_id: uuid.UUID, params: PageParams) -> Paged[RedemptionOut]:
     if await repo.get(tx.session, promo_id) is None:
         raise PromoNotFound
     rows = await repo.redemptions_page(tx.session, promo_id, params)
-    page, cursor = page_of(rows, params, lambda pair: (pair[0].created_at, pair[0].id))
-    items = [
-        {
-            "id": r.id,
-            "user_id": r.user_id,
-            "email": email,
-            "credits": r.credits,
-            "transaction_id": r.transaction_id,
-            "created_at": r.created_at,
-        }
-        for r, email in page
-    ]
-    return {"items": items, "next_cursor": cursor}
+    page = paged(rows, params, lambda pair: (pair[0].created_at, pair[0].id))
+    return Paged([RedemptionOut.read(row, email=email) for row, email in page.items], page.next_cursor)
 
 
 # ------------------------------------------------------------------------------ redemption
@@ -245,7 +218,7 @@ async def _why_not(tx: Tx, code: str, user_id: uuid.UUID, now: dt.datetime) -> A
     return PromoExhausted()
 
 
-async def redeem(tx: Tx, user_id: uuid.UUID, typed: str) -> dict[str, Any]:
+async def redeem(tx: Tx, user_id: uuid.UUID, typed: str) -> RedeemOut:
     code, now = normalise(typed), utcnow()
     won = await repo.claim(tx.session, code, now)
     if won is None:
@@ -259,15 +232,13 @@ async def redeem(tx: Tx, user_id: uuid.UUID, typed: str) -> dict[str, Any]:
     redemption_id = uuid.uuid4()
     await repo.add_redemption(
         tx.session,
-        {
-            "id": redemption_id,
-            "promo_id": won.id,
-            "user_id": user_id,
-            "seq": seq,
-            "credits": won.credits,
-            "transaction_id": txn["id"],
-            "created_at": now,
-        },
+        id=redemption_id,
+        promo_id=won.id,
+        user_id=user_id,
+        seq=seq,
+        credits=won.credits,
+        transaction_id=txn.id,
+        created_at=now,
     )
     audit.record(
         tx,
@@ -278,7 +249,7 @@ async def redeem(tx: Tx, user_id: uuid.UUID, typed: str) -> dict[str, Any]:
             "redemptionId": str(redemption_id),
             "userId": str(user_id),
             "credits": won.credits,
-            "transactionId": str(txn["id"]),
+            "transactionId": str(txn.id),
             "seq": seq,
         },
     )
@@ -286,12 +257,7 @@ async def redeem(tx: Tx, user_id: uuid.UUID, typed: str) -> dict[str, Any]:
         # Outbox only (no runtime here): the retry sweep sends it within seconds.
         data = {"promoId": str(won.id), "code": won.code, "maxRedemptions": won.max_redemptions}
         await webhooks.emit(tx, None, "promo.exhausted", data)
-    return {
-        "code": won.code,
-        "credits": won.credits,
-        "balance": int(txn["balance_after"]),
-        "transaction_id": txn["id"],
-    }
+    return RedeemOut(code=won.code, credits=won.credits, balance=txn.balance_after, transaction_id=txn.id)
 
 
 # ------------------------------------------------------------------------------ failed-attempt limit
@@ -341,10 +307,9 @@ async def redeem_limited(
     store: Store,
     settings: Settings,
     user_id: uuid.UUID,
-    typed: str,
-    run: Callable[[], Awaitable[Any]] | None = None,
-) -> Any:
-    """:func:`redeem` (or ``run``, which redeems: through the ledger engine) behind the
+    run: Callable[[], Awaitable[T]],
+) -> T:
+    """``run`` (which redeems: :func:`redeem`, or through the ledger engine) behind the
     failed-attempt limits: per user (every refusal counts) and per client address (only codes
     that do not exist count, with its own, higher threshold)."""
     window = settings.promo_failure_window_seconds
@@ -365,7 +330,7 @@ async def redeem_limited(
         if taken:
             held.append(ip_key)
     try:
-        result = await (run() if run is not None else redeem(tx, user_id, typed))
+        result = await run()
     except PromoNotFound:
         raise  # a guess: it stays counted on both
     except REFUSALS:

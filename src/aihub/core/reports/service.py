@@ -22,6 +22,7 @@ from aihub.core.usage import rollups
 from aihub.core.usage.rollups import Figures
 from aihub.core.users import service as users
 from aihub.kit.db import Tx, as_utc, utcnow
+from aihub.models import Payment
 
 
 class _Measured(Protocol):
@@ -82,8 +83,12 @@ async def billing_report(
         closing_balance=closing,
         by_reason=by_reason,
         usage=[_usage(r) for r in await repo.usage_by_model(tx.session, user_id, start, end, mark=mark)],
-        purchases=await payments.purchases(tx, user_id, start, end),
+        purchases=[_purchase(p) for p in await payments.purchases(tx, user_id, start, end)],
     )
+
+
+def _purchase(payment: Payment) -> schemas.PurchaseRow:
+    return schemas.PurchaseRow.read(payment, payment_id=payment.id)
 
 
 def report_csv(report: schemas.BillingReport) -> str:
@@ -187,7 +192,7 @@ async def billing_export(tx: Tx, start: dt.datetime | None, end: dt.datetime | N
                 closing_balance=closing.get(user_id, 0),
                 by_reason=by_reason,
                 usage=usage.get(user_id, []),
-                purchases=bought.get(user_id, []),
+                purchases=[_purchase(p) for p in bought.get(user_id, [])],
             )
         )
     rows.sort(key=lambda r: (r.email or "", str(r.user_id)))

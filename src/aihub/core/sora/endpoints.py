@@ -95,7 +95,7 @@ async def check_credits(body: schemas.CheckIn, tx: TxDep, session: VideoSession)
 )
 async def start_generation(
     body: schemas.GenerationIn, tx: TxDep, runtime: RuntimeDep, session: VideoSession, idem: Idem
-) -> Response:
+) -> schemas.GenerationOut | Response:
     """Hold the video's price (not spent yet) → `{id, holdId, cost, status: pending}`.
 
     402 `INSUFFICIENT_CREDITS` and no hold when the user cannot pay. Send an `Idempotency-Key`:

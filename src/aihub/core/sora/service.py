@@ -97,8 +97,8 @@ async def session_info(tx: Tx, row: SoraSession, user: User) -> schemas.SessionI
     return schemas.SessionInfo(
         user=schemas.SessionUser.read(user),
         expires_at=row.expires_at,
-        balance=account["balance"],
-        available=account["available"],
+        balance=account.balance,
+        available=account.available,
     )
 
 
@@ -106,10 +106,10 @@ async def check(tx: Tx, user: User, seconds: Decimal, resolution: str) -> schema
     cost = await cost_of(tx, seconds, resolution)
     account = await credits.account(tx, user.id)
     return schemas.CheckOut(
-        sufficient=account["available"] >= cost,
+        sufficient=account.available >= cost,
         cost=cost,
-        balance=account["balance"],
-        available=account["available"],
+        balance=account.balance,
+        available=account.available,
     )
 
 
@@ -131,14 +131,14 @@ async def start(
         id=gen_id,
         user_id=user.id,
         session_id=row.id,
-        hold_id=hold["id"],
+        hold_id=hold.id,
         duration_seconds=seconds,
         resolution=resolution,
         prompt=prompt,
         cost=cost,
         status="pending",
         created_at=utcnow(),
-        expires_at=hold["expires_at"],
+        expires_at=hold.expires_at,
     )
     tx.session.add(gen)
     await tx.session.flush()
@@ -164,7 +164,7 @@ async def complete(tx: Tx, user: User, generation_id: uuid.UUID, actual_seconds:
         raise GenerationResolved
     # An expired hold refuses the capture (409 HOLD_NOT_ACTIVE) and the whole request rolls back.
     txn = await credits.capture(tx, gen.hold_id, charge)
-    balance = int(txn["balance_after"])
+    balance = txn.balance_after
     await usage.record_settled(
         tx,
         request_id=f"sora:{gen.id}",
@@ -173,7 +173,7 @@ async def complete(tx: Tx, user: User, generation_id: uuid.UUID, actual_seconds:
         model=MODEL,
         duration_seconds=seconds,
         charge=charge,
-        transaction_id=txn["id"],
+        transaction_id=txn.id,
         balance=balance,
         reporter_id="sora",
     )
@@ -192,7 +192,7 @@ async def fail(tx: Tx, user: User, generation_id: uuid.UUID, reason: str | None)
         await credits.release(tx, gen.hold_id)
     audit.record(tx, "sora.generation.fail", "sora_generation", gen.id, after={"reason": reason})
     account = await credits.account(tx, user.id)
-    return schemas.Resolved(id=gen.id, status="failed", charged=0, balance=account["balance"])
+    return schemas.Resolved(id=gen.id, status="failed", charged=0, balance=account.balance)
 
 
 async def read_generation(tx: Tx, user: User, generation_id: uuid.UUID) -> SoraGeneration:

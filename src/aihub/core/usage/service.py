@@ -323,10 +323,10 @@ async def record_event(
                 "model": body.model,
             },
         )
-        transaction_id, balance = txn["id"], int(txn["balance_after"])
+        transaction_id, balance = txn.id, txn.balance_after
     else:
         account = await credits.account(tx, user_id)  # a free call still tells the balance
-        transaction_id, balance = None, int(account["balance"])
+        transaction_id, balance = None, account.balance
     await repo.settle(tx.session, event_id, transaction_id, balance)
     audit.record(
         tx,
