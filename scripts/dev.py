@@ -3,7 +3,7 @@
 
     python3 scripts/dev.py run     # create .venv if needed, install, start every service (embedded)
     python3 scripts/dev.py test    # create .venv if needed, install with test tools, run the suite
-    python3 scripts/dev.py lint    # ruff check, ruff format --check and mypy (what CI runs)
+    python3 scripts/dev.py lint    # ruff, ruff format --check, mypy and the import layers (what CI runs)
 
 The virtual environment is rebuilt only when pyproject.toml changes (a stamp holds its hash).
 Extra arguments go to the command: `dev.py run core`, `dev.py test -k users`; `dev.py lint PATH…`
@@ -55,6 +55,8 @@ def lint(paths: list[str]) -> int:
         ("mypy", [str(BIN / "mypy")]),
         # Tests, benches and scripts are not packages of their own: their folders are the bases.
         ("mypy tests bench scripts", [str(BIN / "mypy"), "--explicit-package-bases", "tests", "bench", "scripts"]),
+        # Domains import downward only, and no two domains import each other (issue 14 §2).
+        ("import layers", [str(BIN / "python"), str(ROOT / "scripts" / "imports.py")]),
     ]
     failed = []
     for name, command in steps:

@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """The import graph of src/aihub between domains: every arrow, the cycles, the upward arrows.
 
-    python3 scripts/imports.py            # the domain graph; exit 1 on a cycle or an upward arrow
-    python3 scripts/imports.py --arrows   # also list every module import behind each arrow
+    python3 scripts/imports.py            # exit 1 on a cycle or an upward arrow, naming them
+    python3 scripts/imports.py --graph    # also print every arrow of the domain graph
+    python3 scripts/imports.py --arrows   # ... and every module import behind each arrow
 
 A domain is a folder of its own (``aihub.core.credits``, ``aihub.auth.identity``, ``aihub.kit``)
 or a top-level module (``aihub.config``). Layers, lowest first: a domain may import its own
@@ -31,10 +32,10 @@ LAYERS: list[set[str]] = [
         "aihub.core.webhooks",
         "aihub.core.sessions",
     },
-    {"aihub.core.apikeys", "aihub.core.users", "aihub.core.credits", "aihub.core.notifications", "aihub.core.pricing"},
+    {"aihub.core.apikeys", "aihub.core.users", "aihub.core.credits", "aihub.core.pricing"},
+    {"aihub.core.notifications", "aihub.core.usage"},
+    {"aihub.core.ledger"},  # the engine every money move goes through, and those moves' HTTP edge
     {
-        "aihub.core.ledger",
-        "aihub.core.usage",
         "aihub.core.promos",
         "aihub.core.payments",
         "aihub.core.sora",
@@ -166,7 +167,8 @@ def cycles(arrows: dict[tuple[str, str], list[tuple[str, str]]]) -> list[list[st
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--arrows", action="store_true", help="list the module imports behind each arrow")
+    parser.add_argument("--graph", action="store_true", help="print every arrow between domains")
+    parser.add_argument("--arrows", action="store_true", help="with each arrow, the module imports behind it")
     args = parser.parse_args()
     arrows = graph()
     upward = [(a, b) for a, b in arrows if layer_of(b) > layer_of(a)]
@@ -174,6 +176,8 @@ def main() -> int:
     print(f"{len(arrows)} arrows between {len({d for pair in arrows for d in pair})} domains")
     for (a, b), behind in sorted(arrows.items()):
         mark = "  UPWARD" if (a, b) in upward else ""
+        if not (mark or args.graph or args.arrows):
+            continue
         print(f"  {a} -> {b}{mark}")
         if args.arrows or mark:
             for module, target in sorted(set(behind)):

@@ -208,14 +208,14 @@ async def test_concurrent_complete_and_fail_one_wins(live_core: LiveServer) -> N
 async def test_sweeps_expire_the_generation_and_release_its_hold(
     client: httpx.AsyncClient, runtime: Runtime, user: Caller
 ) -> None:
-    from aihub.core.credits import jobs as credit_jobs
+    from aihub.core.ledger import jobs as ledger_jobs
     from aihub.core.sora.jobs import expire_generations
 
     await fund(runtime, user.id, 1_000)
     s = await open_session(client, user)
     gen = (await client.post("/api/sora/generations", headers=s, json={"durationSeconds": 3})).json()
     await run_out(runtime, gen)
-    await credit_jobs.sweep_expired_holds(runtime, {})
+    await ledger_jobs.sweep_expired_holds(runtime, {})
     await expire_generations(runtime, {})
     assert await balance(client, user) == {"userId": user.id, "balance": 1_000, "reserved": 0, "available": 1_000}
     tx = runtime.tx()

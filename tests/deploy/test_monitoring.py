@@ -25,8 +25,8 @@ from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 
 from aihub.config import Settings
-from aihub.core.credits.jobs import deliver_webhook
 from aihub.core.credits.reconcile import reconcile
+from aihub.core.notifications.jobs import deliver_webhook
 from aihub.gateway.app import create_app as create_gateway
 from tests.conftest import Caller, LiveServer, create_user, free_port
 from tests.deploy.files import DEPLOY, require_tool

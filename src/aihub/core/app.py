@@ -8,12 +8,12 @@ from aihub.config import Settings
 from aihub.core.apikeys.endpoints import router as apikeys_router
 from aihub.core.audit.endpoints import router as audit_router
 from aihub.core.authorizations.endpoints import router as authorizations_router
-from aihub.core.credits.endpoints import deduct_lane
 from aihub.core.credits.endpoints import router as credits_router
-from aihub.core.credits.jobs import carry_policy
-from aihub.core.ledger.endpoints import event_lane
+from aihub.core.ledger.endpoints import credits_router as credit_moves_router
+from aihub.core.ledger.endpoints import deduct_lane, event_lane
 from aihub.core.ledger.endpoints import usage_router as usage_events_router
 from aihub.core.notifications.endpoints import router as alerts_router
+from aihub.core.notifications.jobs import carry_policy
 from aihub.core.payments.endpoints import router as payments_router
 from aihub.core.pricing.endpoints import router as pricing_router
 from aihub.core.promos.endpoints import router as promos_router
@@ -43,6 +43,7 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None,
         # The hot money paths first: routes are matched in order (a linear scan, a measurable
         # share of a deduction's CPU); no path of these two overlaps a later router's.
         [
+            credit_moves_router,
             credits_router,
             usage_events_router,
             usage_router,

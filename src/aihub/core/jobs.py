@@ -16,12 +16,15 @@ def periodic(runtime: Runtime) -> list[Periodic]:
     from aihub.auth.identity import emails  # noqa: F401 - registers the identity email job
     from aihub.core.authorizations import jobs as authorization_jobs
     from aihub.core.credits import jobs as credit_jobs
+    from aihub.core.ledger import jobs as ledger_jobs
+    from aihub.core.notifications import jobs as _notification_jobs  # noqa: F401 - registers the alert jobs
     from aihub.core.reports import jobs as report_jobs
     from aihub.core.sora import jobs as sora_jobs
     from aihub.core.usage import jobs as usage_jobs
     from aihub.core.webhooks import jobs as webhook_jobs
 
     return [
+        *ledger_jobs.periodic(runtime),
         *credit_jobs.periodic(runtime),
         *sora_jobs.periodic(runtime),
         *usage_jobs.periodic(runtime),

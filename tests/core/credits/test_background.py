@@ -15,8 +15,8 @@ from typer.testing import CliRunner
 
 from aihub.cli import app as cli
 from aihub.config import Settings
-from aihub.core.credits import jobs as credit_jobs
 from aihub.core.credits import service as credits
+from aihub.core.ledger import jobs as ledger_jobs
 from aihub.kit.jobs import jobs_of
 from aihub.kit.runtime import Runtime
 from tests.conftest import _core_app, create_user, free_port
@@ -142,7 +142,7 @@ async def test_sweep_releases_overdue_holds_once(runtime: Runtime, client: httpx
         await tx.commit()
     finally:
         await tx.close()
-    await credit_jobs.sweep_expired_holds(runtime, {"limit": 2})  # now-based: nothing overdue yet
+    await ledger_jobs.sweep_expired_holds(runtime, {"limit": 2})  # now-based: nothing overdue yet
     assert await account(runtime, user.id) == (10, 2, 10)
     tx = runtime.tx()
     try:

@@ -456,3 +456,16 @@ async def expire_holds(tx: Tx, *, limit: int = 200, now: dt.datetime | None = No
     for user_id in sorted(per_account):
         await repo.settle(tx.session, user_id, held=per_account[user_id], charged=0, now=now)
     return len(expired)
+
+
+# What a credit move or read can be refused with (documented on their routes).
+REFUSALS = (
+    InsufficientCredits,
+    AccountNotFound,
+    TransactionNotFound,
+    HoldNotFound,
+    HoldNotActive,
+    RefundExceedsDebit,
+    NotADebit,
+    CaptureExceedsHold,
+)

@@ -1,5 +1,5 @@
 """The HTTP edge of every money move that the ledger engine applies: usage events (one or a
-batch) and, below, the credit moves (grant, deduct, refund, holds).
+batch) and the credit moves (grant, deduct, refund, holds).
 
 These endpoints sit above the domains whose rules they apply (credits, usage, pricing,
 notifications) and the engine that applies them, which is why they live here rather than in
@@ -10,13 +10,16 @@ answers are the credits' and usage's own (docs/api.md).
 
 from __future__ import annotations
 
+import uuid
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Depends, Response
 
-from aihub.core.credits import jobs as credit_jobs
+from aihub.core.credits import schemas as credit_schemas
 from aihub.core.credits import service as credits
+from aihub.core.credits.repository import Entry, HoldState
 from aihub.core.ledger import service as ledger
+from aihub.core.ledger.engine import Capture, Hold, Refund, Release
 from aihub.core.notifications import jobs as notification_jobs
 from aihub.core.pricing import service as pricing
 from aihub.core.rbac.service import Principal
@@ -25,11 +28,19 @@ from aihub.core.usage import service as usage
 from aihub.core.users import service as users
 from aihub.kit.deps import RequirePermission, RuntimeDep, Solved, TxDep, TxRoute, lane
 from aihub.kit.fastlane import Lane
-from aihub.kit.idempotency import IdempotencyKeyReused
+from aihub.kit.idempotency import IdempotencyKeyReused, IdempotentRequest, idempotent_request
 from aihub.kit.openapi import errors
 from aihub.kit.runtime import Runtime
 
 usage_router = APIRouter(prefix="/api/usage", tags=["usage"], route_class=TxRoute)
+# Money-moving POSTs accept ``Idempotency-Key``: a replay within 24 h returns the first
+# response without moving money again (see ``aihub.kit.idempotency``).
+credits_router = APIRouter(prefix="/api/credits", tags=["credits"], route_class=TxRoute)
+
+Granter = Annotated[Principal, RequirePermission("credits:grant")]
+Deducter = Annotated[Principal, RequirePermission("credits:deduct")]
+Idem = Annotated[IdempotentRequest, Depends(idempotent_request)]
+_REFUSALS = errors(*credits.REFUSALS)
 
 
 @usage_router.post(
@@ -64,7 +75,7 @@ async def record_event(
     result: usage.Recorded | dict[str, Any]
     try:
         if engine is not None:
-            policy = credit_jobs.policy(runtime)
+            policy = notification_jobs.policy(runtime)
             result, replayed = await ledger.record_event(engine, tx, reporter.id, body.model_dump(), policy)
         else:
             result, replayed = await usage.record_event(tx, reporter.id, body)
@@ -101,7 +112,7 @@ async def record_events(
     engine = ledger.usage_engine_of(runtime)
     if engine is not None:
         events = body.model_dump()["events"]  # one call for the lot, not one per event
-        policy = credit_jobs.policy(runtime)
+        policy = notification_jobs.policy(runtime)
         results, refused = await ledger.record_batch(engine, tx, reporter.id, events, policy)
     else:
         results, refused = await usage.record_batch(tx, reporter.id, body.events)
@@ -118,3 +129,156 @@ def event_lane(runtime: Runtime) -> Lane:
         return await record_event(solved.body, solved.tx, solved.principal, solved.response, solved.runtime)
 
     return lane(runtime, "POST", "/api/usage/events", permission="usage:write", idempotent=False, call=call)
+
+
+# ---------------------------------------------------------------------- credit moves
+
+
+@credits_router.post("/grant", status_code=201, response_model=credit_schemas.TransactionOut, responses=_REFUSALS)
+async def grant_credits(
+    body: credit_schemas.GrantIn, tx: TxDep, runtime: RuntimeDep, actor: Granter, idem: Idem
+) -> Entry | Response:
+    """Add credits to an account (`credits:grant`) → the credit transaction."""
+    meta = dict(body.metadata or {})
+    if body.note is not None:
+        meta["note"] = body.note
+    return await ledger.moved(
+        runtime,
+        tx,
+        idem,
+        actor.id,
+        credit_schemas.TransactionOut,
+        fallback=lambda: credits.grant(
+            tx, body.user_id, body.amount, reason=body.reason, note=body.note, metadata=body.metadata
+        ),
+        user_id=body.user_id,
+        amount=body.amount,
+        reason=body.reason,
+        metadata=meta or None,
+    )
+
+
+@credits_router.post("/deduct", status_code=201, response_model=credit_schemas.TransactionOut, responses=_REFUSALS)
+async def deduct_credits(
+    body: credit_schemas.DeductIn, tx: TxDep, runtime: RuntimeDep, actor: Deducter, idem: Idem
+) -> Entry | Response:
+    """Take credits if that many are available (`credits:deduct`) → the debit transaction;
+    402 `INSUFFICIENT_CREDITS` otherwise. Never overdraws, whatever the concurrency."""
+    policy = notification_jobs.policy(runtime)
+    return await ledger.moved(
+        runtime,
+        tx,
+        idem,
+        actor.id,
+        credit_schemas.TransactionOut,
+        fallback=lambda: credits.deduct(
+            tx, body.user_id, body.amount, reason=body.reason, metadata=body.metadata, policy=policy
+        ),
+        user_id=body.user_id,
+        amount=-body.amount,
+        reason=body.reason,
+        metadata=body.metadata,
+        policy=policy,
+    )
+
+
+@credits_router.post("/refund", status_code=201, response_model=credit_schemas.TransactionOut, responses=_REFUSALS)
+async def refund_credits(
+    body: credit_schemas.RefundIn, tx: TxDep, runtime: RuntimeDep, actor: Granter, idem: Idem
+) -> Entry | Response:
+    """Credit back part (`amount`) or all of what is left of a debit (`credits:grant`);
+    409 `REFUND_EXCEEDS_DEBIT` beyond the debit minus earlier refunds."""
+    return await ledger.moved(
+        runtime,
+        tx,
+        idem,
+        actor.id,
+        credit_schemas.TransactionOut,
+        fallback=lambda: credits.refund(tx, body.transaction_id, body.amount, note=body.reason),
+        user_id=None,
+        reason="refund",
+        metadata={"note": body.reason} if body.reason else None,
+        act=Refund(body.transaction_id, body.amount),
+    )
+
+
+@credits_router.post("/holds", status_code=201, response_model=credit_schemas.HoldOut, responses=_REFUSALS)
+async def create_hold(
+    body: credit_schemas.HoldIn, tx: TxDep, runtime: RuntimeDep, actor: Deducter, idem: Idem
+) -> HoldState | Response:
+    """Reserve credits until captured or released (`credits:deduct`); it expires after
+    `ttlSeconds` (default from settings) and then releases itself."""
+    ttl = body.ttl_seconds or runtime.settings.hold_default_ttl_seconds
+    policy = notification_jobs.policy(runtime)
+    return await ledger.moved(
+        runtime,
+        tx,
+        idem,
+        actor.id,
+        credit_schemas.HoldOut,
+        fallback=lambda: credits.hold(
+            tx, body.user_id, body.amount, reason=body.reason, ttl_seconds=ttl, metadata=body.metadata, policy=policy
+        ),
+        user_id=body.user_id,
+        reason=body.reason,
+        metadata=body.metadata,
+        policy=policy,
+        act=Hold(body.amount, ttl),
+    )
+
+
+@credits_router.post(
+    "/holds/{hold_id}/capture", status_code=201, response_model=credit_schemas.TransactionOut, responses=_REFUSALS
+)
+async def capture_hold(
+    hold_id: uuid.UUID,
+    tx: TxDep,
+    runtime: RuntimeDep,
+    actor: Deducter,
+    idem: Idem,
+    body: credit_schemas.CaptureIn | None = None,
+) -> Entry | Response:
+    """Charge `amount` (default: all) of an active hold, release the rest → the debit
+    transaction (reason `hold_capture`); 409 `HOLD_NOT_ACTIVE` once resolved or expired."""
+    amount = body.amount if body is not None else None
+    return await ledger.moved(
+        runtime,
+        tx,
+        idem,
+        actor.id,
+        credit_schemas.TransactionOut,
+        fallback=lambda: credits.capture(tx, hold_id, amount),
+        user_id=None,
+        reason="hold_capture",
+        act=Capture(hold_id, amount),
+    )
+
+
+@credits_router.post("/holds/{hold_id}/release", response_model=credit_schemas.HoldOut, responses=_REFUSALS)
+async def release_hold(
+    hold_id: uuid.UUID, tx: TxDep, runtime: RuntimeDep, actor: Deducter, idem: Idem
+) -> HoldState | Response:
+    """Give an active hold's credits back to `available`; 409 `HOLD_NOT_ACTIVE` once resolved."""
+    return await ledger.moved(
+        runtime,
+        tx,
+        idem,
+        actor.id,
+        credit_schemas.HoldOut,
+        fallback=lambda: credits.release(tx, hold_id),
+        status_code=200,
+        user_id=None,
+        reason="hold_release",
+        act=Release(hold_id),
+    )
+
+
+def deduct_lane(runtime: Runtime) -> Lane:
+    """``POST /deduct`` as a fast lane (kit/deps.py ``lane``): the same endpoint function,
+    its dependencies solved without FastAPI's per-request machinery."""
+
+    async def call(solved: Solved[Principal]) -> Entry | Response:
+        assert solved.idem is not None
+        return await deduct_credits(solved.body, solved.tx, solved.runtime, solved.principal, solved.idem)
+
+    return lane(runtime, "POST", "/api/credits/deduct", permission="credits:deduct", idempotent=True, call=call)

@@ -1,4 +1,5 @@
-"""The low-balance job: one per crossed threshold, queued after the debit's commit.
+"""Low-balance alerts: the process's policy that every debit carries, and the job queued after
+the debit's commit, one per crossed threshold.
 
 It writes the ``credits.low_balance`` webhook deliveries (outbox, one transaction) and then
 emails the owner when they opted in; SMTP is never waited on inside a transaction.
@@ -9,17 +10,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import random
 import time
 import uuid
 from typing import Any
 
+import aiohttp
 import structlog
 
 from aihub.core.credits import service as credits
+from aihub.core.credits.metrics import WEBHOOK_DELIVERIES
 from aihub.core.notifications import service as notifications
 from aihub.core.webhooks import jobs as _webhook_jobs  # noqa: F401  (registers the delivery job)
 from aihub.core.webhooks import service as webhooks
-from aihub.kit.db import utcnow
+from aihub.kit.db import Tx, utcnow
 from aihub.kit.email import EmailDeliveryError, Mailer, build_mailer
 from aihub.kit.jobs import job, jobs_of
 from aihub.kit.runtime import Runtime
@@ -28,6 +32,8 @@ from aihub.kit.slots import Slot
 log = structlog.get_logger("aihub.notifications")
 LOW_BALANCE_JOB = "notifications.low_balance"
 QUOTA_REACHED_JOB = "notifications.quota_reached"
+WEBHOOK_JOB = "credits.low_balance_webhook"  # the legacy unsigned URL (its name as queued since it existed)
+_POLICY: Slot[credits.Policy] = Slot("credits.policy")
 _MAILER: Slot[Mailer] = Slot("notifications.mailer")
 _EMAIL_ATTEMPTS = 3
 
@@ -153,3 +159,76 @@ async def quota_reached(runtime: Runtime, payload: dict[str, Any]) -> None:
         await tx.commit()
     finally:
         await tx.close()
+
+
+# ---------------------------------------------------------------- the low-balance policy
+
+
+def policy(runtime: Runtime) -> credits.Policy:
+    """The process's low-balance policy (built once): the global threshold as the default, and
+    the notifier (see ``_notify``)."""
+    cached = runtime.extras.get(_POLICY)
+    if cached is None:
+
+        async def notify(event: credits.LowBalance) -> None:
+            await _notify(runtime, event)
+
+        cached = credits.Policy(runtime.settings.low_balance_threshold, notify)
+        runtime.extras.set(_POLICY, cached)
+    return cached
+
+
+async def _notify(runtime: Runtime, event: credits.LowBalance) -> None:
+    """Runs after commit: which thresholds were crossed (notifications), one job per crossing
+    for the signed webhook endpoints and the email, and the legacy unsigned URL when set."""
+    try:
+        crossed = await on_low_balance(runtime, event)
+    except Exception:  # the money moved and committed; a lost notification is only logged
+        log.exception("credits.low_balance_notify_failed", user_id=str(event.user_id))
+        return
+    if not runtime.settings.low_balance_webhook_url:
+        return
+    for threshold in crossed:
+        payload = {
+            "type": "credits.low_balance",
+            "userId": str(event.user_id),
+            "threshold": threshold,
+            "available": event.available,
+            "balance": event.balance,
+        }
+        try:
+            await jobs_of(runtime).enqueue(WEBHOOK_JOB, payload)
+        except Exception:  # as above: logged, never raised into the request that moved money
+            log.exception("credits.low_balance_enqueue_failed", user_id=payload["userId"])
+
+
+@job(WEBHOOK_JOB)
+async def deliver_webhook(runtime: Runtime, payload: dict[str, Any]) -> None:
+    """POST the event, retrying failures with exponential back-off and jitter."""
+    settings = runtime.settings
+    url = settings.low_balance_webhook_url
+    if not url:
+        return
+    timeout = aiohttp.ClientTimeout(total=settings.webhook_timeout_seconds)
+    async with aiohttp.ClientSession(timeout=timeout) as http:
+        for attempt in range(1, settings.webhook_max_attempts + 1):
+            try:
+                async with http.post(url, json=payload) as response:
+                    if response.status < 300:
+                        WEBHOOK_DELIVERIES.labels(outcome="delivered").inc()
+                        return
+                    problem = f"HTTP {response.status}"
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                problem = type(exc).__name__
+            log.warning("credits.webhook_retry", attempt=attempt, problem=problem)
+            if attempt < settings.webhook_max_attempts:
+                base = settings.webhook_backoff_seconds * 2 ** (attempt - 1)
+                await asyncio.sleep(base + random.uniform(0, base / 2))
+    WEBHOOK_DELIVERIES.labels(outcome="failed").inc()
+    log.error("credits.webhook_failed", user_id=payload.get("userId"))
+
+
+def carry_policy(runtime: Runtime, tx: Tx) -> None:
+    """What every unit of work of core's requests carries (kit/deps.py ``Access.on_tx``): the
+    process's low-balance policy, so that every debit in it (credits, usage, Sora) alerts."""
+    tx.info.set(credits.POLICY, policy(runtime))

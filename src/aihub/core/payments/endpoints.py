@@ -8,8 +8,8 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Path, Query, Request
 from starlette.responses import Response
 
-from aihub.core.credits import jobs as credit_jobs
 from aihub.core.ledger import service as ledger
+from aihub.core.notifications import jobs as notification_jobs
 from aihub.core.payments import schemas
 from aihub.core.payments import service as payments
 from aihub.core.payments.provider import require_checkout, stripe_provider
@@ -108,7 +108,9 @@ async def stripe_webhook(request: Request, tx: TxDep, runtime: RuntimeDep) -> sc
             return await payments.handle_event(work_tx, runtime, "stripe", event)
 
         owner = await payments.owner_of(tx, "stripe", event)
-        outcome = await ledger.work(engine, tx, "stripe", handle, user_id=owner, policy=credit_jobs.policy(runtime))
+        outcome = await ledger.work(
+            engine, tx, "stripe", handle, user_id=owner, policy=notification_jobs.policy(runtime)
+        )
     else:
         outcome = await payments.handle_event(tx, runtime, "stripe", event)
     return schemas.EventReceived(received=True, outcome=outcome)

@@ -16,8 +16,8 @@ from collections.abc import Sequence
 import structlog
 
 from aihub.core.audit import service as audit
-from aihub.core.credits import jobs as credit_jobs
 from aihub.core.credits import service as credits
+from aihub.core.notifications import jobs as notification_jobs
 from aihub.core.payments import repository as repo
 from aihub.core.payments.provider import CheckoutRequest, Event, Provider
 from aihub.core.payments.schemas import CheckoutOut, PackageIn, PackageOut, PaymentOut
@@ -280,7 +280,7 @@ async def _take_back(tx: Tx, runtime: Runtime, payment: Payment, wanted: int) ->
     """Debit up to ``wanted`` credits of a refunded purchase; what was already spent stays spent
     (returned short of ``wanted``). Each try is the ledger's own conditional debit."""
     meta = {"paymentId": str(payment.id), "kind": "purchase_refund"}
-    policy = credit_jobs.policy(runtime)
+    policy = notification_jobs.policy(runtime)
     try:
         await credits.deduct(tx, payment.user_id, wanted, reason="refund", metadata=meta, policy=policy)
         return wanted
