@@ -15,6 +15,7 @@ from aihub.core.audit import service as audit
 from aihub.core.ledger.engine import Outcome
 from aihub.core.ledger.usage import UsageOp, _audit_row, _created, apply_events
 from aihub.core.usage import schemas
+from aihub.core.usage import service as usage
 from aihub.kit.ids import uuid4s
 from aihub.kit.jsonutil import dumps
 from aihub.kit.runtime import Runtime
@@ -33,7 +34,8 @@ def test_the_batch_body_is_what_the_response_model_renders() -> None:
         {"request_id": "c", "status": 404, "code": "ACCOUNT_NOT_FOUND", "message": "m", "details": None},
     ]
     model = schemas.UsageBatchOut.model_validate({"results": results})
-    assert schemas.batch_body(results) == model.model_dump_json(by_alias=True, exclude_none=True).encode()
+    items = [schemas.BatchResult(**item) for item in results]  # type: ignore[arg-type]
+    assert schemas.batch_body(items) == model.model_dump_json(by_alias=True, exclude_none=True).encode()
 
 
 def test_bulk_ids_are_version_4_and_distinct() -> None:
@@ -120,8 +122,8 @@ async def test_a_request_id_recorded_meanwhile_is_answered_as_its_replay(pg_runt
         await other.close()
         await writer.close()
     replay, recorded = outcomes[id(ops[0])], outcomes[id(ops[1])]
-    assert replay.replayed and replay.view == {"id": first, "request_id": "race-1", "credits": 7, "balance": 93}
-    assert not recorded.replayed and isinstance(recorded.view, dict) and recorded.view["balance"] == 95
+    assert replay.replayed and replay.view == usage.Recorded(first, "race-1", 7, 93)
+    assert not recorded.replayed and isinstance(recorded.view, usage.Recorded) and recorded.view.balance == 95
     assert await account(rt, user.id) == (95, 0, 95)
     assert await count(rt, UsageEvent) == 2
     await assert_reconciled(rt)

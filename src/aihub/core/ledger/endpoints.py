@@ -11,7 +11,7 @@ answers are the credits' and usage's own (docs/api.md).
 from __future__ import annotations
 
 import uuid
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Depends, Response
 
@@ -64,7 +64,7 @@ async def record_event(
     reporter: Annotated[Principal, RequirePermission("usage:write")],
     response: Response,
     runtime: RuntimeDep,
-) -> usage.Recorded | dict[str, Any]:  # the dict: the usage writer's view (ledger.service), as it is
+) -> usage.Recorded:
     """Report one call: it is priced, checked against the quota and charged in one transaction.
 
     Idempotent on `requestId`: a replay returns the first result (header `Idempotent-Replayed:
@@ -72,7 +72,6 @@ async def record_event(
     `IDEMPOTENCY_KEY_REUSED`. 402 `INSUFFICIENT_CREDITS`, 422 `UNKNOWN_MODEL`, 429 `QUOTA_EXCEEDED`.
     """
     engine = ledger.usage_engine_of(runtime)
-    result: usage.Recorded | dict[str, Any]
     try:
         if engine is not None:
             policy = notification_jobs.policy(runtime)
@@ -116,8 +115,8 @@ async def record_events(
         results, refused = await ledger.record_batch(engine, tx, reporter.id, events, policy)
     else:
         results, refused = await usage.record_batch(tx, reporter.id, body.events)
-    for user_id, details in refused:
-        await notification_jobs.on_quota_refused(runtime, user_id, details)
+    for user_id, error in refused:
+        await notification_jobs.on_quota_refused(runtime, user_id, error.details or {})
     return Response(schemas.batch_body(results), media_type="application/json")
 
 
@@ -125,7 +124,7 @@ def event_lane(runtime: Runtime) -> Lane:
     """``POST /events`` as a fast lane (kit/deps.py ``lane``): the same endpoint function,
     its dependencies solved without FastAPI's per-request machinery."""
 
-    async def call(solved: Solved[Principal]) -> usage.Recorded | dict[str, Any]:
+    async def call(solved: Solved[Principal]) -> usage.Recorded:
         return await record_event(solved.body, solved.tx, solved.principal, solved.response, solved.runtime)
 
     return lane(runtime, "POST", "/api/usage/events", permission="usage:write", idempotent=False, call=call)

@@ -21,6 +21,7 @@ from aihub.core.credits import service as credits
 from aihub.core.ledger.engine import Act, Claim, LedgerEngine, Move, Outcome, Release, Work, stored_of
 from aihub.core.ledger.usage import UsageOp
 from aihub.core.ledger.usage import writer as usage_writer
+from aihub.core.usage import schemas as usage_schemas
 from aihub.core.usage import service as usage
 from aihub.kit.db import Tx, utcnow
 from aihub.kit.errors import AppError
@@ -316,7 +317,7 @@ async def priced(
 
 async def record_event(
     engine: LedgerEngine, tx: Tx, reporter_id: str, body: dict[str, Any], policy: credits.Policy
-) -> tuple[dict[str, Any], bool]:
+) -> tuple[usage.Recorded, bool]:
     """One event through the writer: (result, replayed), or its error raised."""
     op = await priced(tx, reporter_id, body, None, {}, policy)
     await _release(tx)
@@ -328,7 +329,7 @@ async def record_event(
 
 async def record_batch(
     engine: LedgerEngine, tx: Tx, reporter_id: str, events: list[dict[str, Any]], policy: credits.Policy
-) -> tuple[list[dict[str, Any]], list[tuple[uuid.UUID, dict[str, Any]]]]:
+) -> tuple[list[usage_schemas.BatchResult], list[usage.Refusal]]:
     """Every event priced here, then all queued together (they share the writer's batch)."""
     if len(events) > usage.BATCH_MAX:
         raise usage.BatchTooLarge(details={"max": usage.BATCH_MAX, "received": len(events)})
@@ -348,8 +349,8 @@ async def record_batch(
     ops = [slot for slot in slots if isinstance(slot, UsageOp)]
     await _release(tx)
     outcomes = iter(await engine.submit_many(ops)) if ops else iter(())
-    results: list[dict[str, Any]] = []
-    refused: list[tuple[uuid.UUID, dict[str, Any]]] = []
+    results: list[usage_schemas.BatchResult] = []
+    refused: list[usage.Refusal] = []
     for body, slot in zip(bodies, slots, strict=True):
         if isinstance(slot, AppError):
             results.append(usage.batch_item(body["request_id"], slot.status_code, error=slot))
@@ -357,7 +358,7 @@ async def record_batch(
         outcome = next(outcomes)
         if outcome.error is not None:
             if isinstance(outcome.error, usage.QuotaExceeded):
-                refused.append((body["user_id"], outcome.error.details or {}))
+                refused.append((body["user_id"], outcome.error))
             results.append(usage.batch_item(body["request_id"], outcome.error.status_code, error=outcome.error))
         else:
             results.append(
@@ -366,7 +367,7 @@ async def record_batch(
     return results, refused
 
 
-def _usage_result(outcome: Outcome) -> dict[str, Any]:
-    """What the usage writer made of one event (``ledger.usage``: still the usage service's dict)."""
-    assert isinstance(outcome.view, dict)
+def _usage_result(outcome: Outcome) -> usage.Recorded:
+    """What the usage writer made of one event (``ledger.usage``)."""
+    assert isinstance(outcome.view, usage.Recorded)
     return outcome.view

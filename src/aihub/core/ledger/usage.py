@@ -88,8 +88,8 @@ class _Account:
     threshold: int | None
 
 
-def _result(event_id: Any, request_id: str, charge: int, balance: int) -> dict[str, Any]:
-    return {"id": event_id, "request_id": request_id, "credits": charge, "balance": balance}
+def _result(event_id: Any, request_id: str, charge: int, balance: int) -> usage.Recorded:
+    return usage.Recorded(event_id, request_id, charge, balance)
 
 
 # A limit an event is checked against: the limit, the counter row it reads, and its window.

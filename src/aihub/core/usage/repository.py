@@ -102,8 +102,9 @@ async def summary(
     user_id: uuid.UUID | None,
     start: dt.datetime | None,
     end: dt.datetime | None,
-) -> list[dict[str, Any]]:
-    """Grouped totals: rollups for complete past days, raw events for the rest (see rollups)."""
+) -> list[tuple[str, rollups.Figures]]:
+    """Grouped totals by their key (``provider/model``, ``YYYY-MM-DD``…), in key order: rollups
+    for complete past days, raw events for the rest (see rollups)."""
     keys = {
         "day": ["day"],
         "provider": ["provider"],
@@ -112,11 +113,7 @@ async def summary(
     }[group_by]
     mark = await rollups.complete_until(session)
     rows = await rollups.aggregate(session, keys, mark=mark, start=start, end=end, user_id=user_id)
-    items = [
-        {"key": "/".join(str(getattr(row, k)) for k in keys), **{m: getattr(row, m) for m in rollups.MEASURES}}
-        for row in rows
-    ]
-    return sorted(items, key=lambda item: item["key"])
+    return sorted((("/".join(str(getattr(row, k)) for k in keys), row) for row in rows), key=lambda item: item[0])
 
 
 async def quota_limits(session: AsyncSession, scope: str) -> Sequence[QuotaLimit]:

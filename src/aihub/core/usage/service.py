@@ -11,7 +11,7 @@ import datetime as dt
 import hashlib
 import uuid
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 from aihub.core.audit import service as audit
@@ -81,6 +81,10 @@ class Recorded:
     request_id: str
     credits: int
     balance: int
+
+
+# A batch event refused for its quota, and whose: notified after the batch commits.
+Refusal = tuple[uuid.UUID, QuotaExceeded]
 
 
 def _result(event: UsageEvent) -> Recorded:
@@ -396,22 +400,19 @@ def check_occurred_at(occurred_at: dt.datetime | None, now: dt.datetime) -> None
 
 
 def batch_item(
-    request_id: str, status: int, result: dict[str, Any] | None = None, error: AppError | None = None
-) -> dict[str, Any]:
-    """One entry of a batch's ``results`` as ``schemas.batch_body`` serialises it: built as the
-    JSON it becomes, a thousand per answer, never validated one by one. ``result``: the usage
-    writer's view of the event (``ledger.usage``), or a :class:`Recorded` as a dict."""
-    item: dict[str, Any] = {"request_id": request_id, "status": status}
+    request_id: str, status: int, result: Recorded | None = None, error: AppError | None = None
+) -> schemas.BatchResult:
+    """One entry of a batch's ``results``: what the event came to, or its refusal."""
     if result is not None:
-        item.update(id=result["id"], credits=result["credits"], balance=result["balance"])
+        return schemas.BatchResult(request_id, status, id=result.id, credits=result.credits, balance=result.balance)
     if error is not None:
-        item.update(code=error.code, message=error.message, details=error.details)
-    return item
+        return schemas.BatchResult(request_id, status, code=error.code, message=error.message, details=error.details)
+    return schemas.BatchResult(request_id, status)
 
 
 async def record_batch(
     tx: Tx, reporter_id: str, events: Sequence[schemas.UsageBatchEventIn]
-) -> tuple[list[dict[str, Any]], list[tuple[uuid.UUID, dict[str, Any]]]]:
+) -> tuple[list[schemas.BatchResult], list[Refusal]]:
     """Each event as :func:`record_event` would, independently (a savepoint each), in the order
     given; one transaction for the batch. Returns the per-event results (201 recorded, 200
     replayed, or the error's status and code) and the quota refusals to notify after commit.
@@ -422,8 +423,8 @@ async def record_batch(
     if len(events) > BATCH_MAX:
         raise BatchTooLarge(details={"max": BATCH_MAX, "received": len(events)})
     now = utcnow()
-    results: list[dict[str, Any]] = []
-    refused: list[tuple[uuid.UUID, dict[str, Any]]] = []
+    results: list[schemas.BatchResult] = []
+    refused: list[Refusal] = []
     days: set[dt.date] = set()
     for body in events:
         occurred_at = body.occurred_at
@@ -433,10 +434,10 @@ async def record_batch(
                 result, replayed = await record_event(tx, reporter_id, body, occurred_at=occurred_at)
         except AppError as exc:
             if isinstance(exc, QuotaExceeded):
-                refused.append((body.user_id, exc.details or {}))
+                refused.append((body.user_id, exc))
             results.append(batch_item(body.request_id, exc.status_code, error=exc))
             continue
-        results.append(batch_item(body.request_id, 200 if replayed else 201, asdict(result)))
+        results.append(batch_item(body.request_id, 200 if replayed else 201, result))
         if occurred_at is not None and not replayed:
             days.add(occurred_at.date())
     await _roll_backdated(tx, days)
@@ -462,8 +463,8 @@ async def list_events(tx: Tx, params: PageParams, **filters: Any) -> Paged[schem
 
 
 async def summary(tx: Tx, group_by: str, **filters: Any) -> schemas.SummaryOut:
-    items = await repo.summary(tx.session, group_by, **filters)
-    return schemas.SummaryOut(group_by=group_by, items=[schemas.SummaryItem.model_validate(i) for i in items])
+    totals = await repo.summary(tx.session, group_by, **filters)
+    return schemas.SummaryOut(group_by=group_by, items=[schemas.SummaryItem.read(row, key=key) for key, row in totals])
 
 
 async def record_settled(
