@@ -25,6 +25,7 @@ from joserfc.errors import InvalidKeyIdError, JoseError
 from joserfc.jwk import KeySet
 
 from aihub.config import Settings
+from aihub.kit.jsonutil import JsonObject
 
 log = structlog.get_logger("aihub.identity.oidc")
 
@@ -56,7 +57,7 @@ class ProviderMetadata:
     signing_algs: tuple[str, ...]  # id_token_signing_alg_values_supported (may be empty)
 
     @classmethod
-    def of(cls, doc: dict[str, Any], issuer: str) -> ProviderMetadata:
+    def of(cls, doc: JsonObject, issuer: str) -> ProviderMetadata:
         """The document checked: its ``issuer`` must be ours exactly, its endpoints URLs."""
         if doc.get("issuer") != issuer:
             raise ProviderError("the discovery document names another issuer")
@@ -89,7 +90,7 @@ class Identity:
     name: str | None
 
     @classmethod
-    def of(cls, claims: dict[str, Any]) -> Identity:
+    def of(cls, claims: JsonObject) -> Identity:
         email = claims.get("email")
         name = claims.get("name")
         verified = claims.get("email_verified")
@@ -135,7 +136,7 @@ class OidcClient:
         if self._session is not None:
             await self._session.close()
 
-    async def _get_json(self, url: str) -> dict[str, Any]:
+    async def _get_json(self, url: str) -> JsonObject:
         try:
             async with self._http().get(url, headers={"Accept": "application/json"}) as response:
                 if response.status != 200:
