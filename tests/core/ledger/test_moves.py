@@ -73,7 +73,7 @@ async def pg_client(pg_runtime: Runtime) -> AsyncIterator[httpx.AsyncClient]:
 # ------------------------------------------------------------------ the ledger's own acts
 
 
-async def test_holds_captures_releases_and_refunds_go_through_theengine(
+async def test_holds_captures_releases_and_refunds_go_through_the_engine(
     pg_runtime: Runtime, pg_client: httpx.AsyncClient
 ) -> None:
     rt, client = pg_runtime, pg_client
@@ -127,7 +127,7 @@ async def test_a_replay_through_the_engine_answers_the_first_answers_bytes(
     assert engine_of(pg_runtime).committed - before == Counter({"move": 2, "hold": 2, "release": 2})
 
 
-async def test_the_hold_sweep_expires_through_theengine(pg_runtime: Runtime) -> None:
+async def test_the_hold_sweep_expires_through_the_engine(pg_runtime: Runtime) -> None:
     rt = pg_runtime
     user = await funded(rt, 50)
     engine = engine_of(rt)
@@ -149,7 +149,7 @@ async def test_the_hold_sweep_expires_through_theengine(pg_runtime: Runtime) -> 
 # ------------------------------------------------------------------ the domains' Work moves
 
 
-async def test_promo_sora_and_authorizations_go_through_theengine(
+async def test_promo_sora_and_authorizations_go_through_the_engine(
     pg_runtime: Runtime, pg_client: httpx.AsyncClient
 ) -> None:
     rt, client = pg_runtime, pg_client
@@ -191,7 +191,7 @@ async def test_promo_sora_and_authorizations_go_through_theengine(
     assert await audit_valid(rt)
 
 
-async def test_the_authorization_sweep_goes_through_theengine(
+async def test_the_authorization_sweep_goes_through_the_engine(
     pg_runtime: Runtime, pg_client: httpx.AsyncClient
 ) -> None:
     rt, client = pg_runtime, pg_client
@@ -210,7 +210,7 @@ async def test_the_authorization_sweep_goes_through_theengine(
     assert await audit_valid(rt)
 
 
-async def test_a_stripe_payment_credits_through_theengine(pg_settings: Settings) -> None:
+async def test_a_stripe_payment_credits_through_the_engine(pg_settings: Settings) -> None:
     fake_stripe = FakeStripe(free_port())
     await fake_stripe.start()
     rt = Runtime.build(stripe_settings(pg_settings, fake_stripe))
