@@ -17,7 +17,7 @@ from aihub.kit.db import Tx
 from aihub.kit.errors import AppError, ServiceUnavailable
 from aihub.kit.jobs import jobs_of
 from aihub.kit.runtime import Runtime
-from aihub.kit.store import StoreUnavailable
+from aihub.kit.store import StoreUnavailable, over_limit
 
 log = structlog.get_logger("aihub.identity")
 
@@ -38,14 +38,17 @@ async def count(runtime: Runtime, key: str) -> None:
     the gateway limits per client address). A store outage fails open, like the login lockout."""
     settings = runtime.settings
     try:
-        count = await runtime.store.incr(key, ttl=settings.identity_email_window_seconds)
-        if count <= settings.identity_email_limit:
-            return
-        wait = await runtime.store.ttl(key)
+        retry = await over_limit(
+            runtime.store,
+            key,
+            limit=settings.identity_email_limit,
+            window_seconds=settings.identity_email_window_seconds,
+        )
     except StoreUnavailable:
         log.warning("identity_limit_unavailable")
         return
-    retry = max(1, int(wait if wait is not None else settings.identity_email_window_seconds))
+    if retry is None:
+        return
     raise TooManyEmailRequests(headers={"Retry-After": str(retry)}, details={"retryAfterSeconds": retry})
 
 

@@ -261,5 +261,17 @@ class SharedLookups:
             self._task = None
 
 
+async def over_limit(store: Store, key: str, *, limit: int, window_seconds: int) -> int | None:
+    """Count one more request on ``key`` in its fixed window: the seconds to wait (≥ 1) once the
+    window holds more than ``limit``, else None. Counting comes first, so parallel requests
+    cannot all slip under the limit. Raises :class:`StoreUnavailable`: each caller decides
+    whether an outage fails open."""
+    count = await store.incr(key, ttl=window_seconds)
+    if count <= limit:
+        return None
+    wait = await store.ttl(key)
+    return max(1, int(wait if wait is not None else window_seconds))
+
+
 def create_store(redis_url: str | None) -> Store:
     return RedisStore(redis_url) if redis_url else MemoryStore()

@@ -12,7 +12,7 @@ import structlog
 
 from aihub.kit.errors import AppError
 from aihub.kit.runtime import Runtime
-from aihub.kit.store import Store, StoreUnavailable
+from aihub.kit.store import Store, StoreUnavailable, over_limit
 
 log = structlog.get_logger("aihub.auth")
 
@@ -39,17 +39,19 @@ async def count_attempt(runtime: Runtime, email: str) -> None:
     settings = runtime.settings
     if settings.login_max_failures == 0:
         return
-    key = failures_key(email)
     try:
-        attempts = await runtime.store.incr(key, ttl=settings.login_lockout_seconds)
-        if attempts <= settings.login_max_failures:
-            return
-        wait = await runtime.store.ttl(key)
+        retry = await over_limit(
+            runtime.store,
+            failures_key(email),
+            limit=settings.login_max_failures,
+            window_seconds=settings.login_lockout_seconds,
+        )
     except StoreUnavailable:
         # Fail open: a store outage must not lock every user out; argon2 still bounds guessing.
         log.warning("login_lockout_unavailable")
         return
-    retry = max(1, int(wait if wait is not None else settings.login_lockout_seconds))
+    if retry is None:
+        return
     raise LoginLocked(headers={"Retry-After": str(retry)}, details={"retryAfterSeconds": retry})
 
 
