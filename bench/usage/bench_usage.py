@@ -196,6 +196,132 @@ async def batch_case(
     return (await count_events(db) - before) / elapsed, latencies, statuses
 
 
+async def batch_floor(db: str, ids: list[str], seconds: float, size: int, conns: int) -> float:
+    """The batch writer's own statements with nothing around them: the database's speed for
+    these rows. Each of ``conns`` connections owns a disjoint slice of the users (as the
+    writers do) and loops over transactions of ``size`` made-up events: lock the accounts,
+    count the events (the counter upsert), insert the usage rows, apply the debits, COPY the
+    ledger rows, lock the audit heads, COPY two chained audit rows per event, move the heads.
+    No HTTP, no pricing, no decisions, no replay reads: events/s."""
+    from aihub.core.audit import service as audit
+    from aihub.core.ledger import repository as repo
+    from aihub.core.ledger.usage import Part, _event_ids, part_of
+    from aihub.core.usage import limits
+    from aihub.kit.ids import uuid4s
+
+    pool = await asyncpg.create_pool(dsn(db), min_size=conns, max_size=conns)
+    price = await pool.fetchval("SELECT id FROM model_prices WHERE provider = 'openai' AND model = 'gpt-4o-mini'")
+    users = [uuid.UUID(i) for i in ids]
+    slices = [[u for u in users if part_of(u, conns) == k] for k in range(conns)]
+    done = 0
+    deadline = time.monotonic() + seconds
+
+    async def worker(k: int) -> None:
+        nonlocal done
+        rng = random.Random(k)
+        mine = slices[k]
+        async with pool.acquire() as conn:
+            while time.monotonic() < deadline:
+                now = dt.datetime.now(dt.UTC)
+                picked = [mine[rng.randrange(len(mine))] for _ in range(size)]
+                spans = [(0, w.key, w.end) for w in (limits.window(kind, now) for kind in limits.PERIODS)]
+                adds: dict[str, list[int]] = {}
+                for user in picked:
+                    add = adds.setdefault(str(user), [0, 0, 0])
+                    add[0], add[1], add[2] = add[0] + 1, add[1] + 1500, add[2] + 1
+                increments = [(f"u:{u}", "openai/gpt-4o-mini", 0, c, t, r) for u, (c, t, r) in adds.items()]
+                ids_ = iter(uuid4s(3 * size))
+                event_ids = iter(_event_ids(size, Part(k, conns)))
+                async with conn.transaction():
+                    locked = await repo.lock_accounts(conn, sorted(set(picked)))
+                    balance = {u: int(r["balance"]) for u, r in locked.items()}
+                    await repo.add_counters(conn, sorted(increments), spans, [])
+                    events: list[tuple[Any, ...]] = []
+                    ledger_rows: list[tuple[Any, ...]] = []
+                    audit_rows: list[tuple[Any, ...]] = []
+                    deltas: dict[uuid.UUID, int] = {}
+                    for user in picked:
+                        (event_id, _text), tid, a1, a2 = next(event_ids), next(ids_), next(ids_), next(ids_)
+                        balance[user] -= 1
+                        deltas[user] = deltas.get(user, 0) - 1
+                        events.append(
+                            (
+                                event_id,
+                                f"floor-{event_id.hex}",
+                                "h",
+                                user,
+                                "openai",
+                                "gpt-4o-mini",
+                                price,
+                                1200,
+                                300,
+                                None,
+                                1,
+                                "bench",
+                                None,
+                                now,
+                                tid,
+                                balance[user],
+                            )
+                        )
+                        ledger_rows.append((tid, user, -1, "usage", balance[user], None, None, None, "bench", now))
+                        for row_id, kind, entity in (
+                            (a1, "credits.debit.usage", "credit_account"),
+                            (a2, "usage.record", "usage_event"),
+                        ):
+                            content = f'{{"id":"{row_id}","action":"{kind}","entity":"{user}"}}'
+                            chain = audit_chain(entity, str(user if entity == "credit_account" else event_id))
+                            audit_rows.append((chain, row_id, kind, entity, str(user), content))
+                    await repo.insert_events(conn, events)
+                    await repo.apply(conn, deltas, now)
+                    await repo.ledger(conn, ledger_rows)
+                    heads = await repo.lock_heads(conn, list({row[0] for row in audit_rows}))
+                    values = []
+                    moved: dict[int, tuple[int, str, str]] = {}
+                    for chain, row_id, kind, entity, entity_id, content in audit_rows:
+                        seq, prev = heads[chain]
+                        digest = audit.link(prev, seq + 1, audit.text_digest(content))
+                        heads[chain] = (seq + 1, digest)
+                        moved[chain] = (seq + 1, digest, prev)
+                        values.append(
+                            (
+                                row_id,
+                                chain,
+                                seq + 1,
+                                "bench",
+                                "service",
+                                kind,
+                                entity,
+                                entity_id,
+                                None,
+                                "{}",
+                                None,
+                                None,
+                                now,
+                                prev,
+                                digest,
+                                content,
+                            )
+                        )
+                    await repo.audit(conn, values)
+                    await repo.advance_heads(conn, [(c, seq, d, prev) for c, (seq, d, prev) in moved.items()])
+                done += size
+
+    started = time.monotonic()
+    await asyncio.gather(*(worker(k) for k in range(conns)))
+    rate = done / (time.monotonic() - started)
+    await pool.close()
+    return rate
+
+
+def audit_chain(entity_type: str, entity_id: str) -> int:
+    import zlib
+
+    from aihub.core.audit.service import AUDIT_CHAINS
+
+    return zlib.crc32(f"{entity_type}:{entity_id}".encode()) % AUDIT_CHAINS
+
+
 class CpuMeter:
     """CPU seconds (user + system) of the core process and of the PostgreSQL backends serving the
     bench database, with the usage rows written: a cost per event that does not depend on what
@@ -667,6 +793,7 @@ async def batch_only(
     cost = CpuMeter.per_event(before, await meter.read())
     proc.terminate()
     proc.wait(timeout=30)
+    floor = await batch_floor(db, ids, args.seconds, 2 * args.batch_size, args.floor_conns)
     code, report = reconcile(db_url)
     return [
         f"(a) POST /api/usage/events/batch, {args.batch_size}/request, {args.batch_clients} clients:"
@@ -674,6 +801,8 @@ async def batch_only(
         f"   request p50 {latency_at(latencies, 0.5):.0f} ms, p99 {latency_at(latencies, 0.99):.0f} ms;"
         f" per-event statuses {statuses}",
         f"  {cost}",
+        f"  the writer's statements alone ({args.floor_conns} connections, {2 * args.batch_size}/transaction):"
+        f" {floor:.0f} events/s; ratio {rate / floor:.2f}",
         f"ledger reconcile exit code: {code}" + ("" if code == 0 else "\n" + report.strip()),
     ]
 
@@ -749,6 +878,9 @@ async def main() -> None:
     parser.add_argument("--batch-clients", type=int, default=4)
     parser.add_argument("--skip-ingest", action="store_true")
     parser.add_argument("--skip-reports", action="store_true")
+    parser.add_argument(
+        "--floor-conns", type=int, default=2, help="connections of the batch floor (as core's usage writers)"
+    )
     parser.add_argument("--only-batch", action="store_true", help="the ingest part's batch case alone (no baselines)")
     parser.add_argument(
         "--db-prefix", default="aihub_bench_usage", help="databases are <prefix>_<pid>_{ingest,reports}"

@@ -259,6 +259,13 @@ class Settings(BaseSettings):
     hold_default_ttl_seconds: int = Field(
         default=900, ge=1, le=7 * 86_400, description="default lifetime of a credit hold"
     )
+    ledger_usage_writers: int = Field(
+        default=2,
+        ge=1,
+        le=8,
+        description="usage-event writers per core process on PostgreSQL, each with its own connection "
+        "(users are split between them, so their batches commit side by side)",
+    )
     hold_sweep_interval_seconds: float = Field(default=15.0, gt=0, description="how often expired holds are released")
     # Below this many available credits an account emits a low-balance event (0: off);
     # an account's own threshold overrides it.

@@ -12,8 +12,19 @@ import httpx
 import pytest
 
 from aihub.core.audit import service as audit
+from aihub.core.ledger import service as ledger_service
 from aihub.core.ledger.engine import Outcome
-from aihub.core.ledger.usage import UsageOp, _audit_row, _created, apply_events
+from aihub.core.ledger.usage import (
+    Part,
+    UsageOp,
+    UsageWriters,
+    _audit_row,
+    _chain,
+    _created,
+    _event_ids,
+    apply_events,
+    part_of,
+)
 from aihub.core.usage import schemas
 from aihub.core.usage import service as usage
 from aihub.kit.ids import uuid4s
@@ -22,6 +33,7 @@ from aihub.kit.runtime import Runtime
 from aihub.models import UsageEvent
 from tests.conftest import Caller, create_user
 from tests.core.credits.helpers import account, assert_reconciled
+from tests.core.ledger.helpers import audit_valid
 from tests.core.test_usage import count, event, fund, reporter
 
 URL = "/api/usage/events/batch"
@@ -156,3 +168,55 @@ def test_the_writer_builds_audit_rows_as_the_audit_service_does(before: dict[str
         expected.ip,
         expected.created_at,
     )
+
+
+def test_each_writer_draws_event_ids_of_its_own_audit_chains() -> None:
+    """Writers of disjoint users must not queue on each other's audit chain heads: a user's
+    debits chain by the user's account (``part_of``), a writer's events by ids drawn for it."""
+    for writers in (1, 2, 3):
+        for index in range(writers):
+            drawn = _event_ids(50, Part(index, writers))
+            assert len({event_id for event_id, _text in drawn}) == 50
+            assert all(text == str(event_id) for event_id, text in drawn)
+            assert {_chain("usage_event", text) % writers for _event_id, text in drawn} == {index}
+    users = [uuid.uuid4() for _ in range(200)]
+    assert {part_of(user, 2) for user in users} == {0, 1}
+    assert all(part_of(user, 2) == _chain("credit_account", str(user)) % 2 for user in users)
+
+
+@pytest.mark.postgres
+async def test_two_writers_split_the_users_and_answer_in_the_order_given(pg_runtime: Runtime) -> None:
+    """One batch over many users through two writers: each event answered in its place, each
+    writer committing its own users' events, the money and the audit chains whole."""
+    rt = pg_runtime
+    by_part: list[list[Caller]] = [[], []]
+    while min(len(found) for found in by_part) < 6:  # six users of each writer
+        user = await create_user(rt)
+        by_part[part_of(uuid.UUID(user.id), 2)].append(user)
+    users = by_part[0][:6] + by_part[1][:6]
+    for user in users:
+        await fund(rt, user.id, 40)
+    writers = UsageWriters(ledger_service._writers_pool(rt), 2)
+    try:
+        async with rt.engine.connect() as conn:
+            price_id = (
+                await conn.exec_driver_sql(
+                    "SELECT id FROM model_prices WHERE provider = 'openai' AND model = 'gpt-4o'"
+                    " AND effective_to IS NULL"
+                )
+            ).scalar_one()
+        ops = [_op(users[i % 12].id, price_id, f"split-{i}", 9) for i in range(60)]  # 5 each: 4 paid, 1 short
+        outcomes = await writers.submit_many(ops)
+        assert [o.status_code for o in outcomes] == [201] * 48 + [402] * 12
+        for op, outcome in zip(ops, outcomes, strict=True):
+            if outcome.error is None:
+                assert isinstance(outcome.view, usage.Recorded) and outcome.view.request_id == op.request_id
+        per_writer = [sum(writer.committed.values()) for writer in writers.parts]
+        assert all(done > 0 for done in per_writer)  # both wrote
+        assert sum(writers.committed.values()) == 60 and writers.retried_batches == 0
+        for user in users:
+            assert await account(rt, user.id) == (4, 0, 4)
+    finally:
+        await writers.close()
+    await assert_reconciled(rt)
+    assert await audit_valid(rt)

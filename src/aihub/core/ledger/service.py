@@ -19,8 +19,7 @@ from aihub.core.audit import service as audit
 from aihub.core.credits import repository as credits_repo
 from aihub.core.credits import service as credits
 from aihub.core.ledger.engine import Act, Claim, LedgerEngine, Move, Outcome, Release, Work, stored_of
-from aihub.core.ledger.usage import UsageOp
-from aihub.core.ledger.usage import writer as usage_writer
+from aihub.core.ledger.usage import UsageOp, UsageWriters
 from aihub.core.usage import schemas as usage_schemas
 from aihub.core.usage import service as usage
 from aihub.kit.db import Tx, utcnow
@@ -42,7 +41,7 @@ def _writers_pool(runtime: Runtime) -> AsyncEngine:
     if found is None:
         found = create_async_engine(
             runtime.engine.url,
-            pool_size=2,
+            pool_size=1 + runtime.settings.ledger_usage_writers,
             max_overflow=0,
             pool_recycle=1800,
             hide_parameters=True,
@@ -53,9 +52,10 @@ def _writers_pool(runtime: Runtime) -> AsyncEngine:
     return found
 
 
-def _writer(
-    runtime: Runtime, key: Slot[LedgerEngine], make: Callable[[AsyncEngine], LedgerEngine]
-) -> LedgerEngine | None:
+W = TypeVar("W", LedgerEngine, UsageWriters)
+
+
+def _writer(runtime: Runtime, key: Slot[W], make: Callable[[AsyncEngine], W]) -> W | None:
     """The process's writer under ``key`` (created on first use, stopped with the runtime); None
     on SQLite, whose single writer makes the request path already serial."""
     if runtime.settings.is_sqlite:
@@ -275,12 +275,13 @@ def _no_body(view: object) -> bytes:
 
 # ---------------------------------------------------------------------- usage events
 
-_USAGE_ENGINE: Slot[LedgerEngine] = Slot("ledger.usage_engine")
+_USAGE_ENGINE: Slot[UsageWriters] = Slot("ledger.usage_engine")
 
 
-def usage_engine_of(runtime: Runtime) -> LedgerEngine | None:
-    """The process's usage-event writer."""
-    return _writer(runtime, _USAGE_ENGINE, usage_writer)
+def usage_engine_of(runtime: Runtime) -> UsageWriters | None:
+    """The process's usage-event writers."""
+    count = runtime.settings.ledger_usage_writers
+    return _writer(runtime, _USAGE_ENGINE, lambda pool: UsageWriters(pool, count))
 
 
 async def priced(
@@ -316,7 +317,7 @@ async def priced(
 
 
 async def record_event(
-    engine: LedgerEngine, tx: Tx, reporter_id: str, body: dict[str, Any], policy: credits.Policy
+    engine: UsageWriters, tx: Tx, reporter_id: str, body: dict[str, Any], policy: credits.Policy
 ) -> tuple[usage.Recorded, bool]:
     """One event through the writer: (result, replayed), or its error raised."""
     op = await priced(tx, reporter_id, body, None, {}, policy)
@@ -328,7 +329,7 @@ async def record_event(
 
 
 async def record_batch(
-    engine: LedgerEngine, tx: Tx, reporter_id: str, events: list[dict[str, Any]], policy: credits.Policy
+    engine: UsageWriters, tx: Tx, reporter_id: str, events: list[dict[str, Any]], policy: credits.Policy
 ) -> tuple[list[usage_schemas.BatchResult], list[usage.Refusal]]:
     """Every event priced here, then all queued together (they share the writer's batch)."""
     if len(events) > usage.BATCH_MAX:

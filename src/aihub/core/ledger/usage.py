@@ -24,8 +24,10 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import functools
 import uuid
 import zlib
+from collections import Counter
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
@@ -77,8 +79,73 @@ def _ident(op: UsageOp) -> str:
     return op.request_id
 
 
-def writer(engine: AsyncEngine) -> LedgerEngine:
-    return LedgerEngine(engine, max_batch=MAX_EVENTS, apply=apply_events, ident=_ident)
+@dataclass(frozen=True, slots=True)
+class Part:
+    """Which of the process's usage writers this is: ``index`` of ``count``."""
+
+    index: int = 0
+    count: int = 1
+
+
+def part_of(user_id: uuid.UUID, count: int) -> int:
+    """The writer a user's events go to: by the user's account audit chain, so that writers own
+    disjoint chains (their event ids are drawn to match, see :func:`_event_ids`)."""
+    return _chain("credit_account", str(user_id)) % count
+
+
+class UsageWriters:
+    """The process's usage writers: ``count`` ledger engines, each applying its own batches on
+    its own connection, every user's events going to one of them (:func:`part_of`).
+
+    One writer keeps one PostgreSQL backend busy and the process waiting on it: a batch's
+    statements run one after another. Writers of disjoint users lock disjoint accounts and
+    counters, and (their users and event ids partitioned by audit chain) disjoint chain heads,
+    so their transactions run side by side instead of queueing on each other's locks. A
+    requestId reported for two users can meet in both; the unique index serialises them (or
+    the database picks a deadlock victim, which the engine retries alone): correct either way.
+    """
+
+    def __init__(self, engine: AsyncEngine, count: int = 1) -> None:
+        self.parts = [
+            LedgerEngine(
+                engine,
+                max_batch=MAX_EVENTS,
+                apply=functools.partial(apply_events, part=Part(index, count)),
+                ident=_ident,
+            )
+            for index in range(count)
+        ]
+
+    async def submit(self, op: UsageOp) -> Outcome:
+        return await self.parts[part_of(op.user_id, len(self.parts))].submit(op)
+
+    async def submit_many(self, ops: list[UsageOp]) -> list[Outcome]:
+        """Every op to its writer (in the order given, within each), the outcomes in that order."""
+        count = len(self.parts)
+        if count == 1:
+            return await self.parts[0].submit_many(ops)
+        split: list[list[UsageOp]] = [[] for _ in self.parts]
+        for op in ops:
+            split[part_of(op.user_id, count)].append(op)
+        answered = await asyncio.gather(
+            *(writer.submit_many(chunk) for writer, chunk in zip(self.parts, split, strict=True) if chunk)
+        )
+        outcomes: dict[int, Outcome] = {}
+        for chunk, found in zip([chunk for chunk in split if chunk], answered, strict=True):
+            outcomes.update((id(op), outcome) for op, outcome in zip(chunk, found, strict=True))
+        return [outcomes[id(op)] for op in ops]
+
+    async def close(self) -> None:
+        for writer in self.parts:
+            await writer.close()
+
+    @property
+    def committed(self) -> Counter[str]:
+        return sum((writer.committed for writer in self.parts), Counter())
+
+    @property
+    def retried_batches(self) -> int:
+        return sum(writer.retried_batches for writer in self.parts)
 
 
 @dataclass(slots=True)
@@ -145,7 +212,7 @@ class _Decided:
     days: set[dt.date] = field(default_factory=set)
 
 
-async def apply_events(conn: asyncpg.Connection, ops: list[UsageOp]) -> dict[int, Outcome]:
+async def apply_events(conn: asyncpg.Connection, ops: list[UsageOp], part: Part = Part()) -> dict[int, Outcome]:
     """Decide every event on locked totals and balances, then write only what stands.
 
     The counter upsert is the batch's longest statement: while the database runs it, the
@@ -179,7 +246,7 @@ async def apply_events(conn: asyncpg.Connection, ops: list[UsageOp]) -> dict[int
     )
     try:
         await asyncio.sleep(0)  # the upsert is sent: prepare and decide while the database counts
-        prepared = _prepare(live, now)
+        prepared = _prepare(live, now, part)
         decided = _decide(live, prepared, None, accounts, now)
     finally:
         totals = await counting
@@ -374,14 +441,14 @@ def _decide(
     return out
 
 
-def _prepare(live: list[UsageOp], now: dt.datetime) -> dict[int, _Prepared]:
+def _prepare(live: list[UsageOp], now: dt.datetime, part: Part) -> dict[int, _Prepared]:
     """Each event's ids (drawn at once) and the rows no decision changes, by ``id(op)``."""
     ids = iter(uuid4s(_IDS_PER_EVENT * len(live)))
+    events = iter(_event_ids(len(live), part))
     created = _created(now)
     found: dict[int, _Prepared] = {}
     for op in live:
-        event_id, transaction_id, debit_id, record_id = next(ids), next(ids), next(ids), next(ids)
-        event = str(event_id)
+        (event_id, event), transaction_id, debit_id, record_id = next(events), next(ids), next(ids), next(ids)
         after = usage.recorded(op.request_id, op.user_id, op.provider, op.model, op.charge, op.price_id)
         record = _audit_row(op, record_id, "usage.record", "usage_event", event, None, after, now, created)
         meta = {"usageEventId": event, "requestId": op.request_id, "provider": op.provider, "model": op.model}
@@ -390,7 +457,21 @@ def _prepare(live: list[UsageOp], now: dt.datetime) -> dict[int, _Prepared]:
     return found
 
 
-_IDS_PER_EVENT = 4  # the event's, its debit's and its two audit rows'
+_IDS_PER_EVENT = 3  # its debit's and its two audit rows' (the event's own: _event_ids)
+
+
+def _event_ids(count: int, part: Part) -> list[tuple[uuid.UUID, str]]:
+    """``count`` random event ids (and their text) whose ``usage.record`` audit chain is one of
+    the writer's own (``chain % part.count == part.index``): about ``part.count`` draws each."""
+    found: list[tuple[uuid.UUID, str]] = []
+    while len(found) < count:
+        for candidate in uuid4s(part.count * (count - len(found)) + 8):
+            text = str(candidate)
+            if _chain("usage_event", text) % part.count == part.index:
+                found.append((candidate, text))
+                if len(found) == count:
+                    break
+    return found
 
 
 def _created(now: dt.datetime) -> str:
