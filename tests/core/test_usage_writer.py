@@ -220,3 +220,29 @@ async def test_two_writers_split_the_users_and_answer_in_the_order_given(pg_runt
         await writers.close()
     await assert_reconciled(rt)
     assert await audit_valid(rt)
+
+
+async def test_a_new_price_applies_to_the_next_event_and_a_removed_model_is_refused(
+    client: httpx.AsyncClient, runtime: Runtime, admin: Caller
+) -> None:
+    """Events are priced where they are applied (the writer's batch, on PostgreSQL): the price
+    in force then, whichever path, single or batch."""
+    user = await create_user(runtime)
+    await fund(runtime, user.id, 1000)
+    url = "/api/pricing/mistral/writer-priced"
+    assert (await client.put(url, headers=admin.headers, json={"inputPer1k": 2, "outputPer1k": 0})).status_code == 201
+    body = event(user, "p-1", provider="mistral", model="writer-priced", inputTokens=1000, outputTokens=0)
+    first = await client.post("/api/usage/events", headers=reporter(runtime), json=body)
+    assert (first.status_code, first.json()["credits"]) == (201, 2)
+    assert (await client.put(url, headers=admin.headers, json={"inputPer1k": 5, "outputPer1k": 0})).status_code == 200
+    batch = [
+        event(user, "p-2", provider="mistral", model="writer-priced", inputTokens=1000, outputTokens=0),
+        event(user, "p-3", provider="mistral", model="never-priced", inputTokens=1000, outputTokens=0),
+    ]
+    results = (await client.post(URL, headers=reporter(runtime), json={"events": batch})).json()["results"]
+    assert [(r["status"], r.get("credits"), r.get("code")) for r in results] == [
+        (201, 5, None),
+        (422, None, "UNKNOWN_MODEL"),
+    ]
+    assert results[1]["details"] == {"provider": "mistral", "model": "never-priced"}
+    assert (await client.get("/api/credits/balance", headers=user.headers)).json()["balance"] == 993

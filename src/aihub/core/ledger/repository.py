@@ -12,6 +12,8 @@ from __future__ import annotations
 import datetime as dt
 import uuid
 from collections.abc import Sequence
+from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any
 
 import asyncpg
@@ -201,6 +203,12 @@ async def advance_heads(conn: asyncpg.Connection, heads: Sequence[tuple[int, int
 # ---------------------------------------------------------------------- usage events
 
 USERS = "SELECT id FROM users WHERE id = ANY($1::uuid[])"
+# The prices in force for the batch's models (pricing.repository ``current``, for many at once).
+CURRENT_PRICES = """
+SELECT p.id, p.provider, p.model, p.input_per_1k, p.output_per_1k, p.per_request, p.per_second
+FROM unnest($1::text[], $2::text[]) AS k(provider, model)
+     JOIN model_prices p ON p.provider = k.provider AND p.model = k.model AND p.effective_to IS NULL
+"""
 # The batch's accepted events, settled (their debit and the balance after it): written once.
 # A requestId recorded meanwhile by another writer is skipped, and missing from what returns.
 INSERT_EVENTS = """
@@ -257,6 +265,28 @@ DROP_EVENTS = "DELETE FROM usage_events WHERE id = ANY($1::uuid[])"
 
 async def existing_users(conn: asyncpg.Connection, user_ids: Sequence[uuid.UUID]) -> set[uuid.UUID]:
     return {uuid.UUID(str(r["id"])) for r in await conn.fetch(USERS, list(user_ids))}
+
+
+@dataclass(frozen=True, slots=True)
+class Price:
+    """A price in force, as the writer reads it (``pricing.Rates``)."""
+
+    id: uuid.UUID
+    input_per_1k: Decimal
+    output_per_1k: Decimal
+    per_request: Decimal
+    per_second: Decimal
+
+
+async def current_prices(conn: asyncpg.Connection, models: Sequence[tuple[str, str]]) -> dict[tuple[str, str], Price]:
+    """The price in force of each (provider, model) that has one."""
+    rows = await conn.fetch(CURRENT_PRICES, [m[0] for m in models], [m[1] for m in models])
+    return {
+        (r["provider"], r["model"]): Price(
+            r["id"], r["input_per_1k"], r["output_per_1k"], r["per_request"], r["per_second"]
+        )
+        for r in rows
+    }
 
 
 async def insert_events(conn: asyncpg.Connection, rows: Sequence[tuple[Any, ...]]) -> set[str]:

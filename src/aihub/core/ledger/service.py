@@ -284,28 +284,20 @@ def usage_engine_of(runtime: Runtime) -> UsageWriters | None:
     return _writer(runtime, _USAGE_ENGINE, lambda pool: UsageWriters(pool, count))
 
 
-async def priced(
-    tx: Tx,
-    reporter_id: str,
-    body: dict[str, Any],
-    occurred_at: dt.datetime | None,
-    prices: dict[tuple[str, str], Any],
-    policy: credits.Policy,
+def queued(
+    tx: Tx, reporter_id: str, body: dict[str, Any], occurred_at: dt.datetime | None, policy: credits.Policy
 ) -> UsageOp:
-    """The event priced (422 UNKNOWN_MODEL, COST_OUT_OF_RANGE raised here), ready to queue.
-    ``prices`` caches the batch's lookups: one read per model, not per event."""
-    price, charge = await usage.price_call(tx, body["provider"], body["model"], body, prices)
+    """The event as the writer takes it: the writer prices it (422 UNKNOWN_MODEL and
+    COST_OUT_OF_RANGE come back as its outcome), so the request reads nothing itself."""
     return UsageOp(
         request_id=body["request_id"],
         request_hash=usage.event_fingerprint(body, occurred_at),
         user_id=body["user_id"],
         provider=body["provider"],
         model=body["model"],
-        price_id=price.id,
         input_tokens=body["input_tokens"],
         output_tokens=body["output_tokens"],
         duration_seconds=body["duration_seconds"],
-        charge=charge,
         reporter_id=reporter_id,
         metadata=body["metadata"],
         occurred_at=occurred_at,
@@ -320,8 +312,8 @@ async def record_event(
     engine: UsageWriters, tx: Tx, reporter_id: str, body: dict[str, Any], policy: credits.Policy
 ) -> tuple[usage.Recorded, bool]:
     """One event through the writer: (result, replayed), or its error raised."""
-    op = await priced(tx, reporter_id, body, None, {}, policy)
-    await _release(tx)
+    op = queued(tx, reporter_id, body, None, policy)
+    await _release(tx)  # nothing was read, unless the caller's authentication did
     outcome = await engine.submit(op)
     if outcome.error is not None:
         raise outcome.error
@@ -335,7 +327,6 @@ async def record_batch(
     if len(events) > usage.BATCH_MAX:
         raise usage.BatchTooLarge(details={"max": usage.BATCH_MAX, "received": len(events)})
     now = utcnow()
-    prices: dict[tuple[str, str], Any] = {}
     slots: list[UsageOp | AppError] = []
     bodies: list[dict[str, Any]] = []
     for raw in events:
@@ -344,7 +335,7 @@ async def record_batch(
         bodies.append(body)
         try:
             usage.check_occurred_at(occurred_at, now)
-            slots.append(await priced(tx, reporter_id, body, occurred_at, prices, policy))
+            slots.append(queued(tx, reporter_id, body, occurred_at, policy))
         except AppError as exc:
             slots.append(exc)
     ops = [slot for slot in slots if isinstance(slot, UsageOp)]

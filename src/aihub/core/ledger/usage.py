@@ -3,7 +3,7 @@
 What ``usage.service.record_event`` does per event, done for every event of the batch at once,
 in one transaction, with the same outcome per event:
 
-    the requestIds already recorded → their replays → the accounts locked (sorted) → every
+    the prices in force → the requestIds already recorded → their replays → the accounts locked (sorted) → every
     other event counted in one upsert of each counter it counts toward (sorted: the counters'
     locks), which answers the totals the limits read (while it runs, the events are prepared
     and decided on their credits) → each event's quota checked in order against the running
@@ -17,7 +17,8 @@ Accounts before counters, as the ledger engine's batches take them (an authoriza
 move counts its call after the engine locked the account): a user's counters are only ever
 locked by a transaction that already holds that user's account, so the two writers never wait
 on each other in a cycle.
-The event's price is resolved before it is queued (the request's own read).
+The events are priced here, in the batch's transaction (one read of the batch's models), not by
+the requests: a request for one event then needs no database round trip of its own.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from aihub.core.credits import repository as credits_repo
 from aihub.core.credits import service as credits
 from aihub.core.ledger import repository as repo
 from aihub.core.ledger.engine import LedgerEngine, Outcome, _refused
+from aihub.core.pricing import service as pricing
 from aihub.core.usage import limits, rollups
 from aihub.core.usage import service as usage
 from aihub.kit.db import utcnow
@@ -53,20 +55,21 @@ MAX_EVENTS = 2000  # per transaction: a 1,000-event request and whatever single 
 
 @dataclass(slots=True)
 class UsageOp:
-    """One priced usage event, ready to be claimed, counted and charged."""
+    """One usage event, ready to be priced, claimed, counted and charged. The writer prices it
+    (one read of the batch's models) unless it comes priced (``price_id`` set)."""
 
     request_id: str
     request_hash: str
     user_id: uuid.UUID
     provider: str
     model: str
-    price_id: uuid.UUID
     input_tokens: int
     output_tokens: int
     duration_seconds: Decimal | None
-    charge: int
     reporter_id: str
     metadata: dict[str, Any] | None
+    price_id: uuid.UUID | None = None
+    charge: int = 0
     occurred_at: dt.datetime | None = None
     actor: audit.Actor = field(default_factory=lambda: audit.SYSTEM)
     request: str | None = None  # the HTTP request's id (audit rows)
@@ -227,7 +230,7 @@ async def apply_events(conn: asyncpg.Connection, ops: list[UsageOp], part: Part 
     """
     now = utcnow()
     outcomes: dict[int, Outcome] = {}
-    live = await _unrecorded(conn, ops, outcomes)
+    live = await _unrecorded(conn, await _priced(conn, ops, outcomes), outcomes)
     if not live:
         return outcomes
     spans: dict[dt.datetime, _Spans] = {}
@@ -280,6 +283,36 @@ async def apply_events(conn: asyncpg.Connection, ops: list[UsageOp], part: Part 
     if decided.days:
         await _roll_backdated(conn, decided.days)
     return outcomes
+
+
+async def _priced(conn: asyncpg.Connection, ops: list[UsageOp], outcomes: dict[int, Outcome]) -> list[UsageOp]:
+    """Every op priced at the price in force (one read for the batch's models, in the batch's
+    transaction: a price changed before it began applies), or refused as the request path
+    would refuse it (422 UNKNOWN_MODEL, COST_OUT_OF_RANGE): pricing comes first, as there."""
+    models = list({(op.provider, op.model) for op in ops if op.price_id is None})
+    if not models:
+        return ops
+    prices = await repo.current_prices(conn, models)
+    priced: list[UsageOp] = []
+    for op in ops:
+        if op.price_id is None:
+            price = prices.get((op.provider, op.model))
+            if price is None:
+                outcomes[id(op)] = _refused(pricing.UnknownModel(details={"provider": op.provider, "model": op.model}))
+                continue
+            try:
+                op.charge = pricing.credits_for(
+                    price,
+                    input_tokens=op.input_tokens,
+                    output_tokens=op.output_tokens,
+                    duration_seconds=op.duration_seconds or 0,
+                )
+            except AppError as exc:
+                outcomes[id(op)] = _refused(exc)
+                continue
+            op.price_id = price.id
+        priced.append(op)
+    return priced
 
 
 async def _unrecorded(conn: asyncpg.Connection, ops: list[UsageOp], outcomes: dict[int, Outcome]) -> list[UsageOp]:
@@ -449,6 +482,7 @@ def _prepare(live: list[UsageOp], now: dt.datetime, part: Part) -> dict[int, _Pr
     found: dict[int, _Prepared] = {}
     for op in live:
         (event_id, event), transaction_id, debit_id, record_id = next(events), next(ids), next(ids), next(ids)
+        assert op.price_id is not None  # priced before it was prepared (_priced)
         after = usage.recorded(op.request_id, op.user_id, op.provider, op.model, op.charge, op.price_id)
         record = _audit_row(op, record_id, "usage.record", "usage_event", event, None, after, now, created)
         meta = {"usageEventId": event, "requestId": op.request_id, "provider": op.provider, "model": op.model}

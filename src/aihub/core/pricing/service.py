@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from decimal import Decimal
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy.exc import IntegrityError
 
@@ -41,8 +41,21 @@ class PriceChangedConcurrently(Conflict):
     code, message = "CONCURRENT_UPDATE", "The price was changed by another request; retry"
 
 
+class Rates(Protocol):
+    """What a charge is computed from: a ``ModelPrice`` row, or the ledger writer's own read of it."""
+
+    @property
+    def input_per_1k(self) -> Decimal: ...
+    @property
+    def output_per_1k(self) -> Decimal: ...
+    @property
+    def per_request(self) -> Decimal: ...
+    @property
+    def per_second(self) -> Decimal: ...
+
+
 def cost(
-    price: ModelPrice,
+    price: Rates,
     *,
     input_tokens: int = 0,
     output_tokens: int = 0,
@@ -57,7 +70,7 @@ def cost(
     )
 
 
-def credits_for(price: ModelPrice, **usage: Any) -> int:
+def credits_for(price: Rates, **usage: Any) -> int:
     """Whole credits to charge: the exact cost rounded up (a zero cost stays zero)."""
     return bounded_charge(cost(price, **usage))
 
