@@ -226,6 +226,24 @@ ORDER BY u.request_id
 ON CONFLICT (request_id) DO NOTHING
 RETURNING request_id
 """
+EVENT_COLUMNS = (
+    "id",
+    "request_id",
+    "request_hash",
+    "user_id",
+    "provider",
+    "model",
+    "price_id",
+    "input_tokens",
+    "output_tokens",
+    "duration_seconds",
+    "credits",
+    "reporter_id",
+    "metadata",
+    "created_at",
+    "transaction_id",
+    "balance_after",
+)
 EVENTS_BY_REQUEST_ID = """
 SELECT id, request_id, request_hash, credits, balance_after FROM usage_events WHERE request_id = ANY($1::text[])
 """
@@ -290,9 +308,26 @@ async def current_prices(conn: asyncpg.Connection, models: Sequence[tuple[str, s
 
 
 async def insert_events(conn: asyncpg.Connection, rows: Sequence[tuple[Any, ...]]) -> set[str]:
-    """The requestIds inserted (a row whose requestId is taken is not)."""
-    found = await conn.fetch(INSERT_EVENTS, *(list(column) for column in zip(*rows, strict=True)))
-    return {r[0] for r in found}
+    """The requestIds inserted (a row whose requestId is taken is not): ``rows`` in
+    EVENT_COLUMNS order.
+
+    COPY first, in a savepoint: the batch's requestIds were looked up under the same locks, so
+    one taken since (by another process's writer) is rare, and COPY writes the lot for less than
+    an INSERT … ON CONFLICT does (no speculative insertion, no per-value array encoding). When
+    one is taken, the COPY alone is undone and the INSERT skips what is taken. Sorted by
+    requestId either way: two writers insert shared ones in one order, never in a cycle."""
+    ordered = sorted(rows, key=_request_id)
+    try:
+        async with conn.transaction():
+            await conn.copy_records_to_table("usage_events", records=ordered, columns=EVENT_COLUMNS)
+    except asyncpg.UniqueViolationError:
+        found = await conn.fetch(INSERT_EVENTS, *(list(column) for column in zip(*ordered, strict=True)))
+        return {r[0] for r in found}
+    return {row[1] for row in ordered}
+
+
+def _request_id(row: tuple[Any, ...]) -> str:
+    return str(row[1])
 
 
 async def events_by_request_id(conn: asyncpg.Connection, request_ids: Sequence[str]) -> dict[str, asyncpg.Record]:
