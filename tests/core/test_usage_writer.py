@@ -14,6 +14,7 @@ import pytest
 from aihub.core.audit import service as audit
 from aihub.core.ledger import service as ledger_service
 from aihub.core.ledger.engine import Outcome
+from aihub.core.ledger.repository import COPY_FROM
 from aihub.core.ledger.usage import (
     Part,
     UsageOp,
@@ -96,7 +97,12 @@ def _op(user_id: str, price_id: uuid.UUID, request_id: str, charge: int) -> Usag
 
 
 @pytest.mark.postgres
-async def test_a_request_id_recorded_meanwhile_is_answered_as_its_replay(pg_runtime: Runtime, pg_url: str) -> None:
+@pytest.mark.parametrize("free", [0, COPY_FROM], ids=["insert", "copy"])
+async def test_a_request_id_recorded_meanwhile_is_answered_as_its_replay(
+    pg_runtime: Runtime, pg_url: str, free: int
+) -> None:
+    """Both ways the batch's rows go in: the INSERT skips the taken requestId; the COPY (a
+    large batch) fails on it, is undone alone, and the INSERT goes on."""
     rt = pg_runtime
     user = await create_user(rt)
     await fund(rt, user.id, 100)
@@ -118,6 +124,7 @@ async def test_a_request_id_recorded_meanwhile_is_answered_as_its_replay(pg_runt
             price_id,
         )
         ops = [_op(user.id, price_id, "race-1", 7), _op(user.id, price_id, "race-2", 5)]
+        ops += [_op(user.id, price_id, f"free-{i}", 0) for i in range(free)]
 
         async def apply() -> dict[int, Outcome]:
             async with writer.transaction():
@@ -137,7 +144,7 @@ async def test_a_request_id_recorded_meanwhile_is_answered_as_its_replay(pg_runt
     assert replay.replayed and replay.view == usage.Recorded(first, "race-1", 7, 93)
     assert not recorded.replayed and isinstance(recorded.view, usage.Recorded) and recorded.view.balance == 95
     assert await account(rt, user.id) == (95, 0, 95)
-    assert await count(rt, UsageEvent) == 2
+    assert await count(rt, UsageEvent) == 2 + free
     await assert_reconciled(rt)
 
 
