@@ -837,6 +837,7 @@ async def ingest_part(db: str, db_url: str, env: dict[str, str], args: argparse.
         proc.wait(timeout=30)
         proc = None
         base = await ingest_baseline(db, ids, args.clients, args.seconds)
+        floor = await batch_floor(db, ids, args.seconds, 2 * args.batch_size, args.floor_conns)
     finally:
         if proc is not None:
             proc.terminate()
@@ -858,6 +859,8 @@ async def ingest_part(db: str, db_url: str, env: dict[str, str], args: argparse.
         f"{batch_rate:>12.0f}{base:>14.0f}{batch_rate / base:>8.2f}{'10000':>8}"
         f"   request p50 {at(0.5):.0f} ms, p99 {at(0.99):.0f} ms; per-event statuses {batch_statuses}",
         f"    {batch_cost}",
+        f"{f'  the batch writer statements alone, {args.floor_conns} connections':<52}{floor:>12.0f}{'':>14}"
+        f"{batch_rate / floor:>8.2f}   (the database's floor for these rows: the batch's ratio to it)",
         f"{'  POST /api/credits/deduct, same process':<52}{deduct_rate:>12.0f}{base:>14.0f}{deduct_rate / base:>8.2f}",
         f"ledger reconcile exit code: {code}" + ("" if code == 0 else "\n" + report.strip()),
         "--- load generator output ---",
