@@ -15,7 +15,9 @@
     `POST /api/usage/events/batch` with --batch-size new events per request from --batch-clients
     loops (events/s in the database, request latencies, every per-event status, and the CPU time
     per event of the core process and of PostgreSQL's backends: a cost the machine's other load
-    does not move as it moves throughput).
+    does not move as it moves throughput). The batch's own floor: the batch writer's statements
+    alone (`batch_floor`: made-up rows of the same shape, over as many connections as core has
+    usage writers, no HTTP, pricing or decisions), i.e. what PostgreSQL does for these rows here.
 (b) Reports on 1,000,000 usage rows: seeded in SQL (generate_series, one transaction) for
     fresh users over the last 60 days, each event with its ledger debit and a chained
     balanceAfter (reconcile stays clean), skewed like real traffic (a few heavy users, each
