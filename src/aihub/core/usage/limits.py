@@ -44,7 +44,7 @@ ALL_MODELS = ""
 KEEP_AFTER_END = dt.timedelta(days=2)
 Row = tuple[str, str, str]  # subject, period key, model
 Amounts = tuple[int, int, int]  # credits, tokens, requests
-_ZERO: Amounts = (0, 0, 0)
+ZERO: Amounts = (0, 0, 0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +69,11 @@ def window(kind: str, now: dt.datetime) -> Window:
         return Window(f"w:{start:%Y-%m-%d}", start, start + dt.timedelta(days=7))
     start = day.replace(day=1)
     return Window(f"mo:{start:%Y-%m}", start, (start + dt.timedelta(days=32)).replace(day=1))
+
+
+def window_of_all(now: dt.datetime) -> dict[str, Window]:
+    """The window of every period at ``now``, by period."""
+    return {kind: window(kind, now) for kind in PERIODS}
 
 
 _PREFIXES = {"minute": "mi", "hour": "h", "day": "d", "week": "w", "month": "mo"}
@@ -189,17 +194,17 @@ class Narrow:
     rows: dict[Row, tuple[Amounts, dt.datetime]] = field(default_factory=dict)
 
     def add(self, row: Row, amounts: Amounts, end: dt.datetime) -> None:
-        if amounts == _ZERO:
+        if amounts == ZERO:
             return
-        before, _end = self.rows.get(row, (_ZERO, end))
-        self.rows[row] = (_plus(before, amounts), end)
+        before, _end = self.rows.get(row, (ZERO, end))
+        self.rows[row] = (plus(before, amounts), end)
 
     def sorted(self) -> list[tuple[Row, Amounts, dt.datetime]]:
         """In row order: the narrow rows' lock order."""
         return [(row, amounts, end) for row, (amounts, end) in sorted(self.rows.items())]
 
 
-def _plus(a: Amounts, b: Amounts) -> Amounts:
+def plus(a: Amounts, b: Amounts) -> Amounts:
     return (a[0] + b[0], a[1] + b[1], a[2] + b[2])
 
 
@@ -242,7 +247,7 @@ async def add(
     statement, in row order (their locks), then what they did not take (and the windows they
     rolled out) to ``usage_counters`` in row order. Returns the windows the wide rows hold
     now; :func:`totals` adds the narrow rows to them."""
-    windows = {p: window(p, now) for p in PERIODS}
+    windows = window_of_all(now)
     amounts = (credits, tokens, requests)
     wide = sorted({(s, m) for s in subjects for m in (ALL_MODELS, model)})
     stmt = _insert(session)(usage_windows).values([window_values(s, m, windows, amounts) for s, m in wide])
@@ -294,7 +299,7 @@ async def totals(session: AsyncSession, held: Mapping[Row, Amounts], rows: Seque
     the narrow rows. Exact: every writer of a narrow row holds its wide row until it commits,
     and this read comes after the locks are ours."""
     narrow = await _narrow_totals(session, rows)
-    return {row: _plus(held.get(row, _ZERO), narrow.get(row, _ZERO)) for row in rows}
+    return {row: plus(held.get(row, ZERO), narrow.get(row, ZERO)) for row in rows}
 
 
 # ------------------------------------------------------------------ settle, reads, purge
@@ -359,7 +364,7 @@ def _floor0(expr: Any) -> Any:
 def first_passed(limits: list[Applicable], totals: dict[Row, Amounts], now: dt.datetime) -> Applicable | None:
     for limit in limits:
         row = (limit.subject, window(limit.period, now).key, limit.model)
-        credits, tokens, requests = totals.get(row, _ZERO)
+        credits, tokens, requests = totals.get(row, ZERO)
         if (
             (limit.max_credits is not None and credits > limit.max_credits)
             or (limit.max_tokens is not None and tokens > limit.max_tokens)

@@ -19,6 +19,8 @@ count through that "plus its ``usage_counters`` row" rule until the purge drops 
 
 from __future__ import annotations
 
+from typing import Any
+
 import sqlalchemy as sa
 from alembic import op
 
@@ -33,7 +35,7 @@ PERIODS = ("minute", "hour", "day", "week", "month")
 FIELDS = ("credits", "tokens", "requests")
 
 
-def _period_columns(period: str) -> list[sa.Column[object]]:
+def _period_columns(period: str) -> list[sa.Column[Any]]:
     return [
         sa.Column(f"{period}_key", sa.String(24), nullable=False),
         *(sa.Column(f"{period}_{field}", sa.BigInteger(), nullable=False) for field in FIELDS),
