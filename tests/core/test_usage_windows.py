@@ -1,0 +1,183 @@
+"""The wide usage rows (``usage_windows``, one per subject and model holding every period's
+current window) and their narrow fallback (``usage_counters``), on both backends: rollover,
+increments older than the row's windows, settles, purge, backdated batch events."""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from collections.abc import Sequence
+
+import httpx
+from sqlalchemy import func, select
+
+from aihub.core.usage import limits
+from aihub.kit.runtime import Runtime
+from aihub.models import UsageCounter, UsageWindow
+from tests.conftest import Caller
+from tests.core.test_usage import event, fund, reporter
+
+MODEL = "openai/gpt-4o"
+SUBJECT = limits.user_subject(uuid.UUID(int=7))
+T0 = dt.datetime(2026, 12, 1, 20, 40, 10, tzinfo=dt.UTC)
+T1 = T0 + dt.timedelta(minutes=1)  # the next minute, the same hour and day
+
+
+async def _add(rt: Runtime, now: dt.datetime, *, credits: int = 0, tokens: int = 0, subject: str = SUBJECT) -> None:
+    tx = rt.tx()
+    try:
+        await limits.add(tx.session, [subject], MODEL, now, credits=credits, tokens=tokens, requests=1)
+        await tx.commit()
+    finally:
+        await tx.close()
+
+
+async def _used(rt: Runtime, rows: Sequence[limits.Row]) -> dict[limits.Row, limits.Amounts]:
+    tx = rt.tx()
+    try:
+        return await limits.used(tx.session, rows)
+    finally:
+        await tx.close()
+
+
+async def _adjust(rt: Runtime, rows: Sequence[limits.Row], credits: int) -> None:
+    tx = rt.tx()
+    try:
+        await limits.adjust(tx.session, rows, credits=credits, tokens=0, requests=0)
+        await tx.commit()
+    finally:
+        await tx.close()
+
+
+async def _rows(rt: Runtime, table: type) -> int:
+    tx = rt.tx()
+    try:
+        return int((await tx.session.execute(select(func.count()).select_from(table))).scalar_one())
+    finally:
+        await tx.close()
+
+
+def _row(kind: str, now: dt.datetime, model: str = limits.ALL_MODELS, subject: str = SUBJECT) -> limits.Row:
+    return (subject, limits.window(kind, now).key, model)
+
+
+async def test_a_new_minute_resets_the_minute_and_keeps_the_day(runtime: Runtime) -> None:
+    await _add(runtime, T0, credits=10, tokens=100)
+    await _add(runtime, T0 + dt.timedelta(seconds=5), credits=1, tokens=1)
+    await _add(runtime, T1, credits=5, tokens=50)
+    used = await _used(runtime, [_row("minute", T1), _row("day", T1), _row("minute", T0), _row("hour", T0, MODEL)])
+    assert used[_row("minute", T1)] == (5, 50, 1)
+    assert used[_row("day", T1)] == (16, 151, 3)
+    assert used[_row("hour", T0, MODEL)] == (16, 151, 3)
+    # The minute the row rolled out is kept in usage_counters and still counts.
+    assert used[_row("minute", T0)] == (11, 101, 2)
+    assert await _rows(runtime, UsageWindow) == 2  # all models and the model, one row each
+    assert await _rows(runtime, UsageCounter) == 2  # the rolled-out minute of each
+
+
+async def test_an_older_increment_lands_in_usage_counters_and_counts(runtime: Runtime) -> None:
+    await _add(runtime, T1, credits=5)
+    await _add(runtime, T0, credits=3)  # a writer whose clock is behind, committing after
+    used = await _used(runtime, [_row("minute", T0), _row("minute", T1), _row("day", T0), _row("minute", T0, MODEL)])
+    assert used[_row("minute", T0)] == (3, 0, 1)
+    assert used[_row("minute", T0, MODEL)] == (3, 0, 1)
+    assert used[_row("minute", T1)] == (5, 0, 1)
+    assert used[_row("day", T0)] == (8, 0, 2)  # the same day: the wide row took it
+    tx = runtime.tx()
+    try:
+        narrow = (await tx.session.execute(select(UsageCounter.period_key, UsageCounter.credits))).all()
+    finally:
+        await tx.close()
+    assert sorted(narrow) == [(limits.window("minute", T0).key, 3)] * 2
+
+
+async def test_a_settle_adjusts_the_wide_row_then_after_rollover_the_narrow_one(runtime: Runtime) -> None:
+    reserved = limits.rows_for([SUBJECT], MODEL, T0)
+    await _add(runtime, T0, credits=10)
+    await _adjust(runtime, reserved, -4)  # the wide row still holds T0's windows
+    used = await _used(runtime, [_row("minute", T0), _row("day", T0, MODEL)])
+    assert used == {_row("minute", T0): (6, 0, 1), _row("day", T0, MODEL): (6, 0, 1)}
+    assert await _rows(runtime, UsageCounter) == 0
+    await _add(runtime, T1, credits=5)  # rolls T0's minute out to usage_counters
+    await _adjust(runtime, reserved, -2)
+    used = await _used(runtime, [_row("minute", T0), _row("minute", T1), _row("day", T0)])
+    assert used[_row("minute", T0)] == (4, 0, 1)  # adjusted in usage_counters
+    assert used[_row("minute", T1)] == (5, 0, 1)  # not T1's minute
+    assert used[_row("day", T0)] == (9, 0, 2)  # 10 - 4 + 5 - 2, in the wide row
+    await _adjust(runtime, reserved, -100)
+    used = await _used(runtime, [_row("minute", T0), _row("day", T0)])
+    assert used == {_row("minute", T0): (0, 0, 1), _row("day", T0): (0, 0, 2)}  # never below zero
+
+
+async def test_the_purge_drops_wide_rows_whose_windows_all_ended(runtime: Runtime) -> None:
+    # 31 December 2026 is a Thursday: its week ends on Monday 4 January, after its month.
+    late = dt.datetime(2026, 12, 31, 12, tzinfo=dt.UTC)
+    other = limits.user_subject(uuid.UUID(int=8))
+    await _add(runtime, late, credits=1)
+    await _add(runtime, dt.datetime(2027, 1, 4, 12, tzinfo=dt.UTC), credits=1, subject=other)
+
+    async def purge(now: dt.datetime) -> int:
+        tx = runtime.tx()
+        try:
+            removed = await limits.purge_finished(tx, now)
+            await tx.commit()
+            return removed
+        finally:
+            await tx.close()
+
+    assert await purge(dt.datetime(2027, 1, 5, tzinfo=dt.UTC)) == 0  # the month ended, its week has not
+    week = _row("week", late)
+    assert (await _used(runtime, [week]))[week] == (1, 0, 1)
+    assert await purge(dt.datetime(2027, 1, 6, 1, tzinfo=dt.UTC)) == 2  # the week ended two days ago
+    assert (await _used(runtime, [week]))[week] == (0, 0, 0)
+    assert await _rows(runtime, UsageWindow) == 2  # the other subject's rows stay
+
+
+async def test_a_backdated_event_counts_toward_its_own_day(
+    client: httpx.AsyncClient, runtime: Runtime, admin: Caller, user: Caller
+) -> None:
+    await fund(runtime, user.id, 1000)
+    headers = reporter(runtime)
+    quota = {"period": "day", "maxRequests": 2}
+    assert (await client.put(f"/api/quotas/user:{user.id}", headers=admin.headers, json=quota)).status_code == 201
+    now = dt.datetime.now(dt.UTC)
+    midnight = now.replace(hour=0, minute=0, second=0, microsecond=0)
+    earlier_today = midnight + (now - midnight) / 2
+
+    async def post(*events: dict[str, object]) -> list[int]:
+        response = await client.post("/api/usage/events/batch", headers=headers, json={"events": list(events)})
+        return [r["status"] for r in response.json()["results"]]
+
+    assert await post(event(user, "w-now")) == [201]
+    assert await post(event(user, "w-back", occurredAt=earlier_today.isoformat())) == [201]
+    assert await post(event(user, "w-third")) == [429]  # the backdated one took today's second request
+    mine = (await client.get("/api/usage/quota", headers=user.headers)).json()
+    assert mine["used"]["requests"] == 2
+
+
+async def test_calls_behind_a_row_that_moved_ahead_are_counted_and_limited(
+    client: httpx.AsyncClient, runtime: Runtime, admin: Caller, user: Caller
+) -> None:
+    """A writer whose clock runs ahead moved the user's wide rows two hours on: this hour's
+    events land in usage_counters, and the hour's limit still holds on them."""
+    await fund(runtime, user.id, 1000)
+    subject = limits.user_subject(uuid.UUID(user.id))
+    await _add(runtime, dt.datetime.now(dt.UTC) + dt.timedelta(hours=2), subject=subject)
+    quota = {"period": "hour", "maxRequests": 3}
+    assert (await client.put(f"/api/quotas/user:{user.id}", headers=admin.headers, json=quota)).status_code == 201
+    events = [event(user, f"s-{i}", inputTokens=10, outputTokens=0) for i in range(4)]
+    response = await client.post("/api/usage/events/batch", headers=reporter(runtime), json={"events": events})
+    assert [r["status"] for r in response.json()["results"]] == [201, 201, 201, 429]
+    mine = (await client.get("/api/usage/quota", headers=user.headers)).json()
+    assert mine["used"]["requests"] == 3
+    hour = limits.window("hour", dt.datetime.now(dt.UTC)).key
+    tx = runtime.tx()
+    try:
+        narrow = await tx.session.execute(
+            select(UsageCounter.requests).where(
+                UsageCounter.subject == subject, UsageCounter.period_key == hour, UsageCounter.model == ""
+            )
+        )
+        assert narrow.scalar_one() == 3
+    finally:
+        await tx.close()
