@@ -2,8 +2,8 @@
 
 Every statement takes arrays (``unnest``), so a batch of 1 and a batch of 500 cost the same
 round trips. Lock order, the same in every process: idempotency keys (sorted), accounts
-(sorted by user id), then what belongs to those accounts (holds, debits, usage counters, a
-domain's rows), audit chain heads (sorted by chain) — two writers never wait on each other in
+(sorted by user id), then what belongs to those accounts (holds, debits, usage windows then
+usage counters, a domain's rows), audit chain heads (sorted by chain) — two writers never wait on each other in
 a cycle, and request transactions take account rows before chain heads too.
 """
 

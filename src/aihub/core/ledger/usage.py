@@ -4,13 +4,15 @@ What ``usage.service.record_event`` does per event, done for every event of the 
 in one transaction, with the same outcome per event:
 
     the requestIds already recorded → their replays → the accounts locked (sorted) → every
-    other event counted in one upsert of each counter it counts toward (sorted: the counters'
-    locks), which answers the totals the limits read (while it runs, the events are prepared
-    and decided on their credits) → each event's quota checked in order against the running
-    totals (one passed: the batch decided again, quota then credits) → the accepted events
-    inserted once, settled → what the refused ones counted taken back → one UPDATE of the net debits (still
-    conditional), the ledger rows and the audit rows (COPY), the audit chains linked → the
-    rollups of any backdated day already rolled up, recomputed → COMMIT.
+    other event counted in one upsert of the wide usage rows it counts toward (one per subject
+    and model, every period's window in it; sorted: their locks), then what those did not take
+    in the narrow counters (sorted, after), which answers the totals the limits read (while the
+    upsert runs, the events are prepared and decided on their credits) → each event's quota
+    checked in order against the running totals (one passed: the batch decided again, quota
+    then credits) → the accepted events inserted once, settled → what the refused ones counted
+    taken back → one UPDATE of the net debits (still conditional), the ledger rows and the
+    audit rows (COPY), the audit chains linked → the rollups of any backdated day already
+    rolled up, recomputed → COMMIT.
 
 Rows are written only for what stands: a refused event leaves no usage row and no count.
 Accounts before counters, as the ledger engine's batches take them (an authorization's Work
@@ -236,9 +238,9 @@ async def apply_events(conn: asyncpg.Connection, ops: list[UsageOp], part: Part 
     checks = {id(op): _checks_of(op, applying.get(op.user_id), _spans(spans, op.occurred_at or now)) for op in live}
     watched = sorted({row for found in checks.values() for row in found.rows})
     accounts = await repo.lock_accounts(conn, users)  # first: see the docstring
-    # Every live event counted at once (one upsert in counter order: the counters' locks, held
-    # to commit), answering the totals the limits read; less this batch, they are the truth
-    # each event is decided on. What does not stand is taken back below.
+    # Every live event counted at once (one upsert in row order: the wide rows' locks, held to
+    # commit; then the narrow rows, see _add_usage), answering the totals the limits read; less
+    # this batch, they are the truth each event is decided on. What does not stand is taken back below.
     counted = live
     counting = asyncio.ensure_future(_add_usage(conn, counted, _spans(spans, now), subjects, watched))
     try:
@@ -618,6 +620,8 @@ async def _add_usage(
             if op.occurred_at is not None:
                 for window in limits.window_of_all(op.occurred_at).values():
                     narrow.add((subject, window.key, model), amounts, window.end)
+    if not wide:
+        return {}
     held: dict[limits.Row, limits.Amounts] = {}
     increments = [(s, m, c, t, r) for (s, m), (c, t, r) in sorted(wide.items())]
     for returned in await repo.add_windows(conn, increments, current.by_kind):
