@@ -4,16 +4,19 @@ increments older than the row's windows, settles, purge, backdated batch events.
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import uuid
 from collections.abc import Sequence
 
 import httpx
+import pytest
 from sqlalchemy import func, select
 
 from aihub.core.usage import limits
+from aihub.core.usage import service as usage
 from aihub.kit.runtime import Runtime
-from aihub.models import UsageCounter, UsageWindow
+from aihub.models import QuotaLimit, UsageCounter, UsageWindow
 from tests.conftest import Caller
 from tests.core.test_usage import event, fund, reporter
 
@@ -181,3 +184,43 @@ async def test_calls_behind_a_row_that_moved_ahead_are_counted_and_limited(
         assert narrow.scalar_one() == 3
     finally:
         await tx.close()
+
+
+@pytest.mark.postgres
+async def test_concurrent_calls_admit_exactly_the_limit_on_the_wide_and_the_narrow_rows(pg_runtime: Runtime) -> None:
+    """20 calls in this hour and 20 two hours on (a writer whose clock runs ahead), all at once,
+    against 5 requests an hour: the later ones count in the wide rows, this hour's behind them
+    in usage_counters, and each hour admits exactly 5."""
+    rt = pg_runtime
+    user_id = uuid.uuid4()
+    now = dt.datetime.now(dt.UTC)
+    ahead = now + dt.timedelta(hours=2)
+    tx = rt.tx()
+    try:
+        tx.session.add(QuotaLimit(scope=f"user:{user_id}", position=0, period="hour", model="", max_requests=5))
+        await tx.commit()
+    finally:
+        await tx.close()
+    await _add(rt, ahead, subject=limits.user_subject(user_id))  # the rows are ahead before the race
+
+    async def call(at: dt.datetime) -> bool:
+        tx = rt.tx()
+        try:
+            await usage.count_call(
+                tx, user_id=user_id, key_id=None, provider="openai", model="gpt-4o", credits=1, tokens=1, now=at
+            )
+            await tx.commit()
+            return True
+        except usage.QuotaExceeded:
+            return False
+        finally:
+            await tx.close()
+
+    admitted = await asyncio.gather(*(call(at) for _ in range(20) for at in (now, ahead)))
+    assert sum(admitted[0::2]) == 5 and sum(admitted[1::2]) == 4  # the first call ahead counted one already
+    rows = [
+        _row("hour", now, subject=limits.user_subject(user_id)),
+        _row("hour", ahead, subject=limits.user_subject(user_id)),
+    ]
+    used = await _used(rt, rows)
+    assert [amounts[2] for amounts in (used[rows[0]], used[rows[1]])] == [5, 5]
