@@ -112,6 +112,32 @@ async def test_a_settle_adjusts_the_wide_row_then_after_rollover_the_narrow_one(
     assert used == {_row("minute", T0): (0, 0, 1), _row("day", T0): (0, 0, 2)}  # never below zero
 
 
+async def test_a_reservation_from_before_the_wide_rows_settles_in_usage_counters(runtime: Runtime) -> None:
+    """An authorization counted before 0017 has every row in usage_counters; a wide row holding
+    the same windows since (a later call) keeps its own count when that one is given back."""
+    reserved = limits.rows_for([SUBJECT], MODEL, T0)
+    tx = runtime.tx()
+    try:
+        end = dt.datetime(2027, 1, 1, tzinfo=dt.UTC)
+        tx.session.add_all(
+            UsageCounter(subject=s, period_key=k, model=m, credits=40, tokens=0, requests=1, period_end=end)
+            for s, k, m in reserved
+        )
+        await tx.commit()
+    finally:
+        await tx.close()
+    await _add(runtime, T0, credits=10)  # a call after the upgrade, in the same windows
+    assert (await _used(runtime, [_row("day", T0)]))[_row("day", T0)] == (50, 0, 2)
+    tx = runtime.tx()
+    try:
+        await limits.adjust(tx.session, reserved, credits=-40, tokens=0, requests=-1, wide=False)
+        await tx.commit()
+    finally:
+        await tx.close()
+    used = await _used(runtime, [_row("day", T0), _row("minute", T0, MODEL)])
+    assert used == {_row("day", T0): (10, 0, 1), _row("minute", T0, MODEL): (10, 0, 1)}
+
+
 async def test_the_purge_drops_wide_rows_whose_windows_all_ended(runtime: Runtime) -> None:
     # 31 December 2026 is a Thursday: its week ends on Monday 4 January, after its month.
     late = dt.datetime(2026, 12, 31, 12, tzinfo=dt.UTC)

@@ -313,17 +313,21 @@ def _by_wide_row(rows: Iterable[Row]) -> dict[tuple[str, str], dict[str, str]]:
     return found
 
 
-async def adjust(session: AsyncSession, rows: Sequence[Row], *, credits: int, tokens: int, requests: int) -> None:
+async def adjust(
+    session: AsyncSession, rows: Sequence[Row], *, credits: int, tokens: int, requests: int, wide: bool = True
+) -> None:
     """Replace a reservation by the actual usage (or give it back); never below zero. A window
     the wide row still holds is adjusted there, any other in its narrow row (where the
     reservation went, or where the wide row rolled it out): wide rows first, in row order, then
-    the narrow ones, as every writer takes them."""
+    the narrow ones, as every writer takes them. ``wide`` False: a reservation counted before
+    the wide rows existed, all of it in narrow rows (a wide row holding the same window since
+    must not absorb its give-back, floored at zero there, while the reservation stays counted)."""
     if not rows or (credits == 0 and tokens == 0 and requests == 0):
         return
     deltas = dict(zip(FIELDS, (credits, tokens, requests), strict=True))
-    elsewhere: list[Row] = []
+    elsewhere: list[Row] = [] if wide else list(rows)
     w = usage_windows.c
-    for (subject, model), keys in sorted(_by_wide_row(rows).items()):
+    for (subject, model), keys in sorted(_by_wide_row(rows if wide else ()).items()):
         values: dict[str, Any] = {}
         for p, key in keys.items():
             for f, delta in deltas.items():
