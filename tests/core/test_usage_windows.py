@@ -141,9 +141,11 @@ async def test_a_reservation_from_before_the_wide_rows_settles_in_usage_counters
 async def test_the_purge_drops_wide_rows_whose_windows_all_ended(runtime: Runtime) -> None:
     # 31 December 2026 is a Thursday: its week ends on Monday 4 January, after its month.
     late = dt.datetime(2026, 12, 31, 12, tzinfo=dt.UTC)
-    other = limits.user_subject(uuid.UUID(int=8))
+    other, moved_on = limits.user_subject(uuid.UUID(int=8)), limits.user_subject(uuid.UUID(int=9))
     await _add(runtime, late, credits=1)
     await _add(runtime, dt.datetime(2027, 1, 4, 12, tzinfo=dt.UTC), credits=1, subject=other)
+    await _add(runtime, late, credits=1, subject=moved_on)
+    await _add(runtime, dt.datetime(2027, 1, 3, 12, tzinfo=dt.UTC), credits=1, subject=moved_on)  # ends 1 February
 
     async def purge(now: dt.datetime) -> int:
         tx = runtime.tx()
@@ -154,12 +156,14 @@ async def test_the_purge_drops_wide_rows_whose_windows_all_ended(runtime: Runtim
         finally:
             await tx.close()
 
-    assert await purge(dt.datetime(2027, 1, 5, tzinfo=dt.UTC)) == 0  # the month ended, its week has not
+    # The month ended, its week has not; moved_on's December windows it rolled out have: 8 rows.
+    assert await purge(dt.datetime(2027, 1, 5, tzinfo=dt.UTC)) == 8
+    assert await _rows(runtime, UsageWindow) == 6
     week = _row("week", late)
     assert (await _used(runtime, [week]))[week] == (1, 0, 1)
     assert await purge(dt.datetime(2027, 1, 6, 1, tzinfo=dt.UTC)) == 2  # the week ended two days ago
     assert (await _used(runtime, [week]))[week] == (0, 0, 0)
-    assert await _rows(runtime, UsageWindow) == 2  # the other subject's rows stay
+    assert await _rows(runtime, UsageWindow) == 4  # the other subjects' rows stay
 
 
 async def test_a_backdated_event_counts_toward_its_own_day(
