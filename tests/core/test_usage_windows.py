@@ -64,6 +64,15 @@ def _row(kind: str, now: dt.datetime, model: str = limits.ALL_MODELS, subject: s
     return (subject, limits.window(kind, now).key, model)
 
 
+@pytest.mark.parametrize("kind", limits.PERIODS)
+def test_a_window_key_reads_back_as_its_window_and_keys_order_as_time(kind: str) -> None:
+    moments = [T0, T1, dt.datetime(2026, 12, 31, 23, 59, 59, tzinfo=dt.UTC), dt.datetime(2027, 1, 1, tzinfo=dt.UTC)]
+    for moment in moments:
+        assert limits.window_of_key(limits.window(kind, moment).key) == (kind, limits.window(kind, moment))
+    keys = [limits.window(kind, moment).key for moment in moments]
+    assert sorted(keys) == keys  # the upsert compares keys as strings
+
+
 async def test_a_new_minute_resets_the_minute_and_keeps_the_day(runtime: Runtime) -> None:
     await _add(runtime, T0, credits=10, tokens=100)
     await _add(runtime, T0 + dt.timedelta(seconds=5), credits=1, tokens=1)
