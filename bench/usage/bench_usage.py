@@ -226,18 +226,25 @@ async def batch_floor(db: str, ids: list[str], seconds: float, size: int, conns:
             while time.monotonic() < deadline:
                 now = dt.datetime.now(dt.UTC)
                 picked = [mine[rng.randrange(len(mine))] for _ in range(size)]
-                spans = [(0, w.key, w.end) for w in (limits.window(kind, now) for kind in limits.PERIODS)]
-                adds: dict[str, list[int]] = {}
+                windows = limits.window_of_all(now)
+                adds: dict[tuple[str, str], limits.Amounts] = {}
                 for user in picked:
-                    add = adds.setdefault(str(user), [0, 0, 0])
-                    add[0], add[1], add[2] = add[0] + 1, add[1] + 1500, add[2] + 1
-                increments = [(f"u:{u}", "openai/gpt-4o-mini", 0, c, t, r) for u, (c, t, r) in adds.items()]
+                    for model in (limits.ALL_MODELS, "openai/gpt-4o-mini"):
+                        adds[(f"u:{user}", model)] = limits.plus(
+                            adds.get((f"u:{user}", model), limits.ZERO), (1, 1500, 1)
+                        )
+                increments = [(s, m, c, t, r) for (s, m), (c, t, r) in sorted(adds.items())]
                 ids_ = iter(uuid4s(3 * size))
                 event_ids = iter(_event_ids(size, Part(k, conns)))
                 async with conn.transaction():
                     locked = await repo.lock_accounts(conn, sorted(set(picked)))
                     balance = {u: int(r["balance"]) for u, r in locked.items()}
-                    await repo.add_counters(conn, sorted(increments), spans, [])
+                    # The writer's counting: the wide rows, then (after a rollover) the narrow ones.
+                    narrow = limits.Narrow()
+                    for returned in await repo.add_windows(conn, increments, windows):
+                        limits.landing(returned, windows, adds[(returned[0], returned[1])], narrow)
+                    if narrow.rows:
+                        await repo.add_counters(conn, narrow.sorted(), [])
                     events: list[tuple[Any, ...]] = []
                     ledger_rows: list[tuple[Any, ...]] = []
                     audit_rows: list[tuple[Any, ...]] = []

@@ -21,6 +21,7 @@ from aihub.models.usage import (
     UsageDailyRollup,
     UsageEvent,
     UsageRollupState,
+    UsageWindow,
 )
 from aihub.models.users import User
 
@@ -59,6 +60,7 @@ __all__ = [
     "UsageDailyRollup",
     "UsageEvent",
     "UsageRollupState",
+    "UsageWindow",
     "User",
     "UserPermission",
     "UserRole",

@@ -5,7 +5,7 @@ import uuid
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import BigInteger, Date, ForeignKey, Index, Integer, String, Uuid
+from sqlalchemy import BigInteger, Column, Date, ForeignKey, Index, Integer, String, Table, Uuid
 from sqlalchemy.orm import Mapped, mapped_column
 
 from aihub.kit.db import Base, ExactDecimal, JSONType, UTCDateTime, utcnow
@@ -85,6 +85,46 @@ class UsageCounter(Base):
     tokens: Mapped[int] = mapped_column(BigInteger, default=0)
     requests: Mapped[int] = mapped_column(BigInteger, default=0)
     period_end: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+
+
+# The quota periods, shortest first: a ``usage_windows`` row has the columns of each.
+WINDOW_PERIODS = ("minute", "hour", "day", "week", "month")
+WINDOW_FIELDS = ("credits", "tokens", "requests")
+
+
+def _window_columns() -> list[Column[Any]]:
+    """Per period: the current window's key and amounts, and the ``out_`` columns an upsert that
+    rolls the window fills with the window it replaced (else NULL), so the writer can keep that
+    one in ``usage_counters`` (RETURNING only shows the row after the update)."""
+    columns: list[Column[Any]] = []
+    for period in WINDOW_PERIODS:
+        columns.append(Column(f"{period}_key", String(24), nullable=False))
+        columns.extend(Column(f"{period}_{f}", BigInteger, nullable=False) for f in WINDOW_FIELDS)
+        columns.append(Column(f"{period}_out_key", String(24)))
+        columns.extend(Column(f"{period}_out_{f}", BigInteger) for f in WINDOW_FIELDS)
+    return columns
+
+
+usage_windows = Table(
+    "usage_windows",
+    Base.metadata,
+    Column("subject", String(48), primary_key=True),
+    Column("model", String(200), primary_key=True),
+    *_window_columns(),
+    Column("ends_at", UTCDateTime, nullable=False),
+    Index("ix_usage_windows_end", "ends_at"),
+)
+
+
+class UsageWindow(Base):
+    """Usage of one subject (``u:<user id>`` or ``k:<key id>``) over every model (``model`` "")
+    or one ``provider/model``, in the current window of every period at once: one row to upsert
+    per call instead of one per period. A window's total is this row's amounts while its key is
+    the row's, plus its ``usage_counters`` row (increments that arrived after the row had moved
+    past their window, the windows the row rolled out, counters from before 0017).
+    ``ends_at`` is the latest end of its windows (the purge drops the row days after it)."""
+
+    __table__ = usage_windows
 
 
 class QuotaCounter(Base):

@@ -147,7 +147,9 @@ async def authorize(tx: Tx, runtime: Runtime, actor: Principal, body: Authorizat
         tokens=tokens,
         now=now,
     )
-    reservations["counters"] = {"rows": [list(row) for row in counted], "credits": held, "tokens": tokens}
+    # "wide": counted in usage_windows (an authorization from before them has its rows in
+    # usage_counters only, and settles there).
+    reservations["counters"] = {"rows": [list(row) for row in counted], "credits": held, "tokens": tokens, "wide": True}
     hold_id = None
     if held > 0:
         hold = await credits.hold(
@@ -224,6 +226,7 @@ async def _give_back(tx: Tx, auth: UsageAuthorization, *, charged: int, tokens: 
             credits=charged - int(counters["credits"]),
             tokens=tokens - int(counters["tokens"]),
             requests=requests,
+            wide=bool(counters.get("wide", False)),
         )
 
 

@@ -2,8 +2,8 @@
 
 Every statement takes arrays (``unnest``), so a batch of 1 and a batch of 500 cost the same
 round trips. Lock order, the same in every process: idempotency keys (sorted), accounts
-(sorted by user id), then what belongs to those accounts (holds, debits, usage counters, a
-domain's rows), audit chain heads (sorted by chain) — two writers never wait on each other in
+(sorted by user id), then what belongs to those accounts (holds, debits, usage windows then
+usage counters, a domain's rows), audit chain heads (sorted by chain) — two writers never wait on each other in
 a cycle, and request transactions take account rows before chain heads too.
 """
 
@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
 import asyncpg
+
+from aihub.core.usage import limits
 
 # A new key, or one older than the TTL taken over; a live key returns no row (as kit.idempotency).
 CLAIM = """
@@ -203,6 +205,12 @@ async def advance_heads(conn: asyncpg.Connection, heads: Sequence[tuple[int, int
 # ---------------------------------------------------------------------- usage events
 
 USERS = "SELECT id FROM users WHERE id = ANY($1::uuid[])"
+# A writer's connection lives for half an hour and prepares each statement once; after five runs
+# PostgreSQL may keep one generic plan for it, chosen for the tables as they were then. Planned
+# while usage_events was small (a new install, the first minute of a load), the replay lookup
+# kept a sequential scan as the table grew: 3.7 ms a batch instead of 0.1 (measured on the
+# bench). Planning each statement for its arguments costs a few tens of microseconds a batch.
+CUSTOM_PLANS = "SET LOCAL plan_cache_mode = force_custom_plan"
 # The prices in force for the batch's models (pricing.repository ``current``, for many at once).
 CURRENT_PRICES = """
 SELECT p.id, p.provider, p.model, p.input_per_1k, p.output_per_1k, p.per_request, p.per_second
@@ -258,26 +266,54 @@ FROM user_roles r JOIN quota_limits q ON q.scope = 'role:' || r.role_name
 WHERE r.user_id = ANY($1::uuid[])
 ORDER BY 1, 2, 8
 """
-# The increments per (subject, model, moment), spread here over every counter they count toward
-# (each period of the moment; all models and the model) and summed: one upsert per counter, in
-# counter order (the lock order). The new totals of the counters asked for ($10-$12) come back.
+
+
+def _add_windows_sql() -> str:
+    """The wide rows' upsert (``limits.UPSERT_RULE``, the per-event path's): the batch's
+    increments per (subject, model), summed by the caller, each put in every period's window
+    of the batch's moment ($6 … the keys, then the latest end). In row order: their locks."""
+    columns, values = ["subject", "model"], ["u.s", "u.m"]
+    for i, period in enumerate(limits.PERIODS):
+        columns += [f"{period}_key", *(f"{period}_{f}" for f in limits.FIELDS)]
+        values += [f"${6 + i}::text", "u.c", "u.t", "u.r"]
+    columns.append("ends_at")
+    values.append(f"${6 + len(limits.PERIODS)}::timestamptz")
+    rule = ",\n    ".join(f"{column} = {expr}" for column, expr in limits.UPSERT_RULE.items())
+    # Built from constants only (the periods' column names and the rule): no value is spliced in.
+    return f"""
+INSERT INTO usage_windows ({", ".join(columns)})
+SELECT {", ".join(values)}
+FROM unnest($1::text[], $2::text[], $3::bigint[], $4::bigint[], $5::bigint[]) AS u(s, m, c, t, r)
+ORDER BY u.s, u.m
+ON CONFLICT (subject, model) DO UPDATE SET
+    {rule}
+RETURNING {", ".join(limits.RETURNED)}
+"""  # noqa: S608
+
+
+ADD_WINDOWS = _add_windows_sql()
+# What the wide rows did not take, the windows they rolled out and backdated events, each row
+# once and in row order (the narrow rows' locks, after the wide ones'); then the totals of the
+# narrow rows asked for ($8-$10): the upserted ones as they are now, the others as of this
+# statement, which starts after the wide rows' locks are ours (every writer of a narrow row
+# holds its wide row), so nothing committed is missed.
 ADD_COUNTERS = """
 WITH up AS (
 INSERT INTO usage_counters (subject, period_key, model, credits, tokens, requests, period_end)
-SELECT g.s, w.k, m.m, sum(g.c), sum(g.t), sum(g.r), min(w.e)
-FROM unnest($1::text[], $2::text[], $3::int[], $4::bigint[], $5::bigint[], $6::bigint[]) AS g(s, model, ws, c, t, r)
-     JOIN unnest($7::int[], $8::text[], $9::timestamptz[]) AS w(ws, k, e) ON w.ws = g.ws
-     CROSS JOIN LATERAL (VALUES (''), (g.model)) AS m(m)
-GROUP BY g.s, w.k, m.m
-ORDER BY g.s, w.k, m.m
+SELECT u.s, u.k, u.m, u.c, u.t, u.r, u.e
+FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::bigint[], $6::bigint[], $7::timestamptz[])
+     AS u(s, k, m, c, t, r, e)
+ORDER BY u.s, u.k, u.m
 ON CONFLICT (subject, period_key, model) DO UPDATE
     SET credits = usage_counters.credits + excluded.credits, tokens = usage_counters.tokens + excluded.tokens,
         requests = usage_counters.requests + excluded.requests
 RETURNING subject, period_key, model, credits, tokens, requests
 )
-SELECT up.subject, up.period_key, up.model, up.credits, up.tokens, up.requests
-FROM up JOIN unnest($10::text[], $11::text[], $12::text[]) AS w(s, k, m)
-     ON up.subject = w.s AND up.period_key = w.k AND up.model = w.m
+SELECT w.s, w.k, w.m, COALESCE(up.credits, c.credits, 0), COALESCE(up.tokens, c.tokens, 0),
+       COALESCE(up.requests, c.requests, 0)
+FROM unnest($8::text[], $9::text[], $10::text[]) AS w(s, k, m)
+     LEFT JOIN up ON up.subject = w.s AND up.period_key = w.k AND up.model = w.m
+     LEFT JOIN usage_counters c ON c.subject = w.s AND c.period_key = w.k AND c.model = w.m
 """
 DROP_EVENTS = "DELETE FROM usage_events WHERE id = ANY($1::uuid[])"
 
@@ -341,43 +377,54 @@ async def events_by_request_id(conn: asyncpg.Connection, request_ids: Sequence[s
 
 
 async def applicable_limits(conn: asyncpg.Connection, user_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, list[Any]]:
-    from aihub.core.usage.limits import Applicable, user_subject
-
     found: dict[uuid.UUID, list[Any]] = {uid: [] for uid in user_ids}
     for r in await conn.fetch(APPLICABLE, list(user_ids)):
         uid = uuid.UUID(str(r["uid"]))
         found[uid].append(
-            Applicable(
+            limits.Applicable(
                 r["scope"],
                 r["period"],
                 r["model"],
                 r["max_credits"],
                 r["max_tokens"],
                 r["max_requests"],
-                user_subject(uid),
+                limits.user_subject(uid),
             )
         )
     return found
 
 
+async def add_windows(
+    conn: asyncpg.Connection,
+    increments: Sequence[tuple[str, str, int, int, int]],
+    windows: Mapping[str, limits.Window],
+) -> list[asyncpg.Record]:
+    """``increments``: (subject, model, credits, tokens, requests), one per wide row, sorted;
+    ``windows``: the batch moment's, by period. The rows after the upsert (``limits.RETURNED``)."""
+    keys = [windows[period].key for period in limits.PERIODS]
+    end = max(w.end for w in windows.values())
+    return list(await conn.fetch(ADD_WINDOWS, *(list(column) for column in zip(*increments, strict=True)), *keys, end))
+
+
 async def add_counters(
     conn: asyncpg.Connection,
-    increments: Sequence[tuple[str, str, int, int, int, int]],
-    spans: Sequence[tuple[int, str, dt.datetime]],
-    totals_of: Sequence[tuple[str, str, str]],
-) -> dict[tuple[str, str, str], tuple[int, int, int]]:
-    """``increments``: (subject, provider/model, moment, credits, tokens, requests); ``spans``:
-    (moment, period key, period end) for each period of each moment. Returns the new totals of
-    the counters in ``totals_of`` (subject, period key, model)."""
-    rows = await conn.fetch(
+    rows: Sequence[tuple[limits.Row, limits.Amounts, dt.datetime]],
+    totals_of: Sequence[limits.Row],
+) -> dict[limits.Row, limits.Amounts]:
+    """Add to the narrow rows ``rows`` ((subject, period key, model), amounts, window end; each
+    once, sorted). Returns the narrow totals of ``totals_of`` (0 where there is no row)."""
+    columns: list[list[Any]] = [[], [], [], [], [], [], []]
+    for (subject, key, model), (c, t, r), end in rows:
+        for column, value in zip(columns, (subject, key, model, c, t, r, end), strict=True):
+            column.append(value)
+    found = await conn.fetch(
         ADD_COUNTERS,
-        *(list(column) for column in zip(*increments, strict=True)),
-        *(list(column) for column in zip(*spans, strict=True)),
+        *columns,
         [row[0] for row in totals_of],
         [row[1] for row in totals_of],
         [row[2] for row in totals_of],
     )
-    return {(r[0], r[1], r[2]): (int(r[3]), int(r[4]), int(r[5])) for r in rows}
+    return {(r[0], r[1], r[2]): (int(r[3]), int(r[4]), int(r[5])) for r in found}
 
 
 async def drop_events(conn: asyncpg.Connection, event_ids: Sequence[uuid.UUID]) -> None:

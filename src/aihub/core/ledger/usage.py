@@ -3,14 +3,16 @@
 What ``usage.service.record_event`` does per event, done for every event of the batch at once,
 in one transaction, with the same outcome per event:
 
-    the prices in force → the requestIds already recorded → their replays → the accounts locked (sorted) → every
-    other event counted in one upsert of each counter it counts toward (sorted: the counters'
-    locks), which answers the totals the limits read (while it runs, the events are prepared
-    and decided on their credits) → each event's quota checked in order against the running
-    totals (one passed: the batch decided again, quota then credits) → the accepted events
-    inserted once, settled → what the refused ones counted taken back → one UPDATE of the net debits (still
-    conditional), the ledger rows and the audit rows (COPY), the audit chains linked → the
-    rollups of any backdated day already rolled up, recomputed → COMMIT.
+    the prices in force → the requestIds already recorded → their replays → the accounts
+    locked (sorted) → every other event counted in one upsert of the wide usage rows it counts toward (one per subject
+    and model, every period's window in it; sorted: their locks), then what those did not take
+    in the narrow counters (sorted, after), which answers the totals the limits read (while the
+    upsert runs, the events are prepared and decided on their credits) → each event's quota
+    checked in order against the running totals (one passed: the batch decided again, quota
+    then credits) → the accepted events inserted once, settled → what the refused ones counted
+    taken back → one UPDATE of the net debits (still conditional), the ledger rows and the
+    audit rows (COPY), the audit chains linked → the rollups of any backdated day already
+    rolled up, recomputed → COMMIT.
 
 Rows are written only for what stands: a refused event leaves no usage row and no count.
 Accounts before counters, as the ledger engine's batches take them (an authorization's Work
@@ -178,7 +180,6 @@ class _Checks:
 class _Spans:
     """The windows of one moment (every event of a batch not backdated shares one)."""
 
-    index: int
     by_kind: dict[str, limits.Window]
 
 
@@ -230,6 +231,7 @@ async def apply_events(conn: asyncpg.Connection, ops: list[UsageOp], part: Part 
     """
     now = utcnow()
     outcomes: dict[int, Outcome] = {}
+    await conn.execute(repo.CUSTOM_PLANS)
     live = await _unrecorded(conn, await _priced(conn, ops, outcomes), outcomes)
     if not live:
         return outcomes
@@ -240,13 +242,11 @@ async def apply_events(conn: asyncpg.Connection, ops: list[UsageOp], part: Part 
     checks = {id(op): _checks_of(op, applying.get(op.user_id), _spans(spans, op.occurred_at or now)) for op in live}
     watched = sorted({row for found in checks.values() for row in found.rows})
     accounts = await repo.lock_accounts(conn, users)  # first: see the docstring
-    # Every live event counted at once (one upsert in counter order: the counters' locks, held
-    # to commit), answering the totals the limits read; less this batch, they are the truth
-    # each event is decided on. What does not stand is taken back below.
+    # Every live event counted at once (one upsert in row order: the wide rows' locks, held to
+    # commit; then the narrow rows, see _add_usage), answering the totals the limits read; less
+    # this batch, they are the truth each event is decided on. What does not stand is taken back below.
     counted = live
-    counting = asyncio.ensure_future(
-        repo.add_counters(conn, _increments(counted, spans, now, subjects), _spans_rows(spans), watched)
-    )
+    counting = asyncio.ensure_future(_add_usage(conn, counted, _spans(spans, now), subjects, watched))
     try:
         await asyncio.sleep(0)  # the upsert is sent: prepare and decide while the database counts
         prepared = _prepare(live, now, part)
@@ -272,8 +272,10 @@ async def apply_events(conn: asyncpg.Connection, ops: list[UsageOp], part: Part 
     outcomes.update(decided.outcomes)
     accepted = {id(op) for op, _event_id in decided.accepted}
     if len(accepted) < len(counted):
-        back = _increments([op for op in counted if id(op) not in accepted], spans, now, subjects, sign=-1)
-        await repo.add_counters(conn, back, _spans_rows(spans), [])
+        # Under the same locks the wide rows still hold the windows they took these in (and
+        # are still past the ones they did not): each take-back lands where its count went.
+        back = [op for op in counted if id(op) not in accepted]
+        await _add_usage(conn, back, spans[now], subjects, [], sign=-1)
     if decided.deltas:
         if await repo.apply(conn, decided.deltas, now) != len(decided.deltas):
             raise RuntimeError("a locked account did not take its batch delta")
@@ -354,7 +356,7 @@ async def _resolve_recorded(
 def _spans(spans: dict[dt.datetime, _Spans], when: dt.datetime) -> _Spans:
     found = spans.get(when)
     if found is None:
-        found = spans[when] = _Spans(len(spans), {kind: limits.window(kind, when) for kind in limits.PERIODS})
+        found = spans[when] = _Spans(limits.window_of_all(when))
     return found
 
 
@@ -624,28 +626,46 @@ def _accept(
         out.days.add(op.occurred_at.date())
 
 
-def _increments(
+def _amounts(op: UsageOp, sign: int) -> limits.Amounts:
+    return (sign * op.charge, sign * (op.input_tokens + op.output_tokens), sign)
+
+
+async def _add_usage(
+    conn: asyncpg.Connection,
     ops: list[UsageOp],
-    spans: dict[dt.datetime, _Spans],
-    now: dt.datetime,
+    current: _Spans,
     subjects: dict[uuid.UUID, str],
+    watched: list[limits.Row],
     sign: int = 1,
-) -> list[tuple[str, str, int, int, int, int]]:
-    """What ``ops`` add (or, ``sign`` -1, take back) per subject, model and moment."""
-    found: dict[tuple[str, str, int], list[int]] = {}
+) -> dict[limits.Row, limits.Amounts]:
+    """Count ``ops`` (or, ``sign`` -1, take them back), then the totals of ``watched``.
+
+    One upsert of the wide rows (subject, all models and the event's model), in row order: it
+    takes the events at the batch's moment (``current``); a backdated event adds nothing
+    there (its windows are not the batch's) but its rows are locked and read all the same.
+    Then one statement for the narrow rows: what the wide rows did not take, the windows they
+    rolled out, every window of the backdated events; it answers the narrow totals."""
+    wide: dict[tuple[str, str], limits.Amounts] = {}
+    narrow = limits.Narrow()
     for op in ops:
-        key = (subjects[op.user_id], f"{op.provider}/{op.model}", spans[op.occurred_at or now].index)
-        add = found.get(key)
-        if add is None:
-            add = found[key] = [0, 0, 0]
-        add[0] += sign * op.charge
-        add[1] += sign * (op.input_tokens + op.output_tokens)
-        add[2] += sign
-    return [(subject, model, moment, c, t, r) for (subject, model, moment), (c, t, r) in found.items()]
-
-
-def _spans_rows(spans: dict[dt.datetime, _Spans]) -> list[tuple[int, str, dt.datetime]]:
-    return [(found.index, window.key, window.end) for found in spans.values() for window in found.by_kind.values()]
+        subject, amounts = subjects[op.user_id], _amounts(op, sign)
+        on_wide = amounts if op.occurred_at is None else limits.ZERO
+        for model in (limits.ALL_MODELS, f"{op.provider}/{op.model}"):
+            wide[(subject, model)] = limits.plus(wide.get((subject, model), limits.ZERO), on_wide)
+            if op.occurred_at is not None:
+                for window in limits.window_of_all(op.occurred_at).values():
+                    narrow.add((subject, window.key, model), amounts, window.end)
+    if not wide:
+        return {}
+    held: dict[limits.Row, limits.Amounts] = {}
+    increments = [(s, m, c, t, r) for (s, m), (c, t, r) in sorted(wide.items())]
+    for returned in await repo.add_windows(conn, increments, current.by_kind):
+        took = wide[(str(returned[0]), str(returned[1]))]
+        held.update(limits.landing(returned, current.by_kind, took, narrow))
+    if not narrow.rows and not watched:
+        return {}
+    found = await repo.add_counters(conn, narrow.sorted(), watched)
+    return {row: limits.plus(held.get(row, limits.ZERO), found.get(row, limits.ZERO)) for row in watched}
 
 
 def _event_row(

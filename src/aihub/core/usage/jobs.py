@@ -79,7 +79,8 @@ PURGE_COUNTERS_JOB = "usage.purge_counters"
 
 @job(PURGE_COUNTERS_JOB)
 async def purge_counters(runtime: Runtime, payload: dict[str, Any]) -> None:
-    """Drop the usage counters of windows that ended days ago (quotas only read current ones)."""
+    """Drop the usage windows and counters of windows that ended days ago (quotas only read
+    current ones)."""
     tx = runtime.tx()
     try:
         removed = await limits.purge_finished(tx)

@@ -109,9 +109,11 @@ async def count_call(
     """Count one call (or reserve it) toward every counter of its user and key, and refuse it
     (429 QUOTA_EXCEEDED) when any applicable limit is passed. Returns the rows counted."""
     subjects = [limits.user_subject(user_id)] + ([limits.key_subject(key_id)] if key_id else [])
-    rows = limits.rows_for(subjects, f"{provider}/{model}", now)
-    totals = await limits.add(tx.session, rows, credits=credits, tokens=tokens, requests=1)
-    applying = await limits.applicable(tx.session, user_id, key_id, f"{provider}/{model}")
+    name = f"{provider}/{model}"
+    held = await limits.add(tx.session, subjects, name, now, credits=credits, tokens=tokens, requests=1)
+    applying = await limits.applicable(tx.session, user_id, key_id, name)
+    watched = [(a.subject, limits.window(a.period, now).key, a.model) for a in applying]
+    totals = await limits.totals(tx.session, held, watched) if watched else {}
     passed = limits.first_passed(applying, totals, now)
     if passed is not None:
         details = {
@@ -121,7 +123,7 @@ async def count_call(
             "resetsAt": limits.window(passed.period, now).end.isoformat(),
         }
         raise QuotaExceeded(details=details)
-    return [row for row, _end in rows]
+    return limits.rows_for(subjects, name, now)
 
 
 SCOPE_HELP = "Scope must be role:<name>, user:<uuid> or key:<uuid>"
