@@ -659,9 +659,10 @@ async def _add_usage(
         return {}
     held: dict[limits.Row, limits.Amounts] = {}
     increments = [(s, m, c, t, r) for (s, m), (c, t, r) in sorted(wide.items())]
+    wanted = set(watched)
     for returned in await repo.add_windows(conn, increments, current.by_kind):
         took = wide[(str(returned[0]), str(returned[1]))]
-        held.update(limits.landing(returned, current.by_kind, took, narrow))
+        held.update(limits.landing(returned, current.by_kind, took, narrow, wanted))
     if not narrow.rows and not watched:
         return {}
     found = await repo.add_counters(conn, narrow.sorted(), watched)

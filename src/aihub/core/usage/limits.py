@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Container, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -209,23 +209,30 @@ def plus(a: Amounts, b: Amounts) -> Amounts:
 
 
 def landing(
-    returned: Sequence[Any], windows: Mapping[str, Window], amounts: Amounts, narrow: Narrow
+    returned: Sequence[Any],
+    windows: Mapping[str, Window],
+    amounts: Amounts,
+    narrow: Narrow,
+    wanted: Container[Row] | None = None,
 ) -> dict[Row, Amounts]:
     """Read one row an upsert of ``amounts`` in ``windows`` returned (columns ``RETURNED``): the
-    windows it now holds, by counter row. A period whose key is not ours did not take our
-    increment (the row is past our window), and a window the row rolled out must be kept: both
-    go to ``narrow``, so no increment is lost."""
+    windows it now holds, by counter row (only those in ``wanted``, when given: a batch reads
+    thousands of rows for the few its limits watch). A period whose key is not ours did not
+    take our increment (the row is past our window), and a window the row rolled out must be
+    kept: both go to ``narrow``, so no increment is lost."""
     subject, model = str(returned[0]), str(returned[1])
     held: dict[Row, Amounts] = {}
     at = 2
     for p in PERIODS:
-        key, c, t, r, out_key, oc, ot, orq = returned[at : at + len(_PER_PERIOD)]
-        at += len(_PER_PERIOD)
-        held[(subject, str(key), model)] = (int(c), int(t), int(r))
+        key, out_key = returned[at], returned[at + 4]
+        if wanted is None or (subject, key, model) in wanted:
+            held[(subject, str(key), model)] = (int(returned[at + 1]), int(returned[at + 2]), int(returned[at + 3]))
         if key != windows[p].key:
             narrow.add((subject, windows[p].key, model), amounts, windows[p].end)
         if out_key is not None:
-            narrow.add((subject, str(out_key), model), (int(oc), int(ot), int(orq)), window_of_key(str(out_key))[1].end)
+            rolled = (int(returned[at + 5]), int(returned[at + 6]), int(returned[at + 7]))
+            narrow.add((subject, str(out_key), model), rolled, window_of_key(str(out_key))[1].end)
+        at += len(_PER_PERIOD)
     return held
 
 
