@@ -359,7 +359,9 @@ class CpuMeter:
             ]
         finally:
             await conn.close()
-        return events, self._cpu(self.core_pid), {pid: self._cpu(pid) for pid in pids}
+        found = {pid: self._cpu(pid) for pid in pids}
+        found[-1] = self._cpu(os.getpid())  # this process: the load generator
+        return events, self._cpu(self.core_pid), found
 
     @staticmethod
     def per_event(before: tuple[int, float, dict[int, float]], after: tuple[int, float, dict[int, float]]) -> str:
@@ -367,8 +369,12 @@ class CpuMeter:
         if events <= 0:
             return "cpu per event: n/a"
         core = after[1] - before[1]
-        pg = sum(seconds - before[2].get(pid, 0.0) for pid, seconds in after[2].items())
-        return f"cpu per event: core {core / events * 1e6:.0f} us, PostgreSQL {pg / events * 1e6:.0f} us"
+        pg = sum(seconds - before[2].get(pid, 0.0) for pid, seconds in after[2].items() if pid != -1)
+        client = after[2][-1] - before[2][-1]
+        return (
+            f"cpu per event: core {core / events * 1e6:.0f} us, PostgreSQL {pg / events * 1e6:.0f} us"
+            f" (load generator {client / events * 1e6:.0f} us)"
+        )
 
 
 async def ingest_baseline(db: str, ids: list[str], clients: int, seconds: float) -> float:

@@ -200,6 +200,7 @@ class _Prepared:
     record: _AuditRow
     ledger_meta: str
     metadata: str | None
+    user: str  # the user id's text
 
 
 @dataclass(slots=True)
@@ -482,15 +483,26 @@ def _prepare(live: list[UsageOp], now: dt.datetime, part: Part) -> dict[int, _Pr
     events = iter(_event_ids(len(live), part))
     created = _created(now)
     found: dict[int, _Prepared] = {}
+    texts = _Texts()
     for op in live:
         (event_id, event), transaction_id, debit_id, record_id = next(events), next(ids), next(ids), next(ids)
         assert op.price_id is not None  # priced before it was prepared (_priced)
-        after = usage.recorded(op.request_id, op.user_id, op.provider, op.model, op.charge, op.price_id)
+        user = texts[op.user_id]
+        after = usage.recorded(op.request_id, user, op.provider, op.model, op.charge, texts[op.price_id])
         record = _audit_row(op, record_id, "usage.record", "usage_event", event, None, after, now, created)
         meta = {"usageEventId": event, "requestId": op.request_id, "provider": op.provider, "model": op.model}
         metadata = None if op.metadata is None else dumps(op.metadata).decode()
-        found[id(op)] = _Prepared(event_id, transaction_id, debit_id, record, dumps(meta).decode(), metadata)
+        found[id(op)] = _Prepared(event_id, transaction_id, debit_id, record, dumps(meta).decode(), metadata, user)
     return found
+
+
+class _Texts(dict[uuid.UUID, str]):
+    """Each id's text, made once a batch: a batch names its users and prices over and over, and
+    ``str(uuid)`` costs more than the rest of a row's field."""
+
+    def __missing__(self, key: uuid.UUID) -> str:
+        text = self[key] = str(key)
+        return text
 
 
 _IDS_PER_EVENT = 3  # its debit's and its two audit rows' (the event's own: _event_ids)
@@ -599,7 +611,7 @@ def _accept(
             )
         )
         after = credits_repo.Balance(op.user_id, account.balance, account.reserved, account.threshold)
-        user = str(op.user_id)
+        user = ready.user
         chain = chains.get(op.user_id)
         if chain is None:
             chain = chains[op.user_id] = _chain("credit_account", user)

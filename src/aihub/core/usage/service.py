@@ -345,7 +345,7 @@ async def record_event(
 
 
 def recorded(
-    request_id: str, user_id: uuid.UUID, provider: str, model: str, charge: int, price_id: uuid.UUID
+    request_id: str, user_id: uuid.UUID | str, provider: str, model: str, charge: int, price_id: uuid.UUID | str
 ) -> dict[str, str | int]:
     """A usage event as its ``usage.record`` audit entry keeps it (every path that records one)."""
     return {
