@@ -207,7 +207,7 @@ async def batch_floor(db: str, ids: list[str], seconds: float, size: int, conns:
     No HTTP, no pricing, no decisions, no replay reads: events/s."""
     from aihub.core.audit import service as audit
     from aihub.core.ledger import repository as repo
-    from aihub.core.ledger.usage import Part, _event_ids, part_of
+    from aihub.core.ledger.usage import Part, _chain, _event_ids, part_of
     from aihub.core.usage import limits
     from aihub.kit.ids import uuid4s
 
@@ -279,7 +279,7 @@ async def batch_floor(db: str, ids: list[str], seconds: float, size: int, conns:
                             (a2, "usage.record", "usage_event"),
                         ):
                             content = f'{{"id":"{row_id}","action":"{kind}","entity":"{user}"}}'
-                            chain = audit_chain(entity, str(user if entity == "credit_account" else event_id))
+                            chain = _chain(entity, str(user if entity == "credit_account" else event_id))
                             audit_rows.append((chain, row_id, kind, entity, str(user), content))
                     await repo.insert_events(conn, events)
                     await repo.apply(conn, deltas, now)
@@ -321,14 +321,6 @@ async def batch_floor(db: str, ids: list[str], seconds: float, size: int, conns:
     rate = done / (time.monotonic() - started)
     await pool.close()
     return rate
-
-
-def audit_chain(entity_type: str, entity_id: str) -> int:
-    import zlib
-
-    from aihub.core.audit.service import AUDIT_CHAINS
-
-    return zlib.crc32(f"{entity_type}:{entity_id}".encode()) % AUDIT_CHAINS
 
 
 class CpuMeter:

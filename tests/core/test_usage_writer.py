@@ -203,7 +203,10 @@ async def test_two_writers_split_the_users_and_answer_in_the_order_given(pg_runt
     users = by_part[0][:6] + by_part[1][:6]
     for user in users:
         await fund(rt, user.id, 40)
-    writers = UsageWriters(ledger_service._writers_pool(rt), 2)
+    pool = ledger_service._usage_pool(rt)
+    async with pool.connect() as conn:  # plans for its arguments: no generic plan outlives a table's growth
+        assert (await conn.exec_driver_sql("SHOW plan_cache_mode")).scalar_one() == "force_custom_plan"
+    writers = UsageWriters(pool, 2)
     try:
         async with rt.engine.connect() as conn:
             price_id = (

@@ -205,12 +205,6 @@ async def advance_heads(conn: asyncpg.Connection, heads: Sequence[tuple[int, int
 # ---------------------------------------------------------------------- usage events
 
 USERS = "SELECT id FROM users WHERE id = ANY($1::uuid[])"
-# A writer's connection lives for half an hour and prepares each statement once; after five runs
-# PostgreSQL may keep one generic plan for it, chosen for the tables as they were then. Planned
-# while usage_events was small (a new install, the first minute of a load), the replay lookup
-# kept a sequential scan as the table grew: 3.7 ms a batch instead of 0.1 (measured on the
-# bench). Planning each statement for its arguments costs a few tens of microseconds a batch.
-CUSTOM_PLANS = "SET LOCAL plan_cache_mode = force_custom_plan"
 # The prices in force for the batch's models (pricing.repository ``current``, for many at once).
 CURRENT_PRICES = """
 SELECT p.id, p.provider, p.model, p.input_per_1k, p.output_per_1k, p.per_request, p.per_second
@@ -357,15 +351,18 @@ async def insert_events(conn: asyncpg.Connection, rows: Sequence[tuple[Any, ...]
     one order, never in a cycle."""
     ordered = sorted(rows, key=_request_id)
     if len(ordered) < COPY_FROM:
-        found = await conn.fetch(INSERT_EVENTS, *(list(column) for column in zip(*ordered, strict=True)))
-        return {r[0] for r in found}
+        return await _insert_skipping_taken(conn, ordered)
     try:
         async with conn.transaction():
             await conn.copy_records_to_table("usage_events", records=ordered, columns=EVENT_COLUMNS)
     except asyncpg.UniqueViolationError:
-        found = await conn.fetch(INSERT_EVENTS, *(list(column) for column in zip(*ordered, strict=True)))
-        return {r[0] for r in found}
+        return await _insert_skipping_taken(conn, ordered)
     return {row[1] for row in ordered}
+
+
+async def _insert_skipping_taken(conn: asyncpg.Connection, rows: Sequence[tuple[Any, ...]]) -> set[str]:
+    found = await conn.fetch(INSERT_EVENTS, *(list(column) for column in zip(*rows, strict=True)))
+    return {r[0] for r in found}
 
 
 def _request_id(row: tuple[Any, ...]) -> str:

@@ -232,7 +232,6 @@ async def apply_events(conn: asyncpg.Connection, ops: list[UsageOp], part: Part 
     """
     now = utcnow()
     outcomes: dict[int, Outcome] = {}
-    await conn.execute(repo.CUSTOM_PLANS)
     live = await _unrecorded(conn, await _priced(conn, ops, outcomes), outcomes)
     if not live:
         return outcomes
