@@ -14,7 +14,7 @@ import pytest
 from aihub.core.audit import service as audit
 from aihub.core.ledger import service as ledger_service
 from aihub.core.ledger.engine import Outcome
-from aihub.core.ledger.repository import COPY_FROM
+from aihub.core.ledger.repository import COPY_FROM, ONE_STATEMENT_ROWS
 from aihub.core.ledger.usage import (
     Part,
     UsageOp,
@@ -146,6 +146,41 @@ async def test_a_request_id_recorded_meanwhile_is_answered_as_its_replay(
     assert await account(rt, user.id) == (95, 0, 95)
     assert await count(rt, UsageEvent) == 2 + free
     await assert_reconciled(rt)
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("events", [2, ONE_STATEMENT_ROWS // 3 + 1], ids=["one-statement", "copy"])
+async def test_a_batch_settles_the_same_in_one_statement_or_by_copy(
+    pg_runtime: Runtime, pg_url: str, events: int
+) -> None:
+    """Both ways the money, ledger and audit rows go in (three rows per charged event): the
+    balance each event answers is its ledger row's, in the order given, the chains whole."""
+    rt = pg_runtime
+    user = await create_user(rt)
+    await fund(rt, user.id, 1_000)
+    dsn = pg_url.replace("postgresql+asyncpg://", "postgresql://", 1)
+    conn = await asyncpg.connect(dsn)
+    try:
+        price_id = await conn.fetchval(
+            "SELECT id FROM model_prices WHERE provider = 'openai' AND model = 'gpt-4o' AND effective_to IS NULL"
+        )
+        ops = [_op(user.id, price_id, f"settle-{i}", 1 + i % 3) for i in range(events)]
+        async with conn.transaction():
+            outcomes = await apply_events(conn, ops)
+        ledger = await conn.fetch(
+            "SELECT amount, balance_after, metadata->>'requestId' AS request_id FROM credit_transactions"
+            " WHERE user_id = $1 AND reason = 'usage' ORDER BY seq",
+            uuid.UUID(user.id),
+        )
+    finally:
+        await conn.close()
+    balances = [outcomes[id(op)].view.balance for op in ops]  # type: ignore[union-attr]
+    assert [row["request_id"] for row in ledger] == [op.request_id for op in ops]
+    assert [row["balance_after"] for row in ledger] == balances
+    assert [-row["amount"] for row in ledger] == [op.charge for op in ops]
+    assert await account(rt, user.id) == (balances[-1], 0, balances[-1])
+    await assert_reconciled(rt)
+    assert await audit_valid(rt)
 
 
 @pytest.mark.parametrize("before", [None, {"balance": 120}])

@@ -241,6 +241,12 @@ class Tx:
         for after in hooks:
             await after()
 
+    async def release(self) -> None:
+        """Give the connection back, if one was taken, before a long wait (its reads are done):
+        the unit of work goes on, and a session made later takes a connection again."""
+        if self._session is not None:
+            await self._session.close()
+
     async def close(self) -> None:
         """Roll back whatever was not committed (session.close does) and drop pending hooks.
 

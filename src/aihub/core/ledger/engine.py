@@ -368,7 +368,7 @@ class _Batch:
     deltas: dict[uuid.UUID, int] = field(default_factory=dict)  # balance, per account
     held: dict[uuid.UUID, int] = field(default_factory=dict)  # reserved, per account
     ledger_rows: list[tuple[Any, ...]] = field(default_factory=list)
-    audit_rows: list[Any] = field(default_factory=list)
+    audit_rows: list[audit.PendingRow] = field(default_factory=list)
     new_holds: list[tuple[Any, ...]] = field(default_factory=list)
     resolved_holds: list[tuple[Any, ...]] = field(default_factory=list)
 
@@ -842,20 +842,56 @@ async def _work(conn: asyncpg.Connection, move: Move, act: Work, books: _Books) 
 
 
 async def _write(conn: asyncpg.Connection, batch: _Batch) -> None:
-    """The batch's writes, set-based, in the one lock order: accounts, holds, audit heads."""
-    if batch.deltas or batch.held:
-        applied = await repo.apply(conn, batch.deltas, batch.now, batch.held)
-        if applied != len(batch.deltas.keys() | batch.held.keys()):  # the lock makes this impossible
-            raise RuntimeError("a locked account did not take its batch delta")
-    if batch.ledger_rows:
-        await repo.ledger(conn, batch.ledger_rows)
+    """The batch's writes, set-based, in the one lock order: accounts, holds, audit heads (the
+    accounts and the holds it resolves were locked when it was read)."""
     if batch.new_holds:
         await repo.add_holds(conn, batch.new_holds)
     resolved = len(batch.resolved_holds)  # each locked and found held: a mismatch trusts nothing
     if resolved and await repo.resolve_holds(conn, batch.resolved_holds) != resolved:
         raise RuntimeError("a locked hold did not resolve")
-    if batch.audit_rows:
-        await _append_audit(conn, batch.audit_rows)
+    await settle(conn, batch.deltas, batch.held, batch.now, batch.ledger_rows, [_linkable(r) for r in batch.audit_rows])
+
+
+async def settle(
+    conn: asyncpg.Connection,
+    deltas: dict[uuid.UUID, int],
+    held: dict[uuid.UUID, int],
+    now: dt.datetime,
+    ledger_rows: list[tuple[Any, ...]],
+    audit_rows: list[Linkable],
+) -> None:
+    """Lock the audit rows' chain heads (chain order), chain the rows in Python with the hash
+    the PostgreSQL append computes, then write the balances, the ledger rows, the audit rows
+    and the heads (``repo.settle``: one statement for a small batch)."""
+    heads = await repo.lock_heads(conn, list({chain for chain, _content, _columns in audit_rows})) if audit_rows else {}
+    moved: dict[int, tuple[int, str, str]] = {}
+    values: list[tuple[Any, ...]] = []
+    for chain, content, (row_id, actor_id, actor_type, action, entity_type, entity_id, *rest) in audit_rows:
+        seq, prev = heads[chain]
+        seq += 1
+        digest = audit.link(prev, seq, audit.text_digest(content))
+        heads[chain] = (seq, digest)
+        moved[chain] = (seq, digest, prev)
+        values.append(
+            (row_id, chain, seq, actor_id, actor_type, action, entity_type, entity_id, *rest, prev, digest, content)
+        )
+    advanced = [(chain, seq, digest, prev) for chain, (seq, digest, prev) in moved.items()]
+    applied = await repo.settle(conn, deltas, held, now, ledger_rows, values, advanced)
+    if applied != len(deltas.keys() | held.keys()):  # the lock makes this impossible
+        raise RuntimeError("a locked account did not take its batch delta")
+
+
+# An audit row before its place in a chain: (chain, content, and the columns around the
+# chain's: id, actor_id, actor_type, action, entity_type, entity_id, before, after (JSON text),
+# request_id, ip, created_at).
+Linkable = tuple[int, str, tuple[Any, ...]]
+
+
+def _linkable(row: audit.PendingRow) -> Linkable:
+    before = None if row.before is None else dumps(row.before).decode()
+    after = None if row.after is None else dumps(row.after).decode()
+    columns = (row.id, row.actor_id, row.actor_type, row.action, row.entity_type, row.entity_id, before, after)
+    return (row.chain, row.content, (*columns, row.request_id, row.ip, row.created_at))
 
 
 async def _claim(
@@ -896,42 +932,6 @@ def _stored(move: Move, outcome: Outcome) -> tuple[str, str, int, bytes]:
         assert outcome.view is not None
         outcome.body = move.render(outcome.view)
     return (move.claim.principal, move.claim.key, outcome.status_code, outcome.body)
-
-
-async def _append_audit(conn: asyncpg.Connection, rows: list[Any]) -> None:
-    """Link the rows into their chains set-based: lock the heads (chain order), chain the rows
-    in Python with the same hash the PostgreSQL append computes, insert them, move the heads."""
-    heads = await repo.lock_heads(conn, list({row.chain for row in rows}))
-    moved: dict[int, tuple[int, str, str]] = {}
-    values: list[tuple[Any, ...]] = []
-    for row in rows:
-        seq, prev = heads[row.chain]
-        seq += 1
-        digest = audit.link(prev, seq, audit.text_digest(row.content))
-        heads[row.chain] = (seq, digest)
-        moved[row.chain] = (seq, digest, prev)
-        values.append(
-            (
-                row.id,
-                row.chain,
-                seq,
-                row.actor_id,
-                row.actor_type,
-                row.action,
-                row.entity_type,
-                row.entity_id,
-                None if row.before is None else dumps(row.before).decode(),
-                None if row.after is None else dumps(row.after).decode(),
-                row.request_id,
-                row.ip,
-                row.created_at,
-                prev,
-                digest,
-                row.content,
-            )
-        )
-    await repo.audit(conn, values)
-    await repo.advance_heads(conn, [(chain, seq, digest, prev) for chain, (seq, digest, prev) in moved.items()])
 
 
 def stored_of(outcome: Outcome) -> Stored:

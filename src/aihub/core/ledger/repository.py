@@ -14,7 +14,7 @@ import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any
+from typing import Any, NamedTuple
 
 import asyncpg
 
@@ -202,15 +202,87 @@ async def advance_heads(conn: asyncpg.Connection, heads: Sequence[tuple[int, int
     await conn.execute(ADVANCE_HEADS, *(list(column) for column in zip(*heads, strict=True)))
 
 
+# A small batch's writes in one statement, each a data-modifying CTE: the balances (as APPLY,
+# its count answered), the ledger rows (in the batch's order, as the COPY appends them), the
+# audit rows and the chain heads they move. A round trip costs more than these statements do
+# on a few rows; from ONE_STATEMENT_ROWS rows the COPYs below cost less (no per-value checks).
+SETTLE = """
+WITH moved AS (
+    UPDATE credit_accounts a SET balance = a.balance + u.delta, reserved = a.reserved + u.held, updated_at = $4
+    FROM unnest($1::uuid[], $2::bigint[], $3::bigint[]) AS u(user_id, delta, held)
+    WHERE a.user_id = u.user_id AND (u.delta - u.held >= 0 OR a.balance - a.reserved >= u.held - u.delta)
+    RETURNING 1
+), ledger AS (
+    INSERT INTO credit_transactions (id, user_id, amount, type, reason, balance_after, related_id, idempotency_key,
+                                     metadata, actor_id, created_at)
+    SELECT l.id, l.user_id, l.amount, CASE WHEN l.amount > 0 THEN 'credit' ELSE 'debit' END, l.reason, l.after,
+           l.related, l.idem, l.meta::jsonb, l.actor, l.at
+    FROM unnest($5::uuid[], $6::uuid[], $7::bigint[], $8::text[], $9::bigint[], $10::uuid[], $11::text[], $12::text[],
+                $13::text[], $14::timestamptz[]) WITH ORDINALITY
+         AS l(id, user_id, amount, reason, after, related, idem, meta, actor, at, n)
+    ORDER BY l.n
+), logged AS (
+    INSERT INTO audit_logs (id, chain, chain_seq, actor_id, actor_type, action, entity_type, entity_id, before, after,
+                            request_id, ip, created_at, prev_hash, hash, content, hash_version)
+    SELECT r.id, r.chain, r.seq, r.actor, r.kind, r.action, r.etype, r.eid, r.before::jsonb, r.after::jsonb, r.req,
+           r.ip, r.at, r.prev, r.hash, r.content, 3
+    FROM unnest($15::uuid[], $16::int[], $17::bigint[], $18::text[], $19::text[], $20::text[], $21::text[], $22::text[],
+                $23::text[], $24::text[], $25::text[], $26::text[], $27::timestamptz[], $28::text[], $29::text[],
+                $30::text[])
+         AS r(id, chain, seq, actor, kind, action, etype, eid, before, after, req, ip, at, prev, hash, content)
+), heads AS (
+    UPDATE audit_chain_heads h SET last_seq = u.seq, last_hash = u.hash, prev_hash = u.prev
+    FROM unnest($31::int[], $32::bigint[], $33::text[], $34::text[]) AS u(chain, seq, hash, prev)
+    WHERE h.chain = u.chain
+)
+SELECT count(*) FROM moved
+"""
+ONE_STATEMENT_ROWS = 200  # ledger and audit rows together, below which SETTLE writes them
+
+
+async def settle(
+    conn: asyncpg.Connection,
+    deltas: dict[uuid.UUID, int],
+    held: dict[uuid.UUID, int],
+    now: dt.datetime,
+    ledger_rows: Sequence[tuple[Any, ...]],
+    audit_rows: Sequence[tuple[Any, ...]],
+    heads: Sequence[tuple[int, int, str, str]],
+) -> int:
+    """A batch's money and audit writes (the heads locked already): :func:`apply`, then
+    :func:`ledger`, :func:`audit` and :func:`advance_heads` (``heads``: chain, seq, hash, prev);
+    in one statement when the batch is small. The number of accounts updated."""
+    users = list(deltas.keys() | held.keys())
+    if len(ledger_rows) + len(audit_rows) < ONE_STATEMENT_ROWS:
+        return int(
+            await conn.fetchval(
+                SETTLE,
+                users,
+                [deltas.get(u, 0) for u in users],
+                [held.get(u, 0) for u in users],
+                now,
+                *_columns(ledger_rows, 10),
+                *_columns(audit_rows, 16),
+                *_columns(heads, 4),
+            )
+        )
+    applied = await apply(conn, deltas, now, held) if users else 0
+    if ledger_rows:
+        await ledger(conn, ledger_rows)
+    if audit_rows:
+        await audit(conn, audit_rows)
+        await advance_heads(conn, heads)
+    return applied
+
+
+def _columns(rows: Sequence[tuple[Any, ...]], width: int) -> list[list[Any]]:
+    """``rows`` as ``width`` column arrays (empty ones for no rows), as unnest takes them."""
+    return [list(column) for column in zip(*rows, strict=True)] if rows else [[] for _ in range(width)]
+
+
 # ---------------------------------------------------------------------- usage events
 
 USERS = "SELECT id FROM users WHERE id = ANY($1::uuid[])"
-# The prices in force for the batch's models (pricing.repository ``current``, for many at once).
-CURRENT_PRICES = """
-SELECT p.id, p.provider, p.model, p.input_per_1k, p.output_per_1k, p.per_request, p.per_second
-FROM unnest($1::text[], $2::text[]) AS k(provider, model)
-     JOIN model_prices p ON p.provider = k.provider AND p.model = k.model AND p.effective_to IS NULL
-"""
 # The batch's accepted events, settled (their debit and the balance after it): written once.
 # A requestId recorded meanwhile by another writer is skipped, and missing from what returns.
 INSERT_EVENTS = """
@@ -250,15 +322,27 @@ EVENT_COLUMNS = (
 EVENTS_BY_REQUEST_ID = """
 SELECT id, request_id, request_hash, credits, balance_after FROM usage_events WHERE request_id = ANY($1::text[])
 """
-# Every limit on each user: their own scope's and each of their roles' (as limits.applicable).
-APPLICABLE = """
-SELECT u.uid, q.scope, q.period, q.model, q.max_credits, q.max_tokens, q.max_requests, q.position
-FROM unnest($1::uuid[]) AS u(uid) JOIN quota_limits q ON q.scope = 'user:' || u.uid::text
-UNION ALL
-SELECT r.user_id, q.scope, q.period, q.model, q.max_credits, q.max_tokens, q.max_requests, q.position
-FROM user_roles r JOIN quota_limits q ON q.scope = 'role:' || r.role_name
-WHERE r.user_id = ANY($1::uuid[])
-ORDER BY 1, 2, 8
+# A usage batch's first read, in one round trip (a round trip costs more than these reads on a
+# small batch): the prices in force of its models ($1, $2), the events already recorded under
+# its requestIds ($3), every limit on its users ($4: their own scope's and each of their
+# roles', as limits.applicable) and their accounts, locked as LOCK_ACCOUNTS locks them.
+OPEN_USAGE = """
+SELECT
+  ARRAY(SELECT ROW(p.provider, p.model, p.id, p.input_per_1k, p.output_per_1k, p.per_request, p.per_second)
+        FROM unnest($1::text[], $2::text[]) AS k(provider, model)
+             JOIN model_prices p ON p.provider = k.provider AND p.model = k.model AND p.effective_to IS NULL),
+  ARRAY(SELECT ROW(e.id, e.request_id, e.request_hash, e.credits, e.balance_after)
+        FROM usage_events e WHERE e.request_id = ANY($3::text[])),
+  ARRAY(SELECT ROW(l.uid, l.scope, l.period, l.model, l.max_credits, l.max_tokens, l.max_requests)
+        FROM (SELECT u.uid, q.scope, q.period, q.model, q.max_credits, q.max_tokens, q.max_requests, q.position
+              FROM unnest($4::uuid[]) AS u(uid) JOIN quota_limits q ON q.scope = 'user:' || u.uid::text
+              UNION ALL
+              SELECT r.user_id, q.scope, q.period, q.model, q.max_credits, q.max_tokens, q.max_requests, q.position
+              FROM user_roles r JOIN quota_limits q ON q.scope = 'role:' || r.role_name
+              WHERE r.user_id = ANY($4::uuid[])) AS l
+        ORDER BY l.uid, l.scope, l.position),
+  ARRAY(SELECT ROW(a.user_id, a.balance, a.reserved, a.low_balance_threshold) FROM credit_accounts a
+        WHERE a.user_id = ANY($4::uuid[]) ORDER BY a.user_id FOR UPDATE)
 """
 
 
@@ -327,17 +411,6 @@ class Price:
     per_second: Decimal
 
 
-async def current_prices(conn: asyncpg.Connection, models: Sequence[tuple[str, str]]) -> dict[tuple[str, str], Price]:
-    """The price in force of each (provider, model) that has one."""
-    rows = await conn.fetch(CURRENT_PRICES, [m[0] for m in models], [m[1] for m in models])
-    return {
-        (r["provider"], r["model"]): Price(
-            r["id"], r["input_per_1k"], r["output_per_1k"], r["per_request"], r["per_second"]
-        )
-        for r in rows
-    }
-
-
 async def insert_events(conn: asyncpg.Connection, rows: Sequence[tuple[Any, ...]]) -> set[str]:
     """The requestIds inserted (a row whose requestId is taken is not): ``rows`` in
     EVENT_COLUMNS order.
@@ -369,26 +442,53 @@ def _request_id(row: tuple[Any, ...]) -> str:
     return str(row[1])
 
 
-async def events_by_request_id(conn: asyncpg.Connection, request_ids: Sequence[str]) -> dict[str, asyncpg.Record]:
-    return {r["request_id"]: r for r in await conn.fetch(EVENTS_BY_REQUEST_ID, list(request_ids))}
+class Recorded(NamedTuple):
+    """An event already recorded under a requestId: what its replay answers."""
+
+    id: uuid.UUID
+    request_id: str
+    request_hash: str
+    credits: int
+    balance_after: int | None
 
 
-async def applicable_limits(conn: asyncpg.Connection, user_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, list[Any]]:
-    found: dict[uuid.UUID, list[Any]] = {uid: [] for uid in user_ids}
-    for r in await conn.fetch(APPLICABLE, list(user_ids)):
-        uid = uuid.UUID(str(r["uid"]))
-        found[uid].append(
-            limits.Applicable(
-                r["scope"],
-                r["period"],
-                r["model"],
-                r["max_credits"],
-                r["max_tokens"],
-                r["max_requests"],
-                limits.user_subject(uid),
-            )
-        )
-    return found
+# An account as the batch locked it: (balance, reserved, low-balance threshold).
+Locked = tuple[int, int, int | None]
+
+
+@dataclass(frozen=True, slots=True)
+class Opened:
+    """What a usage batch reads first (OPEN_USAGE)."""
+
+    prices: dict[tuple[str, str], Price]
+    recorded: dict[str, Recorded]
+    limits: dict[uuid.UUID, list[limits.Applicable]]  # every user asked for (an empty list: none)
+    accounts: dict[uuid.UUID, Locked]  # the ones that exist, locked until commit
+
+
+async def open_usage(
+    conn: asyncpg.Connection,
+    models: Sequence[tuple[str, str]],
+    request_ids: Sequence[str],
+    user_ids: Sequence[uuid.UUID],
+) -> Opened:
+    """The batch's prices, replays, limits and locked accounts: OPEN_USAGE (``user_ids`` sorted)."""
+    row = await conn.fetchrow(
+        OPEN_USAGE, [m[0] for m in models], [m[1] for m in models], list(request_ids), list(user_ids)
+    )
+    assert row is not None
+    prices = {(p[0], p[1]): Price(*p[2:]) for p in row[0]}
+    recorded = {r[1]: Recorded(*r) for r in row[1]}
+    found: dict[uuid.UUID, list[limits.Applicable]] = {uid: [] for uid in user_ids}
+    for uid, scope, period, model, max_credits, max_tokens, max_requests in row[2]:
+        subject = limits.user_subject(uid)
+        found[uid].append(limits.Applicable(scope, period, model, max_credits, max_tokens, max_requests, subject))
+    accounts = {a[0]: (int(a[1]), int(a[2]), a[3]) for a in row[3]}
+    return Opened(prices, recorded, found, accounts)
+
+
+async def events_by_request_id(conn: asyncpg.Connection, request_ids: Sequence[str]) -> dict[str, Recorded]:
+    return {r[1]: Recorded(*r) for r in await conn.fetch(EVENTS_BY_REQUEST_ID, list(request_ids))}
 
 
 async def add_windows(

@@ -253,11 +253,6 @@ async def work(
     return cast(T, outcome.view)  # what ``run`` returned
 
 
-async def _release(tx: Tx) -> None:
-    """Give the request's connection back before waiting on the writer (its reads are done)."""
-    await tx.session.close()
-
-
 def answer(outcome: Outcome, idem: IdempotentRequest) -> object:
     """What a move came to, as its endpoint returns it: the stored answer of a replay, else
     what the move made (the endpoint's response model serialises it, as the stored body)."""
@@ -331,7 +326,7 @@ async def record_event(
 ) -> tuple[usage.Recorded, bool]:
     """One event through the writer: (result, replayed), or its error raised."""
     op = queued(tx, reporter_id, body, None, policy)
-    await _release(tx)  # nothing was read, unless the caller's authentication did
+    await tx.release()  # before waiting on the writer; nothing was read, unless authentication did
     outcome = await engine.submit(op)
     if outcome.error is not None:
         raise outcome.error
@@ -357,7 +352,7 @@ async def record_batch(
         except AppError as exc:
             slots.append(exc)
     ops = [slot for slot in slots if isinstance(slot, UsageOp)]
-    await _release(tx)
+    await tx.release()
     outcomes = iter(await engine.submit_many(ops)) if ops else iter(())
     results: list[usage_schemas.BatchResult] = []
     refused: list[usage.Refusal] = []

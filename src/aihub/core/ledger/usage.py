@@ -42,7 +42,7 @@ from aihub.core.audit import service as audit
 from aihub.core.credits import repository as credits_repo
 from aihub.core.credits import service as credits
 from aihub.core.ledger import repository as repo
-from aihub.core.ledger.engine import LedgerEngine, Outcome, _refused
+from aihub.core.ledger.engine import LedgerEngine, Linkable, Outcome, _refused, settle
 from aihub.core.pricing import service as pricing
 from aihub.core.usage import limits, rollups
 from aihub.core.usage import service as usage
@@ -183,12 +183,6 @@ class _Spans:
     by_kind: dict[str, limits.Window]
 
 
-# An audit row before its place in a chain: (chain, content, and the COPY columns around the
-# chain's: id, actor_id, actor_type, action, entity_type, entity_id, before, after (JSON text),
-# request_id, ip, created_at).
-_AuditRow = tuple[int, str, tuple[Any, ...]]
-
-
 @dataclass(slots=True)
 class _Prepared:
     """What an event writes that no decision changes: its ids, its ``usage.record`` audit row and
@@ -197,7 +191,7 @@ class _Prepared:
     event_id: uuid.UUID
     transaction_id: uuid.UUID
     debit_audit_id: uuid.UUID
-    record: _AuditRow
+    record: Linkable
     ledger_meta: str
     metadata: str | None
     user: str  # the user id's text
@@ -213,7 +207,7 @@ class _Decided:
     refused: set[int] = field(default_factory=set)  # id(op) of the ones refused for their credits
     deltas: dict[uuid.UUID, int] = field(default_factory=dict)
     ledger_rows: list[tuple[Any, ...]] = field(default_factory=list)
-    audit_rows: list[_AuditRow] = field(default_factory=list)
+    audit_rows: list[Linkable] = field(default_factory=list)
     days: set[dt.date] = field(default_factory=set)
 
 
@@ -232,16 +226,23 @@ async def apply_events(conn: asyncpg.Connection, ops: list[UsageOp], part: Part 
     """
     now = utcnow()
     outcomes: dict[int, Outcome] = {}
-    live = await _unrecorded(conn, await _priced(conn, ops, outcomes), outcomes)
+    # One read for the lot, the accounts locked first (see the docstring): the users of replays
+    # and of unpriced events too, which a round trip less is worth (their rows stay as they are).
+    opened = await repo.open_usage(
+        conn,
+        list({(op.provider, op.model) for op in ops if op.price_id is None}),
+        [op.request_id for op in ops],
+        sorted({op.user_id for op in ops}),
+    )
+    live = await _unrecorded(conn, _priced(ops, opened.prices, outcomes), opened.recorded, outcomes)
     if not live:
         return outcomes
     spans: dict[dt.datetime, _Spans] = {}
     users = sorted({op.user_id for op in live})
     subjects = {uid: limits.user_subject(uid) for uid in users}
-    applying = await repo.applicable_limits(conn, users)
+    applying, accounts = opened.limits, opened.accounts
     checks = {id(op): _checks_of(op, applying.get(op.user_id), _spans(spans, op.occurred_at or now)) for op in live}
     watched = sorted({row for found in checks.values() for row in found.rows})
-    accounts = await repo.lock_accounts(conn, users)  # first: see the docstring
     # Every live event counted at once (one upsert in row order: the wide rows' locks, held to
     # commit; then the narrow rows, see _add_usage), answering the totals the limits read; less
     # this batch, they are the truth each event is decided on. What does not stand is taken back below.
@@ -276,25 +277,19 @@ async def apply_events(conn: asyncpg.Connection, ops: list[UsageOp], part: Part 
         # are still past the ones they did not): each take-back lands where its count went.
         back = [op for op in counted if id(op) not in accepted]
         await _add_usage(conn, back, spans[now], subjects, [], sign=-1)
-    if decided.deltas:
-        if await repo.apply(conn, decided.deltas, now) != len(decided.deltas):
-            raise RuntimeError("a locked account did not take its batch delta")
-        await repo.ledger(conn, decided.ledger_rows)
-    if decided.audit_rows:
-        await _append_audit(conn, decided.audit_rows)
+    if decided.deltas or decided.audit_rows:
+        await settle(conn, decided.deltas, {}, now, decided.ledger_rows, decided.audit_rows)
     if decided.days:
         await _roll_backdated(conn, decided.days)
     return outcomes
 
 
-async def _priced(conn: asyncpg.Connection, ops: list[UsageOp], outcomes: dict[int, Outcome]) -> list[UsageOp]:
-    """Every op priced at the price in force (one read for the batch's models, in the batch's
-    transaction: a price changed before it began applies), or refused as the request path
-    would refuse it (422 UNKNOWN_MODEL, COST_OUT_OF_RANGE): pricing comes first, as there."""
-    models = list({(op.provider, op.model) for op in ops if op.price_id is None})
-    if not models:
-        return ops
-    prices = await repo.current_prices(conn, models)
+def _priced(
+    ops: list[UsageOp], prices: dict[tuple[str, str], repo.Price], outcomes: dict[int, Outcome]
+) -> list[UsageOp]:
+    """Every op priced at the price in force (read in the batch's transaction: a price changed
+    before it began applies), or refused as the request path would refuse it (422
+    UNKNOWN_MODEL, COST_OUT_OF_RANGE): pricing comes first, as there."""
     priced: list[UsageOp] = []
     for op in ops:
         if op.price_id is None:
@@ -317,22 +312,28 @@ async def _priced(conn: asyncpg.Connection, ops: list[UsageOp], outcomes: dict[i
     return priced
 
 
-async def _unrecorded(conn: asyncpg.Connection, ops: list[UsageOp], outcomes: dict[int, Outcome]) -> list[UsageOp]:
-    """The ops whose requestId is not recorded yet; the others get their replay (or error)."""
-    found = await repo.events_by_request_id(conn, [op.request_id for op in ops])
+async def _unrecorded(
+    conn: asyncpg.Connection, ops: list[UsageOp], found: dict[str, repo.Recorded], outcomes: dict[int, Outcome]
+) -> list[UsageOp]:
+    """The ops whose requestId is not recorded yet (``found``: the recorded ones); the others
+    get their replay (or error)."""
     if not found:
         return ops
     recorded = [op for op in ops if op.request_id in found]
-    await _resolve_recorded(conn, recorded, outcomes, found)
+    if recorded:
+        await _resolve_recorded(conn, recorded, outcomes, found)
     return [op for op in ops if op.request_id not in found]
 
 
 async def _resolve_recorded(
-    conn: asyncpg.Connection, ops: list[UsageOp], outcomes: dict[int, Outcome], found: dict[str, Any] | None = None
+    conn: asyncpg.Connection,
+    ops: list[UsageOp],
+    outcomes: dict[int, Outcome],
+    found: dict[str, repo.Recorded] | None = None,
 ) -> None:
     if found is None:
         found = await repo.events_by_request_id(conn, [op.request_id for op in ops])
-    hashes = {request_id: row["request_hash"] for request_id, row in found.items()}
+    hashes = {request_id: row.request_hash for request_id, row in found.items()}
     reused = [op for op in ops if hashes.get(op.request_id, op.request_hash) != op.request_hash]
     # An unknown user is refused before its requestId is looked at (as the per-event path does).
     known = await repo.existing_users(conn, sorted({op.user_id for op in reused})) if reused else set()
@@ -340,7 +341,7 @@ async def _resolve_recorded(
         row = found.get(op.request_id)
         if row is None:  # recorded and gone again (an event refused by an older writer)
             outcomes[id(op)] = _refused(usage.RequestInProgress())
-        elif row["request_hash"] != op.request_hash:
+        elif row.request_hash != op.request_hash:
             error = (
                 IdempotencyKeyReused("This requestId was reported with different content")
                 if op.user_id in known
@@ -348,8 +349,8 @@ async def _resolve_recorded(
             )
             outcomes[id(op)] = _refused(error)
         else:
-            balance = row["balance_after"] if row["balance_after"] is not None else 0
-            view = _result(row["id"], op.request_id, int(row["credits"]), int(balance))
+            balance = row.balance_after if row.balance_after is not None else 0
+            view = _result(row.id, op.request_id, int(row.credits), int(balance))
             outcomes[id(op)] = Outcome(201, view=view, replayed=True)
 
 
@@ -428,16 +429,13 @@ def _decide(
     live: list[UsageOp],
     prepared: dict[int, _Prepared],
     quotas: _Quotas | None,
-    locked_accounts: dict[uuid.UUID, Any],
+    locked_accounts: dict[uuid.UUID, repo.Locked],
     now: dt.datetime,
 ) -> _Decided:
     """Each event in order against the running totals and balances: quota (unless ``quotas`` is
     None: credits alone), then credits."""
     out = _Decided()
-    accounts = {
-        uid: _Account(int(r["balance"]), int(r["reserved"]), r["low_balance_threshold"])
-        for uid, r in locked_accounts.items()
-    }
+    accounts = {uid: _Account(*locked) for uid, locked in locked_accounts.items()}
     chains: dict[uuid.UUID, int] = {}  # an account's audit chain, once per user
     created = _created(now)
     for op in live:
@@ -542,7 +540,7 @@ def _audit_row(
     now: dt.datetime,
     created: str,
     chain: int | None = None,
-) -> _AuditRow:
+) -> Linkable:
     """The row ``audit.pending_row(audit.new_entry(...))`` makes, without its generic steps: the
     states here are plain JSON of our own (no secret to scrub, nothing to copy)."""
     if chain is None:
@@ -701,26 +699,6 @@ def _event_row(
         transaction_id,
         balance,
     )
-
-
-async def _append_audit(conn: asyncpg.Connection, rows: list[_AuditRow]) -> None:
-    """Link the rows into their chains set-based (as the engine's ``_append_audit``): lock the
-    heads (chain order), chain the rows with the hash the PostgreSQL append computes, insert
-    them, move the heads."""
-    heads = await repo.lock_heads(conn, list({chain for chain, _content, _columns in rows}))
-    moved: dict[int, tuple[int, str, str]] = {}
-    values: list[tuple[Any, ...]] = []
-    for chain, content, (row_id, actor_id, actor_type, action, entity_type, entity_id, *rest) in rows:
-        seq, prev = heads[chain]
-        seq += 1
-        digest = audit.link(prev, seq, audit.text_digest(content))
-        heads[chain] = (seq, digest)
-        moved[chain] = (seq, digest, prev)
-        values.append(
-            (row_id, chain, seq, actor_id, actor_type, action, entity_type, entity_id, *rest, prev, digest, content)
-        )
-    await repo.audit(conn, values)
-    await repo.advance_heads(conn, [(chain, seq, digest, prev) for chain, (seq, digest, prev) in moved.items()])
 
 
 async def _roll_backdated(conn: asyncpg.Connection, days: set[dt.date]) -> None:
