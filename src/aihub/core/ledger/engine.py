@@ -862,7 +862,10 @@ async def settle(
 ) -> None:
     """Lock the audit rows' chain heads (chain order), chain the rows in Python with the hash
     the PostgreSQL append computes, then write the balances, the ledger rows, the audit rows
-    and the heads (``repo.settle``: one statement for a small batch)."""
+    and the heads (``repo.settle``: one statement for a small batch). Nothing to write (a
+    batch of refusals and replays): no statement."""
+    if not (deltas or held or ledger_rows or audit_rows):
+        return
     heads = await repo.lock_heads(conn, list({chain for chain, _content, _columns in audit_rows})) if audit_rows else {}
     moved: dict[int, tuple[int, str, str]] = {}
     values: list[tuple[Any, ...]] = []

@@ -4,15 +4,16 @@ What ``usage.service.record_event`` does per event, done for every event of the 
 in one transaction, with the same outcome per event:
 
     one read (OPEN_USAGE): the prices in force, the requestIds already recorded, the limits and
-    the accounts locked (sorted) → the replays answered → every other event counted in one upsert of the wide usage rows it counts toward (one per subject
-    and model, every period's window in it; sorted: their locks), then what those did not take
-    in the narrow counters (sorted, after), which answers the totals the limits read (while the
-    upsert runs, the events are prepared and decided on their credits) → each event's quota
-    checked in order against the running totals (one passed: the batch decided again, quota
-    then credits) → the accepted events inserted once, settled → what the refused ones counted
-    taken back → the audit chain heads locked and the rows linked → one UPDATE of the net
-    debits (still conditional), the ledger rows, the audit rows and the heads (one statement
-    for a small batch, COPY for a large one: repository.settle) → the rollups of any backdated day already
+    the accounts locked (sorted) → the replays answered → every other event counted in one
+    upsert of the wide usage rows it counts toward (one per subject and model, every period's
+    window in it; sorted: their locks), then what those did not take in the narrow counters
+    (sorted, after), which answers the totals the limits read (while the upsert runs, the
+    events are prepared and decided on their credits) → each event's quota checked in order
+    against the running totals (one passed: the batch decided again, quota then credits) → the
+    accepted events inserted once, settled → what the refused ones counted taken back → the
+    audit chain heads locked and the rows linked → one UPDATE of the net debits (still
+    conditional), the ledger rows, the audit rows and the heads (one statement for a small
+    batch, COPY for a large one: repository.settle) → the rollups of any backdated day already
     rolled up, recomputed → COMMIT.
 
 Rows are written only for what stands: a refused event leaves no usage row and no count.
@@ -278,8 +279,7 @@ async def apply_events(conn: asyncpg.Connection, ops: list[UsageOp], part: Part 
         # are still past the ones they did not): each take-back lands where its count went.
         back = [op for op in counted if id(op) not in accepted]
         await _add_usage(conn, back, spans[now], subjects, [], sign=-1)
-    if decided.deltas or decided.audit_rows:
-        await settle(conn, decided.deltas, {}, now, decided.ledger_rows, decided.audit_rows)
+    await settle(conn, decided.deltas, {}, now, decided.ledger_rows, decided.audit_rows)
     if decided.days:
         await _roll_backdated(conn, decided.days)
     return outcomes
