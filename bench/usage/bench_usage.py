@@ -202,11 +202,12 @@ async def batch_floor(db: str, ids: list[str], seconds: float, size: int, conns:
     """The batch writer's own statements with nothing around them: the database's speed for
     these rows. Each of ``conns`` connections owns a disjoint slice of the users (as the
     writers do) and loops over transactions of ``size`` made-up events: lock the accounts,
-    count the events (the counter upsert), insert the usage rows, apply the debits, COPY the
-    ledger rows, lock the audit heads, COPY two chained audit rows per event, move the heads.
+    count the events (the counter upsert), insert the usage rows, then the writer's settle step
+    (``ledger.engine.settle``): lock the audit heads, link two audit rows per event, apply the
+    debits, append the ledger and audit rows (COPY at this size), move the heads.
     No HTTP, no pricing, no decisions, no replay reads: events/s."""
-    from aihub.core.audit import service as audit
     from aihub.core.ledger import repository as repo
+    from aihub.core.ledger.engine import Linkable, settle
     from aihub.core.ledger.usage import Part, _chain, _event_ids, part_of
     from aihub.core.usage import limits
     from aihub.kit.ids import uuid4s
@@ -247,7 +248,7 @@ async def batch_floor(db: str, ids: list[str], seconds: float, size: int, conns:
                         await repo.add_counters(conn, narrow.sorted(), [])
                     events: list[tuple[Any, ...]] = []
                     ledger_rows: list[tuple[Any, ...]] = []
-                    audit_rows: list[tuple[Any, ...]] = []
+                    audit_rows: list[Linkable] = []
                     deltas: dict[uuid.UUID, int] = {}
                     for user in picked:
                         (event_id, _text), tid, a1, a2 = next(event_ids), next(ids_), next(ids_), next(ids_)
@@ -280,40 +281,11 @@ async def batch_floor(db: str, ids: list[str], seconds: float, size: int, conns:
                         ):
                             content = f'{{"id":"{row_id}","action":"{kind}","entity":"{user}"}}'
                             chain = _chain(entity, str(user if entity == "credit_account" else event_id))
-                            audit_rows.append((chain, row_id, kind, entity, str(user), content))
+                            columns = (row_id, "bench", "service", kind, entity, str(user), None, "{}", None, None, now)
+                            audit_rows.append((chain, content, columns))
                     await repo.insert_events(conn, events)
-                    await repo.apply(conn, deltas, now)
-                    await repo.ledger(conn, ledger_rows)
-                    heads = await repo.lock_heads(conn, list({row[0] for row in audit_rows}))
-                    values = []
-                    moved: dict[int, tuple[int, str, str]] = {}
-                    for chain, row_id, kind, entity, entity_id, content in audit_rows:
-                        seq, prev = heads[chain]
-                        digest = audit.link(prev, seq + 1, audit.text_digest(content))
-                        heads[chain] = (seq + 1, digest)
-                        moved[chain] = (seq + 1, digest, prev)
-                        values.append(
-                            (
-                                row_id,
-                                chain,
-                                seq + 1,
-                                "bench",
-                                "service",
-                                kind,
-                                entity,
-                                entity_id,
-                                None,
-                                "{}",
-                                None,
-                                None,
-                                now,
-                                prev,
-                                digest,
-                                content,
-                            )
-                        )
-                    await repo.audit(conn, values)
-                    await repo.advance_heads(conn, [(c, seq, d, prev) for c, (seq, d, prev) in moved.items()])
+                    # The writer's own settle step (linking the chains, the balances, the rows).
+                    await settle(conn, deltas, {}, now, ledger_rows, audit_rows)
                 done += size
 
     started = time.monotonic()

@@ -85,46 +85,58 @@ WHERE h.id = u.id AND h.status = 'held'
 # COPY (binary) for the rows a batch appends: one message for the lot, and no per-value array
 # checks on the client (what an INSERT … SELECT FROM unnest of every column spends most on).
 # In the batch's order, so each account's seq follows its balance (balance_after chains).
-LEDGER_COLUMNS = (
-    "id",
-    "user_id",
-    "amount",
-    "type",
-    "reason",
-    "balance_after",
-    "related_id",
-    "idempotency_key",
-    "metadata",
-    "actor_id",
-    "created_at",
-)
+# Each appended column with the type its unnest array takes (jsonb goes as text, cast on insert).
+_LEDGER = {
+    "id": "uuid",
+    "user_id": "uuid",
+    "amount": "bigint",
+    "type": "text",
+    "reason": "text",
+    "balance_after": "bigint",
+    "related_id": "uuid",
+    "idempotency_key": "text",
+    "metadata": "jsonb",
+    "actor_id": "text",
+    "created_at": "timestamptz",
+}
+LEDGER_COLUMNS = tuple(_LEDGER)
 LOCK_HEADS = """
 SELECT chain, last_seq, last_hash FROM audit_chain_heads WHERE chain = ANY($1::int[]) ORDER BY chain FOR UPDATE
 """
-AUDIT_COLUMNS = (
-    "id",
-    "chain",
-    "chain_seq",
-    "actor_id",
-    "actor_type",
-    "action",
-    "entity_type",
-    "entity_id",
-    "before",
-    "after",
-    "request_id",
-    "ip",
-    "created_at",
-    "prev_hash",
-    "hash",
-    "content",
-    "hash_version",
-)
-ADVANCE_HEADS = """
+_AUDIT = {
+    "id": "uuid",
+    "chain": "int",
+    "chain_seq": "bigint",
+    "actor_id": "text",
+    "actor_type": "text",
+    "action": "text",
+    "entity_type": "text",
+    "entity_id": "text",
+    "before": "jsonb",
+    "after": "jsonb",
+    "request_id": "text",
+    "ip": "text",
+    "created_at": "timestamptz",
+    "prev_hash": "text",
+    "hash": "text",
+    "content": "text",
+    "hash_version": "smallint",
+}
+AUDIT_COLUMNS = tuple(_AUDIT)
+HASH_VERSION = 3  # the rows appended here: their hash covers ``content``
+
+
+def _advance_heads_sql(first: int) -> str:
+    """The heads' UPDATE, its four arrays from parameter ``first`` on."""
+    arrays = ", ".join(f"${first + i}::{t}[]" for i, t in enumerate(("int", "bigint", "text", "text")))
+    return f"""
 UPDATE audit_chain_heads h SET last_seq = u.seq, last_hash = u.hash, prev_hash = u.prev
-FROM unnest($1::int[], $2::bigint[], $3::text[], $4::text[]) AS u(chain, seq, hash, prev)
+FROM unnest({arrays}) AS u(chain, seq, hash, prev)
 WHERE h.chain = u.chain
-"""
+"""  # noqa: S608 (built from constants only)
+
+
+ADVANCE_HEADS = _advance_heads_sql(1)
 
 
 async def claim(
@@ -183,8 +195,12 @@ async def resolve_holds(conn: asyncpg.Connection, rows: Sequence[tuple[Any, ...]
 async def ledger(conn: asyncpg.Connection, rows: Sequence[tuple[Any, ...]]) -> None:
     """``rows``: (id, user_id, amount, reason, balance_after, related_id, idempotency_key,
     metadata JSON text, actor_id, created_at)."""
-    records = [(r[0], r[1], r[2], "credit" if r[2] > 0 else "debit", *r[3:]) for r in rows]
-    await conn.copy_records_to_table("credit_transactions", records=records, columns=LEDGER_COLUMNS)
+    await conn.copy_records_to_table("credit_transactions", records=_typed(rows), columns=LEDGER_COLUMNS)
+
+
+def _typed(rows: Sequence[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+    """The ledger rows with their ``type`` (LEDGER_COLUMNS), as both ways of appending take them."""
+    return [(r[0], r[1], r[2], "credit" if r[2] > 0 else "debit", *r[3:]) for r in rows]
 
 
 async def lock_heads(conn: asyncpg.Connection, chains: Sequence[int]) -> dict[int, tuple[int, str]]:
@@ -193,50 +209,41 @@ async def lock_heads(conn: asyncpg.Connection, chains: Sequence[int]) -> dict[in
 
 
 async def audit(conn: asyncpg.Connection, rows: Sequence[tuple[Any, ...]]) -> None:
-    """``rows``: the AUDIT_COLUMNS but the last, each a v3 row (its hash covers ``content``)."""
-    records = [(*row, 3) for row in rows]
-    await conn.copy_records_to_table("audit_logs", records=records, columns=AUDIT_COLUMNS)
+    """``rows``: the AUDIT_COLUMNS but the last (``HASH_VERSION``)."""
+    await conn.copy_records_to_table("audit_logs", records=_versioned(rows), columns=AUDIT_COLUMNS)
+
+
+def _versioned(rows: Sequence[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+    return [(*row, HASH_VERSION) for row in rows]
 
 
 async def advance_heads(conn: asyncpg.Connection, heads: Sequence[tuple[int, int, str, str]]) -> None:
     await conn.execute(ADVANCE_HEADS, *(list(column) for column in zip(*heads, strict=True)))
 
 
-# A small batch's writes in one statement, each a data-modifying CTE: the balances (as APPLY,
-# its count answered), the ledger rows (in the batch's order, as the COPY appends them), the
-# audit rows and the chain heads they move. A round trip costs more than these statements do
-# on a few rows; from ONE_STATEMENT_ROWS rows the COPYs below cost less (no per-value checks).
-SETTLE = """
-WITH moved AS (
-    UPDATE credit_accounts a SET balance = a.balance + u.delta, reserved = a.reserved + u.held, updated_at = $4
-    FROM unnest($1::uuid[], $2::bigint[], $3::bigint[]) AS u(user_id, delta, held)
-    WHERE a.user_id = u.user_id AND (u.delta - u.held >= 0 OR a.balance - a.reserved >= u.held - u.delta)
-    RETURNING 1
-), ledger AS (
-    INSERT INTO credit_transactions (id, user_id, amount, type, reason, balance_after, related_id, idempotency_key,
-                                     metadata, actor_id, created_at)
-    SELECT l.id, l.user_id, l.amount, CASE WHEN l.amount > 0 THEN 'credit' ELSE 'debit' END, l.reason, l.after,
-           l.related, l.idem, l.meta::jsonb, l.actor, l.at
-    FROM unnest($5::uuid[], $6::uuid[], $7::bigint[], $8::text[], $9::bigint[], $10::uuid[], $11::text[], $12::text[],
-                $13::text[], $14::timestamptz[]) WITH ORDINALITY
-         AS l(id, user_id, amount, reason, after, related, idem, meta, actor, at, n)
-    ORDER BY l.n
-), logged AS (
-    INSERT INTO audit_logs (id, chain, chain_seq, actor_id, actor_type, action, entity_type, entity_id, before, after,
-                            request_id, ip, created_at, prev_hash, hash, content, hash_version)
-    SELECT r.id, r.chain, r.seq, r.actor, r.kind, r.action, r.etype, r.eid, r.before::jsonb, r.after::jsonb, r.req,
-           r.ip, r.at, r.prev, r.hash, r.content, 3
-    FROM unnest($15::uuid[], $16::int[], $17::bigint[], $18::text[], $19::text[], $20::text[], $21::text[], $22::text[],
-                $23::text[], $24::text[], $25::text[], $26::text[], $27::timestamptz[], $28::text[], $29::text[],
-                $30::text[])
-         AS r(id, chain, seq, actor, kind, action, etype, eid, before, after, req, ip, at, prev, hash, content)
-), heads AS (
-    UPDATE audit_chain_heads h SET last_seq = u.seq, last_hash = u.hash, prev_hash = u.prev
-    FROM unnest($31::int[], $32::bigint[], $33::text[], $34::text[]) AS u(chain, seq, hash, prev)
-    WHERE h.chain = u.chain
-)
+def _append_sql(table: str, columns: dict[str, str], first: int) -> str:
+    """INSERT of ``columns`` from one unnest array each (from parameter ``first`` on), in the
+    arrays' order (WITH ORDINALITY: a bigserial follows it, as it follows a COPY's)."""
+    arrays = ", ".join(f"${first + i}::{'text' if t == 'jsonb' else t}[]" for i, t in enumerate(columns.values()))
+    values = ", ".join(f"u.{c}::jsonb" if t == "jsonb" else f"u.{c}" for c, t in columns.items())
+    return f"""INSERT INTO {table} ({", ".join(columns)})
+    SELECT {values}
+    FROM unnest({arrays}) WITH ORDINALITY AS u({", ".join(columns)}, n)
+    ORDER BY u.n"""  # noqa: S608 (built from constants only)
+
+
+# A small batch's writes in one statement, each a data-modifying CTE: the balances (APPLY, its
+# count answered), the ledger rows, the audit rows and the chain heads they move, exactly the
+# rows the COPYs below append. A round trip costs more than these statements do on a few rows;
+# from ONE_STATEMENT_ROWS rows the COPYs cost less (no per-value checks).
+_AUDIT_FROM = 5 + len(_LEDGER)
+SETTLE = f"""
+WITH moved AS ({APPLY} RETURNING 1),
+ledger AS ({_append_sql("credit_transactions", _LEDGER, 5)}),
+logged AS ({_append_sql("audit_logs", _AUDIT, _AUDIT_FROM)}),
+heads AS ({_advance_heads_sql(_AUDIT_FROM + len(_AUDIT))})
 SELECT count(*) FROM moved
-"""
+"""  # noqa: S608 (built from constants only)
 ONE_STATEMENT_ROWS = 200  # ledger and audit rows together, below which SETTLE writes them
 
 
@@ -261,8 +268,8 @@ async def settle(
                 [deltas.get(u, 0) for u in users],
                 [held.get(u, 0) for u in users],
                 now,
-                *_columns(ledger_rows, 10),
-                *_columns(audit_rows, 16),
+                *_columns(_typed(ledger_rows), len(_LEDGER)),
+                *_columns(_versioned(audit_rows), len(_AUDIT)),
                 *_columns(heads, 4),
             )
         )
